@@ -1,0 +1,1 @@
+//! Side-by-side benchmark drivers live in `benches/`.
