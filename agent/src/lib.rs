@@ -1,6 +1,10 @@
 //! hvagent: the node agent of Sovereign Cloud Stack compute nodes.
 //!
-//! The library holds every concern in its own module (see `docs/architecture.md`); the two
-//! binaries, `hvagent` (daemon) and `hvctl` (operator CLI), are thin shells around it.
+//! Each concern has its own module (see `docs/architecture.md`); the two binaries, `hvagent`
+//! (daemon) and `hvctl` (operator CLI), are thin shells around them.
 
+pub mod api;
+pub mod ctl;
+pub mod daemon;
+pub mod domain;
 pub mod host;

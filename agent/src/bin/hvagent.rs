@@ -1,1 +1,80 @@
-fn main(){}
+//! `hvagent`: the node agent daemon. See `hvagent --help` and docs/operations.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hvagent::daemon::{self, Config, config::LogFormat};
+use hvagent::host::kvm;
+
+/// The Sovereign Cloud Stack node agent: inventory, placement and guests of one compute node,
+/// served over gRPC on a Unix socket.
+///
+/// Runs in the foreground until SIGTERM or SIGINT; stopping it never stops guests. Without
+/// --config every setting takes its documented default (docs/operations.md).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file (e.g. /etc/hvagent/hvagent.toml). A bad file is exit status 2.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Internal: run the KVM trial guest on DEVICE and exit 0 if it ran.
+    #[arg(long = "kvm-trial", value_name = "DEVICE", hide = true)]
+    kvm_trial: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(device) = args.kvm_trial {
+        return match kvm::run_trial(&device) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hvagent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let trial_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // A small node agent: two workers keep the idle footprint low; blocking calls (sysfs,
+        // libvirt) run on tokio's separate blocking pool.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hvagent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(config, trial_exe)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "hvagent failed");
+            eprintln!("hvagent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HVAGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

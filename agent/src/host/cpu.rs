@@ -296,8 +296,14 @@ mod tests {
             status: s.into(),
         };
         assert!(v("Vulnerable: Clear CPU buffers attempted, no microcode").is_vulnerable());
-        assert!(!v("Mitigation: PTE Inversion; VMX: conditional cache flushes, SMT vulnerable").is_vulnerable());
-        assert!(v("Mitigation: PTE Inversion; VMX: conditional cache flushes, SMT vulnerable").smt_vulnerable());
+        assert!(
+            !v("Mitigation: PTE Inversion; VMX: conditional cache flushes, SMT vulnerable")
+                .is_vulnerable()
+        );
+        assert!(
+            v("Mitigation: PTE Inversion; VMX: conditional cache flushes, SMT vulnerable")
+                .smt_vulnerable()
+        );
         assert!(!v("Not affected").smt_vulnerable());
     }
 }

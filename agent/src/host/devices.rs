@@ -64,7 +64,9 @@ impl Gpu {
 
 /// sysfs reports "no NUMA affinity" as -1.
 fn numa_node(sys: &SysRoot, rel: &str) -> Option<u32> {
-    sys.read(rel).and_then(|s| s.parse::<i64>().ok()).and_then(|n| u32::try_from(n).ok())
+    sys.read(rel)
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 pub fn read_block_devices(sys: &SysRoot) -> Vec<BlockDevice> {
@@ -76,7 +78,9 @@ pub fn read_block_devices(sys: &SysRoot) -> Vec<BlockDevice> {
             BlockDevice {
                 // `size` counts 512-byte sectors whatever the logical block size.
                 size_bytes: sys.read_u64(&format!("{base}/size")).unwrap_or(0) * 512,
-                model: sys.read(&format!("{base}/device/model")).unwrap_or_default(),
+                model: sys
+                    .read(&format!("{base}/device/model"))
+                    .unwrap_or_default(),
                 rotational: sys.read_u64(&format!("{base}/queue/rotational")) == Some(1),
                 nvme: name.starts_with("nvme"),
                 removable: sys.read_u64(&format!("{base}/removable")) == Some(1),
@@ -178,7 +182,11 @@ mod tests {
         write(r, "sys/class/net/eth0/device/numa_node", "-1\n");
         write(r, "sys/class/net/eth0/device/sriov_totalvfs", "8\n");
         std::fs::create_dir_all(r.join("sys/drivers/ixgbe")).unwrap();
-        std::os::unix::fs::symlink("../../../drivers/ixgbe", r.join("sys/class/net/eth0/device/driver")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../drivers/ixgbe",
+            r.join("sys/class/net/eth0/device/driver"),
+        )
+        .unwrap();
         write(r, "sys/class/net/br0/mtu", "1500\n");
         write(r, "sys/bus/pci/devices/0000:3b:00.0/class", "0x030200\n");
         write(r, "sys/bus/pci/devices/0000:3b:00.0/vendor", "0x10de\n");

@@ -104,7 +104,11 @@ pub fn read_numa(sys: &SysRoot, memory: &MemoryInfo, online_cpus: &[u32]) -> Vec
                 memory_free_bytes: meminfo.get("MemFree").copied().unwrap_or(0),
                 distances: sys
                     .read(&format!("{base}/distance"))
-                    .map(|d| d.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+                    .map(|d| {
+                        d.split_whitespace()
+                            .filter_map(|x| x.parse().ok())
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 hugepages: read_hugepages(sys, &format!("{base}/hugepages")),
             }
@@ -172,12 +176,18 @@ fn read_ecc(sys: &SysRoot) -> (Ecc, String) {
     if let Some(mode) = ecc_modes.first() {
         (
             Ecc::Present,
-            format!("EDAC reports {} controller(s), DIMM mode {mode}", controllers.len()),
+            format!(
+                "EDAC reports {} controller(s), DIMM mode {mode}",
+                controllers.len()
+            ),
         )
     } else if !modes.is_empty() {
         (
             Ecc::Absent,
-            format!("EDAC reports DIMMs without an ECC mode ({})", modes.join(", ")),
+            format!(
+                "EDAC reports DIMMs without an ECC mode ({})",
+                modes.join(", ")
+            ),
         )
     } else {
         (

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod devices;
 pub mod kvm;
 pub mod memory;
+pub mod node;
 pub mod scheduler;
 pub mod scs;
 pub mod sysfs;

@@ -70,9 +70,9 @@ pub fn inventories(inv: &Inventory) -> Vec<ResourceInventory> {
 
 /// `2048` → `2M`, `1048576` → `1G`.
 pub fn page_size_label(kib: u64) -> String {
-    if kib >= 1 << 20 && kib % (1 << 20) == 0 {
+    if kib >= 1 << 20 && kib.is_multiple_of(1 << 20) {
         format!("{}G", kib >> 20)
-    } else if kib >= 1 << 10 && kib % (1 << 10) == 0 {
+    } else if kib >= 1 << 10 && kib.is_multiple_of(1 << 10) {
         format!("{}M", kib >> 10)
     } else {
         format!("{kib}K")
@@ -139,9 +139,15 @@ pub fn traits(inv: &Inventory) -> Vec<String> {
     }
     out.push(SCS_TRAITS_VERSION.into());
     if let Some(brand) = &inv.scs.cpu_brand {
-        out.push(format!("CUSTOM_SCS_CPU_{}", brand.vendor.to_ascii_uppercase()));
+        out.push(format!(
+            "CUSTOM_SCS_CPU_{}",
+            brand.vendor.to_ascii_uppercase()
+        ));
         if brand.generation.is_some() {
-            out.push(format!("CUSTOM_SCS_CPU_{}", brand.code().to_ascii_uppercase()));
+            out.push(format!(
+                "CUSTOM_SCS_CPU_{}",
+                brand.code().to_ascii_uppercase()
+            ));
         }
     }
     if inv.scs.serves_secure {
@@ -153,11 +159,13 @@ pub fn traits(inv: &Inventory) -> Vec<String> {
     if inv.scs.serves_hwv {
         out.push("CUSTOM_SCS_HWV".into());
     }
-    out.push(if inv.hypervisor.kvm.state == super::kvm::KvmState::Usable {
-        "CUSTOM_SCS_HYPERVISOR_KVM".into()
-    } else {
-        "CUSTOM_SCS_EMULATION_ONLY".into()
-    });
+    out.push(
+        if inv.hypervisor.kvm.state == super::kvm::KvmState::Usable {
+            "CUSTOM_SCS_HYPERVISOR_KVM".into()
+        } else {
+            "CUSTOM_SCS_EMULATION_ONLY".into()
+        },
+    );
     for class in &inv.scs.local_disk_classes {
         out.push(format!("CUSTOM_SCS_DISK_{}", class.to_ascii_uppercase()));
     }

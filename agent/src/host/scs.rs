@@ -34,7 +34,12 @@ pub fn cpu_brand(cpu: &CpuInfo) -> (Option<CpuBrand>, String) {
         "GenuineIntel" => ('i', intel_generation(cpu.family, cpu.model, cpu.stepping)),
         "AuthenticAMD" => ('z', amd_generation(cpu.family, cpu.model)),
         "" if cpu.flags.is_empty() => return (None, "no x86 CPU identity in /proc/cpuinfo".into()),
-        other => return (None, format!("CPU vendor {other:?} has no SCS brand letter we can derive")),
+        other => {
+            return (
+                None,
+                format!("CPU vendor {other:?} has no SCS brand letter we can derive"),
+            );
+        }
     };
     let (frequency_level, freq_reason) = frequency_level(cpu.base_frequency_khz);
     let brand = CpuBrand {
@@ -103,7 +108,10 @@ fn frequency_level(base_khz: u64) -> (Option<u8>, String) {
         g if g > 2.75 => 1,
         _ => 0,
     };
-    (Some(level), format!("base clock {ghz:.2} GHz gives h level {level}"))
+    (
+        Some(level),
+        format!("base clock {ghz:.2} GHz gives h level {level}"),
+    )
 }
 
 /// May the node serve flavors without `i`? Not when a mitigation is off (the kernel says
@@ -163,20 +171,59 @@ mod tests {
     #[test]
     fn brand_codes() {
         let code = |c: &CpuInfo| cpu_brand(c).0.map(|b| b.code());
-        assert_eq!(code(&cpu("GenuineIntel", 6, 0x55, 4)).as_deref(), Some("i1"));
-        assert_eq!(code(&cpu("GenuineIntel", 6, 0x55, 7)).as_deref(), Some("i2"));
-        assert_eq!(code(&cpu("GenuineIntel", 6, 0x6a, 6)).as_deref(), Some("i3"));
-        assert_eq!(code(&cpu("GenuineIntel", 6, 0x8f, 8)).as_deref(), Some("i4"));
-        assert_eq!(code(&cpu("GenuineIntel", 6, 0xaf, 3)).as_deref(), Some("i5"));
-        assert_eq!(code(&cpu("GenuineIntel", 6, 0xad, 1)).as_deref(), Some("i6"));
-        assert_eq!(code(&cpu("GenuineIntel", 6, 0x4f, 1)).as_deref(), Some("i0"));
+        assert_eq!(
+            code(&cpu("GenuineIntel", 6, 0x55, 4)).as_deref(),
+            Some("i1")
+        );
+        assert_eq!(
+            code(&cpu("GenuineIntel", 6, 0x55, 7)).as_deref(),
+            Some("i2")
+        );
+        assert_eq!(
+            code(&cpu("GenuineIntel", 6, 0x6a, 6)).as_deref(),
+            Some("i3")
+        );
+        assert_eq!(
+            code(&cpu("GenuineIntel", 6, 0x8f, 8)).as_deref(),
+            Some("i4")
+        );
+        assert_eq!(
+            code(&cpu("GenuineIntel", 6, 0xaf, 3)).as_deref(),
+            Some("i5")
+        );
+        assert_eq!(
+            code(&cpu("GenuineIntel", 6, 0xad, 1)).as_deref(),
+            Some("i6")
+        );
+        assert_eq!(
+            code(&cpu("GenuineIntel", 6, 0x4f, 1)).as_deref(),
+            Some("i0")
+        );
         assert_eq!(code(&cpu("GenuineIntel", 6, 0xb7, 1)).as_deref(), Some("i"));
-        assert_eq!(code(&cpu("AuthenticAMD", 0x17, 0x01, 2)).as_deref(), Some("z1"));
-        assert_eq!(code(&cpu("AuthenticAMD", 0x17, 0x31, 0)).as_deref(), Some("z2"));
-        assert_eq!(code(&cpu("AuthenticAMD", 0x19, 0x01, 1)).as_deref(), Some("z3"));
-        assert_eq!(code(&cpu("AuthenticAMD", 0x19, 0x11, 1)).as_deref(), Some("z4"));
-        assert_eq!(code(&cpu("AuthenticAMD", 0x1a, 0x02, 1)).as_deref(), Some("z5"));
-        assert_eq!(code(&cpu("AuthenticAMD", 0x15, 0x02, 1)).as_deref(), Some("z0"));
+        assert_eq!(
+            code(&cpu("AuthenticAMD", 0x17, 0x01, 2)).as_deref(),
+            Some("z1")
+        );
+        assert_eq!(
+            code(&cpu("AuthenticAMD", 0x17, 0x31, 0)).as_deref(),
+            Some("z2")
+        );
+        assert_eq!(
+            code(&cpu("AuthenticAMD", 0x19, 0x01, 1)).as_deref(),
+            Some("z3")
+        );
+        assert_eq!(
+            code(&cpu("AuthenticAMD", 0x19, 0x11, 1)).as_deref(),
+            Some("z4")
+        );
+        assert_eq!(
+            code(&cpu("AuthenticAMD", 0x1a, 0x02, 1)).as_deref(),
+            Some("z5")
+        );
+        assert_eq!(
+            code(&cpu("AuthenticAMD", 0x15, 0x02, 1)).as_deref(),
+            Some("z0")
+        );
         assert_eq!(code(&cpu("HygonGenuine", 0x18, 0, 0)), None);
     }
 
@@ -206,16 +253,25 @@ mod tests {
         };
         let mut c = cpu("GenuineIntel", 6, 0x4f, 1);
         assert!(!serves_secure(&c).0, "no data: cannot confirm");
-        c.vulnerabilities = vec![vuln("meltdown", "Not affected"), vuln("spectre_v2", "Mitigation: Retpolines")];
+        c.vulnerabilities = vec![
+            vuln("meltdown", "Not affected"),
+            vuln("spectre_v2", "Mitigation: Retpolines"),
+        ];
         assert!(serves_secure(&c).0);
-        c.vulnerabilities.push(vuln("l1tf", "Mitigation: PTE Inversion; VMX: conditional cache flushes, SMT vulnerable"));
+        c.vulnerabilities.push(vuln(
+            "l1tf",
+            "Mitigation: PTE Inversion; VMX: conditional cache flushes, SMT vulnerable",
+        ));
         assert!(serves_secure(&c).0, "SMT off: L1TF is closed");
         c.smt_active = true;
         let (ok, reason) = serves_secure(&c);
         assert!(!ok);
         assert!(reason.starts_with("SMT on and l1tf"), "{reason}");
         c.smt_active = false;
-        c.vulnerabilities.push(vuln("mds", "Vulnerable: Clear CPU buffers attempted, no microcode"));
+        c.vulnerabilities.push(vuln(
+            "mds",
+            "Vulnerable: Clear CPU buffers attempted, no microcode",
+        ));
         let (ok, reason) = serves_secure(&c);
         assert!(!ok);
         assert!(reason.starts_with("mds: Vulnerable"), "{reason}");
@@ -230,6 +286,10 @@ mod tests {
         };
         assert!(serves_ecc(&m(Ecc::Present)).0);
         assert!(!serves_ecc(&m(Ecc::Absent)).0);
-        assert!(serves_ecc(&m(Ecc::Unknown)).1.contains("cannot be confirmed"));
+        assert!(
+            serves_ecc(&m(Ecc::Unknown))
+                .1
+                .contains("cannot be confirmed")
+        );
     }
 }

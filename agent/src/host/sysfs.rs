@@ -48,7 +48,7 @@ impl SysRoot {
                     .collect()
             })
             .unwrap_or_default();
-        names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        names.sort_by_key(|n| natural_key(n));
         names
     }
 
@@ -164,14 +164,23 @@ mod tests {
 
     #[test]
     fn cpulist_forms() {
-        assert_eq!(parse_cpulist("0-3,8,10-11").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(
+            parse_cpulist("0-3,8,10-11").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
         assert_eq!(parse_cpulist("").unwrap(), Vec::<u32>::new());
         assert_eq!(parse_cpulist("\n").unwrap(), Vec::<u32>::new());
         assert_eq!(parse_cpulist("5").unwrap(), vec![5]);
         assert_eq!(parse_cpulist("3,1,1").unwrap(), vec![1, 3]);
-        assert_eq!(parse_cpulist("3-1").unwrap_err().why, "range end before start");
+        assert_eq!(
+            parse_cpulist("3-1").unwrap_err().why,
+            "range end before start"
+        );
         assert_eq!(parse_cpulist("a").unwrap_err().why, "not a number");
-        assert_eq!(parse_cpulist("0-99999").unwrap_err().why, "CPU id above 8191");
+        assert_eq!(
+            parse_cpulist("0-99999").unwrap_err().why,
+            "CPU id above 8191"
+        );
         assert_eq!(format_cpulist(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
         assert_eq!(format_cpulist(&[]), "");
     }
@@ -186,7 +195,7 @@ mod tests {
     #[test]
     fn natural_order() {
         let mut v = vec!["cpu10", "cpu9", "cpu1", "cpufreq"];
-        v.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        v.sort_by_key(|n| natural_key(n));
         assert_eq!(v, vec!["cpu1", "cpu9", "cpu10", "cpufreq"]);
     }
 

@@ -1,0 +1,5 @@
+//! gRPC services: translate between proto messages and the core types, nothing else.
+
+pub mod node;
+
+pub use node::NodeApi;

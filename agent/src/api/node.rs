@@ -1,0 +1,215 @@
+//! `hvagent.v1.NodeService`.
+
+use std::sync::Arc;
+
+use hvagent_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::host::{self, Inventory, node::Node, scheduler, sysfs::format_cpulist};
+
+pub struct NodeApi {
+    node: Arc<Node>,
+}
+
+impl NodeApi {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    pub fn into_service(self) -> pb::node_service_server::NodeServiceServer<Self> {
+        pb::node_service_server::NodeServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::node_service_server::NodeService for NodeApi {
+    async fn get_inventory(
+        &self,
+        _request: Request<pb::GetInventoryRequest>,
+    ) -> Result<Response<pb::Inventory>, Status> {
+        let inventory = self
+            .node
+            .inventory()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(to_proto(&inventory)))
+    }
+}
+
+fn hugepages(pools: &[host::memory::HugepagePool]) -> Vec<pb::HugepagePool> {
+    pools
+        .iter()
+        .map(|p| pb::HugepagePool {
+            page_size_kib: p.page_size_kib,
+            total: p.total,
+            free: p.free,
+        })
+        .collect()
+}
+
+pub fn to_proto(inv: &Inventory) -> pb::Inventory {
+    let cpu = &inv.cpu;
+    let hv = &inv.hypervisor;
+    let scs = &inv.scs;
+    pb::Inventory {
+        hostname: inv.hostname.clone(),
+        kernel_release: inv.kernel_release.clone(),
+        cpu: Some(pb::Cpu {
+            vendor: cpu.vendor.clone(),
+            model_name: cpu.model_name.clone(),
+            family: cpu.family,
+            model: cpu.model,
+            stepping: cpu.stepping,
+            microcode: cpu.microcode.clone(),
+            flags: cpu.flags.clone(),
+            sockets: cpu.sockets,
+            dies: cpu.dies,
+            cores: cpu.cores,
+            threads: cpu.threads,
+            smt_active: cpu.smt_active,
+            smt_control: cpu.smt_control.clone(),
+            online: format_cpulist(&cpu.online),
+            offline: format_cpulist(&cpu.offline),
+            isolated: format_cpulist(&cpu.isolated),
+            cpus: cpu
+                .cpus
+                .iter()
+                .map(|c| pb::LogicalCpu {
+                    id: c.id,
+                    online: c.online,
+                    isolated: c.isolated,
+                    socket: c.socket,
+                    die: c.die,
+                    core: c.core,
+                    siblings: c.siblings.clone(),
+                    numa_node: c.numa_node,
+                })
+                .collect(),
+            caches: cpu
+                .caches
+                .iter()
+                .map(|c| pb::Cache {
+                    level: c.level,
+                    r#type: c.kind.clone(),
+                    size_bytes: c.size_bytes,
+                    ways: c.ways,
+                    line_size_bytes: c.line_size_bytes,
+                    cpus: c.cpus.clone(),
+                })
+                .collect(),
+            vulnerabilities: cpu
+                .vulnerabilities
+                .iter()
+                .map(|v| pb::Vulnerability {
+                    name: v.name.clone(),
+                    status: v.status.clone(),
+                })
+                .collect(),
+            max_frequency_khz: cpu.max_frequency_khz,
+        }),
+        memory: Some(pb::Memory {
+            total_bytes: inv.memory.total_bytes,
+            available_bytes: inv.memory.available_bytes,
+            ecc: inv.memory.ecc.as_str().to_string(),
+            ecc_reason: inv.memory.ecc_reason.clone(),
+            hugepages: hugepages(&inv.memory.hugepages),
+        }),
+        numa_nodes: inv
+            .numa_nodes
+            .iter()
+            .map(|n| pb::NumaNode {
+                id: n.id,
+                cpus: n.cpus.clone(),
+                memory_total_bytes: n.memory_total_bytes,
+                memory_free_bytes: n.memory_free_bytes,
+                distances: n.distances.clone(),
+                hugepages: hugepages(&n.hugepages),
+            })
+            .collect(),
+        block_devices: inv
+            .block_devices
+            .iter()
+            .map(|d| pb::BlockDevice {
+                name: d.name.clone(),
+                size_bytes: d.size_bytes,
+                model: d.model.clone(),
+                rotational: d.rotational,
+                nvme: d.nvme,
+                removable: d.removable,
+                scs_disk_class: d.scs_disk_class().to_string(),
+            })
+            .collect(),
+        nics: inv
+            .nics
+            .iter()
+            .map(|n| pb::Nic {
+                name: n.name.clone(),
+                driver: n.driver.clone(),
+                mac: n.mac.clone(),
+                mtu: n.mtu,
+                speed_mbps: n.speed_mbps,
+                link_up: n.link_up,
+                numa_node: n.numa_node,
+                sriov_total_vfs: n.sriov_total_vfs,
+                sriov_num_vfs: n.sriov_num_vfs,
+            })
+            .collect(),
+        gpus: inv
+            .gpus
+            .iter()
+            .map(|g| pb::Gpu {
+                pci_address: g.pci_address.clone(),
+                vendor_id: g.vendor_id.clone(),
+                device_id: g.device_id.clone(),
+                numa_node: g.numa_node,
+                driver: g.driver.clone(),
+                scs_vendor: g.scs_vendor().map(String::from).unwrap_or_default(),
+            })
+            .collect(),
+        infiniband_devices: inv.infiniband.clone(),
+        hypervisor: Some(pb::Hypervisor {
+            libvirt_version: hv.libvirt.libvirt_version.clone(),
+            qemu_version: hv.libvirt.qemu_version.clone(),
+            libvirt_uri: hv.libvirt.uri.clone(),
+            libvirt_connected: hv.libvirt.connected(),
+            libvirt_error: hv.libvirt.error.clone(),
+            kvm: hv.kvm.state.as_str().to_string(),
+            kvm_reason: hv.kvm.reason.clone(),
+            nested_virtualization: hv.nested,
+            nested_reason: hv.nested_reason.clone(),
+            rdrand: hv.rdrand,
+            rdseed: hv.rdseed,
+            domain_types: hv.libvirt.domain_types.clone(),
+        }),
+        scs: Some(pb::ScsFacts {
+            cpu_brand: scs.cpu_brand.as_ref().map(|b| b.code()).unwrap_or_default(),
+            cpu_brand_reason: scs.cpu_brand_reason.clone(),
+            serves_secure: scs.serves_secure,
+            serves_secure_reason: scs.serves_secure_reason.clone(),
+            serves_ecc: scs.serves_ecc,
+            serves_ecc_reason: scs.serves_ecc_reason.clone(),
+            local_disk_classes: scs
+                .local_disk_classes
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            serves_hwv: scs.serves_hwv,
+        }),
+        scheduler: Some(pb::SchedulerView {
+            inventories: scheduler::inventories(inv)
+                .into_iter()
+                .map(|r| pb::ResourceInventory {
+                    resource_class: r.resource_class,
+                    total: r.total,
+                    reserved: r.reserved,
+                    allocation_ratio: r.allocation_ratio,
+                    min_unit: r.min_unit,
+                    max_unit: r.max_unit,
+                    step_size: r.step_size,
+                })
+                .collect(),
+            traits: scheduler::traits(inv),
+        }),
+        warnings: inv.warnings.clone(),
+    }
+}

@@ -1,0 +1,413 @@
+//! Human-readable tables for `hvctl`. JSON output does not come through here: it is the proto
+//! message serialized as it is, so its keys are the proto field names.
+
+use hvagent_proto::v1 as pb;
+
+/// A plain text table: a header row and left-aligned columns separated by two spaces.
+#[derive(Debug, Default)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Self {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                if i < widths.len() {
+                    widths[i] = widths[i].max(cell.chars().count());
+                }
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut s = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let w = widths.get(i).copied().unwrap_or(0);
+                if i + 1 == cells.len() {
+                    s.push_str(cell);
+                } else {
+                    s.push_str(&format!("{cell:<w$}  "));
+                }
+            }
+            s.trim_end().to_string() + "\n"
+        };
+        let mut out = line(&self.headers);
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
+}
+
+/// Bytes in binary units with one decimal: `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn ids(list: &[u32]) -> String {
+    or_dash(&crate::host::sysfs::format_cpulist(list)).to_string()
+}
+
+fn opt(n: Option<u32>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn hugepages(pools: &[pb::HugepagePool]) -> String {
+    if pools.is_empty() {
+        return "-".into();
+    }
+    pools
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {}/{} free",
+                crate::host::scheduler::page_size_label(p.page_size_kib),
+                p.free,
+                p.total
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The whole inventory as sections of `key  value` lines and tables.
+pub fn inventory(inv: &pb::Inventory) -> String {
+    let mut out = String::new();
+    let mut facts = Table::new(&["NODE", ""]);
+    let cpu = inv.cpu.clone().unwrap_or_default();
+    let mem = inv.memory.clone().unwrap_or_default();
+    let hv = inv.hypervisor.clone().unwrap_or_default();
+    let scs = inv.scs.clone().unwrap_or_default();
+    facts.row(vec![
+        "host".into(),
+        format!(
+            "{} (kernel {})",
+            or_dash(&inv.hostname),
+            or_dash(&inv.kernel_release)
+        ),
+    ]);
+    facts.row(vec![
+        "cpu".into(),
+        format!(
+            "{} ({} family {:#x} model {:#x} stepping {}, microcode {})",
+            or_dash(&cpu.model_name),
+            or_dash(&cpu.vendor),
+            cpu.family,
+            cpu.model,
+            cpu.stepping,
+            or_dash(&cpu.microcode)
+        ),
+    ]);
+    facts.row(vec![
+        "topology".into(),
+        format!(
+            "{} socket(s), {} die(s), {} core(s), {} thread(s), SMT {} (control {})",
+            cpu.sockets,
+            cpu.dies,
+            cpu.cores,
+            cpu.threads,
+            if cpu.smt_active { "on" } else { "off" },
+            or_dash(&cpu.smt_control)
+        ),
+    ]);
+    facts.row(vec![
+        "cpus".into(),
+        format!(
+            "online {}, offline {}, isolated {}",
+            or_dash(&cpu.online),
+            or_dash(&cpu.offline),
+            or_dash(&cpu.isolated)
+        ),
+    ]);
+    facts.row(vec![
+        "memory".into(),
+        format!(
+            "{} total, {} available, ECC {} ({})",
+            bytes(mem.total_bytes),
+            bytes(mem.available_bytes),
+            mem.ecc,
+            mem.ecc_reason
+        ),
+    ]);
+    facts.row(vec!["hugepages".into(), hugepages(&mem.hugepages)]);
+    facts.row(vec![
+        "libvirt".into(),
+        if hv.libvirt_connected {
+            format!(
+                "{} with QEMU {} at {} (domain types: {})",
+                hv.libvirt_version,
+                hv.qemu_version,
+                hv.libvirt_uri,
+                hv.domain_types.join(", ")
+            )
+        } else {
+            format!("not connected: {}", hv.libvirt_error)
+        },
+    ]);
+    facts.row(vec![
+        "kvm".into(),
+        format!("{} ({})", hv.kvm, hv.kvm_reason),
+    ]);
+    facts.row(vec![
+        "nested".into(),
+        format!(
+            "{} ({})",
+            yes_no(hv.nested_virtualization),
+            hv.nested_reason
+        ),
+    ]);
+    facts.row(vec![
+        "entropy".into(),
+        format!("rdrand {}, rdseed {}", yes_no(hv.rdrand), yes_no(hv.rdseed)),
+    ]);
+    facts.row(vec![
+        "scs brand".into(),
+        format!("{} ({})", or_dash(&scs.cpu_brand), scs.cpu_brand_reason),
+    ]);
+    facts.row(vec![
+        "scs secure".into(),
+        format!(
+            "{} ({})",
+            if scs.serves_secure {
+                "serves flavors without i"
+            } else {
+                "only i flavors"
+            },
+            scs.serves_secure_reason
+        ),
+    ]);
+    facts.row(vec![
+        "scs ecc".into(),
+        format!(
+            "{} ({})",
+            if scs.serves_ecc {
+                "serves flavors without u"
+            } else {
+                "only u flavors"
+            },
+            scs.serves_ecc_reason
+        ),
+    ]);
+    facts.row(vec![
+        "scs disks".into(),
+        format!(
+            "local classes {}, hwv {}",
+            or_dash(&scs.local_disk_classes.join("")),
+            yes_no(scs.serves_hwv)
+        ),
+    ]);
+    out.push_str(&facts.render());
+
+    let mut numa = Table::new(&["NUMA", "CPUS", "MEMORY", "FREE", "DISTANCES", "HUGEPAGES"]);
+    for n in &inv.numa_nodes {
+        numa.row(vec![
+            n.id.to_string(),
+            ids(&n.cpus),
+            bytes(n.memory_total_bytes),
+            bytes(n.memory_free_bytes),
+            n.distances
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            hugepages(&n.hugepages),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&numa.render());
+
+    let mut cpus = Table::new(&[
+        "CPU", "ONLINE", "SOCKET", "DIE", "CORE", "SIBLINGS", "NUMA", "ISOLATED",
+    ]);
+    for c in &cpu.cpus {
+        cpus.row(vec![
+            c.id.to_string(),
+            yes_no(c.online).into(),
+            opt(c.socket),
+            opt(c.die),
+            opt(c.core),
+            ids(&c.siblings),
+            opt(c.numa_node),
+            yes_no(c.isolated).into(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&cpus.render());
+
+    let mut caches = Table::new(&["CACHE", "TYPE", "SIZE", "WAYS", "LINE", "CPUS"]);
+    for c in &cpu.caches {
+        caches.row(vec![
+            format!("L{}", c.level),
+            c.r#type.clone(),
+            bytes(c.size_bytes),
+            c.ways.to_string(),
+            c.line_size_bytes.to_string(),
+            ids(&c.cpus),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&caches.render());
+
+    if !inv.block_devices.is_empty() {
+        let mut disks = Table::new(&["DISK", "SIZE", "MODEL", "ROTATIONAL", "NVME", "SCS CLASS"]);
+        for d in &inv.block_devices {
+            disks.row(vec![
+                d.name.clone(),
+                bytes(d.size_bytes),
+                or_dash(&d.model).into(),
+                yes_no(d.rotational).into(),
+                yes_no(d.nvme).into(),
+                d.scs_disk_class.clone(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&disks.render());
+    }
+    if !inv.nics.is_empty() {
+        let mut nics = Table::new(&[
+            "NIC", "DRIVER", "MAC", "MTU", "SPEED", "LINK", "NUMA", "VFS",
+        ]);
+        for n in &inv.nics {
+            nics.row(vec![
+                n.name.clone(),
+                or_dash(&n.driver).into(),
+                n.mac.clone(),
+                n.mtu.to_string(),
+                n.speed_mbps
+                    .map(|s| format!("{s} Mb/s"))
+                    .unwrap_or_else(|| "-".into()),
+                if n.link_up { "up" } else { "down" }.into(),
+                opt(n.numa_node),
+                format!("{}/{}", n.sriov_num_vfs, n.sriov_total_vfs),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&nics.render());
+    }
+    if !inv.gpus.is_empty() {
+        let mut gpus = Table::new(&["GPU", "VENDOR", "DEVICE", "SCS", "NUMA", "DRIVER"]);
+        for g in &inv.gpus {
+            gpus.row(vec![
+                g.pci_address.clone(),
+                g.vendor_id.clone(),
+                g.device_id.clone(),
+                or_dash(&g.scs_vendor).into(),
+                opt(g.numa_node),
+                or_dash(&g.driver).into(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&gpus.render());
+    }
+    if !inv.infiniband_devices.is_empty() {
+        out.push_str(&format!(
+            "\ninfiniband  {}\n",
+            inv.infiniband_devices.join(", ")
+        ));
+    }
+    if let Some(sched) = &inv.scheduler {
+        let mut res = Table::new(&[
+            "RESOURCE", "TOTAL", "RESERVED", "RATIO", "MIN", "MAX", "STEP",
+        ]);
+        for r in &sched.inventories {
+            res.row(vec![
+                r.resource_class.clone(),
+                r.total.to_string(),
+                r.reserved.to_string(),
+                format!("{:.1}", r.allocation_ratio),
+                r.min_unit.to_string(),
+                r.max_unit.to_string(),
+                r.step_size.to_string(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&res.render());
+        out.push_str(&format!("\ntraits  {}\n", sched.traits.join(" ")));
+    }
+    for w in &inv.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["xyz".into(), "1".into()]);
+        assert_eq!(t.render(), "A    LONGER\nxyz  1\n");
+    }
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn inventory_table_shows_topology() {
+        let inv = pb::Inventory {
+            cpu: Some(pb::Cpu {
+                sockets: 2,
+                cores: 8,
+                threads: 16,
+                smt_active: true,
+                online: "0-15".into(),
+                ..Default::default()
+            }),
+            numa_nodes: vec![pb::NumaNode {
+                id: 1,
+                cpus: vec![8, 9, 10],
+                hugepages: vec![pb::HugepagePool {
+                    page_size_kib: 2048,
+                    total: 32,
+                    free: 30,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = inventory(&inv);
+        assert!(
+            text.contains("2 socket(s), 0 die(s), 8 core(s), 16 thread(s), SMT on"),
+            "{text}"
+        );
+        assert!(text.contains("1     8-10"), "{text}");
+        assert!(text.contains("2M: 30/32 free"), "{text}");
+    }
+}

@@ -1,0 +1,144 @@
+//! The daemon: configuration, start-up, serving and clean shutdown. Stopping the agent never
+//! touches guests: they belong to libvirt and keep running.
+
+pub mod config;
+pub mod socket;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hvagent_proto::v1::node_service_server::NodeServiceServer;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::api::NodeApi;
+use crate::domain::Libvirt;
+use crate::host::node::Node;
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
+    #[error("{path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the agent until SIGTERM or SIGINT. `trial_exe` is the binary that runs the KVM trial.
+pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> {
+    prepare_storage(&config.storage.root)?;
+    let (std_listener, socket_guard) = socket::bind(&config.api.unix_socket)?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| DaemonError::Io {
+            path: config.api.unix_socket.clone(),
+            action: "set non-blocking",
+            source,
+        })?;
+    let listener =
+        tokio::net::UnixListener::from_std(std_listener).map_err(|source| DaemonError::Io {
+            path: config.api.unix_socket.clone(),
+            action: "register with tokio",
+            source,
+        })?;
+
+    let libvirt = Arc::new(Libvirt::new(&config.libvirt.uri));
+    let node = Arc::new(Node::new(
+        config.host.sysfs_root.clone(),
+        config.storage.root.clone(),
+        config.host.kvm_device.clone(),
+        trial_exe,
+        Duration::from_millis(config.host.kvm_trial_timeout_ms),
+        libvirt.clone(),
+    ));
+    // Warm the slow facts in the background so the first inventory call does not wait for them.
+    tokio::spawn({
+        let node = node.clone();
+        async move {
+            let kvm = node.kvm().await;
+            tracing::info!(state = kvm.state.as_str(), reason = %kvm.reason, "KVM trial");
+            let facts = tokio::task::spawn_blocking(move || node.libvirt.facts()).await;
+            match facts {
+                Ok(f) if f.connected() => tracing::info!(
+                    uri = %f.uri, libvirt = %f.libvirt_version, qemu = %f.qemu_version,
+                    "connected to libvirt"
+                ),
+                Ok(f) => tracing::warn!(error = %f.error, "libvirt unavailable; retrying on use"),
+                Err(e) => tracing::warn!(error = %e, "libvirt probe task failed"),
+            }
+        }
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hvagent_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hvagent_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let shutdown = {
+        let health = health_reporter.clone();
+        async move {
+            let name = tokio::select! {
+                _ = sigterm.recv() => "SIGTERM",
+                _ = sigint.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "stopping; guests keep running");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        }
+    };
+
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(NodeApi::new(node).into_service())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+
+    health_reporter
+        .set_serving::<NodeServiceServer<NodeApi>>()
+        .await;
+    health_reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    tracing::info!(socket = %config.api.unix_socket.display(), "serving");
+    // Not under systemd (no NOTIFY_SOCKET) this is a no-op.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    server.await?;
+    drop(socket_guard);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn prepare_storage(root: &std::path::Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(|source| DaemonError::Io {
+            path: root.to_path_buf(),
+            action: "create storage root",
+            source,
+        })
+}

@@ -1,0 +1,169 @@
+//! One libvirt connection, opened lazily and reopened when found dead. Every method blocks:
+//! callers run them on tokio's blocking pool.
+
+use std::sync::{Mutex, Once};
+
+use virt::connect::Connect;
+
+use crate::host::LibvirtFacts;
+
+static EVENT_LOOP: Once = Once::new();
+
+/// libvirt wants its default event loop registered before the first connection, and run on a
+/// thread of its own; without it keepalives and (later) domain events never fire.
+fn start_event_loop() {
+    EVENT_LOOP.call_once(|| {
+        // Errors are returned to callers; libvirt's default handler would also print them.
+        virt::error::clear_error_callback();
+        if let Err(e) = virt::event::event_register_default_impl() {
+            tracing::error!(error = %e, "cannot register the libvirt event loop");
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .spawn(|| {
+                loop {
+                    if let Err(e) = virt::event::event_run_default_impl() {
+                        tracing::warn!(error = %e, "libvirt event loop iteration failed");
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the libvirt event thread");
+        }
+    });
+}
+
+pub struct Libvirt {
+    uri: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<Connect>,
+    /// Facts of the current connection: they only change when libvirtd restarts.
+    facts: Option<LibvirtFacts>,
+}
+
+impl Libvirt {
+    pub fn new(uri: &str) -> Self {
+        start_event_loop();
+        Self {
+            uri: uri.to_string(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Versions and domain types, asked once per connection. When libvirt cannot be reached
+    /// the facts say why, and the next call tries again.
+    pub fn facts(&self) -> LibvirtFacts {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let alive = state
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.is_alive().unwrap_or(false));
+        if alive && let Some(facts) = &state.facts {
+            return facts.clone();
+        }
+        state.conn = None;
+        state.facts = None;
+        match self.ask() {
+            Ok((conn, facts)) => {
+                state.conn = Some(conn);
+                state.facts = Some(facts.clone());
+                facts
+            }
+            Err(e) => LibvirtFacts {
+                uri: self.uri.clone(),
+                error: format!("cannot use {}: {e}", self.uri),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn ask(&self) -> Result<(Connect, LibvirtFacts), virt::error::Error> {
+        let conn = Connect::open(Some(&self.uri))?;
+        let facts = LibvirtFacts {
+            uri: self.uri.clone(),
+            libvirt_version: version_string(conn.lib_version()?),
+            qemu_version: version_string(conn.hyp_version()?),
+            domain_types: domain_types(&conn.capabilities()?),
+            error: String::new(),
+        };
+        Ok((conn, facts))
+    }
+}
+
+/// libvirt encodes versions as major * 1_000_000 + minor * 1000 + release.
+fn version_string(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+/// The distinct `<domain type='…'/>` values under `<guest>` in a capabilities document.
+fn domain_types(capabilities: &str) -> Vec<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(capabilities);
+    let mut depth_in_guest = 0usize;
+    let mut types = Vec::new();
+    loop {
+        let (element, is_start) = match reader.read_event() {
+            Ok(Event::Start(e)) => (e, true),
+            Ok(Event::Empty(e)) => (e, false),
+            Ok(Event::End(e)) => {
+                if e.name().as_ref() == "guest" {
+                    depth_in_guest = 0;
+                }
+                continue;
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        match element.name().as_ref() {
+            "guest" if is_start => depth_in_guest = 1,
+            "domain" if depth_in_guest > 0 => {
+                let kind = element
+                    .try_get_attribute("type")
+                    .ok()
+                    .flatten()
+                    .map(|a| a.value.into_owned());
+                if let Some(kind) = kind
+                    && !types.contains(&kind)
+                {
+                    types.push(kind);
+                }
+            }
+            _ => {}
+        }
+    }
+    types
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(version_string(9_000_000), "9.0.0");
+        assert_eq!(version_string(7_002_022), "7.2.22");
+    }
+
+    #[test]
+    fn domain_types_from_capabilities() {
+        let caps = r#"<capabilities><host><cpu><domain type='bogus'/></cpu></host>
+            <guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/>
+            <domain type='kvm'><emulator>/usr/bin/x</emulator></domain></arch></guest>
+            <guest><arch name='i686'><domain type='qemu'/></arch></guest></capabilities>"#;
+        assert_eq!(domain_types(caps), vec!["qemu", "kvm"]);
+        assert!(domain_types("<not xml").is_empty());
+    }
+}

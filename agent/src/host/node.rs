@@ -1,0 +1,90 @@
+//! The effectful edge of the inventory: gathers the sysfs tree, libvirt's facts, the KVM trial
+//! and the storage filesystem size, off the async workers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use super::{ExternalFacts, Inventory, KvmVerdict, kvm};
+use crate::domain::Libvirt;
+
+pub struct Node {
+    pub sysfs_root: PathBuf,
+    pub storage_root: PathBuf,
+    pub kvm_device: PathBuf,
+    /// The binary that runs the KVM trial (the `hvagent` executable itself).
+    pub trial_exe: PathBuf,
+    pub kvm_trial_timeout: Duration,
+    pub libvirt: Arc<Libvirt>,
+    kvm: OnceCell<KvmVerdict>,
+}
+
+impl Node {
+    pub fn new(
+        sysfs_root: PathBuf,
+        storage_root: PathBuf,
+        kvm_device: PathBuf,
+        trial_exe: PathBuf,
+        kvm_trial_timeout: Duration,
+        libvirt: Arc<Libvirt>,
+    ) -> Self {
+        Self {
+            sysfs_root,
+            storage_root,
+            kvm_device,
+            trial_exe,
+            kvm_trial_timeout,
+            libvirt,
+            kvm: OnceCell::new(),
+        }
+    }
+
+    /// The KVM verdict, running the trial on first use only: whether KVM works does not change
+    /// while the agent runs.
+    pub async fn kvm(&self) -> KvmVerdict {
+        self.kvm
+            .get_or_init(|| {
+                let (dev, exe, timeout) = (
+                    self.kvm_device.clone(),
+                    self.trial_exe.clone(),
+                    self.kvm_trial_timeout,
+                );
+                async move {
+                    tokio::task::spawn_blocking(move || kvm::probe(&dev, &exe, timeout))
+                        .await
+                        .unwrap_or_else(|e| KvmVerdict {
+                            state: kvm::KvmState::Broken,
+                            reason: format!("KVM trial task failed: {e}"),
+                        })
+                }
+            })
+            .await
+            .clone()
+    }
+
+    pub async fn inventory(&self) -> Result<Inventory, InventoryError> {
+        let kvm = self.kvm().await;
+        let libvirt = self.libvirt.clone();
+        let root = self.sysfs_root.clone();
+        let storage = self.storage_root.clone();
+        let gathered = tokio::task::spawn_blocking(move || {
+            let external = ExternalFacts {
+                libvirt: libvirt.facts(),
+                kvm,
+                storage_disk_bytes: nix::sys::statvfs::statvfs(&storage)
+                    .ok()
+                    .map(|s| s.blocks() * s.fragment_size()),
+            };
+            super::read(&root, external)
+        })
+        .await;
+        gathered.map_err(|e| InventoryError(e.to_string()))
+    }
+}
+
+/// Only a panicking reader gets here: a bug, reported to the caller instead of killing the agent.
+#[derive(Debug, thiserror::Error)]
+#[error("inventory reader failed: {0}")]
+pub struct InventoryError(String);
