@@ -38,6 +38,9 @@ pub enum DaemonError {
 
 /// Runs the agent until SIGTERM or SIGINT. `trial_exe` is the binary that runs the KVM trial.
 pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> {
+    // Handlers first: a stop request that arrives while starting must still be a clean stop.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     prepare_storage(&config.storage.root)?;
     let (std_listener, socket_guard) = socket::bind(&config.api.unix_socket)?;
     std_listener
@@ -91,8 +94,6 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let shutdown = {
         let health = health_reporter.clone();
         async move {

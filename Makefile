@@ -1,0 +1,64 @@
+# The two set-up commands of the README, on a fresh Debian 12 machine as root:
+#   make run    installs missing host packages, starts virtlogd/libvirtd, builds, runs hvagent
+#   make test   the same preparation, then every check and test CI runs
+# Both are idempotent and quick on a warm machine.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+CONFIG ?=
+
+# qemu-utils/bookworm: machines with qemu-utils 10 from backports need the bookworm build that
+# matches qemu-system-x86 7.2.
+APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
+	pkg-config numactl util-linux busybox-static cpio syslinux syslinux-common extlinux mtools \
+	dosfstools
+PY_MODULES := grpc grpc_health grpc_reflection google.protobuf
+PY_PACKAGES := grpcio grpcio-health-checking grpcio-reflection protobuf
+
+.PHONY: run test host packages libvirtd python images build check
+
+run: host build
+	./target/release/hvagent $(if $(CONFIG),--config $(CONFIG))
+
+test: host python images check
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --all-targets
+
+build:
+	$(CARGO) build --release --bins
+
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+host: packages libvirtd
+
+packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	case "$$missing" in *qemu-system-x86*) missing="$$missing qemu-utils";; esac; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq; \
+	  pkgs=""; for p in $$missing; do \
+	    if [ "$$p" = qemu-utils ] && apt-cache policy qemu-utils | grep -q bpo12; then p=qemu-utils/bookworm; fi; \
+	    pkgs="$$pkgs $$p"; \
+	  done; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades $$pkgs; \
+	fi
+
+# No systemd on the build machines: start the daemons by hand when they are not running.
+libvirtd:
+	@pgrep -x virtlogd >/dev/null || virtlogd -d
+	@if ! pgrep -x libvirtd >/dev/null; then rm -f /run/libvirtd.pid; libvirtd -d; fi
+	@for i in $$(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && exit 0; sleep 0.2; done; \
+	  echo "libvirtd did not answer on qemu:///system" >&2; exit 1
+
+python:
+	@python3 -c "$(foreach m,$(PY_MODULES),import $(m);)" 2>/dev/null || \
+	  python3 -m pip install --quiet --disable-pip-version-check --break-system-packages $(PY_PACKAGES)
+
+images:
+	./images/build.sh

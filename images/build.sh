@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Builds the small hvagent test guest from Debian packages only (see README.md):
+#   out/vmlinuz        Debian cloud kernel
+#   out/initramfs.img  busybox-static + guest/init + guest/capture.sh + virtio modules
+#   out/disk.qcow2     BIOS-bootable disk (MBR + FAT + syslinux) holding the two above
+# Idempotent: each output is rebuilt only when missing or older than one of its inputs.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OUT=$HERE/out
+CACHE=$OUT/cache
+SELF=$HERE/build.sh
+# Kernel modules put into the initramfs (the cloud kernel builds virtio as modules). With
+# them the guest has a NIC and a disk with driver links, which the sysfs fixtures want.
+MODULES=(virtio_pci virtio_net virtio_blk)
+DISK_MIB=64
+PART_START=2048 # first sector of the FAT partition (1 MiB alignment)
+
+log() { printf 'build.sh: %s\n' "$*" >&2; }
+
+# newer TARGET INPUT...: true if TARGET exists and is newer than every INPUT.
+newer() {
+    local target=$1 input
+    shift
+    [[ -e $target ]] || return 1
+    for input in "$@"; do [[ $target -nt $input ]] || return 1; done
+}
+
+# apt_run CMD...: runs an apt command; on failure refreshes the package lists once and
+# retries (a fresh CI machine may have no lists yet).
+apt_run() {
+    "$@" && return 0
+    log "retrying after apt-get update: $*"
+    apt-get update -qq >&2
+    "$@"
+}
+
+# deb PACKAGE: prints the path of PACKAGE's .deb in the cache, downloading it if absent.
+deb() {
+    local pkg=$1 f
+    f=$(compgen -G "$CACHE/${pkg}_*.deb" | sort -V | tail -n1 || true)
+    if [[ -z $f ]]; then
+        log "downloading $pkg"
+        # Sandbox::User=root: the cache dir is root's; avoids apt's "unsandboxed" warning.
+        (cd "$CACHE" && apt_run apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2)
+        f=$(compgen -G "$CACHE/${pkg}_*.deb" | sort -V | tail -n1)
+    fi
+    printf '%s\n' "$f"
+}
+
+# The metapackage linux-image-cloud-amd64 depends on the versioned kernel package.
+kernel_pkg() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^linux-image-.*-cloud-amd64$/ { print $2; exit }'
+}
+
+# extract DEB: unpacks DEB once into $CACHE/<deb name>/ and prints that directory.
+extract() {
+    local dir
+    dir=$CACHE/$(basename "$1" .deb)
+    if ! newer "$dir/.done" "$1"; then
+        rm -rf "$dir"
+        dpkg -x "$1" "$dir"
+        touch "$dir/.done"
+    fi
+    printf '%s\n' "$dir"
+}
+
+# le32 N: N as 4 little-endian bytes, for printf.
+le32() { printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
+
+mkdir -p "$CACHE"
+
+# --- kernel ------------------------------------------------------------------------------
+# The resolved name is remembered in the cache: apt-cache takes 1.5 s per call here (the
+# image disables apt's binary cache). `build.sh --refresh` resolves it again.
+if [[ ${1:-} == --refresh ]]; then rm -f "$CACHE/kernel-package"; fi
+if [[ ! -s $CACHE/kernel-package ]]; then
+    kpkg=$(kernel_pkg)
+    if [[ -z $kpkg ]]; then
+        apt-get update -qq >&2
+        kpkg=$(kernel_pkg)
+    fi
+    [[ -n $kpkg ]] || { log "cannot resolve the package linux-image-cloud-amd64 depends on"; exit 1; }
+    echo "$kpkg" >"$CACHE/kernel-package"
+fi
+kpkg=$(cat "$CACHE/kernel-package")
+kdeb=$(deb "$kpkg")
+kdir=$(extract "$kdeb")
+if ! newer "$OUT/vmlinuz" "$kdeb"; then
+    log "vmlinuz from $(basename "$kdeb")"
+    cp "$kdir"/boot/vmlinuz-* "$OUT/vmlinuz"
+fi
+
+# --- initramfs ---------------------------------------------------------------------------
+bbdeb=$(deb busybox-static)
+init_inputs=("$SELF" "$kdeb" "$bbdeb" "$HERE/guest/init" "$HERE/guest/capture.sh")
+if ! newer "$OUT/initramfs.img" "${init_inputs[@]}"; then
+    log "initramfs.img"
+    bbdir=$(extract "$bbdeb")
+    root=$OUT/initramfs.root
+    rm -rf "$root"
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,root,lib/modules}
+    cp "$bbdir/bin/busybox" "$root/bin/busybox"
+    # Same links as `busybox --install -s`, but made on the host: --list-full prints each
+    # applet's install path (bin/sh, sbin/poweroff, usr/bin/base64, ...).
+    for applet in $("$root/bin/busybox" --list-full); do
+        [[ -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
+    done
+    # The kernel opens /dev/console before running /init; without the node it warns and
+    # /init starts without stdio (it reopens /dev/console after mounting devtmpfs anyway).
+    if [[ $EUID -eq 0 ]]; then mknod -m 600 "$root/dev/console" c 5 1; fi
+    install -m 755 "$HERE/guest/init" "$root/init"
+    install -m 755 "$HERE/guest/capture.sh" "$root/capture.sh"
+
+    # Modules with their dependencies (from each .ko's modinfo "depends=" field; the
+    # package ships no modules.dep), listed dependencies first in lib/modules/load-order.
+    declare -A seen=()
+    order=()
+    add_module() {
+        local name=$1 ko dep
+        [[ -z ${seen[$name]:-} ]] || return 0
+        seen[$name]=1
+        ko=$(find "$kdir/lib/modules" -name "$name.ko" -print -quit)
+        [[ -n $ko ]] || { log "module $name not found"; exit 1; }
+        for dep in $(grep -a -o -m1 'depends=[A-Za-z0-9_,-]*' "$ko" | cut -d= -f2 | tr , ' ' || true); do
+            add_module "$dep"
+        done
+        cp "$ko" "$root/lib/modules/"
+        order+=("$name")
+    }
+    for m in "${MODULES[@]}"; do add_module "$m"; done
+    printf '%s\n' "${order[@]}" >"$root/lib/modules/load-order"
+
+    (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) |
+        gzip -9n >"$OUT/initramfs.img.tmp"
+    mv "$OUT/initramfs.img.tmp" "$OUT/initramfs.img"
+    rm -rf "$root"
+fi
+
+# --- disk image --------------------------------------------------------------------------
+if ! newer "$OUT/disk.qcow2" "$SELF" "$OUT/vmlinuz" "$OUT/initramfs.img"; then
+    log "disk.qcow2"
+    raw=$OUT/disk.raw
+    offset=$((PART_START * 512))
+    part_sectors=$((DISK_MIB * 2048 - PART_START))
+    rm -f "$raw"
+    truncate -s "${DISK_MIB}M" "$raw"
+    # MBR: syslinux boot code (440 bytes), then one partition entry and the signature.
+    # The entry is active (0x80), type 0x0c (FAT32 LBA; FAT16 in it is fine for syslinux),
+    # CHS fields set to the "use LBA" maximum (fe ff ff).
+    dd if=/usr/lib/syslinux/mbr/mbr.bin of="$raw" conv=notrunc status=none
+    # shellcheck disable=SC2059 # the format string is made of escapes on purpose
+    printf "\\x80\\xfe\\xff\\xff\\x0c\\xfe\\xff\\xff$(le32 $PART_START)$(le32 $part_sectors)" |
+        dd of="$raw" bs=1 seek=446 conv=notrunc status=none
+    printf '\x55\xaa' | dd of="$raw" bs=1 seek=510 conv=notrunc status=none
+
+    # FAT file system inside the partition, written through mtools' image@@offset syntax
+    # (no mount, no loop device). -H: hidden sectors = partition start, for the boot sector.
+    export MTOOLS_SKIP_CHECK=1
+    img="$raw@@$offset"
+    mformat -i "$img" -T "$part_sectors" -h 64 -s 32 -H "$PART_START" -v HVAGENT ::
+    syslinux --offset "$offset" --install "$raw"
+    cat >"$OUT/syslinux.cfg" <<'EOF'
+SERIAL 0 115200
+DEFAULT hvagent
+PROMPT 0
+TIMEOUT 0
+LABEL hvagent
+  LINUX /vmlinuz
+  INITRD /initramfs.img
+  APPEND console=ttyS0
+EOF
+    mcopy -o -i "$img" "$OUT/syslinux.cfg" "$OUT/vmlinuz" "$OUT/initramfs.img" ::/
+    rm -f "$OUT/syslinux.cfg"
+    qemu-img convert -f raw -O qcow2 "$raw" "$OUT/disk.qcow2.tmp"
+    mv "$OUT/disk.qcow2.tmp" "$OUT/disk.qcow2"
+    rm -f "$raw"
+fi
+
+log "up to date: $OUT/{vmlinuz,initramfs.img,disk.qcow2}"

@@ -1,0 +1,193 @@
+//! Shared helpers: locate the built binaries, start a real `hvagent` on a private socket and
+//! run the real `hvctl` against it.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/<profile>/<name>`, next to the `deps/` directory holding this test binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as `make test` does)",
+        path.display()
+    );
+    path
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_path_buf()
+}
+
+/// A running agent with its own socket, storage root and config file in a temporary directory.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Agent {
+    /// Writes a config (socket and storage inside a new temp dir, plus `extra` TOML lines,
+    /// which may add keys to a `[host]` section) and starts the agent, waiting until it serves.
+    pub fn start(extra: &str) -> Agent {
+        let agent = Agent::configure(extra);
+        agent.spawn()
+    }
+
+    pub fn configure(extra: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run/hvagent.sock");
+        let config = dir.path().join("hvagent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[api]\nunix_socket = \"{}\"\n[storage]\nroot = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
+                socket.display(),
+                dir.path().join("store").display()
+            ),
+        )
+        .expect("write config");
+        Agent {
+            dir,
+            socket,
+            config,
+            child: None,
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("hvagent"));
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+
+    pub fn spawn(mut self) -> Agent {
+        let child = self
+            .command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hvagent");
+        self.child = Some(child);
+        self.wait_serving();
+        self
+    }
+
+    fn wait_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("hvagent exited early with {status}: {err}");
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "hvagent did not serve {} within 30 s",
+            self.socket.display()
+        );
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("agent running").id() as i32
+    }
+
+    /// Sends `signal` and waits for the agent to exit; returns its status and stderr.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("agent running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+            .expect("signal agent");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hvagent did not stop within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (status, err)
+    }
+
+    pub fn hvctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("hvctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run hvctl")
+    }
+
+    /// `hvctl --output json node inventory`, parsed.
+    pub fn inventory_json(&self) -> serde_json::Value {
+        let out = self.hvctl(&["--output", "json", "node", "inventory"]);
+        assert!(
+            out.status.success(),
+            "hvctl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("hvctl prints JSON")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Exit code, treating death by signal as a failure to report.
+pub fn code(status: &ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| panic!("killed by signal {:?}", status.signal()))
+}
+
+/// Runs a host tool and returns its stdout, failing the test with its stderr otherwise.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} is needed by this test (make test installs it): {e}")
+        });
+    assert!(out.status.success(), "{program} {args:?}: {}", stderr(&out));
+    stdout(&out)
+}

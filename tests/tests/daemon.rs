@@ -1,0 +1,196 @@
+//! The real `hvagent` binary: start-up, config errors, one agent per socket, stale sockets,
+//! sd_notify, clean stop on SIGTERM/SIGINT that leaves guests running.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Agent, code};
+use nix::sys::signal::Signal;
+
+#[test]
+fn serves_with_socket_mode_0660_and_stops_cleanly_on_sigterm() {
+    let mut agent = Agent::start("");
+    let meta = std::fs::metadata(&agent.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let store = std::fs::metadata(agent.dir.path().join("store")).unwrap();
+    assert!(store.is_dir());
+    assert_eq!(store.permissions().mode() & 0o777, 0o700);
+
+    let (status, err) = agent.stop_with(Signal::SIGTERM);
+    assert_eq!(code(&status), 0, "{err}");
+    assert!(err.contains("signal=\"SIGTERM\""), "{err}");
+    assert!(!agent.socket.exists(), "socket removed on stop");
+}
+
+#[test]
+fn sigint_also_stops_cleanly() {
+    let mut agent = Agent::start("");
+    let (status, err) = agent.stop_with(Signal::SIGINT);
+    assert_eq!(code(&status), 0, "{err}");
+    assert!(err.contains("SIGINT"), "{err}");
+}
+
+#[test]
+fn second_agent_on_a_live_socket_refuses_to_start() {
+    let agent = Agent::start("");
+    let out = agent.command().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "another hvagent (pid {}) is serving {}",
+            agent.pid(),
+            agent.socket.display()
+        )),
+        "{err}"
+    );
+    // The first agent still answers.
+    assert_eq!(
+        agent.inventory_json()["cpu"]["threads"]
+            .as_u64()
+            .map(|t| t > 0),
+        Some(true)
+    );
+}
+
+#[test]
+fn stale_socket_is_replaced() {
+    let agent = Agent::configure("");
+    std::fs::create_dir_all(agent.socket.parent().unwrap()).unwrap();
+    drop(UnixListener::bind(&agent.socket).unwrap());
+    assert!(agent.socket.exists(), "a stale socket is left behind");
+    let agent = agent.spawn();
+    assert!(agent.inventory_json()["cpu"].is_object());
+}
+
+#[test]
+fn a_file_that_is_not_a_socket_is_never_replaced() {
+    let agent = Agent::configure("");
+    std::fs::create_dir_all(agent.socket.parent().unwrap()).unwrap();
+    std::fs::write(&agent.socket, "not mine").unwrap();
+    let out = agent.command().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::stderr(&out).contains("exists and is not a socket; refusing to replace it"));
+    assert_eq!(std::fs::read_to_string(&agent.socket).unwrap(), "not mine");
+}
+
+/// Runs the agent on a config text and returns (exit code, stderr).
+fn run_with_config(text: &str) -> (i32, String, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(common::bin("hvagent"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (code(&out.status), common::stderr(&out), path)
+}
+
+#[test]
+fn config_errors_exit_2_with_one_line_naming_file_key_and_problem() {
+    let cases = [
+        ("[api]\nsocket = \"/x\"\n", "api.socket: unknown key"),
+        ("[nope]\nx = 1\n", "nope.x: unknown section [nope]"),
+        (
+            "[log]\nformat = \"yaml\"\n",
+            "log.format: \"yaml\" is not one of \"text\", \"json\"",
+        ),
+        (
+            "[metrics]\nlisten = \"9465\"\n",
+            "metrics.listen: \"9465\" is not an address:port",
+        ),
+        (
+            "[storage]\nroot = \"relative\"\n",
+            "storage.root: \"relative\" must be an absolute path",
+        ),
+        (
+            "[api]\nunix_socket = [1]\n",
+            "api.unix_socket: must be a string, got array",
+        ),
+        ("[api\n", "line 1: not valid TOML"),
+    ];
+    for (text, expected) in cases {
+        let (code, err, path) = run_with_config(text);
+        assert_eq!(code, 2, "{text:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.starts_with(&format!("hvagent: {}: {expected}", path.display())),
+            "{text:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_config_exits_2() {
+    let out = std::process::Command::new(common::bin("hvagent"))
+        .args(["--config", "/nonexistent/hvagent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out.status), 2);
+    assert_eq!(
+        common::stderr(&out).trim(),
+        "hvagent: /nonexistent/hvagent.toml: cannot read: No such file or directory (os error 2)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::bin("hvagent"))
+        .arg("--config")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out.status), 2);
+    assert!(
+        common::stderr(&out).contains("cannot read: Is a directory"),
+        "{}",
+        common::stderr(&out)
+    );
+}
+
+#[test]
+fn notifies_systemd_when_ready_and_when_stopping() {
+    let agent = Agent::configure("");
+    let notify_path = agent.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = agent
+        .command()
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY notification");
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "READY=1");
+    // READY comes only once the socket serves.
+    assert!(std::os::unix::net::UnixStream::connect(&agent.socket).is_ok());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = notify.recv(&mut buf).expect("STOPPING notification");
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn help_explains_the_daemon() {
+    let out = std::process::Command::new(common::bin("hvagent"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = common::stdout(&out);
+    assert!(out.status.success());
+    assert!(text.contains("--config <FILE>"), "{text}");
+    assert!(text.contains("never stops guests"), "{text}");
+    assert!(
+        !text.contains("kvm-trial"),
+        "internal flag stays hidden: {text}"
+    );
+}
