@@ -15,13 +15,22 @@ fn python_grpcio_uses_health_reflection_and_the_api() {
         .arg(&agent.socket)
         .output()
         .expect("python3 (make test installs grpcio, grpcio-health-checking, grpcio-reflection)");
-    assert!(out.status.success(), "python client failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        stderr(&out)
+    );
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     assert_eq!(seen["health[]"], "SERVING");
     assert_eq!(seen["health[hvagent.v1.NodeService]"], "SERVING");
     assert_eq!(seen["health[no.such.Service]"], "NOT_FOUND");
-    let services: Vec<&str> = seen["services"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let services: Vec<&str> = seen["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
     for expected in ["grpc.health.v1.Health", "hvagent.v1.NodeService"] {
         assert!(services.contains(&expected), "{services:?}");
     }
@@ -31,8 +40,18 @@ fn python_grpcio_uses_health_reflection_and_the_api() {
     let ours = agent.inventory_json();
     assert_eq!(theirs["cpu"]["model_name"], ours["cpu"]["model_name"]);
     // protobuf's JSON mapping prints 64-bit integers as strings; compare as text.
-    let as_text = |v: &Value| v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
-    assert_eq!(as_text(&theirs["cpu"]["threads"]), as_text(&ours["cpu"]["threads"]));
-    assert_eq!(as_text(&theirs["memory"]["total_bytes"]), as_text(&ours["memory"]["total_bytes"]));
+    let as_text = |v: &Value| {
+        v.as_str()
+            .map(String::from)
+            .unwrap_or_else(|| v.to_string())
+    };
+    assert_eq!(
+        as_text(&theirs["cpu"]["threads"]),
+        as_text(&ours["cpu"]["threads"])
+    );
+    assert_eq!(
+        as_text(&theirs["memory"]["total_bytes"]),
+        as_text(&ours["memory"]["total_bytes"])
+    );
     assert_eq!(theirs["scheduler"]["traits"], ours["scheduler"]["traits"]);
 }
