@@ -14,7 +14,10 @@ use hvagent::ctl::client;
 use hvagent_proto::v1 as pb;
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// `target/release/<name>`, next to `deps/` holding this bench binary.
@@ -25,7 +28,11 @@ fn bin(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target dir")
         .join(name);
-    assert!(path.exists(), "{} missing: run `cargo build --release --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --release --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -134,25 +141,48 @@ fn main() {
         let mut node = pb::node_service_client::NodeServiceClient::new(channel);
         // Warm-up: the first call waits for the KVM trial and libvirt's facts.
         let first = Instant::now();
-        node.get_inventory(pb::GetInventoryRequest {}).await.expect("inventory");
-        println!("first GetInventory after start (waits for KVM trial and libvirt): {}", ms(first.elapsed()));
+        node.get_inventory(pb::GetInventoryRequest {})
+            .await
+            .expect("inventory");
+        println!(
+            "first GetInventory after start (waits for KVM trial and libvirt): {}",
+            ms(first.elapsed())
+        );
         let mut samples = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             let started = Instant::now();
-            let inv = node.get_inventory(pb::GetInventoryRequest {}).await.expect("inventory");
+            let inv = node
+                .get_inventory(pb::GetInventoryRequest {})
+                .await
+                .expect("inventory");
             samples.push(started.elapsed());
             assert!(inv.into_inner().cpu.is_some());
         }
         stats(samples)
     });
-    let hvctl = time_command(&bin("hvctl"), &["--socket", socket.to_str().unwrap(), "node", "inventory"], command_rounds);
-    let virsh = time_command(Path::new("virsh"), &["-c", "qemu:///system", "capabilities"], command_rounds);
-    let virsh_nodeinfo = time_command(Path::new("virsh"), &["-c", "qemu:///system", "nodeinfo"], command_rounds);
+    let hvctl = time_command(
+        &bin("hvctl"),
+        &["--socket", socket.to_str().unwrap(), "node", "inventory"],
+        command_rounds,
+    );
+    let virsh = time_command(
+        Path::new("virsh"),
+        &["-c", "qemu:///system", "capabilities"],
+        command_rounds,
+    );
+    let virsh_nodeinfo = time_command(
+        Path::new("virsh"),
+        &["-c", "qemu:///system", "nodeinfo"],
+        command_rounds,
+    );
 
     println!();
     println!("| what | n | median | p99 | min | max |");
     println!("|---|---|---|---|---|---|");
-    row("GetInventory round trip (gRPC, Unix socket, one connection)", &grpc);
+    row(
+        "GetInventory round trip (gRPC, Unix socket, one connection)",
+        &grpc,
+    );
     row("`hvctl node inventory` (whole process)", &hvctl);
     row("`virsh capabilities` (whole process)", &virsh);
     row("`virsh nodeinfo` (whole process)", &virsh_nodeinfo);

@@ -194,3 +194,61 @@ fn help_explains_the_daemon() {
         "internal flag stays hidden: {text}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let port = free_port();
+    let agent = Agent::configure("");
+    let text = std::fs::read_to_string(&agent.config)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&agent.config, text).unwrap();
+    let _agent = agent.spawn();
+    let resp = http_get(port, "/metrics");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("hvagent_up 1"), "{resp}");
+    assert!(resp.contains("hvagent_build_info{version=\""), "{resp}");
+    assert!(http_get(port, "/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn metrics_address_in_use_stops_start_up_with_the_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let agent = Agent::configure("");
+    let text = std::fs::read_to_string(&agent.config)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&agent.config, text).unwrap();
+    let out = agent.command().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains(&format!(
+            "metrics endpoint 127.0.0.1:{port}: Address already in use"
+        )),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(!agent.socket.exists(), "nothing left behind");
+}

@@ -7,8 +7,8 @@ use clap::Parser;
 use hvagent::daemon::{self, Config, config::LogFormat};
 use hvagent::host::kvm;
 
-/// The Sovereign Cloud Stack node agent: inventory, placement and guests of one compute node,
-/// served over gRPC on a Unix socket.
+/// The Sovereign Cloud Stack node agent: the hardware inventory of one compute node and what it
+/// can serve, over gRPC on a Unix socket, with Prometheus metrics.
 ///
 /// Runs in the foreground until SIGTERM or SIGINT; stopping it never stops guests. Without
 /// --config every setting takes its documented default (docs/operations.md).
@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         // A small node agent: two workers keep the idle footprint low; blocking calls (sysfs,
         // libvirt) run on tokio's separate blocking pool.
         .worker_threads(2)
+        .max_blocking_threads(16)
         .enable_all()
         .build()
     {
@@ -57,7 +58,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, trial_exe)) {
+    let result = runtime.block_on(daemon::run(config, trial_exe));
+    // A blocking call still waiting on libvirt must not keep a stopped agent alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "hvagent failed");
@@ -68,8 +72,17 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HVAGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let level = match std::env::var("HVAGENT_LOG") {
+        Ok(env) => match daemon::config::check_log_filter(&env) {
+            Ok(()) => env,
+            Err(e) => {
+                eprintln!("hvagent: HVAGENT_LOG ignored: {e}");
+                config.log.level.clone()
+            }
+        },
+        Err(_) => config.log.level.clone(),
+    };
+    let filter = tracing_subscriber::EnvFilter::new(level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -9,8 +9,8 @@ use hvagent_proto::v1 as pb;
 
 /// Talk to the hvagent node agent of this compute node.
 ///
-/// hvctl connects to the agent's Unix socket (default /run/hvagent/hvagent.sock; needs root or
-/// the socket's group). Exit status: 0 success, 1 the agent refused or failed the request,
+/// hvctl connects to the agent's Unix socket (default /run/hvagent/hvagent.sock, mode 0660:
+/// root, or the socket's owner and group). Exit status: 0 success, 1 the agent refused or failed the request,
 /// 2 bad command line, 3 the agent could not be reached.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
@@ -105,12 +105,9 @@ fn print<T: serde::Serialize>(output: Output, value: &T, table: fn(&T) -> String
 }
 
 fn fail(socket: &Path, status: &tonic::Status) -> ExitCode {
-    eprintln!("hvctl: {}", client::call_error(socket, status));
-    let unreachable = matches!(
-        status.code(),
-        tonic::Code::Unimplemented | tonic::Code::Unavailable
-    );
-    ExitCode::from(if unreachable {
+    let error = client::call_error(socket, status);
+    eprintln!("hvctl: {}", error.message);
+    ExitCode::from(if error.unreachable {
         EXIT_UNREACHABLE
     } else {
         EXIT_CALL_FAILED

@@ -61,26 +61,49 @@ pub async fn connect(socket: &Path) -> Result<Channel, ConnectError> {
         })
 }
 
+/// A failed call as hvctl reports it.
+pub struct CallError {
+    pub message: String,
+    /// The peer is not (or no longer) a usable agent, rather than an agent refusing the call.
+    pub unreachable: bool,
+}
+
 /// Turns a failed call into a message; transport-level failures mean the peer is not an agent.
-pub fn call_error(socket: &Path, status: &tonic::Status) -> String {
+pub fn call_error(socket: &Path, status: &tonic::Status) -> CallError {
+    let unreachable = |message: String| CallError {
+        message,
+        unreachable: true,
+    };
     match status.code() {
-        tonic::Code::Unimplemented => ConnectError::NotAnAgent {
-            path: socket.to_path_buf(),
-            reason: format!("it does not implement this call ({})", status.message()),
-        }
-        .to_string(),
+        tonic::Code::Unimplemented => unreachable(
+            ConnectError::NotAnAgent {
+                path: socket.to_path_buf(),
+                reason: format!("it does not implement this call ({})", status.message()),
+            }
+            .to_string(),
+        ),
         tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Internal
             if status.message().contains("transport")
                 || status.message().contains("protocol")
                 || status.message().contains("h2") =>
         {
-            ConnectError::NotAnAgent {
-                path: socket.to_path_buf(),
-                reason: format!("it does not speak gRPC ({})", status.message()),
-            }
-            .to_string()
+            unreachable(
+                ConnectError::NotAnAgent {
+                    path: socket.to_path_buf(),
+                    reason: format!("it does not speak gRPC ({})", status.message()),
+                }
+                .to_string(),
+            )
         }
-        code => format!("{}: {}", code_name(code), status.message()),
+        tonic::Code::Unavailable => unreachable(format!(
+            "{} stopped answering: {}",
+            socket.display(),
+            status.message()
+        )),
+        code => CallError {
+            message: format!("{}: {}", code_name(code), status.message()),
+            unreachable: false,
+        },
     }
 }
 

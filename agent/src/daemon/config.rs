@@ -130,7 +130,7 @@ impl Config {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(1);
             ConfigError::Syntax {
                 file: file.to_string(),
@@ -194,8 +194,7 @@ impl Config {
             }
             ("log", "level") => {
                 let level = string(value)?;
-                tracing_subscriber::EnvFilter::try_new(&level)
-                    .map_err(|e| format!("{level:?} is not a log filter: {e}"))?;
+                check_log_filter(&level)?;
                 self.log.level = level;
             }
             ("host", "sysfs_root") => self.host.sysfs_root = absolute_path(value)?,
@@ -222,6 +221,25 @@ impl Config {
 }
 
 const KNOWN_SECTIONS: &[&str] = &["api", "libvirt", "storage", "metrics", "log", "host"];
+
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// A tracing filter (`info`, `hvagent=debug,warn`). tracing itself takes a bare word as a target
+/// name, so a typo such as `inof` would silently turn logging off: bare words must be levels.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    for directive in filter.split(',').map(str::trim) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{filter:?} is not a log filter: {directive:?} needs a level ({})",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("{filter:?} is not a log filter: {e}"))
+}
 
 fn string(value: &toml::Value) -> Result<String, String> {
     match value {
@@ -327,12 +345,16 @@ mod tests {
             err("[log]\nlevel = \"=bad=\"\n")
                 .starts_with("/etc/x.toml: log.level: \"=bad=\" is not a log filter")
         );
+        assert!(err("[log]\nlevel = \"inof\"\n").contains("\"inof\" needs a level"));
+        assert!(Config::parse("f", "[log]\nlevel = \"hvagent=debug,WARN\"\n").is_ok());
     }
 
     #[test]
     fn syntax_errors_name_the_line() {
         let e = err("[api]\nunix_socket = \n");
         assert!(e.starts_with("/etc/x.toml: line 2: not valid TOML:"), "{e}");
+        let e = err("[api]\n\n=oops\n");
+        assert!(e.starts_with("/etc/x.toml: line 3: not valid TOML:"), "{e}");
     }
 
     #[test]

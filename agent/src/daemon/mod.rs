@@ -2,6 +2,7 @@
 //! touches guests: they belong to libvirt and keep running.
 
 pub mod config;
+pub mod metrics;
 pub mod socket;
 
 use std::path::PathBuf;
@@ -28,6 +29,11 @@ pub enum DaemonError {
         action: &'static str,
         source: std::io::Error,
     },
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
     #[error("gRPC reflection: {0}")]
@@ -35,6 +41,9 @@ pub enum DaemonError {
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
+
+/// How long open calls may run on after a stop signal.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGTERM or SIGINT. `trial_exe` is the binary that runs the KVM trial.
 pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> {
@@ -56,6 +65,18 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             action: "register with tokio",
             source,
         })?;
+
+    let metrics_listener = metrics::bind(config.metrics.listen)
+        .await
+        .map_err(|source| DaemonError::Metrics {
+            addr: config.metrics.listen,
+            source,
+        })?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    if let Ok(addr) = metrics_listener.local_addr() {
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    let metrics_task = tokio::spawn(metrics::serve(metrics_listener, metrics.clone()));
 
     let libvirt = Arc::new(Libvirt::new(&config.libvirt.uri));
     let node = Arc::new(Node::new(
@@ -94,8 +115,10 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let shutdown = {
         let health = health_reporter.clone();
+        let metrics = metrics.clone();
         async move {
             let name = tokio::select! {
                 _ = sigterm.recv() => "SIGTERM",
@@ -103,9 +126,12 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             };
             tracing::info!(signal = name, "stopping; guests keep running");
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            metrics.up.set(0);
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
+            health.set_not_serving::<NodeServiceServer<NodeApi>>().await;
+            let _ = stopping_tx.send(true);
         }
     };
 
@@ -122,10 +148,23 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     health_reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
+    metrics.up.set(1);
     tracing::info!(socket = %config.api.unix_socket.display(), "serving");
     // Not under systemd (no NOTIFY_SOCKET) this is a no-op.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    server.await?;
+    // In-flight calls may finish, but long-lived streams (health Watch) must not hold a stop.
+    let grace = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        _ = grace => tracing::warn!(
+            grace_s = STOP_GRACE.as_secs(),
+            "calls still open after the stop grace period; closing them"
+        ),
+    }
+    metrics_task.abort();
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())

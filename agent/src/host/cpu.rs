@@ -81,14 +81,14 @@ pub struct Vulnerability {
 }
 
 impl Vulnerability {
-    /// The kernel says the CPU is exposed (mitigation off or impossible).
+    /// The kernel says the CPU is exposed (mitigation off or impossible), or cannot tell.
     pub fn is_vulnerable(&self) -> bool {
-        self.status.starts_with("Vulnerable")
+        self.status.starts_with("Vulnerable") || self.status.starts_with("Unknown")
     }
 
     /// The kernel says the issue stays open while SMT is on (L1TF, MDS, MMIO stale data).
     pub fn smt_vulnerable(&self) -> bool {
-        self.status.contains("SMT vulnerable")
+        self.status.contains("SMT vulnerable") || self.status.contains("SMT Host state unknown")
     }
 }
 
@@ -305,5 +305,7 @@ mod tests {
                 .smt_vulnerable()
         );
         assert!(!v("Not affected").smt_vulnerable());
+        assert!(v("Unknown: No mitigations").is_vulnerable());
+        assert!(v("Mitigation: Clear CPU buffers; SMT Host state unknown").smt_vulnerable());
     }
 }

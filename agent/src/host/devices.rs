@@ -141,8 +141,18 @@ pub fn read_gpus(sys: &SysRoot) -> Vec<Gpu> {
         .collect()
 }
 
+/// RDMA devices with at least one InfiniBand port; RoCE adapters (Ethernet link layer) also
+/// live in /sys/class/infiniband but are not InfiniBand.
 pub fn read_infiniband(sys: &SysRoot) -> Vec<String> {
     sys.entries("sys/class/infiniband", "")
+        .into_iter()
+        .filter(|dev| {
+            let ports = format!("sys/class/infiniband/{dev}/ports");
+            sys.entries(&ports, "").iter().any(|port| {
+                sys.read(&format!("{ports}/{port}/link_layer")).as_deref() == Some("InfiniBand")
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -192,6 +202,16 @@ mod tests {
         write(r, "sys/bus/pci/devices/0000:3b:00.0/vendor", "0x10de\n");
         write(r, "sys/bus/pci/devices/0000:3b:00.0/numa_node", "1\n");
         write(r, "sys/bus/pci/devices/0000:00:01.0/class", "0x020000\n");
+        write(
+            r,
+            "sys/class/infiniband/mlx5_0/ports/1/link_layer",
+            "InfiniBand\n",
+        );
+        write(
+            r,
+            "sys/class/infiniband/mlx5_1/ports/1/link_layer",
+            "Ethernet\n",
+        );
         let sys = SysRoot::new(r);
 
         let disks = read_block_devices(&sys);
@@ -214,5 +234,11 @@ mod tests {
         assert_eq!(gpus[0].scs_vendor(), Some('N'));
         assert_eq!(gpus[0].numa_node, Some(1));
         assert_eq!(gpus[0].pci_address, "0000:3b:00.0");
+
+        assert_eq!(
+            read_infiniband(&sys),
+            vec!["mlx5_0"],
+            "RoCE is not InfiniBand"
+        );
     }
 }

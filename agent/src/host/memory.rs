@@ -9,6 +9,8 @@ use super::sysfs::SysRoot;
 pub struct MemoryInfo {
     pub total_bytes: u64,
     pub available_bytes: u64,
+    /// MemFree: what per-node figures report, so the one-node fallback can match them.
+    pub free_bytes: u64,
     pub ecc: Ecc,
     pub ecc_reason: String,
     pub hugepages: Vec<HugepagePool>,
@@ -60,6 +62,7 @@ pub fn read(sys: &SysRoot) -> MemoryInfo {
     MemoryInfo {
         total_bytes: meminfo.get("MemTotal").copied().unwrap_or(0),
         available_bytes: meminfo.get("MemAvailable").copied().unwrap_or(0),
+        free_bytes: meminfo.get("MemFree").copied().unwrap_or(0),
         ecc,
         ecc_reason,
         hugepages: read_hugepages(sys, "sys/kernel/mm/hugepages"),
@@ -75,7 +78,7 @@ pub fn read_numa(sys: &SysRoot, memory: &MemoryInfo, online_cpus: &[u32]) -> Vec
             id: 0,
             cpus: online_cpus.to_vec(),
             memory_total_bytes: memory.total_bytes,
-            memory_free_bytes: memory.available_bytes,
+            memory_free_bytes: memory.free_bytes,
             distances: vec![10],
             hugepages: memory.hugepages.clone(),
         }];

@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
-use super::{ExternalFacts, Inventory, KvmVerdict, kvm};
+use super::{ExternalFacts, Inventory, KvmVerdict, LibvirtFacts, kvm};
 use crate::domain::Libvirt;
+
+/// How long one inventory call waits for libvirt. On some hosts libvirtd re-probes QEMU on
+/// every capabilities call (about 12 s on the development machines), so this is generous.
+pub const LIBVIRT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Node {
     pub sysfs_root: PathBuf,
@@ -64,14 +68,38 @@ impl Node {
             .clone()
     }
 
-    pub async fn inventory(&self) -> Result<Inventory, InventoryError> {
-        let kvm = self.kvm().await;
+    /// libvirt's facts, or why they are missing; a hung libvirtd costs a caller at most
+    /// [`LIBVIRT_TIMEOUT`], never the whole inventory.
+    async fn libvirt_facts(&self) -> LibvirtFacts {
         let libvirt = self.libvirt.clone();
+        let asked = tokio::time::timeout(
+            LIBVIRT_TIMEOUT,
+            tokio::task::spawn_blocking(move || libvirt.facts()),
+        )
+        .await;
+        let error = match asked {
+            Ok(Ok(facts)) => return facts,
+            Ok(Err(e)) => format!("libvirt task failed: {e}"),
+            Err(_) => format!(
+                "{} did not answer within {} s",
+                self.libvirt.uri(),
+                LIBVIRT_TIMEOUT.as_secs()
+            ),
+        };
+        LibvirtFacts {
+            uri: self.libvirt.uri().to_string(),
+            error,
+            ..Default::default()
+        }
+    }
+
+    pub async fn inventory(&self) -> Result<Inventory, InventoryError> {
+        let (kvm, libvirt) = tokio::join!(self.kvm(), self.libvirt_facts());
         let root = self.sysfs_root.clone();
         let storage = self.storage_root.clone();
         let gathered = tokio::task::spawn_blocking(move || {
             let external = ExternalFacts {
-                libvirt: libvirt.facts(),
+                libvirt,
                 kvm,
                 storage_disk_bytes: nix::sys::statvfs::statvfs(&storage)
                     .ok()
