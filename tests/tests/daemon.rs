@@ -252,3 +252,46 @@ fn metrics_address_in_use_stops_start_up_with_the_reason() {
     );
     assert!(!agent.socket.exists(), "nothing left behind");
 }
+
+#[test]
+fn an_open_health_watch_stream_does_not_hold_the_stop() {
+    let mut agent = Agent::start("");
+    let socket = agent.socket.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut stream = runtime.block_on(async {
+        let channel = hvagent::ctl::client::connect(&socket).await.unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let mut stream = health
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(
+            first.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        stream
+    });
+    let started = std::time::Instant::now();
+    let (status, err) = agent.stop_with(Signal::SIGTERM);
+    assert_eq!(code(&status), 0, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    // The watcher saw the agent go NOT_SERVING before the stream closed.
+    let next = runtime.block_on(stream.message());
+    if let Ok(Some(update)) = next {
+        assert_eq!(
+            update.status,
+            tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+        );
+    }
+}
