@@ -339,13 +339,19 @@ mod tests {
         assert!(v.reason.contains("/nonexistent/kvm"));
     }
 
-    #[test]
-    fn hanging_trial_is_broken_and_killed() {
+    /// A stand-in trial executable running the shell `script`.
+    fn fake_trial(script: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join("hang");
-        std::fs::write(&exe, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        let exe = dir.path().join("trial");
+        std::fs::write(&exe, format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
+        (dir, exe)
+    }
+
+    #[test]
+    fn hanging_trial_is_broken_and_killed() {
+        let (_dir, exe) = fake_trial("exec sleep 30");
         let started = Instant::now();
         let v = probe(Path::new("/dev/null"), &exe, Duration::from_millis(300));
         assert_eq!(v.state, KvmState::Broken);
@@ -359,11 +365,7 @@ mod tests {
 
     #[test]
     fn failing_trial_is_broken_with_its_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join("fail");
-        std::fs::write(&exe, "#!/bin/sh\necho 'KVM_RUN: boom' >&2\nexit 1\n").unwrap();
-        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        let (_dir, exe) = fake_trial("echo 'KVM_RUN: boom' >&2; exit 1");
         let v = probe(Path::new("/dev/null"), &exe, Duration::from_secs(5));
         assert_eq!(v.state, KvmState::Broken);
         assert!(v.reason.contains("KVM_RUN: boom"), "{}", v.reason);
