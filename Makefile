@@ -23,7 +23,7 @@ run: host build
 
 test: host python images check
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace
 
 build:
 	$(CARGO) build --release --bins
