@@ -190,10 +190,19 @@ fn agent_on_a_captured_tree_reports_that_machine() {
     assert_eq!(inv["cpu"]["sockets"], 2);
     assert_eq!(inv["cpu"]["cores"], 8);
     assert_eq!(inv["cpu"]["threads"], 16);
-    assert_eq!(inv["numa_nodes"][1]["cpus"], serde_json::json!([8, 9, 10, 11, 12, 13, 14, 15]));
-    assert_eq!(inv["numa_nodes"][1]["hugepages"][1]["page_size_kib"], 1_048_576);
+    assert_eq!(
+        inv["numa_nodes"][1]["cpus"],
+        serde_json::json!([8, 9, 10, 11, 12, 13, 14, 15])
+    );
+    assert_eq!(
+        inv["numa_nodes"][1]["hugepages"][1]["page_size_kib"],
+        1_048_576
+    );
     assert_eq!(inv["numa_nodes"][1]["hugepages"][1]["total"], 1);
     let table = stdout(&agent.hvctl(&["node", "inventory"]));
-    assert!(table.contains("2 socket(s), 2 die(s), 8 core(s), 16 thread(s), SMT on"), "{table}");
+    assert!(
+        table.contains("2 socket(s), 2 die(s), 8 core(s), 16 thread(s), SMT on"),
+        "{table}"
+    );
     assert!(table.contains("2M: 32/32 free, 1G: 1/1 free"), "{table}");
 }
