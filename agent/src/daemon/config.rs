@@ -5,9 +5,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// Default location of the config file in packaged installs.
-pub const DEFAULT_PATH: &str = "/etc/hvagent/hvagent.toml";
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub api: ApiConfig,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::sysfs::{SysRoot, format_cpulist};
+use super::sysfs::SysRoot;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CpuInfo {
@@ -45,10 +45,6 @@ impl CpuInfo {
             .map(|c| c.siblings.clone())
             .collect();
         sets.into_iter().collect()
-    }
-
-    pub fn online_list(&self) -> String {
-        format_cpulist(&self.online)
     }
 }
 

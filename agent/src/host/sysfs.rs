@@ -2,7 +2,7 @@
 //! captured fixture tree. Missing files are `None`, never errors: hardware that is absent simply
 //! has no file, and the readers decide what absence means.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A root directory holding `sys/` and `proc/` (the real `/`, or a captured tree).
 #[derive(Debug, Clone)]
@@ -72,10 +72,6 @@ impl SysRoot {
 
     pub fn exists(&self, rel: &str) -> bool {
         self.path(rel).exists()
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 }
 
