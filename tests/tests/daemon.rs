@@ -219,11 +219,7 @@ fn http_get(port: u16, path: &str) -> String {
 #[test]
 fn metrics_endpoint_serves_prometheus_text() {
     let port = free_port();
-    let agent = Agent::configure("");
-    let text = std::fs::read_to_string(&agent.config)
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(&agent.config, text).unwrap();
+    let agent = Agent::configure("").with_metrics_port(port);
     let _agent = agent.spawn();
     let resp = http_get(port, "/metrics");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -236,11 +232,7 @@ fn metrics_endpoint_serves_prometheus_text() {
 fn metrics_address_in_use_stops_start_up_with_the_reason() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let agent = Agent::configure("");
-    let text = std::fs::read_to_string(&agent.config)
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(&agent.config, text).unwrap();
+    let agent = Agent::configure("").with_metrics_port(port);
     let out = agent.command().output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -6,16 +6,7 @@ use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 
-use common::{Agent, bin, code, stderr, stdout};
-
-fn hvctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin("hvctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{Agent, bin, code, hvctl_at, stderr, stdout};
 
 #[test]
 fn inventory_as_table_and_as_json() {
@@ -53,7 +44,7 @@ fn inventory_as_table_and_as_json() {
 fn missing_socket_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("none.sock");
-    let out = hvctl(&socket, &["node", "inventory"]);
+    let out = hvctl_at(&socket, &["node", "inventory"]);
     assert_eq!(code(&out.status), 3);
     assert_eq!(
         stderr(&out).trim(),
@@ -69,7 +60,7 @@ fn stale_socket_says_nothing_listens() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("stale.sock");
     drop(UnixListener::bind(&socket).unwrap());
-    let out = hvctl(&socket, &["node", "inventory"]);
+    let out = hvctl_at(&socket, &["node", "inventory"]);
     assert_eq!(code(&out.status), 3);
     assert!(
         stderr(&out).contains("nothing is listening"),
@@ -123,7 +114,7 @@ fn a_socket_that_is_not_an_agent_is_named() {
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
         }
     });
-    let out = hvctl(&socket, &["node", "inventory"]);
+    let out = hvctl_at(&socket, &["node", "inventory"]);
     assert_eq!(code(&out.status), 3, "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("{} is not an hvagent socket", socket.display())),

@@ -51,6 +51,12 @@ impl Table {
     }
 }
 
+/// Appends a table as its own block, after a blank line.
+fn section(out: &mut String, table: &Table) {
+    out.push('\n');
+    out.push_str(&table.render());
+}
+
 /// Bytes in binary units with one decimal: `1.5 GiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -244,8 +250,7 @@ pub fn inventory(inv: &pb::Inventory) -> String {
             hugepages(&n.hugepages),
         ]);
     }
-    out.push('\n');
-    out.push_str(&numa.render());
+    section(&mut out, &numa);
 
     let mut cpus = Table::new(&[
         "CPU", "ONLINE", "SOCKET", "DIE", "CORE", "SIBLINGS", "NUMA", "ISOLATED",
@@ -262,8 +267,7 @@ pub fn inventory(inv: &pb::Inventory) -> String {
             yes_no(c.isolated).into(),
         ]);
     }
-    out.push('\n');
-    out.push_str(&cpus.render());
+    section(&mut out, &cpus);
 
     let mut caches = Table::new(&["CACHE", "TYPE", "SIZE", "WAYS", "LINE", "CPUS"]);
     for c in &cpu.caches {
@@ -276,8 +280,7 @@ pub fn inventory(inv: &pb::Inventory) -> String {
             ids(&c.cpus),
         ]);
     }
-    out.push('\n');
-    out.push_str(&caches.render());
+    section(&mut out, &caches);
 
     if !inv.block_devices.is_empty() {
         let mut disks = Table::new(&["DISK", "SIZE", "MODEL", "ROTATIONAL", "NVME", "SCS CLASS"]);
@@ -291,8 +294,7 @@ pub fn inventory(inv: &pb::Inventory) -> String {
                 d.scs_disk_class.clone(),
             ]);
         }
-        out.push('\n');
-        out.push_str(&disks.render());
+        section(&mut out, &disks);
     }
     if !inv.nics.is_empty() {
         let mut nics = Table::new(&[
@@ -312,8 +314,7 @@ pub fn inventory(inv: &pb::Inventory) -> String {
                 format!("{}/{}", n.sriov_num_vfs, n.sriov_total_vfs),
             ]);
         }
-        out.push('\n');
-        out.push_str(&nics.render());
+        section(&mut out, &nics);
     }
     if !inv.gpus.is_empty() {
         let mut gpus = Table::new(&["GPU", "VENDOR", "DEVICE", "SCS", "NUMA", "DRIVER"]);
@@ -327,8 +328,7 @@ pub fn inventory(inv: &pb::Inventory) -> String {
                 or_dash(&g.driver).into(),
             ]);
         }
-        out.push('\n');
-        out.push_str(&gpus.render());
+        section(&mut out, &gpus);
     }
     if !inv.infiniband_devices.is_empty() {
         out.push_str(&format!(
@@ -351,8 +351,7 @@ pub fn inventory(inv: &pb::Inventory) -> String {
                 r.step_size.to_string(),
             ]);
         }
-        out.push('\n');
-        out.push_str(&res.render());
+        section(&mut out, &res);
         out.push_str(&format!("\ntraits  {}\n", sched.traits.join(" ")));
     }
     for w in &inv.warnings {

@@ -106,14 +106,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hvagent_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hvagent_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Both reflection versions: grpcurl and grpcio still ask v1alpha, newer tools ask v1.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let shutdown = {
@@ -168,6 +163,13 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reflection over every service the agent serves.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hvagent_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 fn prepare_storage(root: &std::path::Path) -> Result<(), DaemonError> {

@@ -90,8 +90,15 @@ impl Vulnerability {
 
 const CPU: &str = "sys/devices/system/cpu";
 
-/// Reads everything about the CPUs; `cpu_to_node` maps CPU id → NUMA node.
-pub fn read(sys: &SysRoot, cpu_to_node: &BTreeMap<u32, u32>) -> CpuInfo {
+/// The online CPUs, from the kernel's `online` cpulist.
+pub fn read_online(sys: &SysRoot) -> Vec<u32> {
+    sys.read_cpulist(&format!("{CPU}/online"))
+        .unwrap_or_default()
+}
+
+/// Reads everything about the CPUs; `online` comes from [`read_online`], `cpu_to_node` maps
+/// CPU id → NUMA node.
+pub fn read(sys: &SysRoot, online: &[u32], cpu_to_node: &BTreeMap<u32, u32>) -> CpuInfo {
     let mut info = sys
         .read("proc/cpuinfo")
         .map(|text| parse_cpuinfo(&text))
@@ -103,11 +110,7 @@ pub fn read(sys: &SysRoot, cpu_to_node: &BTreeMap<u32, u32>) -> CpuInfo {
     let present = sys
         .read_cpulist(&format!("{CPU}/present"))
         .unwrap_or_else(|| possible.clone());
-    let online: BTreeSet<u32> = sys
-        .read_cpulist(&format!("{CPU}/online"))
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let online: BTreeSet<u32> = online.iter().copied().collect();
     let isolated: BTreeSet<u32> = sys
         .read_cpulist(&format!("{CPU}/isolated"))
         .unwrap_or_default()

@@ -91,11 +91,9 @@ pub fn read(root: &Path, external: ExternalFacts) -> Inventory {
     let sys = SysRoot::new(root);
     let memory = memory::read(&sys);
     // NUMA first: the CPUs need their node, the fallback node needs the online CPUs.
-    let online = sys
-        .read_cpulist("sys/devices/system/cpu/online")
-        .unwrap_or_default();
+    let online = cpu::read_online(&sys);
     let numa_nodes = memory::read_numa(&sys, &memory, &online);
-    let cpu = cpu::read(&sys, &memory::cpu_to_node(&numa_nodes));
+    let cpu = cpu::read(&sys, &online, &memory::cpu_to_node(&numa_nodes));
     let block_devices = devices::read_block_devices(&sys);
 
     let (nested, nested_reason) = nested(&sys, &cpu);

@@ -136,12 +136,16 @@ impl Agent {
     }
 
     pub fn hvctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("hvctl"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run hvctl")
+        hvctl_at(&self.socket, args)
+    }
+
+    /// Starts the agent with its metrics endpoint on `port` instead of an ephemeral one.
+    pub fn with_metrics_port(self, port: u16) -> Agent {
+        let text = std::fs::read_to_string(&self.config)
+            .expect("read config")
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        std::fs::write(&self.config, text).expect("write config");
+        self
     }
 
     /// `hvctl --output json node inventory`, parsed.
@@ -163,6 +167,16 @@ impl Drop for Agent {
             let _ = child.wait();
         }
     }
+}
+
+/// The real `hvctl` against `socket`.
+pub fn hvctl_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin("hvctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run hvctl")
 }
 
 pub fn stderr(out: &Output) -> String {
