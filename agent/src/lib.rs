@@ -7,4 +7,5 @@ pub mod api;
 pub mod ctl;
 pub mod daemon;
 pub mod domain;
+pub mod flavor;
 pub mod host;
