@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
+        // Deterministic key order in maps (extra_specs), also in hvctl's JSON.
+        .btree_map(".")
         // hvctl prints these messages as JSON; the proto field names are the stable keys.
         .message_attribute(".", "#[derive(serde::Serialize)]")
         .compile_fds(descriptors)?;

@@ -1,5 +1,7 @@
 //! gRPC services: translate between proto messages and the core types, nothing else.
 
+pub mod flavor;
 pub mod node;
 
+pub use flavor::FlavorApi;
 pub use node::NodeApi;

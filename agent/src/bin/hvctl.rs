@@ -5,13 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hvagent::ctl::{client, render};
+use hvagent::flavor::{self, view::FlavorView};
 use hvagent_proto::v1 as pb;
 
 /// Talk to the hvagent node agent of this compute node.
 ///
-/// hvctl connects to the agent's Unix socket (default /run/hvagent/hvagent.sock, mode 0660:
-/// root, or the socket's owner and group). Exit status: 0 success, 1 the agent refused or failed the request,
-/// 2 bad command line, 3 the agent could not be reached.
+/// Node commands connect to the agent's Unix socket (default /run/hvagent/hvagent.sock, mode 0660:
+/// root, or the socket's owner and group); flavor commands work offline. Exit status: 0 success,
+/// 1 the agent refused or failed the request, 2 bad command line or invalid flavor name, 3 the
+/// agent could not be reached.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -44,6 +46,28 @@ enum Command {
     /// This compute node: hardware inventory and what it can serve.
     #[command(subcommand)]
     Node(NodeCommand),
+
+    /// SCS flavor names (scs-0100-v3): parse, explain, the standard flavors. Works offline,
+    /// without an agent.
+    #[command(subcommand)]
+    Flavor(FlavorCommand),
+}
+
+#[derive(Subcommand)]
+enum FlavorCommand {
+    /// Parse a name (e.g. SCS-4C-16-50s) into its parts, canonical and short names and
+    /// extra_specs. An invalid name exits 2 and says at which character and why.
+    Parse {
+        /// The flavor name.
+        name: String,
+    },
+    /// Every promise of a name in plain words, and what hvagent does to keep it.
+    Explain {
+        /// The flavor name.
+        name: String,
+    },
+    /// The scs-0103 standard flavors, mandatory ones first.
+    Standard,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +78,8 @@ enum NodeCommand {
 }
 
 const EXIT_CALL_FAILED: u8 = 1;
+/// Bad command line or invalid input (as clap uses for usage errors).
+const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
 
 fn main() -> ExitCode {
@@ -72,6 +98,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let node_command = match cli.command {
+        Command::Flavor(command) => return flavor(cli.output, command),
+        Command::Node(command) => command,
+    };
     let channel = match client::connect(&cli.socket).await {
         Ok(c) => c,
         Err(e) => {
@@ -79,13 +109,50 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
-    match cli.command {
-        Command::Node(NodeCommand::Inventory) => {
+    match node_command {
+        NodeCommand::Inventory => {
             let mut node = pb::node_service_client::NodeServiceClient::new(channel);
             match node.get_inventory(pb::GetInventoryRequest {}).await {
                 Ok(resp) => print(cli.output, &resp.into_inner(), render::inventory),
                 Err(status) => fail(&cli.socket, &status),
             }
+        }
+    }
+}
+
+/// Flavor commands compute locally: the same library the agent's FlavorService uses.
+fn flavor(output: Output, command: FlavorCommand) -> ExitCode {
+    let parsed = |name: &str| match flavor::parse(name) {
+        Ok(parsed) => {
+            for warning in &parsed.warnings {
+                eprintln!("hvctl: warning: {warning}");
+            }
+            Ok(parsed)
+        }
+        Err(e) => {
+            eprintln!("hvctl: {name:?} is not a valid SCS flavor name: {e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    };
+    match command {
+        FlavorCommand::Parse { name } => match parsed(&name) {
+            Ok(p) => print(output, &FlavorView::new(&p), render::flavor),
+            Err(code) => code,
+        },
+        FlavorCommand::Explain { name } => match parsed(&name) {
+            Ok(p) => {
+                let explained = render::Explained {
+                    name: p.spec.name(),
+                    promises: flavor::explain::explain(&p.spec),
+                };
+                print(output, &explained, render::explained)
+            }
+            Err(code) => code,
+        },
+        FlavorCommand::Standard => {
+            print(output, &hvagent::api::flavor::standard_flavors(), |list| {
+                render::standard_flavors(list)
+            })
         }
     }
 }

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hvagent_proto::v1::flavor_service_server::FlavorServiceServer;
 use hvagent_proto::v1::node_service_server::NodeServiceServer;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::api::NodeApi;
+use crate::api::{FlavorApi, NodeApi};
 use crate::domain::Libvirt;
 use crate::host::node::Node;
 pub use config::Config;
@@ -126,6 +127,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
             health.set_not_serving::<NodeServiceServer<NodeApi>>().await;
+            health
+                .set_not_serving::<FlavorServiceServer<FlavorApi>>()
+                .await;
             let _ = stopping_tx.send(true);
         }
     };
@@ -135,10 +139,14 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(NodeApi::new(node).into_service())
+        .add_service(FlavorApi.into_service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
 
     health_reporter
         .set_serving::<NodeServiceServer<NodeApi>>()
+        .await;
+    health_reporter
+        .set_serving::<FlavorServiceServer<FlavorApi>>()
         .await;
     health_reporter
         .set_service_status("", ServingStatus::Serving)

@@ -4,7 +4,7 @@
 use super::{CpuType, DiskType, FlavorSpec, GpuKind, Hypervisor};
 
 /// One promise of the name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Promise {
     /// The part of the name it comes from, e.g. `4C`, `16`, `_hwv`.
     pub part: String,

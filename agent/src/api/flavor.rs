@@ -1,0 +1,137 @@
+//! `hvagent.v1.FlavorService`: the flavor module behind gRPC.
+
+use std::collections::BTreeMap;
+
+use hvagent_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::flavor::{self, catalog, explain, extra_specs, view::FlavorView};
+
+#[derive(Debug, Default)]
+pub struct FlavorApi;
+
+impl FlavorApi {
+    pub fn into_service(self) -> pb::flavor_service_server::FlavorServiceServer<Self> {
+        pb::flavor_service_server::FlavorServiceServer::new(self)
+    }
+}
+
+/// Longest name accepted; real names are well under 100 characters.
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// Parses the `name` field, or the INVALID_ARGUMENT that names the field and rule.
+fn parse_name(name: &str) -> Result<flavor::Parsed, Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("name: must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Status::invalid_argument(format!(
+            "name: at most {MAX_NAME_CHARS} characters"
+        )));
+    }
+    flavor::parse(name).map_err(|e| Status::invalid_argument(format!("name: {e}")))
+}
+
+pub fn to_proto(view: FlavorView) -> pb::Flavor {
+    pb::Flavor {
+        name: view.name,
+        syntax: view.syntax.into(),
+        cpu: Some(pb::FlavorCpu {
+            count: view.cpu.count,
+            r#type: view.cpu.kind.into(),
+            insecure: view.cpu.insecure,
+        }),
+        ram: Some(pb::FlavorRam {
+            gib: view.ram.gib,
+            ecc: view.ram.ecc,
+            oversubscribed: view.ram.oversubscribed,
+        }),
+        disk: view.disk.map(|d| pb::FlavorDisk {
+            count: d.count,
+            size_gb: d.size_gb,
+            r#type: d.kind.map(String::from),
+        }),
+        hypervisor: view.hypervisor.map(String::from),
+        hwv: view.hwv,
+        cpu_brand: view.cpu_brand.map(|b| pb::FlavorCpuBrand {
+            vendor: b.vendor.into(),
+            generation: b.generation.map(u32::from),
+            frequency_level: u32::from(b.frequency_level),
+        }),
+        gpu: view.gpu.map(|g| pb::FlavorGpu {
+            kind: g.kind.into(),
+            vendor: g.vendor.into(),
+            generation: g.generation.map(String::from),
+            compute_units: g.compute_units,
+            high_freq_level: u32::from(g.high_freq_level),
+            vram_gib: g.vram_gib,
+            hbm_level: u32::from(g.hbm_level),
+        }),
+        ib: view.ib,
+        short_name: view.short_name,
+        extra_specs: view.extra_specs,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::flavor_service_server::FlavorService for FlavorApi {
+    async fn parse(
+        &self,
+        request: Request<pb::ParseFlavorRequest>,
+    ) -> Result<Response<pb::ParseFlavorResponse>, Status> {
+        let req = request.into_inner();
+        let parsed = parse_name(&req.name)?;
+        let given: BTreeMap<String, String> = req.extra_specs;
+        let contradictions = extra_specs::check(&parsed.spec, &given)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        Ok(Response::new(pb::ParseFlavorResponse {
+            flavor: Some(to_proto(FlavorView::new(&parsed))),
+            warnings: parsed.warnings,
+            contradictions,
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainFlavorRequest>,
+    ) -> Result<Response<pb::ExplainFlavorResponse>, Status> {
+        let parsed = parse_name(&request.into_inner().name)?;
+        let promises = explain::explain(&parsed.spec)
+            .into_iter()
+            .map(|p| pb::FlavorPromise {
+                part: p.part,
+                promise: p.promise,
+                enforcement: p.enforcement,
+            })
+            .collect();
+        Ok(Response::new(pb::ExplainFlavorResponse {
+            flavor: Some(to_proto(FlavorView::new(&parsed))),
+            promises,
+        }))
+    }
+
+    async fn list_standard(
+        &self,
+        _request: Request<pb::ListStandardFlavorsRequest>,
+    ) -> Result<Response<pb::ListStandardFlavorsResponse>, Status> {
+        Ok(Response::new(pb::ListStandardFlavorsResponse {
+            flavors: standard_flavors(),
+        }))
+    }
+}
+
+/// The catalog as proto messages (also what `hvctl flavor standard --output json` prints).
+pub fn standard_flavors() -> Vec<pb::StandardFlavor> {
+    catalog::standard()
+        .filter_map(|f| {
+            let parsed = flavor::parse(f.name).ok()?;
+            Some(pb::StandardFlavor {
+                name: f.name.into(),
+                mandatory: f.mandatory,
+                flavor: Some(to_proto(FlavorView::new(&parsed))),
+            })
+        })
+        .collect()
+}
