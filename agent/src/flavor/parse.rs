@@ -166,35 +166,13 @@ impl Parser<'_> {
         let (start, digits) = self.digits();
         let cpus = positive(start, digits, "CPU count")?;
         let at = self.pos;
-        let cpu_type = match self.peek() {
-            Some(c) if CpuType::from_letter(c as char).is_some() => {
+        let letter = self.peek();
+        let cpu_type = match letter.and_then(|c| CpuType::from_letter(c as char)) {
+            Some(t) => {
                 self.pos += 1;
-                CpuType::from_letter(c as char).unwrap_or(CpuType::Shared)
+                t
             }
-            Some(b'i') => {
-                return err(
-                    at,
-                    "the CPU type letter comes before the insecure suffix i (e.g. 2Ti)",
-                );
-            }
-            Some(c) if CpuType::from_letter(c.to_ascii_uppercase() as char).is_some() => {
-                return err(
-                    at,
-                    format!(
-                        "CPU type letters are upper case: L, V, T, C, got {:?}",
-                        c as char
-                    ),
-                );
-            }
-            other => {
-                return err(
-                    at,
-                    format!(
-                        "CPU type must be one of L (crowded-core), V (shared-core), T (dedicated-thread), C (dedicated-core), got {}",
-                        describe(other)
-                    ),
-                );
-            }
+            None => return err(at, cpu_type_rule(letter)),
         };
         let insecure = self.eat(b'i');
         Ok((cpus, cpu_type, insecure))
@@ -518,6 +496,23 @@ fn ram_halves(text: &str) -> Option<u32> {
     let whole: u32 = whole.parse().ok()?;
     let halves = whole.checked_mul(2)?.checked_add(half)?;
     (halves > 0).then_some(halves)
+}
+
+/// Why the character after the CPU count is not a CPU type letter.
+fn cpu_type_rule(letter: Option<u8>) -> String {
+    match letter {
+        Some(b'i') => "the CPU type letter comes before the insecure suffix i (e.g. 2Ti)".into(),
+        Some(c) if CpuType::from_letter(c.to_ascii_uppercase() as char).is_some() => {
+            format!(
+                "CPU type letters are upper case: L, V, T, C, got {:?}",
+                c as char
+            )
+        }
+        other => format!(
+            "CPU type must be one of L (crowded-core), V (shared-core), T (dedicated-thread), C (dedicated-core), got {}",
+            describe(other)
+        ),
+    }
 }
 
 fn describe(c: Option<u8>) -> String {
