@@ -150,7 +150,7 @@ pub fn explain(spec: &FlavorSpec) -> Vec<Promise> {
             let (kind, enforcement) = match d.kind {
                 None => (
                     "of a type the cloud chooses",
-                    "backed by whatever storage the node has".to_string(),
+                    "treated as network storage, as its extra_specs say (scs:diskN-type = network, what the SCS certification test expects)".to_string(),
                 ),
                 Some(DiskType::Network) => (
                     "on network storage that survives a single disk and a single node failure",

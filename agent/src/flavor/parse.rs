@@ -42,6 +42,9 @@ pub struct Parsed {
 
 const PREFIX: &str = "SCS-";
 
+/// Most disks a name may ask for with `Mx`.
+pub const MAX_DISKS: u32 = 64;
+
 /// Parses any SCS flavor name, v3 or (deprecated) v1 syntax.
 pub fn parse(name: &str) -> Result<Parsed, ParseError> {
     if let Some((position, c)) = name.chars().enumerate().find(|(_, c)| !c.is_ascii()) {
@@ -101,7 +104,7 @@ fn err<T>(position: usize, rule: impl Into<String>) -> Result<T, ParseError> {
 /// Extensions in the order the standard fixes.
 const STAGES: [&str; 5] = ["hypervisor", "hwv", "CPU brand", "GPU", "ib"];
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn peek(&self) -> Option<u8> {
         self.s.get(self.pos).copied()
     }
@@ -115,13 +118,13 @@ impl Parser<'_> {
         }
     }
 
-    fn text(&self, from: usize, to: usize) -> &str {
+    fn text(&self, from: usize, to: usize) -> &'a str {
         // The input is ASCII, so every byte range is valid UTF-8.
         std::str::from_utf8(&self.s[from..to]).unwrap_or("")
     }
 
     /// A run of ASCII digits starting here (maybe empty), as (start, digits).
-    fn digits(&mut self) -> (usize, &str) {
+    fn digits(&mut self) -> (usize, &'a str) {
         let start = self.pos;
         while self.peek().is_some_and(|c| c.is_ascii_digit()) {
             self.pos += 1;
@@ -183,8 +186,8 @@ impl Parser<'_> {
         while self.peek().is_some_and(|c| c.is_ascii_digit() || c == b'.') {
             self.pos += 1;
         }
-        let text = self.text(start, self.pos).to_string();
-        let half = ram_halves(&text).ok_or_else(|| ParseError {
+        let text = self.text(start, self.pos);
+        let half = ram_halves(text).ok_or_else(|| ParseError {
             position: start,
             rule: format!("RAM must be a positive multiple of 0.5, got {text:?}"),
         })?;
@@ -198,21 +201,27 @@ impl Parser<'_> {
 
     fn disk(&mut self) -> Result<Disk, ParseError> {
         let (start, digits) = self.digits();
-        let digits = digits.to_string();
         let (count, size_start, size_digits) = if self.eat(b'x') {
-            let count = positive(start, &digits, "disk count")?;
+            let count = positive(start, digits, "disk count")?;
             if count == 1 {
                 return err(start, "one disk is written without \"1x\"");
             }
+            // Each disk becomes an extra_specs entry (and later a volume): bound the work.
+            if count > MAX_DISKS {
+                return err(
+                    start,
+                    format!("disk count must be at most {MAX_DISKS}, got {count}"),
+                );
+            }
             let (s, d) = self.digits();
-            (count, s, d.to_string())
+            (count, s, d)
         } else {
             (1, start, digits)
         };
         let size_gb = if size_digits.is_empty() {
             None
         } else {
-            Some(positive(size_start, &size_digits, "disk size (GB)")?)
+            Some(positive(size_start, size_digits, "disk size (GB)")?)
         };
         if self.peek() == Some(b'.') {
             return err(size_start, "disk size must be a whole number of GB");
@@ -253,8 +262,8 @@ impl Parser<'_> {
             while self.peek().is_some_and(|c| c != self.ext) {
                 self.pos += 1;
             }
-            let token = self.text(start, self.pos).to_string();
-            let stage = classify(&token).ok_or_else(|| ParseError {
+            let token = self.text(start, self.pos);
+            let stage = classify(token).ok_or_else(|| ParseError {
                 position: sep_at,
                 rule: format!(
                     "unknown extension \"{}{token}\" (known: hypervisor kvm/chy/xen/vmw/hyv/bms, hwv, CPU brand i/z/a/r, GPU G/g, ib)",
@@ -278,8 +287,8 @@ impl Parser<'_> {
             match stage {
                 0 => spec.hypervisor = Hypervisor::ALL.into_iter().find(|h| h.code() == token),
                 1 => spec.hwv = true,
-                2 => spec.cpu_brand = Some(brand(start, &token)?),
-                3 => spec.gpu = Some(gpu(start, &token, self.main)?),
+                2 => spec.cpu_brand = Some(brand(start, token)?),
+                3 => spec.gpu = Some(gpu(start, token, self.main)?),
                 _ => spec.ib = true,
             }
         }
@@ -431,19 +440,22 @@ fn gpu(start: usize, token: &str, sep: u8) -> Result<Gpu, ParseError> {
         i += 1;
         compute_units = Some(number(&mut i, "GPU compute unit count")?);
         high_freq = count_h(&mut i);
+        if high_freq > 2 {
+            return err(start + i - 1, "GPU h levels are h or hh");
+        }
         if i < b.len() && b[i] == sep {
             i += 1;
             vram_gib = Some(number(&mut i, "GPU VRAM (GiB)")?);
             hbm = count_h(&mut i);
+            if hbm > 2 {
+                return err(start + i - 1, "GPU h levels are h or hh");
+            }
         }
     } else if i < b.len() && b[i] == b'h' {
         return err(
             start + i,
             "GPU h levels follow the compute unit count (e.g. GNa-64h)",
         );
-    }
-    if high_freq > 2 || hbm > 2 {
-        return err(start + i - 1, "GPU h levels are h or hh");
     }
     if i < b.len() {
         return err(
