@@ -9,3 +9,4 @@ pub mod daemon;
 pub mod domain;
 pub mod flavor;
 pub mod host;
+pub mod placement;

@@ -1,0 +1,344 @@
+//! The node's one allocator: claims by VM and request id over a [`Ledger`]. Every operation is
+//! atomic (a refusal changes nothing), idempotent per request id, and bumps the generation when
+//! it changes state. Time comes in as milliseconds on the caller's monotonic clock.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::admission;
+use super::claim::{Claim, ClaimRequest, Emulator, Refusal, RefusalKind};
+use super::ledger::{Ledger, Need};
+use super::policy::{Policy, PolicyError, Pools};
+use super::topology::Topology;
+
+/// Reservation lifetimes a scheduler may ask for.
+pub const MIN_TTL_MS: u64 = 1_000;
+pub const MAX_TTL_MS: u64 = 3_600_000;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    claim: Claim,
+    key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Allocator {
+    topo: Topology,
+    policy: Policy,
+    pools: Pools,
+    ledger: Ledger,
+    /// By VM UUID.
+    claims: BTreeMap<String, Entry>,
+    /// Request id → VM UUID.
+    requests: HashMap<String, String>,
+    generation: u64,
+}
+
+/// Stored claims that cannot all hold at once; each line names the guests involved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored claims conflict: {}", conflicts.join("; "))]
+pub struct RebuildError {
+    pub conflicts: Vec<String>,
+}
+
+fn invalid(field: &str, rule: &str) -> Refusal {
+    Refusal::new(RefusalKind::Invalid, field, format!("{field}: {rule}"))
+}
+
+/// `8-4-4-4-12` hexadecimal digits.
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+pub fn check_request_id(id: &str) -> Result<(), Refusal> {
+    let ok = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "request_id",
+            "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        ))
+    }
+}
+
+impl Allocator {
+    pub fn new(topo: Topology, policy: Policy) -> Result<Allocator, PolicyError> {
+        let pools = policy.resolve(&topo)?;
+        let ledger = Ledger::new(&topo, &pools);
+        Ok(Allocator {
+            topo,
+            policy,
+            pools,
+            ledger,
+            claims: BTreeMap::new(),
+            requests: HashMap::new(),
+            generation: 0,
+        })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    pub(super) fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Claims ordered by VM UUID.
+    pub fn claims(&self) -> impl Iterator<Item = &Claim> {
+        self.claims.values().map(|e| &e.claim)
+    }
+
+    pub fn get(&self, vm_uuid: &str) -> Option<&Claim> {
+        self.claims.get(vm_uuid).map(|e| &e.claim)
+    }
+
+    /// A claim bound to a guest at once.
+    pub fn claim(&mut self, req: &ClaimRequest, now_ms: u64) -> Result<Claim, Refusal> {
+        self.take(req, now_ms, None)
+    }
+
+    /// A claim that is released at `now_ms + ttl_ms` unless [`Allocator::bind`] makes it
+    /// permanent first.
+    pub fn reserve(
+        &mut self,
+        req: &ClaimRequest,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Claim, Refusal> {
+        if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl_ms) {
+            return Err(invalid(
+                "ttl_seconds",
+                &format!(
+                    "must be between {} and {}",
+                    MIN_TTL_MS / 1000,
+                    MAX_TTL_MS / 1000
+                ),
+            ));
+        }
+        self.take(req, now_ms, Some(now_ms + ttl_ms))
+    }
+
+    fn take(
+        &mut self,
+        req: &ClaimRequest,
+        now_ms: u64,
+        expires_at_ms: Option<u64>,
+    ) -> Result<Claim, Refusal> {
+        if !is_uuid(&req.vm_uuid) {
+            return Err(invalid("vm_uuid", "must be a UUID (8-4-4-4-12 hex digits)"));
+        }
+        check_request_id(&req.request_id)?;
+        self.expire(now_ms);
+        let vm_uuid = req.vm_uuid.to_ascii_lowercase();
+        let key = ClaimRequest {
+            vm_uuid: vm_uuid.clone(),
+            ..req.clone()
+        }
+        .key();
+        if let Some(vm) = self.requests.get(&req.request_id)
+            && let Some(entry) = self.claims.get(vm)
+        {
+            if entry.key == key {
+                return Ok(entry.claim.clone());
+            }
+            return Err(Refusal::new(
+                RefusalKind::AlreadyExists,
+                "request_id",
+                format!(
+                    "request_id {:?} already holds a claim for VM {} with flavor {}",
+                    req.request_id, entry.claim.vm_uuid, entry.claim.flavor
+                ),
+            ));
+        }
+        if let Some(entry) = self.claims.get(&vm_uuid) {
+            return Err(Refusal::new(
+                RefusalKind::AlreadyExists,
+                "vm_uuid",
+                format!(
+                    "VM {vm_uuid} already holds a claim (request_id {:?}, flavor {})",
+                    entry.claim.request_id, entry.claim.flavor
+                ),
+            ));
+        }
+        admission::check(&req.flavor, &self.topo)?;
+        let need = Need::new(&req.flavor, &self.policy);
+        let mut claim = self.ledger.place(&self.topo, &self.pools, &need, None)?;
+        claim.vm_uuid = vm_uuid.clone();
+        claim.request_id = req.request_id.clone();
+        claim.flavor = req.flavor.name();
+        claim.generation = self.generation + 1;
+        claim.expires_at_ms = expires_at_ms;
+        self.ledger.apply(&self.topo, &self.pools, &claim)?;
+        self.generation += 1;
+        self.requests.insert(req.request_id.clone(), vm_uuid.clone());
+        self.claims.insert(
+            vm_uuid,
+            Entry {
+                claim: claim.clone(),
+                key,
+            },
+        );
+        Ok(claim)
+    }
+
+    /// Makes the reservation of `request_id` permanent (a guest now exists for it).
+    pub fn bind(&mut self, request_id: &str, now_ms: u64) -> Result<Claim, Refusal> {
+        self.expire(now_ms);
+        let entry = self
+            .requests
+            .get(request_id)
+            .and_then(|vm| self.claims.get_mut(vm))
+            .ok_or_else(|| {
+                Refusal::new(
+                    RefusalKind::NotFound,
+                    "request_id",
+                    format!("no reservation with request_id {request_id:?} (expired or never made)"),
+                )
+            })?;
+        if entry.claim.expires_at_ms.take().is_some() {
+            self.generation += 1;
+        }
+        Ok(entry.claim.clone())
+    }
+
+    /// Releases the claim of `vm_uuid`, giving back exactly what it took.
+    pub fn release(&mut self, vm_uuid: &str) -> Result<Claim, Refusal> {
+        let vm_uuid = vm_uuid.to_ascii_lowercase();
+        let entry = self.claims.remove(&vm_uuid).ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::NotFound,
+                "vm_uuid",
+                format!("VM {vm_uuid} holds no claim"),
+            )
+        })?;
+        self.requests.remove(&entry.claim.request_id);
+        self.ledger.unapply(&self.topo, &self.pools, &entry.claim);
+        self.generation += 1;
+        Ok(entry.claim)
+    }
+
+    /// The VM holding `request_id`, if any.
+    pub fn vm_of_request(&self, request_id: &str) -> Option<&str> {
+        self.requests.get(request_id).map(String::as_str)
+    }
+
+    /// Releases every reservation whose deadline has passed; returns them.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Claim> {
+        let due: Vec<String> = self
+            .claims
+            .iter()
+            .filter(|(_, e)| e.claim.expires_at_ms.is_some_and(|t| t <= now_ms))
+            .map(|(vm, _)| vm.clone())
+            .collect();
+        due.iter().filter_map(|vm| self.release(vm).ok()).collect()
+    }
+
+    /// An allocator holding `claims` (as stored with the guests), or every conflict among
+    /// them. Nothing is accepted silently: a CPU named twice, memory beyond a node, a CPU the
+    /// policy no longer allows each name the guests involved.
+    pub fn rebuild(
+        topo: Topology,
+        policy: Policy,
+        claims: Vec<Claim>,
+    ) -> Result<Allocator, RebuildError> {
+        let mut alloc = Allocator::new(topo, policy).map_err(|e| RebuildError {
+            conflicts: vec![e.to_string()],
+        })?;
+        let mut conflicts = Vec::new();
+        for claim in claims {
+            let vm = claim.vm_uuid.clone();
+            if alloc.claims.contains_key(&vm) {
+                conflicts.push(format!("VM {vm} has two stored claims"));
+                continue;
+            }
+            if let Some(other) = alloc.requests.get(&claim.request_id) {
+                conflicts.push(format!(
+                    "VMs {other} and {vm} both claim request_id {:?}",
+                    claim.request_id
+                ));
+                continue;
+            }
+            if let Err(refusal) = alloc.ledger.apply(&alloc.topo, &alloc.pools, &claim) {
+                let holders: Vec<&str> = alloc
+                    .claims()
+                    .filter(|c| {
+                        c.dedicated_cpus()
+                            .chain(c.idle_cpus.iter().copied())
+                            .any(|x| {
+                                claim
+                                    .dedicated_cpus()
+                                    .chain(claim.idle_cpus.iter().copied())
+                                    .any(|y| x == y)
+                            })
+                    })
+                    .map(|c| c.vm_uuid.as_str())
+                    .collect();
+                conflicts.push(if holders.is_empty() {
+                    format!("VM {vm}: {}", refusal.message)
+                } else {
+                    format!(
+                        "VM {vm}: {} (held by VM {})",
+                        refusal.message,
+                        holders.join(", VM ")
+                    )
+                });
+                continue;
+            }
+            alloc.generation = alloc.generation.max(claim.generation);
+            alloc.requests.insert(claim.request_id.clone(), vm.clone());
+            // The same key a fresh request makes: the claim keeps the canonical flavor name.
+            let key = format!("{vm} {}", claim.flavor);
+            alloc.claims.insert(vm, Entry { claim, key });
+        }
+        if conflicts.is_empty() {
+            alloc.generation += 1;
+            Ok(alloc)
+        } else {
+            Err(RebuildError { conflicts })
+        }
+    }
+
+    /// Host CPUs each vCPU may run on now: its pinned CPU, or the current shared pool.
+    pub fn vcpu_cpus(&self, claim: &Claim) -> Vec<Vec<u32>> {
+        let pool = self.ledger.pool_cpus(&self.pools);
+        claim
+            .vcpus
+            .iter()
+            .map(|v| v.cpu.map_or_else(|| pool.clone(), |c| vec![c]))
+            .collect()
+    }
+
+    /// Where the guest's emulator and I/O threads run now.
+    pub fn emulator_cpus(&self, claim: &Claim) -> Vec<u32> {
+        match &claim.emulator {
+            Emulator::Reserved(cpus) => cpus.clone(),
+            Emulator::Own => claim.dedicated_cpus().collect(),
+            Emulator::Pool => self.ledger.pool_cpus(&self.pools),
+        }
+    }
+
+    /// The shared pool's CPUs now.
+    pub fn pool_cpus(&self) -> Vec<u32> {
+        self.ledger.pool_cpus(&self.pools)
+    }
+}
