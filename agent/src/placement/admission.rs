@@ -96,7 +96,7 @@ pub fn check(spec: &FlavorSpec, topo: &Topology) -> Result<(), Refusal> {
             return refuse(
                 "CPU brand",
                 format!(
-                    "flavor asks for a {} CPU (`{}`), this node has `{}`",
+                    "flavor asks for CPU vendor {} (`{}`), this node has `{}`",
                     want.vendor.word(),
                     want.vendor.letter(),
                     have.code()
@@ -138,7 +138,8 @@ pub fn check(spec: &FlavorSpec, topo: &Topology) -> Result<(), Refusal> {
         if gpu.kind == GpuKind::Virtual {
             return refuse(
                 "GPU",
-                "flavor asks for a virtual GPU (`g`); this node passes through whole GPUs only".into(),
+                "flavor asks for a virtual GPU (`g`); this node passes through whole GPUs only"
+                    .into(),
             );
         }
         if gpu.generation.is_some() || gpu.compute_units.is_some() || gpu.vram_gib.is_some() {
@@ -150,7 +151,10 @@ pub fn check(spec: &FlavorSpec, topo: &Topology) -> Result<(), Refusal> {
         if !facts.gpus.iter().any(|g| g.vendor == gpu.vendor.letter()) {
             return refuse(
                 "GPU",
-                format!("flavor asks for a {} GPU; this node has none", gpu.vendor.word()),
+                format!(
+                    "flavor asks for a GPU of vendor {}; this node has none",
+                    gpu.vendor.word()
+                ),
             );
         }
     }

@@ -190,7 +190,8 @@ impl Allocator {
         claim.expires_at_ms = expires_at_ms;
         self.ledger.apply(&self.topo, &self.pools, &claim)?;
         self.generation += 1;
-        self.requests.insert(req.request_id.clone(), vm_uuid.clone());
+        self.requests
+            .insert(req.request_id.clone(), vm_uuid.clone());
         self.claims.insert(
             vm_uuid,
             Entry {
@@ -212,7 +213,9 @@ impl Allocator {
                 Refusal::new(
                     RefusalKind::NotFound,
                     "request_id",
-                    format!("no reservation with request_id {request_id:?} (expired or never made)"),
+                    format!(
+                        "no reservation with request_id {request_id:?} (expired or never made)"
+                    ),
                 )
             })?;
         if entry.claim.expires_at_ms.take().is_some() {

@@ -22,7 +22,9 @@ pub(super) enum Owner {
     Host,
     Free,
     /// Pinned to a guest's vCPU; `insecure`: that guest has an `i` flavor.
-    Dedicated { insecure: bool },
+    Dedicated {
+        insecure: bool,
+    },
     /// Kept idle beside a guest's dedicated vCPU.
     Idle,
 }
@@ -309,15 +311,14 @@ impl Ledger {
     /// May a lone free thread be used beside the other threads of its core?
     fn lone_ok(&self, topo: &Topology, cpu: u32, insecure: bool) -> bool {
         let core = &topo.cores[topo.cpu(cpu).map_or(0, |c| c.core)];
-        core.threads.iter().filter(|&&t| t != cpu).all(|&t| {
-            match self.owner[t as usize] {
+        core.threads
+            .iter()
+            .filter(|&&t| t != cpu)
+            .all(|&t| match self.owner[t as usize] {
                 Owner::Host => true,
-                Owner::Dedicated { insecure: other } => {
-                    !topo.sibling_leak || (insecure && other)
-                }
+                Owner::Dedicated { insecure: other } => !topo.sibling_leak || (insecure && other),
                 Owner::Free | Owner::Idle | Owner::Absent => false,
-            }
-        })
+            })
     }
 
     fn free_dedicated(&self, pools: &Pools, cpu: u32) -> bool {
@@ -463,7 +464,9 @@ impl Ledger {
             ));
         }
         // One node when the CPUs and the memory fit there: the fullest such node (packing keeps
-        // whole nodes free for big guests), else spread over the nodes with most room first.
+        // whole nodes free for big guests). Else spread: memory follows the vCPUs, so each node
+        // takes only as many vCPUs as its free memory backs, nodes backing most first; the first
+        // node used also carries the overhead.
         let single = candidates
             .iter()
             .filter(|c| c.3 >= need.vcpus && need.alone_count(&self.nodes[c.0]) >= 1)
@@ -475,18 +478,57 @@ impl Ledger {
                 taken.push((*n, pins, idle, whole));
             }
             None => {
+                let per_vcpu = need.ram_units().div_ceil(u64::from(need.vcpus)).max(1);
+                let backs = |n: usize, home: bool| -> u32 {
+                    let node = &self.nodes[n];
+                    let mut free = need.free_units(node);
+                    if home {
+                        if node.mib < need.overhead_mib {
+                            return 0;
+                        }
+                        if !need.huge() {
+                            free -= need.overhead_mib;
+                        }
+                    }
+                    u32::try_from(free / per_vcpu).unwrap_or(u32::MAX)
+                };
                 let mut order: Vec<&(usize, Vec<usize>, Vec<u32>, u32)> =
                     candidates.iter().filter(|c| c.3 > 0).collect();
-                order.sort_by_key(|c| (std::cmp::Reverse(c.3), c.0));
+                order.sort_by_key(|c| (std::cmp::Reverse(c.3.min(backs(c.0, false))), c.0));
                 let mut left = need.vcpus;
                 for (n, full, lone, room) in order {
-                    if left == 0 {
-                        break;
+                    let want = left.min(*room).min(backs(*n, taken.is_empty()));
+                    if want == 0 {
+                        continue;
                     }
-                    let want = left.min(*room);
                     let (pins, idle, whole) = self.take(topo, need, full, lone, want);
                     left -= want;
                     taken.push((*n, pins, idle, whole));
+                }
+                if left > 0 {
+                    return Err(Refusal::exhausted(
+                        &need.memory_class(),
+                        format!(
+                            "dedicated memory must come from the NUMA node(s) of the guest's CPUs, and no set of nodes with free CPUs has {} MiB{} plus {} MiB overhead free ({})",
+                            need.ram_mib,
+                            if need.huge() {
+                                format!(" of {} pages", page_size_label(need.page_kib))
+                            } else {
+                                String::new()
+                            },
+                            need.overhead_mib,
+                            candidates
+                                .iter()
+                                .map(|c| format!(
+                                    "node {}: {} vCPUs, {} MiB",
+                                    topo.nodes[c.0].id,
+                                    c.3,
+                                    need.units_to_mib(need.free_units(&self.nodes[c.0]))
+                                ))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
                 }
             }
         }
@@ -522,11 +564,20 @@ impl Ledger {
                     format!("{} MiB", node.mib)
                 };
                 return Err(Refusal::exhausted(
-                    if short_pages { need.memory_class() } else { "MEMORY_MB".into() }.as_str(),
+                    if short_pages {
+                        need.memory_class()
+                    } else {
+                        "MEMORY_MB".into()
+                    }
+                    .as_str(),
                     format!(
                         "dedicated memory must come from the NUMA node(s) of the guest's CPUs: node {} needs {} MiB{} and has {free} free",
                         topo.nodes[n].id,
-                        if short_pages { need.units_to_mib(share) } else { need_mib },
+                        if short_pages {
+                            need.units_to_mib(share)
+                        } else {
+                            need_mib
+                        },
                         if short_pages {
                             format!(" of {} pages", page_size_label(need.page_kib))
                         } else {
@@ -537,9 +588,7 @@ impl Ledger {
             }
         }
 
-        let threads = if need.cpu_type == CpuType::DedicatedThread
-            && taken.iter().all(|t| t.3)
-        {
+        let threads = if need.cpu_type == CpuType::DedicatedThread && taken.iter().all(|t| t.3) {
             taken
                 .iter()
                 .flat_map(|t| t.1.iter())
@@ -735,7 +784,10 @@ impl Ledger {
 
     /// Gives back what [`Ledger::apply`] took for `claim`.
     pub(super) fn unapply(&mut self, topo: &Topology, pools: &Pools, claim: &Claim) {
-        for c in claim.dedicated_cpus().chain(claim.idle_cpus.iter().copied()) {
+        for c in claim
+            .dedicated_cpus()
+            .chain(claim.idle_cpus.iter().copied())
+        {
             self.owner[c as usize] = Owner::Free;
             if pools.shared_ok[c as usize] {
                 self.pool_threads += 1;
@@ -799,7 +851,11 @@ pub(super) fn floating_memory(
                 },
                 need.overhead_mib,
                 need.units_to_mib(free_units),
-                if allowed.len() == 1 { " on that node" } else { "" }
+                if allowed.len() == 1 {
+                    " on that node"
+                } else {
+                    ""
+                }
             ),
         )
     };

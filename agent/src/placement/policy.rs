@@ -90,7 +90,9 @@ pub fn parse_page_size(s: &str) -> Result<Option<u64>, String> {
         _ => return Err(bad()),
     };
     if kib <= 4 || !kib.is_power_of_two() {
-        return Err(format!("{s:?} is not a hugepage size (a power of two above 4K)"));
+        return Err(format!(
+            "{s:?} is not a hugepage size (a power of two above 4K)"
+        ));
     }
     Ok(Some(kib))
 }
@@ -140,7 +142,10 @@ impl Policy {
         };
         let check_online = |key: &str, list: &[u32]| -> Result<(), PolicyError> {
             match list.iter().find(|&&id| topo.cpu(id).is_none()) {
-                Some(id) => Err(err(key, format!("CPU {id} is not an online CPU of this node"))),
+                Some(id) => Err(err(
+                    key,
+                    format!("CPU {id} is not an online CPU of this node"),
+                )),
                 None => Ok(()),
             }
         };
@@ -158,7 +163,8 @@ impl Policy {
         let slots = topo.cpu_slots();
         let mut dedicated_ok = vec![false; slots];
         let mut shared_ok = vec![false; slots];
-        let in_list = |list: &Option<Vec<u32>>, id: u32| list.as_ref().is_some_and(|l| l.contains(&id));
+        let in_list =
+            |list: &Option<Vec<u32>>, id: u32| list.as_ref().is_some_and(|l| l.contains(&id));
         for (key, list) in [
             ("dedicated_cpus", &self.dedicated_cpus),
             ("shared_cpus", &self.shared_cpus),
@@ -166,7 +172,10 @@ impl Policy {
             if let Some(list) = list {
                 check_online(key, list)?;
                 if let Some(id) = list.iter().find(|id| reserved.contains(id)) {
-                    return Err(err(key, format!("CPU {id} is also in placement.reserved_cpus")));
+                    return Err(err(
+                        key,
+                        format!("CPU {id} is also in placement.reserved_cpus"),
+                    ));
                 }
             }
         }

@@ -203,7 +203,10 @@ impl Topology {
     pub fn regular(shape: &Shape) -> Topology {
         let total_cores = shape.sockets * shape.cores_per_socket;
         let node_count = shape.sockets * shape.nodes_per_socket;
-        let per_node = shape.cores_per_socket.div_ceil(shape.nodes_per_socket).max(1);
+        let per_node = shape
+            .cores_per_socket
+            .div_ceil(shape.nodes_per_socket)
+            .max(1);
         let mut cores = Vec::new();
         let mut cpus = Vec::new();
         for s in 0..shape.sockets {
