@@ -13,6 +13,8 @@ pub mod policy;
 pub mod topology;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use allocator::{Allocator, RebuildError};
