@@ -2,6 +2,8 @@
 
 pub mod flavor;
 pub mod node;
+pub mod placement;
 
 pub use flavor::FlavorApi;
 pub use node::NodeApi;
+pub use placement::{PlacementApi, PlacementState};

@@ -5,15 +5,18 @@ use std::sync::Arc;
 use hvagent_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::PlacementState;
+
 use crate::host::{self, Inventory, node::Node, scheduler, sysfs::format_cpulist};
 
 pub struct NodeApi {
     node: Arc<Node>,
+    placement: Arc<PlacementState>,
 }
 
 impl NodeApi {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<Node>, placement: Arc<PlacementState>) -> Self {
+        Self { node, placement }
     }
 
     pub fn into_service(self) -> pb::node_service_server::NodeServiceServer<Self> {
@@ -33,6 +36,13 @@ impl pb::node_service_server::NodeService for NodeApi {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(to_proto(&inventory)))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<pb::GetCapacityRequest>,
+    ) -> Result<Response<pb::GetCapacityResponse>, Status> {
+        super::placement::capacity(&self.placement, request.into_inner()).map(Response::new)
     }
 }
 

@@ -63,6 +63,10 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ daemon::DaemonError::Policy(_)) => {
+            eprintln!("hvagent: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!(error = %e, "hvagent failed");
             eprintln!("hvagent: {e}");

@@ -5,6 +5,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::host::sysfs::parse_cpulist;
+use crate::placement::Policy;
+use crate::placement::policy::{MAX_CROWDED_RATIO, ReservedCpus, parse_page_size};
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub api: ApiConfig,
@@ -13,6 +17,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub host: HostConfig,
+    pub placement: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +90,7 @@ impl Default for Config {
                 kvm_device: PathBuf::from("/dev/kvm"),
                 kvm_trial_timeout_ms: 2000,
             },
+            placement: Policy::default(),
         }
     }
 }
@@ -197,13 +203,62 @@ impl Config {
             ("host", "sysfs_root") => self.host.sysfs_root = absolute_path(value)?,
             ("host", "kvm_device") => self.host.kvm_device = absolute_path(value)?,
             ("host", "kvm_trial_timeout_ms") => {
-                let ms = value
-                    .as_integer()
-                    .ok_or_else(|| format!("must be an integer, got {}", value.type_str()))?;
-                if !(1..=60_000).contains(&ms) {
-                    return Err(format!("must be between 1 and 60000, got {ms}"));
+                self.host.kvm_trial_timeout_ms = integer(value, 1, 60_000)?;
+            }
+            ("placement", "reserved_cpus") => {
+                let toml::Value::String(s) = value else {
+                    return Err(format!("must be a string, got {}", value.type_str()));
+                };
+                self.placement.reserved_cpus = match s.as_str() {
+                    "auto" => ReservedCpus::Auto,
+                    list => ReservedCpus::List(cpulist(list)?),
+                };
+            }
+            ("placement", "reserved_memory_mib") => {
+                self.placement.reserved_memory_mib = integer(value, 0, 1 << 30)?;
+            }
+            ("placement", "dedicated_cpus") => {
+                self.placement.dedicated_cpus = Some(nonempty_cpulist(value)?);
+            }
+            ("placement", "shared_cpus") => {
+                self.placement.shared_cpus = Some(nonempty_cpulist(value)?);
+            }
+            ("placement", "crowded_ratio") => {
+                self.placement.crowded_ratio =
+                    integer(value, 1, u64::from(MAX_CROWDED_RATIO))? as u32;
+            }
+            ("placement", "hugepages") => {
+                let toml::Value::Table(types) = value else {
+                    return Err(format!(
+                        "must be a table such as {{ C = \"1G\", T = \"2M\" }}, got {}",
+                        value.type_str()
+                    ));
+                };
+                self.placement.hugepages.clear();
+                for (letter, size) in types {
+                    let cpu_type = match letter.as_str() {
+                        "L" | "V" | "T" | "C" => letter.as_bytes()[0] as char,
+                        other => {
+                            return Err(format!(
+                                "{other:?} is not a CPU type letter (L, V, T, C)"
+                            ));
+                        }
+                    };
+                    if let Some(kib) = parse_page_size(&string(size)?)
+                        .map_err(|e| format!("{letter}: {e}"))?
+                    {
+                        self.placement.hugepages.insert(cpu_type, kib);
+                    }
                 }
-                self.host.kvm_trial_timeout_ms = ms as u64;
+            }
+            ("placement", "overhead_fixed_mib") => {
+                self.placement.overhead.fixed_mib = integer(value, 0, 65_536)?;
+            }
+            ("placement", "overhead_per_vcpu_mib") => {
+                self.placement.overhead.per_vcpu_mib = integer(value, 0, 1024)?;
+            }
+            ("placement", "overhead_ram_permille") => {
+                self.placement.overhead.ram_permille = integer(value, 0, 1000)?;
             }
             (_, _) if !KNOWN_SECTIONS.contains(&section) => {
                 return Err(format!(
@@ -217,7 +272,15 @@ impl Config {
     }
 }
 
-const KNOWN_SECTIONS: &[&str] = &["api", "libvirt", "storage", "metrics", "log", "host"];
+const KNOWN_SECTIONS: &[&str] = &[
+    "api",
+    "libvirt",
+    "storage",
+    "metrics",
+    "log",
+    "host",
+    "placement",
+];
 
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
 
@@ -244,6 +307,29 @@ fn string(value: &toml::Value) -> Result<String, String> {
         toml::Value::String(_) => Err("must not be empty".into()),
         other => Err(format!("must be a string, got {}", other.type_str())),
     }
+}
+
+fn integer(value: &toml::Value, min: u64, max: u64) -> Result<u64, String> {
+    let n = value
+        .as_integer()
+        .ok_or_else(|| format!("must be an integer, got {}", value.type_str()))?;
+    u64::try_from(n)
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("must be between {min} and {max}, got {n}"))
+}
+
+/// A cpulist such as `"0,16"` or `"2-15,18-31"`; `""` is no CPU.
+fn cpulist(s: &str) -> Result<Vec<u32>, String> {
+    parse_cpulist(s).map_err(|e| e.to_string())
+}
+
+fn nonempty_cpulist(value: &toml::Value) -> Result<Vec<u32>, String> {
+    let list = cpulist(&string(value)?)?;
+    if list.is_empty() {
+        return Err("must name at least one CPU".into());
+    }
+    Ok(list)
 }
 
 fn absolute_path(value: &toml::Value) -> Result<PathBuf, String> {
@@ -309,7 +395,7 @@ mod tests {
         );
         assert_eq!(
             err("[apii]\nx = 1\n"),
-            "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host)"
+            "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement)"
         );
         assert_eq!(
             err("[api]\nunix_socket = \"rel.sock\"\n"),
@@ -344,6 +430,71 @@ mod tests {
         );
         assert!(err("[log]\nlevel = \"inof\"\n").contains("\"inof\" needs a level"));
         assert!(Config::parse("f", "[log]\nlevel = \"hvagent=debug,WARN\"\n").is_ok());
+    }
+
+    #[test]
+    fn placement_keys() {
+        let c = Config::parse(
+            "f",
+            r#"
+            [placement]
+            reserved_cpus = "0,16"
+            reserved_memory_mib = 4096
+            dedicated_cpus = "2-15"
+            shared_cpus = "17-31"
+            crowded_ratio = 16
+            hugepages = { C = "1G", T = "2M", V = "none" }
+            overhead_fixed_mib = 200
+            overhead_per_vcpu_mib = 4
+            overhead_ram_permille = 5
+            "#,
+        )
+        .unwrap();
+        let p = &c.placement;
+        assert_eq!(p.reserved_cpus, ReservedCpus::List(vec![0, 16]));
+        assert_eq!(p.reserved_memory_mib, 4096);
+        assert_eq!(p.dedicated_cpus, Some((2..=15).collect()));
+        assert_eq!(p.shared_cpus, Some((17..=31).collect()));
+        assert_eq!(p.crowded_ratio, 16);
+        assert_eq!(
+            p.hugepages,
+            std::collections::BTreeMap::from([('C', 1 << 20), ('T', 2048)])
+        );
+        assert_eq!(
+            (p.overhead.fixed_mib, p.overhead.per_vcpu_mib, p.overhead.ram_permille),
+            (200, 4, 5)
+        );
+        let none = Config::parse("f", "[placement]\nreserved_cpus = \"\"\n").unwrap();
+        assert_eq!(none.placement.reserved_cpus, ReservedCpus::List(vec![]));
+
+        assert_eq!(
+            err("[placement]\nreserved_cpus = \"0-x\"\n"),
+            "/etc/x.toml: placement.reserved_cpus: bad cpulist \"0-x\": not a number"
+        );
+        assert_eq!(
+            err("[placement]\ndedicated_cpus = \",\"\n"),
+            "/etc/x.toml: placement.dedicated_cpus: must name at least one CPU"
+        );
+        assert_eq!(
+            err("[placement]\ncrowded_ratio = 0\n"),
+            "/etc/x.toml: placement.crowded_ratio: must be between 1 and 64, got 0"
+        );
+        assert_eq!(
+            err("[placement]\nhugepages = { X = \"2M\" }\n"),
+            "/etc/x.toml: placement.hugepages: \"X\" is not a CPU type letter (L, V, T, C)"
+        );
+        assert_eq!(
+            err("[placement]\nhugepages = { C = \"3M\" }\n"),
+            "/etc/x.toml: placement.hugepages: C: \"3M\" is not a hugepage size (a power of two above 4K)"
+        );
+        assert_eq!(
+            err("[placement]\nhugepages = \"2M\"\n"),
+            "/etc/x.toml: placement.hugepages: must be a table such as { C = \"1G\", T = \"2M\" }, got string"
+        );
+        assert_eq!(
+            err("[placement]\noverhead_ram_permille = 1001\n"),
+            "/etc/x.toml: placement.overhead_ram_permille: must be between 0 and 1000, got 1001"
+        );
     }
 
     #[test]

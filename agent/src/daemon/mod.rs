@@ -15,7 +15,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::api::{FlavorApi, NodeApi};
+use hvagent_proto::v1::placement_service_server::PlacementServiceServer;
+
+use crate::api::placement::EXPIRY_INTERVAL;
+use crate::api::{FlavorApi, NodeApi, PlacementApi, PlacementState};
+use crate::host::sysfs::format_cpulist;
+use crate::placement::{Allocator, Topology};
 use crate::domain::Libvirt;
 use crate::host::node::Node;
 pub use config::Config;
@@ -41,6 +46,12 @@ pub enum DaemonError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Inventory(#[from] crate::host::node::InventoryError),
+    /// The `[placement]` policy does not fit this node's CPUs or memory: a configuration
+    /// error (exit status 2).
+    #[error("{0}")]
+    Policy(#[from] crate::placement::PolicyError),
 }
 
 /// How long open calls may run on after a stop signal.
@@ -88,6 +99,32 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         Duration::from_millis(config.host.kvm_trial_timeout_ms),
         libvirt.clone(),
     ));
+    // Placement needs the topology before the first request; it does not need libvirt.
+    let topology = Topology::from_inventory(&node.local_inventory().await?);
+    let placement = Arc::new(PlacementState::new(Allocator::new(
+        topology,
+        config.placement.clone(),
+    )?));
+    {
+        let alloc = placement.lock();
+        tracing::info!(
+            reserved = %format_cpulist(&alloc.pools().reserved),
+            shared_pool = %format_cpulist(&alloc.pool_cpus()),
+            "placement ready"
+        );
+    }
+    let expiry_task = tokio::spawn({
+        let placement = placement.clone();
+        async move {
+            let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+            loop {
+                tick.tick().await;
+                for claim in placement.expire() {
+                    tracing::info!(vm = %claim.vm_uuid, request = %claim.request_id, "reservation expired");
+                }
+            }
+        }
+    });
     // Warm the slow facts in the background so the first inventory call does not wait for them.
     tokio::spawn({
         let node = node.clone();
@@ -130,6 +167,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             health
                 .set_not_serving::<FlavorServiceServer<FlavorApi>>()
                 .await;
+            health
+                .set_not_serving::<PlacementServiceServer<PlacementApi>>()
+                .await;
             let _ = stopping_tx.send(true);
         }
     };
@@ -138,8 +178,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(NodeApi::new(node).into_service())
+        .add_service(NodeApi::new(node, placement.clone()).into_service())
         .add_service(FlavorApi.into_service())
+        .add_service(PlacementApi::new(placement).into_service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
 
     health_reporter
@@ -147,6 +188,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .await;
     health_reporter
         .set_serving::<FlavorServiceServer<FlavorApi>>()
+        .await;
+    health_reporter
+        .set_serving::<PlacementServiceServer<PlacementApi>>()
         .await;
     health_reporter
         .set_service_status("", ServingStatus::Serving)
@@ -168,6 +212,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         ),
     }
     metrics_task.abort();
+    expiry_task.abort();
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())

@@ -95,6 +95,22 @@ impl Node {
 
     pub async fn inventory(&self) -> Result<Inventory, InventoryError> {
         let (kvm, libvirt) = tokio::join!(self.kvm(), self.libvirt_facts());
+        self.read(kvm, libvirt).await
+    }
+
+    /// The inventory without asking libvirt: what placement needs (topology, memory, KVM,
+    /// storage), available even while libvirtd is down or slow.
+    pub async fn local_inventory(&self) -> Result<Inventory, InventoryError> {
+        let kvm = self.kvm().await;
+        let libvirt = LibvirtFacts {
+            uri: self.libvirt.uri().to_string(),
+            error: "not asked".into(),
+            ..Default::default()
+        };
+        self.read(kvm, libvirt).await
+    }
+
+    async fn read(&self, kvm: KvmVerdict, libvirt: LibvirtFacts) -> Result<Inventory, InventoryError> {
         let root = self.sysfs_root.clone();
         let storage = self.storage_root.clone();
         let gathered = tokio::task::spawn_blocking(move || {

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use super::claim::{
     Claim, Emulator, GuestCell, GuestTopology, MemoryShare, NORMAL_PAGE_KIB, Refusal, VcpuPin,
 };
-use super::policy::{Policy, Pools, cpus};
+use super::policy::{Policy, Pools};
 use super::topology::Topology;
 use crate::flavor::{CpuType, FlavorSpec};
 use crate::host::scheduler::page_size_label;
+use crate::host::sysfs::format_cpulist;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Owner {
@@ -663,7 +664,7 @@ impl Ledger {
                 "shared-pool ratio",
                 format!(
                     "taking CPUs {} out of the shared pool would leave {left} threads for {} V vCPUs placed there (at most {} per thread)",
-                    cpus(&removed),
+                    format_cpulist(&removed),
                     v_equivalents(self.pool_used, pools),
                     pools.v_ratio
                 ),

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use super::topology::Topology;
 use crate::flavor::CpuType;
 use crate::host::scheduler::{SHARED_RATIO_NO_SMT, SHARED_RATIO_SMT};
-use crate::host::sysfs::format_cpulist;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReservedCpus {
@@ -275,11 +274,4 @@ fn split_reserve(total: u64, topo: &Topology) -> Vec<u64> {
     let rest = total - out.iter().sum::<u64>();
     out[0] += rest;
     out
-}
-
-/// For messages: `"0-3,8"`.
-pub fn cpus(list: &[u32]) -> String {
-    let mut sorted = list.to_vec();
-    sorted.sort_unstable();
-    format_cpulist(&sorted)
 }
