@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use hvagent::ctl::{client, render};
 use hvagent::flavor::{self, view::FlavorView};
+use hvagent::placement;
 use hvagent_proto::v1 as pb;
 
 /// Talk to the hvagent node agent of this compute node.
 ///
-/// Node commands connect to the agent's Unix socket (default /run/hvagent/hvagent.sock, mode 0660:
-/// root, or the socket's owner and group); flavor commands work offline. Exit status: 0 success,
+/// Node and placement commands connect to the agent's Unix socket (default
+/// /run/hvagent/hvagent.sock, mode 0660: root, or the socket's owner and group); flavor and plan
+/// commands work offline. Exit status: 0 success,
 /// 1 the agent refused or failed the request, 2 bad command line or invalid flavor name, 3 the
 /// agent could not be reached.
 #[derive(Parser)]
@@ -51,6 +53,53 @@ enum Command {
     /// without an agent.
     #[command(subcommand)]
     Flavor(FlavorCommand),
+
+    /// The agent's allocator: reserve, release and list claims (host CPUs, NUMA memory,
+    /// hugepages held for guests).
+    #[command(subcommand)]
+    Placement(PlacementCommand),
+
+    /// Offline sizing: place flavors, in the order given, on a captured sysfs/procfs tree
+    /// (DIR/sys/..., DIR/proc/..., as `images/guest/capture.sh` writes them) under a node
+    /// policy, and show the claims, the refusals and what still fits. No agent needed.
+    Plan {
+        /// Root of the captured tree (`/` plans for this machine).
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// hvagent config whose [placement] section is the policy (default: the defaults).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// A flavor and how many guests of it, e.g. SCS-4C-16=3; repeat for more.
+        #[arg(long = "flavor", value_name = "NAME=COUNT", required = true)]
+        flavors: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlacementCommand {
+    /// Reserve resources for a guest for --ttl seconds; a create that names the request id
+    /// consumes the reservation. Repeating the same request returns the same claim.
+    Reserve {
+        /// The flavor, e.g. SCS-2V-4.
+        #[arg(long)]
+        flavor: String,
+        /// The guest's UUID.
+        #[arg(long, value_name = "UUID")]
+        vm_uuid: String,
+        /// Idempotency key (default: hvctl-<UUID>).
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// Seconds until the reservation is released unless consumed (1-3600).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        ttl: u32,
+    },
+    /// Release the claim of a guest, giving back exactly what it took.
+    Release {
+        /// The guest's UUID.
+        vm_uuid: String,
+    },
+    /// Every claim and reservation, and the shared pool's CPUs.
+    Claims,
 }
 
 #[derive(Subcommand)]
@@ -75,12 +124,20 @@ enum NodeCommand {
     /// Hardware inventory: CPU topology, NUMA, memory and hugepages, devices, hypervisor, SCS
     /// facts (CPU brand, ECC, security) and the scheduler view (Placement inventories, traits).
     Inventory,
+    /// How many more guests of each flavor fit now, per NUMA node, and what stops the next
+    /// one (PCPU, shared-pool ratio, MEMORY_MB, hugepages, a promise the node cannot keep).
+    Capacity {
+        /// Flavor names (default: every standard flavor).
+        flavors: Vec<String>,
+    },
 }
 
 const EXIT_CALL_FAILED: u8 = 1;
 /// Bad command line or invalid input (as clap uses for usage errors).
 const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
+/// Most guests of one flavor `hvctl plan` places.
+const MAX_PLAN_COUNT: u32 = 100_000;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -98,10 +155,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    let node_command = match cli.command {
+    match cli.command {
         Command::Flavor(command) => return flavor(cli.output, command),
-        Command::Node(command) => command,
-    };
+        Command::Plan {
+            root,
+            config,
+            flavors,
+        } => return plan(cli.output, &root, config.as_deref(), &flavors),
+        Command::Node(_) | Command::Placement(_) => {}
+    }
     let channel = match client::connect(&cli.socket).await {
         Ok(c) => c,
         Err(e) => {
@@ -109,15 +171,111 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
-    match node_command {
-        NodeCommand::Inventory => {
-            let mut node = pb::node_service_client::NodeServiceClient::new(channel);
-            match node.get_inventory(pb::GetInventoryRequest {}).await {
-                Ok(resp) => print(cli.output, &resp.into_inner(), render::inventory),
-                Err(status) => fail(&cli.socket, &status),
+    let mut node = pb::node_service_client::NodeServiceClient::new(channel.clone());
+    let mut placement = pb::placement_service_client::PlacementServiceClient::new(channel);
+    let (output, socket) = (cli.output, cli.socket.as_path());
+    match cli.command {
+        Command::Node(NodeCommand::Inventory) => answer(
+            output,
+            socket,
+            node.get_inventory(pb::GetInventoryRequest {}).await,
+            render::inventory,
+        ),
+        Command::Node(NodeCommand::Capacity { flavors }) => answer(
+            output,
+            socket,
+            node.get_capacity(pb::GetCapacityRequest { flavors }).await,
+            render::capacity,
+        ),
+        Command::Placement(PlacementCommand::Reserve {
+            flavor,
+            vm_uuid,
+            request_id,
+            ttl,
+        }) => answer(
+            output,
+            socket,
+            placement
+                .reserve(pb::ReserveRequest {
+                    request_id: request_id.unwrap_or_else(|| format!("hvctl-{vm_uuid}")),
+                    vm_uuid,
+                    flavor,
+                    ttl_seconds: ttl,
+                })
+                .await,
+            |r: &pb::ReserveResponse| render::claims(r.claim.as_slice(), &[]),
+        ),
+        Command::Placement(PlacementCommand::Release { vm_uuid }) => answer(
+            output,
+            socket,
+            placement.release(pb::ReleaseRequest { vm_uuid }).await,
+            |r: &pb::ReleaseResponse| render::claims(r.claim.as_slice(), &[]),
+        ),
+        Command::Placement(PlacementCommand::Claims) => answer(
+            output,
+            socket,
+            placement.list_claims(pb::ListClaimsRequest {}).await,
+            |r: &pb::ListClaimsResponse| render::claims(&r.claims, &r.shared_pool),
+        ),
+        Command::Flavor(_) | Command::Plan { .. } => ExitCode::SUCCESS,
+    }
+}
+
+/// `hvctl plan`: the agent's own allocator on a captured tree, no agent involved.
+fn plan(output: Output, root: &Path, config: Option<&Path>, flavors: &[String]) -> ExitCode {
+    let usage = |msg: String| {
+        eprintln!("hvctl: {msg}");
+        ExitCode::from(EXIT_USAGE)
+    };
+    let policy = match hvagent::daemon::Config::load(config) {
+        Ok(c) => c.placement,
+        Err(e) => return usage(e.to_string()),
+    };
+    let mut requests = Vec::new();
+    for arg in flavors {
+        let Some((name, count)) = arg.rsplit_once('=') else {
+            return usage(format!("--flavor {arg:?}: expected NAME=COUNT, e.g. SCS-2V-4=10"));
+        };
+        let count = match count.parse::<u32>() {
+            Ok(n) if (1..=MAX_PLAN_COUNT).contains(&n) => n,
+            _ => {
+                return usage(format!(
+                    "--flavor {arg:?}: COUNT must be a number from 1 to {MAX_PLAN_COUNT}"
+                ));
             }
+        };
+        match flavor::parse(name) {
+            Ok(p) => requests.push((name.to_string(), p.spec, count)),
+            Err(e) => return usage(format!("--flavor {arg:?}: {name:?} is not a valid SCS flavor name: {e}")),
         }
     }
+    if !root.join("sys/devices/system/cpu").is_dir() {
+        return usage(format!(
+            "--root {}: no sys/devices/system/cpu below it (not a captured sysfs/procfs tree)",
+            root.display()
+        ));
+    }
+    let inventory = hvagent::host::read(
+        root,
+        hvagent::host::ExternalFacts {
+            libvirt: hvagent::host::LibvirtFacts {
+                error: "not asked by an offline plan".into(),
+                ..Default::default()
+            },
+            kvm: hvagent::host::KvmVerdict {
+                state: hvagent::host::KvmState::Absent,
+                reason: "not probed by an offline plan".into(),
+            },
+            storage_disk_bytes: None,
+        },
+    );
+    let topology = placement::Topology::from_inventory(&inventory);
+    let mut alloc = match placement::Allocator::new(topology, policy) {
+        Ok(a) => a,
+        Err(e) => return usage(e.to_string()),
+    };
+    let planned = placement::plan::plan(&mut alloc, &requests);
+    print(output, &planned, render::plan)
 }
 
 /// Flavor commands compute locally: the same library the agent's FlavorService uses.
@@ -169,6 +327,19 @@ fn print<T: serde::Serialize>(output: Output, value: &T, table: fn(&T) -> String
         },
     }
     ExitCode::SUCCESS
+}
+
+/// Prints an answer, or says why the call failed.
+fn answer<T: serde::Serialize>(
+    output: Output,
+    socket: &Path,
+    result: Result<tonic::Response<T>, tonic::Status>,
+    table: fn(&T) -> String,
+) -> ExitCode {
+    match result {
+        Ok(resp) => print(output, &resp.into_inner(), table),
+        Err(status) => fail(socket, &status),
+    }
 }
 
 fn fail(socket: &Path, status: &tonic::Status) -> ExitCode {

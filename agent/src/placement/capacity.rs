@@ -72,13 +72,8 @@ impl Allocator {
     fn floating_capacity(&self, flavor: String, need: &Need) -> Capacity {
         let ledger = self.ledger();
         let pools = self.pools();
-        let vcpus = u64::from(need.vcpus);
         let room = ledger.pool_threads * pools.units_per_thread - ledger.pool_used;
-        let by_pool = if vcpus > ledger.pool_threads {
-            0
-        } else {
-            room / (pools.cost(need.cpu_type) * vcpus)
-        };
+        let by_pool = room / (pools.cost(need.cpu_type) * u64::from(need.vcpus));
         let by_disk = match ledger.disk_free_gb {
             Some(free) if need.disk_gb > 0 => free / need.disk_gb,
             _ => u64::MAX,

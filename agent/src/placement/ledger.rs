@@ -243,16 +243,9 @@ impl Ledger {
         need: &Need,
         only: Option<usize>,
     ) -> Result<Claim, Refusal> {
+        // Only the ratio binds: a guest may have more vCPUs than the pool has threads, each
+        // still gets its share.
         let vcpus = u64::from(need.vcpus);
-        if vcpus > self.pool_threads {
-            return Err(Refusal::exhausted(
-                "shared-pool ratio",
-                format!(
-                    "{} vCPUs of one guest need at least as many threads in the shared pool; it has {}",
-                    need.vcpus, self.pool_threads
-                ),
-            ));
-        }
         let cost = pools.cost(need.cpu_type) * vcpus;
         let limit = self.pool_threads * pools.units_per_thread;
         if self.pool_used + cost > limit {
@@ -699,13 +692,10 @@ impl Ledger {
                 format!("CPU {c} may not hold a dedicated vCPU under this policy"),
             );
         }
-        let floating = pins.is_empty();
         let cost = pools.cost(claim.cpu_type()) * claim.vcpus.len() as u64;
         let removed = all.iter().filter(|&&c| pools.shared_ok[c as usize]).count() as u64;
         let threads = self.pool_threads - removed;
-        if self.pool_used + cost > threads * pools.units_per_thread
-            || (floating && claim.vcpus.len() as u64 > threads)
-        {
+        if self.pool_used + cost > threads * pools.units_per_thread {
             return conflict(
                 "shared-pool ratio",
                 "the shared pool would exceed its ratio".into(),

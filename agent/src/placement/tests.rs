@@ -343,7 +343,7 @@ fn offline_cpus_are_never_used() {
     let r = refusal(&mut a, 3, "SCS-1Vi-0.5u");
     assert_eq!(
         r.message,
-        "1 vCPUs of one guest need at least as many threads in the shared pool; it has 0"
+        "the shared pool's 0 threads carry at most 0 V vCPUs (5 per thread); 0 are placed, 1 more V vCPUs would exceed that"
     );
 }
 
