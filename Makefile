@@ -16,12 +16,12 @@ APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
 PY_MODULES := grpc grpc_health grpc_reflection google.protobuf
 PY_PACKAGES := grpcio grpcio-health-checking grpcio-reflection protobuf
 
-.PHONY: run test host packages libvirtd python images build check
+.PHONY: run test host packages libvirtd hugepages python images build check
 
 run: host build
 	./target/release/hvagent $(if $(CONFIG),--config $(CONFIG))
 
-test: host python images check
+test: host hugepages python images check
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
@@ -57,6 +57,15 @@ libvirtd:
 	@if ! pgrep -x libvirtd >/dev/null; then rm -f /run/libvirtd.pid; libvirtd -d; fi
 	@for i in $$(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && exit 0; sleep 0.2; done; \
 	  echo "libvirtd did not answer on qemu:///system" >&2; exit 1
+
+# The placement tests back guests with real 2 MiB hugepages: keep at least HUGEPAGES of them.
+HUGEPAGES ?= 512
+hugepages:
+	@have=$$(cat /proc/sys/vm/nr_hugepages); \
+	if [ "$$have" -lt $(HUGEPAGES) ]; then \
+	  echo $(HUGEPAGES) > /proc/sys/vm/nr_hugepages || true; \
+	  echo "2 MiB hugepages: $$(cat /proc/sys/vm/nr_hugepages) (wanted $(HUGEPAGES))"; \
+	fi
 
 python:
 	@python3 -c "$(foreach m,$(PY_MODULES),import $(m);)" 2>/dev/null || \

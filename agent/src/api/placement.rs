@@ -61,7 +61,9 @@ pub fn status(r: Refusal) -> Status {
 /// Parses the flavor in `field`, or the INVALID_ARGUMENT that names the field and the rule.
 fn parse_flavor(field: &str, name: &str) -> Result<flavor::FlavorSpec, Status> {
     if name.is_empty() {
-        return Err(Status::invalid_argument(format!("{field}: must not be empty")));
+        return Err(Status::invalid_argument(format!(
+            "{field}: must not be empty"
+        )));
     }
     if name.chars().count() > crate::api::flavor::MAX_NAME_CHARS {
         return Err(Status::invalid_argument(format!(
@@ -114,9 +116,7 @@ pub fn claim_to_proto(alloc: &Allocator, claim: &Claim, now_ms: u64) -> pb::Clai
         disk_gb: claim.disk_gb,
         generation: claim.generation,
         reservation: claim.is_reservation(),
-        expires_in_ms: claim
-            .expires_at_ms
-            .map_or(0, |t| t.saturating_sub(now_ms)),
+        expires_in_ms: claim.expires_at_ms.map_or(0, |t| t.saturating_sub(now_ms)),
     }
 }
 

@@ -234,7 +234,9 @@ fn plan(output: Output, root: &Path, config: Option<&Path>, flavors: &[String]) 
     let mut requests = Vec::new();
     for arg in flavors {
         let Some((name, count)) = arg.rsplit_once('=') else {
-            return usage(format!("--flavor {arg:?}: expected NAME=COUNT, e.g. SCS-2V-4=10"));
+            return usage(format!(
+                "--flavor {arg:?}: expected NAME=COUNT, e.g. SCS-2V-4=10"
+            ));
         };
         let count = match count.parse::<u32>() {
             Ok(n) if (1..=MAX_PLAN_COUNT).contains(&n) => n,
@@ -246,7 +248,11 @@ fn plan(output: Output, root: &Path, config: Option<&Path>, flavors: &[String]) 
         };
         match flavor::parse(name) {
             Ok(p) => requests.push((name.to_string(), p.spec, count)),
-            Err(e) => return usage(format!("--flavor {arg:?}: {name:?} is not a valid SCS flavor name: {e}")),
+            Err(e) => {
+                return usage(format!(
+                    "--flavor {arg:?}: {name:?} is not a valid SCS flavor name: {e}"
+                ));
+            }
         }
     }
     if !root.join("sys/devices/system/cpu").is_dir() {

@@ -506,57 +506,6 @@ pub fn inventory(inv: &pb::Inventory) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_aligns_columns() {
-        let mut t = Table::new(&["A", "LONGER"]);
-        t.row(vec!["xyz".into(), "1".into()]);
-        assert_eq!(t.render(), "A    LONGER\nxyz  1\n");
-    }
-
-    #[test]
-    fn byte_units() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
-    }
-
-    #[test]
-    fn inventory_table_shows_topology() {
-        let inv = pb::Inventory {
-            cpu: Some(pb::Cpu {
-                sockets: 2,
-                cores: 8,
-                threads: 16,
-                smt_active: true,
-                online: "0-15".into(),
-                ..Default::default()
-            }),
-            numa_nodes: vec![pb::NumaNode {
-                id: 1,
-                cpus: vec![8, 9, 10],
-                hugepages: vec![pb::HugepagePool {
-                    page_size_kib: 2048,
-                    total: 32,
-                    free: 30,
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let text = inventory(&inv);
-        assert!(
-            text.contains("2 socket(s), 0 die(s), 8 core(s), 16 thread(s), SMT on"),
-            "{text}"
-        );
-        assert!(text.contains("1     8-10"), "{text}");
-        assert!(text.contains("2M: 30/32 free"), "{text}");
-    }
-}
-
 /// `node:MiB` per share, with the page size when huge: `0:2048 1:1024@1G`.
 fn shares(memory: &[pb::MemoryShare]) -> String {
     memory
@@ -565,7 +514,10 @@ fn shares(memory: &[pb::MemoryShare]) -> String {
             let page = if m.page_size_kib == crate::placement::claim::NORMAL_PAGE_KIB {
                 String::new()
             } else {
-                format!("@{}", crate::host::scheduler::page_size_label(m.page_size_kib))
+                format!(
+                    "@{}",
+                    crate::host::scheduler::page_size_label(m.page_size_kib)
+                )
             };
             format!("{}:{}{page}", m.numa_node, m.mib)
         })
@@ -576,7 +528,13 @@ fn shares(memory: &[pb::MemoryShare]) -> String {
 /// Claims as a table: pinned CPUs (or `pool`), memory per node, guest topology, state.
 pub fn claims(list: &[pb::Claim], shared_pool: &[u32]) -> String {
     let mut t = Table::new(&[
-        "VM", "FLAVOR", "VCPU CPUS", "IDLE", "EMULATOR", "MEMORY (node:MiB)", "GUEST S/C/T",
+        "VM",
+        "FLAVOR",
+        "VCPU CPUS",
+        "IDLE",
+        "EMULATOR",
+        "MEMORY (node:MiB)",
+        "GUEST S/C/T",
         "STATE",
     ]);
     for c in list {
@@ -639,7 +597,13 @@ pub fn capacity(c: &pb::GetCapacityResponse) -> String {
 /// An offline plan: claims, refusals, what still fits.
 pub fn plan(p: &crate::placement::plan::Plan) -> String {
     let mut claims = Table::new(&[
-        "FLAVOR", "#", "VCPU CPUS", "IDLE", "EMULATOR", "MEMORY (node:MiB)", "GUEST S/C/T",
+        "FLAVOR",
+        "#",
+        "VCPU CPUS",
+        "IDLE",
+        "EMULATOR",
+        "MEMORY (node:MiB)",
+        "GUEST S/C/T",
     ]);
     for c in &p.claims {
         let pins: Vec<String> = c
@@ -707,4 +671,55 @@ pub fn plan(p: &crate::placement::plan::Plan) -> String {
     }
     section(&mut out, &capacity);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["xyz".into(), "1".into()]);
+        assert_eq!(t.render(), "A    LONGER\nxyz  1\n");
+    }
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn inventory_table_shows_topology() {
+        let inv = pb::Inventory {
+            cpu: Some(pb::Cpu {
+                sockets: 2,
+                cores: 8,
+                threads: 16,
+                smt_active: true,
+                online: "0-15".into(),
+                ..Default::default()
+            }),
+            numa_nodes: vec![pb::NumaNode {
+                id: 1,
+                cpus: vec![8, 9, 10],
+                hugepages: vec![pb::HugepagePool {
+                    page_size_kib: 2048,
+                    total: 32,
+                    free: 30,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = inventory(&inv);
+        assert!(
+            text.contains("2 socket(s), 0 die(s), 8 core(s), 16 thread(s), SMT on"),
+            "{text}"
+        );
+        assert!(text.contains("1     8-10"), "{text}");
+        assert!(text.contains("2M: 30/32 free"), "{text}");
+    }
 }

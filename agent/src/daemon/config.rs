@@ -239,13 +239,11 @@ impl Config {
                     let cpu_type = match letter.as_str() {
                         "L" | "V" | "T" | "C" => letter.as_bytes()[0] as char,
                         other => {
-                            return Err(format!(
-                                "{other:?} is not a CPU type letter (L, V, T, C)"
-                            ));
+                            return Err(format!("{other:?} is not a CPU type letter (L, V, T, C)"));
                         }
                     };
-                    if let Some(kib) = parse_page_size(&string(size)?)
-                        .map_err(|e| format!("{letter}: {e}"))?
+                    if let Some(kib) =
+                        parse_page_size(&string(size)?).map_err(|e| format!("{letter}: {e}"))?
                     {
                         self.placement.hugepages.insert(cpu_type, kib);
                     }
@@ -461,7 +459,11 @@ mod tests {
             std::collections::BTreeMap::from([('C', 1 << 20), ('T', 2048)])
         );
         assert_eq!(
-            (p.overhead.fixed_mib, p.overhead.per_vcpu_mib, p.overhead.ram_permille),
+            (
+                p.overhead.fixed_mib,
+                p.overhead.per_vcpu_mib,
+                p.overhead.ram_permille
+            ),
             (200, 4, 5)
         );
         let none = Config::parse("f", "[placement]\nreserved_cpus = \"\"\n").unwrap();

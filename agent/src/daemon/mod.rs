@@ -19,10 +19,10 @@ use hvagent_proto::v1::placement_service_server::PlacementServiceServer;
 
 use crate::api::placement::EXPIRY_INTERVAL;
 use crate::api::{FlavorApi, NodeApi, PlacementApi, PlacementState};
-use crate::host::sysfs::format_cpulist;
-use crate::placement::{Allocator, Topology};
 use crate::domain::Libvirt;
 use crate::host::node::Node;
+use crate::host::sysfs::format_cpulist;
+use crate::placement::{Allocator, Topology};
 pub use config::Config;
 
 #[derive(Debug, thiserror::Error)]

@@ -110,7 +110,11 @@ impl Node {
         self.read(kvm, libvirt).await
     }
 
-    async fn read(&self, kvm: KvmVerdict, libvirt: LibvirtFacts) -> Result<Inventory, InventoryError> {
+    async fn read(
+        &self,
+        kvm: KvmVerdict,
+        libvirt: LibvirtFacts,
+    ) -> Result<Inventory, InventoryError> {
         let root = self.sysfs_root.clone();
         let storage = self.storage_root.clone();
         let gathered = tokio::task::spawn_blocking(move || {
