@@ -121,6 +121,19 @@ impl Need {
         }
     }
 
+    /// `"1024 MiB of 1G pages plus 147 MiB overhead"`, for refusals.
+    fn describe(&self) -> String {
+        let pages = if self.huge() {
+            format!(" of {} pages", page_size_label(self.page_kib))
+        } else {
+            String::new()
+        };
+        format!(
+            "{} MiB{pages} plus {} MiB overhead",
+            self.ram_mib, self.overhead_mib
+        )
+    }
+
     fn share(&self, numa_node: u32, units: u64) -> MemoryShare {
         MemoryShare {
             numa_node,
@@ -503,14 +516,8 @@ impl Ledger {
                     return Err(Refusal::exhausted(
                         &need.memory_class(),
                         format!(
-                            "dedicated memory must come from the NUMA node(s) of the guest's CPUs, and no set of nodes with free CPUs has {} MiB{} plus {} MiB overhead free ({})",
-                            need.ram_mib,
-                            if need.huge() {
-                                format!(" of {} pages", page_size_label(need.page_kib))
-                            } else {
-                                String::new()
-                            },
-                            need.overhead_mib,
+                            "dedicated memory must come from the NUMA node(s) of the guest's CPUs, and no set of nodes with free CPUs has {} free ({})",
+                            need.describe(),
                             candidates
                                 .iter()
                                 .map(|c| format!(
@@ -833,14 +840,8 @@ pub(super) fn floating_memory(
         Refusal::exhausted(
             &need.memory_class(),
             format!(
-                "guest needs {} MiB{} plus {} MiB overhead; {} MiB are free{}",
-                need.ram_mib,
-                if need.huge() {
-                    format!(" of {} pages", page_size_label(need.page_kib))
-                } else {
-                    String::new()
-                },
-                need.overhead_mib,
+                "guest needs {}; {} MiB are free{}",
+                need.describe(),
                 need.units_to_mib(free_units),
                 if allowed.len() == 1 {
                     " on that node"
