@@ -130,6 +130,8 @@ fn help_explains_each_command() {
     assert!(out.status.success());
     for needle in [
         "node",
+        "placement",
+        "plan",
         "--socket <PATH>",
         "--output <OUTPUT>",
         "Exit status",
@@ -142,6 +144,23 @@ fn help_explains_each_command() {
         .output()
         .unwrap();
     assert!(stdout(&out).contains("inventory"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("capacity"), "{}", stdout(&out));
+    let out = Command::new(bin("hvctl"))
+        .args(["plan", "--help"])
+        .output()
+        .unwrap();
+    for needle in [
+        "--root <DIR>",
+        "--config <FILE>",
+        "--flavor <NAME=COUNT>",
+        "captured sysfs/procfs tree",
+    ] {
+        assert!(
+            stdout(&out).contains(needle),
+            "missing {needle:?}: {}",
+            stdout(&out)
+        );
+    }
     let out = Command::new(bin("hvctl"))
         .args(["node", "inventory", "--help"])
         .output()

@@ -13,9 +13,10 @@ use hvagent_proto::v1 as pb;
 ///
 /// Node and placement commands connect to the agent's Unix socket (default
 /// /run/hvagent/hvagent.sock, mode 0660: root, or the socket's owner and group); flavor and plan
-/// commands work offline. Exit status: 0 success,
-/// 1 the agent refused or failed the request, 2 bad command line or invalid flavor name, 3 the
-/// agent could not be reached.
+/// commands work offline.
+///
+/// Exit status: 0 success, 1 the agent refused or failed the request, 2 bad command line,
+/// invalid flavor name or plan input, 3 the agent could not be reached.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
