@@ -2,7 +2,7 @@
 # Builds the small hvagent test guest from Debian packages only (see README.md):
 #   out/vmlinuz        Debian cloud kernel
 #   out/initramfs.img  busybox-static + guest/init + guest/capture.sh + virtio modules
-#   out/disk.qcow2     BIOS-bootable disk (MBR + FAT + syslinux) holding the two above
+#   out/testguest.qcow2     BIOS-bootable disk (MBR + FAT + syslinux) holding the two above
 # Idempotent: each output is rebuilt only when missing or older than one of its inputs.
 set -euo pipefail
 
@@ -12,7 +12,7 @@ CACHE=$OUT/cache
 SELF=$HERE/build.sh
 # Kernel modules put into the initramfs (the cloud kernel builds virtio as modules). With
 # them the guest has a NIC and a disk with driver links, which the sysfs fixtures want.
-MODULES=(virtio_pci virtio_net virtio_blk)
+MODULES=(virtio_pci virtio_net virtio_blk vfat nls_cp437 nls_ascii)
 DISK_MIB=64
 PART_START=2048 # first sector of the FAT partition (1 MiB alignment)
 
@@ -139,8 +139,8 @@ if ! newer "$OUT/initramfs.img" "${init_inputs[@]}"; then
 fi
 
 # --- disk image --------------------------------------------------------------------------
-if ! newer "$OUT/disk.qcow2" "$SELF" "$OUT/vmlinuz" "$OUT/initramfs.img"; then
-    log "disk.qcow2"
+if ! newer "$OUT/testguest.qcow2" "$SELF" "$OUT/vmlinuz" "$OUT/initramfs.img"; then
+    log "testguest.qcow2"
     raw=$OUT/disk.raw
     offset=$((PART_START * 512))
     part_sectors=$((DISK_MIB * 2048 - PART_START))
@@ -173,9 +173,9 @@ LABEL hvagent
 EOF
     mcopy -o -i "$img" "$OUT/syslinux.cfg" "$OUT/vmlinuz" "$OUT/initramfs.img" ::/
     rm -f "$OUT/syslinux.cfg"
-    qemu-img convert -f raw -O qcow2 "$raw" "$OUT/disk.qcow2.tmp"
-    mv "$OUT/disk.qcow2.tmp" "$OUT/disk.qcow2"
+    qemu-img convert -f raw -O qcow2 "$raw" "$OUT/testguest.qcow2.tmp"
+    mv "$OUT/testguest.qcow2.tmp" "$OUT/testguest.qcow2"
     rm -f "$raw"
 fi
 
-log "up to date: $OUT/{vmlinuz,initramfs.img,disk.qcow2}"
+log "up to date: $OUT/{vmlinuz,initramfs.img,testguest.qcow2}"

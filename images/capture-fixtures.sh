@@ -20,7 +20,7 @@ cd "$ROOT" # relative paths below, so the logged command lines match the README
 # test disk read-only on virtio-blk, so the trees have a NIC, a disk and driver links.
 # shellcheck disable=SC2054 # the commas belong to QEMU option values
 DEVICES=(-netdev user,id=n0 -device virtio-net-pci,netdev=n0
-    -drive file=images/out/disk.qcow2,format=qcow2,if=virtio,readonly=on)
+    -drive file=images/out/testguest.qcow2,format=qcow2,if=virtio,readonly=on)
 
 # capture_qemu NAME APPEND QEMU_ARG...: boot, capture, unpack into $FIX/NAME.
 capture_qemu() {
