@@ -1,5 +1,6 @@
 //! libvirt: the connection and what libvirt says about the hypervisor.
 
 pub mod connection;
+pub mod xml;
 
 pub use connection::Libvirt;

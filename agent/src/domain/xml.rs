@@ -1,0 +1,864 @@
+//! Domain XML from typed structs (serialised with quick-xml's serde support, never string
+//! templates, so every name and path is escaped by construction), and the agent's intent
+//! stored in `<metadata>` under its own XML namespace, read back at start-up.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::sysfs::format_cpulist;
+use crate::placement::Claim;
+
+/// The agent's XML namespace in `<metadata>`.
+pub const NAMESPACE: &str = "https://scs.community/ns/hvagent/vm/1";
+/// The prefix libvirt stores the metadata element under.
+pub const PREFIX: &str = "hvagent";
+
+/// How QEMU runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Emulation {
+    Kvm,
+    /// QEMU's TCG: no hardware virtualization.
+    Tcg,
+}
+
+impl Emulation {
+    fn domain_type(self) -> &'static str {
+        match self {
+            Emulation::Kvm => "kvm",
+            Emulation::Tcg => "qemu",
+        }
+    }
+}
+
+/// What the agent meant when it created the guest: enough to rebuild placement and to find
+/// every file that belongs to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub name: String,
+    pub flavor: String,
+    pub request_id: String,
+    pub image: String,
+    pub networks: Vec<String>,
+    pub claim: Claim,
+    pub emulation: Emulation,
+    /// Seconds since the Unix epoch.
+    pub created_unix: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    Virtio,
+    Scsi,
+    Sata,
+}
+
+impl DiskBus {
+    pub fn parse(s: &str) -> Option<DiskBus> {
+        match s {
+            "virtio" => Some(DiskBus::Virtio),
+            "scsi" => Some(DiskBus::Scsi),
+            "sata" => Some(DiskBus::Sata),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "virtio",
+            DiskBus::Scsi => "scsi",
+            DiskBus::Sata => "sata",
+        }
+    }
+
+    fn device_prefix(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "vd",
+            DiskBus::Scsi | DiskBus::Sata => "sd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    /// `qcow2` or `raw`.
+    pub format: &'static str,
+    pub readonly: bool,
+}
+
+/// Everything the domain XML is made from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestSpec {
+    pub uuid: String,
+    pub intent: Intent,
+    /// Host CPUs per vCPU (one for dedicated, the pool for floating).
+    pub vcpu_cpus: Vec<Vec<u32>>,
+    pub emulator_cpus: Vec<u32>,
+    /// CPU flags to require in the guest (`rdrand`, `rdseed`, `vmx`/`svm`).
+    pub cpu_features: Vec<String>,
+    /// Root disk first, then extra disks, then the NoCloud seed.
+    pub disks: Vec<DiskSpec>,
+    pub disk_bus: DiskBus,
+    /// Bridges to attach a virtio NIC to, in order.
+    pub bridges: Vec<String>,
+    pub console_log: PathBuf,
+    pub rng: bool,
+    /// TCG translation cache; bounded so the memory overhead model holds under emulation.
+    pub tcg_cache_mib: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build domain XML: {0}")]
+pub struct XmlError(String);
+
+#[derive(Serialize)]
+#[serde(rename = "domain")]
+struct Domain {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    name: String,
+    uuid: String,
+    metadata: Metadata,
+    memory: Sized,
+    #[serde(rename = "currentMemory")]
+    current_memory: Sized,
+    #[serde(rename = "memoryBacking", skip_serializing_if = "Option::is_none")]
+    memory_backing: Option<MemoryBacking>,
+    vcpu: Text<usize>,
+    cputune: CpuTune,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    numatune: Option<NumaTune>,
+    os: Os,
+    features: Features,
+    cpu: Cpu,
+    on_poweroff: &'static str,
+    on_reboot: &'static str,
+    on_crash: &'static str,
+    devices: Devices,
+}
+
+#[derive(Serialize)]
+struct Text<T> {
+    #[serde(rename = "$text")]
+    value: T,
+}
+
+#[derive(Serialize)]
+struct Sized {
+    #[serde(rename = "@unit")]
+    unit: &'static str,
+    #[serde(rename = "$text")]
+    value: u64,
+}
+
+#[derive(Serialize)]
+struct Metadata {
+    #[serde(rename = "hvagent:vm")]
+    vm: MetadataVm,
+}
+
+#[derive(Serialize)]
+struct MetadataVm {
+    #[serde(rename = "@xmlns:hvagent")]
+    xmlns: &'static str,
+    #[serde(rename = "hvagent:intent")]
+    intent: String,
+}
+
+#[derive(Serialize)]
+struct MemoryBacking {
+    hugepages: HugePages,
+}
+
+#[derive(Serialize)]
+struct HugePages {
+    page: Vec<Page>,
+}
+
+#[derive(Serialize)]
+struct Page {
+    #[serde(rename = "@size")]
+    size: u64,
+    #[serde(rename = "@unit")]
+    unit: &'static str,
+    #[serde(rename = "@nodeset")]
+    nodeset: String,
+}
+
+#[derive(Serialize)]
+struct CpuTune {
+    vcpupin: Vec<VcpuPin>,
+    emulatorpin: CpuSet,
+}
+
+#[derive(Serialize)]
+struct VcpuPin {
+    #[serde(rename = "@vcpu")]
+    vcpu: u32,
+    #[serde(rename = "@cpuset")]
+    cpuset: String,
+}
+
+#[derive(Serialize)]
+struct CpuSet {
+    #[serde(rename = "@cpuset")]
+    cpuset: String,
+}
+
+#[derive(Serialize)]
+struct NumaTune {
+    memory: NumaMemory,
+    memnode: Vec<MemNode>,
+}
+
+#[derive(Serialize)]
+struct NumaMemory {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
+    #[serde(rename = "@nodeset")]
+    nodeset: String,
+}
+
+#[derive(Serialize)]
+struct MemNode {
+    #[serde(rename = "@cellid")]
+    cellid: u32,
+    #[serde(rename = "@mode")]
+    mode: &'static str,
+    #[serde(rename = "@nodeset")]
+    nodeset: String,
+}
+
+#[derive(Serialize)]
+struct Os {
+    #[serde(rename = "type")]
+    kind: OsType,
+    boot: Boot,
+}
+
+#[derive(Serialize)]
+struct OsType {
+    #[serde(rename = "@arch")]
+    arch: &'static str,
+    #[serde(rename = "@machine")]
+    machine: &'static str,
+    #[serde(rename = "$text")]
+    value: &'static str,
+}
+
+#[derive(Serialize)]
+struct Boot {
+    #[serde(rename = "@dev")]
+    dev: &'static str,
+}
+
+#[derive(Serialize)]
+struct Features {
+    acpi: (),
+    apic: (),
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcg: Option<Tcg>,
+}
+
+#[derive(Serialize)]
+struct Tcg {
+    #[serde(rename = "tb-cache")]
+    tb_cache: Sized,
+}
+
+#[derive(Serialize)]
+struct Cpu {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
+    #[serde(rename = "@match", skip_serializing_if = "Option::is_none")]
+    matching: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<Model>,
+    topology: Topology,
+    feature: Vec<Feature>,
+    numa: Numa,
+}
+
+#[derive(Serialize)]
+struct Model {
+    #[serde(rename = "@fallback")]
+    fallback: &'static str,
+    #[serde(rename = "$text")]
+    value: &'static str,
+}
+
+#[derive(Serialize)]
+struct Topology {
+    #[serde(rename = "@sockets")]
+    sockets: u32,
+    #[serde(rename = "@dies")]
+    dies: u32,
+    #[serde(rename = "@cores")]
+    cores: u32,
+    #[serde(rename = "@threads")]
+    threads: u32,
+}
+
+#[derive(Serialize)]
+struct Feature {
+    #[serde(rename = "@policy")]
+    policy: &'static str,
+    #[serde(rename = "@name")]
+    name: String,
+}
+
+#[derive(Serialize)]
+struct Numa {
+    cell: Vec<Cell>,
+}
+
+#[derive(Serialize)]
+struct Cell {
+    #[serde(rename = "@id")]
+    id: u32,
+    #[serde(rename = "@cpus")]
+    cpus: String,
+    #[serde(rename = "@memory")]
+    memory: u64,
+    #[serde(rename = "@unit")]
+    unit: &'static str,
+}
+
+#[derive(Serialize)]
+struct Devices {
+    disk: Vec<Disk>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    controller: Vec<Controller>,
+    interface: Vec<Interface>,
+    serial: Serial,
+    console: Console,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rng: Option<Rng>,
+}
+
+#[derive(Serialize)]
+struct Disk {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@device")]
+    device: &'static str,
+    driver: Driver,
+    source: FileSource,
+    target: DiskTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readonly: Option<()>,
+}
+
+#[derive(Serialize)]
+struct Driver {
+    #[serde(rename = "@name")]
+    name: &'static str,
+    #[serde(rename = "@type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct FileSource {
+    #[serde(rename = "@file")]
+    file: String,
+}
+
+#[derive(Serialize)]
+struct DiskTarget {
+    #[serde(rename = "@dev")]
+    dev: String,
+    #[serde(rename = "@bus")]
+    bus: &'static str,
+}
+
+#[derive(Serialize)]
+struct Controller {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@model")]
+    model: &'static str,
+}
+
+#[derive(Serialize)]
+struct Interface {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    source: BridgeSource,
+    model: TypeAttr,
+}
+
+#[derive(Serialize)]
+struct BridgeSource {
+    #[serde(rename = "@bridge")]
+    bridge: String,
+}
+
+#[derive(Serialize)]
+struct TypeAttr {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct Serial {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    source: PathSource,
+    target: SerialTarget,
+}
+
+#[derive(Serialize)]
+struct PathSource {
+    #[serde(rename = "@path")]
+    path: String,
+}
+
+#[derive(Serialize)]
+struct SerialTarget {
+    #[serde(rename = "@port")]
+    port: u32,
+}
+
+#[derive(Serialize)]
+struct Console {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    source: PathSource,
+    target: ConsoleTarget,
+}
+
+#[derive(Serialize)]
+struct ConsoleTarget {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@port")]
+    port: u32,
+}
+
+#[derive(Serialize)]
+struct Rng {
+    #[serde(rename = "@model")]
+    model: &'static str,
+    backend: RngBackend,
+}
+
+#[derive(Serialize)]
+struct RngBackend {
+    #[serde(rename = "@model")]
+    model: &'static str,
+    #[serde(rename = "$text")]
+    path: &'static str,
+}
+
+/// The domain XML for `spec`.
+pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
+    let claim = &spec.intent.claim;
+    let ram_kib: u64 = claim.memory.iter().map(|m| m.mib * 1024).sum();
+    let dedicated = claim.vcpus.iter().any(|v| v.cpu.is_some());
+    let huge: Vec<Page> = claim
+        .memory
+        .iter()
+        .filter(|m| m.huge())
+        .map(|m| Page {
+            size: m.page_size_kib,
+            unit: "KiB",
+            nodeset: m.numa_node.to_string(),
+        })
+        .collect();
+    let host_nodes: Vec<u32> = claim.memory.iter().map(|m| m.numa_node).collect();
+    // Dedicated guests' memory strictly on the claimed nodes, cell by cell; floating guests'
+    // memory strictly where it was counted.
+    let numatune = Some(NumaTune {
+        memory: NumaMemory {
+            mode: "strict",
+            nodeset: format_cpulist(&host_nodes),
+        },
+        memnode: claim
+            .guest_numa
+            .iter()
+            .map(|c| MemNode {
+                cellid: c.id,
+                mode: "strict",
+                nodeset: c.host_node.to_string(),
+            })
+            .collect(),
+    })
+    .filter(|_| dedicated || host_nodes.len() == 1);
+    let tcg = spec.intent.emulation == Emulation::Tcg;
+    let bus = spec.disk_bus;
+    let intent = serde_json::to_string(&spec.intent).map_err(|e| XmlError(e.to_string()))?;
+    let domain = Domain {
+        kind: spec.intent.emulation.domain_type(),
+        name: spec.intent.name.clone(),
+        uuid: spec.uuid.clone(),
+        metadata: Metadata {
+            vm: MetadataVm {
+                xmlns: NAMESPACE,
+                intent,
+            },
+        },
+        memory: Sized {
+            unit: "KiB",
+            value: ram_kib,
+        },
+        current_memory: Sized {
+            unit: "KiB",
+            value: ram_kib,
+        },
+        memory_backing: (!huge.is_empty()).then_some(MemoryBacking {
+            hugepages: HugePages { page: huge },
+        }),
+        vcpu: Text {
+            value: claim.vcpus.len(),
+        },
+        cputune: CpuTune {
+            vcpupin: claim
+                .vcpus
+                .iter()
+                .zip(&spec.vcpu_cpus)
+                .map(|(v, cpus)| VcpuPin {
+                    vcpu: v.vcpu,
+                    cpuset: format_cpulist(cpus),
+                })
+                .collect(),
+            emulatorpin: CpuSet {
+                cpuset: format_cpulist(&spec.emulator_cpus),
+            },
+        },
+        numatune,
+        os: Os {
+            kind: OsType {
+                arch: "x86_64",
+                machine: "pc",
+                value: "hvm",
+            },
+            boot: Boot { dev: "hd" },
+        },
+        features: Features {
+            acpi: (),
+            apic: (),
+            tcg: tcg.then_some(Tcg {
+                tb_cache: Sized {
+                    unit: "MiB",
+                    value: spec.tcg_cache_mib,
+                },
+            }),
+        },
+        cpu: Cpu {
+            // Under TCG there is no host CPU to pass through: a fixed model plus the features
+            // the flavor promises; with KVM the host's CPU as it is.
+            mode: if tcg { "custom" } else { "host-passthrough" },
+            matching: tcg.then_some("exact"),
+            model: tcg.then_some(Model {
+                fallback: "forbid",
+                value: "qemu64",
+            }),
+            topology: Topology {
+                sockets: claim.guest_topology.sockets,
+                dies: 1,
+                cores: claim.guest_topology.cores,
+                threads: claim.guest_topology.threads,
+            },
+            feature: spec
+                .cpu_features
+                .iter()
+                .map(|f| Feature {
+                    policy: "require",
+                    name: f.clone(),
+                })
+                .collect(),
+            numa: Numa {
+                cell: claim
+                    .guest_numa
+                    .iter()
+                    .map(|c| Cell {
+                        id: c.id,
+                        cpus: format_cpulist(&c.vcpus),
+                        memory: c.mib * 1024,
+                        unit: "KiB",
+                    })
+                    .collect(),
+            },
+        },
+        on_poweroff: "destroy",
+        on_reboot: "restart",
+        on_crash: "destroy",
+        devices: Devices {
+            disk: spec
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Disk {
+                    kind: "file",
+                    device: "disk",
+                    driver: Driver {
+                        name: "qemu",
+                        kind: d.format,
+                    },
+                    source: FileSource {
+                        file: d.path.display().to_string(),
+                    },
+                    target: DiskTarget {
+                        dev: format!("{}{}", bus.device_prefix(), disk_letter(i)),
+                        bus: bus.name(),
+                    },
+                    readonly: d.readonly.then_some(()),
+                })
+                .collect(),
+            controller: if bus == DiskBus::Scsi {
+                vec![Controller {
+                    kind: "scsi",
+                    model: "virtio-scsi",
+                }]
+            } else {
+                Vec::new()
+            },
+            interface: spec
+                .bridges
+                .iter()
+                .map(|b| Interface {
+                    kind: "bridge",
+                    source: BridgeSource { bridge: b.clone() },
+                    model: TypeAttr { kind: "virtio" },
+                })
+                .collect(),
+            serial: Serial {
+                kind: "file",
+                source: PathSource {
+                    path: spec.console_log.display().to_string(),
+                },
+                target: SerialTarget { port: 0 },
+            },
+            console: Console {
+                kind: "file",
+                source: PathSource {
+                    path: spec.console_log.display().to_string(),
+                },
+                target: ConsoleTarget {
+                    kind: "serial",
+                    port: 0,
+                },
+            },
+            rng: spec.rng.then_some(Rng {
+                model: "virtio",
+                backend: RngBackend {
+                    model: "random",
+                    path: "/dev/urandom",
+                },
+            }),
+        },
+    };
+    quick_xml::se::to_string(&domain).map_err(|e| XmlError(e.to_string()))
+}
+
+/// `a`..`z`, then `aa`, `ab`, ... as Linux names disks.
+fn disk_letter(i: usize) -> String {
+    let mut n = i;
+    let mut out = Vec::new();
+    loop {
+        out.push(b'a' + (n % 26) as u8);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    out.reverse();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IntentError {
+    #[error("no hvagent metadata")]
+    Missing,
+    #[error("hvagent metadata is not readable: {0}")]
+    Unreadable(String),
+}
+
+/// The intent from a domain's XML (or from the metadata element alone).
+pub fn read_intent(xml: &str) -> Result<Intent, IntentError> {
+    use quick_xml::events::Event;
+    let unreadable = |e: &dyn std::fmt::Display| IntentError::Unreadable(e.to_string());
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut inside = false;
+    let mut text = String::new();
+    loop {
+        match reader.read_event().map_err(|e| unreadable(&e))? {
+            Event::Start(e) if e.local_name().as_ref() == "intent" => inside = true,
+            Event::Text(t) if inside => text.push_str(&t.xml10_content()),
+            // Entities (`&quot;` in the JSON) arrive as events of their own.
+            Event::GeneralRef(r) if inside => {
+                let resolved = r.resolve_char_ref().map_err(|e| unreadable(&e))?;
+                let name = r.into_inner();
+                match resolved {
+                    Some(c) => text.push(c),
+                    None => text.push_str(
+                        quick_xml::escape::resolve_predefined_entity(&name)
+                            .ok_or_else(|| unreadable(&format!("unknown entity &{name};")))?,
+                    ),
+                }
+            }
+            Event::End(e) if inside && e.local_name().as_ref() == "intent" => {
+                return serde_json::from_str(&text).map_err(|e| unreadable(&e));
+            }
+            Event::Eof => return Err(IntentError::Missing),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::claim::{
+        Emulator, GuestCell, GuestTopology, MemoryShare, VcpuPin as Pin,
+    };
+
+    fn claim(dedicated: bool, huge: bool) -> Claim {
+        Claim {
+            vm_uuid: "00000000-0000-4000-8000-000000000001".into(),
+            request_id: "r1".into(),
+            flavor: "SCS-2C-4".into(),
+            cpu_type: if dedicated { 'C' } else { 'V' },
+            insecure: false,
+            vcpus: (0..2)
+                .map(|v| Pin {
+                    vcpu: v,
+                    cpu: dedicated.then_some(2 + 2 * v),
+                })
+                .collect(),
+            idle_cpus: vec![],
+            emulator: Emulator::Reserved(vec![0, 1]),
+            memory: vec![MemoryShare {
+                numa_node: 1,
+                mib: 4096,
+                page_size_kib: if huge { 2048 } else { 4 },
+            }],
+            overhead: MemoryShare {
+                numa_node: 1,
+                mib: 185,
+                page_size_kib: 4,
+            },
+            guest_topology: GuestTopology {
+                sockets: 1,
+                cores: 2,
+                threads: 1,
+            },
+            guest_numa: vec![GuestCell {
+                id: 0,
+                vcpus: vec![0, 1],
+                mib: 4096,
+                host_node: 1,
+            }],
+            gpus: vec![],
+            disk_gb: 10,
+            generation: 3,
+            expires_at_ms: None,
+        }
+    }
+
+    fn spec(dedicated: bool, huge: bool, emulation: Emulation) -> GuestSpec {
+        GuestSpec {
+            uuid: "00000000-0000-4000-8000-000000000001".into(),
+            intent: Intent {
+                name: "web<1>&\"x\"".into(),
+                flavor: "SCS-2C-4".into(),
+                request_id: "r1".into(),
+                image: "debian".into(),
+                networks: vec![],
+                claim: claim(dedicated, huge),
+                emulation,
+                created_unix: 1_700_000_000,
+            },
+            vcpu_cpus: if dedicated {
+                vec![vec![2], vec![4]]
+            } else {
+                vec![vec![2, 3, 4, 5], vec![2, 3, 4, 5]]
+            },
+            emulator_cpus: vec![0, 1],
+            cpu_features: vec!["rdrand".into()],
+            disks: vec![
+                DiskSpec {
+                    path: "/var/lib/hvagent/vms/x/root.qcow2".into(),
+                    format: "qcow2",
+                    readonly: false,
+                },
+                DiskSpec {
+                    path: "/var/lib/hvagent/vms/x/seed.img".into(),
+                    format: "raw",
+                    readonly: true,
+                },
+            ],
+            disk_bus: DiskBus::Virtio,
+            bridges: vec!["br0".into()],
+            console_log: "/var/lib/hvagent/vms/x/console.log".into(),
+            rng: true,
+            tcg_cache_mib: 64,
+        }
+    }
+
+    #[test]
+    fn dedicated_guest_under_tcg() {
+        let xml = domain_xml(&spec(true, false, Emulation::Tcg)).unwrap();
+        for part in [
+            "<domain type=\"qemu\">",
+            "<name>web&lt;1&gt;&amp;\"x\"</name>",
+            "<memory unit=\"KiB\">4194304</memory>",
+            "<vcpu>2</vcpu>",
+            "<vcpupin vcpu=\"0\" cpuset=\"2\"/><vcpupin vcpu=\"1\" cpuset=\"4\"/><emulatorpin cpuset=\"0-1\"/>",
+            "<numatune><memory mode=\"strict\" nodeset=\"1\"/><memnode cellid=\"0\" mode=\"strict\" nodeset=\"1\"/></numatune>",
+            "<tcg><tb-cache unit=\"MiB\">64</tb-cache></tcg>",
+            "<cpu mode=\"custom\" match=\"exact\"><model fallback=\"forbid\">qemu64</model><topology sockets=\"1\" dies=\"1\" cores=\"2\" threads=\"1\"/><feature policy=\"require\" name=\"rdrand\"/><numa><cell id=\"0\" cpus=\"0-1\" memory=\"4194304\" unit=\"KiB\"/></numa></cpu>",
+            "<target dev=\"vda\" bus=\"virtio\"/>",
+            "<target dev=\"vdb\" bus=\"virtio\"/><readonly/>",
+            "<interface type=\"bridge\"><source bridge=\"br0\"/><model type=\"virtio\"/></interface>",
+            "<serial type=\"file\"><source path=\"/var/lib/hvagent/vms/x/console.log\"/><target port=\"0\"/></serial>",
+            "<rng model=\"virtio\"><backend model=\"random\">/dev/urandom</backend></rng>",
+            "<hvagent:vm xmlns:hvagent=\"https://scs.community/ns/hvagent/vm/1\"><hvagent:intent>",
+        ] {
+            assert!(xml.contains(part), "missing {part}\nin {xml}");
+        }
+        assert!(!xml.contains("memoryBacking"));
+        assert_eq!(
+            read_intent(&xml).unwrap(),
+            spec(true, false, Emulation::Tcg).intent
+        );
+    }
+
+    #[test]
+    fn floating_guest_with_hugepages_under_kvm() {
+        let xml = domain_xml(&spec(false, true, Emulation::Kvm)).unwrap();
+        assert!(xml.starts_with("<domain type=\"kvm\">"), "{xml}");
+        assert!(xml.contains("<vcpupin vcpu=\"0\" cpuset=\"2-5\"/>"));
+        assert!(xml.contains("<memoryBacking><hugepages><page size=\"2048\" unit=\"KiB\" nodeset=\"1\"/></hugepages></memoryBacking>"), "{xml}");
+        assert!(
+            xml.contains("<cpu mode=\"host-passthrough\"><topology"),
+            "{xml}"
+        );
+        assert!(!xml.contains("<tcg>"));
+    }
+
+    #[test]
+    fn intent_errors() {
+        assert_eq!(
+            read_intent("<domain><name>x</name></domain>"),
+            Err(IntentError::Missing)
+        );
+        assert!(matches!(
+            read_intent(
+                "<metadata><hvagent:vm xmlns:hvagent=\"x\"><hvagent:intent>{not json</hvagent:intent></hvagent:vm></metadata>"
+            ),
+            Err(IntentError::Unreadable(_))
+        ));
+    }
+
+    #[test]
+    fn disk_letters() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 51, 52]
+            .iter()
+            .map(|&i| disk_letter(i))
+            .collect();
+        assert_eq!(names, ["a", "b", "z", "aa", "ab", "az", "ba"]);
+    }
+}
