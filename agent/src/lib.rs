@@ -10,3 +10,4 @@ pub mod domain;
 pub mod flavor;
 pub mod host;
 pub mod placement;
+pub mod storage;

@@ -1,0 +1,285 @@
+//! Per-guest files under `[storage] root`/vms/<uuid>/: the root disk as a qcow2 overlay on its
+//! image, blank extra disks, the NoCloud seed (a vfat volume labelled `cidata`) and the serial
+//! console log. Made with `qemu-img` and mtools, no mounts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{tool}: {message}")]
+    Tool { tool: &'static str, message: String },
+    #[error("{path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> DiskError {
+    let path = path.to_path_buf();
+    move |source| DiskError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+fn run(tool: &'static str, args: &[&std::ffi::OsStr]) -> Result<(), DiskError> {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|e| DiskError::Tool {
+            tool,
+            message: format!("cannot run: {e}"),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DiskError::Tool {
+            tool,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Where one guest's files live.
+#[derive(Debug, Clone)]
+pub struct GuestFiles {
+    pub dir: PathBuf,
+}
+
+impl GuestFiles {
+    pub fn new(storage_root: &Path, uuid: &str) -> GuestFiles {
+        GuestFiles {
+            dir: storage_root.join("vms").join(uuid),
+        }
+    }
+
+    pub fn root_disk(&self) -> PathBuf {
+        self.dir.join("root.qcow2")
+    }
+
+    pub fn extra_disk(&self, index: u32) -> PathBuf {
+        self.dir.join(format!("disk{index}.qcow2"))
+    }
+
+    pub fn seed(&self) -> PathBuf {
+        self.dir.join("seed.img")
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// Creates the directory. QEMU runs as another user: the directories on the way must be
+    /// traversable (mode 0711: no listing), and libvirt hands the files themselves to QEMU.
+    pub fn create(&self) -> Result<(), DiskError> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir, "create"))?;
+        for dir in [self.dir.as_path(), self.dir.parent().unwrap_or(&self.dir)] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(io(dir, "set mode 0711"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything of the guest; absent files are fine (idempotent).
+    pub fn remove(&self) -> Result<(), DiskError> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&self.dir, "remove")(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A qcow2 overlay on `base` (of `base_format`) with `size_bytes` of virtual size.
+pub fn overlay(
+    path: &Path,
+    base: &Path,
+    base_format: &str,
+    size_bytes: u64,
+) -> Result<(), DiskError> {
+    run(
+        "qemu-img",
+        &[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-b".as_ref(),
+            base.as_os_str(),
+            "-F".as_ref(),
+            base_format.as_ref(),
+            path.as_os_str(),
+            size_bytes.to_string().as_ref(),
+        ],
+    )
+}
+
+/// An empty qcow2 disk of `size_bytes`.
+pub fn blank(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
+    run(
+        "qemu-img",
+        &[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            path.as_os_str(),
+            size_bytes.to_string().as_ref(),
+        ],
+    )
+}
+
+/// NoCloud `meta-data`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetaData {
+    #[serde(rename = "instance-id")]
+    pub instance_id: String,
+    #[serde(rename = "local-hostname")]
+    pub local_hostname: String,
+    #[serde(rename = "public-keys", skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
+}
+
+impl MetaData {
+    /// YAML that cloud-init reads; JSON is YAML, and every value is quoted by the encoder.
+    fn to_yaml(&self) -> String {
+        // One `key: value` line per scalar (the test guest reads those with sed), keys as a
+        // JSON list, which is valid YAML flow syntax.
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        let mut out = format!(
+            "instance-id: {}\nlocal-hostname: {}\n",
+            quote(&self.instance_id),
+            quote(&self.local_hostname)
+        );
+        if !self.public_keys.is_empty() {
+            out.push_str(&format!(
+                "public-keys: {}\n",
+                serde_json::to_string(&self.public_keys).unwrap_or_else(|_| "[]".into())
+            ));
+        }
+        out
+    }
+}
+
+/// The NoCloud seed: a 1 MiB vfat volume labelled `cidata` with `meta-data`, `user-data`
+/// and `network-config`. Mode 0600: user-data may hold secrets.
+pub fn seed(
+    path: &Path,
+    meta: &MetaData,
+    user_data: &[u8],
+    network_config: &str,
+) -> Result<(), DiskError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let staging = path.with_extension("d");
+    std::fs::create_dir_all(&staging).map_err(io(&staging, "create"))?;
+    let result = (|| {
+        let files = [
+            ("meta-data", meta.to_yaml().into_bytes()),
+            ("user-data", user_data.to_vec()),
+            ("network-config", network_config.as_bytes().to_vec()),
+        ];
+        for (name, content) in &files {
+            let p = staging.join(name);
+            std::fs::write(&p, content).map_err(io(&p, "write"))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io(path, "create"))?;
+        file.set_len(1 << 20).map_err(io(path, "size"))?;
+        drop(file);
+        run(
+            "mformat",
+            &[
+                "-i".as_ref(),
+                path.as_os_str(),
+                "-v".as_ref(),
+                "cidata".as_ref(),
+                "::".as_ref(),
+            ],
+        )?;
+        let mut args: Vec<&std::ffi::OsStr> = vec!["-i".as_ref(), path.as_os_str()];
+        let paths: Vec<PathBuf> = files.iter().map(|(n, _)| staging.join(n)).collect();
+        args.extend(paths.iter().map(|p| p.as_os_str()));
+        args.push("::".as_ref());
+        run("mcopy", &args)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(program: &str, args: &[&str]) -> String {
+        let out = Command::new(program).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn seed_holds_the_nocloud_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.img");
+        let meta = MetaData {
+            instance_id: "i-1".into(),
+            local_hostname: "web-1".into(),
+            public_keys: vec!["ssh-ed25519 AAAA x@y".into()],
+        };
+        seed(&path, &meta, b"#cloud-config\n", "version: 2\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(
+            tool("mtype", &["-i", p, "::meta-data"]),
+            "instance-id: \"i-1\"\nlocal-hostname: \"web-1\"\npublic-keys: [\"ssh-ed25519 AAAA x@y\"]\n"
+        );
+        assert_eq!(tool("mtype", &["-i", p, "::user-data"]), "#cloud-config\n");
+        assert!(tool("mlabel", &["-i", p, "-s", "::"]).contains("CIDATA"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!dir.path().join("seed.d").exists(), "staging removed");
+    }
+
+    #[test]
+    fn overlay_and_blank_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        blank(&base, 64 << 20).unwrap();
+        let top = dir.path().join("top.qcow2");
+        overlay(&top, &base, "qcow2", 2 << 30).unwrap();
+        let info = tool(
+            "qemu-img",
+            &["info", "--output=json", "-U", top.to_str().unwrap()],
+        );
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(v["virtual-size"], 2u64 << 30);
+        assert_eq!(v["backing-filename"], base.to_str().unwrap());
+        let e = overlay(
+            &dir.path().join("x.qcow2"),
+            &dir.path().join("missing"),
+            "qcow2",
+            1 << 30,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("qemu-img: "), "{e}");
+    }
+}
