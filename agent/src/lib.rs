@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod domain;
 pub mod flavor;
+pub mod guest;
 pub mod host;
 pub mod placement;
 pub mod storage;

@@ -6,4 +6,4 @@ pub mod placement;
 
 pub use flavor::FlavorApi;
 pub use node::NodeApi;
-pub use placement::{PlacementApi, PlacementState};
+pub use placement::PlacementApi;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use hvagent_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::PlacementState;
+use crate::placement::PlacementState;
 
 use crate::host::{self, Inventory, node::Node, scheduler, sysfs::format_cpulist};
 

@@ -1,48 +1,18 @@
 //! `hvagent.v1.PlacementService` and the capacity half of `NodeService`: the allocator behind
 //! a mutex (every decision takes microseconds) and the agent's monotonic clock.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hvagent_proto::v1 as pb;
 use tonic::{Code, Request, Response, Status};
 
 use crate::flavor::{self, catalog};
 use crate::placement::allocator::is_uuid;
-use crate::placement::{Allocator, Claim, ClaimRequest, Refusal, RefusalKind};
+use crate::placement::{Allocator, Claim, ClaimRequest, PlacementState, Refusal, RefusalKind};
 
 /// At most this many flavors per capacity question.
 pub const MAX_CAPACITY_FLAVORS: usize = 100;
-
-pub struct PlacementState {
-    alloc: Mutex<Allocator>,
-    epoch: Instant,
-}
-
-impl PlacementState {
-    pub fn new(alloc: Allocator) -> Self {
-        Self {
-            alloc: Mutex::new(alloc),
-            epoch: Instant::now(),
-        }
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// The allocator; a panic while holding it cannot leave it half-changed (every change is
-    /// checked before it is made), so a poisoned lock is still safe to use.
-    pub fn lock(&self) -> MutexGuard<'_, Allocator> {
-        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Releases reservations whose time is up; the daemon calls this every second.
-    pub fn expire(&self) -> Vec<Claim> {
-        let now = self.now_ms();
-        self.lock().expire(now)
-    }
-}
 
 /// How often the daemon looks for expired reservations.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);

@@ -18,11 +18,11 @@ use tonic_health::ServingStatus;
 use hvagent_proto::v1::placement_service_server::PlacementServiceServer;
 
 use crate::api::placement::EXPIRY_INTERVAL;
-use crate::api::{FlavorApi, NodeApi, PlacementApi, PlacementState};
+use crate::api::{FlavorApi, NodeApi, PlacementApi};
 use crate::domain::Libvirt;
 use crate::host::node::Node;
 use crate::host::sysfs::format_cpulist;
-use crate::placement::{Allocator, Topology};
+use crate::placement::{Allocator, PlacementState, Topology};
 pub use config::Config;
 
 #[derive(Debug, thiserror::Error)]

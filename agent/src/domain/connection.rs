@@ -90,6 +90,23 @@ impl Libvirt {
         }
     }
 
+    /// The live connection, opened (or reopened after libvirtd went away) on demand.
+    pub fn conn(&self) -> Result<Connect, virt::error::Error> {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(conn) = &state.conn
+            && conn.is_alive().unwrap_or(false)
+        {
+            return Ok(conn.clone());
+        }
+        state.facts = None;
+        let conn = Connect::open(Some(&self.uri))?;
+        state.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
     fn ask(&self) -> Result<(Connect, LibvirtFacts), virt::error::Error> {
         let conn = Connect::open(Some(&self.uri))?;
         let facts = LibvirtFacts {

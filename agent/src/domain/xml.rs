@@ -41,6 +41,9 @@ pub struct Intent {
     pub request_id: String,
     pub image: String,
     pub networks: Vec<String>,
+    /// The caller's metadata, kept with the guest.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
     pub claim: Claim,
     pub emulation: Emulation,
     /// Seconds since the Unix epoch.
@@ -668,7 +671,7 @@ fn disk_letter(i: usize) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum IntentError {
     #[error("no hvagent metadata")]
     Missing,
@@ -767,6 +770,7 @@ mod tests {
                 request_id: "r1".into(),
                 image: "debian".into(),
                 networks: vec![],
+                metadata: [("team".to_string(), "a&b".to_string())].into(),
                 claim: claim(dedicated, huge),
                 emulation,
                 created_unix: 1_700_000_000,

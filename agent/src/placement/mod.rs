@@ -10,6 +10,7 @@ pub mod claim;
 mod ledger;
 pub mod plan;
 pub mod policy;
+pub mod state;
 pub mod topology;
 
 #[cfg(test)]
@@ -21,4 +22,5 @@ pub use allocator::{Allocator, RebuildError};
 pub use capacity::Capacity;
 pub use claim::{Claim, ClaimRequest, Refusal, RefusalKind};
 pub use policy::{Policy, PolicyError};
+pub use state::PlacementState;
 pub use topology::Topology;

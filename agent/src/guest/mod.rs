@@ -1,0 +1,806 @@
+//! The guest lifecycle: create (claim → disks → seed → domain → start, every step undone when
+//! a later one fails), start, stop, reboot, delete, get, list, console log, and the start-up
+//! rebuild of placement from the domains' metadata. libvirt holds the truth about which guests
+//! exist; the agent keeps no database of its own (crash-only).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::domain::Libvirt;
+use crate::domain::guests::{DomainError, GuestDomain};
+use crate::domain::xml::{DiskBus, DiskSpec, Emulation, GuestSpec, Intent, domain_xml};
+use crate::flavor::{self, FlavorSpec};
+use crate::placement::allocator::{check_request_id, is_uuid};
+use crate::placement::{Allocator, Claim, ClaimRequest, PlacementState, Refusal, RefusalKind};
+use crate::storage::disks::{self, MetaData};
+use crate::storage::images::check_name;
+use crate::storage::{GuestFiles, ImageRecord, ImageStore, StoreError};
+
+pub const MAX_USER_DATA: usize = 64 * 1024;
+pub const MAX_SSH_KEYS: usize = 32;
+pub const MAX_METADATA: usize = 64;
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_CONSOLE_BYTES: u64 = 64 * 1024;
+pub const MAX_CONSOLE_BYTES: u64 = 1024 * 1024;
+/// TCG's translation cache per guest; part of the memory overhead model.
+pub const TCG_CACHE_MIB: u64 = 64;
+const GIB: u64 = 1 << 30;
+
+/// What `[libvirt] emulation` allows when KVM does not work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmulationPolicy {
+    Allow,
+    Forbid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DomainError> for GuestError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::NotFound(uuid) => GuestError::NotFound(format!("no guest {uuid}")),
+            DomainError::Unreachable(m) => GuestError::Unavailable(format!("libvirt: {m}")),
+            DomainError::Libvirt(m) => GuestError::Internal(format!("libvirt: {m}")),
+        }
+    }
+}
+
+impl From<StoreError> for GuestError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid { .. } => GuestError::Invalid(e.to_string()),
+            StoreError::NotFound(_) => GuestError::NotFound(format!("image: {e}")),
+            StoreError::Exists { .. } => GuestError::AlreadyExists(e.to_string()),
+            StoreError::InUse { .. } => GuestError::Precondition(e.to_string()),
+            StoreError::Io { .. } => GuestError::Internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub uuid: String,
+    pub name: String,
+    pub flavor: String,
+    pub image: String,
+    pub networks: Vec<String>,
+    pub user_data: Vec<u8>,
+    pub ssh_keys: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub reservation: String,
+}
+
+/// A guest as the API shows it.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub uuid: String,
+    pub state: &'static str,
+    pub intent: Intent,
+    pub root_disk_gb: u64,
+}
+
+pub struct Guests {
+    libvirt: Arc<Libvirt>,
+    placement: Arc<PlacementState>,
+    pub images: ImageStore,
+    storage_root: PathBuf,
+    emulation: Emulation,
+    host_flags: Vec<String>,
+    /// One mutating call at a time: creates and deletes check, claim and write as one step.
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// Which emulation this node uses, or why it cannot run guests.
+pub fn choose_emulation(kvm_usable: bool, policy: EmulationPolicy) -> Option<Emulation> {
+    match (kvm_usable, policy) {
+        (true, _) => Some(Emulation::Kvm),
+        (false, EmulationPolicy::Allow) => Some(Emulation::Tcg),
+        (false, EmulationPolicy::Forbid) => None,
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Root disk size: the flavor's, else the image's `min_disk`, else its virtual size (whole
+/// GiB). Refuses a flavor disk smaller than the image needs.
+pub fn root_disk_bytes(spec: &FlavorSpec, image: &ImageRecord) -> Result<u64, GuestError> {
+    let image_bytes = image
+        .virtual_size_bytes
+        .max(image.min_disk_gb() * GIB)
+        .div_ceil(GIB)
+        * GIB;
+    match spec.disk.and_then(|d| d.size_gb) {
+        Some(gb) => {
+            let bytes = u64::from(gb) * GIB;
+            if bytes < image_bytes {
+                return Err(GuestError::Precondition(format!(
+                    "flavor {} has a {gb} GB root disk; image {:?} needs at least {} GB (min_disk {}, virtual size {} bytes)",
+                    spec.name(),
+                    image.name,
+                    image_bytes / GIB,
+                    image.min_disk_gb(),
+                    image.virtual_size_bytes
+                )));
+            }
+            Ok(bytes)
+        }
+        None => Ok(image_bytes),
+    }
+}
+
+fn check_ram(spec: &FlavorSpec, image: &ImageRecord) -> Result<(), GuestError> {
+    let ram_mib = u64::from(spec.ram_half_gib) * 512;
+    if ram_mib < image.min_ram_mib() {
+        return Err(GuestError::Precondition(format!(
+            "flavor {} has {ram_mib} MiB of RAM; image {:?} needs at least {} MiB (min_ram)",
+            spec.name(),
+            image.name,
+            image.min_ram_mib()
+        )));
+    }
+    Ok(())
+}
+
+/// A host bridge to attach to: a valid interface name that is a bridge now.
+fn check_network(index: usize, name: &str) -> Result<(), GuestError> {
+    let valid = (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !valid {
+        return Err(GuestError::Invalid(format!(
+            "networks[{index}]: must be an interface name of 1-15 characters of A-Z a-z 0-9 _ . -"
+        )));
+    }
+    if !Path::new("/sys/class/net").join(name).join("bridge").is_dir() {
+        return Err(GuestError::NotFound(format!(
+            "networks[{index}]: no bridge named {name:?} on this node"
+        )));
+    }
+    Ok(())
+}
+
+fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
+    let invalid = |m: &str| Err(GuestError::Invalid(m.to_string()));
+    if !is_uuid(&req.uuid) {
+        return invalid("uuid: must be a UUID (8-4-4-4-12 hex digits)");
+    }
+    check_name("name", &req.name)?;
+    if req.flavor.is_empty() {
+        return invalid("flavor: must not be empty");
+    }
+    let spec = flavor::parse(&req.flavor)
+        .map_err(|e| GuestError::Invalid(format!("flavor: {e}")))?
+        .spec;
+    check_name("image", &req.image)?;
+    for (i, n) in req.networks.iter().enumerate() {
+        check_network(i, n)?;
+    }
+    if req.user_data.len() > MAX_USER_DATA {
+        return invalid("user_data: at most 65536 bytes");
+    }
+    if req.ssh_keys.len() > MAX_SSH_KEYS
+        || req
+            .ssh_keys
+            .iter()
+            .any(|k| k.is_empty() || k.len() > 8192 || k.contains(['\n', '\r']))
+    {
+        return invalid("ssh_keys: at most 32 keys, each one line of 1-8192 characters");
+    }
+    if req.metadata.len() > MAX_METADATA
+        || req
+            .metadata
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 255 || v.len() > 1024)
+    {
+        return invalid("metadata: at most 64 entries, keys 1-255 and values 0-1024 characters");
+    }
+    if !req.reservation.is_empty() {
+        check_request_id(&req.reservation).map_err(|r| {
+            GuestError::Invalid(r.message.replacen("request_id", "reservation", 1))
+        })?;
+    }
+    Ok(spec)
+}
+
+fn refused(r: Refusal) -> GuestError {
+    match r.kind {
+        RefusalKind::Invalid => GuestError::Invalid(r.message),
+        RefusalKind::NotFound => GuestError::NotFound(r.message),
+        RefusalKind::AlreadyExists => GuestError::AlreadyExists(r.message),
+        _ => GuestError::Refused(r),
+    }
+}
+
+/// What a create has done so far, undone in reverse when a later step fails.
+struct Undo {
+    libvirt: Arc<Libvirt>,
+    placement: Arc<PlacementState>,
+    uuid: String,
+    claimed: bool,
+    files: Option<GuestFiles>,
+    defined: bool,
+}
+
+impl Undo {
+    fn run(self) {
+        if self.defined
+            && let Err(e) = self.libvirt.remove(&self.uuid)
+        {
+            tracing::error!(vm = %self.uuid, error = %e, "undo: cannot remove the domain");
+        }
+        if let Some(files) = self.files
+            && let Err(e) = files.remove()
+        {
+            tracing::error!(vm = %self.uuid, error = %e, "undo: cannot remove the guest's files");
+        }
+        if self.claimed {
+            let _ = self.placement.lock().release(&self.uuid);
+        }
+    }
+}
+
+impl Guests {
+    pub fn new(
+        libvirt: Arc<Libvirt>,
+        placement: Arc<PlacementState>,
+        storage_root: &Path,
+        emulation: Emulation,
+        host_flags: Vec<String>,
+    ) -> Guests {
+        Guests {
+            libvirt,
+            placement,
+            images: ImageStore::new(storage_root),
+            storage_root: storage_root.to_path_buf(),
+            emulation,
+            host_flags,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn emulation(&self) -> Emulation {
+        self.emulation
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, GuestError> + Send + 'static,
+    ) -> Result<T, GuestError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| GuestError::Internal(format!("task failed: {e}")))?
+    }
+
+    async fn domains(&self) -> Result<Vec<GuestDomain>, GuestError> {
+        let libvirt = self.libvirt.clone();
+        self.blocking(move || libvirt.guests().map_err(GuestError::from))
+            .await
+    }
+
+    fn view(&self, d: GuestDomain) -> Option<Guest> {
+        let intent = d.intent.ok()?;
+        let root = GuestFiles::new(&self.storage_root, &d.uuid).root_disk();
+        let root_disk_gb = qcow2_virtual_size(&root).map_or(0, |b| b / GIB);
+        Some(Guest {
+            uuid: d.uuid,
+            state: d.state,
+            intent,
+            root_disk_gb,
+        })
+    }
+
+    pub async fn get(&self, uuid: &str) -> Result<Guest, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        self.domains()
+            .await?
+            .into_iter()
+            .find(|d| d.uuid == uuid)
+            .and_then(|d| self.view(d))
+            .ok_or_else(|| GuestError::NotFound(format!("no guest {uuid}")))
+    }
+
+    /// Every guest, and the domains whose hvagent metadata cannot be read.
+    pub async fn list(&self) -> Result<(Vec<Guest>, Vec<String>), GuestError> {
+        let mut guests = Vec::new();
+        let mut unreadable = Vec::new();
+        for d in self.domains().await? {
+            match &d.intent {
+                Ok(_) => guests.extend(self.view(d)),
+                Err(e) => unreadable.push(format!("{} ({}): {e}", d.uuid, d.name)),
+            }
+        }
+        Ok((guests, unreadable))
+    }
+
+    /// Guests using `image`.
+    pub async fn users_of(&self, image: &str) -> Result<Vec<String>, GuestError> {
+        Ok(self
+            .list()
+            .await?
+            .0
+            .into_iter()
+            .filter(|g| g.intent.image == image)
+            .map(|g| g.uuid)
+            .collect())
+    }
+
+    pub async fn create(&self, req: CreateRequest) -> Result<Guest, GuestError> {
+        let spec = validate(&req)?;
+        let uuid = req.uuid.to_ascii_lowercase();
+        let _serial = self.lock.lock().await;
+        // Idempotent per UUID; names are unique.
+        for d in self.domains().await? {
+            if d.uuid == uuid {
+                let same = d.intent.as_ref().is_ok_and(|i| {
+                    i.name == req.name
+                        && i.flavor == spec.name()
+                        && i.image == req.image
+                        && i.networks == req.networks
+                });
+                return if same {
+                    self.view(d)
+                        .ok_or_else(|| GuestError::Internal("guest vanished".into()))
+                } else {
+                    Err(GuestError::AlreadyExists(format!(
+                        "uuid: guest {uuid} already exists with another name, flavor, image or networks"
+                    )))
+                };
+            }
+            if d.name == req.name {
+                return Err(GuestError::AlreadyExists(format!(
+                    "name: {:?} is taken by guest {}",
+                    req.name, d.uuid
+                )));
+            }
+        }
+        let image = self.images.get(&req.image)?;
+        check_ram(&spec, &image)?;
+        let root_bytes = root_disk_bytes(&spec, &image)?;
+
+        let mut undo = Undo {
+            libvirt: self.libvirt.clone(),
+            placement: self.placement.clone(),
+            uuid: uuid.clone(),
+            claimed: false,
+            files: None,
+            defined: false,
+        };
+        let result = self
+            .create_steps(&req, &uuid, &spec, &image, root_bytes, &mut undo)
+            .await;
+        match result {
+            Ok(guest) => Ok(guest),
+            Err(e) => {
+                tracing::warn!(vm = %uuid, error = %e, "create failed; undoing");
+                // Finished before the lock is released: no other call sees half a guest.
+                self.blocking(move || {
+                    undo.run();
+                    Ok(())
+                })
+                .await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_steps(
+        &self,
+        req: &CreateRequest,
+        uuid: &str,
+        spec: &FlavorSpec,
+        image: &ImageRecord,
+        root_bytes: u64,
+        undo: &mut Undo,
+    ) -> Result<Guest, GuestError> {
+        // 1. Claim (or consume the caller's reservation).
+        let (claim, vcpu_cpus, emulator_cpus) = {
+            let now = self.placement.now_ms();
+            let mut alloc = self.placement.lock();
+            let claim = if req.reservation.is_empty() {
+                alloc
+                    .claim(
+                        &ClaimRequest {
+                            vm_uuid: uuid.to_string(),
+                            request_id: format!("create-{uuid}"),
+                            flavor: spec.clone(),
+                        },
+                        now,
+                    )
+                    .map_err(refused)?
+            } else {
+                bind_reservation(&mut alloc, &req.reservation, uuid, spec, now)?
+            };
+            undo.claimed = true;
+            let cpus = alloc.vcpu_cpus(&claim);
+            let emulator = alloc.emulator_cpus(&claim);
+            (claim, cpus, emulator)
+        };
+        // 2. Disks and seed.
+        let files = GuestFiles::new(&self.storage_root, uuid);
+        let extra: Vec<(PathBuf, u64)> = spec
+            .disk
+            .map(|d| {
+                (1..d.count)
+                    .map(|i| {
+                        (
+                            files.extra_disk(i),
+                            u64::from(d.size_gb.unwrap_or(1)) * GIB,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let meta = MetaData {
+            instance_id: uuid.to_string(),
+            local_hostname: req.name.clone(),
+            public_keys: req.ssh_keys.clone(),
+        };
+        let base = self.images.file(&image.name);
+        let base_format = image.format.clone();
+        let user_data = req.user_data.clone();
+        let f = files.clone();
+        undo.files = Some(files.clone());
+        self.blocking(move || {
+            let disk_err = |e: disks::DiskError| GuestError::Internal(format!("disk: {e}"));
+            f.create().map_err(disk_err)?;
+            disks::overlay(&f.root_disk(), &base, &base_format, root_bytes).map_err(disk_err)?;
+            for (path, size) in &extra {
+                disks::blank(path, *size).map_err(disk_err)?;
+            }
+            disks::seed(&f.seed(), &meta, &user_data, "version: 2\nethernets: {}\n")
+                .map_err(disk_err)
+        })
+        .await?;
+        // 3. Domain.
+        let mut cpu_features: Vec<String> = ["rdrand", "rdseed"]
+            .iter()
+            .filter(|f| self.host_flags.iter().any(|h| h == *f))
+            .map(|f| f.to_string())
+            .collect();
+        if spec.hwv {
+            cpu_features.extend(
+                ["vmx", "svm"]
+                    .iter()
+                    .filter(|f| self.host_flags.iter().any(|h| h == *f))
+                    .map(|f| f.to_string()),
+            );
+        }
+        let mut disks_xml = vec![DiskSpec {
+            path: files.root_disk(),
+            format: "qcow2",
+            readonly: false,
+        }];
+        disks_xml.extend(extra_paths(spec, &files).into_iter().map(|path| DiskSpec {
+            path,
+            format: "qcow2",
+            readonly: false,
+        }));
+        disks_xml.push(DiskSpec {
+            path: files.seed(),
+            format: "raw",
+            readonly: true,
+        });
+        let intent = Intent {
+            name: req.name.clone(),
+            flavor: spec.name(),
+            request_id: claim.request_id.clone(),
+            image: image.name.clone(),
+            networks: req.networks.clone(),
+            metadata: req.metadata.clone(),
+            claim,
+            emulation: self.emulation,
+            created_unix: now_unix(),
+        };
+        let guest_spec = GuestSpec {
+            uuid: uuid.to_string(),
+            intent: intent.clone(),
+            vcpu_cpus,
+            emulator_cpus,
+            cpu_features,
+            disks: disks_xml,
+            disk_bus: image
+                .properties
+                .get("hw_disk_bus")
+                .and_then(|b| DiskBus::parse(b))
+                .unwrap_or(DiskBus::Virtio),
+            bridges: req.networks.clone(),
+            console_log: files.console_log(),
+            rng: image
+                .properties
+                .get("hw_rng_model")
+                .is_some_and(|m| m == "virtio"),
+            tcg_cache_mib: TCG_CACHE_MIB,
+        };
+        let xml = domain_xml(&guest_spec).map_err(|e| GuestError::Internal(e.to_string()))?;
+        let libvirt = self.libvirt.clone();
+        undo.defined = true;
+        self.blocking(move || {
+            libvirt.define_and_start(&xml).map_err(|e| match e {
+                DomainError::Libvirt(m) => {
+                    GuestError::Precondition(format!("libvirt refused the guest: {m}"))
+                }
+                other => other.into(),
+            })
+        })
+        .await?;
+        tracing::info!(vm = %uuid, name = %req.name, flavor = %intent.flavor, "created");
+        Ok(Guest {
+            uuid: uuid.to_string(),
+            state: "running",
+            intent,
+            root_disk_gb: root_bytes / GIB,
+        })
+    }
+
+    pub async fn start(&self, uuid: &str) -> Result<Guest, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        self.get(&uuid).await?;
+        let libvirt = self.libvirt.clone();
+        let u = uuid.clone();
+        self.blocking(move || libvirt.start(&u).map_err(GuestError::from))
+            .await?;
+        self.get(&uuid).await
+    }
+
+    /// ACPI shutdown, then destroy after `timeout`; `force` destroys at once.
+    pub async fn stop(
+        &self,
+        uuid: &str,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<Guest, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        if timeout > MAX_STOP_TIMEOUT {
+            return Err(GuestError::Invalid(
+                "timeout_seconds: at most 600".into(),
+            ));
+        }
+        let guest = self.get(&uuid).await?;
+        if guest.state == "shut off" {
+            return Ok(guest);
+        }
+        let libvirt = self.libvirt.clone();
+        let u = uuid.clone();
+        self.blocking(move || {
+            if !force {
+                libvirt.shutdown(&u)?;
+                let deadline = Instant::now() + timeout;
+                while Instant::now() < deadline {
+                    if libvirt.state(&u)? == "shut off" {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                tracing::info!(vm = %u, "no ACPI shutdown within the timeout; destroying");
+            }
+            libvirt.destroy(&u).map_err(GuestError::from)
+        })
+        .await?;
+        self.get(&uuid).await
+    }
+
+    pub async fn reboot(&self, uuid: &str, hard: bool) -> Result<Guest, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        let guest = self.get(&uuid).await?;
+        if guest.state != "running" {
+            return Err(GuestError::Precondition(format!(
+                "guest {uuid} is {}, not running",
+                guest.state
+            )));
+        }
+        let libvirt = self.libvirt.clone();
+        let u = uuid.clone();
+        self.blocking(move || libvirt.reboot(&u, hard).map_err(GuestError::from))
+            .await?;
+        self.get(&uuid).await
+    }
+
+    /// Removes the domain, the files and the claim; `Ok(false)` when there was nothing.
+    pub async fn delete(&self, uuid: &str) -> Result<bool, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        let _serial = self.lock.lock().await;
+        let libvirt = self.libvirt.clone();
+        let files = GuestFiles::new(&self.storage_root, &uuid);
+        let u = uuid.clone();
+        let (had_domain, had_files) = self
+            .blocking(move || {
+                let had_domain = libvirt.remove(&u)?;
+                let had_files = files.dir.exists();
+                files
+                    .remove()
+                    .map_err(|e| GuestError::Internal(e.to_string()))?;
+                Ok((had_domain, had_files))
+            })
+            .await?;
+        let had_claim = self.placement.lock().release(&uuid).is_ok();
+        if had_domain || had_files || had_claim {
+            tracing::info!(vm = %uuid, "deleted");
+        }
+        Ok(had_domain || had_files || had_claim)
+    }
+
+    /// The last `max_bytes` of the serial console log, and its whole size.
+    pub async fn console_log(&self, uuid: &str, max_bytes: u64) -> Result<(Vec<u8>, u64), GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        if max_bytes > MAX_CONSOLE_BYTES {
+            return Err(GuestError::Invalid("max_bytes: at most 1048576".into()));
+        }
+        self.get(&uuid).await?;
+        let path = GuestFiles::new(&self.storage_root, &uuid).console_log();
+        let want = if max_bytes == 0 { DEFAULT_CONSOLE_BYTES } else { max_bytes };
+        self.blocking(move || tail(&path, want)).await
+    }
+
+    /// Placement as the guests' stored claims say, at start-up. Conflicting claims are left
+    /// out (logged with the guests involved); unreadable metadata is reported, never touched.
+    pub async fn stored_claims(&self) -> Result<Vec<Claim>, GuestError> {
+        let mut claims = Vec::new();
+        for d in self.domains().await? {
+            match d.intent {
+                Ok(intent) => claims.push(intent.claim),
+                Err(e) => tracing::error!(
+                    vm = %d.uuid, name = %d.name, error = %e,
+                    "domain with unreadable hvagent metadata: left alone, not counted"
+                ),
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Removes guest directories that have no domain and are older than `grace` (left by a
+    /// create the agent did not live to finish or undo).
+    pub async fn remove_orphans(&self, grace: Duration) -> Result<Vec<String>, GuestError> {
+        let known: Vec<String> = self.domains().await?.into_iter().map(|d| d.uuid).collect();
+        let vms = self.storage_root.join("vms");
+        self.blocking(move || {
+            let mut removed = Vec::new();
+            let Ok(entries) = std::fs::read_dir(&vms) else {
+                return Ok(removed);
+            };
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= grace);
+                if is_uuid(&name) && !known.contains(&name) && old {
+                    if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                        tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove orphan");
+                    } else {
+                        removed.push(name);
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+/// Rebuilds the allocator from stored claims, leaving out (and logging) the ones that
+/// conflict with those accepted before them.
+pub fn rebuild(template: &Allocator, claims: Vec<Claim>) -> Allocator {
+    let topo = template.topology().clone();
+    let policy = template.policy().clone();
+    if let Ok(a) = Allocator::rebuild(topo.clone(), policy.clone(), claims.clone()) {
+        return a;
+    }
+    let mut accepted: Vec<Claim> = Vec::new();
+    for claim in claims {
+        let mut trial = accepted.clone();
+        trial.push(claim.clone());
+        match Allocator::rebuild(topo.clone(), policy.clone(), trial) {
+            Ok(_) => accepted.push(claim),
+            Err(e) => tracing::error!(
+                vm = %claim.vm_uuid, conflicts = %e,
+                "stored claim conflicts with other guests: not counted; the guest is left alone"
+            ),
+        }
+    }
+    Allocator::rebuild(topo, policy, accepted).unwrap_or_else(|_| template.clone())
+}
+
+fn bind_reservation(
+    alloc: &mut Allocator,
+    reservation: &str,
+    uuid: &str,
+    spec: &FlavorSpec,
+    now: u64,
+) -> Result<Claim, GuestError> {
+    match alloc.vm_of_request(reservation) {
+        Some(vm) if vm == uuid => {}
+        Some(vm) => {
+            return Err(GuestError::Precondition(format!(
+                "reservation: {reservation:?} holds resources for VM {vm}, not {uuid}"
+            )));
+        }
+        None => {
+            return Err(GuestError::NotFound(format!(
+                "reservation: no reservation {reservation:?} (expired or never made)"
+            )));
+        }
+    }
+    let claim = alloc.bind(reservation, now).map_err(refused)?;
+    if claim.flavor != spec.name() {
+        return Err(GuestError::Precondition(format!(
+            "reservation: {reservation:?} is for flavor {}, not {}",
+            claim.flavor,
+            spec.name()
+        )));
+    }
+    Ok(claim)
+}
+
+fn extra_paths(spec: &FlavorSpec, files: &GuestFiles) -> Vec<PathBuf> {
+    spec.disk
+        .map(|d| (1..d.count).map(|i| files.extra_disk(i)).collect())
+        .unwrap_or_default()
+}
+
+fn checked_uuid(uuid: &str) -> Result<String, GuestError> {
+    if is_uuid(uuid) {
+        Ok(uuid.to_ascii_lowercase())
+    } else {
+        Err(GuestError::Invalid(
+            "uuid: must be a UUID (8-4-4-4-12 hex digits)".into(),
+        ))
+    }
+}
+
+/// The virtual size in a qcow2 header (bytes 24-31, big-endian).
+fn qcow2_virtual_size(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    match crate::storage::images::detect(&head) {
+        crate::storage::images::Format::Qcow2 { virtual_size, .. } => Some(virtual_size),
+        _ => None,
+    }
+}
+
+fn tail(path: &Path, max: u64) -> Result<(Vec<u8>, u64), GuestError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(GuestError::Internal(format!("{}: {e}", path.display()))),
+    };
+    let total = file
+        .metadata()
+        .map_err(|e| GuestError::Internal(e.to_string()))?
+        .len();
+    let start = total.saturating_sub(max);
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| GuestError::Internal(e.to_string()))?;
+    let mut data = Vec::with_capacity((total - start) as usize);
+    file.take(max)
+        .read_to_end(&mut data)
+        .map_err(|e| GuestError::Internal(e.to_string()))?;
+    Ok((data, total))
+}
