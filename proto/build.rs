@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "proto"))
         .collect();
+    // The directory too: a new .proto file must rebuild.
+    println!("cargo:rerun-if-changed=hvagent/v1");
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

@@ -18,7 +18,7 @@ fn serves_with_socket_mode_0660_and_stops_cleanly_on_sigterm() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     let store = std::fs::metadata(agent.dir.path().join("store")).unwrap();
     assert!(store.is_dir());
-    assert_eq!(store.permissions().mode() & 0o777, 0o700);
+    assert_eq!(store.permissions().mode() & 0o777, 0o711);
 
     let (status, err) = agent.stop_with(Signal::SIGTERM);
     assert_eq!(code(&status), 0, "{err}");

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::guest::EmulationPolicy;
 use crate::host::sysfs::parse_cpulist;
 use crate::placement::Policy;
 use crate::placement::policy::{MAX_CROWDED_RATIO, ReservedCpus, parse_page_size};
@@ -29,11 +30,13 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LibvirtConfig {
     pub uri: String,
+    /// Whether guests may run under TCG where KVM does not work.
+    pub emulation: EmulationPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageConfig {
-    /// Where images, disks and seeds live; created with mode 0700 if missing.
+    /// Where images, disks and seeds live; created with mode 0711 if missing.
     pub root: PathBuf,
 }
 
@@ -74,6 +77,7 @@ impl Default for Config {
             },
             libvirt: LibvirtConfig {
                 uri: "qemu:///system".into(),
+                emulation: EmulationPolicy::Allow,
             },
             storage: StorageConfig {
                 root: PathBuf::from("/var/lib/hvagent"),
@@ -180,6 +184,15 @@ impl Config {
                     ));
                 }
                 self.libvirt.uri = uri;
+            }
+            ("libvirt", "emulation") => {
+                self.libvirt.emulation = match string(value)?.as_str() {
+                    "allow" => EmulationPolicy::Allow,
+                    "forbid" => EmulationPolicy::Forbid,
+                    other => {
+                        return Err(format!("{other:?} is not one of \"allow\", \"forbid\""));
+                    }
+                }
             }
             ("storage", "root") => self.storage.root = absolute_path(value)?,
             ("metrics", "listen") => {
@@ -361,6 +374,7 @@ mod tests {
             unix_socket = "/tmp/a.sock"
             [libvirt]
             uri = "test:///default"
+            emulation = "forbid"
             [storage]
             root = "/srv/hv"
             [metrics]
@@ -377,6 +391,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.api.unix_socket, PathBuf::from("/tmp/a.sock"));
         assert_eq!(c.libvirt.uri, "test:///default");
+        assert_eq!(c.libvirt.emulation, EmulationPolicy::Forbid);
         assert_eq!(c.storage.root, PathBuf::from("/srv/hv"));
         assert_eq!(c.metrics.listen, "[::1]:9000".parse().unwrap());
         assert_eq!(c.log.format, LogFormat::Json);

@@ -18,7 +18,14 @@ use tonic_health::ServingStatus;
 use hvagent_proto::v1::placement_service_server::PlacementServiceServer;
 
 use crate::api::placement::EXPIRY_INTERVAL;
-use crate::api::{FlavorApi, NodeApi, PlacementApi};
+use hvagent_proto::v1::image_service_server::ImageServiceServer;
+use hvagent_proto::v1::vm_service_server::VmServiceServer;
+
+use crate::api::{FlavorApi, ImageApi, NodeApi, PlacementApi, VmApi};
+use crate::domain::xml::Emulation;
+use crate::guest::{Guests, choose_emulation};
+use crate::host::KvmState;
+use crate::host::node::LIBVIRT_TIMEOUT;
 use crate::domain::Libvirt;
 use crate::host::node::Node;
 use crate::host::sysfs::format_cpulist;
@@ -53,6 +60,10 @@ pub enum DaemonError {
     #[error("{0}")]
     Policy(#[from] crate::placement::PolicyError),
 }
+
+/// Files of a guest without a domain are removed at start-up once they are this old: a create
+/// in progress (in another agent run) is never that slow.
+const ORPHAN_GRACE: Duration = Duration::from_secs(600);
 
 /// How long open calls may run on after a stop signal.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -100,7 +111,8 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         libvirt.clone(),
     ));
     // Placement needs the topology before the first request; it does not need libvirt.
-    let topology = Topology::from_inventory(&node.local_inventory().await?);
+    let local = node.local_inventory().await?;
+    let topology = Topology::from_inventory(&local);
     let placement = Arc::new(PlacementState::new(Allocator::new(
         topology,
         config.placement.clone(),
@@ -112,6 +124,37 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             shared_pool = %format_cpulist(&alloc.pool_cpus()),
             "placement ready"
         );
+    }
+    let kvm = node.kvm().await;
+    let emulation = choose_emulation(kvm.state == KvmState::Usable, config.libvirt.emulation)
+        .ok_or_else(|| {
+            format!(
+                "KVM does not work here ({}) and [libvirt] emulation = \"forbid\"",
+                kvm.reason
+            )
+        });
+    match &emulation {
+        Ok(e) => tracing::info!(emulation = ?e, "guests run under {}", if *e == Emulation::Kvm { "KVM" } else { "TCG emulation" }),
+        Err(why) => tracing::warn!(%why, "this node cannot run guests"),
+    }
+    let guests = Arc::new(Guests::new(
+        libvirt.clone(),
+        placement.clone(),
+        &config.storage.root,
+        emulation,
+        local.cpu.flags.clone(),
+    ));
+    // Crash-only: placement comes back from the guests' own metadata; files of creates that
+    // neither finished nor were undone go after a grace period.
+    match tokio::time::timeout(LIBVIRT_TIMEOUT, guests.rebuild_placement()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot rebuild placement from libvirt yet; retrying on the first create or delete"),
+        Err(_) => tracing::warn!("libvirt did not answer in time; placement is rebuilt on the first create or delete"),
+    }
+    if let Ok(Ok(orphans)) = tokio::time::timeout(LIBVIRT_TIMEOUT, guests.remove_orphans(ORPHAN_GRACE)).await {
+        for uuid in orphans {
+            tracing::info!(vm = %uuid, "removed files of a guest that has no domain");
+        }
     }
     let expiry_task = tokio::spawn({
         let placement = placement.clone();
@@ -170,6 +213,8 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             health
                 .set_not_serving::<PlacementServiceServer<PlacementApi>>()
                 .await;
+            health.set_not_serving::<ImageServiceServer<ImageApi>>().await;
+            health.set_not_serving::<VmServiceServer<VmApi>>().await;
             let _ = stopping_tx.send(true);
         }
     };
@@ -180,7 +225,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(reflection_v1alpha)
         .add_service(NodeApi::new(node, placement.clone()).into_service())
         .add_service(FlavorApi.into_service())
-        .add_service(PlacementApi::new(placement).into_service())
+        .add_service(PlacementApi::new(placement.clone()).into_service())
+        .add_service(ImageApi::new(guests.clone()).into_service())
+        .add_service(VmApi::new(guests, placement).into_service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
 
     health_reporter
@@ -192,6 +239,10 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     health_reporter
         .set_serving::<PlacementServiceServer<PlacementApi>>()
         .await;
+    health_reporter
+        .set_serving::<ImageServiceServer<ImageApi>>()
+        .await;
+    health_reporter.set_serving::<VmServiceServer<VmApi>>().await;
     health_reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
@@ -229,7 +280,7 @@ fn prepare_storage(root: &std::path::Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o711)
         .create(root)
         .map_err(|source| DaemonError::Io {
             path: root.to_path_buf(),

@@ -103,10 +103,12 @@ pub struct Guests {
     placement: Arc<PlacementState>,
     pub images: ImageStore,
     storage_root: PathBuf,
-    emulation: Emulation,
+    /// `Err`: why this node cannot run guests (no KVM and emulation forbidden).
+    emulation: Result<Emulation, String>,
     host_flags: Vec<String>,
     /// One mutating call at a time: creates and deletes check, claim and write as one step.
-    lock: tokio::sync::Mutex<()>,
+    /// Holds whether placement has been rebuilt from the guests' stored claims yet.
+    lock: tokio::sync::Mutex<bool>,
 }
 
 /// Which emulation this node uses, or why it cannot run guests.
@@ -268,7 +270,7 @@ impl Guests {
         libvirt: Arc<Libvirt>,
         placement: Arc<PlacementState>,
         storage_root: &Path,
-        emulation: Emulation,
+        emulation: Result<Emulation, String>,
         host_flags: Vec<String>,
     ) -> Guests {
         Guests {
@@ -278,12 +280,34 @@ impl Guests {
             storage_root: storage_root.to_path_buf(),
             emulation,
             host_flags,
-            lock: tokio::sync::Mutex::new(()),
+            lock: tokio::sync::Mutex::new(false),
         }
     }
 
-    pub fn emulation(&self) -> Emulation {
-        self.emulation
+    /// Rebuilds placement from the guests' stored claims, once: at start-up, or on the first
+    /// mutating call if libvirt could not be asked then. Reservations made meanwhile stay.
+    pub async fn rebuild_placement(&self) -> Result<(), GuestError> {
+        let mut rebuilt = self.lock.lock().await;
+        self.ensure_rebuilt(&mut rebuilt).await
+    }
+
+    async fn ensure_rebuilt(&self, rebuilt: &mut bool) -> Result<(), GuestError> {
+        if *rebuilt {
+            return Ok(());
+        }
+        let stored = self.stored_claims().await?;
+        let mut alloc = self.placement.lock();
+        let mut claims: Vec<Claim> = alloc
+            .claims()
+            .filter(|c| !stored.iter().any(|s| s.vm_uuid == c.vm_uuid))
+            .cloned()
+            .collect();
+        let guests = stored.len();
+        claims.extend(stored);
+        *alloc = rebuild(&alloc, claims);
+        *rebuilt = true;
+        tracing::info!(guests, claims = alloc.claims().count(), "placement rebuilt from the guests' stored claims");
+        Ok(())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -351,7 +375,9 @@ impl Guests {
     pub async fn create(&self, req: CreateRequest) -> Result<Guest, GuestError> {
         let spec = validate(&req)?;
         let uuid = req.uuid.to_ascii_lowercase();
-        let _serial = self.lock.lock().await;
+        let emulation = self.emulation.clone().map_err(GuestError::Precondition)?;
+        let mut rebuilt = self.lock.lock().await;
+        self.ensure_rebuilt(&mut rebuilt).await?;
         // Idempotent per UUID; names are unique.
         for d in self.domains().await? {
             if d.uuid == uuid {
@@ -390,7 +416,7 @@ impl Guests {
             defined: false,
         };
         let result = self
-            .create_steps(&req, &uuid, &spec, &image, root_bytes, &mut undo)
+            .create_steps(&req, &uuid, &spec, &image, root_bytes, emulation, &mut undo)
             .await;
         match result {
             Ok(guest) => Ok(guest),
@@ -414,6 +440,7 @@ impl Guests {
         spec: &FlavorSpec,
         image: &ImageRecord,
         root_bytes: u64,
+        emulation: Emulation,
         undo: &mut Undo,
     ) -> Result<Guest, GuestError> {
         // 1. Claim (or consume the caller's reservation).
@@ -512,7 +539,7 @@ impl Guests {
             networks: req.networks.clone(),
             metadata: req.metadata.clone(),
             claim,
-            emulation: self.emulation,
+            emulation,
             created_unix: now_unix(),
         };
         let guest_spec = GuestSpec {
@@ -622,7 +649,8 @@ impl Guests {
     /// Removes the domain, the files and the claim; `Ok(false)` when there was nothing.
     pub async fn delete(&self, uuid: &str) -> Result<bool, GuestError> {
         let uuid = checked_uuid(uuid)?;
-        let _serial = self.lock.lock().await;
+        let mut rebuilt = self.lock.lock().await;
+        self.ensure_rebuilt(&mut rebuilt).await?;
         let libvirt = self.libvirt.clone();
         let files = GuestFiles::new(&self.storage_root, &uuid);
         let u = uuid.clone();

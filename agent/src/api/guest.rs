@@ -1,0 +1,279 @@
+//! `hvagent.v1.ImageService` and `hvagent.v1.VmService` over the guest lifecycle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hvagent_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::placement::{claim_to_proto, status as refusal_status};
+use crate::guest::{CreateRequest, Guest, GuestError, Guests};
+use crate::placement::PlacementState;
+use crate::storage::ImageRecord;
+
+fn status(e: GuestError) -> Status {
+    match e {
+        GuestError::Invalid(m) => Status::invalid_argument(m),
+        GuestError::NotFound(m) => Status::not_found(m),
+        GuestError::AlreadyExists(m) => Status::already_exists(m),
+        GuestError::Precondition(m) => Status::failed_precondition(m),
+        GuestError::Refused(r) => refusal_status(r),
+        GuestError::Unavailable(m) => Status::unavailable(m),
+        GuestError::Internal(m) => Status::internal(m),
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn image_to_proto(r: ImageRecord, used_by: Vec<String>) -> pb::Image {
+    pb::Image {
+        name: r.name,
+        format: r.format,
+        virtual_size_bytes: r.virtual_size_bytes,
+        file_bytes: r.file_bytes,
+        sha256: r.sha256,
+        properties: r.properties,
+        created_unix: r.created_unix,
+        used_by,
+    }
+}
+
+pub struct ImageApi {
+    guests: Arc<Guests>,
+}
+
+impl ImageApi {
+    pub fn new(guests: Arc<Guests>) -> Self {
+        Self { guests }
+    }
+
+    pub fn into_service(self) -> pb::image_service_server::ImageServiceServer<Self> {
+        pb::image_service_server::ImageServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::image_service_server::ImageService for ImageApi {
+    async fn import(
+        &self,
+        request: Request<pb::ImportImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let r = request.into_inner();
+        let guests = self.guests.clone();
+        let record = tokio::task::spawn_blocking(move || {
+            guests.images.import_local(
+                &r.name,
+                std::path::Path::new(&r.source_path),
+                (!r.sha256.is_empty()).then_some(r.sha256.as_str()),
+                r.properties,
+                now_unix(),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| status(e.into()))?;
+        tracing::info!(image = %record.name, sha256 = %record.sha256, "image imported");
+        Ok(Response::new(image_to_proto(record, Vec::new())))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let (guests, _) = self.guests.list().await.map_err(status)?;
+        let images = self
+            .guests
+            .images
+            .list()
+            .into_iter()
+            .map(|r| {
+                let users = guests
+                    .iter()
+                    .filter(|g| g.intent.image == r.name)
+                    .map(|g| g.uuid.clone())
+                    .collect();
+                image_to_proto(r, users)
+            })
+            .collect();
+        Ok(Response::new(pb::ListImagesResponse { images }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let name = request.into_inner().name;
+        let record = self
+            .guests
+            .images
+            .get(&name)
+            .map_err(|e| status(e.into()))?;
+        let users = self.guests.users_of(&name).await.map_err(status)?;
+        Ok(Response::new(image_to_proto(record, users)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteImageRequest>,
+    ) -> Result<Response<pb::DeleteImageResponse>, Status> {
+        let name = request.into_inner().name;
+        self.guests
+            .images
+            .get(&name)
+            .map_err(|e| status(e.into()))?;
+        let users = self.guests.users_of(&name).await.map_err(status)?;
+        self.guests
+            .images
+            .delete(&name, &users)
+            .map_err(|e| status(e.into()))?;
+        tracing::info!(image = %name, "image deleted");
+        Ok(Response::new(pb::DeleteImageResponse {}))
+    }
+}
+
+pub struct VmApi {
+    guests: Arc<Guests>,
+    placement: Arc<PlacementState>,
+}
+
+impl VmApi {
+    pub fn new(guests: Arc<Guests>, placement: Arc<PlacementState>) -> Self {
+        Self { guests, placement }
+    }
+
+    pub fn into_service(self) -> pb::vm_service_server::VmServiceServer<Self> {
+        pb::vm_service_server::VmServiceServer::new(self)
+    }
+
+    fn to_proto(&self, g: Guest) -> pb::Vm {
+        let now = self.placement.now_ms();
+        let alloc = self.placement.lock();
+        pb::Vm {
+            uuid: g.uuid,
+            name: g.intent.name,
+            flavor: g.intent.flavor,
+            image: g.intent.image,
+            state: g.state.to_string(),
+            emulation: match g.intent.emulation {
+                crate::domain::xml::Emulation::Kvm => "kvm",
+                crate::domain::xml::Emulation::Tcg => "tcg",
+            }
+            .into(),
+            claim: Some(claim_to_proto(&alloc, &g.intent.claim, now)),
+            networks: g.intent.networks,
+            created_unix: g.intent.created_unix,
+            root_disk_gb: g.root_disk_gb,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::vm_service_server::VmService for VmApi {
+    async fn create(
+        &self,
+        request: Request<pb::CreateVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let guest = self
+            .guests
+            .create(CreateRequest {
+                uuid: r.uuid,
+                name: r.name,
+                flavor: r.flavor,
+                image: r.image,
+                networks: r.networks,
+                user_data: r.user_data,
+                ssh_keys: r.ssh_keys,
+                metadata: r.metadata,
+                reservation: r.reservation,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.to_proto(guest)))
+    }
+
+    async fn get(&self, request: Request<pb::GetVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let g = self
+            .guests
+            .get(&request.into_inner().uuid)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<pb::ListVmsRequest>,
+    ) -> Result<Response<pb::ListVmsResponse>, Status> {
+        let (guests, unreadable) = self.guests.list().await.map_err(status)?;
+        Ok(Response::new(pb::ListVmsResponse {
+            vms: guests.into_iter().map(|g| self.to_proto(g)).collect(),
+            unreadable,
+        }))
+    }
+
+    async fn start(
+        &self,
+        request: Request<pb::StartVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let g = self
+            .guests
+            .start(&request.into_inner().uuid)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn stop(&self, request: Request<pb::StopVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let timeout = if r.timeout_seconds == 0 {
+            crate::guest::DEFAULT_STOP_TIMEOUT
+        } else {
+            Duration::from_secs(u64::from(r.timeout_seconds))
+        };
+        let g = self
+            .guests
+            .stop(&r.uuid, r.force, timeout)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn reboot(
+        &self,
+        request: Request<pb::RebootVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let g = self.guests.reboot(&r.uuid, r.hard).await.map_err(status)?;
+        Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteVmRequest>,
+    ) -> Result<Response<pb::DeleteVmResponse>, Status> {
+        let deleted = self
+            .guests
+            .delete(&request.into_inner().uuid)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteVmResponse { deleted }))
+    }
+
+    async fn get_console_log(
+        &self,
+        request: Request<pb::GetConsoleLogRequest>,
+    ) -> Result<Response<pb::ConsoleLog>, Status> {
+        let r = request.into_inner();
+        let (data, total_bytes) = self
+            .guests
+            .console_log(&r.uuid, u64::from(r.max_bytes))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ConsoleLog { data, total_bytes }))
+    }
+}
