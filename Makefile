@@ -52,8 +52,15 @@ packages:
 	fi
 
 # No systemd on the build machines: start the daemons by hand when they are not running.
+# libvirtd finds hugetlbfs mounts when it starts: mount first, restart one that started without.
 libvirtd:
 	@pgrep -x virtlogd >/dev/null || virtlogd -d
+	@if ! mountpoint -q /dev/hugepages; then \
+	  mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages && \
+	  if pkill -x libvirtd; then \
+	    for i in $$(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.2; done; \
+	  fi; \
+	fi
 	@if ! pgrep -x libvirtd >/dev/null; then rm -f /run/libvirtd.pid; libvirtd -d; fi
 	@for i in $$(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && exit 0; sleep 0.2; done; \
 	  echo "libvirtd did not answer on qemu:///system" >&2; exit 1

@@ -135,6 +135,17 @@ impl pb::image_service_server::ImageService for ImageApi {
     }
 }
 
+/// Runs a mutating call in a task of its own: a client that hangs up or times out must not
+/// abandon a create or delete halfway (the task finishes or undoes it either way).
+async fn detached<T: Send + 'static>(
+    call: impl std::future::Future<Output = Result<T, GuestError>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(call)
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(status)
+}
+
 pub struct VmApi {
     guests: Arc<Guests>,
     placement: Arc<PlacementState>,
@@ -178,21 +189,19 @@ impl pb::vm_service_server::VmService for VmApi {
         request: Request<pb::CreateVmRequest>,
     ) -> Result<Response<pb::Vm>, Status> {
         let r = request.into_inner();
-        let guest = self
-            .guests
-            .create(CreateRequest {
-                uuid: r.uuid,
-                name: r.name,
-                flavor: r.flavor,
-                image: r.image,
-                networks: r.networks,
-                user_data: r.user_data,
-                ssh_keys: r.ssh_keys,
-                metadata: r.metadata,
-                reservation: r.reservation,
-            })
-            .await
-            .map_err(status)?;
+        let guests = self.guests.clone();
+        let req = CreateRequest {
+            uuid: r.uuid,
+            name: r.name,
+            flavor: r.flavor,
+            image: r.image,
+            networks: r.networks,
+            user_data: r.user_data,
+            ssh_keys: r.ssh_keys,
+            metadata: r.metadata,
+            reservation: r.reservation,
+        };
+        let guest = detached(async move { guests.create(req).await }).await?;
         Ok(Response::new(self.to_proto(guest)))
     }
 
@@ -220,11 +229,8 @@ impl pb::vm_service_server::VmService for VmApi {
         &self,
         request: Request<pb::StartVmRequest>,
     ) -> Result<Response<pb::Vm>, Status> {
-        let g = self
-            .guests
-            .start(&request.into_inner().uuid)
-            .await
-            .map_err(status)?;
+        let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
+        let g = detached(async move { guests.start(&uuid).await }).await?;
         Ok(Response::new(self.to_proto(g)))
     }
 
@@ -235,11 +241,8 @@ impl pb::vm_service_server::VmService for VmApi {
         } else {
             Duration::from_secs(u64::from(r.timeout_seconds))
         };
-        let g = self
-            .guests
-            .stop(&r.uuid, r.force, timeout)
-            .await
-            .map_err(status)?;
+        let guests = self.guests.clone();
+        let g = detached(async move { guests.stop(&r.uuid, r.force, timeout).await }).await?;
         Ok(Response::new(self.to_proto(g)))
     }
 
@@ -248,7 +251,8 @@ impl pb::vm_service_server::VmService for VmApi {
         request: Request<pb::RebootVmRequest>,
     ) -> Result<Response<pb::Vm>, Status> {
         let r = request.into_inner();
-        let g = self.guests.reboot(&r.uuid, r.hard).await.map_err(status)?;
+        let guests = self.guests.clone();
+        let g = detached(async move { guests.reboot(&r.uuid, r.hard).await }).await?;
         Ok(Response::new(self.to_proto(g)))
     }
 
@@ -256,11 +260,8 @@ impl pb::vm_service_server::VmService for VmApi {
         &self,
         request: Request<pb::DeleteVmRequest>,
     ) -> Result<Response<pb::DeleteVmResponse>, Status> {
-        let deleted = self
-            .guests
-            .delete(&request.into_inner().uuid)
-            .await
-            .map_err(status)?;
+        let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
+        let deleted = detached(async move { guests.delete(&uuid).await }).await?;
         Ok(Response::new(pb::DeleteVmResponse { deleted }))
     }
 

@@ -55,6 +55,15 @@ enum Command {
     #[command(subcommand)]
     Flavor(FlavorCommand),
 
+    /// Images in the agent's store: import, list, show, delete.
+    #[command(subcommand)]
+    Image(ImageCommand),
+
+    /// Guests: create from an image with an SCS flavor, list, show, start, stop, reboot,
+    /// delete, read the serial console. A guest is named by its name or UUID.
+    #[command(subcommand)]
+    Vm(VmCommand),
+
     /// The agent's allocator: reserve, release and list claims (host CPUs, NUMA memory,
     /// hugepages held for guests).
     #[command(subcommand)]
@@ -73,6 +82,99 @@ enum Command {
         /// A flavor and how many guests of it, e.g. SCS-4C-16=3; repeat for more.
         #[arg(long = "flavor", value_name = "NAME=COUNT", required = true)]
         flavors: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Copy a local file into the store. The format (qcow2 or raw) is read from the content.
+    Import {
+        /// Absolute or relative path of the image file on this node.
+        path: PathBuf,
+        /// Store name: 1-64 of a-z 0-9 . _ -.
+        #[arg(long)]
+        name: String,
+        /// Expected sha256 of the file; the import fails if it differs.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// An image property, e.g. min_disk=5 (GB), min_ram=512 (MiB), hw_disk_bus=scsi,
+        /// hw_rng_model=virtio; repeat for more.
+        #[arg(long = "property", value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+    },
+    /// Every image, with the guests using it.
+    List,
+    /// One image.
+    Get { name: String },
+    /// Delete an image no guest uses.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Create and start a guest.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// SCS flavor, e.g. SCS-2V-4-10.
+        #[arg(long)]
+        flavor: String,
+        /// Image name in the store.
+        #[arg(long)]
+        image: String,
+        /// Existing host bridge to attach a virtio NIC to; repeat for more.
+        #[arg(long = "network", value_name = "BRIDGE")]
+        networks: Vec<String>,
+        /// cloud-init user-data file (at most 64 KiB).
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<PathBuf>,
+        /// SSH public key for the NoCloud meta-data; repeat for more.
+        #[arg(long = "ssh-key", value_name = "KEY")]
+        ssh_keys: Vec<String>,
+        /// Guest UUID (default: a new random one). Creating again with the same UUID and
+        /// the same request returns the guest.
+        #[arg(long)]
+        uuid: Option<String>,
+        /// Consume this PlacementService reservation (its request id).
+        #[arg(long, value_name = "REQUEST_ID")]
+        reservation: Option<String>,
+        /// Wait until the guest is running (at most 60 s).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Every guest: state, flavor, image, CPUs, age.
+    List,
+    /// One guest with its claim.
+    Get {
+        guest: String,
+    },
+    Start {
+        guest: String,
+    },
+    /// ACPI shutdown; destroyed after --timeout seconds (default 30) or at once with --force.
+    Stop {
+        guest: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        timeout: u32,
+    },
+    /// ACPI reboot, or a reset with --hard.
+    Reboot {
+        guest: String,
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Delete the guest with its disks, seed and claim (nothing to delete is not an error).
+    Delete {
+        guest: String,
+    },
+    /// The end of the guest's serial console log.
+    Console {
+        guest: String,
+        /// How many bytes from the end (at most 1048576).
+        #[arg(long, default_value_t = 65536)]
+        bytes: u32,
     },
 }
 
@@ -163,7 +265,7 @@ async fn run(cli: Cli) -> ExitCode {
             config,
             flavors,
         } => return plan(cli.output, &root, config.as_deref(), &flavors),
-        Command::Node(_) | Command::Placement(_) => {}
+        Command::Node(_) | Command::Placement(_) | Command::Image(_) | Command::Vm(_) => {}
     }
     let channel = match client::connect(&cli.socket).await {
         Ok(c) => c,
@@ -173,6 +275,8 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     let mut node = pb::node_service_client::NodeServiceClient::new(channel.clone());
+    let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
+    let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
     let mut placement = pb::placement_service_client::PlacementServiceClient::new(channel);
     let (output, socket) = (cli.output, cli.socket.as_path());
     match cli.command {
@@ -218,7 +322,219 @@ async fn run(cli: Cli) -> ExitCode {
             placement.list_claims(pb::ListClaimsRequest {}).await,
             |r: &pb::ListClaimsResponse| render::claims(&r.claims, &r.shared_pool),
         ),
+        Command::Image(command) => image(output, socket, &mut images, command).await,
+        Command::Vm(command) => vm(output, socket, &mut vms, command).await,
         Command::Flavor(_) | Command::Plan { .. } => ExitCode::SUCCESS,
+    }
+}
+
+type Images = pb::image_service_client::ImageServiceClient<tonic::transport::Channel>;
+type Vms = pb::vm_service_client::VmServiceClient<tonic::transport::Channel>;
+
+async fn image(
+    output: Output,
+    socket: &Path,
+    images: &mut Images,
+    command: ImageCommand,
+) -> ExitCode {
+    match command {
+        ImageCommand::Import {
+            path,
+            name,
+            sha256,
+            properties,
+        } => {
+            let mut props = std::collections::BTreeMap::new();
+            for p in properties {
+                let Some((k, v)) = p.split_once('=') else {
+                    eprintln!("hvctl: --property {p:?}: expected KEY=VALUE");
+                    return ExitCode::from(EXIT_USAGE);
+                };
+                props.insert(k.to_string(), v.to_string());
+            }
+            let source = std::path::absolute(&path).unwrap_or(path);
+            let req = pb::ImportImageRequest {
+                name,
+                source_path: source.display().to_string(),
+                sha256: sha256.unwrap_or_default(),
+                properties: props,
+            };
+            answer(output, socket, images.import(req).await, |i: &pb::Image| {
+                render::images(std::slice::from_ref(i))
+            })
+        }
+        ImageCommand::List => answer(
+            output,
+            socket,
+            images.list(pb::ListImagesRequest {}).await,
+            |l: &pb::ListImagesResponse| render::images(&l.images),
+        ),
+        ImageCommand::Get { name } => answer(
+            output,
+            socket,
+            images.get(pb::GetImageRequest { name }).await,
+            |i: &pb::Image| render::images(std::slice::from_ref(i)),
+        ),
+        ImageCommand::Delete { name } => answer(
+            output,
+            socket,
+            images.delete(pb::DeleteImageRequest { name }).await,
+            |_: &pb::DeleteImageResponse| "deleted\n".into(),
+        ),
+    }
+}
+
+/// A guest's UUID from its name or UUID.
+async fn resolve(vms: &mut Vms, guest: &str) -> Result<String, tonic::Status> {
+    if hvagent::placement::allocator::is_uuid(guest) {
+        return Ok(guest.to_string());
+    }
+    let list = vms.list(pb::ListVmsRequest {}).await?.into_inner();
+    list.vms
+        .into_iter()
+        .find(|v| v.name == guest)
+        .map(|v| v.uuid)
+        .ok_or_else(|| tonic::Status::not_found(format!("no guest named {guest:?}")))
+}
+
+async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) -> ExitCode {
+    let one = |v: &pb::Vm| render::vms(std::slice::from_ref(v));
+    let guest = match &command {
+        VmCommand::Get { guest }
+        | VmCommand::Start { guest }
+        | VmCommand::Stop { guest, .. }
+        | VmCommand::Reboot { guest, .. }
+        | VmCommand::Delete { guest }
+        | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
+            Ok(uuid) => uuid,
+            Err(status) => return fail(socket, &status),
+        },
+        VmCommand::Create { .. } | VmCommand::List => String::new(),
+    };
+    match command {
+        VmCommand::Create {
+            name,
+            flavor,
+            image,
+            networks,
+            user_data,
+            ssh_keys,
+            uuid,
+            reservation,
+            wait,
+        } => {
+            let user_data = match user_data.map(std::fs::read).transpose() {
+                Ok(d) => d.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("hvctl: --user-data: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let uuid = match uuid {
+                Some(u) => u,
+                None => match std::fs::read_to_string("/proc/sys/kernel/random/uuid") {
+                    Ok(u) => u.trim().to_string(),
+                    Err(e) => {
+                        eprintln!("hvctl: cannot make a UUID (give --uuid): {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let req = pb::CreateVmRequest {
+                uuid: uuid.clone(),
+                name,
+                flavor,
+                image,
+                networks,
+                user_data,
+                ssh_keys,
+                metadata: Default::default(),
+                reservation: reservation.unwrap_or_default(),
+            };
+            let created = vms.create(req).await;
+            if wait && created.is_ok() {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while std::time::Instant::now() < deadline {
+                    match vms.get(pb::GetVmRequest { uuid: uuid.clone() }).await {
+                        Ok(v) if v.get_ref().state == "running" => {
+                            return print(output, &v.into_inner(), one);
+                        }
+                        Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                        Err(status) => return fail(socket, &status),
+                    }
+                }
+                eprintln!("hvctl: guest {uuid} is not running after 60 s");
+                return ExitCode::from(EXIT_CALL_FAILED);
+            }
+            answer(output, socket, created, one)
+        }
+        VmCommand::List => answer(
+            output,
+            socket,
+            vms.list(pb::ListVmsRequest {}).await,
+            |l: &pb::ListVmsResponse| render::vm_list(l),
+        ),
+        VmCommand::Get { .. } => answer(
+            output,
+            socket,
+            vms.get(pb::GetVmRequest { uuid: guest }).await,
+            one,
+        ),
+        VmCommand::Start { .. } => answer(
+            output,
+            socket,
+            vms.start(pb::StartVmRequest { uuid: guest }).await,
+            one,
+        ),
+        VmCommand::Stop { force, timeout, .. } => answer(
+            output,
+            socket,
+            vms.stop(pb::StopVmRequest {
+                uuid: guest,
+                force,
+                timeout_seconds: timeout,
+            })
+            .await,
+            one,
+        ),
+        VmCommand::Reboot { hard, .. } => answer(
+            output,
+            socket,
+            vms.reboot(pb::RebootVmRequest { uuid: guest, hard }).await,
+            one,
+        ),
+        VmCommand::Delete { .. } => answer(
+            output,
+            socket,
+            vms.delete(pb::DeleteVmRequest { uuid: guest }).await,
+            |d: &pb::DeleteVmResponse| {
+                if d.deleted {
+                    "deleted\n"
+                } else {
+                    "nothing to delete\n"
+                }
+                .into()
+            },
+        ),
+        VmCommand::Console { bytes, .. } => {
+            match vms
+                .get_console_log(pb::GetConsoleLogRequest {
+                    uuid: guest,
+                    max_bytes: bytes,
+                })
+                .await
+            {
+                Ok(log) => match output {
+                    Output::Json => print(output, &log.into_inner(), |_| String::new()),
+                    Output::Table => {
+                        use std::io::Write;
+                        let _ = std::io::stdout().write_all(&log.into_inner().data);
+                        ExitCode::SUCCESS
+                    }
+                },
+                Err(status) => fail(socket, &status),
+            }
+        }
     }
 }
 

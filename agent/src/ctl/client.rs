@@ -28,8 +28,9 @@ pub enum ConnectError {
     NotAnAgent { path: PathBuf, reason: String },
 }
 
-/// How long one call may take before hvctl gives up.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one call may take before hvctl gives up. Guest creates are the slow calls: on
+/// hosts where libvirtd re-probes QEMU for every domain they take about 50 s.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Opens a gRPC channel to the agent at `socket`.
 pub async fn connect(socket: &Path) -> Result<Channel, ConnectError> {

@@ -673,6 +673,76 @@ pub fn plan(p: &crate::placement::plan::Plan) -> String {
     out
 }
 
+/// Images as a table.
+pub fn images(list: &[pb::Image]) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "FORMAT",
+        "VIRTUAL SIZE",
+        "FILE",
+        "SHA256",
+        "USED BY",
+    ]);
+    for i in list {
+        t.row(vec![
+            i.name.clone(),
+            i.format.clone(),
+            bytes(i.virtual_size_bytes),
+            bytes(i.file_bytes),
+            i.sha256.chars().take(16).collect(),
+            or_dash(&i.used_by.join(",")).to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// Guests as a table.
+pub fn vms(list: &[pb::Vm]) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "UUID",
+        "STATE",
+        "FLAVOR",
+        "IMAGE",
+        "EMULATION",
+        "VCPU CPUS",
+        "ROOT DISK",
+    ]);
+    for v in list {
+        let claim = v.claim.clone().unwrap_or_default();
+        let dedicated = claim.cpu_type == "C" || claim.cpu_type == "T";
+        t.row(vec![
+            v.name.clone(),
+            v.uuid.clone(),
+            v.state.clone(),
+            v.flavor.clone(),
+            v.image.clone(),
+            v.emulation.clone(),
+            if dedicated {
+                claim
+                    .vcpus
+                    .iter()
+                    .flat_map(|c| c.cpus.iter().map(u32::to_string))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                format!("pool ({} vCPUs)", claim.vcpus.len())
+            },
+            format!("{} GiB", v.root_disk_gb),
+        ]);
+    }
+    t.render()
+}
+
+/// `hvctl vm list`: the guests, then any domain whose metadata cannot be read.
+pub fn vm_list(l: &pb::ListVmsResponse) -> String {
+    let mut out = vms(&l.vms);
+    for u in &l.unreadable {
+        out.push_str(&format!("unreadable metadata (left alone): {u}\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,11 +22,11 @@ use hvagent_proto::v1::image_service_server::ImageServiceServer;
 use hvagent_proto::v1::vm_service_server::VmServiceServer;
 
 use crate::api::{FlavorApi, ImageApi, NodeApi, PlacementApi, VmApi};
+use crate::domain::Libvirt;
 use crate::domain::xml::Emulation;
 use crate::guest::{Guests, choose_emulation};
 use crate::host::KvmState;
 use crate::host::node::LIBVIRT_TIMEOUT;
-use crate::domain::Libvirt;
 use crate::host::node::Node;
 use crate::host::sysfs::format_cpulist;
 use crate::placement::{Allocator, PlacementState, Topology};
@@ -134,7 +134,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             )
         });
     match &emulation {
-        Ok(e) => tracing::info!(emulation = ?e, "guests run under {}", if *e == Emulation::Kvm { "KVM" } else { "TCG emulation" }),
+        Ok(e) => {
+            tracing::info!(emulation = ?e, "guests run under {}", if *e == Emulation::Kvm { "KVM" } else { "TCG emulation" })
+        }
         Err(why) => tracing::warn!(%why, "this node cannot run guests"),
     }
     let guests = Arc::new(Guests::new(
@@ -148,10 +150,16 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     // neither finished nor were undone go after a grace period.
     match tokio::time::timeout(LIBVIRT_TIMEOUT, guests.rebuild_placement()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot rebuild placement from libvirt yet; retrying on the first create or delete"),
-        Err(_) => tracing::warn!("libvirt did not answer in time; placement is rebuilt on the first create or delete"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot rebuild placement from libvirt yet; retrying on the first create or delete")
+        }
+        Err(_) => tracing::warn!(
+            "libvirt did not answer in time; placement is rebuilt on the first create or delete"
+        ),
     }
-    if let Ok(Ok(orphans)) = tokio::time::timeout(LIBVIRT_TIMEOUT, guests.remove_orphans(ORPHAN_GRACE)).await {
+    if let Ok(Ok(orphans)) =
+        tokio::time::timeout(LIBVIRT_TIMEOUT, guests.remove_orphans(ORPHAN_GRACE)).await
+    {
         for uuid in orphans {
             tracing::info!(vm = %uuid, "removed files of a guest that has no domain");
         }
@@ -213,7 +221,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             health
                 .set_not_serving::<PlacementServiceServer<PlacementApi>>()
                 .await;
-            health.set_not_serving::<ImageServiceServer<ImageApi>>().await;
+            health
+                .set_not_serving::<ImageServiceServer<ImageApi>>()
+                .await;
             health.set_not_serving::<VmServiceServer<VmApi>>().await;
             let _ = stopping_tx.send(true);
         }
@@ -242,7 +252,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     health_reporter
         .set_serving::<ImageServiceServer<ImageApi>>()
         .await;
-    health_reporter.set_serving::<VmServiceServer<VmApi>>().await;
+    health_reporter
+        .set_serving::<VmServiceServer<VmApi>>()
+        .await;
     health_reporter
         .set_service_status("", ServingStatus::Serving)
         .await;

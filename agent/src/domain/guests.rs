@@ -130,11 +130,7 @@ impl Libvirt {
             .map_err(failed)?;
         let mut out = Vec::new();
         for d in domains {
-            let metadata = d.metadata(
-                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-                Some(NAMESPACE),
-                0,
-            );
+            let metadata = d.metadata(sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(NAMESPACE), 0);
             let Ok(metadata) = metadata else {
                 // Not ours: no hvagent metadata element.
                 continue;
@@ -142,10 +138,7 @@ impl Libvirt {
             out.push(GuestDomain {
                 uuid: d.uuid_string().map_err(failed)?,
                 name: d.name().map_err(failed)?,
-                state: d
-                    .info()
-                    .map(|i| state_name(&i.state))
-                    .unwrap_or("unknown"),
+                state: d.info().map(|i| state_name(&i.state)).unwrap_or("unknown"),
                 intent: read_intent(&metadata),
             });
         }

@@ -36,6 +36,9 @@ impl Emulation {
 /// every file that belongs to the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
+    /// The `[storage] root` of the agent that made the guest: an agent only manages the
+    /// guests of its own store (tests run several agents on one libvirtd).
+    pub store: PathBuf,
     pub name: String,
     pub flavor: String,
     pub request_id: String,
@@ -765,6 +768,7 @@ mod tests {
         GuestSpec {
             uuid: "00000000-0000-4000-8000-000000000001".into(),
             intent: Intent {
+                store: "/var/lib/hvagent".into(),
                 name: "web<1>&\"x\"".into(),
                 flavor: "SCS-2C-4".into(),
                 request_id: "r1".into(),

@@ -177,7 +177,11 @@ fn check_network(index: usize, name: &str) -> Result<(), GuestError> {
             "networks[{index}]: must be an interface name of 1-15 characters of A-Z a-z 0-9 _ . -"
         )));
     }
-    if !Path::new("/sys/class/net").join(name).join("bridge").is_dir() {
+    if !Path::new("/sys/class/net")
+        .join(name)
+        .join("bridge")
+        .is_dir()
+    {
         return Err(GuestError::NotFound(format!(
             "networks[{index}]: no bridge named {name:?} on this node"
         )));
@@ -221,9 +225,8 @@ fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
         return invalid("metadata: at most 64 entries, keys 1-255 and values 0-1024 characters");
     }
     if !req.reservation.is_empty() {
-        check_request_id(&req.reservation).map_err(|r| {
-            GuestError::Invalid(r.message.replacen("request_id", "reservation", 1))
-        })?;
+        check_request_id(&req.reservation)
+            .map_err(|r| GuestError::Invalid(r.message.replacen("request_id", "reservation", 1)))?;
     }
     Ok(spec)
 }
@@ -235,6 +238,17 @@ fn refused(r: Refusal) -> GuestError {
         RefusalKind::AlreadyExists => GuestError::AlreadyExists(r.message),
         _ => GuestError::Refused(r),
     }
+}
+
+/// A validated create request and what was decided for it before anything is taken.
+#[derive(Clone, Copy)]
+struct CreatePlan<'a> {
+    req: &'a CreateRequest,
+    uuid: &'a str,
+    spec: &'a FlavorSpec,
+    image: &'a ImageRecord,
+    root_bytes: u64,
+    emulation: Emulation,
 }
 
 /// What a create has done so far, undone in reverse when a later step fails.
@@ -306,7 +320,11 @@ impl Guests {
         claims.extend(stored);
         *alloc = rebuild(&alloc, claims);
         *rebuilt = true;
-        tracing::info!(guests, claims = alloc.claims().count(), "placement rebuilt from the guests' stored claims");
+        tracing::info!(
+            guests,
+            claims = alloc.claims().count(),
+            "placement rebuilt from the guests' stored claims"
+        );
         Ok(())
     }
 
@@ -319,10 +337,18 @@ impl Guests {
             .map_err(|e| GuestError::Internal(format!("task failed: {e}")))?
     }
 
+    /// This agent's domains: those whose metadata names its store, and those whose metadata
+    /// cannot be read (reported, never touched).
     async fn domains(&self) -> Result<Vec<GuestDomain>, GuestError> {
         let libvirt = self.libvirt.clone();
-        self.blocking(move || libvirt.guests().map_err(GuestError::from))
-            .await
+        let store = self.storage_root.clone();
+        let all = self
+            .blocking(move || libvirt.guests().map_err(GuestError::from))
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter(|d| d.intent.as_ref().map_or(true, |i| i.store == store))
+            .collect())
     }
 
     fn view(&self, d: GuestDomain) -> Option<Guest> {
@@ -415,9 +441,15 @@ impl Guests {
             files: None,
             defined: false,
         };
-        let result = self
-            .create_steps(&req, &uuid, &spec, &image, root_bytes, emulation, &mut undo)
-            .await;
+        let plan = CreatePlan {
+            req: &req,
+            uuid: &uuid,
+            spec: &spec,
+            image: &image,
+            root_bytes,
+            emulation,
+        };
+        let result = self.create_steps(&plan, &mut undo).await;
         match result {
             Ok(guest) => Ok(guest),
             Err(e) => {
@@ -435,14 +467,17 @@ impl Guests {
 
     async fn create_steps(
         &self,
-        req: &CreateRequest,
-        uuid: &str,
-        spec: &FlavorSpec,
-        image: &ImageRecord,
-        root_bytes: u64,
-        emulation: Emulation,
+        plan: &CreatePlan<'_>,
         undo: &mut Undo,
     ) -> Result<Guest, GuestError> {
+        let CreatePlan {
+            req,
+            uuid,
+            spec,
+            image,
+            root_bytes,
+            emulation,
+        } = *plan;
         // 1. Claim (or consume the caller's reservation).
         let (claim, vcpu_cpus, emulator_cpus) = {
             let now = self.placement.now_ms();
@@ -472,12 +507,7 @@ impl Guests {
             .disk
             .map(|d| {
                 (1..d.count)
-                    .map(|i| {
-                        (
-                            files.extra_disk(i),
-                            u64::from(d.size_gb.unwrap_or(1)) * GIB,
-                        )
-                    })
+                    .map(|i| (files.extra_disk(i), u64::from(d.size_gb.unwrap_or(1)) * GIB))
                     .collect()
             })
             .unwrap_or_default();
@@ -532,6 +562,7 @@ impl Guests {
             readonly: true,
         });
         let intent = Intent {
+            store: self.storage_root.clone(),
             name: req.name.clone(),
             flavor: spec.name(),
             request_id: claim.request_id.clone(),
@@ -602,9 +633,7 @@ impl Guests {
     ) -> Result<Guest, GuestError> {
         let uuid = checked_uuid(uuid)?;
         if timeout > MAX_STOP_TIMEOUT {
-            return Err(GuestError::Invalid(
-                "timeout_seconds: at most 600".into(),
-            ));
+            return Err(GuestError::Invalid("timeout_seconds: at most 600".into()));
         }
         let guest = self.get(&uuid).await?;
         if guest.state == "shut off" {
@@ -672,14 +701,22 @@ impl Guests {
     }
 
     /// The last `max_bytes` of the serial console log, and its whole size.
-    pub async fn console_log(&self, uuid: &str, max_bytes: u64) -> Result<(Vec<u8>, u64), GuestError> {
+    pub async fn console_log(
+        &self,
+        uuid: &str,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, u64), GuestError> {
         let uuid = checked_uuid(uuid)?;
         if max_bytes > MAX_CONSOLE_BYTES {
             return Err(GuestError::Invalid("max_bytes: at most 1048576".into()));
         }
         self.get(&uuid).await?;
         let path = GuestFiles::new(&self.storage_root, &uuid).console_log();
-        let want = if max_bytes == 0 { DEFAULT_CONSOLE_BYTES } else { max_bytes };
+        let want = if max_bytes == 0 {
+            DEFAULT_CONSOLE_BYTES
+        } else {
+            max_bytes
+        };
         self.blocking(move || tail(&path, want)).await
     }
 

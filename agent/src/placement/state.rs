@@ -35,4 +35,3 @@ impl PlacementState {
         self.lock().expire(now)
     }
 }
-

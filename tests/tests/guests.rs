@@ -1,0 +1,411 @@
+//! Guests end to end: the real agent creates real QEMU guests (TCG here) through the real
+//! libvirtd from the test guest image, and the guest's own console says what it got.
+//! Creates are slow on these machines (libvirtd re-probes QEMU for every domain it defines,
+//! about 50 s), so each test makes as few guests as it can.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Agent, repo_root};
+use hvagent_proto::v1 as pb;
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Vms = pb::vm_service_client::VmServiceClient<Channel>;
+
+fn uuid(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{:012x}", 0xe2e000 + n)
+}
+
+/// An agent whose storage QEMU (an unprivileged user) can reach, with no CPUs reserved so
+/// that a 2-CPU machine holds a `V` and a `C` guest.
+fn agent() -> Agent {
+    let agent = Agent::configure(
+        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
+    );
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    agent.spawn()
+}
+
+fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .expect("virsh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whatever a test leaves running goes, also when it fails.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for u in &self.0 {
+            virsh(&["destroy", u]);
+            virsh(&["undefine", u, "--nvram"]);
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn clients(
+    agent: &Agent,
+) -> (
+    Vms,
+    pb::image_service_client::ImageServiceClient<Channel>,
+    pb::placement_service_client::PlacementServiceClient<Channel>,
+) {
+    let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+    (
+        pb::vm_service_client::VmServiceClient::new(channel.clone()),
+        pb::image_service_client::ImageServiceClient::new(channel.clone()),
+        pb::placement_service_client::PlacementServiceClient::new(channel),
+    )
+}
+
+fn testguest() -> PathBuf {
+    let image = repo_root().join("images/out/testguest.qcow2");
+    assert!(
+        image.exists(),
+        "{} missing: build it with images/build.sh (make test does)",
+        image.display()
+    );
+    image
+}
+
+async fn import(
+    images: &mut pb::image_service_client::ImageServiceClient<Channel>,
+    name: &str,
+    properties: &[(&str, &str)],
+) -> pb::Image {
+    images
+        .import(pb::ImportImageRequest {
+            name: name.into(),
+            source_path: testguest().display().to_string(),
+            sha256: String::new(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn create(uuid: &str, name: &str, flavor: &str, image: &str) -> pb::CreateVmRequest {
+    pb::CreateVmRequest {
+        uuid: uuid.into(),
+        name: name.into(),
+        flavor: flavor.into(),
+        image: image.into(),
+        ..Default::default()
+    }
+}
+
+/// The guest's `hvagent.KEY=VALUE` report, once its console says it is ready.
+async fn report(vms: &mut Vms, uuid: &str) -> std::collections::BTreeMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let log = vms
+            .get_console_log(pb::GetConsoleLogRequest {
+                uuid: uuid.into(),
+                max_bytes: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let text = String::from_utf8_lossy(&log.data).into_owned();
+        if text.contains("HVAGENT-GUEST-READY") {
+            // The last boot's report (a reboot prints another).
+            let last = text.rsplit("HVAGENT-GUEST-BOOTED").next().unwrap_or("");
+            return last
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("hvagent."))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest {uuid} did not report within 180 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn claims(
+    placement: &mut pb::placement_service_client::PlacementServiceClient<Channel>,
+) -> Vec<String> {
+    placement
+        .list_claims(pb::ListClaimsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .claims
+        .into_iter()
+        .map(|c| c.vm_uuid)
+        .collect()
+}
+
+#[test]
+fn v_and_c_guests_get_what_their_flavor_promises() {
+    let agent = agent();
+    let mut cleanup = Cleanup(vec![]);
+    runtime().block_on(async {
+        let (mut vms, mut images, mut placement) = clients(&agent).await;
+        import(&mut images, "testguest", &[("min_ram", "256")]).await;
+
+        let (v, c) = (uuid(1), uuid(2));
+        cleanup.0 = vec![v.clone(), c.clone()];
+        let vm = vms
+            .create(create(&v, "shared-1", "SCS-1Vi-0.5u", "testguest"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(vm.state, "running");
+        assert_eq!(vm.emulation, "tcg");
+        let cm = vms
+            .create(create(&c, "dedicated-1", "SCS-1Ci-0.5u-2", "testguest"))
+            .await
+            .unwrap()
+            .into_inner();
+        let pinned = cm.claim.as_ref().unwrap().vcpus[0].cpus.clone();
+        assert_eq!(pinned.len(), 1);
+
+        for (id, name, disk_bytes) in [(&v, "shared-1", 1u64 << 30), (&c, "dedicated-1", 2 << 30)] {
+            let r = report(&mut vms, id).await;
+            assert_eq!(r["vcpus"], "1", "{r:?}");
+            let mem: u64 = r["memory_kib"].parse().unwrap();
+            assert!(
+                (400_000..=524_288).contains(&mem),
+                "MemTotal {mem} kB for 512 MiB"
+            );
+            assert_eq!(r["root_disk_bytes"], disk_bytes.to_string());
+            assert_eq!(r["instance_id"], *id);
+            assert_eq!(r["hostname"], name);
+        }
+        // libvirt holds the claimed pin: the C guest's vCPU on exactly its CPU, the V
+        // guest's on the pool, which no longer contains that CPU.
+        let pin = virsh(&["vcpupin", &c]);
+        assert!(
+            pin.lines()
+                .any(|l| l.trim().starts_with("0") && l.trim().ends_with(&pinned[0].to_string())),
+            "{pin}"
+        );
+        let vpin = virsh(&["vcpupin", &v]);
+        assert!(
+            !vpin.contains(&format!(" {}\n", pinned[0])) || vpin.contains(','),
+            "{vpin}"
+        );
+
+        // Idempotent create; a different spec for the UUID or a taken name is refused.
+        let again = vms
+            .create(create(&v, "shared-1", "SCS-1Vi-0.5u", "testguest"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.uuid, v);
+        let other = vms
+            .create(create(&v, "shared-1", "SCS-2Vi-0.5u", "testguest"))
+            .await
+            .unwrap_err();
+        assert_eq!(other.code(), Code::AlreadyExists, "{other:?}");
+        let clash = vms
+            .create(create(&uuid(3), "shared-1", "SCS-1Vi-0.5u", "testguest"))
+            .await
+            .unwrap_err();
+        assert_eq!(clash.code(), Code::AlreadyExists);
+        assert!(
+            clash.message().starts_with("name: \"shared-1\" is taken"),
+            "{clash:?}"
+        );
+
+        // Stop (no ACPI handler in the test guest: destroyed after the timeout), start, a
+        // hard reboot: the guest boots again and reports again.
+        let stopped = vms
+            .stop(pb::StopVmRequest {
+                uuid: v.clone(),
+                force: false,
+                timeout_seconds: 2,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stopped.state, "shut off");
+        let started = vms
+            .start(pb::StartVmRequest { uuid: v.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(started.state, "running");
+        vms.reboot(pb::RebootVmRequest {
+            uuid: c.clone(),
+            hard: true,
+        })
+        .await
+        .unwrap();
+        assert_eq!(report(&mut vms, &c).await["vcpus"], "1");
+
+        // The image is in use; delete removes domain, files and claim; twice is fine.
+        let busy = images
+            .delete(pb::DeleteImageRequest {
+                name: "testguest".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(busy.code(), Code::FailedPrecondition);
+        for id in [&v, &c] {
+            let d = vms
+                .delete(pb::DeleteVmRequest { uuid: id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(d.deleted);
+            let d = vms
+                .delete(pb::DeleteVmRequest { uuid: id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(!d.deleted);
+            assert!(!agent.dir.path().join("store/vms").join(id).exists());
+            assert!(!virsh(&["list", "--all", "--uuid"]).contains(id.as_str()));
+        }
+        assert!(claims(&mut placement).await.is_empty());
+        let gone = vms
+            .get(pb::GetVmRequest { uuid: v.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound);
+    });
+}
+
+#[test]
+fn failed_creates_leave_nothing_behind() {
+    let agent = agent();
+    let mut cleanup = Cleanup(vec![]);
+    runtime().block_on(async {
+        let (mut vms, mut images, mut placement) = clients(&agent).await;
+        import(&mut images, "small", &[]).await;
+        import(
+            &mut images,
+            "needs-1g",
+            &[("min_ram", "1024"), ("min_disk", "3")],
+        )
+        .await;
+        // An image whose file vanished behind the store's back: making the overlay fails.
+        import(&mut images, "broken", &[]).await;
+        std::fs::remove_file(agent.dir.path().join("store/images/broken/image")).unwrap();
+        // A directory where the console log goes: libvirt cannot start the guest.
+        std::fs::create_dir_all(
+            agent
+                .dir
+                .path()
+                .join("store/vms")
+                .join(uuid(12))
+                .join("console.log"),
+        )
+        .unwrap();
+
+        let cases: Vec<(pb::CreateVmRequest, Code, &str)> = vec![
+            (
+                create("nope", "a", "SCS-1Vi-0.5u", "small"),
+                Code::InvalidArgument,
+                "uuid: must be a UUID",
+            ),
+            (
+                create(&uuid(10), "Bad Name", "SCS-1Vi-0.5u", "small"),
+                Code::InvalidArgument,
+                "name: must be",
+            ),
+            (
+                create(&uuid(10), "a", "SCS-1X-1", "small"),
+                Code::InvalidArgument,
+                "flavor: position 5",
+            ),
+            (
+                create(&uuid(10), "a", "SCS-1Vi-0.5u", "missing"),
+                Code::NotFound,
+                "image: image \"missing\" does not exist",
+            ),
+            (
+                create(&uuid(10), "a", "SCS-1Vi-0.5u", "needs-1g"),
+                Code::FailedPrecondition,
+                "needs at least 1024 MiB (min_ram)",
+            ),
+            (
+                create(&uuid(10), "a", "SCS-1Vi-1u-2", "needs-1g"),
+                Code::FailedPrecondition,
+                "has a 2 GB root disk; image \"needs-1g\" needs at least 3 GB",
+            ),
+            (
+                create(&uuid(10), "a", "SCS-1V-0.5", "small"),
+                Code::FailedPrecondition,
+                "flavor promises ECC memory",
+            ),
+            (
+                create(&uuid(10), "a", "SCS-64Ci-0.5u", "small"),
+                Code::ResourceExhausted,
+                "64 dedicated vCPUs need",
+            ),
+            (
+                pb::CreateVmRequest {
+                    networks: vec!["hvnosuchbr0".into()],
+                    ..create(&uuid(10), "a", "SCS-1Vi-0.5u", "small")
+                },
+                Code::NotFound,
+                "networks[0]: no bridge named \"hvnosuchbr0\" on this node",
+            ),
+            (
+                pb::CreateVmRequest {
+                    user_data: vec![b'x'; 65 * 1024],
+                    ..create(&uuid(10), "a", "SCS-1Vi-0.5u", "small")
+                },
+                Code::InvalidArgument,
+                "user_data: at most 65536 bytes",
+            ),
+            (
+                create(&uuid(11), "b", "SCS-1Vi-0.5u", "broken"),
+                Code::Internal,
+                "disk: qemu-img:",
+            ),
+            (
+                create(&uuid(12), "c", "SCS-1Vi-0.5u", "small"),
+                Code::FailedPrecondition,
+                "libvirt refused the guest:",
+            ),
+        ];
+        cleanup.0 = vec![uuid(10), uuid(11), uuid(12)];
+        for (req, code, message) in cases {
+            let id = req.uuid.clone();
+            let status = vms.create(req.clone()).await.unwrap_err();
+            assert_eq!(status.code(), code, "{req:?}: {status:?}");
+            assert!(
+                status.message().contains(message),
+                "{req:?}: {}",
+                status.message()
+            );
+            // Nothing behind: no domain, no files, no claim.
+            assert!(
+                !virsh(&["list", "--all", "--uuid"]).contains(&id),
+                "{id}: domain left"
+            );
+            assert!(
+                !agent.dir.path().join("store/vms").join(&id).exists(),
+                "{id}: files left"
+            );
+            assert!(claims(&mut placement).await.is_empty(), "{id}: claim left");
+        }
+    });
+}
