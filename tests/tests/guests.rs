@@ -409,3 +409,97 @@ fn failed_creates_leave_nothing_behind() {
         }
     });
 }
+
+/// kill -9 the agent at many instants of creates, restart it, and find every guest either
+/// whole (domain, files, claim) or gone (none of them), with placement equal to the guests.
+#[test]
+fn killed_mid_create_every_guest_is_whole_or_gone() {
+    let mut agent = Agent::configure(
+        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
+    );
+    // Orphans go at once here: the test itself waits for libvirt's defines to finish.
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        text.replace("[storage]\n", "[storage]\norphan_grace_seconds = 0\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    agent = agent.spawn();
+    let ids: Vec<String> = (20..26).map(uuid).collect();
+    let _cleanup = Cleanup(ids.clone());
+    let rt = runtime();
+    rt.block_on(async {
+        let (_, mut images, _) = clients(&agent).await;
+        import(&mut images, "testguest", &[]).await;
+    });
+    // Early instants land in validation, the claim, the overlay or the seed; the last one
+    // waits until the domain is defined (libvirt finishes a define even when the agent
+    // dies, so the restart must not race it).
+    let instants_ms = [0u64, 30, 80, 150, 300, 0];
+    for (i, (id, at)) in ids.iter().zip(instants_ms).enumerate() {
+        let mut create = Command::new(common::bin("hvctl"))
+            .arg("--socket")
+            .arg(&agent.socket)
+            .args([
+                "vm",
+                "create",
+                "--uuid",
+                id,
+                "--name",
+                &format!("crash-{i}"),
+            ])
+            .args(["--flavor", "SCS-1Vi-0.5u", "--image", "testguest"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if i + 1 == ids.len() {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !virsh(&["list", "--all", "--uuid"]).contains(id.as_str()) {
+                assert!(Instant::now() < deadline, "{id} never defined");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(at));
+        }
+        let (_, log) = agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+        let _ = create.wait();
+        if log.contains("defining the domain") {
+            // The define is in libvirt's hands: wait for it before the agent looks.
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !virsh(&["list", "--all", "--uuid"]).contains(id.as_str()) {
+                assert!(Instant::now() < deadline, "{id}: define never finished");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        agent = agent.spawn();
+        rt.block_on(async {
+            let (mut vms, _, mut placement) = clients(&agent).await;
+            let listed: Vec<String> = vms
+                .list(pb::ListVmsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .vms
+                .into_iter()
+                .map(|v| v.uuid)
+                .collect();
+            let mut claimed = claims(&mut placement).await;
+            claimed.sort();
+            assert_eq!(
+                claimed, listed,
+                "placement equals the guests after kill at {at} ms"
+            );
+            for id in &ids[..=i] {
+                let domain = virsh(&["list", "--all", "--uuid"]).contains(id.as_str());
+                let files = agent.dir.path().join("store/vms").join(id).exists();
+                let guest = listed.contains(id);
+                assert!(
+                    (domain && files && guest) || (!domain && !files && !guest),
+                    "{id}: domain {domain}, files {files}, listed {guest}"
+                );
+            }
+        });
+    }
+}

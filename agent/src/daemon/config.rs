@@ -38,6 +38,8 @@ pub struct LibvirtConfig {
 pub struct StorageConfig {
     /// Where images, disks and seeds live; created with mode 0711 if missing.
     pub root: PathBuf,
+    /// Guest files without a domain older than this are removed at start-up.
+    pub orphan_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +83,7 @@ impl Default for Config {
             },
             storage: StorageConfig {
                 root: PathBuf::from("/var/lib/hvagent"),
+                orphan_grace_seconds: 600,
             },
             metrics: MetricsConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
@@ -195,6 +198,9 @@ impl Config {
                 }
             }
             ("storage", "root") => self.storage.root = absolute_path(value)?,
+            ("storage", "orphan_grace_seconds") => {
+                self.storage.orphan_grace_seconds = integer(value, 0, 7 * 24 * 3600)?;
+            }
             ("metrics", "listen") => {
                 let s = string(value)?;
                 self.metrics.listen = s
@@ -377,6 +383,7 @@ mod tests {
             emulation = "forbid"
             [storage]
             root = "/srv/hv"
+            orphan_grace_seconds = 0
             [metrics]
             listen = "[::1]:9000"
             [log]
@@ -393,6 +400,7 @@ mod tests {
         assert_eq!(c.libvirt.uri, "test:///default");
         assert_eq!(c.libvirt.emulation, EmulationPolicy::Forbid);
         assert_eq!(c.storage.root, PathBuf::from("/srv/hv"));
+        assert_eq!(c.storage.orphan_grace_seconds, 0);
         assert_eq!(c.metrics.listen, "[::1]:9000".parse().unwrap());
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.log.level, "hvagent=debug,info");

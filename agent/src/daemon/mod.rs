@@ -61,10 +61,6 @@ pub enum DaemonError {
     Policy(#[from] crate::placement::PolicyError),
 }
 
-/// Files of a guest without a domain are removed at start-up once they are this old: a create
-/// in progress (in another agent run) is never that slow.
-const ORPHAN_GRACE: Duration = Duration::from_secs(600);
-
 /// How long open calls may run on after a stop signal.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -157,8 +153,11 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             "libvirt did not answer in time; placement is rebuilt on the first create or delete"
         ),
     }
-    if let Ok(Ok(orphans)) =
-        tokio::time::timeout(LIBVIRT_TIMEOUT, guests.remove_orphans(ORPHAN_GRACE)).await
+    if let Ok(Ok(orphans)) = tokio::time::timeout(
+        LIBVIRT_TIMEOUT,
+        guests.remove_orphans(Duration::from_secs(config.storage.orphan_grace_seconds)),
+    )
+    .await
     {
         for uuid in orphans {
             tracing::info!(vm = %uuid, "removed files of a guest that has no domain");

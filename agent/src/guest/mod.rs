@@ -596,6 +596,7 @@ impl Guests {
         let xml = domain_xml(&guest_spec).map_err(|e| GuestError::Internal(e.to_string()))?;
         let libvirt = self.libvirt.clone();
         undo.defined = true;
+        tracing::info!(vm = %uuid, "defining the domain");
         self.blocking(move || {
             libvirt.define_and_start(&xml).map_err(|e| match e {
                 DomainError::Libvirt(m) => {
