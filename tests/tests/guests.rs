@@ -166,6 +166,21 @@ fn v_and_c_guests_get_what_their_flavor_promises() {
     runtime().block_on(async {
         let (mut vms, mut images, mut placement) = clients(&agent).await;
         import(&mut images, "testguest", &[("min_ram", "256")]).await;
+        // Every lifecycle event of this agent's guests, from before the first create.
+        let mut stream = vms
+            .watch_events(pb::WatchEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<pb::VmEvent>::new()));
+        let collector = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while let Ok(Some(e)) = stream.message().await {
+                    seen.lock().unwrap().push(e);
+                }
+            }
+        });
 
         let (v, c) = (uuid(1), uuid(2));
         cleanup.0 = vec![v.clone(), c.clone()];
@@ -288,6 +303,49 @@ fn v_and_c_guests_get_what_their_flavor_promises() {
             .await
             .unwrap_err();
         assert_eq!(gone.code(), Code::NotFound);
+
+        // Events arrived in order; the reset of the C guest is a reboot, not a stop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        collector.abort();
+        let seen = seen.lock().unwrap().clone();
+        // (QEMU may report a reset twice: the one asked for and the firmware's own.)
+        let kinds = |id: &str| -> Vec<String> {
+            let mut out: Vec<String> = seen
+                .iter()
+                .filter(|e| e.uuid == id)
+                .filter(|e| {
+                    ["defined", "started", "stopped", "undefined", "rebooted"]
+                        .contains(&e.kind.as_str())
+                })
+                .map(|e| format!("{}/{}", e.kind, e.detail))
+                .collect();
+            out.dedup_by(|a, b| a == b && a.as_str() == "rebooted/reset");
+            out
+        };
+        assert_eq!(
+            kinds(&v),
+            [
+                "defined/added",
+                "started/booted",
+                "stopped/destroyed",
+                "started/booted",
+                "stopped/destroyed",
+                "undefined/removed"
+            ],
+            "{seen:?}"
+        );
+        assert_eq!(
+            kinds(&c),
+            [
+                "defined/added",
+                "started/booted",
+                "rebooted/reset",
+                "stopped/destroyed",
+                "undefined/removed"
+            ],
+            "{seen:?}"
+        );
+        assert!(seen.windows(2).all(|w| w[0].unix_ms <= w[1].unix_ms));
     });
 }
 

@@ -184,6 +184,75 @@ impl VmApi {
 
 #[tonic::async_trait]
 impl pb::vm_service_server::VmService for VmApi {
+    type WatchEventsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::VmEvent, Status>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let only = request.into_inner().uuid.to_ascii_lowercase();
+        if !only.is_empty() && !crate::placement::allocator::is_uuid(&only) {
+            return Err(Status::invalid_argument(
+                "uuid: must be a UUID (8-4-4-4-12 hex digits) or empty",
+            ));
+        }
+        // Subscribed before answering: every event after the call returns is seen.
+        let mut events = self.guests.subscribe();
+        let guests = self.guests.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut own: std::collections::BTreeSet<String> = guests
+                .list()
+                .await
+                .map(|(gs, _)| gs.into_iter().map(|g| g.uuid).collect())
+                .unwrap_or_default();
+            loop {
+                let event = match events.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let lost = pb::VmEvent {
+                            kind: "lost".into(),
+                            detail: format!("{n} events"),
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(lost)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let wanted = if only.is_empty() {
+                    own.contains(&event.uuid) || {
+                        let mine = guests.is_own(&event.uuid).await;
+                        if mine {
+                            own.insert(event.uuid.clone());
+                        }
+                        mine
+                    }
+                } else {
+                    event.uuid == only
+                };
+                if !wanted {
+                    continue;
+                }
+                let out = pb::VmEvent {
+                    uuid: event.uuid,
+                    name: event.name,
+                    kind: event.kind.into(),
+                    detail: event.detail.into(),
+                    unix_ms: event.unix_ms,
+                };
+                if tx.send(Ok(out)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn create(
         &self,
         request: Request<pb::CreateVmRequest>,

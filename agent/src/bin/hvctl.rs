@@ -169,6 +169,12 @@ enum VmCommand {
     Delete {
         guest: String,
     },
+    /// Follow lifecycle events (one line each, or one JSON object per line with --output
+    /// json) until interrupted.
+    Events {
+        /// Only this guest (name or UUID); default: every guest.
+        guest: Option<String>,
+    },
     /// The end of the guest's serial console log.
     Console {
         guest: String,
@@ -409,7 +415,13 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
             Ok(uuid) => uuid,
             Err(status) => return fail(socket, &status),
         },
-        VmCommand::Create { .. } | VmCommand::List => String::new(),
+        VmCommand::Events { guest: Some(guest) } => match resolve(vms, guest).await {
+            Ok(uuid) => uuid,
+            Err(status) => return fail(socket, &status),
+        },
+        VmCommand::Create { .. } | VmCommand::List | VmCommand::Events { guest: None } => {
+            String::new()
+        }
     };
     match command {
         VmCommand::Create {
@@ -516,6 +528,28 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
                 .into()
             },
         ),
+        VmCommand::Events { .. } => {
+            let mut stream = match vms
+                .watch_events(pb::WatchEventsRequest { uuid: guest })
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                Err(status) => return fail(socket, &status),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(e)) => {
+                        let line = match output {
+                            Output::Json => serde_json::to_string(&e).unwrap_or_default(),
+                            Output::Table => render::event(&e),
+                        };
+                        println!("{line}");
+                    }
+                    Ok(None) => return ExitCode::SUCCESS,
+                    Err(status) => return fail(socket, &status),
+                }
+            }
+        }
         VmCommand::Console { bytes, .. } => {
             match vms
                 .get_console_log(pb::GetConsoleLogRequest {

@@ -734,6 +734,14 @@ pub fn vms(list: &[pb::Vm]) -> String {
     t.render()
 }
 
+/// One event line: `<unix ms> <uuid> <name> <kind>/<detail>`.
+pub fn event(e: &pb::VmEvent) -> String {
+    format!(
+        "{} {} {} {}/{}",
+        e.unix_ms, e.uuid, e.name, e.kind, e.detail
+    )
+}
+
 /// `hvctl vm list`: the guests, then any domain whose metadata cannot be read.
 pub fn vm_list(l: &pb::ListVmsResponse) -> String {
     let mut out = vms(&l.vms);

@@ -61,6 +61,9 @@ pub enum DaemonError {
     Policy(#[from] crate::placement::PolicyError),
 }
 
+/// How often the libvirt connection is checked and, if lost, reopened.
+const CONNECTION_CHECK: Duration = Duration::from_secs(2);
+
 /// How long open calls may run on after a stop signal.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -163,6 +166,21 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             tracing::info!(vm = %uuid, "removed files of a guest that has no domain");
         }
     }
+    // Keeps the libvirt connection (and with it the event callbacks) alive: a libvirtd that
+    // restarts is reconnected within CONNECTION_CHECK, and the callbacks registered again.
+    let connection_task = tokio::spawn({
+        let libvirt = libvirt.clone();
+        async move {
+            let mut tick = tokio::time::interval(CONNECTION_CHECK);
+            loop {
+                tick.tick().await;
+                let libvirt = libvirt.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || libvirt.conn()).await {
+                    tracing::debug!(error = %e, "libvirt unreachable; trying again");
+                }
+            }
+        }
+    });
     let expiry_task = tokio::spawn({
         let placement = placement.clone();
         async move {
@@ -275,6 +293,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     }
     metrics_task.abort();
     expiry_task.abort();
+    connection_task.abort();
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())

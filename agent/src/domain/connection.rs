@@ -5,6 +5,7 @@ use std::sync::{Mutex, Once};
 
 use virt::connect::Connect;
 
+use super::events::{self, DomainEvent};
 use crate::host::LibvirtFacts;
 
 static EVENT_LOOP: Once = Once::new();
@@ -38,6 +39,8 @@ fn start_event_loop() {
 pub struct Libvirt {
     uri: String,
     state: Mutex<State>,
+    /// Lifecycle events of every domain, from callbacks registered on each new connection.
+    events: tokio::sync::broadcast::Sender<DomainEvent>,
 }
 
 #[derive(Default)]
@@ -53,7 +56,22 @@ impl Libvirt {
         Self {
             uri: uri.to_string(),
             state: Mutex::new(State::default()),
+            events: tokio::sync::broadcast::channel(events::CAPACITY).0,
         }
+    }
+
+    /// A receiver of every domain event from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DomainEvent> {
+        self.events.subscribe()
+    }
+
+    /// Opens a connection with the event callbacks on it.
+    fn open(&self) -> Result<Connect, virt::error::Error> {
+        let conn = Connect::open(Some(&self.uri))?;
+        if let Err(e) = events::register(&conn, &self.events) {
+            tracing::warn!(error = %e, "domain events unavailable on this connection");
+        }
+        Ok(conn)
     }
 
     pub fn uri(&self) -> &str {
@@ -63,60 +81,58 @@ impl Libvirt {
     /// Versions and domain types, asked once per connection. When libvirt cannot be reached
     /// the facts say why, and the next call tries again.
     pub fn facts(&self) -> LibvirtFacts {
-        let mut state = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
+        let failed = |e: virt::error::Error| LibvirtFacts {
+            uri: self.uri.clone(),
+            error: format!("cannot use {}: {e}", self.uri),
+            ..Default::default()
         };
-        let alive = state
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.is_alive().unwrap_or(false));
-        if alive && let Some(facts) = &state.facts {
-            return facts.clone();
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return failed(e),
+        };
+        if let Some(facts) = self.lock().facts.clone() {
+            return facts;
         }
-        state.conn = None;
-        state.facts = None;
-        match self.ask() {
-            Ok((conn, facts)) => {
-                state.conn = Some(conn);
-                state.facts = Some(facts.clone());
+        // Asked without holding the lock: capabilities can take seconds on some hosts, and
+        // guest operations must not wait for them.
+        match self.ask(&conn) {
+            Ok(facts) => {
+                self.lock().facts = Some(facts.clone());
                 facts
             }
-            Err(e) => LibvirtFacts {
-                uri: self.uri.clone(),
-                error: format!("cannot use {}: {e}", self.uri),
-                ..Default::default()
-            },
+            Err(e) => failed(e),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The live connection, opened (or reopened after libvirtd went away) on demand.
     pub fn conn(&self) -> Result<Connect, virt::error::Error> {
-        let mut state = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut state = self.lock();
         if let Some(conn) = &state.conn
             && conn.is_alive().unwrap_or(false)
         {
             return Ok(conn.clone());
         }
+        if state.conn.take().is_some() {
+            tracing::warn!(uri = %self.uri, "libvirt connection lost; reconnecting");
+        }
         state.facts = None;
-        let conn = Connect::open(Some(&self.uri))?;
+        let conn = self.open()?;
         state.conn = Some(conn.clone());
         Ok(conn)
     }
 
-    fn ask(&self) -> Result<(Connect, LibvirtFacts), virt::error::Error> {
-        let conn = Connect::open(Some(&self.uri))?;
-        let facts = LibvirtFacts {
+    fn ask(&self, conn: &Connect) -> Result<LibvirtFacts, virt::error::Error> {
+        Ok(LibvirtFacts {
             uri: self.uri.clone(),
             libvirt_version: version_string(conn.lib_version()?),
             qemu_version: version_string(conn.hyp_version()?),
             domain_types: domain_types(&conn.capabilities()?),
             error: String::new(),
-        };
-        Ok((conn, facts))
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! libvirt: the connection and what libvirt says about the hypervisor.
 
 pub mod connection;
+pub mod events;
 pub mod guests;
 pub mod xml;
 

@@ -386,6 +386,20 @@ impl Guests {
         Ok((guests, unreadable))
     }
 
+    /// Whether `uuid` is one of this agent's guests now.
+    pub async fn is_own(&self, uuid: &str) -> bool {
+        self.domains()
+            .await
+            .is_ok_and(|ds| ds.iter().any(|d| d.uuid == uuid && d.intent.is_ok()))
+    }
+
+    /// Domain events as libvirt reports them, from now on.
+    pub fn subscribe(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<crate::domain::events::DomainEvent> {
+        self.libvirt.subscribe()
+    }
+
     /// Guests using `image`.
     pub async fn users_of(&self, image: &str) -> Result<Vec<String>, GuestError> {
         Ok(self
