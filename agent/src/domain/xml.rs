@@ -407,18 +407,22 @@ struct TypeAttr {
     kind: &'static str,
 }
 
+/// A pty serial console whose output virtlogd writes to a file: virtlogd rotates it at its
+/// `max_size` (2 MiB by default, 3 backups), so a chatty guest cannot fill the disk.
 #[derive(Serialize)]
 struct Serial {
     #[serde(rename = "@type")]
     kind: &'static str,
-    source: PathSource,
     target: SerialTarget,
+    log: Log,
 }
 
 #[derive(Serialize)]
-struct PathSource {
-    #[serde(rename = "@path")]
-    path: String,
+struct Log {
+    #[serde(rename = "@file")]
+    file: String,
+    #[serde(rename = "@append")]
+    append: &'static str,
 }
 
 #[derive(Serialize)]
@@ -431,7 +435,6 @@ struct SerialTarget {
 struct Console {
     #[serde(rename = "@type")]
     kind: &'static str,
-    source: PathSource,
     target: ConsoleTarget,
 }
 
@@ -631,17 +634,15 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
                 })
                 .collect(),
             serial: Serial {
-                kind: "file",
-                source: PathSource {
-                    path: spec.console_log.display().to_string(),
-                },
+                kind: "pty",
                 target: SerialTarget { port: 0 },
+                log: Log {
+                    file: spec.console_log.display().to_string(),
+                    append: "on",
+                },
             },
             console: Console {
-                kind: "file",
-                source: PathSource {
-                    path: spec.console_log.display().to_string(),
-                },
+                kind: "pty",
                 target: ConsoleTarget {
                     kind: "serial",
                     port: 0,
@@ -821,7 +822,7 @@ mod tests {
             "<target dev=\"vda\" bus=\"virtio\"/>",
             "<target dev=\"vdb\" bus=\"virtio\"/><readonly/>",
             "<interface type=\"bridge\"><source bridge=\"br0\"/><model type=\"virtio\"/></interface>",
-            "<serial type=\"file\"><source path=\"/var/lib/hvagent/vms/x/console.log\"/><target port=\"0\"/></serial>",
+            "<serial type=\"pty\"><target port=\"0\"/><log file=\"/var/lib/hvagent/vms/x/console.log\" append=\"on\"/></serial><console type=\"pty\"><target type=\"serial\" port=\"0\"/></console>",
             "<rng model=\"virtio\"><backend model=\"random\">/dev/urandom</backend></rng>",
             "<hvagent:vm xmlns:hvagent=\"https://scs.community/ns/hvagent/vm/1\"><hvagent:intent>",
         ] {
