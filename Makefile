@@ -56,10 +56,11 @@ packages:
 libvirtd:
 	@pgrep -x virtlogd >/dev/null || virtlogd -d
 	@if ! mountpoint -q /dev/hugepages; then \
-	  mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages && \
-	  if pkill -x libvirtd; then \
-	    for i in $$(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.2; done; \
-	  fi; \
+	  if mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages; then \
+	    if pkill -x libvirtd; then \
+	      for i in $$(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.2; done; \
+	    fi; \
+	  else echo "warning: cannot mount hugetlbfs on /dev/hugepages: hugepage-backed guests will not start" >&2; fi; \
 	fi
 	@if ! pgrep -x libvirtd >/dev/null; then rm -f /run/libvirtd.pid; libvirtd -d; fi
 	@for i in $$(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && exit 0; sleep 0.2; done; \

@@ -9,6 +9,15 @@ use common::{Agent, tool};
 use serde_json::Value;
 
 /// lscpu -J nests fields ("children"); flatten them into "Field:" → data.
+/// libvirtd on these machines re-probes QEMU (about 8 s) for every capabilities call and does
+/// one at a time: four agents asking at once would wait longer than the agent's libvirt
+/// timeout. One test at a time asks.
+static LIBVIRT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    LIBVIRT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn lscpu() -> BTreeMap<String, String> {
     fn walk(items: &[Value], out: &mut BTreeMap<String, String>) {
         for item in items {
@@ -51,6 +60,7 @@ fn attr<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn cpu_agrees_with_lscpu() {
+    let _turn = one_at_a_time();
     let agent = Agent::start("");
     let inv = agent.inventory_json();
     let cpu = &inv["cpu"];
@@ -96,6 +106,7 @@ fn cpu_agrees_with_lscpu() {
 
 #[test]
 fn numa_agrees_with_numactl_and_meminfo() {
+    let _turn = one_at_a_time();
     let agent = Agent::start("");
     // Some kernels (this development VM among them) initialise node memory lazily, so node
     // sizes may grow between two reads: ours must lie between numactl's before and after.
@@ -170,6 +181,7 @@ fn numa_agrees_with_numactl_and_meminfo() {
 
 #[test]
 fn topology_and_versions_agree_with_libvirt() {
+    let _turn = one_at_a_time();
     let agent = Agent::start("");
     let inv = agent.inventory_json();
     let caps = tool("virsh", &["-c", "qemu:///system", "capabilities"]);
@@ -276,6 +288,7 @@ fn topology_and_versions_agree_with_libvirt() {
 fn kvm_verdict_matches_a_real_trial() {
     // The agent's verdict must match what actually happens: a usable verdict only where a KVM
     // guest really runs fast; where /dev/kvm is missing, "absent".
+    let _turn = one_at_a_time();
     let agent = Agent::start("");
     let hv = agent.inventory_json()["hypervisor"].clone();
     let kvm = hv["kvm"].as_str().unwrap();

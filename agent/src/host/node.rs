@@ -11,8 +11,9 @@ use super::{ExternalFacts, Inventory, KvmVerdict, LibvirtFacts, kvm};
 use crate::domain::Libvirt;
 
 /// How long one inventory call waits for libvirt. On some hosts libvirtd re-probes QEMU on
-/// every capabilities call (about 12 s on the development machines), so this is generous.
-pub const LIBVIRT_TIMEOUT: Duration = Duration::from_secs(30);
+/// every capabilities call (about 8-12 s on the development machines) and does one at a time,
+/// so with a few clients asking at once an answer can take half a minute.
+pub const LIBVIRT_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Node {
     pub sysfs_root: PathBuf,
