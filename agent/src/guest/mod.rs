@@ -884,3 +884,138 @@ fn tail(path: &Path, max: u64) -> Result<(Vec<u8>, u64), GuestError> {
         .map_err(|e| GuestError::Internal(e.to_string()))?;
     Ok((data, total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(virtual_gib: u64, min_disk: &str, min_ram: &str) -> ImageRecord {
+        ImageRecord {
+            name: "img".into(),
+            format: "qcow2".into(),
+            virtual_size_bytes: virtual_gib * GIB + 1,
+            file_bytes: 1,
+            sha256: String::new(),
+            properties: [
+                ("min_disk".to_string(), min_disk.to_string()),
+                ("min_ram".to_string(), min_ram.to_string()),
+            ]
+            .into(),
+            created_unix: 0,
+        }
+    }
+
+    fn spec(name: &str) -> FlavorSpec {
+        flavor::parse(name).unwrap().spec
+    }
+
+    #[test]
+    fn root_disk_comes_from_the_flavor_or_the_image() {
+        // 2 GiB + 1 byte of virtual size rounds up to 3 GiB.
+        assert_eq!(
+            root_disk_bytes(&spec("SCS-1V-1-10"), &image(2, "0", "0")).unwrap(),
+            10 * GIB
+        );
+        assert_eq!(
+            root_disk_bytes(&spec("SCS-1V-1"), &image(2, "0", "0")).unwrap(),
+            3 * GIB
+        );
+        assert_eq!(
+            root_disk_bytes(&spec("SCS-1V-1"), &image(0, "5", "0")).unwrap(),
+            5 * GIB
+        );
+        let e = root_disk_bytes(&spec("SCS-1V-1-2"), &image(0, "5", "0")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "flavor SCS-1V-1-2 has a 2 GB root disk; image \"img\" needs at least 5 GB (min_disk 5, virtual size 1 bytes)"
+        );
+        assert!(matches!(
+            root_disk_bytes(&spec("SCS-1V-1-2"), &image(2, "0", "0")),
+            Err(GuestError::Precondition(_))
+        ));
+    }
+
+    #[test]
+    fn ram_must_cover_min_ram() {
+        assert!(check_ram(&spec("SCS-1V-1"), &image(1, "0", "1024")).is_ok());
+        let e = check_ram(&spec("SCS-1V-0.5"), &image(1, "0", "1024")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "flavor SCS-1V-0.5 has 512 MiB of RAM; image \"img\" needs at least 1024 MiB (min_ram)"
+        );
+    }
+
+    #[test]
+    fn requests_are_validated_field_by_field() {
+        let ok = CreateRequest {
+            uuid: "00000000-0000-4000-8000-000000000001".into(),
+            name: "web".into(),
+            flavor: "SCS-1V-1".into(),
+            image: "img".into(),
+            ..Default::default()
+        };
+        assert!(validate(&ok).is_ok());
+        let err = |r: CreateRequest| validate(&r).unwrap_err().to_string();
+        assert_eq!(
+            err(CreateRequest {
+                ssh_keys: vec!["a\nb".into()],
+                ..ok.clone()
+            }),
+            "ssh_keys: at most 32 keys, each one line of 1-8192 characters"
+        );
+        assert_eq!(
+            err(CreateRequest {
+                networks: vec!["x; rm".into()],
+                ..ok.clone()
+            }),
+            "networks[0]: must be an interface name of 1-15 characters of A-Z a-z 0-9 _ . -"
+        );
+        assert_eq!(
+            err(CreateRequest {
+                reservation: "a b".into(),
+                ..ok.clone()
+            }),
+            "reservation: must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+        );
+        assert_eq!(
+            err(CreateRequest {
+                image: "../etc".into(),
+                ..ok.clone()
+            }),
+            "image: must be 1-64 characters of a-z 0-9 . _ -, starting with a letter or digit"
+        );
+        assert_eq!(
+            err(CreateRequest {
+                metadata: [("".to_string(), "v".to_string())].into(),
+                ..ok
+            }),
+            "metadata: at most 64 entries, keys 1-255 and values 0-1024 characters"
+        );
+    }
+
+    #[test]
+    fn emulation_follows_kvm_and_policy() {
+        assert_eq!(
+            choose_emulation(true, EmulationPolicy::Forbid),
+            Some(Emulation::Kvm)
+        );
+        assert_eq!(
+            choose_emulation(false, EmulationPolicy::Allow),
+            Some(Emulation::Tcg)
+        );
+        assert_eq!(choose_emulation(false, EmulationPolicy::Forbid), None);
+    }
+
+    #[test]
+    fn console_tail_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        assert_eq!(tail(&path, 10).unwrap(), (vec![], 0));
+        std::fs::write(&path, b"0123456789abcdef").unwrap();
+        assert_eq!(tail(&path, 4).unwrap(), (b"cdef".to_vec(), 16));
+        assert_eq!(
+            tail(&path, 100).unwrap(),
+            (b"0123456789abcdef".to_vec(), 16)
+        );
+    }
+}
