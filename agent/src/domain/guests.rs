@@ -46,6 +46,16 @@ pub fn state_name(state: &Enum<DomainState, sys::virDomainState>) -> &'static st
     }
 }
 
+/// libvirt's CPU bitmap: bit `n % 8` of byte `n / 8` for CPU `n`.
+fn cpumap(cpus: &[u32]) -> Vec<u8> {
+    let len = cpus.iter().max().map_or(1, |m| *m as usize / 8 + 1);
+    let mut map = vec![0u8; len];
+    for &c in cpus {
+        map[c as usize / 8] |= 1 << (c % 8);
+    }
+    map
+}
+
 impl Libvirt {
     fn domain(&self, uuid: &str) -> Result<Domain, DomainError> {
         let conn = self
@@ -115,6 +125,29 @@ impl Libvirt {
         Ok(true)
     }
 
+    /// Re-pins vCPUs (and the emulator threads, when given) of a domain, live when it runs
+    /// and in its definition for the next start.
+    pub fn repin(
+        &self,
+        uuid: &str,
+        vcpus: &[Vec<u32>],
+        emulator: Option<&[u32]>,
+    ) -> Result<(), DomainError> {
+        let d = self.domain(uuid)?;
+        let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+        if d.is_active().map_err(failed)? {
+            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+        }
+        for (vcpu, cpus) in vcpus.iter().enumerate() {
+            d.pin_vcpu_flags(vcpu as u32, &cpumap(cpus), flags)
+                .map_err(failed)?;
+        }
+        if let Some(cpus) = emulator {
+            d.pin_emulator(&cpumap(cpus), flags).map_err(failed)?;
+        }
+        Ok(())
+    }
+
     pub fn state(&self, uuid: &str) -> Result<&'static str, DomainError> {
         let info = self.domain(uuid)?.info().map_err(failed)?;
         Ok(state_name(&info.state))
@@ -144,5 +177,14 @@ impl Libvirt {
         }
         out.sort_by(|a, b| a.uuid.cmp(&b.uuid));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpumaps() {
+        assert_eq!(super::cpumap(&[0, 1, 9]), vec![0b11, 0b10]);
+        assert_eq!(super::cpumap(&[]), vec![0]);
     }
 }

@@ -621,6 +621,10 @@ impl Guests {
         })
         .await?;
         tracing::info!(vm = %uuid, name = %req.name, flavor = %intent.flavor, "created");
+        if intent.claim.dedicated_cpus().next().is_some() {
+            // The shared pool just lost CPUs: floating guests must leave them.
+            self.repin_floating().await;
+        }
         Ok(Guest {
             uuid: uuid.to_string(),
             state: "running",
@@ -708,7 +712,12 @@ impl Guests {
                 Ok((had_domain, had_files))
             })
             .await?;
-        let had_claim = self.placement.lock().release(&uuid).is_ok();
+        let released = self.placement.lock().release(&uuid).ok();
+        let had_claim = released.is_some();
+        if released.is_some_and(|c| c.dedicated_cpus().next().is_some()) {
+            // The shared pool got CPUs back: floating guests may use them again.
+            self.repin_floating().await;
+        }
         if had_domain || had_files || had_claim {
             tracing::info!(vm = %uuid, "deleted");
         }
@@ -733,6 +742,41 @@ impl Guests {
             max_bytes
         };
         self.blocking(move || tail(&path, want)).await
+    }
+
+    /// Pins every floating (`V`/`L`) guest to the shared pool as it is now, live and in its
+    /// definition. Failures are logged: the guest keeps running on its old pins.
+    async fn repin_floating(&self) {
+        let Ok(domains) = self.domains().await else {
+            return;
+        };
+        // (guest, CPUs per vCPU, emulator CPUs when they follow the pool)
+        type Pins = (String, Vec<Vec<u32>>, Option<Vec<u32>>);
+        let pins: Vec<Pins> = {
+            let alloc = self.placement.lock();
+            domains
+                .into_iter()
+                .filter_map(|d| d.intent.ok().map(|i| (d.uuid, i.claim)))
+                .filter(|(_, c)| c.dedicated_cpus().next().is_none())
+                .map(|(uuid, c)| {
+                    let emulator = (c.emulator == crate::placement::claim::Emulator::Pool)
+                        .then(|| alloc.emulator_cpus(&c));
+                    (uuid, alloc.vcpu_cpus(&c), emulator)
+                })
+                .collect()
+        };
+        let libvirt = self.libvirt.clone();
+        let _ = self
+            .blocking(move || {
+                for (uuid, vcpus, emulator) in pins {
+                    match libvirt.repin(&uuid, &vcpus, emulator.as_deref()) {
+                        Ok(()) => tracing::info!(vm = %uuid, "re-pinned to the shared pool"),
+                        Err(e) => tracing::warn!(vm = %uuid, error = %e, "cannot re-pin to the shared pool"),
+                    }
+                }
+                Ok(())
+            })
+            .await;
     }
 
     /// Placement as the guests' stored claims say, at start-up. Conflicting claims are left
