@@ -19,17 +19,20 @@ impl FlavorApi {
 /// Longest name accepted; real names are well under 100 characters.
 pub const MAX_NAME_CHARS: usize = 256;
 
-/// Parses the `name` field, or the INVALID_ARGUMENT that names the field and rule.
-fn parse_name(name: &str) -> Result<flavor::Parsed, Status> {
+/// Parses the flavor name in request field `field`, or the INVALID_ARGUMENT that names the
+/// field and rule.
+pub fn parse_name(field: &str, name: &str) -> Result<flavor::Parsed, Status> {
     if name.is_empty() {
-        return Err(Status::invalid_argument("name: must not be empty"));
+        return Err(Status::invalid_argument(format!(
+            "{field}: must not be empty"
+        )));
     }
     if name.chars().count() > MAX_NAME_CHARS {
         return Err(Status::invalid_argument(format!(
-            "name: at most {MAX_NAME_CHARS} characters"
+            "{field}: at most {MAX_NAME_CHARS} characters"
         )));
     }
-    flavor::parse(name).map_err(|e| Status::invalid_argument(format!("name: {e}")))
+    flavor::parse(name).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
 pub fn to_proto(view: FlavorView) -> pb::Flavor {
@@ -80,7 +83,7 @@ impl pb::flavor_service_server::FlavorService for FlavorApi {
         request: Request<pb::ParseFlavorRequest>,
     ) -> Result<Response<pb::ParseFlavorResponse>, Status> {
         let req = request.into_inner();
-        let parsed = parse_name(&req.name)?;
+        let parsed = parse_name("name", &req.name)?;
         let given: BTreeMap<String, String> = req.extra_specs;
         let contradictions = extra_specs::check(&parsed.spec, &given)
             .iter()
@@ -97,7 +100,7 @@ impl pb::flavor_service_server::FlavorService for FlavorApi {
         &self,
         request: Request<pb::ExplainFlavorRequest>,
     ) -> Result<Response<pb::ExplainFlavorResponse>, Status> {
-        let parsed = parse_name(&request.into_inner().name)?;
+        let parsed = parse_name("name", &request.into_inner().name)?;
         let promises = explain::explain(&parsed.spec)
             .into_iter()
             .map(|p| pb::FlavorPromise {

@@ -7,7 +7,7 @@ use hvagent_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::placement::{claim_to_proto, status as refusal_status};
-use crate::guest::{CreateRequest, Guest, GuestError, Guests};
+use crate::guest::{CreateRequest, Guest, GuestError, Guests, now_unix};
 use crate::placement::PlacementState;
 use crate::storage::ImageRecord;
 
@@ -21,12 +21,6 @@ fn status(e: GuestError) -> Status {
         GuestError::Unavailable(m) => Status::unavailable(m),
         GuestError::Internal(m) => Status::internal(m),
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn image_to_proto(r: ImageRecord, used_by: Vec<String>) -> pb::Image {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use hvagent_proto::v1 as pb;
 use tonic::{Code, Request, Response, Status};
 
+use super::flavor::parse_name;
 use crate::flavor::{self, catalog};
 use crate::placement::allocator::is_uuid;
 use crate::placement::{Allocator, Claim, ClaimRequest, PlacementState, Refusal, RefusalKind};
@@ -26,24 +27,6 @@ pub fn status(r: Refusal) -> Status {
         RefusalKind::NotFound => Code::NotFound,
     };
     Status::new(code, r.message)
-}
-
-/// Parses the flavor in `field`, or the INVALID_ARGUMENT that names the field and the rule.
-fn parse_flavor(field: &str, name: &str) -> Result<flavor::FlavorSpec, Status> {
-    if name.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must not be empty"
-        )));
-    }
-    if name.chars().count() > crate::api::flavor::MAX_NAME_CHARS {
-        return Err(Status::invalid_argument(format!(
-            "{field}: at most {} characters",
-            crate::api::flavor::MAX_NAME_CHARS
-        )));
-    }
-    flavor::parse(name)
-        .map(|p| p.spec)
-        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
 pub fn claim_to_proto(alloc: &Allocator, claim: &Claim, now_ms: u64) -> pb::Claim {
@@ -111,7 +94,7 @@ impl pb::placement_service_server::PlacementService for PlacementApi {
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
         let r = request.into_inner();
-        let spec = parse_flavor("flavor", &r.flavor)?;
+        let spec = parse_name("flavor", &r.flavor)?.spec;
         let req = ClaimRequest {
             vm_uuid: r.vm_uuid,
             request_id: r.request_id,
@@ -187,7 +170,7 @@ pub fn capacity(
             .flavors
             .iter()
             .enumerate()
-            .map(|(i, n)| parse_flavor(&format!("flavors[{i}]"), n).map(|s| (n.clone(), s)))
+            .map(|(i, n)| parse_name(&format!("flavors[{i}]"), n).map(|p| (n.clone(), p.spec)))
             .collect::<Result<_, _>>()?
     };
     let now = state.now_ms();

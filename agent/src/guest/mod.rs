@@ -120,7 +120,8 @@ pub fn choose_emulation(kvm_usable: bool, policy: EmulationPolicy) -> Option<Emu
     }
 }
 
-fn now_unix() -> u64 {
+/// Seconds since the Unix epoch, as records and intents store creation times.
+pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -525,6 +526,7 @@ impl Guests {
                     .collect()
             })
             .unwrap_or_default();
+        let extra_paths: Vec<PathBuf> = extra.iter().map(|(p, _)| p.clone()).collect();
         let meta = MetaData {
             instance_id: uuid.to_string(),
             local_hostname: req.name.clone(),
@@ -565,7 +567,7 @@ impl Guests {
             format: "qcow2",
             readonly: false,
         }];
-        disks_xml.extend(extra_paths(spec, &files).into_iter().map(|path| DiskSpec {
+        disks_xml.extend(extra_paths.into_iter().map(|path| DiskSpec {
             path,
             format: "qcow2",
             readonly: false,
@@ -879,12 +881,6 @@ fn bind_reservation(
         )));
     }
     Ok(claim)
-}
-
-fn extra_paths(spec: &FlavorSpec, files: &GuestFiles) -> Vec<PathBuf> {
-    spec.disk
-        .map(|d| (1..d.count).map(|i| files.extra_disk(i)).collect())
-        .unwrap_or_default()
 }
 
 fn checked_uuid(uuid: &str) -> Result<String, GuestError> {

@@ -103,36 +103,32 @@ pub fn overlay(
     base_format: &str,
     size_bytes: u64,
 ) -> Result<(), DiskError> {
-    run(
-        "qemu-img",
-        &[
-            "create".as_ref(),
-            "-q".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-b".as_ref(),
-            base.as_os_str(),
-            "-F".as_ref(),
-            base_format.as_ref(),
-            path.as_os_str(),
-            size_bytes.to_string().as_ref(),
-        ],
-    )
+    qcow2(path, Some((base, base_format)), size_bytes)
 }
 
 /// An empty qcow2 disk of `size_bytes`.
 pub fn blank(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
-    run(
-        "qemu-img",
-        &[
-            "create".as_ref(),
-            "-q".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            path.as_os_str(),
-            size_bytes.to_string().as_ref(),
-        ],
-    )
+    qcow2(path, None, size_bytes)
+}
+
+fn qcow2(path: &Path, backing: Option<(&Path, &str)>, size_bytes: u64) -> Result<(), DiskError> {
+    let size = size_bytes.to_string();
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+    ];
+    if let Some((base, format)) = backing {
+        args.extend([
+            "-b".as_ref(),
+            base.as_os_str(),
+            "-F".as_ref(),
+            format.as_ref(),
+        ]);
+    }
+    args.extend([path.as_os_str(), size.as_ref()]);
+    run("qemu-img", &args)
 }
 
 /// NoCloud `meta-data`.
