@@ -226,8 +226,8 @@ fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
         return invalid("metadata: at most 64 entries, keys 1-255 and values 0-1024 characters");
     }
     if !req.reservation.is_empty() {
-        check_request_id(&req.reservation)
-            .map_err(|r| GuestError::Invalid(r.message.replacen("request_id", "reservation", 1)))?;
+        check_request_id("reservation", &req.reservation)
+            .map_err(|r| GuestError::Invalid(r.message))?;
     }
     Ok(spec)
 }

@@ -53,7 +53,8 @@ pub fn is_uuid(s: &str) -> bool {
         })
 }
 
-pub fn check_request_id(id: &str) -> Result<(), Refusal> {
+/// A request id in request field `field`.
+pub fn check_request_id(field: &str, id: &str) -> Result<(), Refusal> {
     let ok = (1..=128).contains(&id.len())
         && id
             .bytes()
@@ -62,7 +63,7 @@ pub fn check_request_id(id: &str) -> Result<(), Refusal> {
         Ok(())
     } else {
         Err(invalid(
-            "request_id",
+            field,
             "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
         ))
     }
@@ -147,7 +148,7 @@ impl Allocator {
         if !is_uuid(&req.vm_uuid) {
             return Err(invalid("vm_uuid", "must be a UUID (8-4-4-4-12 hex digits)"));
         }
-        check_request_id(&req.request_id)?;
+        check_request_id("request_id", &req.request_id)?;
         self.expire(now_ms);
         let vm_uuid = req.vm_uuid.to_ascii_lowercase();
         let key = ClaimRequest {
