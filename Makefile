@@ -53,7 +53,11 @@ packages:
 
 # No systemd on the build machines: start the daemons by hand when they are not running.
 # libvirtd finds hugetlbfs mounts when it starts: mount first, restart one that started without.
+# /dev/kvm as udev leaves it on Debian (0660 root:kvm): without udev it is 0600 root, and then
+# libvirtd's capability cache (probed with KVM) never matches "KVM not accessible to the qemu
+# user", so libvirtd re-probes QEMU on every define/create/capabilities call (seconds each).
 libvirtd:
+	@if [ -c /dev/kvm ] && getent group kvm >/dev/null; then chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; fi
 	@pgrep -x virtlogd >/dev/null || virtlogd -d
 	@if ! mountpoint -q /dev/hugepages; then \
 	  if mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages; then \
