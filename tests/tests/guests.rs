@@ -1,7 +1,6 @@
 //! Guests end to end: the real agent creates real QEMU guests (TCG here) through the real
 //! libvirtd from the test guest image, and the guest's own console says what it got.
-//! Creates are slow on these machines (libvirtd re-probes QEMU for every domain it defines,
-//! about 50 s), so each test makes as few guests as it can.
+//! Guests boot under TCG on 2 CPUs, so each test makes as few of them as it can.
 
 mod common;
 
@@ -495,7 +494,7 @@ fn killed_mid_create_every_guest_is_whole_or_gone() {
     .unwrap();
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     agent = agent.spawn();
-    let ids: Vec<String> = (20..26).map(uuid).collect();
+    let ids: Vec<String> = (20..30).map(uuid).collect();
     let _cleanup = Cleanup(ids.clone());
     let rt = runtime();
     rt.block_on(async {
@@ -505,7 +504,7 @@ fn killed_mid_create_every_guest_is_whole_or_gone() {
     // Early instants land in validation, the claim, the overlay or the seed; the last one
     // waits until the domain is defined (libvirt finishes a define even when the agent
     // dies, so the restart must not race it).
-    let instants_ms = [0u64, 30, 80, 150, 300, 0];
+    let instants_ms = [0u64, 15, 30, 50, 80, 120, 180, 260, 400, 0];
     for (i, (id, at)) in ids.iter().zip(instants_ms).enumerate() {
         let mut create = Command::new(common::bin("hvctl"))
             .arg("--socket")
@@ -571,4 +570,89 @@ fn killed_mid_create_every_guest_is_whole_or_gone() {
             }
         });
     }
+}
+
+/// Creates and deletes run side by side; calls about one UUID or one name still see each
+/// other: the same create twice answers the same guest, a name is taken only once, and
+/// deletes racing each other leave nothing.
+#[test]
+fn concurrent_calls_about_one_guest_agree() {
+    let agent = agent();
+    let _cleanup = Cleanup((30..33).map(uuid).collect());
+    runtime().block_on(async {
+        let (vms, mut images, mut placement) = clients(&agent).await;
+        import(&mut images, "testguest", &[]).await;
+        let call = |req: pb::CreateVmRequest| {
+            let mut vms = vms.clone();
+            async move { vms.create(req).await.map(|r| r.into_inner().uuid) }
+        };
+        let flavor = "SCS-1Vi-0.5u";
+        let (a, b, c, d) = tokio::join!(
+            call(create(&uuid(30), "twin", flavor, "testguest")),
+            call(create(&uuid(30), "twin", flavor, "testguest")),
+            call(create(&uuid(31), "twin", flavor, "testguest")),
+            call(create(&uuid(32), "other", flavor, "testguest")),
+        );
+        assert_eq!(d.unwrap(), uuid(32));
+        // Whichever UUID got the name first has it; the other is refused.
+        let (winners, losers) = if c.is_ok() {
+            (vec![c], vec![a, b])
+        } else {
+            (vec![a, b], vec![c])
+        };
+        let owner = winners[0].as_ref().unwrap().clone();
+        for w in winners {
+            assert_eq!(w.unwrap(), owner, "the same create answers the same guest");
+        }
+        for l in losers {
+            let status = l.unwrap_err();
+            assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains("name: \"twin\" is taken by guest"),
+                "{}",
+                status.message()
+            );
+        }
+        let mut listed: Vec<String> = vms
+            .clone()
+            .list(pb::ListVmsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .vms
+            .into_iter()
+            .map(|v| v.uuid)
+            .collect();
+        listed.sort();
+        let mut want = vec![owner.clone(), uuid(32)];
+        want.sort();
+        assert_eq!(listed, want);
+        assert_eq!(claims(&mut placement).await.len(), 2);
+
+        let delete = |id: String| {
+            let mut vms = vms.clone();
+            async move {
+                vms.delete(pb::DeleteVmRequest { uuid: id })
+                    .await
+                    .map(|r| r.into_inner().deleted)
+            }
+        };
+        let (x, y, z) = tokio::join!(delete(owner.clone()), delete(owner), delete(uuid(32)));
+        // Two deletes of one guest: one removed it, the other found nothing.
+        assert_eq!([x.unwrap(), y.unwrap()].iter().filter(|e| **e).count(), 1);
+        assert!(z.unwrap());
+        assert!(claims(&mut placement).await.is_empty());
+        for id in (30..33).map(uuid) {
+            assert!(
+                !virsh(&["list", "--all", "--uuid"]).contains(&id),
+                "{id}: domain left"
+            );
+            assert!(
+                !agent.dir.path().join("store/vms").join(&id).exists(),
+                "{id}: files left"
+            );
+        }
+    });
 }

@@ -106,9 +106,44 @@ pub struct Guests {
     /// `Err`: why this node cannot run guests (no KVM and emulation forbidden).
     emulation: Result<Emulation, String>,
     host_flags: Vec<String>,
-    /// One mutating call at a time: creates and deletes check, claim and write as one step.
-    /// Holds whether placement has been rebuilt from the guests' stored claims yet.
+    /// Held while a create or delete checks names and UUIDs and marks its guest busy (not
+    /// through libvirt's define and start, so creates run side by side). Holds whether
+    /// placement has been rebuilt from the guests' stored claims yet.
     lock: tokio::sync::Mutex<bool>,
+    busy: Arc<std::sync::Mutex<BTreeMap<String, InFlight>>>,
+    /// Re-pins of floating guests run one at a time, each computed from placement as it is
+    /// then, so that the last one applied is never older than another.
+    repin: tokio::sync::Mutex<()>,
+}
+
+/// A guest with a create or delete in flight: its name, and a channel that closes when the
+/// call ends.
+struct InFlight {
+    name: String,
+    done: tokio::sync::watch::Receiver<()>,
+}
+
+/// Marks a guest busy while it lives; dropping it wakes the calls waiting for that guest.
+struct BusyGuard {
+    busy: Arc<std::sync::Mutex<BTreeMap<String, InFlight>>>,
+    uuid: String,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        // The entry goes first, then the sender (a field, dropped after this body) wakes
+        // the waiters, who then find the guest no longer busy.
+        lock_busy(&self.busy).remove(&self.uuid);
+    }
+}
+
+fn lock_busy(
+    busy: &std::sync::Mutex<BTreeMap<String, InFlight>>,
+) -> std::sync::MutexGuard<'_, BTreeMap<String, InFlight>> {
+    // The map stays consistent even if a holder panicked: every change is one insert/remove.
+    busy.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Which emulation this node uses, or why it cannot run guests.
@@ -296,6 +331,8 @@ impl Guests {
             emulation,
             host_flags,
             lock: tokio::sync::Mutex::new(false),
+            busy: Arc::default(),
+            repin: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -417,37 +454,35 @@ impl Guests {
         let spec = validate(&req)?;
         let uuid = req.uuid.to_ascii_lowercase();
         let emulation = self.emulation.clone().map_err(GuestError::Precondition)?;
-        let mut rebuilt = self.lock.lock().await;
-        self.ensure_rebuilt(&mut rebuilt).await?;
-        // Idempotent per UUID; names are unique.
-        for d in self.domains().await? {
-            if d.uuid == uuid {
-                let same = d.intent.as_ref().is_ok_and(|i| {
-                    i.name == req.name
-                        && i.flavor == spec.name()
-                        && i.image == req.image
-                        && i.networks == req.networks
-                });
-                return if same {
-                    self.view(d)
-                        .ok_or_else(|| GuestError::Internal("guest vanished".into()))
-                } else {
-                    Err(GuestError::AlreadyExists(format!(
-                        "uuid: guest {uuid} already exists with another name, flavor, image or networks"
-                    )))
-                };
+        let (image, root_bytes, _busy) = loop {
+            let mut rebuilt = self.lock.lock().await;
+            self.ensure_rebuilt(&mut rebuilt).await?;
+            if let Some(mut done) = self.in_flight(&uuid) {
+                // Another create or delete of this UUID: answer after it, as it left things.
+                drop(rebuilt);
+                let _ = done.changed().await;
+                continue;
             }
-            if d.name == req.name {
+            if let Some(other) = lock_busy(&self.busy)
+                .iter()
+                .find(|(_, f)| f.name == req.name)
+                .map(|(u, _)| u.clone())
+            {
                 return Err(GuestError::AlreadyExists(format!(
-                    "name: {:?} is taken by guest {}",
-                    req.name, d.uuid
+                    "name: {:?} is taken by guest {other} (being created or deleted)",
+                    req.name
                 )));
             }
-        }
-        let image = self.images.get(&req.image)?;
-        check_ram(&spec, &image)?;
-        let root_bytes = root_disk_bytes(&spec, &image)?;
-
+            if let Some(existing) = self.existing(&uuid, &req, &spec).await? {
+                return existing;
+            }
+            let image = self.images.get(&req.image)?;
+            check_ram(&spec, &image)?;
+            let root_bytes = root_disk_bytes(&spec, &image)?;
+            break (image, root_bytes, self.mark_busy(&uuid, &req.name));
+        };
+        // From here the guest is busy: no other call creates or deletes it, or takes its
+        // name, while its disks, domain and start are made without holding the lock.
         let mut undo = Undo {
             libvirt: self.libvirt.clone(),
             placement: self.placement.clone(),
@@ -469,7 +504,7 @@ impl Guests {
             Ok(guest) => Ok(guest),
             Err(e) => {
                 tracing::warn!(vm = %uuid, error = %e, "create failed; undoing");
-                // Finished before the lock is released: no other call sees half a guest.
+                // Finished while the guest is still busy: no other call sees half a guest.
                 self.blocking(move || {
                     undo.run();
                     Ok(())
@@ -477,6 +512,62 @@ impl Guests {
                 .await?;
                 Err(e)
             }
+        }
+    }
+
+    /// What to answer for a create whose UUID or name is already in libvirt: the same guest
+    /// again (idempotent), or `ALREADY_EXISTS`; `None` when both are free.
+    async fn existing(
+        &self,
+        uuid: &str,
+        req: &CreateRequest,
+        spec: &FlavorSpec,
+    ) -> Result<Option<Result<Guest, GuestError>>, GuestError> {
+        for d in self.domains().await? {
+            if d.uuid == uuid {
+                let same = d.intent.as_ref().is_ok_and(|i| {
+                    i.name == req.name
+                        && i.flavor == spec.name()
+                        && i.image == req.image
+                        && i.networks == req.networks
+                });
+                return Ok(Some(if same {
+                    self.view(d)
+                        .ok_or_else(|| GuestError::Internal("guest vanished".into()))
+                } else {
+                    Err(GuestError::AlreadyExists(format!(
+                        "uuid: guest {uuid} already exists with another name, flavor, image or networks"
+                    )))
+                }));
+            }
+            if d.name == req.name {
+                return Err(GuestError::AlreadyExists(format!(
+                    "name: {:?} is taken by guest {}",
+                    req.name, d.uuid
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The call in flight for `uuid`, if any: a receiver that completes when it ends.
+    fn in_flight(&self, uuid: &str) -> Option<tokio::sync::watch::Receiver<()>> {
+        lock_busy(&self.busy).get(uuid).map(|f| f.done.clone())
+    }
+
+    fn mark_busy(&self, uuid: &str, name: &str) -> BusyGuard {
+        let (tx, rx) = tokio::sync::watch::channel(());
+        lock_busy(&self.busy).insert(
+            uuid.to_string(),
+            InFlight {
+                name: name.to_string(),
+                done: rx,
+            },
+        );
+        BusyGuard {
+            busy: self.busy.clone(),
+            uuid: uuid.to_string(),
+            _done: tx,
         }
     }
 
@@ -626,6 +717,9 @@ impl Guests {
         if intent.claim.dedicated_cpus().next().is_some() {
             // The shared pool just lost CPUs: floating guests must leave them.
             self.repin_floating().await;
+        } else {
+            self.follow_pool(uuid, &intent.claim, &guest_spec.vcpu_cpus)
+                .await;
         }
         Ok(Guest {
             uuid: uuid.to_string(),
@@ -699,8 +793,18 @@ impl Guests {
     /// Removes the domain, the files and the claim; `Ok(false)` when there was nothing.
     pub async fn delete(&self, uuid: &str) -> Result<bool, GuestError> {
         let uuid = checked_uuid(uuid)?;
-        let mut rebuilt = self.lock.lock().await;
-        self.ensure_rebuilt(&mut rebuilt).await?;
+        let _busy = loop {
+            let mut rebuilt = self.lock.lock().await;
+            self.ensure_rebuilt(&mut rebuilt).await?;
+            match self.in_flight(&uuid) {
+                Some(mut done) => {
+                    // A create of this guest in flight: delete what it leaves.
+                    drop(rebuilt);
+                    let _ = done.changed().await;
+                }
+                None => break self.mark_busy(&uuid, ""),
+            }
+        };
         let libvirt = self.libvirt.clone();
         let files = GuestFiles::new(&self.storage_root, &uuid);
         let u = uuid.clone();
@@ -749,24 +853,35 @@ impl Guests {
     /// Pins every floating (`V`/`L`) guest to the shared pool as it is now, live and in its
     /// definition. Failures are logged: the guest keeps running on its old pins.
     async fn repin_floating(&self) {
+        let _one_at_a_time = self.repin.lock().await;
         let Ok(domains) = self.domains().await else {
             return;
         };
-        // (guest, CPUs per vCPU, emulator CPUs when they follow the pool)
-        type Pins = (String, Vec<Vec<u32>>, Option<Vec<u32>>);
         let pins: Vec<Pins> = {
             let alloc = self.placement.lock();
             domains
                 .into_iter()
                 .filter_map(|d| d.intent.ok().map(|i| (d.uuid, i.claim)))
                 .filter(|(_, c)| c.dedicated_cpus().next().is_none())
-                .map(|(uuid, c)| {
-                    let emulator = (c.emulator == crate::placement::claim::Emulator::Pool)
-                        .then(|| alloc.emulator_cpus(&c));
-                    (uuid, alloc.vcpu_cpus(&c), emulator)
-                })
+                .map(|(uuid, c)| pool_pins(&alloc, uuid, &c))
                 .collect()
         };
+        self.apply_pins(pins).await;
+    }
+
+    /// A floating guest just started with the pool as it was at its claim: if a dedicated
+    /// create or delete changed the pool meanwhile, pins it to the pool as it is now. (A change
+    /// after this check re-pins it from that call, which then sees its domain.)
+    async fn follow_pool(&self, uuid: &str, claim: &Claim, pinned: &[Vec<u32>]) {
+        let _one_at_a_time = self.repin.lock().await;
+        let pins = pool_pins(&self.placement.lock(), uuid.to_string(), claim);
+        if pins.1 != pinned {
+            self.apply_pins(vec![pins]).await;
+        }
+    }
+
+    /// Failures are logged: the guest keeps running on its old pins.
+    async fn apply_pins(&self, pins: Vec<Pins>) {
         let libvirt = self.libvirt.clone();
         let _ = self
             .blocking(move || {
@@ -827,6 +942,16 @@ impl Guests {
         })
         .await
     }
+}
+
+/// A guest, the CPUs of each of its vCPUs, and its emulator CPUs when they follow the pool.
+type Pins = (String, Vec<Vec<u32>>, Option<Vec<u32>>);
+
+/// Where a floating guest's threads belong with the shared pool as `alloc` has it now.
+fn pool_pins(alloc: &Allocator, uuid: String, claim: &Claim) -> Pins {
+    let emulator = (claim.emulator == crate::placement::claim::Emulator::Pool)
+        .then(|| alloc.emulator_cpus(claim));
+    (uuid, alloc.vcpu_cpus(claim), emulator)
 }
 
 /// Rebuilds the allocator from stored claims, leaving out (and logging) the ones that
