@@ -11,8 +11,9 @@ OUT=$HERE/out
 CACHE=$OUT/cache
 SELF=$HERE/build.sh
 # Kernel modules put into the initramfs (the cloud kernel builds virtio as modules). With
-# them the guest has a NIC and a disk with driver links, which the sysfs fixtures want.
-MODULES=(virtio_pci virtio_net virtio_blk vfat nls_cp437 nls_ascii)
+# them the guest has a NIC and a disk with driver links, which the sysfs fixtures want;
+# button and evdev let acpid see the ACPI power button.
+MODULES=(virtio_pci virtio_net virtio_blk vfat nls_cp437 nls_ascii button evdev)
 DISK_MIB=64
 PART_START=2048 # first sector of the FAT partition (1 MiB alignment)
 

@@ -1,13 +1,15 @@
 //! libvirtd goes away under a running agent and comes back: guest calls answer UNAVAILABLE
-//! meanwhile and work again once it is back, without restarting the agent. A test binary of
-//! its own, so that no other test's libvirt calls run while libvirtd is down.
+//! meanwhile and work again once it is back, without restarting the agent; the guest keeps
+//! running; an event stream opened before gets a `lost` event and then the guest's events.
+//! A test binary of its own, so that no other test's libvirt calls run while libvirtd is down.
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Agent;
+use common::{Agent, repo_root};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 
@@ -43,15 +45,45 @@ impl Drop for Restart {
 
 #[test]
 fn guest_calls_recover_after_libvirtd_restarts() {
-    let agent = Agent::start("[host]\nkvm_device = \"/nonexistent/kvm\"\n");
+    let agent = Agent::configure("[host]\nkvm_device = \"/nonexistent/kvm\"\n");
+    // QEMU (an unprivileged user) must reach the guest's disks.
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = agent.spawn();
+    let uuid = "00000000-0000-4000-8000-0000000e7e57".to_string();
+    let _cleanup = Cleanup(uuid.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
-        let mut vms = pb::vm_service_client::VmServiceClient::new(channel);
-        vms.list(pb::ListVmsRequest {}).await.expect("libvirt up");
+        let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
+        let mut images = pb::image_service_client::ImageServiceClient::new(channel);
+        images
+            .import(pb::ImportImageRequest {
+                name: "testguest".into(),
+                source_path: repo_root()
+                    .join("images/out/testguest.qcow2")
+                    .display()
+                    .to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect("import the test guest (images/build.sh builds it)");
+        vms.create(pb::CreateVmRequest {
+            uuid: uuid.clone(),
+            name: "survivor".into(),
+            flavor: "SCS-1Vi-0.5u".into(),
+            image: "testguest".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+        let mut events = vms
+            .watch_events(pb::WatchEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
 
         let restart = Restart;
         assert!(
@@ -71,17 +103,67 @@ fn guest_calls_recover_after_libvirtd_restarts() {
         assert!(down.message().starts_with("libvirt: "), "{down:?}");
 
         drop(restart);
-        // The agent reconnects on its own (it checks every 2 s) and answers again.
+        // The agent reconnects on its own (it checks every 2 s) and answers again; the
+        // guest kept running.
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let listed = loop {
             match vms.list(pb::ListVmsRequest {}).await {
-                Ok(_) => break,
+                Ok(r) => break r.into_inner().vms,
                 Err(s) => {
                     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
                     assert!(Instant::now() < deadline, "no recovery: {s:?}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+        };
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, "running");
+
+        // The stream opened before the restart says events were lost, then carries the
+        // guest's events from the new connection.
+        vms.stop(pb::StopVmRequest {
+            uuid: uuid.clone(),
+            force: true,
+            timeout_seconds: 0,
+        })
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        while !seen.iter().any(|e: &pb::VmEvent| e.kind == "stopped") {
+            let next = tokio::time::timeout(Duration::from_secs(30), events.message())
+                .await
+                .unwrap_or_else(|_| panic!("no stop event within 30 s; saw {seen:?}"))
+                .unwrap()
+                .expect("stream open");
+            seen.push(next);
         }
+        assert_eq!(seen[0].kind, "lost", "{seen:?}");
+        assert_eq!(seen[0].detail, "libvirt reconnected");
+        let stopped = seen.last().unwrap();
+        assert_eq!(
+            (stopped.uuid.as_str(), stopped.detail.as_str()),
+            (uuid.as_str(), "destroyed")
+        );
+        assert!(
+            vms.delete(pb::DeleteVmRequest { uuid })
+                .await
+                .unwrap()
+                .into_inner()
+                .deleted
+        );
     });
+}
+
+/// Removes the test's guest even when the test fails halfway.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for args in [&["destroy", &self.0][..], &["undefine", &self.0, "--nvram"]] {
+            let _ = Command::new("virsh")
+                .args(["-c", "qemu:///system"])
+                .args(args)
+                .output();
+        }
+    }
 }

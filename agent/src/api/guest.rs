@@ -216,7 +216,10 @@ impl pb::vm_service_server::VmService for VmApi {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                let wanted = if only.is_empty() {
+                let wanted = if event.kind == "lost" {
+                    // Every watcher: some of its guests' events may be missing.
+                    true
+                } else if only.is_empty() {
                     own.contains(&event.uuid) || {
                         let mine = guests.is_own(&event.uuid).await;
                         if mine {

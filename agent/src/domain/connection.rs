@@ -48,6 +48,8 @@ struct State {
     conn: Option<Connect>,
     /// Facts of the current connection: they only change when libvirtd restarts.
     facts: Option<LibvirtFacts>,
+    /// A connection died and no new one is open yet: events in between are missing.
+    lost: bool,
 }
 
 impl Libvirt {
@@ -118,10 +120,16 @@ impl Libvirt {
         }
         if state.conn.take().is_some() {
             tracing::warn!(uri = %self.uri, "libvirt connection lost; reconnecting");
+            state.lost = true;
         }
         state.facts = None;
         let conn = self.open()?;
         state.conn = Some(conn.clone());
+        if std::mem::take(&mut state.lost) {
+            tracing::info!(uri = %self.uri, "libvirt connection reopened");
+            // Watchers learn that events may be missing and that they should list again.
+            let _ = self.events.send(DomainEvent::reconnected());
+        }
         Ok(conn)
     }
 

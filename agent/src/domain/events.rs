@@ -15,11 +15,25 @@ pub struct DomainEvent {
     pub uuid: String,
     pub name: String,
     /// `defined`, `undefined`, `started`, `suspended`, `resumed`, `stopped`, `shutdown`,
-    /// `pmsuspended`, `crashed`, or `rebooted`.
+    /// `pmsuspended`, `crashed`, or `rebooted`; or `lost` (no domain) after the connection
+    /// to libvirtd was reopened.
     pub kind: &'static str,
     /// libvirt's detail for the kind, e.g. `booted`, `destroyed`, `shutdown`.
     pub detail: &'static str,
     pub unix_ms: u64,
+}
+
+impl DomainEvent {
+    /// The connection to libvirtd was reopened: events while it was down are missing.
+    pub fn reconnected() -> Self {
+        DomainEvent {
+            uuid: String::new(),
+            name: String::new(),
+            kind: "lost",
+            detail: "libvirt reconnected",
+            unix_ms: now_ms(),
+        }
+    }
 }
 
 /// libvirt's lifecycle event and detail numbers as words.
