@@ -12,7 +12,7 @@ CONFIG ?=
 # matches qemu-system-x86 7.2.
 APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config numactl util-linux busybox-static cpio syslinux syslinux-common extlinux mtools \
-	dosfstools
+	dosfstools openssl ca-certificates
 PY_MODULES := grpc grpc_health grpc_reflection google.protobuf
 PY_PACKAGES := grpcio grpcio-health-checking grpcio-reflection protobuf
 

@@ -92,11 +92,11 @@ async fn import(
         .import(pb::ImportImageRequest {
             name: name.into(),
             source_path: testguest().display().to_string(),
-            sha256: String::new(),
             properties: properties
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..Default::default()
         })
         .await
         .unwrap()

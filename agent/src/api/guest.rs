@@ -9,7 +9,10 @@ use tonic::{Request, Response, Status};
 use super::placement::{claim_to_proto, status as refusal_status};
 use crate::guest::{CreateRequest, Guest, GuestError, Guests, now_unix};
 use crate::placement::PlacementState;
-use crate::storage::ImageRecord;
+use std::sync::atomic::Ordering;
+
+use crate::storage::images::{Begun, ImportProgress};
+use crate::storage::{ImageRecord, StoreError, fetch};
 
 fn status(e: GuestError) -> Status {
     match e {
@@ -33,6 +36,20 @@ fn image_to_proto(r: ImageRecord, used_by: Vec<String>) -> pb::Image {
         properties: r.properties,
         created_unix: r.created_unix,
         used_by,
+        state: "ready".into(),
+        ..Default::default()
+    }
+}
+
+fn importing_to_proto(name: String, p: &ImportProgress) -> pb::Image {
+    pb::Image {
+        name,
+        state: "importing".into(),
+        source: p.source.clone(),
+        bytes_received: p.received.load(Ordering::Relaxed),
+        bytes_total: p.total.load(Ordering::Relaxed),
+        created_unix: p.started_unix,
+        ..Default::default()
     }
 }
 
@@ -43,6 +60,49 @@ pub struct ImageApi {
 impl ImageApi {
     pub fn new(guests: Arc<Guests>) -> Self {
         Self { guests }
+    }
+
+    /// Streams `source_url` into the store: the name is taken before the request goes out,
+    /// so Get and List show the import (with its progress) until it ends.
+    async fn import_url(
+        &self,
+        r: pb::ImportImageRequest,
+        sha256: Option<String>,
+    ) -> Result<ImageRecord, StoreError> {
+        let url = fetch::parse_url(&r.source_url)?;
+        let shown = fetch::redacted(&url);
+        let ticket = match self.guests.images.begin(
+            &r.name,
+            sha256.as_deref(),
+            r.properties,
+            "source_url",
+            shown.clone(),
+            now_unix(),
+        )? {
+            Begun::Existing(record) => return Ok(record),
+            Begun::Started(ticket) => ticket,
+        };
+        tracing::info!(image = %r.name, url = %shown, "importing");
+        let download = fetch::open(&url).await?;
+        ticket
+            .progress
+            .total
+            .store(download.total.unwrap_or(0), Ordering::Relaxed);
+        let guests = self.guests.clone();
+        tokio::task::spawn_blocking(move || {
+            let cut = |e: std::io::Error| StoreError::Fetch {
+                url: shown,
+                reason: format!("download cut short: {e}"),
+                retryable: true,
+            };
+            guests.images.import(&ticket, download, cut, now_unix())
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            path: std::path::PathBuf::from(&r.name),
+            action: "import task",
+            source: std::io::Error::other(e),
+        })?
     }
 
     pub fn into_service(self) -> pb::image_service_server::ImageServiceServer<Self> {
@@ -57,20 +117,33 @@ impl pb::image_service_server::ImageService for ImageApi {
         request: Request<pb::ImportImageRequest>,
     ) -> Result<Response<pb::Image>, Status> {
         let r = request.into_inner();
+        let started = std::time::Instant::now();
+        let sha256 = (!r.sha256.is_empty()).then_some(r.sha256.clone());
         let guests = self.guests.clone();
-        let record = tokio::task::spawn_blocking(move || {
-            guests.images.import_local(
-                &r.name,
-                std::path::Path::new(&r.source_path),
-                (!r.sha256.is_empty()).then_some(r.sha256.as_str()),
-                r.properties,
-                now_unix(),
-            )
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
+        let record = match (r.source_path.is_empty(), r.source_url.is_empty()) {
+            (false, true) => tokio::task::spawn_blocking(move || {
+                guests.images.import_local(
+                    &r.name,
+                    std::path::Path::new(&r.source_path),
+                    sha256.as_deref(),
+                    r.properties,
+                    now_unix(),
+                )
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?,
+            (true, false) => self.import_url(r, sha256).await,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "source_path, source_url: give exactly one",
+                ));
+            }
+        }
         .map_err(|e| status(e.into()))?;
-        tracing::info!(image = %record.name, sha256 = %record.sha256, "image imported");
+        tracing::info!(
+            image = %record.name, sha256 = %record.sha256, bytes = record.file_bytes,
+            seconds = started.elapsed().as_secs_f64(), "image imported"
+        );
         Ok(Response::new(image_to_proto(record, Vec::new())))
     }
 
@@ -92,7 +165,17 @@ impl pb::image_service_server::ImageService for ImageApi {
                     .collect();
                 image_to_proto(r, users)
             })
+            .collect::<Vec<_>>();
+        let importing: Vec<pb::Image> = self
+            .guests
+            .images
+            .importing()
+            .into_iter()
+            .filter(|(name, _)| !images.iter().any(|i| &i.name == name))
+            .map(|(name, p)| importing_to_proto(name, &p))
             .collect();
+        let mut images = [images, importing].concat();
+        images.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(pb::ListImagesResponse { images }))
     }
 
@@ -101,11 +184,17 @@ impl pb::image_service_server::ImageService for ImageApi {
         request: Request<pb::GetImageRequest>,
     ) -> Result<Response<pb::Image>, Status> {
         let name = request.into_inner().name;
-        let record = self
-            .guests
-            .images
-            .get(&name)
-            .map_err(|e| status(e.into()))?;
+        let record = match self.guests.images.get(&name) {
+            Err(StoreError::NotFound(missing)) => {
+                let importing = self.guests.images.importing();
+                match importing.into_iter().find(|(n, _)| *n == name) {
+                    Some((_, p)) => return Ok(Response::new(importing_to_proto(name, &p))),
+                    None => Err(StoreError::NotFound(missing)),
+                }
+            }
+            other => other,
+        }
+        .map_err(|e| status(e.into()))?;
         let users = self.guests.users_of(&name).await.map_err(status)?;
         Ok(Response::new(image_to_proto(record, users)))
     }
@@ -117,7 +206,7 @@ impl pb::image_service_server::ImageService for ImageApi {
         let name = request.into_inner().name;
         self.guests
             .images
-            .get(&name)
+            .deletable(&name)
             .map_err(|e| status(e.into()))?;
         let users = self.guests.users_of(&name).await.map_err(status)?;
         self.guests

@@ -87,14 +87,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ImageCommand {
-    /// Copy a local file into the store. The format (qcow2 or raw) is read from the content.
+    /// Copy a local file, or download an http(s) URL, into the store. The format (qcow2 or
+    /// raw) is read from the content. Progress is shown on a terminal while it runs.
     Import {
-        /// Absolute or relative path of the image file on this node.
-        path: PathBuf,
+        /// An http:// or https:// URL (the agent downloads it), or the absolute or relative
+        /// path of the image file on this node.
+        source: String,
         /// Store name: 1-64 of a-z 0-9 . _ -.
         #[arg(long)]
         name: String,
-        /// Expected sha256 of the file; the import fails if it differs.
+        /// Expected sha256 of the content; the import fails if it differs (and is a no-op
+        /// without a download when the image is already there with it).
         #[arg(long)]
         sha256: Option<String>,
         /// An image property, e.g. min_disk=5 (GB), min_ram=512 (MiB), hw_disk_bus=scsi,
@@ -345,7 +348,7 @@ async fn image(
 ) -> ExitCode {
     match command {
         ImageCommand::Import {
-            path,
+            source,
             name,
             sha256,
             properties,
@@ -358,14 +361,24 @@ async fn image(
                 };
                 props.insert(k.to_string(), v.to_string());
             }
-            let source = std::path::absolute(&path).unwrap_or(path);
+            let url = source.starts_with("http://") || source.starts_with("https://");
             let req = pb::ImportImageRequest {
-                name,
-                source_path: source.display().to_string(),
+                name: name.clone(),
+                source_path: if url {
+                    String::new()
+                } else {
+                    let path = PathBuf::from(&source);
+                    std::path::absolute(&path)
+                        .unwrap_or(path)
+                        .display()
+                        .to_string()
+                },
+                source_url: if url { source } else { String::new() },
                 sha256: sha256.unwrap_or_default(),
                 properties: props,
             };
-            answer(output, socket, images.import(req).await, |i: &pb::Image| {
+            let result = with_progress(images, name, images.clone().import(req)).await;
+            answer(output, socket, result, |i: &pb::Image| {
                 render::images(std::slice::from_ref(i))
             })
         }
@@ -388,6 +401,38 @@ async fn image(
             |_: &pb::DeleteImageResponse| "deleted\n".into(),
         ),
     }
+}
+
+/// Runs `import`, showing the image's progress on stderr meanwhile when stderr is a terminal.
+async fn with_progress<T>(
+    images: &mut Images,
+    name: String,
+    import: impl std::future::Future<Output = T>,
+) -> T {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return import.await;
+    }
+    let show = async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if let Ok(i) = images.get(pb::GetImageRequest { name: name.clone() }).await
+                && i.get_ref().state == "importing"
+            {
+                eprint!(
+                    "\r\x1b[Kimporting {name}: {}",
+                    render::progress(i.get_ref())
+                );
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = import => r,
+        () = show => unreachable!("the progress loop never ends"),
+    };
+    eprint!("\r\x1b[K");
+    result
 }
 
 /// A guest's UUID from its name or UUID.

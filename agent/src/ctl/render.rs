@@ -674,9 +674,23 @@ pub fn plan(p: &crate::placement::plan::Plan) -> String {
 }
 
 /// Images as a table.
+/// An import's bytes so far, of how many, and the share done when the total is known.
+pub fn progress(i: &pb::Image) -> String {
+    if i.bytes_total == 0 {
+        return format!("{} received", bytes(i.bytes_received));
+    }
+    format!(
+        "{} of {} ({}%)",
+        bytes(i.bytes_received),
+        bytes(i.bytes_total),
+        i.bytes_received * 100 / i.bytes_total
+    )
+}
+
 pub fn images(list: &[pb::Image]) -> String {
     let mut t = Table::new(&[
         "NAME",
+        "STATE",
         "FORMAT",
         "VIRTUAL SIZE",
         "FILE",
@@ -684,9 +698,15 @@ pub fn images(list: &[pb::Image]) -> String {
         "USED BY",
     ]);
     for i in list {
+        let state = if i.state == "importing" {
+            format!("importing: {}", progress(i))
+        } else {
+            i.state.clone()
+        };
         t.row(vec![
             i.name.clone(),
-            i.format.clone(),
+            state,
+            or_dash(&i.format).to_string(),
             bytes(i.virtual_size_bytes),
             bytes(i.file_bytes),
             i.sha256.chars().take(16).collect(),

@@ -166,6 +166,9 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             tracing::info!(vm = %uuid, "removed files of a guest that has no domain");
         }
     }
+    for partial in guests.images.sweep() {
+        tracing::info!(path = %partial.display(), "removed a partial image import");
+    }
     // Keeps the libvirt connection (and with it the event callbacks) alive: a libvirtd that
     // restarts is reconnected within CONNECTION_CHECK, and the callbacks registered again.
     let connection_task = tokio::spawn({

@@ -71,6 +71,11 @@ impl From<StoreError> for GuestError {
             StoreError::NotFound(_) => GuestError::NotFound(format!("image: {e}")),
             StoreError::Exists { .. } => GuestError::AlreadyExists(e.to_string()),
             StoreError::InUse { .. } => GuestError::Precondition(e.to_string()),
+            StoreError::Importing { .. } => GuestError::Precondition(e.to_string()),
+            StoreError::Fetch {
+                retryable: true, ..
+            } => GuestError::Unavailable(e.to_string()),
+            StoreError::Fetch { .. } => GuestError::Precondition(e.to_string()),
             StoreError::Io { .. } => GuestError::Internal(e.to_string()),
         }
     }

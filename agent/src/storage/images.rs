@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -68,6 +70,15 @@ pub enum StoreError {
     Exists { name: String, sha256: String },
     #[error("image {name:?} is used by {users}")]
     InUse { name: String, users: String },
+    #[error("image {name:?} is being imported from {source_desc}")]
+    Importing { name: String, source_desc: String },
+    /// A download that failed; `retryable` when the network or the server may recover.
+    #[error("source_url: {url}: {reason}")]
+    Fetch {
+        url: String,
+        reason: String,
+        retryable: bool,
+    },
     #[error("{path}: {action}: {source}")]
     Io {
         path: PathBuf,
@@ -206,14 +217,59 @@ pub fn detect(head: &[u8]) -> Format {
     Format::Raw
 }
 
+/// An import under way, shown by Get and List until it ends.
+#[derive(Debug)]
+pub struct ImportProgress {
+    /// The path or (redacted) URL.
+    pub source: String,
+    pub received: AtomicU64,
+    /// Bytes expected; 0 while not known.
+    pub total: AtomicU64,
+    pub started_unix: u64,
+}
+
+type Registry = Arc<Mutex<BTreeMap<String, Arc<ImportProgress>>>>;
+
+fn lock(registry: &Registry) -> MutexGuard<'_, BTreeMap<String, Arc<ImportProgress>>> {
+    // Each change is one insert or remove: the map is whole even after a panic.
+    registry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Holds an image name for one import; the import stops being shown when it is dropped.
+pub struct ImportTicket {
+    registry: Registry,
+    name: String,
+    /// `source_path` or `source_url`: named in errors about the content.
+    source_field: &'static str,
+    sha256: Option<String>,
+    properties: BTreeMap<String, String>,
+    pub progress: Arc<ImportProgress>,
+}
+
+impl Drop for ImportTicket {
+    fn drop(&mut self) {
+        lock(&self.registry).remove(&self.name);
+    }
+}
+
+/// What `begin` found: the image already there with the wanted content, or a new import.
+pub enum Begun {
+    Existing(ImageRecord),
+    Started(ImportTicket),
+}
+
 pub struct ImageStore {
     dir: PathBuf,
+    importing: Registry,
 }
 
 impl ImageStore {
     pub fn new(storage_root: &Path) -> ImageStore {
         ImageStore {
             dir: storage_root.join("images"),
+            importing: Registry::default(),
         }
     }
 
@@ -226,9 +282,68 @@ impl ImageStore {
         self.image_dir(name).join("image")
     }
 
-    /// Copies `source` into the store as `name`, checking `sha256` when given. Importing the
-    /// same content under the same name again is a no-op; other content under a taken name
-    /// is refused. A failed import leaves nothing behind.
+    /// Checks an import request and takes its name, before any byte is read: invalid
+    /// fields, a name being imported, or a `sha256` that differs from the image already
+    /// there are refused here; the same `sha256` as the image there is that image.
+    pub fn begin(
+        &self,
+        name: &str,
+        sha256: Option<&str>,
+        properties: BTreeMap<String, String>,
+        source_field: &'static str,
+        source: String,
+        now_unix: u64,
+    ) -> Result<Begun, StoreError> {
+        check_name("name", name)?;
+        check_properties(&properties)?;
+        if let Some(want) = sha256
+            && !(want.len() == 64 && want.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(invalid("sha256", "must be 64 hexadecimal digits"));
+        }
+        let mut importing = lock(&self.importing);
+        if let Some(other) = importing.get(name) {
+            return Err(StoreError::Importing {
+                name: name.to_string(),
+                source_desc: other.source.clone(),
+            });
+        }
+        if let (Some(want), Ok(existing)) = (sha256, self.get(name)) {
+            return if want.eq_ignore_ascii_case(&existing.sha256) {
+                Ok(Begun::Existing(existing))
+            } else {
+                Err(StoreError::Exists {
+                    name: name.to_string(),
+                    sha256: existing.sha256,
+                })
+            };
+        }
+        let progress = Arc::new(ImportProgress {
+            source,
+            received: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            started_unix: now_unix,
+        });
+        importing.insert(name.to_string(), progress.clone());
+        Ok(Begun::Started(ImportTicket {
+            registry: self.importing.clone(),
+            name: name.to_string(),
+            source_field,
+            sha256: sha256.map(str::to_ascii_lowercase),
+            properties,
+            progress,
+        }))
+    }
+
+    /// Imports in progress, by name.
+    pub fn importing(&self) -> Vec<(String, Arc<ImportProgress>)> {
+        lock(&self.importing)
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Copies the local file `source` into the store as `name` (see `begin` and `import`).
     pub fn import_local(
         &self,
         name: &str,
@@ -237,25 +352,50 @@ impl ImageStore {
         properties: BTreeMap<String, String>,
         now_unix: u64,
     ) -> Result<ImageRecord, StoreError> {
-        check_name("name", name)?;
-        check_properties(&properties)?;
-        if let Some(want) = sha256
-            && !(want.len() == 64 && want.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Err(invalid("sha256", "must be 64 hexadecimal digits"));
-        }
+        let ticket = match self.begin(
+            name,
+            sha256,
+            properties,
+            "source_path",
+            source.display().to_string(),
+            now_unix,
+        )? {
+            Begun::Existing(record) => return Ok(record),
+            Begun::Started(ticket) => ticket,
+        };
         if !source.is_absolute() {
-            return Err(invalid("source", "must be an absolute path"));
+            return Err(invalid("source_path", "must be an absolute path"));
         }
-        let mut input = File::open(source)
-            .map_err(|e| invalid("source", format!("cannot open {}: {e}", source.display())))?;
+        let input = File::open(source).map_err(|e| {
+            invalid(
+                "source_path",
+                format!("cannot open {}: {e}", source.display()),
+            )
+        })?;
         let meta = input.metadata().map_err(io(source, "stat"))?;
         if !meta.is_file() {
             return Err(invalid(
-                "source",
+                "source_path",
                 format!("{} is not a regular file", source.display()),
             ));
         }
+        ticket.progress.total.store(meta.len(), Ordering::Relaxed);
+        self.import(&ticket, input, io(source, "read"), now_unix)
+    }
+
+    /// Copies `input` into the store under the ticket's name, hashing it and detecting its
+    /// format, and checks the ticket's `sha256`. Importing the same content under the same
+    /// name again is a no-op; other content under a taken name is refused. A failed import
+    /// leaves nothing behind. Blocks: run it on a blocking thread.
+    pub fn import<R: Read, E: FnOnce(std::io::Error) -> StoreError>(
+        &self,
+        ticket: &ImportTicket,
+        mut input: R,
+        read_error: E,
+        now_unix: u64,
+    ) -> Result<ImageRecord, StoreError> {
+        let name = ticket.name.as_str();
+        let sha256 = ticket.sha256.as_deref();
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir, "create image store"))?;
         let tmp = self
             .dir
@@ -267,7 +407,11 @@ impl ImageStore {
             let mut buf = vec![0u8; 1 << 20];
             let mut total = 0u64;
             loop {
-                let n = input.read(&mut buf).map_err(io(source, "read"))?;
+                let n = match input.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(read_error(e)),
+                };
                 if n == 0 {
                     break;
                 }
@@ -277,6 +421,7 @@ impl ImageStore {
                 hasher.update(&buf[..n]);
                 out.write_all(&buf[..n]).map_err(io(&tmp, "write"))?;
                 total += n as u64;
+                ticket.progress.received.store(total, Ordering::Relaxed);
             }
             out.sync_all().map_err(io(&tmp, "sync"))?;
             Ok::<_, StoreError>((head, total, hex(&hasher.finalize())))
@@ -297,7 +442,7 @@ impl ImageStore {
         {
             return refuse(invalid(
                 "sha256",
-                format!("the file's sha256 is {digest}, not {want}"),
+                format!("the content's sha256 is {digest}, not {want}"),
             ));
         }
         let (format, virtual_size) = match detect(&head) {
@@ -305,16 +450,18 @@ impl ImageStore {
                 backing_file: true, ..
             } => {
                 return refuse(invalid(
-                    "source",
+                    ticket.source_field,
                     "qcow2 images with a backing file are refused (it could point anywhere on the host)",
                 ));
             }
             Format::Qcow2 { virtual_size, .. } => ("qcow2", virtual_size),
-            Format::Raw if total == 0 => return refuse(invalid("source", "the file is empty")),
+            Format::Raw if total == 0 => {
+                return refuse(invalid(ticket.source_field, "the content is empty"));
+            }
             Format::Raw => ("raw", total),
             Format::Other(kind) => {
                 return refuse(invalid(
-                    "source",
+                    ticket.source_field,
                     format!("{kind} images are not supported: convert to qcow2 or raw"),
                 ));
             }
@@ -336,7 +483,7 @@ impl ImageStore {
             virtual_size_bytes: virtual_size,
             file_bytes: total,
             sha256: digest,
-            properties,
+            properties: ticket.properties.clone(),
             created_unix: now_unix,
         };
         let dir = self.image_dir(name);
@@ -395,8 +542,19 @@ impl ImageStore {
     }
 
     /// Deletes `name` unless `users` (guests using it) is non-empty.
+    /// Whether `name` can be deleted but for its users: it exists and is not being imported.
+    pub fn deletable(&self, name: &str) -> Result<(), StoreError> {
+        if let Some(p) = lock(&self.importing).get(name) {
+            return Err(StoreError::Importing {
+                name: name.to_string(),
+                source_desc: p.source.clone(),
+            });
+        }
+        self.get(name).map(drop)
+    }
+
     pub fn delete(&self, name: &str, users: &[String]) -> Result<(), StoreError> {
-        self.get(name)?;
+        self.deletable(name)?;
         if !users.is_empty() {
             return Err(StoreError::InUse {
                 name: name.to_string(),
@@ -407,6 +565,36 @@ impl ImageStore {
         // The record first: a half-deleted image is an interrupted import, never listed.
         std::fs::remove_file(dir.join("record.json")).map_err(io(&dir, "remove record"))?;
         std::fs::remove_dir_all(&dir).map_err(io(&dir, "remove"))
+    }
+}
+
+impl ImageStore {
+    /// Removes what imports cut short by a crash left: partial files and image directories
+    /// without a record. Call it at start-up, before any import.
+    pub fn sweep(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            let partial = e.file_name().to_string_lossy().starts_with(".import-");
+            let unrecorded = path.is_dir() && !path.join("record.json").exists();
+            let gone = if partial {
+                std::fs::remove_file(&path)
+            } else if unrecorded {
+                std::fs::remove_dir_all(&path)
+            } else {
+                continue;
+            };
+            match gone {
+                Ok(()) => removed.push(path),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot remove a partial import")
+                }
+            }
+        }
+        removed
     }
 }
 
@@ -491,7 +679,8 @@ mod tests {
             .import_local("raw", &other, Some(&r.sha256), BTreeMap::new(), 9)
             .unwrap_err();
         assert!(
-            raw.to_string().starts_with("sha256: the file's sha256 is "),
+            raw.to_string()
+                .starts_with("sha256: the content's sha256 is "),
             "{raw}"
         );
         assert_eq!(
@@ -532,7 +721,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "source: vmdk images are not supported: convert to qcow2 or raw"
+            "source_path: vmdk images are not supported: convert to qcow2 or raw"
         );
         let e = store
             .import_local("d", dir.path(), None, BTreeMap::new(), 0)
@@ -550,5 +739,108 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn one_import_per_name_and_progress_while_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path());
+        let begin = |sha: Option<&str>| {
+            store.begin(
+                "img",
+                sha,
+                BTreeMap::new(),
+                "source_url",
+                "http://h/x".into(),
+                5,
+            )
+        };
+        let Ok(Begun::Started(ticket)) = begin(None) else {
+            panic!("first import starts");
+        };
+        let e = begin(None).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "image \"img\" is being imported from http://h/x"
+        );
+        assert!(matches!(
+            store.deletable("img"),
+            Err(StoreError::Importing { .. })
+        ));
+        let content = vec![7u8; 3 << 20];
+        let record = store
+            .import(&ticket, &content[..], |e| panic!("{e}"), 6)
+            .unwrap();
+        assert_eq!(ticket.progress.received.load(Ordering::Relaxed), 3 << 20);
+        assert_eq!(store.importing().len(), 1, "shown until the ticket goes");
+        drop(ticket);
+        assert!(store.importing().is_empty());
+        assert_eq!(record.format, "raw");
+        // With the stored sha256 the image is there without reading anything; another
+        // sha256 is refused before reading anything.
+        let Ok(Begun::Existing(again)) = begin(Some(&record.sha256.to_uppercase())) else {
+            panic!("same content: existing image");
+        };
+        assert_eq!(again, record);
+        let other = "0".repeat(64);
+        assert!(matches!(
+            begin(Some(&other)),
+            Err(StoreError::Exists { .. })
+        ));
+        assert!(store.importing().is_empty());
+    }
+
+    #[test]
+    fn a_cut_download_leaves_nothing_and_sweep_removes_crash_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path());
+        let Ok(Begun::Started(ticket)) =
+            store.begin("img", None, BTreeMap::new(), "source_url", "u".into(), 0)
+        else {
+            panic!("starts");
+        };
+        let cut = std::io::Read::chain(
+            &[1u8; 1000][..],
+            FailingReader, // the connection drops after 1000 bytes
+        );
+        let e = store
+            .import(
+                &ticket,
+                cut,
+                |e| StoreError::Fetch {
+                    url: "u".into(),
+                    reason: e.to_string(),
+                    retryable: true,
+                },
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "source_url: u: connection reset");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("images"))
+                .unwrap()
+                .count(),
+            0
+        );
+        // What a killed agent leaves: a partial file and a directory without a record.
+        let images = dir.path().join("images");
+        std::fs::write(images.join(".import-a-42"), b"partial").unwrap();
+        std::fs::create_dir(images.join("b")).unwrap();
+        std::fs::write(images.join("b/image"), b"x").unwrap();
+        store
+            .import_local("c", &images.join("b/image"), None, BTreeMap::new(), 0)
+            .unwrap();
+        let mut swept = store.sweep();
+        swept.sort();
+        assert_eq!(swept, [images.join(".import-a-42"), images.join("b")]);
+        assert_eq!(store.list().len(), 1, "complete images stay");
+    }
+
+    struct FailingReader;
+
+    impl Read for FailingReader {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("connection reset"))
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! `[storage] root`.
 
 pub mod disks;
+pub mod fetch;
 pub mod images;
 
 pub use disks::GuestFiles;
