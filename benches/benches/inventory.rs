@@ -6,71 +6,15 @@
 //! trips, default 300), `COMMAND_ROUNDS` (runs of each command, default 10), `IDLE_SECS`
 //! (wait before reading RSS, default 10).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Stats, bin, env_or, header, ms, row, start_agent, stats};
 use hvagent::ctl::client;
 use hvagent_proto::v1 as pb;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// `target/release/<name>`, next to `deps/` holding this bench binary.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo build --release --bins` first",
-        path.display()
-    );
-    path
-}
-
-struct Stats {
-    median: Duration,
-    p99: Duration,
-    min: Duration,
-    max: Duration,
-    n: usize,
-}
-
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
-    let n = samples.len();
-    let at = |q: f64| samples[((n as f64 - 1.0) * q).round() as usize];
-    Stats {
-        median: at(0.5),
-        p99: at(0.99),
-        min: samples[0],
-        max: samples[n - 1],
-        n,
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn row(name: &str, s: &Stats) {
-    println!(
-        "| {name} | {} | {} | {} | {} | {} |",
-        s.n,
-        ms(s.median),
-        ms(s.p99),
-        ms(s.min),
-        ms(s.max)
-    );
-}
 
 fn time_command(program: &Path, args: &[&str], rounds: usize) -> Stats {
     let samples = (0..rounds)
@@ -98,39 +42,13 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-fn start_agent(dir: &Path) -> (Child, PathBuf) {
-    let socket = dir.join("hvagent.sock");
-    let config = dir.join("hvagent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[api]\nunix_socket = \"{}\"\n[storage]\nroot = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n",
-            socket.display(),
-            dir.join("store").display()
-        ),
-    )
-    .expect("config");
-    let child = Command::new(bin("hvagent"))
-        .arg("--config")
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hvagent");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "agent did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, socket)
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let rounds = env_or("ROUNDS", 300);
     let command_rounds = env_or("COMMAND_ROUNDS", 10);
     let idle = Duration::from_secs(env_or("IDLE_SECS", 10) as u64);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut agent, socket) = start_agent(dir.path());
+    let (mut agent, socket) = start_agent(dir.path(), "");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,8 +95,7 @@ fn main() {
     );
 
     println!();
-    println!("| what | n | median | p99 | min | max |");
-    println!("|---|---|---|---|---|---|");
+    header();
     row(
         "GetInventory round trip (gRPC, Unix socket, one connection)",
         &grpc,

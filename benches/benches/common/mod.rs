@@ -1,0 +1,99 @@
+//! What the side-by-side bench drivers share: the built binaries, a private agent, and
+//! summary statistics printed as Markdown rows.
+#![allow(dead_code)] // each bench uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `target/release/<name>`, next to `deps/` holding this bench binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --release --bins` first",
+        path.display()
+    );
+    path
+}
+
+pub struct Stats {
+    pub median: Duration,
+    pub p99: Duration,
+    pub min: Duration,
+    pub max: Duration,
+    pub n: usize,
+}
+
+pub fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let n = samples.len();
+    let at = |q: f64| samples[((n as f64 - 1.0) * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p99: at(0.99),
+        min: samples[0],
+        max: samples[n - 1],
+        n,
+    }
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub fn header() {
+    println!("| what | n | median | p99 | min | max |");
+    println!("|---|---|---|---|---|---|");
+}
+
+pub fn row(name: &str, s: &Stats) {
+    println!(
+        "| {name} | {} | {} | {} | {} | {} |",
+        s.n,
+        ms(s.median),
+        ms(s.p99),
+        ms(s.min),
+        ms(s.max)
+    );
+}
+
+/// Starts the release `hvagent` on a socket and store inside `dir`, with `extra` TOML lines
+/// appended to its config, and waits until it serves.
+pub fn start_agent(dir: &Path, extra: &str) -> (Child, PathBuf) {
+    let socket = dir.join("hvagent.sock");
+    let config = dir.join("hvagent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nunix_socket = \"{}\"\n[storage]\nroot = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{extra}",
+            socket.display(),
+            dir.join("store").display()
+        ),
+    )
+    .expect("config");
+    let child = Command::new(bin("hvagent"))
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hvagent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, socket)
+}
