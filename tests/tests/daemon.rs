@@ -249,10 +249,7 @@ fn metrics_address_in_use_stops_start_up_with_the_reason() {
 fn an_open_health_watch_stream_does_not_hold_the_stop() {
     let mut agent = Agent::start("");
     let socket = agent.socket.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let mut stream = runtime.block_on(async {
         let channel = hvagent::ctl::client::connect(&socket).await.unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);

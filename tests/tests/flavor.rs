@@ -160,10 +160,7 @@ fn explain_and_standard_work_offline() {
 #[test]
 fn flavor_service_over_grpc() {
     let agent = Agent::start("");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
         let mut svc = pb::flavor_service_client::FlavorServiceClient::new(channel);

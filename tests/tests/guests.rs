@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, repo_root};
+use common::{Agent, repo_root, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -49,13 +49,6 @@ impl Drop for Cleanup {
             virsh(&["undefine", u, "--nvram"]);
         }
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 async fn clients(
@@ -143,35 +136,33 @@ async fn wait_boots(vms: &mut Vms, uuid: &str, n: usize) -> usize {
     }
 }
 
-/// The guest's `hvagent.KEY=VALUE` report, once its console says it is ready.
+/// The guest's `hvagent.KEY=VALUE` report of its last boot, once that boot is done.
 async fn report(vms: &mut Vms, uuid: &str) -> std::collections::BTreeMap<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let log = vms
-            .get_console_log(pb::GetConsoleLogRequest {
-                uuid: uuid.into(),
-                max_bytes: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let text = String::from_utf8_lossy(&log.data).into_owned();
-        if text.contains("HVAGENT-GUEST-READY") {
-            // The last boot's report (a reboot prints another).
-            let last = text.rsplit("HVAGENT-GUEST-BOOTED").next().unwrap_or("");
-            return last
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("hvagent."))
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-                .collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "guest {uuid} did not report within 180 s:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_boots(vms, uuid, 1).await;
+    let text = console(vms, uuid).await;
+    text.rsplit("HVAGENT-GUEST-BOOTED")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("hvagent."))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+/// The UUIDs of the agent's guests, in order.
+async fn listed(vms: &mut Vms) -> Vec<String> {
+    let mut uuids: Vec<String> = vms
+        .list(pb::ListVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .vms
+        .into_iter()
+        .map(|v| v.uuid)
+        .collect();
+    uuids.sort();
+    uuids
 }
 
 async fn claims(
@@ -591,15 +582,7 @@ fn killed_mid_create_every_guest_is_whole_or_gone() {
         agent = agent.spawn();
         rt.block_on(async {
             let (mut vms, _, mut placement) = clients(&agent).await;
-            let listed: Vec<String> = vms
-                .list(pb::ListVmsRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .vms
-                .into_iter()
-                .map(|v| v.uuid)
-                .collect();
+            let listed = listed(&mut vms).await;
             let mut claimed = claims(&mut placement).await;
             claimed.sort();
             assert_eq!(
@@ -662,20 +645,9 @@ fn concurrent_calls_about_one_guest_agree() {
                 status.message()
             );
         }
-        let mut listed: Vec<String> = vms
-            .clone()
-            .list(pb::ListVmsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .vms
-            .into_iter()
-            .map(|v| v.uuid)
-            .collect();
-        listed.sort();
         let mut want = vec![owner.clone(), uuid(32)];
         want.sort();
-        assert_eq!(listed, want);
+        assert_eq!(listed(&mut vms.clone()).await, want);
         assert_eq!(claims(&mut placement).await.len(), 2);
 
         let delete = |id: String| {

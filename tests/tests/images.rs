@@ -95,10 +95,7 @@ fn images_are_imported_from_urls() {
     let server = Server::start(files.path(), None);
     let base = format!("http://127.0.0.1:{}", server.port);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
         let mut images = Images::new(channel);

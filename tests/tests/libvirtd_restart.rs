@@ -51,10 +51,7 @@ fn guest_calls_recover_after_libvirtd_restarts() {
     let agent = agent.spawn();
     let uuid = "00000000-0000-4000-8000-0000000e7e57".to_string();
     let _cleanup = Cleanup(uuid.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
         let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());

@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Agent, code, hvctl_at, repo_root, stderr, stdout};
+use common::{Agent, code, hvctl_at, repo_root, runtime, stderr, stdout};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 
@@ -65,13 +65,6 @@ impl Clients {
         let status = self.placement.reserve(req).await.unwrap_err();
         (status.code(), status.message().to_string())
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn pins(c: &pb::Claim) -> Vec<u32> {

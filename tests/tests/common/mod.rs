@@ -23,6 +23,14 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A single-threaded runtime for a test's gRPC calls (concurrent calls still interleave).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
