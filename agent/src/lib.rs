@@ -10,5 +10,6 @@ pub mod domain;
 pub mod flavor;
 pub mod guest;
 pub mod host;
+pub mod net;
 pub mod placement;
 pub mod storage;

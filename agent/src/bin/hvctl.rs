@@ -69,6 +69,11 @@ enum Command {
     #[command(subcommand)]
     Placement(PlacementCommand),
 
+    /// Host networks for guests: provider bridges, VXLAN tenant segments, VLANs. The agent
+    /// keeps each network as specified and repairs drift (docs/networking.md).
+    #[command(subcommand)]
+    Network(NetworkCommand),
+
     /// Offline sizing: place flavors, in the order given, on a captured sysfs/procfs tree
     /// (DIR/sys/..., DIR/proc/..., as `images/guest/capture.sh` writes them) under a node
     /// policy, and show the claims, the refusals and what still fits. No agent needed.
@@ -274,7 +279,11 @@ async fn run(cli: Cli) -> ExitCode {
             config,
             flavors,
         } => return plan(cli.output, &root, config.as_deref(), &flavors),
-        Command::Node(_) | Command::Placement(_) | Command::Image(_) | Command::Vm(_) => {}
+        Command::Node(_)
+        | Command::Placement(_)
+        | Command::Image(_)
+        | Command::Vm(_)
+        | Command::Network(_) => {}
     }
     let channel = match client::connect(&cli.socket).await {
         Ok(c) => c,
@@ -286,6 +295,7 @@ async fn run(cli: Cli) -> ExitCode {
     let mut node = pb::node_service_client::NodeServiceClient::new(channel.clone());
     let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
     let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
+    let mut networks = pb::network_service_client::NetworkServiceClient::new(channel.clone());
     let mut placement = pb::placement_service_client::PlacementServiceClient::new(channel);
     let (output, socket) = (cli.output, cli.socket.as_path());
     match cli.command {
@@ -333,7 +343,140 @@ async fn run(cli: Cli) -> ExitCode {
         ),
         Command::Image(command) => image(output, socket, &mut images, command).await,
         Command::Vm(command) => vm(output, socket, &mut vms, command).await,
+        Command::Network(command) => network(output, socket, &mut networks, command).await,
         Command::Flavor(_) | Command::Plan { .. } => ExitCode::SUCCESS,
+    }
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Make the host have a network (idempotent: the same spec again changes nothing; another
+    /// spec under the name is refused, naming the differences).
+    Ensure {
+        /// 1-12 of a-z 0-9 -; the bridge guests attach to is br-NAME.
+        name: String,
+        #[arg(long, value_parser = ["bridge", "vxlan", "vlan"])]
+        kind: String,
+        /// VXLAN network identifier, 1-16777215.
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Host interface: enslaved to a bridge network, or the parent of a VLAN.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// VXLAN underlay device (where the encapsulated packets leave).
+        #[arg(long)]
+        underlay: Option<String>,
+        /// VXLAN local underlay address.
+        #[arg(long)]
+        local: Option<String>,
+        /// VXLAN unicast peer; repeat for more.
+        #[arg(long = "remote", value_name = "ADDR")]
+        remotes: Vec<String>,
+        /// VXLAN multicast group.
+        #[arg(long)]
+        group: Option<String>,
+        /// VXLAN UDP port (default 4789).
+        #[arg(long)]
+        port: Option<u32>,
+        /// VLAN id, 1-4094.
+        #[arg(long)]
+        vlan_id: Option<u32>,
+        /// MTU, 68-65535 (default 1500; for VXLAN the underlay's minus 50, or 70 over IPv6).
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Host address on the bridge, ADDRESS/PREFIX.
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Every network: state, problems being repaired, guest NICs, counters.
+    List,
+    /// Remove a network (refused while guest NICs are attached, unless --force).
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+type Networks = pb::network_service_client::NetworkServiceClient<tonic::transport::Channel>;
+
+async fn network(
+    output: Output,
+    socket: &Path,
+    networks: &mut Networks,
+    command: NetworkCommand,
+) -> ExitCode {
+    match command {
+        NetworkCommand::Ensure {
+            name,
+            kind,
+            vni,
+            uplink,
+            underlay,
+            local,
+            remotes,
+            group,
+            port,
+            vlan_id,
+            mtu,
+            address,
+        } => {
+            let network = pb::Network {
+                name,
+                kind,
+                vni: vni.unwrap_or(0),
+                underlay: underlay.unwrap_or_default(),
+                local: local.unwrap_or_default(),
+                remotes,
+                group: group.unwrap_or_default(),
+                port: port.unwrap_or(0),
+                vlan_id: vlan_id.unwrap_or(0),
+                uplink: uplink.unwrap_or_default(),
+                mtu: mtu.unwrap_or(0),
+                address: address.unwrap_or_default(),
+            };
+            answer(
+                output,
+                socket,
+                networks
+                    .ensure(pb::EnsureNetworkRequest {
+                        network: Some(network),
+                    })
+                    .await,
+                |r: &pb::EnsureNetworkResponse| {
+                    format!(
+                        "{}{}",
+                        if r.changed {
+                            "created\n"
+                        } else {
+                            "unchanged\n"
+                        },
+                        render::networks(r.network.as_slice())
+                    )
+                },
+            )
+        }
+        NetworkCommand::List => answer(
+            output,
+            socket,
+            networks.list(pb::ListNetworksRequest {}).await,
+            |r: &pb::ListNetworksResponse| render::networks(&r.networks),
+        ),
+        NetworkCommand::Delete { name, force } => answer(
+            output,
+            socket,
+            networks
+                .delete(pb::DeleteNetworkRequest { name, force })
+                .await,
+            |r: &pb::DeleteNetworkResponse| {
+                if r.deleted {
+                    "deleted\n"
+                } else {
+                    "no such network\n"
+                }
+                .into()
+            },
+        ),
     }
 }
 

@@ -19,6 +19,16 @@ pub struct Config {
     pub log: LogConfig,
     pub host: HostConfig,
     pub placement: Policy,
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// The network namespace the agent's bridges, VXLAN devices and taps live in: a file
+    /// such as `/run/netns/NAME`; `None` is the agent's own.
+    pub namespace: Option<PathBuf>,
+    /// How often every network is checked and repaired.
+    pub reconcile_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +108,10 @@ impl Default for Config {
                 kvm_trial_timeout_ms: 2000,
             },
             placement: Policy::default(),
+            network: NetworkConfig {
+                namespace: None,
+                reconcile_seconds: 30,
+            },
         }
     }
 }
@@ -277,6 +291,17 @@ impl Config {
             ("placement", "overhead_ram_permille") => {
                 self.placement.overhead.ram_permille = integer(value, 0, 1000)?;
             }
+            ("network", "namespace") => {
+                let s = string(value)?;
+                self.network.namespace = if s.is_empty() {
+                    None
+                } else {
+                    Some(absolute_path(value)?)
+                };
+            }
+            ("network", "reconcile_seconds") => {
+                self.network.reconcile_seconds = integer(value, 1, 3600)?;
+            }
             (_, _) if !KNOWN_SECTIONS.contains(&section) => {
                 return Err(format!(
                     "unknown section [{section}] (known: {})",
@@ -297,6 +322,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "log",
     "host",
     "placement",
+    "network",
 ];
 
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -416,7 +442,7 @@ mod tests {
         );
         assert_eq!(
             err("[apii]\nx = 1\n"),
-            "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement)"
+            "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network)"
         );
         assert_eq!(
             err("[api]\nunix_socket = \"rel.sock\"\n"),

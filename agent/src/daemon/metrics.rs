@@ -9,6 +9,8 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -18,6 +20,8 @@ pub struct Metrics {
     registry: Registry,
     /// 1 while the API serves, 0 once the agent is stopping.
     pub up: Gauge,
+    /// Network repairs by kind (`hvagent_network_repairs_total`).
+    pub network_repairs: Family<crate::net::RepairLabels, Counter>,
 }
 
 impl Metrics {
@@ -46,7 +50,17 @@ impl Metrics {
             "When the agent started, in Unix seconds",
             start,
         );
-        Self { registry, up }
+        let network_repairs = Family::default();
+        registry.register(
+            "network_repairs",
+            "Repairs made to the host's networks to match their specs, by kind",
+            network_repairs.clone(),
+        );
+        Self {
+            registry,
+            up,
+            network_repairs,
+        }
     }
 
     pub fn render(&self) -> String {

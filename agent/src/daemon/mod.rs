@@ -21,7 +21,7 @@ use crate::api::placement::EXPIRY_INTERVAL;
 use hvagent_proto::v1::image_service_server::ImageServiceServer;
 use hvagent_proto::v1::vm_service_server::VmServiceServer;
 
-use crate::api::{FlavorApi, ImageApi, NodeApi, PlacementApi, VmApi};
+use crate::api::{FlavorApi, ImageApi, NetworkApi, NodeApi, PlacementApi, VmApi};
 use crate::domain::Libvirt;
 use crate::domain::xml::Emulation;
 use crate::guest::{Guests, choose_emulation};
@@ -59,6 +59,9 @@ pub enum DaemonError {
     /// error (exit status 2).
     #[error("{0}")]
     Policy(#[from] crate::placement::PolicyError),
+    /// The `[network] namespace` cannot be entered: a configuration error (exit status 2).
+    #[error("network.namespace: {0}")]
+    Network(crate::net::link::NetError),
 }
 
 /// How often the libvirt connection is checked and, if lost, reopened.
@@ -166,6 +169,32 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             tracing::info!(vm = %uuid, "removed files of a guest that has no domain");
         }
     }
+    let netlink = crate::net::link::Netlink::open(crate::net::link::Namespace {
+        path: config.network.namespace.clone(),
+    })
+    .map_err(DaemonError::Network)?;
+    let networks = Arc::new(crate::net::Networks::new(
+        netlink,
+        &config.storage.root,
+        metrics.network_repairs.clone(),
+    ));
+    // Networks are made to match their specs at start and every reconcile interval; stray
+    // taps are removed only when the guests (who own taps) could be listed.
+    let network_task = tokio::spawn({
+        let networks = networks.clone();
+        let guests = guests.clone();
+        let every = Duration::from_secs(config.network.reconcile_seconds);
+        async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let taps = guests.tap_names().await.ok();
+                if let Err(e) = networks.reconcile(taps.as_ref()).await {
+                    tracing::warn!(error = %e, "network reconcile incomplete");
+                }
+            }
+        }
+    });
     for partial in guests.images.sweep() {
         tracing::info!(path = %partial.display(), "removed a partial image import");
     }
@@ -257,6 +286,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(FlavorApi.into_service())
         .add_service(PlacementApi::new(placement.clone()).into_service())
         .add_service(ImageApi::new(guests.clone()).into_service())
+        .add_service(NetworkApi::new(networks).into_service())
         .add_service(VmApi::new(guests, placement).into_service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
 
@@ -297,6 +327,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     metrics_task.abort();
     expiry_task.abort();
     connection_task.abort();
+    network_task.abort();
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())

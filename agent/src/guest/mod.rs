@@ -443,6 +443,20 @@ impl Guests {
         self.libvirt.subscribe()
     }
 
+    /// The taps this agent's guests own (by their networks), as `net::nic::tap_name` names
+    /// them.
+    pub async fn tap_names(&self) -> Result<std::collections::BTreeSet<String>, GuestError> {
+        Ok(self
+            .list()
+            .await?
+            .0
+            .iter()
+            .flat_map(|g| {
+                (0..g.intent.networks.len()).map(|i| crate::net::nic::tap_name(&g.uuid, i))
+            })
+            .collect())
+    }
+
     /// Guests using `image`.
     pub async fn users_of(&self, image: &str) -> Result<Vec<String>, GuestError> {
         Ok(self

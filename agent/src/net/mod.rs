@@ -1,0 +1,439 @@
+//! Host networking, declaratively: the networks the agent is told to have (persisted under
+//! `[storage] root`/networks), made real over netlink and kept real by reconciling them at
+//! start-up, periodically and on every change. `spec` and `reconcile` are pure; `link` is the
+//! netlink edge.
+
+pub mod link;
+pub mod nic;
+pub mod reconcile;
+pub mod spec;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use link::{Counters, Link, NetError, Netlink, NewVxlan};
+use reconcile::{Step, plan};
+use spec::{Kind, NetworkSpec, SpecError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworksError {
+    #[error("{0}")]
+    Invalid(#[from] SpecError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<NetError> for NetworksError {
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::Unsupported(m) => NetworksError::Precondition(m),
+            other => NetworksError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Labels of `hvagent_network_repairs_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    pub kind: String,
+}
+
+/// A network as List shows it.
+#[derive(Debug, Clone)]
+pub struct NetworkView {
+    pub spec: NetworkSpec,
+    pub bridge: String,
+    pub mtu: u32,
+    /// What is wrong now (empty: as desired).
+    pub problems: Vec<String>,
+    /// Guest taps in the bridge.
+    pub nics: Vec<String>,
+    pub counters: Counters,
+}
+
+pub struct Networks {
+    netlink: Netlink,
+    dir: PathBuf,
+    /// One change or reconcile at a time.
+    lock: tokio::sync::Mutex<()>,
+    repairs: Family<RepairLabels, Counter>,
+}
+
+impl Networks {
+    pub fn new(
+        netlink: Netlink,
+        storage_root: &Path,
+        repairs: Family<RepairLabels, Counter>,
+    ) -> Networks {
+        Networks {
+            netlink,
+            dir: storage_root.join("networks"),
+            lock: tokio::sync::Mutex::new(()),
+            repairs,
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// The desired networks, by name; unreadable files are logged and skipped.
+    pub fn desired(&self) -> Vec<NetworkSpec> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<NetworkSpec> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| {
+                let read = std::fs::read(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+                read.map_err(|e| {
+                    tracing::error!(file = %p.display(), error = %e, "unreadable network spec: ignored")
+                })
+                .ok()
+            })
+            .collect();
+        out.sort_by(|a: &NetworkSpec, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn store(&self, spec: &NetworkSpec) -> Result<(), NetworksError> {
+        let fail =
+            |e: std::io::Error| NetworksError::Failed(format!("{}: {e}", self.dir.display()));
+        std::fs::create_dir_all(&self.dir).map_err(fail)?;
+        let tmp = self.dir.join(format!(".{}.json.tmp", spec.name));
+        let json =
+            serde_json::to_vec_pretty(spec).map_err(|e| NetworksError::Failed(e.to_string()))?;
+        std::fs::write(&tmp, json).map_err(fail)?;
+        std::fs::rename(&tmp, self.file(&spec.name)).map_err(fail)
+    }
+
+    /// Makes the host have `spec`: a no-op for the same spec (`Ok(false)`), the network made
+    /// for a new one (`Ok(true)`), `ALREADY_EXISTS` naming each difference for another spec
+    /// under the name. A new network that cannot be made leaves nothing behind.
+    pub async fn ensure(&self, spec: NetworkSpec) -> Result<bool, NetworksError> {
+        spec.validate()?;
+        let _one = self.lock.lock().await;
+        if let Some(existing) = self.desired().into_iter().find(|s| s.name == spec.name) {
+            let differences = existing.differences(&spec);
+            if !differences.is_empty() {
+                return Err(NetworksError::AlreadyExists(format!(
+                    "network {:?} exists with another spec: {}",
+                    spec.name,
+                    differences.join("; ")
+                )));
+            }
+            self.reconcile_locked(std::slice::from_ref(&spec), None)
+                .await?;
+            return Ok(false);
+        }
+        let links = self.netlink.links().await?;
+        let exists = |n: &str| links.iter().any(|l| l.name == n);
+        let lower = match &spec.kind {
+            Kind::Bridge { uplink } => uplink.as_deref().map(|u| ("uplink", u)),
+            Kind::Vxlan { underlay, .. } => Some(("underlay", underlay.as_str())),
+            Kind::Vlan { uplink, .. } => Some(("uplink", uplink.as_str())),
+        };
+        if let Some((field, name)) = lower
+            && !exists(name)
+        {
+            return Err(NetworksError::NotFound(format!(
+                "{field}: no interface {name:?} on this node"
+            )));
+        }
+        for device in std::iter::once(spec.bridge()).chain(spec.member()) {
+            if exists(&device) {
+                return Err(NetworksError::AlreadyExists(format!(
+                    "name: interface {device} already exists and is not managed by this agent"
+                )));
+            }
+        }
+        self.store(&spec)?;
+        if let Err(e) = self
+            .reconcile_locked(std::slice::from_ref(&spec), None)
+            .await
+        {
+            // Undo: the devices this ensure made, then the spec.
+            self.remove_devices(&spec).await;
+            let _ = std::fs::remove_file(self.file(&spec.name));
+            return Err(e);
+        }
+        tracing::info!(network = %spec.name, kind = spec.kind.word(), "network created");
+        Ok(true)
+    }
+
+    /// Removes a network: refused while guest NICs are in it unless `force`. `Ok(false)` when
+    /// there was no such network.
+    pub async fn delete(&self, name: &str, force: bool) -> Result<bool, NetworksError> {
+        spec::check_name(name)?;
+        let _one = self.lock.lock().await;
+        let Some(spec) = self.desired().into_iter().find(|s| s.name == name) else {
+            return Ok(false);
+        };
+        let links = self.netlink.links().await?;
+        let nics = nics_in(&links, &spec.bridge());
+        if !nics.is_empty() && !force {
+            return Err(NetworksError::Precondition(format!(
+                "network {name:?} has guest NICs attached ({}): detach them or delete with force",
+                nics.join(", ")
+            )));
+        }
+        self.remove_devices(&spec).await;
+        std::fs::remove_file(self.file(name))
+            .map_err(|e| NetworksError::Failed(format!("{}: {e}", self.file(name).display())))?;
+        tracing::info!(network = %name, forced = force && !nics.is_empty(), "network deleted");
+        Ok(true)
+    }
+
+    async fn remove_devices(&self, spec: &NetworkSpec) {
+        let Ok(links) = self.netlink.links().await else {
+            return;
+        };
+        for device in spec
+            .member()
+            .into_iter()
+            .chain(std::iter::once(spec.bridge()))
+        {
+            if let Some(l) = links.iter().find(|l| l.name == device)
+                && let Err(e) = self.netlink.delete(l.index).await
+            {
+                tracing::warn!(device, error = %e, "cannot remove a network device");
+            }
+        }
+    }
+
+    /// Every desired network with what is wrong with it now.
+    pub async fn list(&self) -> Result<Vec<NetworkView>, NetworksError> {
+        let specs = self.desired();
+        let links = self.netlink.links().await?;
+        let (steps, problems) = plan(&specs, &links, None);
+        Ok(specs
+            .into_iter()
+            .map(|spec| {
+                let bridge = spec.bridge();
+                let link = links.iter().find(|l| l.name == bridge);
+                let mut wrong: Vec<String> = problems
+                    .iter()
+                    .filter(|p| p.starts_with(&format!("{}: ", spec.name)))
+                    .cloned()
+                    .collect();
+                wrong.extend(steps.iter().filter(|s| concerns(s, &spec)).map(describe));
+                NetworkView {
+                    mtu: link.map_or(0, |l| l.mtu),
+                    counters: link.map(|l| l.counters).unwrap_or_default(),
+                    nics: nics_in(&links, &bridge),
+                    problems: wrong,
+                    bridge,
+                    spec,
+                }
+            })
+            .collect())
+    }
+
+    /// Repairs every desired network and removes taps no guest owns (when `guest_taps`, the
+    /// taps guests own, is known); returns the repairs.
+    pub async fn reconcile(
+        &self,
+        guest_taps: Option<&BTreeSet<String>>,
+    ) -> Result<Vec<String>, NetworksError> {
+        let _one = self.lock.lock().await;
+        self.reconcile_locked(&self.desired(), guest_taps).await
+    }
+
+    async fn reconcile_locked(
+        &self,
+        specs: &[NetworkSpec],
+        guest_taps: Option<&BTreeSet<String>>,
+    ) -> Result<Vec<String>, NetworksError> {
+        let links = self.netlink.links().await?;
+        let (steps, problems) = plan(specs, &links, guest_taps);
+        if let Some(p) = problems.first() {
+            return Err(NetworksError::NotFound(p.clone()));
+        }
+        let mut done = Vec::new();
+        for step in steps {
+            self.apply(&step, specs).await?;
+            if !matches!(step, Step::AddPeers { .. }) {
+                let what = describe(&step);
+                tracing::info!(repair = step.kind(), "{what}");
+                self.repairs
+                    .get_or_create(&RepairLabels {
+                        kind: step.kind().to_string(),
+                    })
+                    .inc();
+                done.push(what);
+            }
+        }
+        Ok(done)
+    }
+
+    async fn apply(&self, step: &Step, specs: &[NetworkSpec]) -> Result<(), NetworksError> {
+        // Indexes change as links come and go: look them up right before each step.
+        let links = self.netlink.links().await?;
+        let index = |name: &str| {
+            links
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.index)
+                .ok_or_else(|| NetworksError::NotFound(format!("interface {name} vanished")))
+        };
+        let spec = |network: &str| {
+            specs
+                .iter()
+                .find(|s| s.name == network)
+                .ok_or_else(|| NetworksError::Failed(format!("no spec for {network}")))
+        };
+        match step {
+            Step::CreateBridge { name, mtu } => self.netlink.add_bridge(name, *mtu).await?,
+            Step::CreateVxlan {
+                network,
+                name,
+                underlay,
+                mtu,
+            } => {
+                if let Kind::Vxlan {
+                    vni,
+                    local,
+                    group,
+                    port,
+                    ..
+                } = &spec(network)?.kind
+                {
+                    self.netlink
+                        .add_vxlan(&NewVxlan {
+                            name,
+                            vni: *vni,
+                            underlay: index(underlay)?,
+                            local: *local,
+                            group: *group,
+                            port: *port,
+                            mtu: *mtu,
+                        })
+                        .await?;
+                }
+            }
+            Step::CreateVlan {
+                network,
+                name,
+                uplink,
+                mtu,
+            } => {
+                if let Kind::Vlan { id, .. } = &spec(network)?.kind {
+                    self.netlink
+                        .add_vlan(name, index(uplink)?, *id, *mtu)
+                        .await?;
+                }
+            }
+            Step::Recreate { name, .. } | Step::RemoveStrayTap { name } => {
+                self.netlink.delete(index(name)?).await?;
+            }
+            Step::Fix {
+                name,
+                mtu,
+                controller,
+                ..
+            } => {
+                let controller = match controller {
+                    Some(c) => Some(index(c)?),
+                    None => None,
+                };
+                self.netlink.set(index(name)?, *mtu, controller).await?;
+            }
+            Step::AddAddress { bridge, network } => {
+                if let Some(a) = spec(network)?.address {
+                    self.netlink.add_address(index(bridge)?, a).await?;
+                }
+            }
+            Step::AddPeers { network, name } => {
+                if let Kind::Vxlan { remotes, .. } = &spec(network)?.kind {
+                    let member = index(name)?;
+                    for r in remotes {
+                        self.netlink.add_flood_peer(member, *r).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Repairs counted so far, by kind.
+    pub fn repair_counts(&self) -> BTreeMap<String, u64> {
+        [
+            "bridge_created",
+            "member_created",
+            "member_recreated",
+            "link_fixed",
+            "address_added",
+            "stray_tap_removed",
+        ]
+        .iter()
+        .map(|k| {
+            let n = self
+                .repairs
+                .get_or_create(&RepairLabels {
+                    kind: (*k).to_string(),
+                })
+                .get();
+            ((*k).to_string(), n)
+        })
+        .collect()
+    }
+}
+
+/// Agent taps enslaved to `bridge`.
+fn nics_in(links: &[Link], bridge: &str) -> Vec<String> {
+    let Some(b) = links.iter().find(|l| l.name == bridge) else {
+        return Vec::new();
+    };
+    links
+        .iter()
+        .filter(|l| l.controller == Some(b.index) && nic::is_tap_name(&l.name))
+        .map(|l| l.name.clone())
+        .collect()
+}
+
+/// Whether a planned step is about `spec`'s devices.
+fn concerns(step: &Step, spec: &NetworkSpec) -> bool {
+    let devices: Vec<String> = std::iter::once(spec.bridge())
+        .chain(spec.member())
+        .chain(match &spec.kind {
+            Kind::Bridge { uplink } => uplink.clone(),
+            _ => None,
+        })
+        .collect();
+    match step {
+        Step::CreateBridge { name, .. } | Step::Fix { name, .. } => devices.contains(name),
+        Step::CreateVxlan { network, .. }
+        | Step::CreateVlan { network, .. }
+        | Step::Recreate { network, .. }
+        | Step::AddAddress { network, .. } => *network == spec.name,
+        Step::AddPeers { .. } | Step::RemoveStrayTap { .. } => false,
+    }
+}
+
+fn describe(step: &Step) -> String {
+    match step {
+        Step::CreateBridge { name, mtu } => format!("bridge {name} missing: created (MTU {mtu})"),
+        Step::CreateVxlan { name, .. } | Step::CreateVlan { name, .. } => {
+            format!("{name} missing: created")
+        }
+        Step::Recreate { name, .. } => format!("{name} drifted from its spec: made again"),
+        Step::Fix { why, .. } => format!("{why}: fixed"),
+        Step::AddAddress { bridge, .. } => format!("{bridge} lacked its address: added"),
+        Step::AddPeers { name, .. } => format!("{name}: peers added"),
+        Step::RemoveStrayTap { name } => format!("tap {name} belongs to no guest: removed"),
+    }
+}

@@ -1,0 +1,129 @@
+//! Guest NIC identities: the tap's name and the MAC address, both derived from the guest's
+//! UUID and the NIC's index so that a restarted agent finds the same ones again.
+
+use sha2::{Digest, Sha256};
+
+/// Taps the agent makes start with this; a tap with it and no guest is a leftover.
+pub const TAP_PREFIX: &str = "hv";
+/// One hex digit of NIC index in the tap name.
+pub const MAX_NICS: usize = 16;
+
+/// `hv` + the UUID's first 11 hex digits + the index in hex: 14 characters, within Linux's
+/// 15. Two guests whose UUIDs share 11 leading hex digits would clash; creates check.
+pub fn tap_name(uuid: &str, index: usize) -> String {
+    let hex: String = uuid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(11)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    format!("{TAP_PREFIX}{hex}{index:x}")
+}
+
+/// Whether `name` is shaped like one of the agent's taps.
+pub fn is_tap_name(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with(TAP_PREFIX)
+        && name[TAP_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A locally administered unicast MAC from the UUID and index: stable, and unlike QEMU's
+/// `52:54:00` prefix, not in anyone's vendor space.
+pub fn derived_mac(uuid: &str, index: usize) -> [u8; 6] {
+    let digest = Sha256::new()
+        .chain_update(uuid.to_ascii_lowercase().as_bytes())
+        .chain_update((index as u32).to_be_bytes())
+        .finalize();
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&digest[..6]);
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    mac
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A caller's MAC: six colon-separated hex bytes, unicast (multicast bit clear), not zero.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!(
+            "{text:?} must be six hex bytes like 02:00:00:00:00:01"
+        ));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(format!(
+                "{text:?} must be six hex bytes like 02:00:00:00:00:01"
+            ));
+        }
+        mac[i] = u8::from_str_radix(p, 16)
+            .map_err(|_| format!("{text:?} must be six hex bytes like 02:00:00:00:00:01"))?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("{text} is a multicast address"));
+    }
+    if mac == [0; 6] {
+        return Err("00:00:00:00:00:00 is not an address".into());
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "0F1e2d3c-4b5a-4697-8877-665544332211";
+
+    #[test]
+    fn tap_names_fit_and_are_recognised() {
+        let t = tap_name(UUID, 0);
+        assert_eq!(t, "hv0f1e2d3c4b50");
+        assert_eq!(tap_name(UUID, 15), "hv0f1e2d3c4b5f");
+        assert!(t.len() <= 15);
+        assert!(is_tap_name(&t));
+        for other in [
+            "eth0",
+            "hv0f1e2d3c4b5",
+            "hv0f1e2d3c4b5g",
+            "br-x",
+            "hvXf1e2d3c4b50",
+        ] {
+            assert!(!is_tap_name(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn macs_are_stable_local_unicast() {
+        let a = derived_mac(UUID, 0);
+        assert_eq!(a, derived_mac(&UUID.to_ascii_lowercase(), 0));
+        assert_ne!(a, derived_mac(UUID, 1));
+        for i in 0..MAX_NICS {
+            let m = derived_mac(UUID, i);
+            assert_eq!(m[0] & 0b11, 0b10, "locally administered, unicast");
+        }
+        let text = format_mac(&a);
+        assert_eq!(parse_mac(&text).unwrap(), a);
+    }
+
+    #[test]
+    fn caller_macs_are_checked() {
+        assert!(parse_mac("02:00:00:00:00:01").is_ok());
+        assert!(
+            parse_mac("01:00:5e:00:00:01")
+                .unwrap_err()
+                .contains("multicast")
+        );
+        assert!(parse_mac("00:00:00:00:00:00").is_err());
+        assert!(parse_mac("02:00:00:00:00").is_err());
+        assert!(parse_mac("02:00:00:00:00:0g").is_err());
+        assert!(parse_mac("002:00:00:00:00:01").is_err());
+    }
+}

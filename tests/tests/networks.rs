@@ -1,0 +1,435 @@
+//! Networks end to end: the real agent makes bridges and VXLAN segments over netlink inside a
+//! network namespace of the test's own (`[network] namespace`), so the host's interfaces are
+//! never touched; what it made is checked with iproute2, independently of the agent.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Agent, runtime};
+use hvagent_proto::v1 as pb;
+use serde_json::Value;
+use tonic::Code;
+
+type Networks = pb::network_service_client::NetworkServiceClient<tonic::transport::Channel>;
+
+/// A network namespace with an underlay veth (`ul0`, 10.99.0.1/24, up); removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("hvt-{tag}-{}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns(name);
+        ns.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
+        ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "ul0"]);
+        ns.ip(&["link", "set", "ul0", "up"]);
+        ns.ip(&["link", "set", "ul1", "up"]);
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.0.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// `ip -j link show` as JSON objects.
+    fn links(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ip(&["-j", "-d", "link", "show"])).expect("ip -j")
+    }
+
+    fn link(&self, name: &str) -> Option<Value> {
+        self.links().into_iter().find(|l| l["ifname"] == name)
+    }
+
+    /// Names, kinds, MTUs and masters of every link: what "unchanged" compares.
+    fn shape(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .links()
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {} {} {}",
+                    l["ifname"], l["linkinfo"]["info_kind"], l["mtu"], l["master"]
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn agent(ns: &Netns, reconcile_seconds: u32) -> Agent {
+    Agent::start(&format!(
+        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[network]\nnamespace = \"{}\"\nreconcile_seconds = {reconcile_seconds}\n",
+        ns.path()
+    ))
+}
+
+fn bridge(name: &str) -> pb::Network {
+    pb::Network {
+        name: name.into(),
+        kind: "bridge".into(),
+        ..Default::default()
+    }
+}
+
+fn vxlan(name: &str, vni: u32) -> pb::Network {
+    pb::Network {
+        name: name.into(),
+        kind: "vxlan".into(),
+        vni,
+        underlay: "ul0".into(),
+        local: "10.99.0.1".into(),
+        remotes: vec!["10.99.0.2".into()],
+        ..Default::default()
+    }
+}
+
+async fn ensure(n: &mut Networks, network: pb::Network) -> Result<bool, tonic::Status> {
+    n.ensure(pb::EnsureNetworkRequest {
+        network: Some(network),
+    })
+    .await
+    .map(|r| r.into_inner().changed)
+}
+
+async fn connect(agent: &Agent) -> Networks {
+    Networks::new(hvagent::ctl::client::connect(&agent.socket).await.unwrap())
+}
+
+#[test]
+fn networks_are_made_checked_and_removed_in_a_namespace() {
+    let ns = Netns::new("a");
+    let host_links_before = run("ip", &["-br", "link", "show"]);
+    let agent = agent(&ns, 3600);
+    runtime().block_on(async {
+        let mut n = connect(&agent).await;
+
+        // A provider bridge, and the same again.
+        assert!(ensure(&mut n, bridge("prov")).await.unwrap());
+        let br = ns.link("br-prov").expect("br-prov made");
+        assert_eq!(br["linkinfo"]["info_kind"], "bridge");
+        assert_eq!(br["mtu"], 1500);
+        assert!(br["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+        assert!(!ensure(&mut n, bridge("prov")).await.unwrap());
+        let conflict = ensure(
+            &mut n,
+            pb::Network {
+                mtu: 1400,
+                ..bridge("prov")
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(conflict.code(), Code::AlreadyExists);
+        assert_eq!(
+            conflict.message(),
+            "network \"prov\" exists with another spec: mtu is unset, not 1400"
+        );
+
+        // A VXLAN segment: bridge + VXLAN device in it, MTU from the underlay, peer flooded.
+        assert!(ensure(&mut n, vxlan("seg", 100)).await.unwrap());
+        let br = ns.link("br-seg").expect("br-seg made");
+        assert_eq!(br["mtu"], 1450);
+        let vx = ns.link("vx-seg").expect("vx-seg made");
+        assert_eq!(vx["linkinfo"]["info_kind"], "vxlan");
+        assert_eq!(vx["linkinfo"]["info_data"]["id"], 100);
+        assert_eq!(vx["linkinfo"]["info_data"]["local"], "10.99.0.1");
+        assert_eq!(vx["master"], "br-seg");
+        assert_eq!(vx["mtu"], 1450);
+        let fdb = ns.ip(&["-j", "neigh", "show"]);
+        let fdb_bridge = run("bridge", &["-n", &ns.0, "fdb", "show", "dev", "vx-seg"]);
+        assert!(
+            fdb_bridge.contains("00:00:00:00:00:00 dst 10.99.0.2"),
+            "{fdb_bridge}\n{fdb}"
+        );
+        assert!(!ensure(&mut n, vxlan("seg", 100)).await.unwrap());
+        let other = ensure(&mut n, vxlan("seg", 200)).await.unwrap_err();
+        assert_eq!(other.code(), Code::AlreadyExists);
+        assert!(
+            other.message().ends_with("vni is 100, not 200"),
+            "{other:?}"
+        );
+
+        // Bad input: the right code, and the namespace exactly as it was.
+        let shape = ns.shape();
+        let vlan_supported = Command::new("ip")
+            .args([
+                "-n", &ns.0, "link", "add", "link", "ul0", "name", "vprobe", "type", "vlan", "id",
+                "5",
+            ])
+            .status()
+            .unwrap()
+            .success();
+        if vlan_supported {
+            ns.ip(&["link", "del", "vprobe"]);
+            println!("this kernel has 802.1Q: the vlan refusal case is not run");
+        }
+        let mut cases = vec![
+            (
+                bridge("Bad"),
+                Code::InvalidArgument,
+                "name: must be 1-12 characters",
+            ),
+            (
+                vxlan("v0", 0),
+                Code::InvalidArgument,
+                "vni: must be 1-16777215, got 0",
+            ),
+            (
+                vxlan("v1", 1 << 24),
+                Code::InvalidArgument,
+                "vni: must be 1-16777215, got 16777216",
+            ),
+            (
+                pb::Network {
+                    mtu: 10,
+                    ..bridge("m")
+                },
+                Code::InvalidArgument,
+                "mtu: must be 68-65535, got 10",
+            ),
+            (
+                pb::Network {
+                    underlay: "nope0".into(),
+                    ..vxlan("u", 5)
+                },
+                Code::NotFound,
+                "underlay: no interface \"nope0\" on this node",
+            ),
+            (
+                pb::Network {
+                    uplink: "nope0".into(),
+                    ..bridge("u")
+                },
+                Code::NotFound,
+                "uplink: no interface \"nope0\"",
+            ),
+            (
+                pb::Network {
+                    kind: "vlan".into(),
+                    vlan_id: 5000,
+                    uplink: "ul0".into(),
+                    ..bridge("vl")
+                },
+                Code::InvalidArgument,
+                "vlan_id: must be 1-4094, got 5000",
+            ),
+            (
+                pb::Network {
+                    kind: "vlan".into(),
+                    vlan_id: 7,
+                    ..bridge("vl")
+                },
+                Code::InvalidArgument,
+                "uplink: a vlan network needs its uplink",
+            ),
+            (
+                pb::Network {
+                    kind: "gre".into(),
+                    ..bridge("g")
+                },
+                Code::InvalidArgument,
+                "kind: must be bridge, vxlan or vlan",
+            ),
+            (
+                pb::Network {
+                    vni: 5,
+                    ..bridge("x")
+                },
+                Code::InvalidArgument,
+                "vni: does not apply to kind bridge",
+            ),
+            (
+                pb::Network {
+                    local: "nonsense".into(),
+                    ..vxlan("l", 5)
+                },
+                Code::InvalidArgument,
+                "local: \"nonsense\" is not an IP address",
+            ),
+        ];
+        if !vlan_supported {
+            cases.push((
+                pb::Network {
+                    kind: "vlan".into(),
+                    vlan_id: 7,
+                    uplink: "ul0".into(),
+                    ..bridge("vl")
+                },
+                Code::FailedPrecondition,
+                "vlan: this kernel has no 802.1Q support (module 8021q)",
+            ));
+        }
+        for (network, code, message) in cases {
+            let status = ensure(&mut n, network.clone()).await.unwrap_err();
+            assert_eq!(status.code(), code, "{network:?}: {status:?}");
+            assert!(
+                status.message().contains(message),
+                "{network:?}: {}",
+                status.message()
+            );
+            assert_eq!(ns.shape(), shape, "{network:?} changed the namespace");
+        }
+        let listed = n
+            .list(pb::ListNetworksRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let names: Vec<_> = listed
+            .networks
+            .iter()
+            .map(|s| s.spec.clone().unwrap().name)
+            .collect();
+        assert_eq!(names, ["prov", "seg"]);
+        assert!(
+            listed.networks.iter().all(|s| s.state == "ok"),
+            "{listed:?}"
+        );
+
+        // Delete: refused while a guest NIC is in the bridge, unless forced.
+        ns.ip(&["tuntap", "add", "dev", "hvabcdefabcde0", "mode", "tap"]);
+        ns.ip(&["link", "set", "hvabcdefabcde0", "master", "br-prov"]);
+        let listed = n
+            .list(pb::ListNetworksRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.networks[0].nics, ["hvabcdefabcde0"]);
+        let busy = n
+            .delete(pb::DeleteNetworkRequest {
+                name: "prov".into(),
+                force: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(busy.code(), Code::FailedPrecondition);
+        assert!(
+            busy.message()
+                .contains("guest NICs attached (hvabcdefabcde0)"),
+            "{busy:?}"
+        );
+        assert!(ns.link("br-prov").is_some());
+        let deleted = n
+            .delete(pb::DeleteNetworkRequest {
+                name: "prov".into(),
+                force: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(deleted.deleted);
+        assert!(ns.link("br-prov").is_none());
+        let deleted = n
+            .delete(pb::DeleteNetworkRequest {
+                name: "seg".into(),
+                force: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(deleted.deleted);
+        assert!(ns.link("br-seg").is_none() && ns.link("vx-seg").is_none());
+        let again = n
+            .delete(pb::DeleteNetworkRequest {
+                name: "seg".into(),
+                force: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!again.deleted);
+    });
+    // The real hvctl drives the same service.
+    let out = agent.hvctl(&[
+        "network", "ensure", "cli", "--kind", "bridge", "--mtu", "1400",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stdout(&out).starts_with("created\n"),
+        "{}",
+        common::stdout(&out)
+    );
+    let out = agent.hvctl(&["--output", "json", "network", "list"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["networks"][0]["bridge"], "br-cli");
+    assert_eq!(json["networks"][0]["mtu"], 1400);
+    let out = agent.hvctl(&["network", "ensure", "cli", "--kind", "bridge"]);
+    assert_eq!(common::code(&out.status), 1, "a conflicting spec fails");
+    assert!(
+        common::stderr(&out).contains("mtu is 1400, not unset"),
+        "{}",
+        common::stderr(&out)
+    );
+    let out = agent.hvctl(&["network", "delete", "cli"]);
+    assert_eq!(common::stdout(&out), "deleted\n");
+    assert_eq!(
+        run("ip", &["-br", "link", "show"]),
+        host_links_before,
+        "the host's own interfaces changed"
+    );
+}
+
+/// The reconciler repairs each kind of drift on its own, and counts it.
+#[test]
+fn drift_is_repaired() {
+    let ns = Netns::new("b");
+    let agent = agent(&ns, 1);
+    runtime().block_on(async {
+        let mut n = connect(&agent).await;
+        ensure(&mut n, bridge("prov")).await.unwrap();
+        ensure(&mut n, vxlan("seg", 100)).await.unwrap();
+
+        ns.ip(&["link", "del", "br-seg"]);
+        ns.ip(&["link", "set", "br-prov", "mtu", "1300"]);
+        ns.ip(&["tuntap", "add", "dev", "hv0123456789a0", "mode", "tap"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let repaired = ns.link("br-seg").is_some()
+                && ns.link("vx-seg").is_some_and(|v| v["master"] == "br-seg")
+                && ns.link("br-prov").is_some_and(|b| b["mtu"] == 1500)
+                && ns.link("hv0123456789a0").is_none();
+            if repaired {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not repaired in 20 s: {:?}",
+                ns.shape()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let repairs = n
+            .list(pb::ListNetworksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .repairs;
+        for kind in ["bridge_created", "link_fixed", "stray_tap_removed"] {
+            assert!(repairs[kind] >= 1, "{kind}: {repairs:?}");
+        }
+    });
+}
