@@ -471,7 +471,7 @@ fn failed_creates_leave_nothing_behind() {
                     ..create(&uuid(10), "a", "SCS-1Vi-0.5u", "small")
                 },
                 Code::NotFound,
-                "networks[0]: no bridge named \"hvnosuchbr0\" on this node",
+                "networks[0]: no network or bridge named \"hvnosuchbr0\" on this node",
             ),
             (
                 pb::CreateVmRequest {

@@ -259,6 +259,8 @@ impl VmApi {
             .into(),
             claim: Some(claim_to_proto(&alloc, &g.intent.claim, now)),
             networks: g.intent.networks,
+            macs: g.intent.nics.iter().map(|n| n.mac.clone()).collect(),
+            addresses: g.intent.nics.iter().map(|n| n.address.clone()).collect(),
             created_unix: g.intent.created_unix,
             root_disk_gb: g.root_disk_gb,
         }
@@ -351,6 +353,8 @@ impl pb::vm_service_server::VmService for VmApi {
             flavor: r.flavor,
             image: r.image,
             networks: r.networks,
+            addresses: r.addresses,
+            macs: r.macs,
             user_data: r.user_data,
             ssh_keys: r.ssh_keys,
             metadata: r.metadata,

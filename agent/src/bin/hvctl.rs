@@ -130,8 +130,10 @@ enum VmCommand {
         /// Image name in the store.
         #[arg(long)]
         image: String,
-        /// Existing host bridge to attach a virtio NIC to; repeat for more.
-        #[arg(long = "network", value_name = "BRIDGE")]
+        /// Attach a virtio NIC to a managed network (`hvctl network`) or a host bridge,
+        /// optionally with the guest's address for its NoCloud network-config
+        /// (NAME=ADDRESS/PREFIX); repeat for more NICs.
+        #[arg(long = "network", value_name = "NAME[=ADDRESS/PREFIX]")]
         networks: Vec<String>,
         /// cloud-init user-data file (at most 64 KiB).
         #[arg(long, value_name = "FILE")]
@@ -640,12 +642,21 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
                     }
                 },
             };
+            let (networks, addresses): (Vec<String>, Vec<String>) = networks
+                .iter()
+                .map(|n| match n.split_once('=') {
+                    Some((net, address)) => (net.to_string(), address.to_string()),
+                    None => (n.clone(), String::new()),
+                })
+                .unzip();
             let req = pb::CreateVmRequest {
                 uuid: uuid.clone(),
                 name,
                 flavor,
                 image,
                 networks,
+                addresses,
+                macs: Vec::new(),
                 user_data,
                 ssh_keys,
                 metadata: Default::default(),

@@ -141,12 +141,22 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         }
         Err(why) => tracing::warn!(%why, "this node cannot run guests"),
     }
+    let netlink = crate::net::link::Netlink::open(crate::net::link::Namespace {
+        path: config.network.namespace.clone(),
+    })
+    .map_err(DaemonError::Network)?;
+    let networks = Arc::new(crate::net::Networks::new(
+        netlink,
+        &config.storage.root,
+        metrics.network_repairs.clone(),
+    ));
     let guests = Arc::new(Guests::new(
         libvirt.clone(),
         placement.clone(),
         &config.storage.root,
         emulation,
         local.cpu.flags.clone(),
+        networks.clone(),
     ));
     // Crash-only: placement comes back from the guests' own metadata; files of creates that
     // neither finished nor were undone go after a grace period.
@@ -169,15 +179,6 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             tracing::info!(vm = %uuid, "removed files of a guest that has no domain");
         }
     }
-    let netlink = crate::net::link::Netlink::open(crate::net::link::Namespace {
-        path: config.network.namespace.clone(),
-    })
-    .map_err(DaemonError::Network)?;
-    let networks = Arc::new(crate::net::Networks::new(
-        netlink,
-        &config.storage.root,
-        metrics.network_repairs.clone(),
-    ));
     // Networks are made to match their specs at start and every reconcile interval; stray
     // taps are removed only when the guests (who own taps) could be listed.
     let network_task = tokio::spawn({

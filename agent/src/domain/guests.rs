@@ -92,13 +92,17 @@ impl Libvirt {
         self.domain(uuid)?.shutdown().map_err(failed)
     }
 
-    /// Pulls the plug; a domain that is not running is fine.
+    /// Pulls the plug; a domain that is not running is fine, also one that stops on its
+    /// own between the check and the destroy.
     pub fn destroy(&self, uuid: &str) -> Result<(), DomainError> {
         let d = self.domain(uuid)?;
         if !d.is_active().map_err(failed)? {
             return Ok(());
         }
-        d.destroy().map_err(failed)
+        match d.destroy() {
+            Err(_) if !d.is_active().map_err(failed)? => Ok(()),
+            other => other.map_err(failed),
+        }
     }
 
     pub fn reboot(&self, uuid: &str, hard: bool) -> Result<(), DomainError> {

@@ -44,6 +44,9 @@ pub struct Intent {
     pub request_id: String,
     pub image: String,
     pub networks: Vec<String>,
+    /// Per network, in order: the NIC's MAC and the guest address given to it (if any).
+    #[serde(default)]
+    pub nics: Vec<NicIntent>,
     /// The caller's metadata, kept with the guest.
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
@@ -51,6 +54,29 @@ pub struct Intent {
     pub emulation: Emulation,
     /// Seconds since the Unix epoch.
     pub created_unix: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NicIntent {
+    pub mac: String,
+    /// ADDRESS/PREFIX put into the NoCloud network-config; empty: none.
+    #[serde(default)]
+    pub address: String,
+}
+
+/// How a NIC reaches its network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicAttach {
+    /// A tap the agent made and put into a managed network's bridge (`managed='no'`).
+    Tap(String),
+    /// A host bridge libvirt attaches a tap of its own to.
+    Bridge(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    pub attach: NicAttach,
+    pub mac: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +133,8 @@ pub struct GuestSpec {
     /// Root disk first, then extra disks, then the NoCloud seed.
     pub disks: Vec<DiskSpec>,
     pub disk_bus: DiskBus,
-    /// Bridges to attach a virtio NIC to, in order.
-    pub bridges: Vec<String>,
+    /// Virtio NICs, in order.
+    pub nics: Vec<NicSpec>,
     pub console_log: PathBuf,
     pub rng: bool,
     /// TCG translation cache; bounded so the memory overhead model holds under emulation.
@@ -391,8 +417,27 @@ struct Controller {
 struct Interface {
     #[serde(rename = "@type")]
     kind: &'static str,
-    source: BridgeSource,
+    mac: MacAddress,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<BridgeSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<TapTarget>,
     model: TypeAttr,
+}
+
+#[derive(Serialize)]
+struct MacAddress {
+    #[serde(rename = "@address")]
+    address: String,
+}
+
+#[derive(Serialize)]
+struct TapTarget {
+    #[serde(rename = "@dev")]
+    dev: String,
+    /// The agent made the tap: libvirt opens it and leaves it alone.
+    #[serde(rename = "@managed")]
+    managed: &'static str,
 }
 
 #[derive(Serialize)]
@@ -625,12 +670,32 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
                 Vec::new()
             },
             interface: spec
-                .bridges
+                .nics
                 .iter()
-                .map(|b| Interface {
-                    kind: "bridge",
-                    source: BridgeSource { bridge: b.clone() },
-                    model: TypeAttr { kind: "virtio" },
+                .map(|n| {
+                    let mac = MacAddress {
+                        address: n.mac.clone(),
+                    };
+                    let model = TypeAttr { kind: "virtio" };
+                    match &n.attach {
+                        NicAttach::Bridge(b) => Interface {
+                            kind: "bridge",
+                            mac,
+                            source: Some(BridgeSource { bridge: b.clone() }),
+                            target: None,
+                            model,
+                        },
+                        NicAttach::Tap(t) => Interface {
+                            kind: "ethernet",
+                            mac,
+                            source: None,
+                            target: Some(TapTarget {
+                                dev: t.clone(),
+                                managed: "no",
+                            }),
+                            model,
+                        },
+                    }
                 })
                 .collect(),
             serial: Serial {
@@ -775,6 +840,7 @@ mod tests {
                 request_id: "r1".into(),
                 image: "debian".into(),
                 networks: vec![],
+                nics: vec![],
                 metadata: [("team".to_string(), "a&b".to_string())].into(),
                 claim: claim(dedicated, huge),
                 emulation,
@@ -800,7 +866,16 @@ mod tests {
                 },
             ],
             disk_bus: DiskBus::Virtio,
-            bridges: vec!["br0".into()],
+            nics: vec![
+                NicSpec {
+                    attach: NicAttach::Bridge("br0".into()),
+                    mac: "02:00:00:00:00:01".into(),
+                },
+                NicSpec {
+                    attach: NicAttach::Tap("hv0123456789a1".into()),
+                    mac: "02:00:00:00:00:02".into(),
+                },
+            ],
             console_log: "/var/lib/hvagent/vms/x/console.log".into(),
             rng: true,
             tcg_cache_mib: 64,
@@ -821,7 +896,8 @@ mod tests {
             "<cpu mode=\"custom\" match=\"exact\"><model fallback=\"forbid\">qemu64</model><topology sockets=\"1\" dies=\"1\" cores=\"2\" threads=\"1\"/><feature policy=\"require\" name=\"rdrand\"/><numa><cell id=\"0\" cpus=\"0-1\" memory=\"4194304\" unit=\"KiB\"/></numa></cpu>",
             "<target dev=\"vda\" bus=\"virtio\"/>",
             "<target dev=\"vdb\" bus=\"virtio\"/><readonly/>",
-            "<interface type=\"bridge\"><source bridge=\"br0\"/><model type=\"virtio\"/></interface>",
+            "<interface type=\"bridge\"><mac address=\"02:00:00:00:00:01\"/><source bridge=\"br0\"/><model type=\"virtio\"/></interface>",
+            "<interface type=\"ethernet\"><mac address=\"02:00:00:00:00:02\"/><target dev=\"hv0123456789a1\" managed=\"no\"/><model type=\"virtio\"/></interface>",
             "<serial type=\"pty\"><target port=\"0\"/><log file=\"/var/lib/hvagent/vms/x/console.log\" append=\"on\"/></serial><console type=\"pty\"><target type=\"serial\" port=\"0\"/></console>",
             "<rng model=\"virtio\"><backend model=\"random\">/dev/urandom</backend></rng>",
             "<hvagent:vm xmlns:hvagent=\"https://scs.community/ns/hvagent/vm/1\"><hvagent:intent>",

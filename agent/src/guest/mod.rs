@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 use crate::domain::Libvirt;
 use crate::domain::guests::{DomainError, GuestDomain};
-use crate::domain::xml::{DiskBus, DiskSpec, Emulation, GuestSpec, Intent, domain_xml};
+use crate::domain::xml::{
+    DiskBus, DiskSpec, Emulation, GuestSpec, Intent, NicAttach, NicIntent, NicSpec, domain_xml,
+};
 use crate::flavor::{self, FlavorSpec};
+use crate::net::spec::{HostAddress, NetworkSpec};
+use crate::net::{Networks, nic};
 use crate::placement::allocator::{check_request_id, is_uuid};
 use crate::placement::{Allocator, Claim, ClaimRequest, PlacementState, Refusal, RefusalKind};
 use crate::storage::disks::{self, MetaData};
@@ -88,6 +92,10 @@ pub struct CreateRequest {
     pub flavor: String,
     pub image: String,
     pub networks: Vec<String>,
+    /// Per network (optional, in order): the guest's ADDRESS/PREFIX for the NoCloud
+    /// network-config, and a MAC (else derived from the UUID and index).
+    pub addresses: Vec<String>,
+    pub macs: Vec<String>,
     pub user_data: Vec<u8>,
     pub ssh_keys: Vec<String>,
     pub metadata: BTreeMap<String, String>,
@@ -111,6 +119,7 @@ pub struct Guests {
     /// `Err`: why this node cannot run guests (no KVM and emulation forbidden).
     emulation: Result<Emulation, String>,
     host_flags: Vec<String>,
+    networks: Arc<Networks>,
     /// Held while a create or delete checks names and UUIDs and marks its guest busy (not
     /// through libvirt's define and start, so creates run side by side). Holds whether
     /// placement has been rebuilt from the guests' stored claims yet.
@@ -207,7 +216,7 @@ fn check_ram(spec: &FlavorSpec, image: &ImageRecord) -> Result<(), GuestError> {
     Ok(())
 }
 
-/// A host bridge to attach to: a valid interface name that is a bridge now.
+/// A network name: a managed network's or a host bridge's (an interface name).
 fn check_network(index: usize, name: &str) -> Result<(), GuestError> {
     let valid = (1..=15).contains(&name.len())
         && name
@@ -218,16 +227,30 @@ fn check_network(index: usize, name: &str) -> Result<(), GuestError> {
             "networks[{index}]: must be an interface name of 1-15 characters of A-Z a-z 0-9 _ . -"
         )));
     }
-    if !Path::new("/sys/class/net")
+    Ok(())
+}
+
+/// How NIC `index` of guest `uuid` reaches network `name`: a tap in a managed network's
+/// bridge, or else a host bridge of that name.
+fn attach(
+    networks: &Networks,
+    uuid: &str,
+    index: usize,
+    name: &str,
+) -> Result<(NicAttach, Option<NetworkSpec>), GuestError> {
+    if let Some(spec) = networks.managed(name) {
+        return Ok((NicAttach::Tap(nic::tap_name(uuid, index)), Some(spec)));
+    }
+    if Path::new("/sys/class/net")
         .join(name)
         .join("bridge")
         .is_dir()
     {
-        return Err(GuestError::NotFound(format!(
-            "networks[{index}]: no bridge named {name:?} on this node"
-        )));
+        return Ok((NicAttach::Bridge(name.to_string()), None));
     }
-    Ok(())
+    Err(GuestError::NotFound(format!(
+        "networks[{index}]: no network or bridge named {name:?} on this node"
+    )))
 }
 
 fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
@@ -245,6 +268,23 @@ fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
     check_name("image", &req.image)?;
     for (i, n) in req.networks.iter().enumerate() {
         check_network(i, n)?;
+    }
+    if req.networks.len() > nic::MAX_NICS {
+        return invalid("networks: at most 16");
+    }
+    if req.addresses.len() > req.networks.len() || req.macs.len() > req.networks.len() {
+        return invalid("addresses, macs: at most one per network, in the networks' order");
+    }
+    for (i, a) in req.addresses.iter().enumerate() {
+        if !a.is_empty() {
+            a.parse::<HostAddress>()
+                .map_err(|e| GuestError::Invalid(format!("addresses[{i}]: {e}")))?;
+        }
+    }
+    for (i, m) in req.macs.iter().enumerate() {
+        if !m.is_empty() {
+            nic::parse_mac(m).map_err(|e| GuestError::Invalid(format!("macs[{i}]: {e}")))?;
+        }
     }
     if req.user_data.len() > MAX_USER_DATA {
         return invalid("user_data: at most 65536 bytes");
@@ -290,6 +330,14 @@ struct CreatePlan<'a> {
     image: &'a ImageRecord,
     root_bytes: u64,
     emulation: Emulation,
+    /// Per network: how the NIC attaches, the managed network's spec, MAC and address.
+    nics: &'a [PlannedNic],
+}
+
+struct PlannedNic {
+    attach: NicAttach,
+    network: Option<NetworkSpec>,
+    intent: NicIntent,
 }
 
 /// What a create has done so far, undone in reverse when a later step fails.
@@ -327,6 +375,7 @@ impl Guests {
         storage_root: &Path,
         emulation: Result<Emulation, String>,
         host_flags: Vec<String>,
+        networks: Arc<Networks>,
     ) -> Guests {
         Guests {
             libvirt,
@@ -335,6 +384,7 @@ impl Guests {
             storage_root: storage_root.to_path_buf(),
             emulation,
             host_flags,
+            networks,
             lock: tokio::sync::Mutex::new(false),
             busy: Arc::default(),
             repin: tokio::sync::Mutex::new(()),
@@ -473,7 +523,7 @@ impl Guests {
         let spec = validate(&req)?;
         let uuid = req.uuid.to_ascii_lowercase();
         let emulation = self.emulation.clone().map_err(GuestError::Precondition)?;
-        let (image, root_bytes, _busy) = loop {
+        let (image, root_bytes, nics, _busy) = loop {
             let mut rebuilt = self.lock.lock().await;
             self.ensure_rebuilt(&mut rebuilt).await?;
             if let Some(mut done) = self.in_flight(&uuid) {
@@ -498,7 +548,22 @@ impl Guests {
             let image = self.images.get(&req.image)?;
             check_ram(&spec, &image)?;
             let root_bytes = root_disk_bytes(&spec, &image)?;
-            break (image, root_bytes, self.mark_busy(&uuid, &req.name));
+            let mut nics = Vec::new();
+            for (i, name) in req.networks.iter().enumerate() {
+                let (attach, network) = attach(&self.networks, &uuid, i, name)?;
+                let given = |v: &[String]| v.get(i).filter(|s| !s.is_empty()).cloned();
+                nics.push(PlannedNic {
+                    attach,
+                    network,
+                    intent: NicIntent {
+                        mac: given(&req.macs)
+                            .map(|m| m.to_ascii_lowercase())
+                            .unwrap_or_else(|| nic::format_mac(&nic::derived_mac(&uuid, i))),
+                        address: given(&req.addresses).unwrap_or_default(),
+                    },
+                });
+            }
+            break (image, root_bytes, nics, self.mark_busy(&uuid, &req.name));
         };
         // From here the guest is busy: no other call creates or deletes it, or takes its
         // name, while its disks, domain and start are made without holding the lock.
@@ -517,12 +582,16 @@ impl Guests {
             image: &image,
             root_bytes,
             emulation,
+            nics: &nics,
         };
         let result = self.create_steps(&plan, &mut undo).await;
         match result {
             Ok(guest) => Ok(guest),
             Err(e) => {
                 tracing::warn!(vm = %uuid, error = %e, "create failed; undoing");
+                if let Err(e) = self.networks.unplug_guest(&uuid).await {
+                    tracing::error!(vm = %uuid, error = %e, "undo: cannot remove the guest's taps");
+                }
                 // Finished while the guest is still busy: no other call sees half a guest.
                 self.blocking(move || {
                     undo.run();
@@ -602,6 +671,7 @@ impl Guests {
             image,
             root_bytes,
             emulation,
+            nics,
         } = *plan;
         // 1. Claim (or consume the caller's reservation).
         let (claim, vcpu_cpus, emulator_cpus) = {
@@ -645,6 +715,8 @@ impl Guests {
         let base = self.images.file(&image.name);
         let base_format = image.format.clone();
         let user_data = req.user_data.clone();
+        let network_config =
+            disks::network_config(&nics.iter().map(|n| n.intent.clone()).collect::<Vec<_>>());
         let f = files.clone();
         undo.files = Some(files.clone());
         self.blocking(move || {
@@ -654,10 +726,18 @@ impl Guests {
             for (path, size) in &extra {
                 disks::blank(path, *size).map_err(disk_err)?;
             }
-            disks::seed(&f.seed(), &meta, &user_data, "version: 2\nethernets: {}\n")
-                .map_err(disk_err)
+            disks::seed(&f.seed(), &meta, &user_data, &network_config).map_err(disk_err)
         })
         .await?;
+        // 2b. Taps into managed networks' bridges.
+        for n in nics {
+            if let (NicAttach::Tap(tap), Some(network)) = (&n.attach, &n.network) {
+                self.networks
+                    .plug(tap, network)
+                    .await
+                    .map_err(|e| GuestError::Internal(format!("network {}: {e}", network.name)))?;
+            }
+        }
         // 3. Domain.
         let mut cpu_features: Vec<String> = ["rdrand", "rdseed"]
             .iter()
@@ -694,6 +774,7 @@ impl Guests {
             request_id: claim.request_id.clone(),
             image: image.name.clone(),
             networks: req.networks.clone(),
+            nics: nics.iter().map(|n| n.intent.clone()).collect(),
             metadata: req.metadata.clone(),
             claim,
             emulation,
@@ -711,7 +792,13 @@ impl Guests {
                 .get("hw_disk_bus")
                 .and_then(|b| DiskBus::parse(b))
                 .unwrap_or(DiskBus::Virtio),
-            bridges: req.networks.clone(),
+            nics: nics
+                .iter()
+                .map(|n| NicSpec {
+                    attach: n.attach.clone(),
+                    mac: n.intent.mac.clone(),
+                })
+                .collect(),
             console_log: files.console_log(),
             rng: image
                 .properties
@@ -837,6 +924,9 @@ impl Guests {
                 Ok((had_domain, had_files))
             })
             .await?;
+        if let Err(e) = self.networks.unplug_guest(&uuid).await {
+            tracing::warn!(vm = %uuid, error = %e, "cannot remove the guest's taps; the reconciler will");
+        }
         let released = self.placement.lock().release(&uuid).ok();
         let had_claim = released.is_some();
         if released.is_some_and(|c| c.dedicated_cpus().next().is_some()) {

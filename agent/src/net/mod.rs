@@ -369,6 +369,52 @@ impl Networks {
         Ok(())
     }
 
+    /// The managed network named `name`, if there is one.
+    pub fn managed(&self, name: &str) -> Option<NetworkSpec> {
+        self.desired().into_iter().find(|s| s.name == name)
+    }
+
+    /// Makes the guest NIC's tap (persistent, so libvirt finds it) and puts it into
+    /// `network`'s bridge with the bridge's MTU, up. Idempotent: an existing tap is reused.
+    pub async fn plug(&self, tap: &str, network: &NetworkSpec) -> Result<(), NetworksError> {
+        let links = self.netlink.links().await?;
+        let bridge = network.bridge();
+        let Some(b) = links.iter().find(|l| l.name == bridge) else {
+            return Err(NetworksError::Precondition(format!(
+                "network {:?} has no bridge {bridge} now (being repaired)",
+                network.name
+            )));
+        };
+        let (bridge_index, mtu) = (b.index, b.mtu);
+        if !links.iter().any(|l| l.name == tap) {
+            self.netlink.add_tap(tap)?;
+        }
+        let index = self
+            .netlink
+            .links()
+            .await?
+            .iter()
+            .find(|l| l.name == tap)
+            .map(|l| l.index)
+            .ok_or_else(|| NetworksError::Failed(format!("tap {tap} vanished")))?;
+        self.netlink
+            .set(index, Some(mtu), Some(bridge_index))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes every tap of the guest `uuid` (absent ones are fine).
+    pub async fn unplug_guest(&self, uuid: &str) -> Result<(), NetworksError> {
+        let prefix = nic::tap_name(uuid, 0);
+        let prefix = &prefix[..prefix.len() - 1];
+        for l in self.netlink.links().await? {
+            if nic::is_tap_name(&l.name) && l.name.starts_with(prefix) {
+                self.netlink.delete(l.index).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Repairs counted so far, by kind.
     pub fn repair_counts(&self) -> BTreeMap<String, u64> {
         [

@@ -8,16 +8,12 @@ pub const TAP_PREFIX: &str = "hv";
 /// One hex digit of NIC index in the tap name.
 pub const MAX_NICS: usize = 16;
 
-/// `hv` + the UUID's first 11 hex digits + the index in hex: 14 characters, within Linux's
-/// 15. Two guests whose UUIDs share 11 leading hex digits would clash; creates check.
+/// `hv` + 11 hex digits of the UUID's SHA-256 + the index in hex: 14 characters, within
+/// Linux's 15. Hashed, so that UUIDs sharing a prefix (sequential ones) still differ.
 pub fn tap_name(uuid: &str, index: usize) -> String {
-    let hex: String = uuid
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(11)
-        .collect::<String>()
-        .to_ascii_lowercase();
-    format!("{TAP_PREFIX}{hex}{index:x}")
+    let digest = Sha256::digest(uuid.to_ascii_lowercase().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{TAP_PREFIX}{}{index:x}", &hex[..11])
 }
 
 /// Whether `name` is shaped like one of the agent's taps.
@@ -85,10 +81,15 @@ mod tests {
     #[test]
     fn tap_names_fit_and_are_recognised() {
         let t = tap_name(UUID, 0);
-        assert_eq!(t, "hv0f1e2d3c4b50");
-        assert_eq!(tap_name(UUID, 15), "hv0f1e2d3c4b5f");
-        assert!(t.len() <= 15);
+        assert_eq!(t.len(), 14);
+        assert_eq!(t, tap_name(&UUID.to_ascii_lowercase(), 0));
+        assert_eq!(t[..13], tap_name(UUID, 15)[..13]);
+        assert!(tap_name(UUID, 15).ends_with('f'));
         assert!(is_tap_name(&t));
+        // Sequential UUIDs still get different taps.
+        let a = tap_name("00000000-0000-4000-8000-000000000001", 0);
+        let b = tap_name("00000000-0000-4000-8000-000000000002", 0);
+        assert_ne!(a, b);
         for other in [
             "eth0",
             "hv0f1e2d3c4b5",

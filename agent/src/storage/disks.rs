@@ -165,6 +165,29 @@ impl MetaData {
 
 /// The NoCloud seed: a 1 MiB vfat volume labelled `cidata` with `meta-data`, `user-data`
 /// and `network-config`. Mode 0600: user-data may hold secrets.
+/// The NoCloud network-config (v2) for the guest's NICs: each NIC with an address is
+/// matched by its MAC and given the address; NICs without one are left to the guest.
+pub fn network_config(nics: &[crate::domain::xml::NicIntent]) -> String {
+    let mut out = String::from("version: 2\n");
+    let with_address: Vec<_> = nics
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !n.address.is_empty())
+        .collect();
+    if with_address.is_empty() {
+        out.push_str("ethernets: {}\n");
+        return out;
+    }
+    out.push_str("ethernets:\n");
+    for (i, n) in with_address {
+        out.push_str(&format!(
+            "  nic{i}:\n    match:\n      macaddress: \"{}\"\n    addresses:\n      - {}\n",
+            n.mac, n.address
+        ));
+    }
+    out
+}
+
 pub fn seed(
     path: &Path,
     meta: &MetaData,

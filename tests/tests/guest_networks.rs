@@ -1,0 +1,226 @@
+//! Guests on managed networks: the agent makes a tap per NIC in the network's bridge and hands
+//! it to libvirt; the test guest takes its address from the NoCloud network-config and pings
+//! the address its user-data names. Guests on one segment reach each other; a guest on
+//! another segment does not. The networks live in the host's namespace (where libvirtd opens
+//! the taps), under names unique to this test run, and are removed at the end.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Agent, repo_root, runtime};
+use hvagent_proto::v1 as pb;
+use tonic::Code;
+
+type Vms = pb::vm_service_client::VmServiceClient<tonic::transport::Channel>;
+
+fn uuid(n: u32) -> String {
+    format!("00000000-0000-4000-8000-00000000e7{n:02x}")
+}
+
+/// Removes guests and networks even when the test fails halfway.
+struct Cleanup {
+    guests: Vec<String>,
+    bridges: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for u in &self.guests {
+            let _ = Command::new("virsh").args(["destroy", u]).output();
+            let _ = Command::new("virsh")
+                .args(["undefine", u, "--nvram"])
+                .output();
+        }
+        for b in &self.bridges {
+            let _ = Command::new("ip").args(["link", "del", b]).output();
+        }
+    }
+}
+
+fn link_master(name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-j", "link", "show", name])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.get(0)?.get("master")?.as_str().map(str::to_string)
+}
+
+/// Waits for `hvagent.KEY=` on the guest's console and returns its value.
+async fn console_value(vms: &mut Vms, uuid: &str, key: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let wanted = format!("hvagent.{key}=");
+    loop {
+        let log = vms
+            .get_console_log(pb::GetConsoleLogRequest {
+                uuid: uuid.into(),
+                max_bytes: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let text = String::from_utf8_lossy(&log.data).into_owned();
+        // Anywhere in a line: background reports can follow the console shell's prompt.
+        if let Some(v) = text
+            .lines()
+            .find_map(|l| l.find(wanted.as_str()).map(|at| &l[at + wanted.len()..]))
+        {
+            return v.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{uuid}: no {wanted} within {within:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[test]
+fn guests_on_one_segment_reach_each_other_and_no_one_else() {
+    let agent = Agent::configure(
+        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
+    );
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = agent.spawn();
+    let tag = std::process::id() % 100_000;
+    let (seg_a, seg_b) = (format!("a{tag}"), format!("b{tag}"));
+    let _cleanup = Cleanup {
+        guests: (1..=3).map(uuid).collect(),
+        bridges: vec![format!("br-{seg_a}"), format!("br-{seg_b}")],
+    };
+    runtime().block_on(async {
+        let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+        let mut vms = Vms::new(channel.clone());
+        let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
+        let mut networks = pb::network_service_client::NetworkServiceClient::new(channel);
+        images
+            .import(pb::ImportImageRequest {
+                name: "testguest".into(),
+                source_path: repo_root()
+                    .join("images/out/testguest.qcow2")
+                    .display()
+                    .to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for seg in [&seg_a, &seg_b] {
+            networks
+                .ensure(pb::EnsureNetworkRequest {
+                    network: Some(pb::Network {
+                        name: seg.clone(),
+                        kind: "bridge".into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap();
+        }
+        // g1 and g2 on segment A ping each other; g3, on B with an address of the same
+        // subnet, pings g1 and must not reach it.
+        let guests = [
+            (1, &seg_a, "10.77.0.1/24", "10.77.0.2 90"),
+            (2, &seg_a, "10.77.0.2/24", "10.77.0.1 90"),
+            (3, &seg_b, "10.77.0.3/24", "10.77.0.1 15"),
+        ];
+        let mut macs = Vec::new();
+        for (n, seg, address, ping) in guests {
+            let vm = vms
+                .create(pb::CreateVmRequest {
+                    uuid: uuid(n),
+                    name: format!("net-{n}"),
+                    flavor: "SCS-1Vi-0.5u".into(),
+                    image: "testguest".into(),
+                    networks: vec![seg.clone()],
+                    addresses: vec![address.into()],
+                    user_data: format!("hvagent-ping: {ping}\n").into_bytes(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(vm.addresses, [address]);
+            macs.push(vm.macs[0].clone());
+            // The tap is the agent's, in the segment's bridge.
+            let tap = hvagent::net::nic::tap_name(&uuid(n), 0);
+            assert_eq!(
+                link_master(&tap).as_deref(),
+                Some(format!("br-{seg}").as_str())
+            );
+        }
+        for (i, (n, _, address, _)) in guests.iter().enumerate() {
+            let net =
+                console_value(&mut vms, &uuid(*n), "net.eth0", Duration::from_secs(180)).await;
+            assert_eq!(
+                net,
+                format!("{} {address}", macs[i]),
+                "guest {n} configured its NIC"
+            );
+        }
+        let ping = |n: u32, target: &'static str, within: u64| {
+            let mut vms = vms.clone();
+            async move {
+                console_value(
+                    &mut vms,
+                    &uuid(n),
+                    &format!("ping.{target}"),
+                    Duration::from_secs(within),
+                )
+                .await
+            }
+        };
+        assert_eq!(ping(1, "10.77.0.2", 150).await, "ok", "g1 reaches g2");
+        assert_eq!(ping(2, "10.77.0.1", 150).await, "ok", "g2 reaches g1");
+        assert_eq!(
+            ping(3, "10.77.0.1", 150).await,
+            "fail",
+            "g3 on B does not reach g1 on A"
+        );
+
+        let listed = networks
+            .list(pb::ListNetworksRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let a = listed
+            .networks
+            .iter()
+            .find(|s| s.bridge == format!("br-{seg_a}"))
+            .unwrap();
+        assert_eq!(a.nics.len(), 2, "{a:?}");
+        let busy = networks
+            .delete(pb::DeleteNetworkRequest {
+                name: seg_a.clone(),
+                force: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(busy.code(), Code::FailedPrecondition);
+
+        // Deleting the guests removes their taps; then the networks go.
+        for n in 1..=3 {
+            vms.delete(pb::DeleteVmRequest { uuid: uuid(n) })
+                .await
+                .unwrap();
+            let tap = hvagent::net::nic::tap_name(&uuid(n), 0);
+            assert!(
+                !std::path::Path::new("/sys/class/net").join(&tap).exists(),
+                "{tap} left behind"
+            );
+        }
+        for seg in [&seg_a, &seg_b] {
+            let gone = networks
+                .delete(pb::DeleteNetworkRequest {
+                    name: seg.clone(),
+                    force: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(gone.deleted);
+        }
+    });
+}
