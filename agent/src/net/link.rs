@@ -214,17 +214,39 @@ impl Netlink {
         Ok(Netlink { handle, namespace })
     }
 
-    /// Every link, with its addresses.
-    pub async fn links(&self) -> Result<Vec<Link>, NetError> {
-        let mut links: Vec<Link> = self
+    /// One link by name, without its addresses; `None` when there is none.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>, NetError> {
+        let found: Result<Vec<Link>, _> = self
             .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .map_ok(|m| to_link(&m))
+            .try_collect()
+            .await;
+        match found {
+            Ok(mut links) => Ok(links.pop()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(failed(format!("look up {name}"))(e)),
+        }
+    }
+
+    /// Every link, without addresses.
+    pub async fn links_only(&self) -> Result<Vec<Link>, NetError> {
+        self.handle
             .link()
             .get()
             .execute()
             .map_ok(|m| to_link(&m))
             .try_collect()
             .await
-            .map_err(failed("list links"))?;
+            .map_err(failed("list links"))
+    }
+
+    /// Every link, with its addresses.
+    pub async fn links(&self) -> Result<Vec<Link>, NetError> {
+        let mut links = self.links_only().await?;
         let addresses: Vec<_> = self
             .handle
             .address()

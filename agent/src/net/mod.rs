@@ -282,7 +282,7 @@ impl Networks {
 
     async fn apply(&self, step: &Step, specs: &[NetworkSpec]) -> Result<(), NetworksError> {
         // Indexes change as links come and go: look them up right before each step.
-        let links = self.netlink.links().await?;
+        let links = self.netlink.links_only().await?;
         let index = |name: &str| {
             links
                 .iter()
@@ -377,29 +377,25 @@ impl Networks {
     /// Makes the guest NIC's tap (persistent, so libvirt finds it) and puts it into
     /// `network`'s bridge with the bridge's MTU, up. Idempotent: an existing tap is reused.
     pub async fn plug(&self, tap: &str, network: &NetworkSpec) -> Result<(), NetworksError> {
-        let links = self.netlink.links().await?;
         let bridge = network.bridge();
-        let Some(b) = links.iter().find(|l| l.name == bridge) else {
+        let Some(b) = self.netlink.link(&bridge).await? else {
             return Err(NetworksError::Precondition(format!(
                 "network {:?} has no bridge {bridge} now (being repaired)",
                 network.name
             )));
         };
-        let (bridge_index, mtu) = (b.index, b.mtu);
-        if !links.iter().any(|l| l.name == tap) {
-            self.netlink.add_tap(tap)?;
-        }
-        let index = self
-            .netlink
-            .links()
-            .await?
-            .iter()
-            .find(|l| l.name == tap)
-            .map(|l| l.index)
-            .ok_or_else(|| NetworksError::Failed(format!("tap {tap} vanished")))?;
-        self.netlink
-            .set(index, Some(mtu), Some(bridge_index))
-            .await?;
+        let index = match self.netlink.link(tap).await? {
+            Some(l) => l.index,
+            None => {
+                self.netlink.add_tap(tap)?;
+                self.netlink
+                    .link(tap)
+                    .await?
+                    .map(|l| l.index)
+                    .ok_or_else(|| NetworksError::Failed(format!("tap {tap} vanished")))?
+            }
+        };
+        self.netlink.set(index, Some(b.mtu), Some(b.index)).await?;
         Ok(())
     }
 
@@ -407,7 +403,7 @@ impl Networks {
     pub async fn unplug_guest(&self, uuid: &str) -> Result<(), NetworksError> {
         let prefix = nic::tap_name(uuid, 0);
         let prefix = &prefix[..prefix.len() - 1];
-        for l in self.netlink.links().await? {
+        for l in self.netlink.links_only().await? {
             if nic::is_tap_name(&l.name) && l.name.starts_with(prefix) {
                 self.netlink.delete(l.index).await?;
             }
