@@ -433,3 +433,17 @@ fn drift_is_repaired() {
         }
     });
 }
+
+/// A `[network] namespace` that cannot be entered is a configuration error: exit status 2
+/// and one line naming the key.
+#[test]
+fn an_unusable_namespace_stops_start_up() {
+    let agent = Agent::configure("[network]\nnamespace = \"/nonexistent/netns\"\n");
+    let out = agent.command().output().unwrap();
+    assert_eq!(common::code(&out.status), 2, "{}", common::stderr(&out));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("hvagent: network.namespace: network namespace /nonexistent/netns: "),
+        "{err}"
+    );
+}
