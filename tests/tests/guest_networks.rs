@@ -224,3 +224,211 @@ fn guests_on_one_segment_reach_each_other_and_no_one_else() {
         }
     });
 }
+
+/// A network namespace standing in for a host; removed on drop.
+struct Host(String);
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two "hosts" on one machine: two agents, each with its networks in its own namespace, the
+/// namespaces joined by a veth underlay. Guests on VXLAN VNI 100 reach each other across the
+/// hosts; a guest on VNI 200 does not reach them. Guest taps are opened by libvirtd in its
+/// namespace and then moved into the agent's.
+#[test]
+fn vxlan_joins_guests_across_two_hosts() {
+    let tag = std::process::id() % 100_000;
+    let hosts = [Host(format!("hvh1-{tag}")), Host(format!("hvh2-{tag}"))];
+    for h in &hosts {
+        ip(&["netns", "add", &h.0]);
+    }
+    ip(&[
+        "link",
+        "add",
+        "hvul1",
+        "netns",
+        &hosts[0].0,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "hvul2",
+        "netns",
+        &hosts[1].0,
+    ]);
+    for (h, (dev, addr)) in hosts
+        .iter()
+        .zip([("hvul1", "10.98.0.1/24"), ("hvul2", "10.98.0.2/24")])
+    {
+        ip(&["-n", &h.0, "addr", "add", addr, "dev", dev]);
+        ip(&["-n", &h.0, "link", "set", dev, "up"]);
+    }
+    let agents: Vec<Agent> = hosts
+        .iter()
+        .map(|h| {
+            let a = Agent::configure(&format!(
+                "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n[network]\nnamespace = \"/run/netns/{}\"\n",
+                h.0
+            ));
+            std::fs::set_permissions(a.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            a.spawn()
+        })
+        .collect();
+    let ids: Vec<String> = (0x11..=0x13).map(uuid).collect();
+    let _cleanup = Cleanup {
+        guests: ids.clone(),
+        bridges: Vec::new(),
+    };
+    runtime().block_on(async {
+        let mut clients = Vec::new();
+        for a in &agents {
+            let channel = hvagent::ctl::client::connect(&a.socket).await.unwrap();
+            let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
+            images
+                .import(pb::ImportImageRequest {
+                    name: "testguest".into(),
+                    source_path: repo_root()
+                        .join("images/out/testguest.qcow2")
+                        .display()
+                        .to_string(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            clients.push((
+                Vms::new(channel.clone()),
+                pb::network_service_client::NetworkServiceClient::new(channel),
+            ));
+        }
+        let segment = |name: &str, vni: u32, dev: &str, local: &str, remote: &str| pb::Network {
+            name: name.into(),
+            kind: "vxlan".into(),
+            vni,
+            underlay: dev.into(),
+            local: local.into(),
+            remotes: vec![remote.into()],
+            ..Default::default()
+        };
+        let plan = [
+            (0, segment("v100", 100, "hvul1", "10.98.0.1", "10.98.0.2")),
+            (1, segment("v100", 100, "hvul2", "10.98.0.2", "10.98.0.1")),
+            (1, segment("v200", 200, "hvul2", "10.98.0.2", "10.98.0.1")),
+        ];
+        for (host, network) in plan {
+            clients[host]
+                .1
+                .ensure(pb::EnsureNetworkRequest {
+                    network: Some(network),
+                })
+                .await
+                .unwrap();
+        }
+        let guests = [
+            (0, 0x11, "v100", "10.66.0.1/24", "10.66.0.2 90"),
+            (1, 0x12, "v100", "10.66.0.2/24", "10.66.0.1 90"),
+            (1, 0x13, "v200", "10.66.0.3/24", "10.66.0.1 15"),
+        ];
+        for (host, n, net, address, ping) in guests {
+            clients[host]
+                .0
+                .create(pb::CreateVmRequest {
+                    uuid: uuid(n),
+                    name: format!("x-{n}"),
+                    flavor: "SCS-1Vi-0.5u".into(),
+                    image: "testguest".into(),
+                    networks: vec![net.into()],
+                    addresses: vec![address.into()],
+                    user_data: format!("hvagent-ping: {ping}\n").into_bytes(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            // The tap left the host namespace for the agent's, and sits in the bridge there.
+            let tap = hvagent::net::nic::tap_name(&uuid(n), 0);
+            assert!(
+                !std::path::Path::new("/sys/class/net").join(&tap).exists(),
+                "{tap} still in the host namespace"
+            );
+            let out = Command::new("ip")
+                .args(["-n", &hosts[host].0, "-j", "link", "show", &tap])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v[0]["master"], format!("br-{net}"), "{v}");
+        }
+        let check = |host: usize, n: u32, target: &'static str, within: u64| {
+            let mut vms = clients[host].0.clone();
+            async move {
+                console_value(
+                    &mut vms,
+                    &uuid(n),
+                    &format!("ping.{target}"),
+                    Duration::from_secs(within),
+                )
+                .await
+            }
+        };
+        assert_eq!(
+            check(0, 0x11, "10.66.0.2", 180).await,
+            "ok",
+            "VNI 100 on host 1 reaches host 2"
+        );
+        assert_eq!(
+            check(1, 0x12, "10.66.0.1", 180).await,
+            "ok",
+            "VNI 100 on host 2 reaches host 1"
+        );
+        assert_eq!(
+            check(1, 0x13, "10.66.0.1", 180).await,
+            "fail",
+            "VNI 200 does not reach VNI 100"
+        );
+        // Stop and start: the tap goes back to libvirtd for the start, then into the bridge.
+        let vms = &mut clients[0].0;
+        vms.stop(pb::StopVmRequest {
+            uuid: uuid(0x11),
+            force: true,
+            timeout_seconds: 0,
+        })
+        .await
+        .unwrap();
+        let started = vms
+            .start(pb::StartVmRequest { uuid: uuid(0x11) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(started.state, "running");
+        let tap = hvagent::net::nic::tap_name(&uuid(0x11), 0);
+        let out = Command::new("ip")
+            .args(["-n", &hosts[0].0, "-j", "link", "show", &tap])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["master"], "br-v100", "{v}");
+        for (host, n, ..) in guests {
+            clients[host]
+                .0
+                .delete(pb::DeleteVmRequest { uuid: uuid(n) })
+                .await
+                .unwrap();
+            let tap = hvagent::net::nic::tap_name(&uuid(n), 0);
+            let left = Command::new("ip")
+                .args(["-n", &hosts[host].0, "link", "show", &tap])
+                .output()
+                .unwrap();
+            assert!(!left.status.success(), "{tap} left in {}", hosts[host].0);
+        }
+    });
+}

@@ -819,6 +819,17 @@ impl Guests {
             })
         })
         .await?;
+        let taps: Vec<(String, NetworkSpec)> = nics
+            .iter()
+            .filter_map(|n| match (&n.attach, &n.network) {
+                (NicAttach::Tap(t), Some(spec)) => Some((t.clone(), spec.clone())),
+                _ => None,
+            })
+            .collect();
+        self.networks
+            .join(&taps)
+            .await
+            .map_err(|e| GuestError::Internal(format!("network: {e}")))?;
         tracing::info!(vm = %uuid, name = %req.name, flavor = %intent.flavor, "created");
         if intent.claim.dedicated_cpus().next().is_some() {
             // The shared pool just lost CPUs: floating guests must leave them.
@@ -837,11 +848,28 @@ impl Guests {
 
     pub async fn start(&self, uuid: &str) -> Result<Guest, GuestError> {
         let uuid = checked_uuid(uuid)?;
-        self.get(&uuid).await?;
+        let guest = self.get(&uuid).await?;
+        // Taps in managed networks: where libvirtd opens them for the start, then back.
+        let taps: Vec<(String, NetworkSpec)> = guest
+            .intent
+            .networks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                self.networks
+                    .managed(name)
+                    .map(|spec| (nic::tap_name(&uuid, i), spec))
+            })
+            .collect();
+        let network = |e: crate::net::NetworksError| GuestError::Internal(format!("network: {e}"));
+        if guest.state != "running" {
+            self.networks.recall(&taps).await.map_err(network)?;
+        }
         let libvirt = self.libvirt.clone();
         let u = uuid.clone();
         self.blocking(move || libvirt.start(&u).map_err(GuestError::from))
             .await?;
+        self.networks.join(&taps).await.map_err(network)?;
         self.get(&uuid).await
     }
 

@@ -366,6 +366,16 @@ impl Netlink {
             .map_err(failed(format!("change link {index}")))
     }
 
+    /// Moves a link into the network namespace `fd` refers to.
+    pub async fn move_to(&self, index: u32, fd: std::os::fd::RawFd) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).setns_by_fd(fd).build())
+            .execute()
+            .await
+            .map_err(failed(format!("move link {index} to another namespace")))
+    }
+
     pub async fn delete(&self, index: u32) -> Result<(), NetError> {
         match self.handle.link().del(index).execute().await {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),

@@ -63,6 +63,9 @@ pub struct NetworkView {
 
 pub struct Networks {
     netlink: Netlink,
+    /// When networks live in another namespace than the agent (and libvirtd): a connection
+    /// in the agent's own, and both namespaces' files, to move guest taps between them.
+    elsewhere: Option<Elsewhere>,
     dir: PathBuf,
     /// One change or reconcile at a time.
     lock: tokio::sync::Mutex<()>,
@@ -75,8 +78,22 @@ impl Networks {
         storage_root: &Path,
         repairs: Family<RepairLabels, Counter>,
     ) -> Networks {
+        let elsewhere = netlink.namespace.path.as_ref().and_then(|path| {
+            let opened = (|| -> Result<Elsewhere, String> {
+                Ok(Elsewhere {
+                    host: Netlink::open(link::Namespace::default()).map_err(|e| e.to_string())?,
+                    host_ns: std::fs::File::open("/proc/thread-self/ns/net")
+                        .map_err(|e| e.to_string())?,
+                    network_ns: std::fs::File::open(path).map_err(|e| e.to_string())?,
+                })
+            })();
+            opened
+                .map_err(|e| tracing::error!(error = %e, "guest taps cannot reach the network namespace"))
+                .ok()
+        });
         Networks {
             netlink,
+            elsewhere,
             dir: storage_root.join("networks"),
             lock: tokio::sync::Mutex::new(()),
             repairs,
@@ -376,7 +393,50 @@ impl Networks {
 
     /// Makes the guest NIC's tap (persistent, so libvirt finds it) and puts it into
     /// `network`'s bridge with the bridge's MTU, up. Idempotent: an existing tap is reused.
+    /// With networks in another namespace, the tap is made where libvirtd opens it and joins
+    /// its bridge in `join` once the guest runs.
     pub async fn plug(&self, tap: &str, network: &NetworkSpec) -> Result<(), NetworksError> {
+        if let Some(e) = &self.elsewhere {
+            if e.host.link(tap).await?.is_none() {
+                e.host.add_tap(tap)?;
+            }
+            return Ok(());
+        }
+        self.enslave(tap, network).await
+    }
+
+    /// Moves the guest's running taps into the network namespace and into their bridges
+    /// (libvirt has opened them; the open file follows the device). A no-op when networks
+    /// live in the agent's own namespace.
+    pub async fn join(&self, taps: &[(String, NetworkSpec)]) -> Result<(), NetworksError> {
+        let Some(e) = &self.elsewhere else {
+            return Ok(());
+        };
+        use std::os::fd::AsRawFd;
+        for (tap, network) in taps {
+            if let Some(l) = e.host.link(tap).await? {
+                e.host.move_to(l.index, e.network_ns.as_raw_fd()).await?;
+            }
+            self.enslave(tap, network).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings a stopped guest's taps back to where libvirtd opens them, before a start.
+    pub async fn recall(&self, taps: &[(String, NetworkSpec)]) -> Result<(), NetworksError> {
+        let Some(e) = &self.elsewhere else {
+            return Ok(());
+        };
+        use std::os::fd::AsRawFd;
+        for (tap, _) in taps {
+            if let Some(l) = self.netlink.link(tap).await? {
+                self.netlink.move_to(l.index, e.host_ns.as_raw_fd()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn enslave(&self, tap: &str, network: &NetworkSpec) -> Result<(), NetworksError> {
         let bridge = network.bridge();
         let Some(b) = self.netlink.link(&bridge).await? else {
             return Err(NetworksError::Precondition(format!(
@@ -399,13 +459,16 @@ impl Networks {
         Ok(())
     }
 
-    /// Removes every tap of the guest `uuid` (absent ones are fine).
+    /// Removes every tap of the guest `uuid`, in either namespace (absent ones are fine).
     pub async fn unplug_guest(&self, uuid: &str) -> Result<(), NetworksError> {
         let prefix = nic::tap_name(uuid, 0);
         let prefix = &prefix[..prefix.len() - 1];
-        for l in self.netlink.links_only().await? {
-            if nic::is_tap_name(&l.name) && l.name.starts_with(prefix) {
-                self.netlink.delete(l.index).await?;
+        let sides = std::iter::once(&self.netlink).chain(self.elsewhere.as_ref().map(|e| &e.host));
+        for side in sides {
+            for l in side.links_only().await? {
+                if nic::is_tap_name(&l.name) && l.name.starts_with(prefix) {
+                    side.delete(l.index).await?;
+                }
             }
         }
         Ok(())
@@ -433,6 +496,12 @@ impl Networks {
         })
         .collect()
     }
+}
+
+struct Elsewhere {
+    host: Netlink,
+    host_ns: std::fs::File,
+    network_ns: std::fs::File,
 }
 
 /// Agent taps enslaved to `bridge`.
