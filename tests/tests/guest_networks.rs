@@ -40,6 +40,30 @@ impl Drop for Cleanup {
     }
 }
 
+fn tc(args: &[&str]) -> String {
+    String::from_utf8_lossy(&Command::new("tc").args(args).output().unwrap().stdout).into_owned()
+}
+
+/// Whether this kernel can police ingress traffic (tried on a throwaway tap).
+fn police_supported() -> bool {
+    let tap = format!("hvpol{}", std::process::id() % 100_000);
+    let run = |args: &[&str]| {
+        Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    run(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"]);
+    let ok = run(&[
+        "tc", "qdisc", "add", "dev", &tap, "handle", "ffff:", "ingress",
+    ]) && run(&[
+        "tc", "filter", "add", "dev", &tap, "parent", "ffff:", "protocol", "all", "u32", "match",
+        "u32", "0", "0", "police", "rate", "1mbit", "burst", "16k", "drop",
+    ]);
+    run(&["ip", "link", "del", &tap]);
+    ok
+}
+
 fn link_master(name: &str) -> Option<String> {
     let out = Command::new("ip")
         .args(["-j", "link", "show", name])
@@ -88,7 +112,7 @@ fn guests_on_one_segment_reach_each_other_and_no_one_else() {
     let tag = std::process::id() % 100_000;
     let (seg_a, seg_b) = (format!("a{tag}"), format!("b{tag}"));
     let _cleanup = Cleanup {
-        guests: (1..=3).map(uuid).collect(),
+        guests: (1..=4).map(uuid).collect(),
         bridges: vec![format!("br-{seg_a}"), format!("br-{seg_b}")],
     };
     runtime().block_on(async {
@@ -136,6 +160,8 @@ fn guests_on_one_segment_reach_each_other_and_no_one_else() {
                     image: "testguest".into(),
                     networks: vec![seg.clone()],
                     addresses: vec![address.into()],
+                    // g1's NIC is rate-limited: 8 Mbit/s into the guest.
+                    ingress_kbps: if n == 1 { vec![8000] } else { vec![] },
                     user_data: format!("hvagent-ping: {ping}\n").into_bytes(),
                     ..Default::default()
                 })
@@ -150,6 +176,65 @@ fn guests_on_one_segment_reach_each_other_and_no_one_else() {
                 link_master(&tap).as_deref(),
                 Some(format!("br-{seg}").as_str())
             );
+            if n == 1 {
+                assert_eq!(vm.ingress_kbps, [8000]);
+                let qdisc = tc(&["qdisc", "show", "dev", &tap]);
+                assert!(
+                    qdisc.contains("tbf") && qdisc.contains("rate 8Mbit"),
+                    "{qdisc}"
+                );
+            }
+        }
+        // A limit on what a guest sends needs tc's police action; where the kernel lacks it
+        // the create is refused and leaves nothing.
+        let police = police_supported();
+        let limited = vms
+            .create(pb::CreateVmRequest {
+                uuid: uuid(4),
+                name: "net-4".into(),
+                flavor: "SCS-1Vi-0.5u".into(),
+                image: "testguest".into(),
+                networks: vec![seg_a.clone()],
+                egress_kbps: vec![4000],
+                ..Default::default()
+            })
+            .await;
+        let tap4 = hvagent::net::nic::tap_name(&uuid(4), 0);
+        if police {
+            limited.unwrap();
+            let filters = tc(&["filter", "show", "dev", &tap4, "parent", "ffff:"]);
+            assert!(
+                filters.contains("police") && filters.contains("rate 4Mbit"),
+                "{filters}"
+            );
+            vms.delete(pb::DeleteVmRequest { uuid: uuid(4) })
+                .await
+                .unwrap();
+        } else {
+            println!(
+                "this kernel has no tc police action: checking that egress limits are refused"
+            );
+            let status = limited.unwrap_err();
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .starts_with("egress_kbps: this kernel cannot police"),
+                "{status:?}"
+            );
+            assert!(
+                !std::path::Path::new("/sys/class/net").join(&tap4).exists(),
+                "tap left"
+            );
+            let domains = String::from_utf8_lossy(
+                &Command::new("virsh")
+                    .args(["list", "--all", "--uuid"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .into_owned();
+            assert!(!domains.contains(&uuid(4)), "domain left");
         }
         for (i, (n, _, address, _)) in guests.iter().enumerate() {
             let net =

@@ -261,6 +261,8 @@ impl VmApi {
             networks: g.intent.networks,
             macs: g.intent.nics.iter().map(|n| n.mac.clone()).collect(),
             addresses: g.intent.nics.iter().map(|n| n.address.clone()).collect(),
+            ingress_kbps: g.intent.nics.iter().map(|n| n.ingress_kbps).collect(),
+            egress_kbps: g.intent.nics.iter().map(|n| n.egress_kbps).collect(),
             created_unix: g.intent.created_unix,
             root_disk_gb: g.root_disk_gb,
         }
@@ -355,6 +357,8 @@ impl pb::vm_service_server::VmService for VmApi {
             networks: r.networks,
             addresses: r.addresses,
             macs: r.macs,
+            ingress_kbps: r.ingress_kbps,
+            egress_kbps: r.egress_kbps,
             user_data: r.user_data,
             ssh_keys: r.ssh_keys,
             metadata: r.metadata,

@@ -657,6 +657,8 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
                 networks,
                 addresses,
                 macs: Vec::new(),
+                ingress_kbps: Vec::new(),
+                egress_kbps: Vec::new(),
                 user_data,
                 ssh_keys,
                 metadata: Default::default(),

@@ -62,6 +62,11 @@ pub struct NicIntent {
     /// ADDRESS/PREFIX put into the NoCloud network-config; empty: none.
     #[serde(default)]
     pub address: String,
+    /// Rate limits in kbit/s into and out of the guest; 0: none.
+    #[serde(default)]
+    pub ingress_kbps: u32,
+    #[serde(default)]
+    pub egress_kbps: u32,
 }
 
 /// How a NIC reaches its network.

@@ -15,7 +15,7 @@ use crate::domain::xml::{
 };
 use crate::flavor::{self, FlavorSpec};
 use crate::net::spec::{HostAddress, NetworkSpec};
-use crate::net::{Networks, nic};
+use crate::net::{GuestTap, Networks, NetworksError, nic};
 use crate::placement::allocator::{check_request_id, is_uuid};
 use crate::placement::{Allocator, Claim, ClaimRequest, PlacementState, Refusal, RefusalKind};
 use crate::storage::disks::{self, MetaData};
@@ -25,6 +25,8 @@ use crate::storage::{GuestFiles, ImageRecord, ImageStore, StoreError};
 pub const MAX_USER_DATA: usize = 64 * 1024;
 pub const MAX_SSH_KEYS: usize = 32;
 pub const MAX_METADATA: usize = 64;
+/// 100 Gbit/s: the highest per-NIC rate limit accepted.
+pub const MAX_RATE_KBPS: u32 = 100_000_000;
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_CONSOLE_BYTES: u64 = 64 * 1024;
@@ -68,6 +70,18 @@ impl From<DomainError> for GuestError {
     }
 }
 
+impl From<NetworksError> for GuestError {
+    fn from(e: NetworksError) -> Self {
+        match e {
+            NetworksError::Invalid(e) => GuestError::Invalid(e.to_string()),
+            NetworksError::NotFound(m) => GuestError::NotFound(m),
+            NetworksError::AlreadyExists(m) => GuestError::AlreadyExists(m),
+            NetworksError::Precondition(m) => GuestError::Precondition(m),
+            NetworksError::Failed(m) => GuestError::Internal(format!("network: {m}")),
+        }
+    }
+}
+
 impl From<StoreError> for GuestError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -96,6 +110,9 @@ pub struct CreateRequest {
     /// network-config, and a MAC (else derived from the UUID and index).
     pub addresses: Vec<String>,
     pub macs: Vec<String>,
+    /// Per network (optional, in order): rate limits in kbit/s into and out of the guest.
+    pub ingress_kbps: Vec<u32>,
+    pub egress_kbps: Vec<u32>,
     pub user_data: Vec<u8>,
     pub ssh_keys: Vec<String>,
     pub metadata: BTreeMap<String, String>,
@@ -272,8 +289,25 @@ fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
     if req.networks.len() > nic::MAX_NICS {
         return invalid("networks: at most 16");
     }
-    if req.addresses.len() > req.networks.len() || req.macs.len() > req.networks.len() {
-        return invalid("addresses, macs: at most one per network, in the networks' order");
+    let n = req.networks.len();
+    if req.addresses.len() > n
+        || req.macs.len() > n
+        || req.ingress_kbps.len() > n
+        || req.egress_kbps.len() > n
+    {
+        return invalid(
+            "addresses, macs, ingress_kbps, egress_kbps: at most one per network, in the networks' order",
+        );
+    }
+    for (field, rates) in [
+        ("ingress_kbps", &req.ingress_kbps),
+        ("egress_kbps", &req.egress_kbps),
+    ] {
+        if let Some(i) = rates.iter().position(|r| *r > MAX_RATE_KBPS) {
+            return Err(GuestError::Invalid(format!(
+                "{field}[{i}]: at most {MAX_RATE_KBPS} (100 Gbit/s)"
+            )));
+        }
     }
     for (i, a) in req.addresses.iter().enumerate() {
         if !a.is_empty() {
@@ -560,6 +594,8 @@ impl Guests {
                             .map(|m| m.to_ascii_lowercase())
                             .unwrap_or_else(|| nic::format_mac(&nic::derived_mac(&uuid, i))),
                         address: given(&req.addresses).unwrap_or_default(),
+                        ingress_kbps: req.ingress_kbps.get(i).copied().unwrap_or(0),
+                        egress_kbps: req.egress_kbps.get(i).copied().unwrap_or(0),
                     },
                 });
             }
@@ -730,13 +766,20 @@ impl Guests {
         })
         .await?;
         // 2b. Taps into managed networks' bridges.
-        for n in nics {
-            if let (NicAttach::Tap(tap), Some(network)) = (&n.attach, &n.network) {
-                self.networks
-                    .plug(tap, network)
-                    .await
-                    .map_err(|e| GuestError::Internal(format!("network {}: {e}", network.name)))?;
-            }
+        let taps: Vec<GuestTap> = nics
+            .iter()
+            .filter_map(|n| match (&n.attach, &n.network) {
+                (NicAttach::Tap(t), Some(spec)) => Some(GuestTap {
+                    name: t.clone(),
+                    network: spec.clone(),
+                    ingress_kbps: n.intent.ingress_kbps,
+                    egress_kbps: n.intent.egress_kbps,
+                }),
+                _ => None,
+            })
+            .collect();
+        for tap in &taps {
+            self.networks.plug(tap).await?;
         }
         // 3. Domain.
         let mut cpu_features: Vec<String> = ["rdrand", "rdseed"]
@@ -819,17 +862,7 @@ impl Guests {
             })
         })
         .await?;
-        let taps: Vec<(String, NetworkSpec)> = nics
-            .iter()
-            .filter_map(|n| match (&n.attach, &n.network) {
-                (NicAttach::Tap(t), Some(spec)) => Some((t.clone(), spec.clone())),
-                _ => None,
-            })
-            .collect();
-        self.networks
-            .join(&taps)
-            .await
-            .map_err(|e| GuestError::Internal(format!("network: {e}")))?;
+        self.networks.join(&taps).await?;
         tracing::info!(vm = %uuid, name = %req.name, flavor = %intent.flavor, "created");
         if intent.claim.dedicated_cpus().next().is_some() {
             // The shared pool just lost CPUs: floating guests must leave them.
@@ -850,26 +883,29 @@ impl Guests {
         let uuid = checked_uuid(uuid)?;
         let guest = self.get(&uuid).await?;
         // Taps in managed networks: where libvirtd opens them for the start, then back.
-        let taps: Vec<(String, NetworkSpec)> = guest
+        let taps: Vec<GuestTap> = guest
             .intent
             .networks
             .iter()
             .enumerate()
             .filter_map(|(i, name)| {
-                self.networks
-                    .managed(name)
-                    .map(|spec| (nic::tap_name(&uuid, i), spec))
+                let nic = guest.intent.nics.get(i).cloned().unwrap_or_default();
+                self.networks.managed(name).map(|network| GuestTap {
+                    name: nic::tap_name(&uuid, i),
+                    network,
+                    ingress_kbps: nic.ingress_kbps,
+                    egress_kbps: nic.egress_kbps,
+                })
             })
             .collect();
-        let network = |e: crate::net::NetworksError| GuestError::Internal(format!("network: {e}"));
         if guest.state != "running" {
-            self.networks.recall(&taps).await.map_err(network)?;
+            self.networks.recall(&taps).await?;
         }
         let libvirt = self.libvirt.clone();
         let u = uuid.clone();
         self.blocking(move || libvirt.start(&u).map_err(GuestError::from))
             .await?;
-        self.networks.join(&taps).await.map_err(network)?;
+        self.networks.join(&taps).await?;
         self.get(&uuid).await
     }
 
@@ -1289,10 +1325,52 @@ mod tests {
         assert_eq!(
             err(CreateRequest {
                 metadata: [("".to_string(), "v".to_string())].into(),
-                ..ok
+                ..ok.clone()
             }),
             "metadata: at most 64 entries, keys 1-255 and values 0-1024 characters"
         );
+        let net = |f: &dyn Fn(&mut CreateRequest)| {
+            let mut r = CreateRequest {
+                networks: vec!["seg".into()],
+                ..ok.clone()
+            };
+            f(&mut r);
+            validate(&r).map(drop).map_err(|e| e.to_string())
+        };
+        assert!(
+            net(&|r| {
+                r.addresses = vec!["10.0.0.2/24".into()];
+                r.macs = vec!["02:00:00:00:00:09".into()];
+                r.ingress_kbps = vec![1000];
+            })
+            .is_ok()
+        );
+        for (case, message) in [
+            (
+                &(|r: &mut CreateRequest| r.addresses = vec!["10.0.0.2".into()])
+                    as &dyn Fn(&mut CreateRequest),
+                "addresses[0]: \"10.0.0.2\" must be ADDRESS/PREFIX",
+            ),
+            (
+                &|r: &mut CreateRequest| r.addresses = vec!["".into(), "10.0.0.3/24".into()],
+                "addresses, macs, ingress_kbps, egress_kbps: at most one per network",
+            ),
+            (
+                &|r: &mut CreateRequest| r.macs = vec!["01:00:5e:00:00:01".into()],
+                "macs[0]: 01:00:5e:00:00:01 is a multicast address",
+            ),
+            (
+                &|r: &mut CreateRequest| r.egress_kbps = vec![MAX_RATE_KBPS + 1],
+                "egress_kbps[0]: at most 100000000 (100 Gbit/s)",
+            ),
+            (
+                &|r: &mut CreateRequest| r.networks = vec!["n".into(); 17],
+                "networks: at most 16",
+            ),
+        ] {
+            let got = net(case).unwrap_err();
+            assert!(got.starts_with(message), "{got}");
+        }
     }
 
     #[test]

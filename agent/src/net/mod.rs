@@ -48,6 +48,15 @@ pub struct RepairLabels {
     pub kind: String,
 }
 
+/// A guest NIC's tap in a managed network, with its rate limits (kbit/s; 0: none).
+#[derive(Debug, Clone)]
+pub struct GuestTap {
+    pub name: String,
+    pub network: NetworkSpec,
+    pub ingress_kbps: u32,
+    pub egress_kbps: u32,
+}
+
 /// A network as List shows it.
 #[derive(Debug, Clone)]
 pub struct NetworkView {
@@ -395,48 +404,49 @@ impl Networks {
     /// `network`'s bridge with the bridge's MTU, up. Idempotent: an existing tap is reused.
     /// With networks in another namespace, the tap is made where libvirtd opens it and joins
     /// its bridge in `join` once the guest runs.
-    pub async fn plug(&self, tap: &str, network: &NetworkSpec) -> Result<(), NetworksError> {
+    pub async fn plug(&self, tap: &GuestTap) -> Result<(), NetworksError> {
         if let Some(e) = &self.elsewhere {
-            if e.host.link(tap).await?.is_none() {
-                e.host.add_tap(tap)?;
+            if e.host.link(&tap.name).await?.is_none() {
+                e.host.add_tap(&tap.name)?;
             }
             return Ok(());
         }
-        self.enslave(tap, network).await
+        self.enslave(tap).await
     }
 
-    /// Moves the guest's running taps into the network namespace and into their bridges
-    /// (libvirt has opened them; the open file follows the device). A no-op when networks
-    /// live in the agent's own namespace.
-    pub async fn join(&self, taps: &[(String, NetworkSpec)]) -> Result<(), NetworksError> {
-        let Some(e) = &self.elsewhere else {
-            return Ok(());
-        };
+    /// Once the guest runs: moves its taps into the network namespace and their bridges
+    /// when networks live elsewhere (libvirt has opened them; the open file follows the
+    /// device), and applies the rate limits (libvirt resets a tap's qdiscs when it opens it).
+    pub async fn join(&self, taps: &[GuestTap]) -> Result<(), NetworksError> {
         use std::os::fd::AsRawFd;
-        for (tap, network) in taps {
-            if let Some(l) = e.host.link(tap).await? {
-                e.host.move_to(l.index, e.network_ns.as_raw_fd()).await?;
+        for tap in taps {
+            if let Some(e) = &self.elsewhere {
+                if let Some(l) = e.host.link(&tap.name).await? {
+                    e.host.move_to(l.index, e.network_ns.as_raw_fd()).await?;
+                }
+                self.enslave(tap).await?;
             }
-            self.enslave(tap, network).await?;
+            self.limit(tap)?;
         }
         Ok(())
     }
 
     /// Brings a stopped guest's taps back to where libvirtd opens them, before a start.
-    pub async fn recall(&self, taps: &[(String, NetworkSpec)]) -> Result<(), NetworksError> {
+    pub async fn recall(&self, taps: &[GuestTap]) -> Result<(), NetworksError> {
         let Some(e) = &self.elsewhere else {
             return Ok(());
         };
         use std::os::fd::AsRawFd;
-        for (tap, _) in taps {
-            if let Some(l) = self.netlink.link(tap).await? {
+        for tap in taps {
+            if let Some(l) = self.netlink.link(&tap.name).await? {
                 self.netlink.move_to(l.index, e.host_ns.as_raw_fd()).await?;
             }
         }
         Ok(())
     }
 
-    async fn enslave(&self, tap: &str, network: &NetworkSpec) -> Result<(), NetworksError> {
+    async fn enslave(&self, guest_tap: &GuestTap) -> Result<(), NetworksError> {
+        let (tap, network) = (guest_tap.name.as_str(), &guest_tap.network);
         let bridge = network.bridge();
         let Some(b) = self.netlink.link(&bridge).await? else {
             return Err(NetworksError::Precondition(format!(
@@ -456,6 +466,68 @@ impl Networks {
             }
         };
         self.netlink.set(index, Some(b.mtu), Some(b.index)).await?;
+        Ok(())
+    }
+
+    /// Rate limits on the tap with tc, where the tap now is: what the guest receives leaves
+    /// the host through the tap (a tbf qdisc), what it sends enters through it (an ingress
+    /// policer). Kernels without the police action (act_police) refuse an egress limit.
+    fn limit(&self, tap: &GuestTap) -> Result<(), NetworksError> {
+        let tc = |args: &[String]| -> Result<(), String> {
+            let mut cmd = match &self.netlink.namespace.path {
+                Some(path) => {
+                    let mut c = std::process::Command::new("nsenter");
+                    c.arg(format!("--net={}", path.display())).arg("tc");
+                    c
+                }
+                None => std::process::Command::new("tc"),
+            };
+            let out = cmd.args(args).output().map_err(|e| format!("tc: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            }
+        };
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        // A burst of 10 ms at the rate, at least one 9000-byte frame and some.
+        let burst = |kbps: u32| format!("{}", (u64::from(kbps) * 1000 / 8 / 100).max(16_384));
+        let name = tap.name.as_str();
+        if tap.ingress_kbps == 0 && tap.egress_kbps == 0 {
+            return Ok(());
+        }
+        let _ = tc(&s(&["qdisc", "del", "dev", name, "root"]));
+        let _ = tc(&s(&["qdisc", "del", "dev", name, "ingress"]));
+        if tap.ingress_kbps > 0 {
+            let rate = format!("{}kbit", tap.ingress_kbps);
+            tc(&s(&[
+                "qdisc",
+                "add",
+                "dev",
+                name,
+                "root",
+                "tbf",
+                "rate",
+                &rate,
+                "burst",
+                &burst(tap.ingress_kbps),
+                "latency",
+                "50ms",
+            ]))
+            .map_err(|e| NetworksError::Failed(format!("ingress_kbps on {name}: {e}")))?;
+        }
+        if tap.egress_kbps > 0 {
+            let rate = format!("{}kbit", tap.egress_kbps);
+            tc(&s(&["qdisc", "add", "dev", name, "handle", "ffff:", "ingress"]))
+                .and_then(|()| {
+                    tc(&s(&["filter", "add", "dev", name, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0", "police", "rate", &rate, "burst", &burst(tap.egress_kbps), "drop"]))
+                })
+                .map_err(|e| {
+                    NetworksError::Precondition(format!(
+                        "egress_kbps: this kernel cannot police traffic from the guest (tc u32 filter with the police action, act_police): {e}"
+                    ))
+                })?;
+        }
         Ok(())
     }
 
