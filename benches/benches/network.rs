@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{env_or, header, row, stats};
 use hvagent::net::link::{Namespace, Netlink};
 use hvagent::net::spec::{Kind, NetworkSpec};
-use hvagent::net::{Networks, nic};
+use hvagent::net::{GuestTap, Networks, nic};
 
 fn ip(ns: &str, args: &[&str]) {
     let status = Command::new("ip")
@@ -91,8 +91,14 @@ fn main() {
             timed(&mut ensure_vxlan, t.elapsed());
 
             let tap = nic::tap_name(&format!("bench-{round}"), 0);
+            let guest_tap = GuestTap {
+                name: tap.clone(),
+                network: bridge.clone(),
+                ingress_kbps: 0,
+                egress_kbps: 0,
+            };
             let t = Instant::now();
-            networks.plug(&tap, &bridge).await.expect("plug");
+            networks.plug(&guest_tap).await.expect("plug");
             timed(&mut plug, t.elapsed());
             ip(&ns, &["link", "del", &tap]);
             networks.delete("bench", true).await.expect("delete");
