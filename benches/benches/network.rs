@@ -5,8 +5,14 @@
 //! 2. plugging one guest NIC (a persistent tap with the bridge's MTU in the bridge, up) through
 //!    `Networks::plug`, against `ip tuntap add` + `ip link set ... master ... mtu ... up`.
 //!
+//! 3. throughput with iperf3 (TCP, `IPERF_SECONDS`, default 5) between two endpoint
+//!    namespaces standing in for guests (veth pairs; TCG guests would measure the emulator):
+//!    through a bridge the agent made, through a VXLAN segment the agent made between two
+//!    "host" namespaces, and over a bare veth pair as the baseline.
+//!
 //! Each round is made and removed again. Run as root:
-//! `cargo bench -p hvagent-benches --bench network`. Knob: `ROUNDS` (default 200).
+//! `cargo bench -p hvagent-benches --bench network`. Knobs: `ROUNDS` (default 100),
+//! `IPERF_SECONDS`. Without iperf3 the throughput part is skipped with a message.
 
 mod common;
 
@@ -28,7 +34,7 @@ fn ip(ns: &str, args: &[&str]) {
 }
 
 fn main() {
-    let rounds = env_or("ROUNDS", 200);
+    let rounds = env_or("ROUNDS", 100);
     let ns = format!("hvbench-{}", std::process::id());
     assert!(
         Command::new("ip")
@@ -149,6 +155,175 @@ fn main() {
             ratio(2, 3),
             ratio(4, 5)
         );
+        throughput(&ns, &networks, store.path()).await;
     });
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A namespace standing in for a guest: `eth0` with `address`, its peer `outside` left in
+/// namespace `host` (or the peer's own namespace for the baseline).
+fn endpoint(name: &str, address: &str, outside: &str, host: &str) {
+    sh(&["ip", "netns", "add", name]);
+    sh(&[
+        "ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", outside, "netns",
+        host,
+    ]);
+    sh(&["ip", "-n", name, "addr", "add", address, "dev", "eth0"]);
+    sh(&["ip", "-n", name, "link", "set", "eth0", "up"]);
+    sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+}
+
+/// iperf3 from `client` to `server_ip` served in `server`; Gbit/s received.
+fn iperf(client: &str, server: &str, server_ip: &str, seconds: usize) -> f64 {
+    let mut daemon = Command::new("ip")
+        .args(["netns", "exec", server, "iperf3", "-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    std::thread::sleep(Duration::from_millis(500));
+    let json = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        client,
+        "iperf3",
+        "-c",
+        server_ip,
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
+    let _ = daemon.wait();
+    let v: serde_json::Value = serde_json::from_str(&json).expect("iperf3 json");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
+}
+
+async fn throughput(ns: &str, networks: &Networks, store: &std::path::Path) {
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        println!("\nthroughput skipped: iperf3 is not installed (apt-get install iperf3)");
+        return;
+    }
+    let seconds = env_or("IPERF_SECONDS", 5);
+    let tag = std::process::id() % 100_000;
+    let names: Vec<String> = ["g1", "g2", "g3", "g4", "g5", "h2"]
+        .iter()
+        .map(|g| format!("hvtp{g}-{tag}"))
+        .collect();
+    let (g1, g2, g3, g4, g5, h2) = (
+        &names[0], &names[1], &names[2], &names[3], &names[4], &names[5],
+    );
+    let lan = NetworkSpec {
+        name: "tput".into(),
+        kind: Kind::Bridge { uplink: None },
+        mtu: None,
+        address: None,
+    };
+    networks.ensure(lan.clone()).await.expect("ensure bridge");
+    endpoint(g1, "10.55.0.1/24", "hvtpa", ns);
+    endpoint(g2, "10.55.0.2/24", "hvtpb", ns);
+    for port in ["hvtpa", "hvtpb"] {
+        sh(&[
+            "ip", "-n", ns, "link", "set", port, "master", "br-tput", "up",
+        ]);
+    }
+    let bridged = iperf(g1, g2, "10.55.0.2", seconds);
+
+    // Two hosts: this namespace and h2, joined by the bench's underlay veth (ul1 moves to h2),
+    // each with a VXLAN segment VNI 100 made by an agent, a guest endpoint on each.
+    sh(&["ip", "netns", "add", h2]);
+    sh(&["ip", "-n", ns, "link", "set", "ul1", "netns", h2]);
+    sh(&["ip", "-n", h2, "addr", "add", "10.99.0.2/24", "dev", "ul1"]);
+    sh(&["ip", "-n", h2, "link", "set", "ul1", "up"]);
+    let store2 = store.join("h2");
+    let networks2 = Networks::new(
+        Netlink::open(Namespace {
+            path: Some(format!("/run/netns/{h2}").into()),
+        })
+        .expect("netlink"),
+        &store2,
+        Default::default(),
+    );
+    let segment = |local: &str, remote: &str, underlay: &str| NetworkSpec {
+        name: "tvx".into(),
+        kind: Kind::Vxlan {
+            vni: 100,
+            underlay: underlay.into(),
+            local: local.parse().expect("ip"),
+            remotes: vec![remote.parse().expect("ip")],
+            group: None,
+            port: 4789,
+        },
+        mtu: None,
+        address: None,
+    };
+    networks
+        .ensure(segment("10.99.0.1", "10.99.0.2", "ul0"))
+        .await
+        .expect("vxlan 1");
+    networks2
+        .ensure(segment("10.99.0.2", "10.99.0.1", "ul1"))
+        .await
+        .expect("vxlan 2");
+    endpoint(g3, "10.56.0.1/24", "hvtpc", ns);
+    endpoint(g4, "10.56.0.2/24", "hvtpd", h2);
+    sh(&[
+        "ip", "-n", ns, "link", "set", "hvtpc", "master", "br-tvx", "mtu", "1450", "up",
+    ]);
+    sh(&[
+        "ip", "-n", h2, "link", "set", "hvtpd", "master", "br-tvx", "mtu", "1450", "up",
+    ]);
+    for g in [g3, g4] {
+        sh(&["ip", "-n", g, "link", "set", "eth0", "mtu", "1450"]);
+    }
+    let vxlan = iperf(g3, g4, "10.56.0.2", seconds);
+
+    // Baseline: a bare veth pair between two endpoint namespaces.
+    let g5b = format!("{g5}b");
+    sh(&["ip", "netns", "add", g5]);
+    sh(&["ip", "netns", "add", &g5b]);
+    sh(&[
+        "ip", "-n", g5, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+        &g5b,
+    ]);
+    for (n, address) in [
+        (g5.as_str(), "10.57.0.1/24"),
+        (g5b.as_str(), "10.57.0.2/24"),
+    ] {
+        sh(&["ip", "-n", n, "addr", "add", address, "dev", "eth0"]);
+        sh(&["ip", "-n", n, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+    }
+    let bare = iperf(g5, &g5b, "10.57.0.2", seconds);
+
+    println!("\nTCP throughput, iperf3 {seconds} s each, endpoints in namespaces (one run)\n");
+    println!("| path | Gbit/s | vs bare veth |");
+    println!("|---|---|---|");
+    println!("| bare veth pair (baseline) | {bare:.2} | 1.00 |");
+    println!(
+        "| through the agent's bridge (veth → br → veth) | {bridged:.2} | {:.2} |",
+        bridged / bare
+    );
+    println!(
+        "| through the agent's VXLAN segment, two namespaces (MTU 1450) | {vxlan:.2} | {:.2} |",
+        vxlan / bare
+    );
+    for n in names.iter().chain(std::iter::once(&g5b)) {
+        let _ = Command::new("ip").args(["netns", "del", n]).status();
+    }
 }
