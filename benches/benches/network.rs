@@ -49,16 +49,18 @@ fn main() {
     );
     ip(&ns, &["addr", "add", "10.99.0.1/24", "dev", "ul0"]);
     ip(&ns, &["link", "set", "ul0", "up"]);
+    // The bench itself moves into the namespace (before any other thread exists, so that
+    // every later thread is there too): the agent's networks then live where its taps do, as
+    // on a node, and nothing touches the host's interfaces.
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
     let store = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let netlink = Netlink::open(Namespace {
-            path: Some(format!("/run/netns/{ns}").into()),
-        })
-        .expect("netlink");
+        let netlink = Netlink::open(Namespace::default()).expect("netlink");
         let networks = Networks::new(netlink, store.path(), Default::default());
         let bridge = NetworkSpec {
             name: "bench".into(),
