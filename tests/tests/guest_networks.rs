@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, repo_root, runtime};
+use common::{Agent, import_testguest, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 
@@ -118,19 +118,8 @@ fn guests_on_one_segment_reach_each_other_and_no_one_else() {
     runtime().block_on(async {
         let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
         let mut vms = Vms::new(channel.clone());
-        let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
+        import_testguest(channel.clone()).await;
         let mut networks = pb::network_service_client::NetworkServiceClient::new(channel);
-        images
-            .import(pb::ImportImageRequest {
-                name: "testguest".into(),
-                source_path: repo_root()
-                    .join("images/out/testguest.qcow2")
-                    .display()
-                    .to_string(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
         for seg in [&seg_a, &seg_b] {
             networks
                 .ensure(pb::EnsureNetworkRequest {
@@ -380,18 +369,7 @@ fn vxlan_joins_guests_across_two_hosts() {
         let mut clients = Vec::new();
         for a in &agents {
             let channel = hvagent::ctl::client::connect(&a.socket).await.unwrap();
-            let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
-            images
-                .import(pb::ImportImageRequest {
-                    name: "testguest".into(),
-                    source_path: repo_root()
-                        .join("images/out/testguest.qcow2")
-                        .display()
-                        .to_string(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            import_testguest(channel.clone()).await;
             clients.push((
                 Vms::new(channel.clone()),
                 pb::network_service_client::NetworkServiceClient::new(channel),

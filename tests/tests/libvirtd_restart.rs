@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, repo_root};
+use common::{Agent, import_testguest};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 
@@ -55,18 +55,7 @@ fn guest_calls_recover_after_libvirtd_restarts() {
     rt.block_on(async {
         let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
         let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
-        let mut images = pb::image_service_client::ImageServiceClient::new(channel);
-        images
-            .import(pb::ImportImageRequest {
-                name: "testguest".into(),
-                source_path: repo_root()
-                    .join("images/out/testguest.qcow2")
-                    .display()
-                    .to_string(),
-                ..Default::default()
-            })
-            .await
-            .expect("import the test guest (images/build.sh builds it)");
+        import_testguest(channel).await;
         vms.create(pb::CreateVmRequest {
             uuid: uuid.clone(),
             name: "survivor".into(),

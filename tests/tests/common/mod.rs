@@ -31,6 +31,24 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Imports `images/out/testguest.qcow2` (built by `images/build.sh`) as image "testguest".
+pub async fn import_testguest(channel: tonic::transport::Channel) {
+    let image = repo_root().join("images/out/testguest.qcow2");
+    hvagent_proto::v1::image_service_client::ImageServiceClient::new(channel)
+        .import(hvagent_proto::v1::ImportImageRequest {
+            name: "testguest".into(),
+            source_path: image.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "import {} (images/build.sh builds it): {e:?}",
+                image.display()
+            )
+        });
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
