@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, import_testguest, runtime};
+use common::{Agent, console, import_testguest, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 
@@ -78,15 +78,7 @@ async fn console_value(vms: &mut Vms, uuid: &str, key: &str, within: Duration) -
     let deadline = Instant::now() + within;
     let wanted = format!("hvagent.{key}=");
     loop {
-        let log = vms
-            .get_console_log(pb::GetConsoleLogRequest {
-                uuid: uuid.into(),
-                max_bytes: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let text = String::from_utf8_lossy(&log.data).into_owned();
+        let text = console(vms, uuid).await;
         // Anywhere in a line: background reports can follow the console shell's prompt.
         if let Some(v) = text
             .lines()
@@ -100,6 +92,18 @@ async fn console_value(vms: &mut Vms, uuid: &str, key: &str, within: Duration) -
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// What guest `n` reported pinging `target` (`ok` or `fail`), waiting up to `within` seconds.
+async fn ping(vms: &Vms, n: u32, target: &str, within: u64) -> String {
+    let key = format!("ping.{target}");
+    console_value(
+        &mut vms.clone(),
+        &uuid(n),
+        &key,
+        Duration::from_secs(within),
+    )
+    .await
 }
 
 #[test]
@@ -234,22 +238,10 @@ fn guests_on_one_segment_reach_each_other_and_no_one_else() {
                 "guest {n} configured its NIC"
             );
         }
-        let ping = |n: u32, target: &'static str, within: u64| {
-            let mut vms = vms.clone();
-            async move {
-                console_value(
-                    &mut vms,
-                    &uuid(n),
-                    &format!("ping.{target}"),
-                    Duration::from_secs(within),
-                )
-                .await
-            }
-        };
-        assert_eq!(ping(1, "10.77.0.2", 150).await, "ok", "g1 reaches g2");
-        assert_eq!(ping(2, "10.77.0.1", 150).await, "ok", "g2 reaches g1");
+        assert_eq!(ping(&vms, 1, "10.77.0.2", 150).await, "ok", "g1 reaches g2");
+        assert_eq!(ping(&vms, 2, "10.77.0.1", 150).await, "ok", "g2 reaches g1");
         assert_eq!(
-            ping(3, "10.77.0.1", 150).await,
+            ping(&vms, 3, "10.77.0.1", 150).await,
             "fail",
             "g3 on B does not reach g1 on A"
         );
@@ -431,30 +423,18 @@ fn vxlan_joins_guests_across_two_hosts() {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(v[0]["master"], format!("br-{net}"), "{v}");
         }
-        let check = |host: usize, n: u32, target: &'static str, within: u64| {
-            let mut vms = clients[host].0.clone();
-            async move {
-                console_value(
-                    &mut vms,
-                    &uuid(n),
-                    &format!("ping.{target}"),
-                    Duration::from_secs(within),
-                )
-                .await
-            }
-        };
         assert_eq!(
-            check(0, 0x11, "10.66.0.2", 180).await,
+            ping(&clients[0].0, 0x11, "10.66.0.2", 180).await,
             "ok",
             "VNI 100 on host 1 reaches host 2"
         );
         assert_eq!(
-            check(1, 0x12, "10.66.0.1", 180).await,
+            ping(&clients[1].0, 0x12, "10.66.0.1", 180).await,
             "ok",
             "VNI 100 on host 2 reaches host 1"
         );
         assert_eq!(
-            check(1, 0x13, "10.66.0.1", 180).await,
+            ping(&clients[1].0, 0x13, "10.66.0.1", 180).await,
             "fail",
             "VNI 200 does not reach VNI 100"
         );

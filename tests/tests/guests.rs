@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, repo_root, runtime};
+use common::{Agent, console, repo_root, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -104,18 +104,6 @@ fn create(uuid: &str, name: &str, flavor: &str, image: &str) -> pb::CreateVmRequ
         image: image.into(),
         ..Default::default()
     }
-}
-
-async fn console(vms: &mut Vms, uuid: &str) -> String {
-    let log = vms
-        .get_console_log(pb::GetConsoleLogRequest {
-            uuid: uuid.into(),
-            max_bytes: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    String::from_utf8_lossy(&log.data).into_owned()
 }
 
 /// Waits until the console shows at least `n` boots, the last one finished; returns how many.

@@ -116,6 +116,18 @@ async fn ensure(n: &mut Networks, network: pb::Network) -> Result<bool, tonic::S
     .map(|r| r.into_inner().changed)
 }
 
+/// Deletes network `name`; whether it existed.
+async fn delete(n: &mut Networks, name: &str, force: bool) -> bool {
+    n.delete(pb::DeleteNetworkRequest {
+        name: name.into(),
+        force,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .deleted
+}
+
 async fn connect(agent: &Agent) -> Networks {
     Networks::new(hvagent::ctl::client::connect(&agent.socket).await.unwrap())
 }
@@ -333,35 +345,14 @@ fn networks_are_made_checked_and_removed_in_a_namespace() {
             "{busy:?}"
         );
         assert!(ns.link("br-prov").is_some());
-        let deleted = n
-            .delete(pb::DeleteNetworkRequest {
-                name: "prov".into(),
-                force: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(deleted.deleted);
+        assert!(delete(&mut n, "prov", true).await);
         assert!(ns.link("br-prov").is_none());
-        let deleted = n
-            .delete(pb::DeleteNetworkRequest {
-                name: "seg".into(),
-                force: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(deleted.deleted);
+        assert!(delete(&mut n, "seg", false).await);
         assert!(ns.link("br-seg").is_none() && ns.link("vx-seg").is_none());
-        let again = n
-            .delete(pb::DeleteNetworkRequest {
-                name: "seg".into(),
-                force: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(!again.deleted);
+        assert!(
+            !delete(&mut n, "seg", false).await,
+            "a second delete finds nothing"
+        );
     });
     // The real hvctl drives the same service.
     let out = agent.hvctl(&[

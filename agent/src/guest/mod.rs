@@ -766,18 +766,10 @@ impl Guests {
         })
         .await?;
         // 2b. Taps into managed networks' bridges.
-        let taps: Vec<GuestTap> = nics
-            .iter()
-            .filter_map(|n| match (&n.attach, &n.network) {
-                (NicAttach::Tap(t), Some(spec)) => Some(GuestTap {
-                    name: t.clone(),
-                    network: spec.clone(),
-                    ingress_kbps: n.intent.ingress_kbps,
-                    egress_kbps: n.intent.egress_kbps,
-                }),
-                _ => None,
-            })
-            .collect();
+        let taps = guest_taps(
+            uuid,
+            nics.iter().map(|n| (n.network.clone(), n.intent.clone())),
+        );
         for tap in &taps {
             self.networks.plug(tap).await?;
         }
@@ -883,21 +875,13 @@ impl Guests {
         let uuid = checked_uuid(uuid)?;
         let guest = self.get(&uuid).await?;
         // Taps in managed networks: where libvirtd opens them for the start, then back.
-        let taps: Vec<GuestTap> = guest
-            .intent
-            .networks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, name)| {
+        let taps = guest_taps(
+            &uuid,
+            guest.intent.networks.iter().enumerate().map(|(i, name)| {
                 let nic = guest.intent.nics.get(i).cloned().unwrap_or_default();
-                self.networks.managed(name).map(|network| GuestTap {
-                    name: nic::tap_name(&uuid, i),
-                    network,
-                    ingress_kbps: nic.ingress_kbps,
-                    egress_kbps: nic.egress_kbps,
-                })
-            })
-            .collect();
+                (self.networks.managed(name), nic)
+            }),
+        );
         if guest.state != "running" {
             self.networks.recall(&taps).await?;
         }
@@ -1115,6 +1099,24 @@ impl Guests {
         })
         .await
     }
+}
+
+/// The taps of guest `uuid` in managed networks, from its NICs in order (each with its
+/// managed network, if it is in one).
+fn guest_taps(
+    uuid: &str,
+    nics: impl Iterator<Item = (Option<NetworkSpec>, NicIntent)>,
+) -> Vec<GuestTap> {
+    nics.enumerate()
+        .filter_map(|(i, (network, nic))| {
+            network.map(|network| GuestTap {
+                name: nic::tap_name(uuid, i),
+                network,
+                ingress_kbps: nic.ingress_kbps,
+                egress_kbps: nic.egress_kbps,
+            })
+        })
+        .collect()
 }
 
 /// A guest, the CPUs of each of its vCPUs, and its emulator CPUs when they follow the pool.

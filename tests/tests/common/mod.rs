@@ -49,6 +49,22 @@ pub async fn import_testguest(channel: tonic::transport::Channel) {
         });
 }
 
+/// The guest's serial console log as the agent serves it (the last 64 KiB).
+pub async fn console(
+    vms: &mut hvagent_proto::v1::vm_service_client::VmServiceClient<tonic::transport::Channel>,
+    uuid: &str,
+) -> String {
+    let log = vms
+        .get_console_log(hvagent_proto::v1::GetConsoleLogRequest {
+            uuid: uuid.into(),
+            max_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    String::from_utf8_lossy(&log.data).into_owned()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
