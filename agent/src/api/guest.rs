@@ -218,15 +218,10 @@ impl pb::image_service_server::ImageService for ImageApi {
     }
 }
 
-/// Runs a mutating call in a task of its own: a client that hangs up or times out must not
-/// abandon a create or delete halfway (the task finishes or undoes it either way).
 async fn detached<T: Send + 'static>(
     call: impl std::future::Future<Output = Result<T, GuestError>> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::spawn(call)
-        .await
-        .map_err(|e| Status::internal(format!("task failed: {e}")))?
-        .map_err(status)
+    super::detached(call, status).await
 }
 
 pub struct VmApi {

@@ -226,10 +226,7 @@ impl pb::network_service_server::NetworkService for NetworkApi {
         let name = spec.name.clone();
         // Runs to the end even if the client goes away: half a network is worse than none.
         let networks = self.networks.clone();
-        let changed = tokio::spawn(async move { networks.ensure(spec).await })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status)?;
+        let changed = super::detached(async move { networks.ensure(spec).await }, status).await?;
         Ok(Response::new(pb::EnsureNetworkResponse {
             network: Some(self.view(&name).await?),
             changed,
@@ -242,10 +239,11 @@ impl pb::network_service_server::NetworkService for NetworkApi {
     ) -> Result<Response<pb::DeleteNetworkResponse>, Status> {
         let r = request.into_inner();
         let networks = self.networks.clone();
-        let deleted = tokio::spawn(async move { networks.delete(&r.name, r.force).await })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status)?;
+        let deleted = super::detached(
+            async move { networks.delete(&r.name, r.force).await },
+            status,
+        )
+        .await?;
         Ok(Response::new(pb::DeleteNetworkResponse { deleted }))
     }
 
