@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod domain;
 pub mod flavor;
 pub mod guest;
+pub mod health;
 pub mod host;
 pub mod net;
 pub mod placement;

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::placement::{claim_to_proto, status as refusal_status};
 use crate::guest::{CreateRequest, Guest, GuestError, Guests, now_unix};
+use crate::health::Health;
 use crate::placement::PlacementState;
 use std::sync::atomic::Ordering;
 
@@ -227,11 +228,16 @@ async fn detached<T: Send + 'static>(
 pub struct VmApi {
     guests: Arc<Guests>,
     placement: Arc<PlacementState>,
+    health: Arc<Health>,
 }
 
 impl VmApi {
-    pub fn new(guests: Arc<Guests>, placement: Arc<PlacementState>) -> Self {
-        Self { guests, placement }
+    pub fn new(guests: Arc<Guests>, placement: Arc<PlacementState>, health: Arc<Health>) -> Self {
+        Self {
+            guests,
+            placement,
+            health,
+        }
     }
 
     pub fn into_service(self) -> pb::vm_service_server::VmServiceServer<Self> {
@@ -247,11 +253,7 @@ impl VmApi {
             flavor: g.intent.flavor,
             image: g.intent.image,
             state: g.state.to_string(),
-            emulation: match g.intent.emulation {
-                crate::domain::xml::Emulation::Kvm => "kvm",
-                crate::domain::xml::Emulation::Tcg => "tcg",
-            }
-            .into(),
+            emulation: g.intent.emulation.as_str().into(),
             claim: Some(claim_to_proto(&alloc, &g.intent.claim, now)),
             networks: g.intent.networks,
             macs: g.intent.nics.iter().map(|n| n.mac.clone()).collect(),
@@ -304,7 +306,11 @@ impl pb::vm_service_server::VmService for VmApi {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                let wanted = if event.kind == "lost" {
+                let wanted = if event.kind == "tuned" {
+                    // Pin and tuning changes are the health sampler's business, not a
+                    // lifecycle event.
+                    false
+                } else if event.kind == "lost" {
                     // Every watcher: some of its guests' events may be missing.
                     true
                 } else if only.is_empty() {
@@ -434,5 +440,14 @@ impl pb::vm_service_server::VmService for VmApi {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ConsoleLog { data, total_bytes }))
+    }
+
+    async fn get_guarantee_report(
+        &self,
+        request: Request<pb::GetGuaranteeReportRequest>,
+    ) -> Result<Response<pb::GuaranteeReport>, Status> {
+        let uuid = request.into_inner().uuid;
+        let report = self.health.report(&uuid).await.map_err(status)?;
+        Ok(Response::new(super::health::report_to_proto(&report)))
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod flavor;
 pub mod guest;
+pub mod health;
 pub mod network;
 pub mod node;
 pub mod placement;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use hvagent_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use crate::health::Health;
 use crate::placement::PlacementState;
 
 use crate::host::{self, Inventory, node::Node, scheduler, sysfs::format_cpulist};
@@ -12,11 +13,16 @@ use crate::host::{self, Inventory, node::Node, scheduler, sysfs::format_cpulist}
 pub struct NodeApi {
     node: Arc<Node>,
     placement: Arc<PlacementState>,
+    health: Arc<Health>,
 }
 
 impl NodeApi {
-    pub fn new(node: Arc<Node>, placement: Arc<PlacementState>) -> Self {
-        Self { node, placement }
+    pub fn new(node: Arc<Node>, placement: Arc<PlacementState>, health: Arc<Health>) -> Self {
+        Self {
+            node,
+            placement,
+            health,
+        }
     }
 
     pub fn into_service(self) -> pb::node_service_server::NodeServiceServer<Self> {
@@ -43,6 +49,54 @@ impl pb::node_service_server::NodeService for NodeApi {
         request: Request<pb::GetCapacityRequest>,
     ) -> Result<Response<pb::GetCapacityResponse>, Status> {
         super::placement::capacity(&self.placement, request.into_inner()).map(Response::new)
+    }
+
+    async fn get_health(
+        &self,
+        _request: Request<pb::GetHealthRequest>,
+    ) -> Result<Response<pb::Health>, Status> {
+        Ok(Response::new(super::health::health_to_proto(
+            &self.health.latest(),
+        )))
+    }
+
+    type WatchHealthStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::Health, Status>> + Send>>;
+
+    async fn watch_health(
+        &self,
+        request: Request<pb::WatchHealthRequest>,
+    ) -> Result<Response<Self::WatchHealthStream>, Status> {
+        let settings = self.health.settings();
+        let asked = request.into_inner().interval_ms;
+        let every = if asked == 0 {
+            settings.interval
+        } else {
+            std::time::Duration::from_millis(u64::from(asked))
+        };
+        if every < settings.min_watch_interval {
+            return Err(Status::invalid_argument(format!(
+                "interval_ms: must be 0 (the sampling interval, {} ms) or at least {} ms ([health] min_watch_interval_ms), got {asked}",
+                settings.interval.as_millis(),
+                settings.min_watch_interval.as_millis()
+            )));
+        }
+        let health = self.health.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let snapshot = super::health::health_to_proto(&health.latest());
+                if tx.send(Ok(snapshot)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::guest::EmulationPolicy;
 use crate::host::sysfs::parse_cpulist;
@@ -20,6 +21,7 @@ pub struct Config {
     pub host: HostConfig,
     pub placement: Policy,
     pub network: NetworkConfig,
+    pub health: crate::health::Settings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +114,7 @@ impl Default for Config {
                 namespace: None,
                 reconcile_seconds: 30,
             },
+            health: crate::health::Settings::default(),
         }
     }
 }
@@ -302,6 +305,39 @@ impl Config {
             ("network", "reconcile_seconds") => {
                 self.network.reconcile_seconds = integer(value, 1, 3600)?;
             }
+            ("health", "interval_seconds") => {
+                self.health.interval = Duration::from_secs(integer(value, 1, 3600)?);
+            }
+            ("health", "min_watch_interval_ms") => {
+                self.health.min_watch_interval =
+                    Duration::from_millis(integer(value, 100, 3_600_000)?);
+            }
+            ("health", "window_seconds") => {
+                self.health.window = Duration::from_secs(integer(value, 1, 3600)?);
+            }
+            ("health", "libvirt_timeout_ms") => {
+                self.health.libvirt_timeout = Duration::from_millis(integer(value, 100, 60_000)?);
+            }
+            ("health", "repair") => {
+                self.health.repair = value
+                    .as_bool()
+                    .ok_or_else(|| format!("must be true or false, got {}", value.type_str()))?;
+            }
+            ("health", "memory_available_min_percent") => {
+                self.health.thresholds.memory_available_min_percent = percent(value)?;
+            }
+            ("health", "memory_psi_full_max_percent") => {
+                self.health.thresholds.memory_psi_full_max = percent(value)?;
+            }
+            ("health", "cpu_psi_some_max_percent") => {
+                self.health.thresholds.cpu_psi_some_max = percent(value)?;
+            }
+            ("health", "disk_free_min_percent") => {
+                self.health.thresholds.disk_free_min_percent = percent(value)?;
+            }
+            ("health", "io_psi_full_max_percent") => {
+                self.health.thresholds.io_psi_full_max = percent(value)?;
+            }
             (_, _) if !KNOWN_SECTIONS.contains(&section) => {
                 return Err(format!(
                     "unknown section [{section}] (known: {})",
@@ -323,6 +359,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "host",
     "placement",
     "network",
+    "health",
 ];
 
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -349,6 +386,20 @@ fn string(value: &toml::Value) -> Result<String, String> {
         toml::Value::String(s) if !s.is_empty() => Ok(s.clone()),
         toml::Value::String(_) => Err("must not be empty".into()),
         other => Err(format!("must be a string, got {}", other.type_str())),
+    }
+}
+
+/// A percentage, 0 to 100, written as an integer or a float.
+fn percent(value: &toml::Value) -> Result<f64, String> {
+    let v = match value {
+        toml::Value::Integer(i) => *i as f64,
+        toml::Value::Float(f) => *f,
+        other => return Err(format!("must be a number, got {}", other.type_str())),
+    };
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be a percentage between 0 and 100, got {v}"))
     }
 }
 
@@ -442,7 +493,7 @@ mod tests {
         );
         assert_eq!(
             err("[apii]\nx = 1\n"),
-            "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network)"
+            "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health)"
         );
         assert_eq!(
             err("[api]\nunix_socket = \"rel.sock\"\n"),
@@ -477,6 +528,51 @@ mod tests {
         );
         assert!(err("[log]\nlevel = \"inof\"\n").contains("\"inof\" needs a level"));
         assert!(Config::parse("f", "[log]\nlevel = \"hvagent=debug,WARN\"\n").is_ok());
+    }
+
+    #[test]
+    fn health_keys() {
+        let c = Config::parse(
+            "f",
+            r#"
+            [health]
+            interval_seconds = 2
+            min_watch_interval_ms = 500
+            window_seconds = 30
+            libvirt_timeout_ms = 1500
+            repair = true
+            memory_available_min_percent = 7.5
+            memory_psi_full_max_percent = 20
+            cpu_psi_some_max_percent = 95
+            disk_free_min_percent = 3
+            io_psi_full_max_percent = 40
+            "#,
+        )
+        .unwrap();
+        let h = &c.health;
+        assert_eq!(h.interval, Duration::from_secs(2));
+        assert_eq!(h.min_watch_interval, Duration::from_millis(500));
+        assert_eq!(h.window, Duration::from_secs(30));
+        assert_eq!(h.libvirt_timeout, Duration::from_millis(1500));
+        assert!(h.repair);
+        let t = &h.thresholds;
+        assert_eq!(t.memory_available_min_percent, 7.5);
+        assert_eq!(t.memory_psi_full_max, 20.0);
+        assert_eq!(t.cpu_psi_some_max, 95.0);
+        assert_eq!(t.disk_free_min_percent, 3.0);
+        assert_eq!(t.io_psi_full_max, 40.0);
+        assert_eq!(
+            err("[health]\ninterval_seconds = 0\n"),
+            "/etc/x.toml: health.interval_seconds: must be between 1 and 3600, got 0"
+        );
+        assert_eq!(
+            err("[health]\nrepair = \"yes\"\n"),
+            "/etc/x.toml: health.repair: must be true or false, got string"
+        );
+        assert_eq!(
+            err("[health]\ndisk_free_min_percent = 120\n"),
+            "/etc/x.toml: health.disk_free_min_percent: must be a percentage between 0 and 100, got 120"
+        );
     }
 
     #[test]

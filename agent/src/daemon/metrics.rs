@@ -1,73 +1,82 @@
-//! The Prometheus endpoint (`[metrics] listen`, `GET /metrics`). It serves the agent's identity
-//! and liveness; host and guest metrics join the same registry as they are added.
+//! The Prometheus endpoint (`[metrics] listen`, `GET /metrics`): the agent's identity and
+//! liveness, network repairs, and the health snapshot (docs/health.md), as Prometheus text.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::Registry;
+
+use crate::health::Health;
+use crate::health::exposition::{Exposition, KindCounts, Type};
 
 /// The metrics the agent exposes.
 pub struct Metrics {
-    registry: Registry,
-    /// 1 while the API serves, 0 once the agent is stopping.
-    pub up: Gauge,
+    up: AtomicBool,
+    start_unix: u64,
     /// Network repairs by kind (`hvagent_network_repairs_total`).
-    pub network_repairs: Family<crate::net::RepairLabels, Counter>,
+    pub network_repairs: KindCounts,
+    /// Set once the sampler runs (after start-up has reached libvirt).
+    health: OnceLock<Arc<Health>>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("hvagent");
-        registry.register(
-            "build",
-            "Version of the running agent",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
-        let up = Gauge::default();
-        registry.register(
-            "up",
-            "1 while the agent serves its API, 0 while stopping",
-            up.clone(),
-        );
-        let start = Gauge::<i64>::default();
-        start.set(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0),
-        );
-        registry.register(
-            "start_time_seconds",
-            "When the agent started, in Unix seconds",
-            start,
-        );
-        let network_repairs = Family::default();
-        registry.register(
-            "network_repairs",
-            "Repairs made to the host's networks to match their specs, by kind",
-            network_repairs.clone(),
-        );
         Self {
-            registry,
-            up,
-            network_repairs,
+            up: AtomicBool::new(false),
+            start_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            network_repairs: KindCounts::default(),
+            health: OnceLock::new(),
         }
     }
 
+    /// Whether the agent serves its API (`hvagent_up`).
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn attach(&self, health: Arc<Health>) {
+        let _ = self.health.set(health);
+    }
+
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        let mut e = Exposition::default();
+        e.family(
+            "hvagent_build_info",
+            Type::Gauge,
+            "Version of the running agent",
+        )
+        .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        e.family(
+            "hvagent_up",
+            Type::Gauge,
+            "1 while the agent serves its API, 0 while stopping",
+        )
+        .sample(&[], f64::from(u8::from(self.up.load(Ordering::Relaxed))));
+        e.family(
+            "hvagent_start_time_seconds",
+            Type::Gauge,
+            "When the agent started, in Unix seconds",
+        )
+        .sample(&[], self.start_unix as f64);
+        e.family(
+            "hvagent_network_repairs_total",
+            Type::Counter,
+            "Repairs made to the host's networks to match their specs, by kind",
+        );
+        for (kind, n) in self.network_repairs.get() {
+            e.sample(&[("kind", &kind)], n as f64);
+        }
+        if let Some(health) = self.health.get() {
+            crate::health::prometheus::render(&health.latest(), &mut e);
+        }
+        e.finish()
     }
 }
 
@@ -113,7 +122,7 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         ),
         (&Method::GET, _) => (
@@ -144,7 +153,8 @@ mod tests {
     #[test]
     fn exposition_names_follow_conventions() {
         let m = Metrics::new();
-        m.up.set(1);
+        m.set_up(true);
+        m.network_repairs.inc("bridge_created");
         let text = m.render();
         assert!(text.contains("hvagent_build_info{version=\""), "{text}");
         assert!(text.contains("hvagent_up 1"), "{text}");
@@ -152,7 +162,10 @@ mod tests {
             text.contains("# TYPE hvagent_start_time_seconds gauge"),
             "{text}"
         );
-        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+        assert!(
+            text.contains("hvagent_network_repairs_total{kind=\"bridge_created\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -196,6 +196,16 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             }
         }
     });
+    let health = Arc::new(crate::health::Health::new(
+        config.health.clone(),
+        crate::host::sysfs::SysRoot::new(&config.host.sysfs_root),
+        &config.storage.root,
+        libvirt.clone(),
+        guests.clone(),
+        placement.clone(),
+    ));
+    metrics.attach(health.clone());
+    let health_task = tokio::spawn(health.clone().run());
     for partial in guests.images.sweep() {
         tracing::info!(path = %partial.display(), "removed a partial image import");
     }
@@ -260,7 +270,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             };
             tracing::info!(signal = name, "stopping; guests keep running");
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-            metrics.up.set(0);
+            metrics.set_up(false);
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
@@ -283,12 +293,12 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(NodeApi::new(node, placement.clone()).into_service())
+        .add_service(NodeApi::new(node, placement.clone(), health.clone()).into_service())
         .add_service(FlavorApi.into_service())
         .add_service(PlacementApi::new(placement.clone()).into_service())
         .add_service(ImageApi::new(guests.clone()).into_service())
         .add_service(NetworkApi::new(networks).into_service())
-        .add_service(VmApi::new(guests, placement).into_service())
+        .add_service(VmApi::new(guests, placement, health).into_service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
 
     health_reporter
@@ -309,7 +319,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     health_reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
-    metrics.up.set(1);
+    metrics.set_up(true);
     tracing::info!(socket = %config.api.unix_socket.display(), "serving");
     // Not under systemd (no NOTIFY_SOCKET) this is a no-op.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -329,6 +339,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     expiry_task.abort();
     connection_task.abort();
     network_task.abort();
+    health_task.abort();
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())

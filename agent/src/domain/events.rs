@@ -15,8 +15,9 @@ pub struct DomainEvent {
     pub uuid: String,
     pub name: String,
     /// `defined`, `undefined`, `started`, `suspended`, `resumed`, `stopped`, `shutdown`,
-    /// `pmsuspended`, `crashed`, or `rebooted`; or `lost` (no domain) after the connection
-    /// to libvirtd was reopened.
+    /// `pmsuspended`, `crashed`, or `rebooted`; `tuned` when pins or other tunables changed
+    /// (detail `cputune` for pins); or `lost` (no domain) after the connection to libvirtd
+    /// was reopened.
     pub kind: &'static str,
     /// libvirt's detail for the kind, e.g. `booted`, `destroyed`, `shutdown`.
     pub detail: &'static str,
@@ -172,12 +173,36 @@ unsafe extern "C" fn on_reboot(
     });
 }
 
+unsafe extern "C" fn on_tunable(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    params: sys::virTypedParameterPtr,
+    nparams: c_int,
+    opaque: *mut c_void,
+) {
+    // SAFETY: as in `on_lifecycle`.
+    let tx = unsafe { &*(opaque as *const broadcast::Sender<DomainEvent>) };
+    let (uuid, name) = unsafe { identity(dom) };
+    let pins = (0..nparams.max(0) as usize).any(|i| {
+        // SAFETY: libvirt passes `nparams` parameters with NUL-terminated field names.
+        let field = unsafe { CStr::from_ptr((*params.add(i)).field.as_ptr()) };
+        field.to_bytes().starts_with(b"cputune.")
+    });
+    let _ = tx.send(DomainEvent {
+        uuid,
+        name,
+        kind: "tuned",
+        detail: if pins { "cputune" } else { "other" },
+        unix_ms: now_ms(),
+    });
+}
+
 unsafe extern "C" fn free_sender(opaque: *mut c_void) {
     // SAFETY: the pointer came from Box::into_raw in `register`; libvirt frees it once.
     drop(unsafe { Box::from_raw(opaque as *mut broadcast::Sender<DomainEvent>) });
 }
 
-/// Registers the lifecycle and reboot callbacks of every domain on `conn`.
+/// Registers the lifecycle, reboot and tunable callbacks of every domain on `conn`.
 pub fn register(conn: &Connect, tx: &broadcast::Sender<DomainEvent>) -> Result<(), String> {
     type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
     // SAFETY: libvirt calls a callback with the signature of its event id; the generic
@@ -195,9 +220,23 @@ pub fn register(conn: &Connect, tx: &broadcast::Sender<DomainEvent>) -> Result<(
         >(on_lifecycle)
     };
     let reboot: Generic = on_reboot;
+    // SAFETY: as for `lifecycle`.
+    let tunable: Generic = unsafe {
+        std::mem::transmute::<
+            unsafe extern "C" fn(
+                sys::virConnectPtr,
+                sys::virDomainPtr,
+                sys::virTypedParameterPtr,
+                c_int,
+                *mut c_void,
+            ),
+            Generic,
+        >(on_tunable)
+    };
     for (id, cb) in [
         (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
         (sys::VIR_DOMAIN_EVENT_ID_REBOOT, reboot),
+        (sys::VIR_DOMAIN_EVENT_ID_TUNABLE, tunable),
     ] {
         let opaque = Box::into_raw(Box::new(tx.clone())) as *mut c_void;
         // SAFETY: a live connection; libvirt owns `opaque` from here and frees it with

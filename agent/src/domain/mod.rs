@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod events;
 pub mod guests;
+pub mod stats;
 pub mod xml;
 
 pub use connection::Libvirt;

@@ -24,6 +24,14 @@ pub enum Emulation {
 }
 
 impl Emulation {
+    /// `kvm` or `tcg`, as the API and reports name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Emulation::Kvm => "kvm",
+            Emulation::Tcg => "tcg",
+        }
+    }
+
     fn domain_type(self) -> &'static str {
         match self {
             Emulation::Kvm => "kvm",

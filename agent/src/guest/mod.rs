@@ -1053,6 +1053,45 @@ impl Guests {
             .await;
     }
 
+    /// Whether no create or delete is in flight and no re-pin is running: then every running
+    /// guest's pins should match placement, and a difference is drift, not a move under way.
+    pub fn settled(&self) -> bool {
+        lock_busy(&self.busy).is_empty() && self.repin.try_lock().is_ok()
+    }
+
+    /// Which emulation guests run under, or why they cannot run.
+    pub fn emulation(&self) -> Result<Emulation, String> {
+        self.emulation.clone()
+    }
+
+    /// Applies placement's pins again to the guests `uuids` (vCPUs and emulator, live and in
+    /// their definitions): the repair for pins changed behind the agent's back.
+    pub async fn restore_pins(&self, uuids: Vec<String>) -> Result<(), GuestError> {
+        let _one_at_a_time = self.repin.lock().await;
+        let pins: Vec<Pins> = {
+            let alloc = self.placement.lock();
+            uuids
+                .into_iter()
+                .filter_map(|uuid| {
+                    let claim = alloc.get(&uuid)?;
+                    Some((
+                        uuid.clone(),
+                        alloc.vcpu_cpus(claim),
+                        Some(alloc.emulator_cpus(claim)),
+                    ))
+                })
+                .collect()
+        };
+        let libvirt = self.libvirt.clone();
+        self.blocking(move || {
+            for (uuid, vcpus, emulator) in pins {
+                libvirt.repin(&uuid, &vcpus, emulator.as_deref())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Placement as the guests' stored claims say, at start-up. Conflicting claims are left
     /// out (logged with the guests involved); unreadable metadata is reported, never touched.
     pub async fn stored_claims(&self) -> Result<Vec<Claim>, GuestError> {

@@ -8,12 +8,9 @@ pub mod nic;
 pub mod reconcile;
 pub mod spec;
 
+use crate::health::exposition::KindCounts;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
 use link::{Counters, Link, NetError, Netlink, NewVxlan};
 use reconcile::{Step, plan};
@@ -40,12 +37,6 @@ impl From<NetError> for NetworksError {
             other => NetworksError::Failed(other.to_string()),
         }
     }
-}
-
-/// Labels of `hvagent_network_repairs_total`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RepairLabels {
-    pub kind: String,
 }
 
 /// A guest NIC's tap in a managed network, with its rate limits (kbit/s; 0: none).
@@ -78,15 +69,11 @@ pub struct Networks {
     dir: PathBuf,
     /// One change or reconcile at a time.
     lock: tokio::sync::Mutex<()>,
-    repairs: Family<RepairLabels, Counter>,
+    repairs: KindCounts,
 }
 
 impl Networks {
-    pub fn new(
-        netlink: Netlink,
-        storage_root: &Path,
-        repairs: Family<RepairLabels, Counter>,
-    ) -> Networks {
+    pub fn new(netlink: Netlink, storage_root: &Path, repairs: KindCounts) -> Networks {
         let elsewhere = netlink.namespace.path.as_ref().and_then(|path| {
             let opened = (|| -> Result<Elsewhere, String> {
                 Ok(Elsewhere {
@@ -295,11 +282,7 @@ impl Networks {
             if !matches!(step, Step::AddPeers { .. }) {
                 let what = describe(&step);
                 tracing::info!(repair = step.kind(), "{what}");
-                self.repairs
-                    .get_or_create(&RepairLabels {
-                        kind: step.kind().to_string(),
-                    })
-                    .inc();
+                self.repairs.inc(step.kind());
                 done.push(what);
             }
         }
@@ -548,6 +531,7 @@ impl Networks {
 
     /// Repairs counted so far, by kind.
     pub fn repair_counts(&self) -> BTreeMap<String, u64> {
+        let counted = self.repairs.get();
         [
             "bridge_created",
             "member_created",
@@ -557,15 +541,7 @@ impl Networks {
             "stray_tap_removed",
         ]
         .iter()
-        .map(|k| {
-            let n = self
-                .repairs
-                .get_or_create(&RepairLabels {
-                    kind: (*k).to_string(),
-                })
-                .get();
-            ((*k).to_string(), n)
-        })
+        .map(|k| ((*k).to_string(), counted.get(*k).copied().unwrap_or(0)))
         .collect()
     }
 }

@@ -1,0 +1,598 @@
+//! Node health: one sampler reads the host (procfs/sysfs), the guests (one bulk libvirt stats
+//! call), and every running guest's pins each interval — and at once when libvirt reports a
+//! tuning change — then judges the node's conditions and publishes one snapshot. The gRPC
+//! API, the Prometheus endpoint and the guarantee report all read that snapshot, so a scrape
+//! never waits for libvirt and one stuck guest never blanks the others.
+
+pub mod conditions;
+pub mod exposition;
+pub mod guests;
+pub mod host;
+pub mod pinning;
+pub mod prometheus;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+
+use crate::domain::Libvirt;
+use crate::domain::stats::{DomainStats, StatsConnection, all_domain_stats};
+use crate::guest::{Guest, Guests};
+use crate::host::sysfs::SysRoot;
+use crate::placement::PlacementState;
+
+use conditions::{Condition, Thresholds};
+use exposition::KindCounts;
+use guests::{GuestView, Tracker};
+use host::HostSample;
+use pinning::{Expected, Observed, Violation};
+
+/// Where libvirt's QEMU driver keeps each running domain's pid file (`NAME.pid`).
+pub const QEMU_PID_DIR: &str = "/run/libvirt/qemu";
+
+/// At most this many stats calls may be stuck in libvirt at once; beyond, calls are skipped
+/// (and the guests' figures age) until one returns.
+const MAX_STUCK_CALLS: usize = 2;
+
+/// `[health]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub interval: Duration,
+    pub min_watch_interval: Duration,
+    pub window: Duration,
+    pub libvirt_timeout: Duration,
+    pub repair: bool,
+    pub thresholds: Thresholds,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            interval: Duration::from_secs(10),
+            min_watch_interval: Duration::from_millis(1000),
+            window: Duration::from_secs(60),
+            libvirt_timeout: Duration::from_millis(2000),
+            repair: false,
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// A guest as the snapshot shows it.
+#[derive(Debug, Clone)]
+pub struct GuestRow {
+    pub guest: Guest,
+    pub view: Option<GuestView>,
+}
+
+/// An open violation and when it was first seen.
+#[derive(Debug, Clone)]
+pub struct OpenViolation {
+    pub violation: Violation,
+    pub since_ms: u64,
+}
+
+/// Everything known about the node's health at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub taken_unix_ms: u64,
+    pub interval: Duration,
+    pub host: HostSample,
+    /// (cpu, busy, steal) over the last interval.
+    pub cpu_usage: Vec<(u32, f64, f64)>,
+    pub memory_reserved_bytes: u64,
+    pub memory_claimed_bytes: u64,
+    pub guests: Vec<GuestRow>,
+    pub violations: Vec<OpenViolation>,
+    pub conditions: Vec<Condition>,
+    pub pinning_repairs: BTreeMap<String, u64>,
+    /// Running guests whose threads were read in the last pin check.
+    pub observed: BTreeMap<String, Observed>,
+    pub expected: BTreeMap<String, Expected>,
+    /// The sampler's own figures (`hvagent_health_*`).
+    pub sample_seconds: f64,
+    pub stuck_stats_calls: usize,
+}
+
+impl Snapshot {
+    pub fn ready(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.kind == "Ready" && c.status)
+    }
+}
+
+/// What the sampler carries from one round to the next.
+struct Carry {
+    tracker: Tracker,
+    previous_cpus: Vec<host::CpuTimes>,
+    conditions: Vec<Condition>,
+    violations: Vec<OpenViolation>,
+    observed: BTreeMap<String, Observed>,
+    expected: BTreeMap<String, Expected>,
+}
+
+pub struct Health {
+    settings: Settings,
+    sys: SysRoot,
+    store: PathBuf,
+    libvirt: Arc<Libvirt>,
+    guests: Arc<Guests>,
+    placement: Arc<PlacementState>,
+    carry: Mutex<Carry>,
+    latest: watch::Sender<Arc<Snapshot>>,
+    repairs: KindCounts,
+    stuck: Arc<AtomicUsize>,
+    stats_conn: Arc<StatsConnection>,
+    /// Set by libvirt tuning events: check pins now.
+    tuned: Arc<Notify>,
+    epoch: Instant,
+    cgroups: (Option<PathBuf>, Option<PathBuf>),
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Health {
+    pub fn new(
+        settings: Settings,
+        sys: SysRoot,
+        store: &Path,
+        libvirt: Arc<Libvirt>,
+        guests: Arc<Guests>,
+        placement: Arc<PlacementState>,
+    ) -> Health {
+        let window_ms = settings.window.as_millis() as u64;
+        let uri = libvirt.uri().to_string();
+        let cgroups = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| pinning::cgroup_mounts(&m))
+            .unwrap_or_default();
+        Health {
+            settings,
+            sys,
+            store: store.to_path_buf(),
+            libvirt,
+            guests,
+            placement,
+            carry: Mutex::new(Carry {
+                tracker: Tracker::new(window_ms),
+                previous_cpus: Vec::new(),
+                conditions: Vec::new(),
+                violations: Vec::new(),
+                observed: BTreeMap::new(),
+                expected: BTreeMap::new(),
+            }),
+            latest: watch::channel(Arc::new(Snapshot::default())).0,
+            repairs: KindCounts::default(),
+            stuck: Arc::default(),
+            stats_conn: Arc::new(StatsConnection::new(&uri)),
+            tuned: Arc::default(),
+            epoch: Instant::now(),
+            cgroups,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The newest snapshot.
+    pub fn latest(&self) -> Arc<Snapshot> {
+        self.latest.borrow().clone()
+    }
+
+    /// Snapshots as they are published.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.latest.subscribe()
+    }
+
+    /// Samples every interval, and soon after a libvirt tuning event, until dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut events = self.libvirt.subscribe();
+        let tuned = self.tuned.clone();
+        // Tuning events (vcpupin, emulatorpin, ...) wake the sampler; the event stream is
+        // otherwise the guests API's business.
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.kind == "tuned" => tuned.notify_one(),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.tuned.notified() => {
+                    // Let a burst of pin changes (one event per vCPU) settle first.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            self.sample().await;
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// One round: read, judge, publish.
+    pub async fn sample(&self) {
+        let started = Instant::now();
+        let sys = self.sys.clone();
+        let store = self.store.clone();
+        let host = tokio::task::spawn_blocking(move || {
+            HostSample::read(&sys, &store, Path::new("/proc/self"))
+        })
+        .await
+        .unwrap_or_default();
+
+        let timeout = self.settings.libvirt_timeout;
+        let listed = tokio::time::timeout(timeout, self.guests.list()).await;
+        let (own, libvirt): (Vec<Guest>, Result<(), String>) = match listed {
+            Ok(Ok((guests, _))) => (guests, Ok(())),
+            Ok(Err(e)) => (Vec::new(), Err(e.to_string())),
+            Err(_) => (
+                Vec::new(),
+                Err(format!(
+                    "libvirt did not list the guests within {} ms",
+                    timeout.as_millis()
+                )),
+            ),
+        };
+        let stats = if libvirt.is_ok() {
+            self.domain_stats().await
+        } else {
+            Err(libvirt.clone().unwrap_err())
+        };
+        let stats_done = started.elapsed();
+        let checked = if libvirt.is_ok() && self.guests.settled() {
+            Some(self.observe(&own).await)
+        } else {
+            None
+        };
+        tracing::debug!(
+            stats_ms = stats_done.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "health sample"
+        );
+
+        let now = self.now_ms();
+        let taken = unix_ms();
+        let mut carry = self.carry.lock().unwrap_or_else(PoisonError::into_inner);
+        let names: BTreeMap<String, String> = own
+            .iter()
+            .map(|g| (g.uuid.clone(), g.intent.name.clone()))
+            .collect();
+        match &stats {
+            Ok(records) => carry.tracker.update(now, records, &names),
+            Err(why) => {
+                carry.tracker.update(now, &[], &names);
+                carry.tracker.missed(why);
+            }
+        }
+        if let Some((expected, observed)) = checked {
+            let pairs: Vec<(Expected, Observed)> = expected
+                .values()
+                .filter_map(|e| observed.get(&e.uuid).map(|o| (e.clone(), o.clone())))
+                .collect();
+            let found = pinning::check(&pairs);
+            let before = std::mem::take(&mut carry.violations);
+            carry.violations = found
+                .into_iter()
+                .map(|v| OpenViolation {
+                    since_ms: before
+                        .iter()
+                        .find(|b| b.violation.key() == v.key())
+                        .map_or(taken, |b| b.since_ms),
+                    violation: v,
+                })
+                .collect();
+            for v in &carry.violations {
+                if !before
+                    .iter()
+                    .any(|b| b.violation.key() == v.violation.key())
+                {
+                    tracing::warn!(
+                        vm = %v.violation.uuid, name = %v.violation.name,
+                        kind = v.violation.kind.as_str(), vcpu = ?v.violation.vcpu,
+                        "pinning violation: {}", v.violation.detail
+                    );
+                }
+            }
+            carry.expected = expected;
+            carry.observed = observed;
+        } else if libvirt.is_err() {
+            carry.observed.clear();
+        }
+        if self.settings.repair {
+            self.repair(&carry.violations);
+        }
+
+        let cpu_usage = host
+            .cpus
+            .iter()
+            .map(|c| {
+                let before = carry.previous_cpus.iter().find(|p| p.cpu == c.cpu);
+                let (busy, steal) = before.map_or((0.0, 0.0), |b| c.usage_since(b));
+                (c.cpu, busy, steal)
+            })
+            .collect();
+        carry.previous_cpus = host.cpus.clone();
+        let inputs = conditions::Inputs {
+            libvirt,
+            emulation: self
+                .guests
+                .emulation()
+                .map(|e| e == crate::domain::xml::Emulation::Tcg),
+            violations: carry
+                .violations
+                .iter()
+                .map(|v| v.violation.line())
+                .collect(),
+        };
+        let evaluated = conditions::evaluate(&host, &inputs, &self.settings.thresholds);
+        carry.conditions = conditions::carry_since(&carry.conditions, evaluated, taken);
+        let (reserved, claimed) = {
+            let alloc = self.placement.lock();
+            let claimed: u64 = alloc
+                .claims()
+                .map(|c| c.memory.iter().map(|m| m.mib).sum::<u64>() + c.overhead.mib)
+                .sum();
+            (alloc.policy().reserved_memory_mib << 20, claimed << 20)
+        };
+        let views = carry.tracker.views(now);
+        let guests = own
+            .into_iter()
+            .map(|g| GuestRow {
+                view: views.iter().find(|v| v.uuid == g.uuid).cloned(),
+                guest: g,
+            })
+            .collect();
+        let snapshot = Snapshot {
+            taken_unix_ms: taken,
+            interval: self.settings.interval,
+            host,
+            cpu_usage,
+            memory_reserved_bytes: reserved,
+            memory_claimed_bytes: claimed,
+            guests,
+            violations: carry.violations.clone(),
+            conditions: carry.conditions.clone(),
+            pinning_repairs: self.repairs.get(),
+            observed: carry.observed.clone(),
+            expected: carry.expected.clone(),
+            sample_seconds: started.elapsed().as_secs_f64(),
+            stuck_stats_calls: self.stuck.load(Ordering::Relaxed),
+        };
+        drop(carry);
+        self.latest.send_replace(Arc::new(snapshot));
+    }
+
+    /// One bulk stats call; if it does not return in time (a QEMU that does not answer holds
+    /// it), one more: NOWAIT makes it skip the guest whose job the first call holds.
+    async fn domain_stats(&self) -> Result<Vec<DomainStats>, String> {
+        let timeout = self.settings.libvirt_timeout;
+        for _ in 0..2 {
+            if self.stuck.load(Ordering::SeqCst) >= MAX_STUCK_CALLS {
+                return Err(format!(
+                    "{MAX_STUCK_CALLS} libvirt stats calls have not returned; waiting for them"
+                ));
+            }
+            self.stuck.fetch_add(1, Ordering::SeqCst);
+            let connection = self.stats_conn.clone();
+            let stuck = self.stuck.clone();
+            let call = tokio::task::spawn_blocking(move || {
+                let result = connection.get().and_then(|c| all_domain_stats(&c));
+                stuck.fetch_sub(1, Ordering::SeqCst);
+                result
+            });
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(result)) => return result.map_err(|e| e.to_string()),
+                Ok(Err(e)) => return Err(format!("stats task failed: {e}")),
+                Err(_) => {
+                    self.stats_conn.abandon();
+                    tracing::warn!(
+                        timeout_ms = timeout.as_millis() as u64,
+                        "libvirt stats call did not return in time (a guest's QEMU does not answer?); asking again on a new connection"
+                    );
+                }
+            }
+        }
+        Err(format!(
+            "libvirt did not answer the stats call within {} ms",
+            timeout.as_millis()
+        ))
+    }
+
+    /// Where each running guest's threads should be and are.
+    async fn observe(
+        &self,
+        own: &[Guest],
+    ) -> (BTreeMap<String, Expected>, BTreeMap<String, Observed>) {
+        let expected: BTreeMap<String, Expected> = {
+            let alloc = self.placement.lock();
+            own.iter()
+                .filter(|g| g.state == "running")
+                .filter_map(|g| {
+                    let claim = alloc.get(&g.uuid)?;
+                    let mut exclusive: Vec<u32> = claim.dedicated_cpus().collect();
+                    exclusive.extend(&claim.idle_cpus);
+                    Some((
+                        g.uuid.clone(),
+                        Expected {
+                            uuid: g.uuid.clone(),
+                            name: g.intent.name.clone(),
+                            vcpus: alloc.vcpu_cpus(claim),
+                            emulator: alloc.emulator_cpus(claim),
+                            exclusive,
+                        },
+                    ))
+                })
+                .collect()
+        };
+        let host_cpus = self
+            .placement
+            .lock()
+            .topology()
+            .cpus
+            .iter()
+            .map(|c| c.id + 1)
+            .max()
+            .unwrap_or(1);
+        let libvirt = self.libvirt.clone();
+        let cgroups = self.cgroups.clone();
+        let wanted: Vec<(String, String, usize)> = expected
+            .values()
+            .map(|e| (e.uuid.clone(), e.name.clone(), e.vcpus.len()))
+            .collect();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut observed = BTreeMap::new();
+            for (uuid, name, vcpus) in wanted {
+                let Some(pid) = qemu_pid(Path::new(QEMU_PID_DIR), &name) else {
+                    continue;
+                };
+                let Ok((libvirt_vcpus, libvirt_emulator)) =
+                    libvirt.live_pins(&uuid, vcpus, host_cpus)
+                else {
+                    continue;
+                };
+                let (vcpu_threads, emulator_threads) =
+                    pinning::read_threads(Path::new("/proc"), pid, &cgroups);
+                observed.insert(
+                    uuid,
+                    Observed {
+                        libvirt_vcpus,
+                        libvirt_emulator,
+                        vcpu_threads,
+                        emulator_threads,
+                    },
+                );
+            }
+            observed
+        });
+        let observed = tokio::time::timeout(self.settings.libvirt_timeout, read)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        (expected, observed)
+    }
+
+    /// Restores the claimed pins of guests with violations of their own, counting each kind.
+    fn repair(&self, open: &[OpenViolation]) {
+        let mut uuids: Vec<String> = open
+            .iter()
+            .filter(|v| v.violation.kind.own())
+            .map(|v| v.violation.uuid.clone())
+            .collect();
+        uuids.dedup();
+        if uuids.is_empty() {
+            return;
+        }
+        for v in open.iter().filter(|v| v.violation.kind.own()) {
+            self.repairs.inc(v.violation.kind.as_str());
+        }
+        let guests = self.guests.clone();
+        let tuned = self.tuned.clone();
+        tokio::spawn(async move {
+            match guests.restore_pins(uuids.clone()).await {
+                Ok(()) => {
+                    tracing::info!(vms = ?uuids, "pinning repaired: claimed pins restored");
+                    // Check again soon rather than a whole interval later.
+                    tuned.notify_one();
+                }
+                Err(e) => tracing::warn!(vms = ?uuids, error = %e, "cannot restore pins"),
+            }
+        });
+    }
+
+    /// A guest's guarantee report from the latest snapshot.
+    pub async fn report(&self, uuid: &str) -> Result<report::Report, crate::guest::GuestError> {
+        let guest = self.guests.get(uuid).await?;
+        let snapshot = self.latest();
+        let claim = self
+            .placement
+            .lock()
+            .get(&guest.uuid)
+            .cloned()
+            .unwrap_or_else(|| guest.intent.claim.clone());
+        let spec = crate::flavor::parse(&guest.intent.flavor)
+            .map_err(|e| crate::guest::GuestError::Internal(format!("stored flavor: {e}")))?
+            .spec;
+        let running = guest.state == "running";
+        let numa = if running {
+            let name = guest.intent.name.clone();
+            tokio::task::spawn_blocking(move || {
+                let pid = qemu_pid(Path::new(QEMU_PID_DIR), &name)?;
+                std::fs::read_to_string(format!("/proc/{pid}/numa_maps"))
+                    .ok()
+                    .map(|t| report::parse_numa_maps(&t))
+            })
+            .await
+            .ok()
+            .flatten()
+        } else {
+            None
+        };
+        let view = snapshot
+            .guests
+            .iter()
+            .find(|r| r.guest.uuid == guest.uuid)
+            .and_then(|r| r.view.clone());
+        let open: Vec<OpenViolation> = snapshot
+            .violations
+            .iter()
+            .filter(|v| v.violation.uuid == guest.uuid)
+            .cloned()
+            .collect();
+        let violations: Vec<Violation> = open.iter().map(|v| v.violation.clone()).collect();
+        let emulation = guest.intent.emulation;
+        let host_ecc = crate::host::memory::read(&self.sys).ecc;
+        let promises = report::judge(&report::Subject {
+            spec: &spec,
+            claim: &claim,
+            emulation,
+            running,
+            root_disk_gb: guest.root_disk_gb,
+            host_ecc,
+            stats: view.as_ref(),
+            numa: numa.as_ref(),
+            violations: &violations,
+            pins_observed: snapshot.observed.contains_key(&guest.uuid),
+        });
+        Ok(report::Report {
+            promises,
+            observed: snapshot.observed.get(&guest.uuid).cloned(),
+            expected: snapshot.expected.get(&guest.uuid).cloned(),
+            view,
+            numa: numa.unwrap_or_default(),
+            violations: open,
+            claim,
+            guest,
+            sampled_unix_ms: snapshot.taken_unix_ms,
+            window: self.settings.window,
+        })
+    }
+}
+
+/// The pid of QEMU for domain `name`, from libvirt's pid file.
+fn qemu_pid(dir: &Path, name: &str) -> Option<u32> {
+    std::fs::read_to_string(dir.join(format!("{name}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
