@@ -185,6 +185,12 @@ enum VmCommand {
         /// Only this guest (name or UUID); default: every guest.
         guest: Option<String>,
     },
+    /// What the guest's flavor promises and whether each promise holds: vCPUs, RAM, disk,
+    /// ECC, CPU pinning (claim vs libvirt, thread affinity and cpusets), NUMA locality,
+    /// hugepages, steal — each kept, violated, or not verifiable here (with why).
+    Guarantees {
+        guest: String,
+    },
     /// The end of the guest's serial console log.
     Console {
         guest: String,
@@ -248,6 +254,19 @@ enum NodeCommand {
     Capacity {
         /// Flavor names (default: every standard flavor).
         flavors: Vec<String>,
+    },
+    /// Node conditions (Ready, LibvirtDisconnected, MemoryPressure, CpuPressure,
+    /// DiskPressure, PinningViolation, EmulationOnly) and the key figures: CPU, memory,
+    /// hugepages, image store, open pinning violations, and each guest's state, steal and the
+    /// age of its figures (docs/health.md).
+    Health {
+        /// Keep printing a fresh table (one JSON object per line with --output json) until
+        /// interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: seconds between tables (default: the agent's sampling interval).
+        #[arg(long, value_name = "SECONDS", requires = "watch")]
+        interval: Option<f64>,
     },
 }
 
@@ -313,6 +332,16 @@ async fn run(cli: Cli) -> ExitCode {
             node.get_capacity(pb::GetCapacityRequest { flavors }).await,
             render::capacity,
         ),
+        Command::Node(NodeCommand::Health { watch: false, .. }) => answer(
+            output,
+            socket,
+            node.get_health(pb::GetHealthRequest {}).await,
+            render::health,
+        ),
+        Command::Node(NodeCommand::Health {
+            watch: true,
+            interval,
+        }) => watch_health(output, socket, &mut node, interval).await,
         Command::Placement(PlacementCommand::Reserve {
             flavor,
             vm_uuid,
@@ -548,6 +577,41 @@ async fn image(
     }
 }
 
+/// Prints a health snapshot as the agent sends each one, until interrupted.
+async fn watch_health(
+    output: Output,
+    socket: &Path,
+    node: &mut pb::node_service_client::NodeServiceClient<tonic::transport::Channel>,
+    interval: Option<f64>,
+) -> ExitCode {
+    let interval_ms = match interval {
+        None => 0,
+        Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => (s * 1000.0).round() as u32,
+        Some(s) => {
+            eprintln!("hvctl: --interval: must be between 0 and 3600 seconds, got {s}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut stream = match node
+        .watch_health(pb::WatchHealthRequest { interval_ms })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(status) => return fail(socket, &status),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(h)) => match output {
+                Output::Json => println!("{}", serde_json::to_string(&h).unwrap_or_default()),
+                // Clear the terminal between tables, as `watch` does.
+                Output::Table => print!("\x1b[H\x1b[2J{}", render::health(&h)),
+            },
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(status) => return fail(socket, &status),
+        }
+    }
+}
+
 /// Runs `import`, showing the image's progress on stderr meanwhile when stderr is a terminal.
 async fn with_progress<T>(
     images: &mut Images,
@@ -601,6 +665,7 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
         | VmCommand::Stop { guest, .. }
         | VmCommand::Reboot { guest, .. }
         | VmCommand::Delete { guest }
+        | VmCommand::Guarantees { guest }
         | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
             Err(status) => return fail(socket, &status),
@@ -728,6 +793,13 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
                 }
                 .into()
             },
+        ),
+        VmCommand::Guarantees { .. } => answer(
+            output,
+            socket,
+            vms.get_guarantee_report(pb::GetGuaranteeReportRequest { uuid: guest })
+                .await,
+            render::guarantees,
         ),
         VmCommand::Events { .. } => {
             let mut stream = match vms

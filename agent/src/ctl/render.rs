@@ -851,3 +851,207 @@ mod tests {
         assert!(text.contains("2M: 30/32 free"), "{text}");
     }
 }
+
+fn percent(ratio: f64) -> String {
+    format!("{:.1} %", ratio * 100.0)
+}
+
+/// `hvctl node health`: conditions, key figures, open violations, guests.
+pub fn health(h: &pb::Health) -> String {
+    let mut out = format!(
+        "node {} (sampled every {} s)\n",
+        if h.ready { "READY" } else { "NOT READY" },
+        h.interval_ms as f64 / 1000.0
+    );
+    let mut t = Table::new(&["CONDITION", "STATUS", "REASON", "SINCE (UNIX S)", "MESSAGE"]);
+    for c in &h.conditions {
+        t.row(vec![
+            c.r#type.clone(),
+            if c.status { "True" } else { "False" }.into(),
+            c.reason.clone(),
+            (c.since_unix_ms / 1000).to_string(),
+            c.message.clone(),
+        ]);
+    }
+    section(&mut out, &t);
+    let host = h.host.clone().unwrap_or_default();
+    let mut t = Table::new(&["FIGURE", "VALUE"]);
+    let busy: Vec<String> = host
+        .cpus
+        .iter()
+        .map(|c| format!("{}:{:.0}%", c.cpu, c.busy_ratio * 100.0))
+        .collect();
+    t.row(vec!["cpu busy".into(), or_dash(&busy.join(" ")).into()]);
+    let steal = host.cpus.iter().map(|c| c.steal_ratio).fold(0.0, f64::max);
+    t.row(vec!["cpu steal (max)".into(), percent(steal)]);
+    t.row(vec![
+        "load".into(),
+        format!("{:.2} {:.2} {:.2}", host.load1, host.load5, host.load15),
+    ]);
+    for p in &host.pressure {
+        t.row(vec![
+            format!("pressure {} {}", p.resource, p.kind),
+            format!("{:.1} % (avg10)", p.avg10),
+        ]);
+    }
+    t.row(vec![
+        "memory".into(),
+        format!(
+            "{} available of {}; {} reserved for the host, {} claimed by guests",
+            bytes(host.memory_available_bytes),
+            bytes(host.memory_total_bytes),
+            bytes(host.memory_reserved_bytes),
+            bytes(host.memory_claimed_bytes)
+        ),
+    ]);
+    for n in &host.numa_nodes {
+        let pages: Vec<String> = n
+            .hugepages
+            .iter()
+            .filter(|p| p.total > 0)
+            .map(|p| {
+                format!(
+                    "{}: {}/{} free",
+                    crate::host::scheduler::page_size_label(p.page_size_kib),
+                    p.free,
+                    p.total
+                )
+            })
+            .collect();
+        t.row(vec![
+            format!("numa node {}", n.numa_node),
+            format!(
+                "{} free of {}; hugepages {}",
+                bytes(n.memory_free_bytes),
+                bytes(n.memory_total_bytes),
+                or_dash(&pages.join(", "))
+            ),
+        ]);
+    }
+    if let Some(s) = &host.store {
+        t.row(vec![
+            "image store".into(),
+            format!("{}: {} free of {}", s.path, bytes(s.free_bytes), bytes(s.size_bytes)),
+        ]);
+    }
+    for m in &host.memory_errors {
+        t.row(vec![
+            format!("memory errors {}", m.controller),
+            format!("{} corrected, {} uncorrected", m.corrected, m.uncorrected),
+        ]);
+    }
+    for temp in &host.temperatures {
+        t.row(vec![
+            format!("temperature {} {}", temp.chip, temp.sensor),
+            format!("{:.1} °C", temp.celsius),
+        ]);
+    }
+    if let Some(a) = &host.agent {
+        t.row(vec![
+            "agent".into(),
+            format!(
+                "{} resident, {:.1} s CPU, {} threads",
+                bytes(a.rss_bytes),
+                a.cpu_seconds,
+                a.threads
+            ),
+        ]);
+    }
+    section(&mut out, &t);
+    if !h.violations.is_empty() {
+        let mut t = Table::new(&["GUEST", "KIND", "VCPU", "EXPECTED", "ACTUAL", "DETAIL"]);
+        for v in &h.violations {
+            t.row(vec![
+                v.vm_name.clone(),
+                v.kind.clone(),
+                if v.vcpu < 0 {
+                    "emulator".into()
+                } else {
+                    v.vcpu.to_string()
+                },
+                ids(&v.expected),
+                ids(&v.actual),
+                v.detail.clone(),
+            ]);
+        }
+        section(&mut out, &t);
+    }
+    if !h.guests.is_empty() {
+        let mut t = Table::new(&["GUEST", "STATE", "FLAVOR", "CPU", "MAX STEAL", "RSS", "AGE"]);
+        for g in &h.guests {
+            let steal = g.vcpus.iter().map(|v| v.steal_ratio).fold(0.0, f64::max);
+            t.row(vec![
+                g.name.clone(),
+                g.state.clone(),
+                g.flavor.clone(),
+                format!("{:.1} s", g.cpu_seconds),
+                percent(steal),
+                bytes(g.rss_bytes),
+                if g.quarantined {
+                    format!("{:.0} s (quarantined: {})", g.age_seconds, g.quarantine_reason)
+                } else {
+                    format!("{:.0} s", g.age_seconds)
+                },
+            ]);
+        }
+        section(&mut out, &t);
+    }
+    out
+}
+
+/// `hvctl vm guarantees`: one line per promise, then the observed pins and memory.
+pub fn guarantees(r: &pb::GuaranteeReport) -> String {
+    let mut out = format!(
+        "{} ({}) {} under {}\n",
+        r.vm_name, r.vm_uuid, r.flavor, r.emulation
+    );
+    let mut t = Table::new(&["PROMISE", "VERDICT", "PROMISED", "OBSERVED", "WHY"]);
+    for p in &r.promises {
+        let verdict = match pb::Verdict::try_from(p.verdict) {
+            Ok(pb::Verdict::Kept) => "kept",
+            Ok(pb::Verdict::Violated) => "VIOLATED",
+            Ok(pb::Verdict::NotVerifiable) => "not verifiable",
+            _ => "unknown",
+        };
+        t.row(vec![
+            p.name.clone(),
+            verdict.into(),
+            p.promised.clone(),
+            p.observed.clone(),
+            p.why.clone(),
+        ]);
+    }
+    section(&mut out, &t);
+    let mut t = Table::new(&["VCPU", "CLAIMED CPUS", "THREAD AFFINITY", "RUN", "STEAL"]);
+    for v in &r.vcpus {
+        t.row(vec![
+            v.vcpu.to_string(),
+            ids(&v.claimed),
+            ids(&v.actual),
+            percent(v.run_ratio),
+            percent(v.steal_ratio),
+        ]);
+    }
+    t.row(vec![
+        "emulator".into(),
+        ids(&r.emulator_claimed),
+        ids(&r.emulator_actual),
+        "-".into(),
+        "-".into(),
+    ]);
+    section(&mut out, &t);
+    let mut t = Table::new(&["NUMA NODE", "CLAIMED", "RESIDENT", "ON HUGEPAGES"]);
+    for m in &r.memory {
+        t.row(vec![
+            m.numa_node.to_string(),
+            bytes(m.claimed_bytes),
+            bytes(m.resident_bytes),
+            bytes(m.huge_bytes),
+        ]);
+    }
+    section(&mut out, &t);
+    if !r.idle_siblings.is_empty() {
+        out.push_str(&format!("idle siblings: {}\n", ids(&r.idle_siblings)));
+    }
+    out
+}
