@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, console, repo_root, runtime};
+use common::{Agent, Cleanup, console, repo_root, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -37,18 +37,6 @@ fn virsh(args: &[&str]) -> String {
         .output()
         .expect("virsh");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Whatever a test leaves running goes, also when it fails.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for u in &self.0 {
-            virsh(&["destroy", u]);
-            virsh(&["undefine", u, "--nvram"]);
-        }
-    }
 }
 
 async fn clients(

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, import_testguest};
+use common::{Agent, Cleanup, import_testguest};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 
@@ -50,7 +50,7 @@ fn guest_calls_recover_after_libvirtd_restarts() {
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let agent = agent.spawn();
     let uuid = "00000000-0000-4000-8000-0000000e7e57".to_string();
-    let _cleanup = Cleanup(uuid.clone());
+    let _cleanup = Cleanup(vec![uuid.clone()]);
     let rt = common::runtime();
     rt.block_on(async {
         let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
@@ -138,18 +138,4 @@ fn guest_calls_recover_after_libvirtd_restarts() {
                 .deleted
         );
     });
-}
-
-/// Removes the test's guest even when the test fails halfway.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for args in [&["destroy", &self.0][..], &["undefine", &self.0, "--nvram"]] {
-            let _ = Command::new("virsh")
-                .args(["-c", "qemu:///system"])
-                .args(args)
-                .output();
-        }
-    }
 }

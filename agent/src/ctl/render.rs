@@ -801,57 +801,6 @@ pub fn vm_list(l: &pb::ListVmsResponse) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_aligns_columns() {
-        let mut t = Table::new(&["A", "LONGER"]);
-        t.row(vec!["xyz".into(), "1".into()]);
-        assert_eq!(t.render(), "A    LONGER\nxyz  1\n");
-    }
-
-    #[test]
-    fn byte_units() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
-    }
-
-    #[test]
-    fn inventory_table_shows_topology() {
-        let inv = pb::Inventory {
-            cpu: Some(pb::Cpu {
-                sockets: 2,
-                cores: 8,
-                threads: 16,
-                smt_active: true,
-                online: "0-15".into(),
-                ..Default::default()
-            }),
-            numa_nodes: vec![pb::NumaNode {
-                id: 1,
-                cpus: vec![8, 9, 10],
-                hugepages: vec![pb::HugepagePool {
-                    page_size_kib: 2048,
-                    total: 32,
-                    free: 30,
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let text = inventory(&inv);
-        assert!(
-            text.contains("2 socket(s), 0 die(s), 8 core(s), 16 thread(s), SMT on"),
-            "{text}"
-        );
-        assert!(text.contains("1     8-10"), "{text}");
-        assert!(text.contains("2M: 30/32 free"), "{text}");
-    }
-}
-
 fn percent(ratio: f64) -> String {
     format!("{:.1} %", ratio * 100.0)
 }
@@ -931,7 +880,12 @@ pub fn health(h: &pb::Health) -> String {
     if let Some(s) = &host.store {
         t.row(vec![
             "image store".into(),
-            format!("{}: {} free of {}", s.path, bytes(s.free_bytes), bytes(s.size_bytes)),
+            format!(
+                "{}: {} free of {}",
+                s.path,
+                bytes(s.free_bytes),
+                bytes(s.size_bytes)
+            ),
         ]);
     }
     for m in &host.memory_errors {
@@ -988,7 +942,10 @@ pub fn health(h: &pb::Health) -> String {
                 percent(steal),
                 bytes(g.rss_bytes),
                 if g.quarantined {
-                    format!("{:.0} s (quarantined: {})", g.age_seconds, g.quarantine_reason)
+                    format!(
+                        "{:.0} s (quarantined: {})",
+                        g.age_seconds, g.quarantine_reason
+                    )
                 } else {
                     format!("{:.0} s", g.age_seconds)
                 },
@@ -1054,4 +1011,55 @@ pub fn guarantees(r: &pb::GuaranteeReport) -> String {
         out.push_str(&format!("idle siblings: {}\n", ids(&r.idle_siblings)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["xyz".into(), "1".into()]);
+        assert_eq!(t.render(), "A    LONGER\nxyz  1\n");
+    }
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn inventory_table_shows_topology() {
+        let inv = pb::Inventory {
+            cpu: Some(pb::Cpu {
+                sockets: 2,
+                cores: 8,
+                threads: 16,
+                smt_active: true,
+                online: "0-15".into(),
+                ..Default::default()
+            }),
+            numa_nodes: vec![pb::NumaNode {
+                id: 1,
+                cpus: vec![8, 9, 10],
+                hugepages: vec![pb::HugepagePool {
+                    page_size_kib: 2048,
+                    total: 32,
+                    free: 30,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = inventory(&inv);
+        assert!(
+            text.contains("2 socket(s), 0 die(s), 8 core(s), 16 thread(s), SMT on"),
+            "{text}"
+        );
+        assert!(text.contains("1     8-10"), "{text}");
+        assert!(text.contains("2M: 30/32 free"), "{text}");
+    }
 }

@@ -145,7 +145,10 @@ struct Tracked {
     name: String,
     good: GuestStats,
     good_at_ms: u64,
-    quarantined: Option<String>,
+    /// When the newest call that answered for this guest was made.
+    answered_at_ms: u64,
+    /// Why the last call did not return all figures (cleared by a complete record).
+    problem: Option<String>,
     history: VecDeque<(u64, Vec<VcpuTimes>)>,
 }
 
@@ -154,27 +157,41 @@ struct Tracked {
 pub struct Tracker {
     guests: BTreeMap<String, Tracked>,
     window_ms: u64,
+    quarantine_after_ms: u64,
 }
 
 impl Tracker {
-    pub fn new(window_ms: u64) -> Tracker {
+    /// `quarantine_after_ms`: how long a guest may go without complete figures before it is
+    /// quarantined. One incomplete record is no sign of trouble: libvirt's NOWAIT also skips
+    /// a guest that is merely busy in another job (a define, another caller's stats) just then.
+    pub fn new(window_ms: u64, quarantine_after_ms: u64) -> Tracker {
         Tracker {
             guests: BTreeMap::new(),
             window_ms,
+            quarantine_after_ms,
         }
     }
 
-    /// Takes one call's records for the guests `own` (UUID → name); guests no longer in
-    /// `own` are forgotten. A running guest's incomplete record quarantines it: its vCPU and
-    /// state figures are taken, the rest stay as last read, and its age grows.
-    pub fn update(&mut self, now_ms: u64, records: &[DomainStats], own: &BTreeMap<String, String>) {
+    /// Forgets the guests not in `own` (UUID → name).
+    pub fn retain(&mut self, own: &BTreeMap<String, String>) {
         self.guests.retain(|uuid, _| own.contains_key(uuid));
+    }
+
+    /// Takes the records of a call made at `now_ms` for the guests `own` (UUID → name). A
+    /// call that returns after a newer one is ignored for the guests that one answered. A
+    /// running guest's incomplete record keeps its last figures but for vCPU and state, which
+    /// are fresh; its age grows until it answers again.
+    pub fn update(&mut self, now_ms: u64, records: &[DomainStats], own: &BTreeMap<String, String>) {
         for record in records {
             let Some(name) = own.get(&record.uuid) else {
                 continue;
             };
             let fresh = parse(record);
             let t = self.guests.entry(record.uuid.clone()).or_default();
+            if t.answered_at_ms > now_ms {
+                continue;
+            }
+            t.answered_at_ms = now_ms;
             t.name = name.clone();
             if fresh.vcpus.iter().any(|v| v.time_ns > 0) {
                 t.history.push_back((now_ms, fresh.vcpus.clone()));
@@ -190,12 +207,12 @@ impl Tracker {
             if fresh.complete {
                 t.good = fresh;
                 t.good_at_ms = now_ms;
-                t.quarantined = None;
+                t.problem = None;
             } else {
                 t.good.state = fresh.state;
                 t.good.vcpus = fresh.vcpus;
                 t.good.cpu_ns = fresh.cpu_ns;
-                t.quarantined = Some(
+                t.problem = Some(
                     "QEMU did not answer libvirt's monitor (stopped or hung): block and memory \
                      figures are the last ones read"
                         .into(),
@@ -207,20 +224,29 @@ impl Tracker {
     /// Marks the guests not answered for in a call that failed or did not return.
     pub fn missed(&mut self, why: &str) {
         for t in self.guests.values_mut() {
-            t.quarantined.get_or_insert_with(|| why.to_string());
+            t.problem.get_or_insert_with(|| why.to_string());
         }
     }
 
     pub fn views(&self, now_ms: u64) -> Vec<GuestView> {
         self.guests
             .iter()
-            .map(|(uuid, t)| GuestView {
-                uuid: uuid.clone(),
-                name: t.name.clone(),
-                stats: t.good.clone(),
-                age_ms: now_ms.saturating_sub(t.good_at_ms),
-                quarantined: t.quarantined.clone(),
-                ratios: ratios(&t.history),
+            .map(|(uuid, t)| {
+                let age_ms = now_ms.saturating_sub(t.good_at_ms);
+                let quarantined = (age_ms >= self.quarantine_after_ms).then(|| {
+                    t.problem.clone().unwrap_or_else(|| {
+                        "libvirt's stats call has not returned: figures are the last ones read"
+                            .into()
+                    })
+                });
+                GuestView {
+                    uuid: uuid.clone(),
+                    name: t.name.clone(),
+                    stats: t.good.clone(),
+                    age_ms,
+                    quarantined,
+                    ratios: ratios(&t.history),
+                }
             })
             .collect()
     }
@@ -323,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_stuck_guest_keeps_its_last_figures_and_ages_while_others_go_on() {
-        let mut t = Tracker::new(60_000);
+        let mut t = Tracker::new(60_000, 10_000);
         let mine = own(&["a", "b"]);
         t.update(
             0,
@@ -359,10 +385,53 @@ mod tests {
     }
 
     #[test]
+    fn a_late_answer_does_not_overwrite_a_newer_one() {
+        let mut t = Tracker::new(60_000, 10_000);
+        let mine = own(&["a"]);
+        t.update(2_000, &[running("a", 5_000_000_000, 0, true)], &mine);
+        t.update(1_000, &[running("a", 1_000_000_000, 0, true)], &mine);
+        assert_eq!(t.views(2_000)[0].stats.vcpus[0].time_ns, 5_000_000_000);
+    }
+
+    #[test]
+    fn no_answer_at_all_quarantines_after_a_while() {
+        let mut t = Tracker::new(60_000, 2_000);
+        t.update(0, &[running("a", 1, 0, true)], &own(&["a"]));
+        assert_eq!(t.views(1_000)[0].quarantined, None);
+        assert!(
+            t.views(3_000)[0]
+                .quarantined
+                .as_deref()
+                .unwrap()
+                .contains("has not returned")
+        );
+    }
+
+    #[test]
+    fn one_busy_moment_is_no_quarantine() {
+        let mut t = Tracker::new(60_000, 2_000);
+        let mine = own(&["a"]);
+        t.update(0, &[running("a", 1, 0, true)], &mine);
+        t.update(1_000, &[running("a", 2, 0, false)], &mine);
+        let v = &t.views(1_000)[0];
+        assert_eq!((v.age_ms, v.quarantined.clone()), (1_000, None));
+        t.update(2_000, &[running("a", 3, 0, false)], &mine);
+        assert!(
+            t.views(2_000)[0].quarantined.is_some(),
+            "two intervals without an answer"
+        );
+    }
+
+    #[test]
     fn a_failed_call_quarantines_everyone_with_the_reason() {
-        let mut t = Tracker::new(60_000);
+        let mut t = Tracker::new(60_000, 2_000);
         t.update(0, &[running("a", 1, 0, true)], &own(&["a"]));
         t.missed("libvirt did not answer within 2000 ms");
+        assert_eq!(
+            t.views(1_000)[0].quarantined,
+            None,
+            "not yet: one missed call"
+        );
         let v = t.views(5_000);
         assert_eq!(v[0].age_ms, 5_000);
         assert_eq!(
@@ -373,7 +442,7 @@ mod tests {
 
     #[test]
     fn steal_and_run_over_the_window() {
-        let mut t = Tracker::new(20_000);
+        let mut t = Tracker::new(20_000, 10_000);
         let mine = own(&["a"]);
         // 10 s apart: 5 s run and 1 s delay, then 2 s run and 3 s delay.
         t.update(0, &[running("a", 1_000_000_000, 0, true)], &mine);
@@ -407,14 +476,14 @@ mod tests {
 
     #[test]
     fn guests_that_are_gone_are_forgotten_and_others_ignored() {
-        let mut t = Tracker::new(60_000);
+        let mut t = Tracker::new(60_000, 10_000);
         t.update(
             0,
             &[running("a", 1, 0, true), running("x", 1, 0, true)],
             &own(&["a"]),
         );
         assert_eq!(t.views(0).len(), 1, "not ours");
-        t.update(1, &[], &own(&[]));
+        t.retain(&own(&[]));
         assert!(t.views(1).is_empty());
     }
 }

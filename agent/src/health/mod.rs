@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use crate::domain::Libvirt;
-use crate::domain::stats::{DomainStats, StatsConnection, all_domain_stats};
+use crate::domain::stats::{StatsConnection, all_domain_stats};
 use crate::guest::{Guest, Guests};
 use crate::host::sysfs::SysRoot;
 use crate::placement::PlacementState;
@@ -109,7 +109,8 @@ impl Snapshot {
 
 /// What the sampler carries from one round to the next.
 struct Carry {
-    tracker: Tracker,
+    /// The guests as last listed (kept while libvirt cannot list them).
+    guests: Vec<Guest>,
     previous_cpus: Vec<host::CpuTimes>,
     conditions: Vec<Condition>,
     violations: Vec<OpenViolation>,
@@ -125,6 +126,8 @@ pub struct Health {
     guests: Arc<Guests>,
     placement: Arc<PlacementState>,
     carry: Mutex<Carry>,
+    /// Fed by every stats call that returns, also one that returns late.
+    tracker: Arc<Mutex<Tracker>>,
     latest: watch::Sender<Arc<Snapshot>>,
     repairs: KindCounts,
     stuck: Arc<AtomicUsize>,
@@ -153,6 +156,8 @@ impl Health {
     ) -> Health {
         let window_ms = settings.window.as_millis() as u64;
         let uri = libvirt.uri().to_string();
+        // Two rounds without complete figures: the guest does not answer.
+        let quarantine_ms = 2 * settings.interval.as_millis() as u64;
         let cgroups = std::fs::read_to_string("/proc/self/mountinfo")
             .map(|m| pinning::cgroup_mounts(&m))
             .unwrap_or_default();
@@ -163,8 +168,9 @@ impl Health {
             libvirt,
             guests,
             placement,
+            tracker: Arc::new(Mutex::new(Tracker::new(window_ms, quarantine_ms))),
             carry: Mutex::new(Carry {
-                tracker: Tracker::new(window_ms),
+                guests: Vec::new(),
                 previous_cpus: Vec::new(),
                 conditions: Vec::new(),
                 violations: Vec::new(),
@@ -243,20 +249,24 @@ impl Health {
         let listed = tokio::time::timeout(timeout, self.guests.list()).await;
         let (own, libvirt): (Vec<Guest>, Result<(), String>) = match listed {
             Ok(Ok((guests, _))) => (guests, Ok(())),
-            Ok(Err(e)) => (Vec::new(), Err(e.to_string())),
+            Ok(Err(e)) => (self.last_guests(), Err(e.to_string())),
             Err(_) => (
-                Vec::new(),
+                self.last_guests(),
                 Err(format!(
                     "libvirt did not list the guests within {} ms",
                     timeout.as_millis()
                 )),
             ),
         };
-        let stats = if libvirt.is_ok() {
-            self.domain_stats().await
-        } else {
-            Err(libvirt.clone().unwrap_err())
-        };
+        let names: BTreeMap<String, String> = own
+            .iter()
+            .map(|g| (g.uuid.clone(), g.intent.name.clone()))
+            .collect();
+        lock(&self.tracker).retain(&names);
+        match &libvirt {
+            Ok(()) => self.domain_stats(&names).await,
+            Err(why) => lock(&self.tracker).missed(why),
+        }
         let stats_done = started.elapsed();
         let checked = if libvirt.is_ok() && self.guests.settled() {
             Some(self.observe(&own).await)
@@ -271,18 +281,8 @@ impl Health {
 
         let now = self.now_ms();
         let taken = unix_ms();
-        let mut carry = self.carry.lock().unwrap_or_else(PoisonError::into_inner);
-        let names: BTreeMap<String, String> = own
-            .iter()
-            .map(|g| (g.uuid.clone(), g.intent.name.clone()))
-            .collect();
-        match &stats {
-            Ok(records) => carry.tracker.update(now, records, &names),
-            Err(why) => {
-                carry.tracker.update(now, &[], &names);
-                carry.tracker.missed(why);
-            }
-        }
+        let mut carry = lock(&self.carry);
+        carry.guests = own.clone();
         if let Some((expected, observed)) = checked {
             let pairs: Vec<(Expected, Observed)> = expected
                 .values()
@@ -353,7 +353,7 @@ impl Health {
                 .sum();
             (alloc.policy().reserved_memory_mib << 20, claimed << 20)
         };
-        let views = carry.tracker.views(now);
+        let views = lock(&self.tracker).views(now);
         let guests = own
             .into_iter()
             .map(|g| GuestRow {
@@ -381,40 +381,47 @@ impl Health {
         self.latest.send_replace(Arc::new(snapshot));
     }
 
-    /// One bulk stats call; if it does not return in time (a QEMU that does not answer holds
-    /// it), one more: NOWAIT makes it skip the guest whose job the first call holds.
-    async fn domain_stats(&self) -> Result<Vec<DomainStats>, String> {
+    /// One bulk stats call, whose records go to the tracker whenever it returns. If it does
+    /// not return in time (a QEMU that does not answer holds it, and with it every other call
+    /// on its connection), one more on a new connection: NOWAIT makes that one skip the
+    /// guest whose job the first holds. A failed call marks every guest's figures as missed.
+    async fn domain_stats(&self, own: &BTreeMap<String, String>) {
         let timeout = self.settings.libvirt_timeout;
         for _ in 0..2 {
             if self.stuck.load(Ordering::SeqCst) >= MAX_STUCK_CALLS {
-                return Err(format!(
-                    "{MAX_STUCK_CALLS} libvirt stats calls have not returned; waiting for them"
-                ));
+                tracing::debug!(
+                    "{MAX_STUCK_CALLS} libvirt stats calls pending; not asking again yet"
+                );
+                return;
             }
             self.stuck.fetch_add(1, Ordering::SeqCst);
             let connection = self.stats_conn.clone();
             let stuck = self.stuck.clone();
+            let tracker = self.tracker.clone();
+            let own = own.clone();
+            let at = self.now_ms();
             let call = tokio::task::spawn_blocking(move || {
                 let result = connection.get().and_then(|c| all_domain_stats(&c));
                 stuck.fetch_sub(1, Ordering::SeqCst);
-                result
-            });
-            match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(result)) => return result.map_err(|e| e.to_string()),
-                Ok(Err(e)) => return Err(format!("stats task failed: {e}")),
-                Err(_) => {
-                    self.stats_conn.abandon();
-                    tracing::warn!(
-                        timeout_ms = timeout.as_millis() as u64,
-                        "libvirt stats call did not return in time (a guest's QEMU does not answer?); asking again on a new connection"
-                    );
+                let mut tracker = lock(&tracker);
+                match result {
+                    Ok(records) => tracker.update(at, &records, &own),
+                    Err(e) => tracker.missed(&format!("libvirt stats call failed: {e}")),
                 }
+            });
+            if tokio::time::timeout(timeout, call).await.is_ok() {
+                return;
             }
+            self.stats_conn.abandon();
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "libvirt stats call did not return in time (a guest's QEMU does not answer?); asking again on a new connection"
+            );
         }
-        Err(format!(
-            "libvirt did not answer the stats call within {} ms",
-            timeout.as_millis()
-        ))
+    }
+
+    fn last_guests(&self) -> Vec<Guest> {
+        lock(&self.carry).guests.clone()
     }
 
     /// Where each running guest's threads should be and are.
@@ -586,6 +593,11 @@ impl Health {
             window: self.settings.window,
         })
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The pid of QEMU for domain `name`, from libvirt's pid file.

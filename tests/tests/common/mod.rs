@@ -247,3 +247,43 @@ pub fn tool(program: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "{program} {args:?}: {}", stderr(&out));
     stdout(&out)
 }
+
+/// A TCP port free on 127.0.0.1 just now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// The raw HTTP/1.1 answer (status line, headers, body) to `GET path` on 127.0.0.1:`port`.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read answer");
+    out
+}
+
+/// Destroys and undefines the named domains (names or UUIDs) when dropped: whatever a test
+/// leaves in libvirt goes, also when it fails halfway.
+pub struct Cleanup(pub Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            for args in [&["destroy", d.as_str()][..], &["undefine", d, "--nvram"]] {
+                let _ = Command::new("virsh")
+                    .args(["-c", "qemu:///system"])
+                    .args(args)
+                    .output();
+            }
+        }
+    }
+}
