@@ -1,6 +1,7 @@
 //! libvirtd goes away under a running agent and comes back: guest calls answer UNAVAILABLE
 //! meanwhile and work again once it is back, without restarting the agent; the guest keeps
-//! running; an event stream opened before gets a `lost` event and then the guest's events.
+//! running; an event stream opened before gets a `lost` event and then the guest's events;
+//! the node's health says LibvirtDisconnected and not ready meanwhile, and ready again after.
 //! A test binary of its own, so that no other test's libvirt calls run while libvirtd is down.
 
 mod common;
@@ -43,9 +44,40 @@ impl Drop for Restart {
     }
 }
 
+type Node = pb::node_service_client::NodeServiceClient<tonic::transport::Channel>;
+
+/// Polls GetHealth until `wanted` holds (at most 30 s).
+async fn wait_health(node: &mut Node, wanted: impl Fn(&pb::Health) -> bool) -> pb::Health {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = node
+            .get_health(pb::GetHealthRequest {})
+            .await
+            .expect("GetHealth answers whether libvirt does or not")
+            .into_inner();
+        if wanted(&h) {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "health not as wanted: {h:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn condition(h: &pb::Health, kind: &str) -> pb::Condition {
+    h.conditions
+        .iter()
+        .find(|c| c.r#type == kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} in {h:?}"))
+}
+
 #[test]
 fn guest_calls_recover_after_libvirtd_restarts() {
-    let agent = Agent::configure("[host]\nkvm_device = \"/nonexistent/kvm\"\n");
+    // Sampling health every second; DiskPressure off (a CI disk may be nearly full).
+    let agent = Agent::configure(
+        "[host]\nkvm_device = \"/nonexistent/kvm\"\n\
+         [health]\ninterval_seconds = 1\ndisk_free_min_percent = 0\n",
+    );
     // QEMU (an unprivileged user) must reach the guest's disks.
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let agent = agent.spawn();
@@ -55,6 +87,7 @@ fn guest_calls_recover_after_libvirtd_restarts() {
     rt.block_on(async {
         let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
         let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
+        let mut node = pb::node_service_client::NodeServiceClient::new(channel.clone());
         import_testguest(channel).await;
         vms.create(pb::CreateVmRequest {
             uuid: uuid.clone(),
@@ -87,8 +120,21 @@ fn guest_calls_recover_after_libvirtd_restarts() {
         let down = vms.list(pb::ListVmsRequest {}).await.unwrap_err();
         assert_eq!(down.code(), Code::Unavailable, "{down:?}");
         assert!(down.message().starts_with("libvirt: "), "{down:?}");
+        // The node says it cannot take guests, and why.
+        let health = wait_health(&mut node, |h| !h.ready).await;
+        let disconnected = condition(&health, "LibvirtDisconnected");
+        assert!(disconnected.status, "{health:?}");
+        assert_eq!(disconnected.reason, "Unreachable");
+        let ready = condition(&health, "Ready");
+        assert_eq!(ready.reason, "LibvirtDisconnected", "{ready:?}");
+        assert!(ready.message.contains("libvirt"), "{ready:?}");
+        // The guest is still shown, with its last figures.
+        assert_eq!(health.guests.len(), 1, "{health:?}");
 
         drop(restart);
+        // Ready again once libvirtd is back.
+        let health = wait_health(&mut node, |h| h.ready).await;
+        assert!(!condition(&health, "LibvirtDisconnected").status);
         // The agent reconnects on its own (it checks every 2 s) and answers again; the
         // guest kept running.
         let deadline = Instant::now() + Duration::from_secs(30);
