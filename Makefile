@@ -21,6 +21,8 @@ PY_PACKAGES := grpcio grpcio-health-checking grpcio-reflection protobuf
 run: host build
 	./target/release/hvagent $(if $(CONFIG),--config $(CONFIG))
 
+# The tests also need promtool (Debian ships it in the prometheus package) to check a real scrape.
+test: APT_PACKAGES += prometheus
 test: host hugepages python images check
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace

@@ -73,12 +73,17 @@ pub fn row(name: &str, s: &Stats) {
 /// Starts the release `hvagent` on a socket and store inside `dir`, with `extra` TOML lines
 /// appended to its config, and waits until it serves.
 pub fn start_agent(dir: &Path, extra: &str) -> (Child, PathBuf) {
+    start_agent_with_metrics(dir, extra, 0)
+}
+
+/// As [`start_agent`], with the metrics endpoint on 127.0.0.1:`port` (0: any free port).
+pub fn start_agent_with_metrics(dir: &Path, extra: &str, port: u16) -> (Child, PathBuf) {
     let socket = dir.join("hvagent.sock");
     let config = dir.join("hvagent.toml");
     std::fs::write(
         &config,
         format!(
-            "[api]\nunix_socket = \"{}\"\n[storage]\nroot = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n{extra}",
+            "[api]\nunix_socket = \"{}\"\n[storage]\nroot = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n{extra}",
             socket.display(),
             dir.join("store").display()
         ),
