@@ -57,13 +57,11 @@ fn scrape(port: u16) -> (Duration, usize) {
 
 /// An exporter started for the bench and stopped when dropped.
 struct Exporter {
-    name: &'static str,
-    port: u16,
     child: Child,
 }
 
 impl Exporter {
-    fn start(name: &'static str, program: &str, args: &[String], port: u16) -> Exporter {
+    fn start(program: &str, args: &[String], port: u16) -> Exporter {
         let child = Command::new(program)
             .args(args)
             .stdout(Stdio::null())
@@ -77,7 +75,7 @@ impl Exporter {
             assert!(Instant::now() < deadline, "{program} did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Exporter { name, port, child }
+        Exporter { child }
     }
 }
 
@@ -156,14 +154,12 @@ fn main() {
     let (mut agent, socket) = start_agent_with_metrics(dir.path(), "", metrics);
     let node_port = free_port();
     let _node = Exporter::start(
-        "node_exporter",
         "prometheus-node-exporter",
         &[format!("--web.listen-address=127.0.0.1:{node_port}")],
         node_port,
     );
     let libvirt_port = free_port();
     let _libvirt = Exporter::start(
-        "libvirt_exporter",
         "prometheus-libvirt-exporter",
         &[
             format!("--web.listen-address=127.0.0.1:{libvirt_port}"),
