@@ -151,7 +151,13 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let metrics = free_port();
-    let (mut agent, socket) = start_agent_with_metrics(dir.path(), "", metrics);
+    // Every CPU in the shared pool, as in the guests bench: N `V` guests fit on small machines.
+    let (agent, socket) = start_agent_with_metrics(
+        dir.path(),
+        "[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
+        metrics,
+    );
+    let agent = Stop(agent);
     let node_port = free_port();
     let _node = Exporter::start(
         "prometheus-node-exporter",
@@ -183,6 +189,7 @@ fn main() {
     let uuids: Vec<String> = (0..guests)
         .map(|n| format!("00000000-0000-4000-8000-0000bea1{n:04x}"))
         .collect();
+    let _cleanup = Remove(uuids.clone());
     rt.block_on(async {
         let channel = client::connect(&socket).await.expect("connect");
         let image = common::bin("hvagent")
@@ -236,8 +243,36 @@ fn main() {
     std::thread::sleep(Duration::from_secs(15));
     measure(&endpoints, rounds, guests);
 
-    let pid = agent.id();
+    let pid = agent.0.id();
     println!();
+    // What the scrape does not pay: the sampler's own round (host, one bulk stats call, every
+    // guest's pins), read from its gauge over ten rounds.
+    let mut rounds_ms = Vec::new();
+    for _ in 0..10 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics)).expect("connect");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("req");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        if let Some(v) = body
+            .lines()
+            .find_map(|l| l.strip_prefix("hvagent_health_sample_duration_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            rounds_ms.push(Duration::from_secs_f64(v));
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let r = stats(rounds_ms);
+    println!(
+        "sampler round with {guests} guests (host, bulk stats, pins): median {}, max {} over {} rounds",
+        ms(r.median),
+        ms(r.max),
+        r.n
+    );
     println!(
         "agent RSS with {guests} guests: {:.1} MiB (VmHWM {:.1} MiB)",
         status_kib(pid, "VmRSS:") as f64 / 1024.0,
@@ -267,6 +302,34 @@ fn main() {
                 .expect("delete");
         }
     });
-    let _ = agent.kill();
-    let _ = agent.wait();
+}
+
+/// Stops the agent when dropped, also when the bench fails halfway.
+struct Stop(Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Removes the bench's guests from libvirt when dropped (after a failure; a clean run has
+/// deleted them through the agent already).
+struct Remove(Vec<String>);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        for uuid in &self.0 {
+            for args in [
+                &["destroy", uuid.as_str()][..],
+                &["undefine", uuid, "--nvram"],
+            ] {
+                let _ = Command::new("virsh")
+                    .args(["-c", "qemu:///system"])
+                    .args(args)
+                    .output();
+            }
+        }
+    }
 }

@@ -499,3 +499,91 @@ fn conditions(s: &Snapshot, e: &mut Exposition) {
         e.sample(&[("condition", c.kind)], c.since_ms as f64 / 1000.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::conditions::Condition;
+    use crate::health::host::{CpuTimes, HostSample, Pressure};
+    use crate::health::pinning::Violation;
+    use crate::health::{OpenViolation, Snapshot};
+
+    fn rendered(s: &Snapshot) -> String {
+        let mut e = Exposition::default();
+        render(s, &mut e);
+        e.finish()
+    }
+
+    #[test]
+    fn host_figures_in_base_units() {
+        let mut host = HostSample {
+            ticks_per_second: 100,
+            cpus: vec![CpuTimes {
+                cpu: 3,
+                user: 250,
+                steal: 5,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        host.memory.total_bytes = 1 << 30;
+        host.pressure.push(Pressure {
+            resource: "io",
+            kind: "full".into(),
+            avg10: 12.5,
+            avg60: 0.0,
+            total_us: 1_500_000,
+        });
+        let text = rendered(&Snapshot {
+            host,
+            ..Default::default()
+        });
+        for line in [
+            "hvagent_host_cpu_seconds_total{cpu=\"3\",mode=\"user\"} 2.5",
+            "hvagent_host_cpu_seconds_total{cpu=\"3\",mode=\"steal\"} 0.05",
+            "hvagent_host_memory_total_bytes 1073741824",
+            "hvagent_host_pressure_seconds_total{resource=\"io\",kind=\"full\"} 1.5",
+            "hvagent_host_pressure_avg10_ratio{resource=\"io\",kind=\"full\"} 0.125",
+            "# TYPE hvagent_host_cpu_seconds_total counter",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_violation_kind_is_always_present_and_conditions_are_gauges() {
+        let v = Violation {
+            uuid: "u".into(),
+            name: "g".into(),
+            kind: Kind::VcpuAffinity,
+            vcpu: Some(0),
+            expected: vec![1],
+            actual: vec![0],
+            detail: String::new(),
+        };
+        let text = rendered(&Snapshot {
+            violations: vec![OpenViolation {
+                violation: v,
+                since_ms: 1,
+            }],
+            conditions: vec![Condition {
+                kind: "Ready",
+                status: true,
+                reason: "Ready",
+                message: String::new(),
+                since_ms: 2500,
+            }],
+            pinning_repairs: [("vcpu_affinity".to_string(), 4)].into(),
+            ..Default::default()
+        });
+        assert!(text.contains("hvagent_pinning_violations{kind=\"vcpu_affinity\"} 1"));
+        assert!(text.contains("hvagent_pinning_violations{kind=\"dedicated_cpu_shared\"} 0"));
+        assert!(text.contains("hvagent_pinning_repairs_total{kind=\"vcpu_affinity\"} 4"));
+        assert!(
+            !text.contains("hvagent_pinning_repairs_total{kind=\"dedicated_cpu_shared\"}"),
+            "not repaired on this guest"
+        );
+        assert!(text.contains("hvagent_node_condition{condition=\"Ready\",reason=\"Ready\"} 1"));
+        assert!(text.contains("hvagent_node_condition_since_seconds{condition=\"Ready\"} 2.5"));
+    }
+}
