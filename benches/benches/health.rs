@@ -32,9 +32,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// One scrape: its time and the body's size.
-fn scrape(port: u16) -> (Duration, usize) {
-    let started = Instant::now();
+/// The body of `GET /metrics` on 127.0.0.1:`port`.
+fn get(port: u16) -> Vec<u8> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     write!(
         s,
@@ -43,16 +42,26 @@ fn scrape(port: u16) -> (Duration, usize) {
     .expect("request");
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("answer");
-    let took = started.elapsed();
     assert!(
         out.starts_with(b"HTTP/1.1 200"),
         "scrape of port {port} failed"
     );
-    let body = out
+    let at = out
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .map_or(0, |at| out.len() - at - 4);
-    (took, body)
+        .map_or(0, |at| at + 4);
+    out.split_off(at)
+}
+
+/// One scrape: its time and the body's size.
+fn scrape(port: u16) -> (Duration, usize) {
+    let started = Instant::now();
+    let body = get(port);
+    (started.elapsed(), body.len())
+}
+
+fn text(port: u16) -> String {
+    String::from_utf8_lossy(&get(port)).into_owned()
 }
 
 /// An exporter started for the bench and stopped when dropped.
@@ -222,15 +231,7 @@ fn main() {
     // Let the guests boot and the agent sample them all at least once.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics)).expect("connect");
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("req");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
-        let sampled = body
+        let sampled = text(metrics)
             .lines()
             .filter(|l| l.starts_with("hvagent_guest_memory_rss_bytes{"))
             .count();
@@ -249,15 +250,7 @@ fn main() {
     // guest's pins), read from its gauge over ten rounds.
     let mut rounds_ms = Vec::new();
     for _ in 0..10 {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics)).expect("connect");
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("req");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
-        if let Some(v) = body
+        if let Some(v) = text(metrics)
             .lines()
             .find_map(|l| l.strip_prefix("hvagent_health_sample_duration_seconds "))
             .and_then(|v| v.parse::<f64>().ok())

@@ -224,10 +224,7 @@ fn a_real_scrape_passes_promtool_and_agrees_with_proc() {
         );
     }
     let vcpu = metric(&text, "hvagent_guest_vcpu_seconds_total", &labels).unwrap();
-    let stats = tool(
-        "virsh",
-        &["-c", "qemu:///system", "domstats", "--vcpu", &uuid],
-    );
+    let stats = virsh(&["domstats", "--vcpu", &uuid]);
     let live: f64 = stats
         .lines()
         .find_map(|l| l.trim().strip_prefix("vcpu.0.time="))
@@ -395,30 +392,31 @@ fn a_stopped_qemu_does_not_stop_the_others_metrics() {
 
 /// `virsh vcpupin NAME --live`: vCPU → CPUs.
 fn live_vcpu_pins(name: &str) -> BTreeMap<u32, String> {
-    tool(
-        "virsh",
-        &["-c", "qemu:///system", "vcpupin", name, "--live"],
-    )
-    .lines()
-    .filter_map(|l| {
-        let (v, cpus) = l.trim().split_once(char::is_whitespace)?;
-        Some((v.parse().ok()?, cpus.trim().to_string()))
-    })
-    .collect()
+    virsh(&["vcpupin", name, "--live"])
+        .lines()
+        .filter_map(|l| {
+            let (v, cpus) = l.trim().split_once(char::is_whitespace)?;
+            Some((v.parse().ok()?, cpus.trim().to_string()))
+        })
+        .collect()
 }
 
 fn live_emulator_pin(name: &str) -> String {
-    tool(
-        "virsh",
-        &["-c", "qemu:///system", "emulatorpin", name, "--live"],
-    )
-    .lines()
-    .find_map(|l| {
-        l.trim()
-            .strip_prefix('*')
-            .map(|r| r.trim_start_matches(':').trim().to_string())
-    })
-    .unwrap_or_default()
+    virsh(&["emulatorpin", name, "--live"])
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix('*')
+                .map(|r| r.trim_start_matches(':').trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// `virsh -c qemu:///system ARGS...`, failing the test if it fails.
+fn virsh(args: &[&str]) -> String {
+    let mut all = vec!["-c", "qemu:///system"];
+    all.extend_from_slice(args);
+    tool("virsh", &all)
 }
 
 fn report(agent: &Agent, name: &str) -> serde_json::Value {
@@ -480,17 +478,7 @@ fn pin_drift_is_reported_within_two_intervals_and_repaired_on_request() {
     // A vCPU moved behind the agent's back: seen within two intervals (2 s each), naming
     // the vCPU and both CPU sets.
     let moved = elsewhere(&claimed);
-    tool(
-        "virsh",
-        &[
-            "-c",
-            "qemu:///system",
-            "vcpupin",
-            name,
-            "0",
-            &moved.to_string(),
-        ],
-    );
+    virsh(&["vcpupin", name, "0", &moved.to_string()]);
     let found = wait_for(Duration::from_millis(4500), "the vCPU violation", || {
         violations(&agent)
             .into_iter()
@@ -543,16 +531,7 @@ fn pin_drift_is_reported_within_two_intervals_and_repaired_on_request() {
 
     // The emulator threads likewise.
     let moved = elsewhere(&emulator);
-    tool(
-        "virsh",
-        &[
-            "-c",
-            "qemu:///system",
-            "emulatorpin",
-            name,
-            &moved.to_string(),
-        ],
-    );
+    virsh(&["emulatorpin", name, &moved.to_string()]);
     let found = wait_for(
         Duration::from_millis(4500),
         "the emulator violation",
@@ -568,16 +547,7 @@ fn pin_drift_is_reported_within_two_intervals_and_repaired_on_request() {
         (emulator.clone(), vec![moved])
     );
     let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-    tool(
-        "virsh",
-        &[
-            "-c",
-            "qemu:///system",
-            "emulatorpin",
-            name,
-            &list(&emulator),
-        ],
-    );
+    virsh(&["emulatorpin", name, &list(&emulator)]);
     wait_for(Duration::from_millis(4500), "the violation closed", || {
         violations(&agent).is_empty().then_some(())
     });
@@ -592,31 +562,12 @@ fn pin_drift_is_reported_within_two_intervals_and_repaired_on_request() {
     .unwrap();
     let agent = agent.spawn();
     let moved = elsewhere(&claimed);
-    tool(
-        "virsh",
-        &[
-            "-c",
-            "qemu:///system",
-            "vcpupin",
-            name,
-            "0",
-            &moved.to_string(),
-        ],
-    );
+    virsh(&["vcpupin", name, "0", &moved.to_string()]);
     wait_for(Duration::from_secs(10), "the vCPU pin restored", || {
         (live_vcpu_pins(name)[&0] == claimed[0].to_string()).then_some(())
     });
     let moved = elsewhere(&emulator);
-    tool(
-        "virsh",
-        &[
-            "-c",
-            "qemu:///system",
-            "emulatorpin",
-            name,
-            &moved.to_string(),
-        ],
-    );
+    virsh(&["emulatorpin", name, &moved.to_string()]);
     wait_for(Duration::from_secs(10), "the emulator pin restored", || {
         (live_emulator_pin(name) == list(&emulator)).then_some(())
     });

@@ -20,33 +20,11 @@ fn violation(v: &OpenViolation) -> pb::PinningViolation {
     }
 }
 
-fn nic(n: &crate::health::host::NicStat) -> pb::NicCounters {
+fn nic(interface: &str, up: bool, c: &crate::net::link::Counters) -> pb::NicCounters {
     pb::NicCounters {
-        interface: n.interface.clone(),
-        up: n.up,
-        rx_bytes: n.rx_bytes,
-        tx_bytes: n.tx_bytes,
-        rx_packets: n.rx_packets,
-        tx_packets: n.tx_packets,
-        rx_errors: n.rx_errors,
-        tx_errors: n.tx_errors,
-        rx_dropped: n.rx_dropped,
-        tx_dropped: n.tx_dropped,
-    }
-}
-
-fn guest_nic(n: &crate::health::guests::NetStat) -> pb::NicCounters {
-    pb::NicCounters {
-        interface: n.interface.clone(),
-        up: true,
-        rx_bytes: n.rx_bytes,
-        tx_bytes: n.tx_bytes,
-        rx_packets: n.rx_packets,
-        tx_packets: n.tx_packets,
-        rx_errors: n.rx_errors,
-        tx_errors: n.tx_errors,
-        rx_dropped: n.rx_dropped,
-        tx_dropped: n.tx_dropped,
+        interface: interface.to_string(),
+        up,
+        counters: Some(super::network::counters_to_proto(c)),
     }
 }
 
@@ -108,7 +86,11 @@ pub fn health_to_proto(s: &Snapshot) -> pb::Health {
             reads: h.store.disk.map_or(0, |d| d.reads),
             writes: h.store.disk.map_or(0, |d| d.writes),
         }),
-        nics: h.nics.iter().map(nic).collect(),
+        nics: h
+            .nics
+            .iter()
+            .map(|n| nic(&n.interface, n.up, &n.counters))
+            .collect(),
         temperatures: h
             .temperatures
             .iter()
@@ -195,7 +177,12 @@ pub fn health_to_proto(s: &Snapshot) -> pb::Health {
                             writes: d.writes,
                         })
                         .collect();
-                    g.nics = v.stats.nics.iter().map(guest_nic).collect();
+                    g.nics = v
+                        .stats
+                        .nics
+                        .iter()
+                        .map(|n| nic(&n.interface, true, &n.counters))
+                        .collect();
                 }
                 g
             })

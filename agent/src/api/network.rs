@@ -174,16 +174,20 @@ fn view_to_proto(v: NetworkView) -> pb::NetworkStatus {
         .into(),
         problems: v.problems,
         nics: v.nics,
-        counters: Some(pb::LinkCounters {
-            rx_bytes: c.rx_bytes,
-            tx_bytes: c.tx_bytes,
-            rx_packets: c.rx_packets,
-            tx_packets: c.tx_packets,
-            rx_errors: c.rx_errors,
-            tx_errors: c.tx_errors,
-            rx_dropped: c.rx_dropped,
-            tx_dropped: c.tx_dropped,
-        }),
+        counters: Some(counters_to_proto(&c)),
+    }
+}
+
+pub(crate) fn counters_to_proto(c: &crate::net::link::Counters) -> pb::LinkCounters {
+    pb::LinkCounters {
+        rx_bytes: c.rx_bytes,
+        tx_bytes: c.tx_bytes,
+        rx_packets: c.rx_packets,
+        tx_packets: c.tx_packets,
+        rx_errors: c.rx_errors,
+        tx_errors: c.tx_errors,
+        rx_dropped: c.rx_dropped,
+        tx_dropped: c.tx_dropped,
     }
 }
 

@@ -854,17 +854,14 @@ pub fn health(h: &pb::Health) -> String {
         ),
     ]);
     for n in &host.numa_nodes {
-        let pages: Vec<String> = n
+        let pools: Vec<pb::HugepagePool> = n
             .hugepages
             .iter()
             .filter(|p| p.total > 0)
-            .map(|p| {
-                format!(
-                    "{}: {}/{} free",
-                    crate::host::scheduler::page_size_label(p.page_size_kib),
-                    p.free,
-                    p.total
-                )
+            .map(|p| pb::HugepagePool {
+                page_size_kib: p.page_size_kib,
+                total: p.total,
+                free: p.free,
             })
             .collect();
         t.row(vec![
@@ -873,7 +870,7 @@ pub fn health(h: &pb::Health) -> String {
                 "{} free of {}; hugepages {}",
                 bytes(n.memory_free_bytes),
                 bytes(n.memory_total_bytes),
-                or_dash(&pages.join(", "))
+                hugepages(&pools)
             ),
         ]);
     }

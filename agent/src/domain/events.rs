@@ -111,9 +111,11 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A domain's UUID and name ("" where libvirt cannot say).
+///
 /// # Safety
-/// `dom` is a domain pointer libvirt hands a callback.
-unsafe fn identity(dom: sys::virDomainPtr) -> (String, String) {
+/// `dom` is a live domain pointer (one libvirt hands a callback or a stats record).
+pub(crate) unsafe fn identity(dom: sys::virDomainPtr) -> (String, String) {
     let mut buf = [0 as c_char; 64];
     // SAFETY: the buffer holds VIR_UUID_STRING_BUFLEN (37) bytes; libvirt NUL-terminates.
     let uuid = if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } == 0 {

@@ -2,7 +2,7 @@
 //! holds for a running domain. The `virt` crate wraps neither, so these are thin FFI edges that
 //! copy everything out of libvirt's memory before freeing it. Every call blocks.
 
-use std::ffi::{CStr, c_char, c_int, c_uint};
+use std::ffi::{CStr, c_int, c_uint};
 
 use virt::sys;
 
@@ -163,26 +163,13 @@ pub fn all_domain_stats(conn: &virt::connect::Connect) -> Result<Vec<DomainStats
     for i in 0..n as usize {
         // SAFETY: libvirt returned `n` records, each with a domain and its parameters.
         let record = unsafe { &**records.add(i) };
-        let mut uuid = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
-        // SAFETY: the buffer is VIR_UUID_STRING_BUFLEN long, as the call needs.
-        if unsafe { sys::virDomainGetUUIDString(record.dom, uuid.as_mut_ptr()) } < 0 {
+        // SAFETY: the record's domain lives until the list is freed below.
+        let (uuid, name) = unsafe { super::events::identity(record.dom) };
+        if uuid.is_empty() {
             continue;
         }
-        // SAFETY: NUL-terminated by libvirt; the name lives as long as the domain.
-        let name_ptr = unsafe { sys::virDomainGetName(record.dom) };
-        let name = if name_ptr.is_null() {
-            String::new()
-        } else {
-            // SAFETY: checked non-null above.
-            unsafe { CStr::from_ptr(name_ptr) }
-                .to_string_lossy()
-                .into_owned()
-        };
         out.push(DomainStats {
-            // SAFETY: NUL-terminated by libvirt within the buffer.
-            uuid: unsafe { CStr::from_ptr(uuid.as_ptr()) }
-                .to_string_lossy()
-                .into_owned(),
+            uuid,
             name,
             // SAFETY: the record's own parameter array and count.
             params: unsafe { copy_params(record.params, record.nparams) },
@@ -251,6 +238,7 @@ impl Libvirt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::c_char;
 
     #[test]
     fn maps_to_cpus() {

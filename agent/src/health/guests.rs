@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::domain::stats::{DomainStats, Param};
+use crate::net::link::Counters;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VcpuTimes {
@@ -26,14 +27,21 @@ pub struct BlockStat {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetStat {
     pub interface: String,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_errors: u64,
-    pub tx_errors: u64,
-    pub rx_dropped: u64,
-    pub tx_dropped: u64,
+    pub counters: Counters,
+}
+
+/// libvirt's name (`net.N.<name>`) of each of [`Counters::NAMES`].
+fn libvirt_counter(name: &str) -> &'static str {
+    match name {
+        "rx_bytes" => "rx.bytes",
+        "tx_bytes" => "tx.bytes",
+        "rx_packets" => "rx.pkts",
+        "tx_packets" => "tx.pkts",
+        "rx_errors" => "rx.errs",
+        "tx_errors" => "tx.errs",
+        "rx_dropped" => "rx.drop",
+        _ => "tx.drop",
+    }
 }
 
 /// What one record says about a guest.
@@ -97,17 +105,11 @@ pub fn parse(record: &DomainStats) -> GuestStats {
     }
     let nics = (0..num("net.count").unwrap_or(0))
         .filter_map(|i| {
-            let n = |s: &str| num(&format!("net.{i}.{s}")).unwrap_or(0);
             Some(NetStat {
                 interface: text(&format!("net.{i}.name"))?,
-                rx_bytes: n("rx.bytes"),
-                tx_bytes: n("tx.bytes"),
-                rx_packets: n("rx.pkts"),
-                tx_packets: n("tx.pkts"),
-                rx_errors: n("rx.errs"),
-                tx_errors: n("tx.errs"),
-                rx_dropped: n("rx.drop"),
-                tx_dropped: n("tx.drop"),
+                counters: Counters::from_fn(|c| {
+                    num(&format!("net.{i}.{}", libvirt_counter(c))).unwrap_or(0)
+                }),
             })
         })
         .collect();
@@ -301,6 +303,7 @@ mod tests {
             ("net.count", Param::Uint(1)),
             ("net.0.name", Param::Text("hv0".into())),
             ("net.0.rx.bytes", Param::Uint(7)),
+            ("net.0.tx.drop", Param::Uint(3)),
         ];
         if complete {
             p.push(("balloon.rss", Param::Uint(1000 + vcpu_ns / 1_000_000)));
@@ -331,10 +334,9 @@ mod tests {
         assert_eq!((s.balloon_kib, s.rss_kib), (524288, 1005));
         assert_eq!(s.disks.len(), 1);
         assert_eq!((s.disks[0].reads, s.disks[0].written_bytes), (5, 4096));
-        assert_eq!(
-            (s.nics[0].interface.as_str(), s.nics[0].rx_bytes),
-            ("hv0", 7)
-        );
+        assert_eq!(s.nics[0].interface, "hv0");
+        let c = s.nics[0].counters;
+        assert_eq!((c.rx_bytes, c.tx_dropped, c.tx_bytes), (7, 3, 0));
     }
 
     #[test]

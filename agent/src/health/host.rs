@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::host::memory::{self, MemoryInfo, NumaNode};
 use crate::host::sysfs::SysRoot;
+use crate::net::link::Counters;
 
 /// Jiffies per logical CPU, as `/proc/stat` counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,14 +90,7 @@ pub struct DiskStat {
 pub struct NicStat {
     pub interface: String,
     pub up: bool,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_errors: u64,
-    pub tx_errors: u64,
-    pub rx_dropped: u64,
-    pub tx_dropped: u64,
+    pub counters: Counters,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -280,25 +274,15 @@ fn read_nics(sys: &SysRoot) -> Vec<NicStat> {
     sys.entries("sys/class/net", "")
         .into_iter()
         .filter(|n| n != "lo" && sys.read(&format!("sys/class/net/{n}/tun_flags")).is_none())
-        .map(|n| {
-            let stat = |s: &str| {
+        .map(|n| NicStat {
+            up: sys
+                .read(&format!("sys/class/net/{n}/operstate"))
+                .is_some_and(|s| s == "up" || s == "unknown"),
+            counters: Counters::from_fn(|s| {
                 sys.read_u64(&format!("sys/class/net/{n}/statistics/{s}"))
                     .unwrap_or(0)
-            };
-            NicStat {
-                up: sys
-                    .read(&format!("sys/class/net/{n}/operstate"))
-                    .is_some_and(|s| s == "up" || s == "unknown"),
-                rx_bytes: stat("rx_bytes"),
-                tx_bytes: stat("tx_bytes"),
-                rx_packets: stat("rx_packets"),
-                tx_packets: stat("tx_packets"),
-                rx_errors: stat("rx_errors"),
-                tx_errors: stat("tx_errors"),
-                rx_dropped: stat("rx_dropped"),
-                tx_dropped: stat("tx_dropped"),
-                interface: n,
-            }
+            }),
+            interface: n,
         })
         .collect()
 }
@@ -491,7 +475,7 @@ mod tests {
         assert_eq!(s.pressure("cpu", "some").map(|p| p.avg10), Some(5.0));
         assert_eq!(s.nics.len(), 1, "no loopback, no taps: {:?}", s.nics);
         assert_eq!(
-            (s.nics[0].interface.as_str(), s.nics[0].rx_bytes),
+            (s.nics[0].interface.as_str(), s.nics[0].counters.rx_bytes),
             ("eth0", 1000)
         );
         assert!(s.nics[0].up);

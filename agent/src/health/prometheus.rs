@@ -3,6 +3,7 @@
 use super::Snapshot;
 use super::exposition::{Exposition, Type};
 use super::pinning::Kind;
+use crate::net::link::Counters;
 
 const NS_PER_S: f64 = 1e9;
 
@@ -190,31 +191,12 @@ fn host(s: &Snapshot, e: &mut Exposition) {
             e.family(name, Type::Counter, help).sample(&labels, v);
         }
     }
-    type NicField = fn(&super::host::NicStat) -> u64;
-    let nic_counters: [(&str, &str, NicField); 8] = [
-        ("receive_bytes", "Bytes received", |n| n.rx_bytes),
-        ("transmit_bytes", "Bytes sent", |n| n.tx_bytes),
-        ("receive_packets", "Packets received", |n| n.rx_packets),
-        ("transmit_packets", "Packets sent", |n| n.tx_packets),
-        ("receive_errors", "Receive errors", |n| n.rx_errors),
-        ("transmit_errors", "Transmit errors", |n| n.tx_errors),
-        ("receive_drops", "Received packets dropped", |n| {
-            n.rx_dropped
-        }),
-        ("transmit_drops", "Packets dropped on sending", |n| {
-            n.tx_dropped
-        }),
-    ];
-    for (name, help, get) in nic_counters {
-        e.family(
-            &format!("hvagent_host_network_{name}_total"),
-            Type::Counter,
-            &format!("{help} by each host interface"),
-        );
-        for n in &h.nics {
-            e.sample(&[("interface", &n.interface)], get(n) as f64);
-        }
-    }
+    let nics: Vec<([(&str, &str); 1], Counters)> = h
+        .nics
+        .iter()
+        .map(|n| ([("interface", n.interface.as_str())], n.counters))
+        .collect();
+    counter_families(e, "hvagent_host_network", "by each host interface", &nics);
     e.family(
         "hvagent_host_network_up",
         Type::Gauge,
@@ -392,40 +374,22 @@ fn guests(s: &Snapshot, e: &mut Exposition) {
             }
         }
     }
-    type NetField = fn(&super::guests::NetStat) -> u64;
-    let net: [(&str, &str, NetField); 8] = [
-        ("receive_bytes", "Bytes the guest received", |n| n.rx_bytes),
-        ("transmit_bytes", "Bytes the guest sent", |n| n.tx_bytes),
-        ("receive_packets", "Packets the guest received", |n| {
-            n.rx_packets
-        }),
-        ("transmit_packets", "Packets the guest sent", |n| {
-            n.tx_packets
-        }),
-        ("receive_errors", "Receive errors", |n| n.rx_errors),
-        ("transmit_errors", "Transmit errors", |n| n.tx_errors),
-        ("receive_drops", "Packets for the guest dropped", |n| {
-            n.rx_dropped
-        }),
-        ("transmit_drops", "Packets from the guest dropped", |n| {
-            n.tx_dropped
-        }),
-    ];
-    for (name, help, get) in net {
-        e.family(
-            &format!("hvagent_guest_network_{name}_total"),
-            Type::Counter,
-            &format!("{help}, by guest NIC (host-side tap)"),
-        );
-        for (v, l) in views() {
-            for n in &v.stats.nics {
-                e.sample(
-                    &[l[0], l[1], l[2], ("interface", &n.interface)],
-                    get(n) as f64,
-                );
-            }
-        }
-    }
+    let nics: Vec<([(&str, &str); 4], Counters)> = views()
+        .flat_map(|(v, l)| {
+            v.stats.nics.iter().map(|n| {
+                (
+                    [l[0], l[1], l[2], ("interface", n.interface.as_str())],
+                    n.counters,
+                )
+            })
+        })
+        .collect();
+    counter_families(
+        e,
+        "hvagent_guest_network",
+        "by guest NIC (host-side tap)",
+        &nics,
+    );
     e.family(
         "hvagent_guest_pinning_violations",
         Type::Gauge,
@@ -439,6 +403,33 @@ fn guests(s: &Snapshot, e: &mut Exposition) {
                 .filter(|v| v.violation.uuid == r.guest.uuid)
                 .count();
             e.sample(l, n as f64);
+        }
+    }
+}
+
+/// The eight traffic counter families `<prefix>_{receive,transmit}_{bytes,packets,errors,
+/// drops}_total`, one sample per labelled row.
+fn counter_families<const N: usize>(
+    e: &mut Exposition,
+    prefix: &str,
+    whose: &str,
+    rows: &[([(&str, &str); N], Counters)],
+) {
+    for (i, name) in Counters::NAMES.iter().enumerate() {
+        let (direction, what) = name.split_once('_').unwrap_or(("rx", "bytes"));
+        let (direction, verb) = if direction == "rx" {
+            ("receive", "Received")
+        } else {
+            ("transmit", "Sent")
+        };
+        let what = if what == "dropped" { "drops" } else { what };
+        e.family(
+            &format!("{prefix}_{direction}_{what}_total"),
+            Type::Counter,
+            &format!("{verb} {what} {whose}"),
+        );
+        for (labels, counters) in rows {
+            e.sample(labels, counters.values()[i].1 as f64);
         }
     }
 }

@@ -105,6 +105,8 @@ pub struct VxlanInfo {
     pub port: u16,
 }
 
+/// An interface's traffic counters (netlink's 64-bit statistics, sysfs `statistics/`, or
+/// libvirt's per-NIC figures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counters {
     pub rx_bytes: u64,
@@ -115,6 +117,50 @@ pub struct Counters {
     pub tx_errors: u64,
     pub rx_dropped: u64,
     pub tx_dropped: u64,
+}
+
+impl Counters {
+    /// The counters' names, as sysfs `statistics/` files name them, in field order.
+    pub const NAMES: [&'static str; 8] = [
+        "rx_bytes",
+        "tx_bytes",
+        "rx_packets",
+        "tx_packets",
+        "rx_errors",
+        "tx_errors",
+        "rx_dropped",
+        "tx_dropped",
+    ];
+
+    /// Counters from a lookup by name (one of [`Counters::NAMES`]).
+    pub fn from_fn(mut value: impl FnMut(&'static str) -> u64) -> Counters {
+        let [a, b, c, d, e, f, g, h] = Counters::NAMES.map(&mut value);
+        Counters {
+            rx_bytes: a,
+            tx_bytes: b,
+            rx_packets: c,
+            tx_packets: d,
+            rx_errors: e,
+            tx_errors: f,
+            rx_dropped: g,
+            tx_dropped: h,
+        }
+    }
+
+    /// (name, value) in [`Counters::NAMES`] order.
+    pub fn values(&self) -> [(&'static str, u64); 8] {
+        let v = [
+            self.rx_bytes,
+            self.tx_bytes,
+            self.rx_packets,
+            self.tx_packets,
+            self.rx_errors,
+            self.tx_errors,
+            self.rx_dropped,
+            self.tx_dropped,
+        ];
+        std::array::from_fn(|i| (Counters::NAMES[i], v[i]))
+    }
 }
 
 fn to_link(m: &LinkMessage) -> Link {
