@@ -196,6 +196,17 @@ impl Tracker {
             t.answered_at_ms = now_ms;
             t.name = name.clone();
             if fresh.vcpus.iter().any(|v| v.time_ns > 0) {
+                // A restarted guest (or one with other vCPUs now) starts a new window: its
+                // times begin again at zero.
+                if t.history.back().is_some_and(|(_, last)| {
+                    last.len() != fresh.vcpus.len()
+                        || last
+                            .iter()
+                            .zip(&fresh.vcpus)
+                            .any(|(a, b)| b.time_ns < a.time_ns || b.delay_ns < a.delay_ns)
+                }) {
+                    t.history.clear();
+                }
                 t.history.push_back((now_ms, fresh.vcpus.clone()));
                 while t
                     .history
@@ -254,19 +265,20 @@ impl Tracker {
     }
 }
 
-/// Run and delay per wall second of each vCPU between the oldest and newest sample.
+/// Run and delay per wall second of each vCPU between the oldest and newest sample; empty
+/// until two samples some time apart exist.
 fn ratios(history: &VecDeque<(u64, Vec<VcpuTimes>)>) -> Vec<(f64, f64)> {
     let (Some((t0, first)), Some((t1, last))) = (history.front(), history.back()) else {
         return Vec::new();
     };
-    let wall_ns = t1.saturating_sub(*t0) as f64 * 1e6;
+    if t1 <= t0 {
+        return Vec::new();
+    }
+    let wall_ns = (t1 - t0) as f64 * 1e6;
     last.iter()
         .enumerate()
         .map(|(i, v)| {
             let before = first.get(i).copied().unwrap_or_default();
-            if wall_ns <= 0.0 {
-                return (0.0, 0.0);
-            }
             (
                 v.time_ns.saturating_sub(before.time_ns) as f64 / wall_ns,
                 v.delay_ns.saturating_sub(before.delay_ns) as f64 / wall_ns,
@@ -474,6 +486,20 @@ mod tests {
             (r[0].0 - 0.15).abs() < 1e-9 && (r[0].1 - 0.15).abs() < 1e-9,
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn no_ratios_from_one_sample_nor_across_a_restart() {
+        let mut t = Tracker::new(60_000, 10_000);
+        let mine = own(&["a"]);
+        t.update(0, &[running("a", 9_000_000_000, 0, true)], &mine);
+        assert!(t.views(0)[0].ratios.is_empty(), "one sample says nothing");
+        // Restarted: times begin again; the window starts over instead of reading 0.
+        t.update(10_000, &[running("a", 1_000_000_000, 0, true)], &mine);
+        assert!(t.views(10_000)[0].ratios.is_empty());
+        t.update(20_000, &[running("a", 3_000_000_000, 1_000_000_000, true)], &mine);
+        let r = t.views(20_000)[0].ratios.clone();
+        assert!((r[0].0 - 0.2).abs() < 1e-9 && (r[0].1 - 0.1).abs() < 1e-9, "{r:?}");
     }
 
     #[test]

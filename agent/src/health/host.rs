@@ -291,7 +291,12 @@ fn read_temperatures(sys: &SysRoot) -> Vec<Temperature> {
     let mut out = Vec::new();
     for hw in sys.entries("sys/class/hwmon", "hwmon") {
         let base = format!("sys/class/hwmon/{hw}");
-        let chip = sys.read(&format!("{base}/name")).unwrap_or(hw.clone());
+        // hwmon names repeat (one coretemp per socket, one nvme per drive): the device
+        // number keeps each sensor's series apart.
+        let chip = match sys.read(&format!("{base}/name")) {
+            Some(name) => format!("{hw}/{name}"),
+            None => hw.clone(),
+        };
         for input in sys.entries(&base, "temp") {
             let Some(index) = input.strip_suffix("_input") else {
                 continue;
@@ -482,7 +487,7 @@ mod tests {
         assert_eq!(
             s.temperatures,
             vec![Temperature {
-                chip: "coretemp".into(),
+                chip: "hwmon0/coretemp".into(),
                 sensor: "Package id 0".into(),
                 celsius: 45.5
             }]

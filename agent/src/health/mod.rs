@@ -14,7 +14,7 @@ pub mod report;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,8 @@ pub struct Health {
     latest: watch::Sender<Arc<Snapshot>>,
     repairs: KindCounts,
     stuck: Arc<AtomicUsize>,
+    /// A pin read is running.
+    reading_pins: Arc<AtomicBool>,
     stats_conn: Arc<StatsConnection>,
     /// Set by libvirt tuning events: check pins now.
     tuned: Arc<Notify>,
@@ -180,6 +182,7 @@ impl Health {
             latest: watch::channel(Arc::new(Snapshot::default())).0,
             repairs: KindCounts::default(),
             stuck: Arc::default(),
+            reading_pins: Arc::default(),
             stats_conn: Arc::new(StatsConnection::new(&uri)),
             tuned: Arc::default(),
             epoch: Instant::now(),
@@ -205,17 +208,17 @@ impl Health {
     pub async fn run(self: Arc<Self>) {
         let mut events = self.libvirt.subscribe();
         let tuned = self.tuned.clone();
-        // Tuning events (vcpupin, emulatorpin, ...) wake the sampler; the event stream is
-        // otherwise the guests API's business.
-        tokio::spawn(async move {
+        // Pin changes (vcpupin, emulatorpin, the agent's own re-pins) wake the sampler; the
+        // event stream is otherwise the guests API's business. Stopped with the sampler.
+        let _listener = AbortOnDrop(tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(e) if e.kind == "tuned" => tuned.notify_one(),
+                    Ok(e) if e.kind == "tuned" && e.detail == "cputune" => tuned.notify_one(),
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
-        });
+        }));
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -268,8 +271,12 @@ impl Health {
             Err(why) => lock(&self.tracker).missed(why),
         }
         let stats_done = started.elapsed();
+        // Pins are compared only while nothing moves them (and again after reading, in case
+        // a create or re-pin started meanwhile).
         let checked = if libvirt.is_ok() && self.guests.settled() {
-            Some(self.observe(&own).await)
+            self.observe(&own)
+                .await
+                .filter(|_| self.guests.settled())
         } else {
             None
         };
@@ -283,42 +290,44 @@ impl Health {
         let taken = unix_ms();
         let mut carry = lock(&self.carry);
         carry.guests = own.clone();
-        if let Some((expected, observed)) = checked {
+        if let Some((expected, observed)) = &checked {
             let pairs: Vec<(Expected, Observed)> = expected
                 .values()
                 .filter_map(|e| observed.get(&e.uuid).map(|o| (e.clone(), o.clone())))
                 .collect();
-            let found = pinning::check(&pairs);
             let before = std::mem::take(&mut carry.violations);
-            carry.violations = found
-                .into_iter()
-                .map(|v| OpenViolation {
-                    since_ms: before
-                        .iter()
-                        .find(|b| b.violation.key() == v.key())
-                        .map_or(taken, |b| b.since_ms),
-                    violation: v,
-                })
-                .collect();
-            for v in &carry.violations {
-                if !before
-                    .iter()
-                    .any(|b| b.violation.key() == v.violation.key())
-                {
-                    tracing::warn!(
-                        vm = %v.violation.uuid, name = %v.violation.name,
-                        kind = v.violation.kind.as_str(), vcpu = ?v.violation.vcpu,
-                        "pinning violation: {}", v.violation.detail
-                    );
+            // A running guest whose threads could not be read this time keeps its violations.
+            let kept = before.iter().filter(|b| {
+                expected.contains_key(&b.violation.uuid)
+                    && !observed.contains_key(&b.violation.uuid)
+            });
+            let mut open: Vec<OpenViolation> = kept.cloned().collect();
+            for v in pinning::check(&pairs) {
+                match before.iter().find(|b| b.violation.key() == v.key()) {
+                    Some(b) => open.push(OpenViolation {
+                        since_ms: b.since_ms,
+                        violation: v,
+                    }),
+                    None => {
+                        tracing::warn!(
+                            vm = %v.uuid, name = %v.name, kind = v.kind.as_str(), vcpu = ?v.vcpu,
+                            "pinning violation: {}", v.detail
+                        );
+                        open.push(OpenViolation {
+                            since_ms: taken,
+                            violation: v,
+                        });
+                    }
                 }
             }
-            carry.expected = expected;
-            carry.observed = observed;
+            carry.violations = open;
+            carry.expected = expected.clone();
+            carry.observed = observed.clone();
+            if self.settings.repair {
+                self.repair(&carry.violations, observed);
+            }
         } else if libvirt.is_err() {
             carry.observed.clear();
-        }
-        if self.settings.repair {
-            self.repair(&carry.violations);
         }
 
         let cpu_usage = host
@@ -424,19 +433,33 @@ impl Health {
         lock(&self.carry).guests.clone()
     }
 
-    /// Where each running guest's threads should be and are.
+    /// Where each running guest's threads should be and are; `None` when they could not be
+    /// read (in time).
     async fn observe(
         &self,
         own: &[Guest],
-    ) -> (BTreeMap<String, Expected>, BTreeMap<String, Observed>) {
+    ) -> Option<(BTreeMap<String, Expected>, BTreeMap<String, Observed>)> {
         let expected: BTreeMap<String, Expected> = {
             let alloc = self.placement.lock();
+            // CPUs that reservations took from the pool: floating guests keep them until the
+            // dedicated guest is created (they are re-pinned then).
+            let reserved: Vec<u32> = alloc
+                .claims()
+                .filter(|c| c.is_reservation())
+                .flat_map(|c| c.dedicated_cpus().chain(c.idle_cpus.iter().copied()))
+                .collect();
             own.iter()
                 .filter(|g| g.state == "running")
                 .filter_map(|g| {
                     let claim = alloc.get(&g.uuid)?;
                     let mut exclusive: Vec<u32> = claim.dedicated_cpus().collect();
                     exclusive.extend(&claim.idle_cpus);
+                    let floating = |yes: bool| if yes { reserved.clone() } else { Vec::new() };
+                    let mut slack: Vec<Vec<u32>> =
+                        claim.vcpus.iter().map(|v| floating(v.cpu.is_none())).collect();
+                    slack.push(floating(
+                        claim.emulator == crate::placement::claim::Emulator::Pool,
+                    ));
                     Some((
                         g.uuid.clone(),
                         Expected {
@@ -445,6 +468,7 @@ impl Health {
                             vcpus: alloc.vcpu_cpus(claim),
                             emulator: alloc.emulator_cpus(claim),
                             exclusive,
+                            slack,
                         },
                     ))
                 })
@@ -459,6 +483,11 @@ impl Health {
             .map(|c| c.id + 1)
             .max()
             .unwrap_or(1);
+        // One pin read at a time: one that outlives its timeout is not joined by more.
+        if self.reading_pins.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let reading = self.reading_pins.clone();
         let libvirt = self.libvirt.clone();
         let cgroups = self.cgroups.clone();
         let wanted: Vec<(String, String, usize)> = expected
@@ -466,6 +495,7 @@ impl Health {
             .map(|e| (e.uuid.clone(), e.name.clone(), e.vcpus.len()))
             .collect();
         let read = tokio::task::spawn_blocking(move || {
+            let _done = ClearOnDrop(reading);
             let mut observed = BTreeMap::new();
             for (uuid, name, vcpus) in wanted {
                 let Some(pid) = qemu_pid(Path::new(QEMU_PID_DIR), &name) else {
@@ -492,31 +522,34 @@ impl Health {
         });
         let observed = tokio::time::timeout(self.settings.libvirt_timeout, read)
             .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        (expected, observed)
+            .ok()?
+            .ok()?;
+        Some((expected, observed))
     }
 
-    /// Restores the claimed pins of guests with violations of their own, counting each kind.
-    fn repair(&self, open: &[OpenViolation]) {
-        let mut uuids: Vec<String> = open
+    /// Restores the claimed pins of the guests observed this round with violations of their
+    /// own; each kind is counted once the pins are back.
+    fn repair(&self, open: &[OpenViolation], observed: &BTreeMap<String, Observed>) {
+        let mine: Vec<&Violation> = open
             .iter()
-            .filter(|v| v.violation.kind.own())
-            .map(|v| v.violation.uuid.clone())
+            .map(|v| &v.violation)
+            .filter(|v| v.kind.own() && observed.contains_key(&v.uuid))
             .collect();
+        let mut uuids: Vec<String> = mine.iter().map(|v| v.uuid.clone()).collect();
         uuids.dedup();
         if uuids.is_empty() {
             return;
         }
-        for v in open.iter().filter(|v| v.violation.kind.own()) {
-            self.repairs.inc(v.violation.kind.as_str());
-        }
+        let kinds: Vec<&'static str> = mine.iter().map(|v| v.kind.as_str()).collect();
         let guests = self.guests.clone();
+        let repairs = self.repairs.clone();
         let tuned = self.tuned.clone();
         tokio::spawn(async move {
             match guests.restore_pins(uuids.clone()).await {
                 Ok(()) => {
+                    for kind in kinds {
+                        repairs.inc(kind);
+                    }
                     tracing::info!(vms = ?uuids, "pinning repaired: claimed pins restored");
                     // Check again soon rather than a whole interval later.
                     tuned.notify_one();
@@ -592,6 +625,24 @@ impl Health {
             sampled_unix_ms: snapshot.taken_unix_ms,
             window: self.settings.window,
         })
+    }
+}
+
+/// Aborts a task when dropped (when the sampler that owns it stops).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Clears a flag when dropped, also if the holder panics.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 

@@ -17,6 +17,23 @@ pub struct Expected {
     pub emulator: Vec<u32>,
     /// CPUs no other guest may use: dedicated CPUs, and the idle siblings of a `C` guest.
     pub exclusive: Vec<u32>,
+    /// Per vCPU, and for the emulator (last), CPUs a thread may have beyond the expected ones
+    /// without breaking a promise: for threads that follow the shared pool, the CPUs held by
+    /// reservations not yet bound to a guest (taken out of the pool, but floating guests are
+    /// re-pinned only when a dedicated guest is created or deleted).
+    pub slack: Vec<Vec<u32>>,
+}
+
+impl Expected {
+    fn slack_of(&self, index: usize) -> &[u32] {
+        self.slack.get(index).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Whether `actual` holds every CPU of `want` and nothing beyond `want` and `slack`.
+fn conforms(want: &[u32], slack: &[u32], actual: &[u32]) -> bool {
+    want.iter().all(|c| actual.contains(c))
+        && actual.iter().all(|c| want.contains(c) || slack.contains(c))
 }
 
 /// One QEMU thread as found.
@@ -127,8 +144,9 @@ pub fn check(guests: &[(Expected, Observed)]) -> Vec<Violation> {
         for (i, want) in e.vcpus.iter().enumerate() {
             let vcpu = i as u32;
             let want = sorted(want);
+            let slack = e.slack_of(i);
             if let Some(pin) = o.libvirt_vcpus.get(i)
-                && sorted(pin) != want
+                && !conforms(&want, slack, pin)
             {
                 push(
                     Kind::LibvirtVcpuPin,
@@ -139,7 +157,7 @@ pub fn check(guests: &[(Expected, Observed)]) -> Vec<Violation> {
                 );
             }
             if let Some(t) = o.vcpu_threads.get(&vcpu) {
-                if sorted(&t.affinity) != want {
+                if !conforms(&want, slack, &t.affinity) {
                     push(
                         Kind::VcpuAffinity,
                         Some(vcpu),
@@ -149,7 +167,7 @@ pub fn check(guests: &[(Expected, Observed)]) -> Vec<Violation> {
                     );
                 }
                 if let Some(cpuset) = &t.cpuset
-                    && sorted(cpuset) != want
+                    && !conforms(&want, slack, cpuset)
                 {
                     push(
                         Kind::VcpuCpuset,
@@ -162,7 +180,8 @@ pub fn check(guests: &[(Expected, Observed)]) -> Vec<Violation> {
             }
         }
         let want = sorted(&e.emulator);
-        if !o.libvirt_emulator.is_empty() && sorted(&o.libvirt_emulator) != want {
+        let slack = e.slack_of(e.vcpus.len());
+        if !o.libvirt_emulator.is_empty() && !conforms(&want, slack, &o.libvirt_emulator) {
             push(
                 Kind::LibvirtEmulatorPin,
                 None,
@@ -175,7 +194,7 @@ pub fn check(guests: &[(Expected, Observed)]) -> Vec<Violation> {
         if let Some(t) = o
             .emulator_threads
             .iter()
-            .find(|t| sorted(&t.affinity) != want)
+            .find(|t| !conforms(&want, slack, &t.affinity))
         {
             push(
                 Kind::EmulatorAffinity,
@@ -189,7 +208,7 @@ pub fn check(guests: &[(Expected, Observed)]) -> Vec<Violation> {
             .emulator_threads
             .iter()
             .filter_map(|t| t.cpuset.as_ref().map(|c| (t, c)))
-            .find(|(_, c)| sorted(c) != want)
+            .find(|(_, c)| !conforms(&want, slack, c))
         {
             push(
                 Kind::EmulatorCpuset,
@@ -372,6 +391,7 @@ mod tests {
                 vcpus: vec![vec![cpu]],
                 emulator: emulator.to_vec(),
                 exclusive: vec![cpu],
+                slack: vec![],
             },
             Observed {
                 libvirt_vcpus: vec![vec![cpu]],
@@ -390,6 +410,7 @@ mod tests {
                 vcpus: vec![pool.to_vec(), pool.to_vec()],
                 emulator: pool.to_vec(),
                 exclusive: vec![],
+                slack: vec![],
             },
             Observed {
                 libvirt_vcpus: vec![pool.to_vec(), pool.to_vec()],
@@ -480,6 +501,22 @@ mod tests {
             found[1].detail
         );
         assert!(!Kind::DedicatedCpuShared.own() && Kind::VcpuAffinity.own());
+    }
+
+    #[test]
+    fn floating_threads_may_keep_cpus_a_reservation_took_from_the_pool() {
+        // The pool was 2-3; a reservation holds 3 now. Floating guests are re-pinned only when
+        // the dedicated guest is created: until then 2-3 is no drift; 1 (not pool) still is.
+        let mut v = floating("v", &[2, 3]);
+        v.0.vcpus = vec![vec![2], vec![2]];
+        v.0.emulator = vec![2];
+        v.0.slack = vec![vec![3]; 3];
+        assert!(check(std::slice::from_ref(&v)).is_empty());
+        v.1.vcpu_threads.get_mut(&0).unwrap().affinity = vec![1, 2, 3];
+        assert_eq!(kinds(&check(&[v.clone()])), [("v", Kind::VcpuAffinity, Some(0))]);
+        // Fewer CPUs than the pool is drift too.
+        v.1.vcpu_threads.get_mut(&0).unwrap().affinity = vec![3];
+        assert_eq!(kinds(&check(&[v])), [("v", Kind::VcpuAffinity, Some(0))]);
     }
 
     #[test]

@@ -173,12 +173,22 @@ pub fn judge(s: &Subject) -> Vec<Promise> {
         ));
     }
     if let Some(gb) = spec.disk.as_ref().and_then(|d| d.size_gb) {
-        out.push(at_least(
-            "disk",
-            format!("{gb} GB root disk"),
-            format!("{} GiB root disk", s.root_disk_gb),
-            s.root_disk_gb >= u64::from(gb),
-        ));
+        out.push(if s.root_disk_gb == 0 {
+            promise(
+                "disk",
+                format!("{gb} GB root disk"),
+                "size unknown".into(),
+                Verdict::NotVerifiable,
+                "the root disk's size could not be read",
+            )
+        } else {
+            at_least(
+                "disk",
+                format!("{gb} GB root disk"),
+                format!("{} GiB root disk", s.root_disk_gb),
+                s.root_disk_gb >= u64::from(gb),
+            )
+        });
     }
 
     let promised_cpu = match spec.cpu_type {
@@ -192,13 +202,21 @@ pub fn judge(s: &Subject) -> Vec<Promise> {
         }
         CpuType::Crowded => "vCPUs share the crowded pool".to_string(),
     };
-    out.push(if !s.running || !s.pins_observed {
+    out.push(if !s.running {
         promise(
             "cpu_pinning",
             promised_cpu,
             "guest not running".into(),
             Verdict::NotVerifiable,
             "only a running guest's threads can be checked",
+        )
+    } else if !s.pins_observed {
+        promise(
+            "cpu_pinning",
+            promised_cpu,
+            "pins not read yet".into(),
+            Verdict::NotVerifiable,
+            "the last pin check did not read this guest (it started since, a create or re-pin was in flight, or libvirt did not answer in time)",
         )
     } else if let Some(v) = s.violations.first() {
         let more = s.violations.len() - 1;
@@ -603,6 +621,9 @@ mod tests {
         check(&|c| c.claim.memory[0].mib = 1024, "ram_reserved");
         check(&|c| c.ecc = Ecc::Absent, "ecc");
         check(&|c| c.disk = 5, "disk");
+        let mut unknown = Case::new("SCS-2C-4-10", 2048);
+        unknown.disk = 0;
+        assert_eq!(unknown.judge()["disk"].0, Verdict::NotVerifiable);
         check(
             &|c| {
                 c.violations.push(Violation {
