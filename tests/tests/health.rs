@@ -571,11 +571,19 @@ fn pin_drift_is_reported_within_two_intervals_and_repaired_on_request() {
     wait_for(Duration::from_secs(10), "the emulator pin restored", || {
         (live_emulator_pin(name) == list(&emulator)).then_some(())
     });
-    let text = scrape(port);
+    // Counted once the pins are back, in the next sample.
     for kind in ["vcpu_affinity", "emulator_affinity"] {
-        assert!(
-            metric(&text, "hvagent_pinning_repairs_total", &[("kind", kind)]).unwrap() >= 1.0,
-            "{kind} repairs counted"
+        wait_for(
+            Duration::from_secs(5),
+            &format!("{kind} repairs counted"),
+            || {
+                let n = metric(
+                    &scrape(port),
+                    "hvagent_pinning_repairs_total",
+                    &[("kind", kind)],
+                );
+                n.is_some_and(|n| n >= 1.0).then_some(())
+            },
         );
     }
     wait_for(Duration::from_millis(4500), "no violation left", || {

@@ -204,6 +204,24 @@ struct Metadata {
     vm: MetadataVm,
 }
 
+impl Metadata {
+    fn of(intent: &Intent) -> Result<Metadata, XmlError> {
+        Ok(Metadata {
+            vm: MetadataVm {
+                xmlns: NAMESPACE,
+                intent: serde_json::to_string(intent).map_err(|e| XmlError(e.to_string()))?,
+            },
+        })
+    }
+}
+
+/// The `<metadata>` element the agent writes into a domain for `intent`: what
+/// [`read_intent`] reads back.
+pub fn metadata_xml(intent: &Intent) -> Result<String, XmlError> {
+    quick_xml::se::to_string_with_root("metadata", &Metadata::of(intent)?)
+        .map_err(|e| XmlError(e.to_string()))
+}
+
 #[derive(Serialize)]
 struct MetadataVm {
     #[serde(rename = "@xmlns:hvagent")]
@@ -555,17 +573,11 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
     .filter(|_| dedicated || host_nodes.len() == 1);
     let tcg = spec.intent.emulation == Emulation::Tcg;
     let bus = spec.disk_bus;
-    let intent = serde_json::to_string(&spec.intent).map_err(|e| XmlError(e.to_string()))?;
     let domain = Domain {
         kind: spec.intent.emulation.domain_type(),
         name: spec.intent.name.clone(),
         uuid: spec.uuid.clone(),
-        metadata: Metadata {
-            vm: MetadataVm {
-                xmlns: NAMESPACE,
-                intent,
-            },
-        },
+        metadata: Metadata::of(&spec.intent)?,
         memory: Sized {
             unit: "KiB",
             value: ram_kib,

@@ -497,9 +497,16 @@ mod tests {
         // Restarted: times begin again; the window starts over instead of reading 0.
         t.update(10_000, &[running("a", 1_000_000_000, 0, true)], &mine);
         assert!(t.views(10_000)[0].ratios.is_empty());
-        t.update(20_000, &[running("a", 3_000_000_000, 1_000_000_000, true)], &mine);
+        t.update(
+            20_000,
+            &[running("a", 3_000_000_000, 1_000_000_000, true)],
+            &mine,
+        );
         let r = t.views(20_000)[0].ratios.clone();
-        assert!((r[0].0 - 0.2).abs() < 1e-9 && (r[0].1 - 0.1).abs() < 1e-9, "{r:?}");
+        assert!(
+            (r[0].0 - 0.2).abs() < 1e-9 && (r[0].1 - 0.1).abs() < 1e-9,
+            "{r:?}"
+        );
     }
 
     #[test]

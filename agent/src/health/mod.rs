@@ -274,9 +274,7 @@ impl Health {
         // Pins are compared only while nothing moves them (and again after reading, in case
         // a create or re-pin started meanwhile).
         let checked = if libvirt.is_ok() && self.guests.settled() {
-            self.observe(&own)
-                .await
-                .filter(|_| self.guests.settled())
+            self.observe(&own).await.filter(|_| self.guests.settled())
         } else {
             None
         };
@@ -455,8 +453,11 @@ impl Health {
                     let mut exclusive: Vec<u32> = claim.dedicated_cpus().collect();
                     exclusive.extend(&claim.idle_cpus);
                     let floating = |yes: bool| if yes { reserved.clone() } else { Vec::new() };
-                    let mut slack: Vec<Vec<u32>> =
-                        claim.vcpus.iter().map(|v| floating(v.cpu.is_none())).collect();
+                    let mut slack: Vec<Vec<u32>> = claim
+                        .vcpus
+                        .iter()
+                        .map(|v| floating(v.cpu.is_none()))
+                        .collect();
                     slack.push(floating(
                         claim.emulator == crate::placement::claim::Emulator::Pool,
                     ));

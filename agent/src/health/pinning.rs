@@ -513,7 +513,10 @@ mod tests {
         v.0.slack = vec![vec![3]; 3];
         assert!(check(std::slice::from_ref(&v)).is_empty());
         v.1.vcpu_threads.get_mut(&0).unwrap().affinity = vec![1, 2, 3];
-        assert_eq!(kinds(&check(&[v.clone()])), [("v", Kind::VcpuAffinity, Some(0))]);
+        assert_eq!(
+            kinds(&check(&[v.clone()])),
+            [("v", Kind::VcpuAffinity, Some(0))]
+        );
         // Fewer CPUs than the pool is drift too.
         v.1.vcpu_threads.get_mut(&0).unwrap().affinity = vec![3];
         assert_eq!(kinds(&check(&[v])), [("v", Kind::VcpuAffinity, Some(0))]);
