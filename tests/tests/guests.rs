@@ -654,3 +654,69 @@ fn concurrent_calls_about_one_guest_agree() {
         }
     });
 }
+
+#[test]
+fn mutating_calls_beyond_the_limit_are_refused_at_once_and_leave_nothing() {
+    let agent = Agent::configure(
+        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\n\
+         reserved_memory_mib = 256\n",
+    );
+    let config = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        config.replace("[api]\n", "[api]\nmax_concurrent_mutations = 1\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = agent.spawn();
+    let _cleanup = Cleanup((40..43).map(uuid).collect());
+    runtime().block_on(async {
+        let (vms, mut images, mut placement) = clients(&agent).await;
+        import(&mut images, "testguest", &[]).await;
+        let call = |n: u32| {
+            let mut vms = vms.clone();
+            async move {
+                vms.create(create(
+                    &uuid(n),
+                    &format!("busy-{n}"),
+                    "SCS-1Vi-0.5u",
+                    "testguest",
+                ))
+                .await
+                .map(|r| r.into_inner().uuid)
+            }
+        };
+        let results = {
+            let (a, b, c) = tokio::join!(call(40), call(41), call(42));
+            [a, b, c]
+        };
+        let created: Vec<String> = results.iter().filter_map(|r| r.clone().ok()).collect();
+        let refused: Vec<&tonic::Status> =
+            results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(!created.is_empty(), "{results:?}");
+        assert!(!refused.is_empty(), "one create at a time: {results:?}");
+        for status in &refused {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(
+                status.message().contains("[api] max_concurrent_mutations"),
+                "{}",
+                status.message()
+            );
+        }
+        // A refused create left no domain and no claim.
+        let mut want = created.clone();
+        want.sort();
+        assert_eq!(listed(&mut vms.clone()).await, want);
+        assert_eq!(claims(&mut placement).await.len(), created.len());
+        for id in created {
+            assert!(
+                vms.clone()
+                    .delete(pb::DeleteVmRequest { uuid: id })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .deleted
+            );
+        }
+    });
+}

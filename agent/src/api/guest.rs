@@ -219,24 +219,25 @@ impl pb::image_service_server::ImageService for ImageApi {
     }
 }
 
-async fn detached<T: Send + 'static>(
-    call: impl std::future::Future<Output = Result<T, GuestError>> + Send + 'static,
-) -> Result<T, Status> {
-    super::detached(call, status).await
-}
-
 pub struct VmApi {
     guests: Arc<Guests>,
     placement: Arc<PlacementState>,
     health: Arc<Health>,
+    mutations: super::Mutations,
 }
 
 impl VmApi {
-    pub fn new(guests: Arc<Guests>, placement: Arc<PlacementState>, health: Arc<Health>) -> Self {
+    pub fn new(
+        guests: Arc<Guests>,
+        placement: Arc<PlacementState>,
+        health: Arc<Health>,
+        mutations: super::Mutations,
+    ) -> Self {
         Self {
             guests,
             placement,
             health,
+            mutations,
         }
     }
 
@@ -365,7 +366,10 @@ impl pb::vm_service_server::VmService for VmApi {
             metadata: r.metadata,
             reservation: r.reservation,
         };
-        let guest = detached(async move { guests.create(req).await }).await?;
+        let guest = self
+            .mutations
+            .run(async move { guests.create(req).await }, status)
+            .await?;
         Ok(Response::new(self.to_proto(guest)))
     }
 
@@ -394,7 +398,10 @@ impl pb::vm_service_server::VmService for VmApi {
         request: Request<pb::StartVmRequest>,
     ) -> Result<Response<pb::Vm>, Status> {
         let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
-        let g = detached(async move { guests.start(&uuid).await }).await?;
+        let g = self
+            .mutations
+            .run(async move { guests.start(&uuid).await }, status)
+            .await?;
         Ok(Response::new(self.to_proto(g)))
     }
 
@@ -406,7 +413,13 @@ impl pb::vm_service_server::VmService for VmApi {
             Duration::from_secs(u64::from(r.timeout_seconds))
         };
         let guests = self.guests.clone();
-        let g = detached(async move { guests.stop(&r.uuid, r.force, timeout).await }).await?;
+        let g = self
+            .mutations
+            .run(
+                async move { guests.stop(&r.uuid, r.force, timeout).await },
+                status,
+            )
+            .await?;
         Ok(Response::new(self.to_proto(g)))
     }
 
@@ -416,7 +429,10 @@ impl pb::vm_service_server::VmService for VmApi {
     ) -> Result<Response<pb::Vm>, Status> {
         let r = request.into_inner();
         let guests = self.guests.clone();
-        let g = detached(async move { guests.reboot(&r.uuid, r.hard).await }).await?;
+        let g = self
+            .mutations
+            .run(async move { guests.reboot(&r.uuid, r.hard).await }, status)
+            .await?;
         Ok(Response::new(self.to_proto(g)))
     }
 
@@ -425,7 +441,10 @@ impl pb::vm_service_server::VmService for VmApi {
         request: Request<pb::DeleteVmRequest>,
     ) -> Result<Response<pb::DeleteVmResponse>, Status> {
         let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
-        let deleted = detached(async move { guests.delete(&uuid).await }).await?;
+        let deleted = self
+            .mutations
+            .run(async move { guests.delete(&uuid).await }, status)
+            .await?;
         Ok(Response::new(pb::DeleteVmResponse { deleted }))
     }
 

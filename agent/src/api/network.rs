@@ -193,11 +193,15 @@ pub(crate) fn counters_to_proto(c: &crate::net::link::Counters) -> pb::LinkCount
 
 pub struct NetworkApi {
     networks: Arc<Networks>,
+    mutations: super::Mutations,
 }
 
 impl NetworkApi {
-    pub fn new(networks: Arc<Networks>) -> Self {
-        Self { networks }
+    pub fn new(networks: Arc<Networks>, mutations: super::Mutations) -> Self {
+        Self {
+            networks,
+            mutations,
+        }
     }
 
     pub fn into_service(self) -> pb::network_service_server::NetworkServiceServer<Self> {
@@ -230,7 +234,10 @@ impl pb::network_service_server::NetworkService for NetworkApi {
         let name = spec.name.clone();
         // Runs to the end even if the client goes away: half a network is worse than none.
         let networks = self.networks.clone();
-        let changed = super::detached(async move { networks.ensure(spec).await }, status).await?;
+        let changed = self
+            .mutations
+            .run(async move { networks.ensure(spec).await }, status)
+            .await?;
         Ok(Response::new(pb::EnsureNetworkResponse {
             network: Some(self.view(&name).await?),
             changed,
@@ -243,11 +250,13 @@ impl pb::network_service_server::NetworkService for NetworkApi {
     ) -> Result<Response<pb::DeleteNetworkResponse>, Status> {
         let r = request.into_inner();
         let networks = self.networks.clone();
-        let deleted = super::detached(
-            async move { networks.delete(&r.name, r.force).await },
-            status,
-        )
-        .await?;
+        let deleted = self
+            .mutations
+            .run(
+                async move { networks.delete(&r.name, r.force).await },
+                status,
+            )
+            .await?;
         Ok(Response::new(pb::DeleteNetworkResponse { deleted }))
     }
 

@@ -37,6 +37,8 @@ pub struct NetworkConfig {
 pub struct ApiConfig {
     /// Unix socket for local clients; created with mode 0660, its directory created if missing.
     pub unix_socket: PathBuf,
+    /// Mutating calls (guest lifecycle, network changes) running at once; more are refused.
+    pub max_concurrent_mutations: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +90,7 @@ impl Default for Config {
         Self {
             api: ApiConfig {
                 unix_socket: PathBuf::from("/run/hvagent/hvagent.sock"),
+                max_concurrent_mutations: 16,
             },
             libvirt: LibvirtConfig {
                 uri: "qemu:///system".into(),
@@ -195,6 +198,9 @@ impl Config {
                     return Err("socket path longer than 107 bytes".into());
                 }
                 self.api.unix_socket = path;
+            }
+            ("api", "max_concurrent_mutations") => {
+                self.api.max_concurrent_mutations = integer(value, 1, 1024)? as usize;
             }
             ("libvirt", "uri") => {
                 let uri = string(value)?;
@@ -455,6 +461,7 @@ mod tests {
             r#"
             [api]
             unix_socket = "/tmp/a.sock"
+            max_concurrent_mutations = 4
             [libvirt]
             uri = "test:///default"
             emulation = "forbid"
@@ -474,6 +481,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.api.unix_socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(c.api.max_concurrent_mutations, 4);
         assert_eq!(c.libvirt.uri, "test:///default");
         assert_eq!(c.libvirt.emulation, EmulationPolicy::Forbid);
         assert_eq!(c.storage.root, PathBuf::from("/srv/hv"));

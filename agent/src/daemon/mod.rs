@@ -289,6 +289,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         }
     };
 
+    let mutations = crate::api::Mutations::new(config.api.max_concurrent_mutations);
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -297,8 +298,8 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(FlavorApi.into_service())
         .add_service(PlacementApi::new(placement.clone()).into_service())
         .add_service(ImageApi::new(guests.clone()).into_service())
-        .add_service(NetworkApi::new(networks).into_service())
-        .add_service(VmApi::new(guests, placement, health).into_service())
+        .add_service(NetworkApi::new(networks, mutations.clone()).into_service())
+        .add_service(VmApi::new(guests, placement, health, mutations).into_service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
 
     health_reporter
