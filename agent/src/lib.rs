@@ -3,6 +3,7 @@
 //! Each concern has its own module (see `docs/architecture.md`); the two binaries, `hvagent`
 //! (daemon) and `hvctl` (operator CLI), are thin shells around them.
 
+pub mod access;
 pub mod api;
 pub mod ctl;
 pub mod daemon;

@@ -63,7 +63,11 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ (daemon::DaemonError::Policy(_) | daemon::DaemonError::Network(_))) => {
+        Err(
+            e @ (daemon::DaemonError::Policy(_)
+            | daemon::DaemonError::Network(_)
+            | daemon::DaemonError::Access(_)),
+        ) => {
             eprintln!("hvagent: {e}");
             ExitCode::from(2)
         }

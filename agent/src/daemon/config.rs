@@ -22,6 +22,20 @@ pub struct Config {
     pub placement: Policy,
     pub network: NetworkConfig,
     pub health: crate::health::Settings,
+    pub access: AccessConfig,
+}
+
+/// `[access]`: who may call what on the Unix socket, and where the audit log goes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AccessConfig {
+    /// Local user name → role (root is always `controller`).
+    pub unix_users: std::collections::BTreeMap<String, crate::access::Role>,
+    /// Local group name → role; a caller gets the highest of its user's and groups' roles.
+    pub unix_groups: std::collections::BTreeMap<String, crate::access::Role>,
+    /// Group that owns the socket (mode 0660), so that its members can connect at all.
+    pub socket_group: Option<String>,
+    /// File the audit records are appended to; `None`: the log (target `hvagent::audit`).
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +132,7 @@ impl Default for Config {
                 reconcile_seconds: 30,
             },
             health: crate::health::Settings::default(),
+            access: AccessConfig::default(),
         }
     }
 }
@@ -311,6 +326,13 @@ impl Config {
             ("network", "reconcile_seconds") => {
                 self.network.reconcile_seconds = integer(value, 1, 3600)?;
             }
+            ("access", "unix_users") => self.access.unix_users = roles(value)?,
+            ("access", "unix_groups") => self.access.unix_groups = roles(value)?,
+            ("access", "socket_group") => {
+                let group = string(value)?;
+                self.access.socket_group = Some(group);
+            }
+            ("access", "audit_log") => self.access.audit_log = Some(absolute_path(value)?),
             ("health", "interval_seconds") => {
                 self.health.interval = Duration::from_secs(integer(value, 1, 3600)?);
             }
@@ -366,6 +388,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "placement",
     "network",
     "health",
+    "access",
 ];
 
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -393,6 +416,30 @@ fn string(value: &toml::Value) -> Result<String, String> {
         toml::Value::String(_) => Err("must not be empty".into()),
         other => Err(format!("must be a string, got {}", other.type_str())),
     }
+}
+
+/// A table of local user or group names to roles: `{ ops = "operator" }`.
+fn roles(
+    value: &toml::Value,
+) -> Result<std::collections::BTreeMap<String, crate::access::Role>, String> {
+    let toml::Value::Table(t) = value else {
+        return Err(format!(
+            "must be a table such as {{ ops = \"operator\" }}, got {}",
+            value.type_str()
+        ));
+    };
+    t.iter()
+        .map(|(name, role)| {
+            let role = string(role)?;
+            crate::access::Role::parse(&role)
+                .map(|r| (name.clone(), r))
+                .ok_or_else(|| {
+                    format!(
+                        "{name}: {role:?} is not one of \"reader\", \"operator\", \"controller\""
+                    )
+                })
+        })
+        .collect()
 }
 
 /// A percentage, 0 to 100, written as an integer or a float.
@@ -501,7 +548,7 @@ mod tests {
         );
         assert_eq!(
             err("[apii]\nx = 1\n"),
-            "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health)"
+            "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health, access)"
         );
         assert_eq!(
             err("[api]\nunix_socket = \"rel.sock\"\n"),
@@ -536,6 +583,39 @@ mod tests {
         );
         assert!(err("[log]\nlevel = \"inof\"\n").contains("\"inof\" needs a level"));
         assert!(Config::parse("f", "[log]\nlevel = \"hvagent=debug,WARN\"\n").is_ok());
+    }
+
+    #[test]
+    fn access_keys() {
+        use crate::access::Role;
+        let c = Config::parse(
+            "f",
+            r#"
+            [access]
+            unix_users = { alice = "operator" }
+            unix_groups = { hvagent = "reader", ops = "controller" }
+            socket_group = "hvagent"
+            audit_log = "/var/log/hvagent/audit.log"
+            "#,
+        )
+        .unwrap();
+        let a = &c.access;
+        assert_eq!(a.unix_users["alice"], Role::Operator);
+        assert_eq!(a.unix_groups["hvagent"], Role::Reader);
+        assert_eq!(a.unix_groups["ops"], Role::Controller);
+        assert_eq!(a.socket_group.as_deref(), Some("hvagent"));
+        assert_eq!(
+            a.audit_log,
+            Some(PathBuf::from("/var/log/hvagent/audit.log"))
+        );
+        assert_eq!(
+            err("[access]\nunix_groups = { x = \"admin\" }\n"),
+            "/etc/x.toml: access.unix_groups: x: \"admin\" is not one of \"reader\", \"operator\", \"controller\""
+        );
+        assert_eq!(
+            err("[access]\naudit_log = \"audit.log\"\n"),
+            "/etc/x.toml: access.audit_log: \"audit.log\" must be an absolute path"
+        );
     }
 
     #[test]

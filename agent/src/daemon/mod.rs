@@ -62,6 +62,10 @@ pub enum DaemonError {
     /// The `[network] namespace` cannot be entered: a configuration error (exit status 2).
     #[error("network.namespace: {0}")]
     Network(crate::net::link::NetError),
+    /// An `[access]` user or group that does not exist, or an audit log that cannot be
+    /// opened: a configuration error (exit status 2).
+    #[error("access.{0}")]
+    Access(String),
 }
 
 /// How often the libvirt connection is checked and, if lost, reopened.
@@ -76,7 +80,17 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     prepare_storage(&config.storage.root)?;
+    let (access_layer, socket_gid) = access(&config.access)?;
     let (std_listener, socket_guard) = socket::bind(&config.api.unix_socket)?;
+    if let Some(gid) = socket_gid {
+        nix::unistd::chown(&config.api.unix_socket, None, Some(gid)).map_err(|e| {
+            DaemonError::Io {
+                path: config.api.unix_socket.clone(),
+                action: "chgrp to [access] socket_group",
+                source: e.into(),
+            }
+        })?;
+    }
     std_listener
         .set_nonblocking(true)
         .map_err(|source| DaemonError::Io {
@@ -291,6 +305,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
 
     let mutations = crate::api::Mutations::new(config.api.max_concurrent_mutations);
     let server = tonic::transport::Server::builder()
+        .layer(access_layer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -344,6 +359,50 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The access layer from `[access]` (user and group names resolved now), and the socket's
+/// group if one is set.
+fn access(
+    config: &config::AccessConfig,
+) -> Result<(crate::access::layer::AccessLayer, Option<nix::unistd::Gid>), DaemonError> {
+    use nix::unistd::{Group, User};
+    let group = |key: &str, name: &str| match Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        _ => Err(DaemonError::Access(format!("{key}: no group {name:?}"))),
+    };
+    let mut policy = crate::access::UnixPolicy::default();
+    for (name, role) in &config.unix_users {
+        let uid = match User::from_name(name) {
+            Ok(Some(u)) => u.uid,
+            _ => return Err(DaemonError::Access(format!("unix_users: no user {name:?}"))),
+        };
+        policy.users.insert(uid.as_raw(), *role);
+    }
+    for (name, role) in &config.unix_groups {
+        policy
+            .groups
+            .insert(group("unix_groups", name)?.as_raw(), *role);
+    }
+    let socket_gid = config
+        .socket_group
+        .as_deref()
+        .map(|name| group("socket_group", name))
+        .transpose()?;
+    let audit = crate::access::audit::Audit::open(config.audit_log.as_deref()).map_err(|e| {
+        DaemonError::Access(format!(
+            "audit_log: {}: {e}",
+            config
+                .audit_log
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    Ok((
+        crate::access::layer::AccessLayer::new(policy, audit),
+        socket_gid,
+    ))
 }
 
 /// Reflection over every service the agent serves.

@@ -1,0 +1,229 @@
+//! The tower layer in front of every gRPC service: finds the caller, refuses a call its role
+//! does not allow (`PERMISSION_DENIED` naming the role needed) before any handler runs, and
+//! writes one audit record per mutating call, allowed or denied.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+use hyper::http;
+use tonic::body::Body;
+use tonic::transport::server::UdsConnectInfo;
+
+use super::audit::{self, Audit, Record};
+use super::{Role, UnixPolicy, mutating, required};
+
+/// The largest request body read for an audit record (tonic refuses larger messages anyway).
+const MAX_AUDITED_BODY: usize = 4 << 20;
+
+#[derive(Clone)]
+pub struct AccessLayer {
+    policy: Arc<UnixPolicy>,
+    audit: Arc<Audit>,
+}
+
+impl AccessLayer {
+    pub fn new(policy: UnixPolicy, audit: Audit) -> AccessLayer {
+        AccessLayer {
+            policy: Arc::new(policy),
+            audit: Arc::new(audit),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AccessLayer {
+    type Service = Access<S>;
+
+    fn layer(&self, inner: S) -> Access<S> {
+        Access {
+            inner,
+            policy: self.policy.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Access<S> {
+    inner: S,
+    policy: Arc<UnixPolicy>,
+    audit: Arc<Audit>,
+}
+
+/// Who is calling, and with which role.
+fn caller(req: &http::Request<Body>, policy: &UnixPolicy) -> (String, Option<Role>) {
+    let Some(cred) = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+    else {
+        return ("unknown".into(), None);
+    };
+    let (uid, gid) = (cred.uid(), cred.gid());
+    let pid = cred.pid().map_or("?".into(), |p| p.to_string());
+    let mut gids = vec![gid];
+    if uid != 0 && !policy.groups.is_empty() {
+        gids.extend(supplementary_groups(uid, gid));
+    }
+    (
+        format!("uid={uid} gid={gid} pid={pid}"),
+        policy.role(uid, &gids),
+    )
+}
+
+/// The groups of user `uid` from the group database (what the user's processes carry).
+fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) else {
+        return Vec::new();
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return Vec::new();
+    };
+    nix::unistd::getgrouplist(&name, gid.into())
+        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default()
+}
+
+/// `PermissionDenied` → `PERMISSION_DENIED`.
+fn code_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// The call's result as its response headers say: a trailers-only error carries its
+/// `grpc-status` there; a response without one goes on to a body and an OK status.
+fn result_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or_else(|| "OK".into(), |c| code_name(tonic::Code::from_i32(c)))
+}
+
+impl<S> tower::Service<http::Request<Body>> for Access<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // The clone that was made ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let policy = self.policy.clone();
+        let audit = self.audit.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let path = req.uri().path().to_string();
+            let method = path.trim_start_matches('/').to_string();
+            let (who, role) = caller(&req, &policy);
+            let needed = required(&path);
+            let allowed = role.is_some_and(|r| r >= needed);
+            if !mutating(&path) {
+                if allowed {
+                    return inner.call(req).await;
+                }
+                return Ok(denied(&method, needed, &who, role).into_http());
+            }
+            let (parts, body) = req.into_parts();
+            let bytes = match http_body_util::Limited::new(body, MAX_AUDITED_BODY)
+                .collect()
+                .await
+            {
+                Ok(c) => c.to_bytes(),
+                Err(e) => {
+                    return Ok(
+                        tonic::Status::invalid_argument(format!("request body: {e}")).into_http(),
+                    );
+                }
+            };
+            let mut record = Record {
+                unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                who: who.clone(),
+                role: role.map_or("none", Role::as_str),
+                from: "unix",
+                method: method.clone(),
+                target: audit::target(&bytes),
+                result: String::new(),
+                duration_ms: 0.0,
+            };
+            if !allowed {
+                record.result = "PERMISSION_DENIED".into();
+                record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                audit.record(&record);
+                return Ok(denied(&method, needed, &who, role).into_http());
+            }
+            let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
+            let response = inner.call(req).await;
+            record.result = match &response {
+                Ok(r) => result_of(r.headers()),
+                Err(_) => "INTERNAL".into(),
+            };
+            record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            audit.record(&record);
+            response
+        })
+    }
+}
+
+fn denied(method: &str, needed: Role, who: &str, role: Option<Role>) -> tonic::Status {
+    tonic::Status::permission_denied(format!(
+        "{method} needs role {}; the caller ({who}) has {}",
+        needed.as_str(),
+        role.map_or("no role".to_string(), |r| format!("role {}", r.as_str()))
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_as_grpc_spells_them() {
+        assert_eq!(
+            code_name(tonic::Code::PermissionDenied),
+            "PERMISSION_DENIED"
+        );
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        let mut h = http::HeaderMap::new();
+        assert_eq!(result_of(&h), "OK");
+        h.insert("grpc-status", http::HeaderValue::from_static("5"));
+        assert_eq!(result_of(&h), "NOT_FOUND");
+    }
+
+    #[test]
+    fn denials_name_the_role_needed() {
+        let s = denied(
+            "hvagent.v1.VmService/Create",
+            Role::Controller,
+            "uid=1000 gid=1000 pid=7",
+            Some(Role::Reader),
+        );
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            s.message(),
+            "hvagent.v1.VmService/Create needs role controller; the caller (uid=1000 gid=1000 pid=7) has role reader"
+        );
+    }
+}

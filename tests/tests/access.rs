@@ -1,0 +1,178 @@
+//! Who may call what on the Unix socket: real local users (made by the test) run the real
+//! hvctl against the real agent; roles come from their groups; every mutating call, allowed or
+//! denied, is exactly one line in the audit log.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{Agent, bin, stderr, stdout};
+
+const SOCKET_GROUP: &str = "hvtest-sock";
+const READERS: &str = "hvtest-read";
+
+/// Makes a group and a user in the given groups, if missing.
+fn ensure_user(user: &str, groups: &[&str]) {
+    for g in groups {
+        let _ = Command::new("groupadd").args(["-f", g]).status();
+    }
+    if Command::new("id")
+        .arg(user)
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return;
+    }
+    let out = Command::new("useradd")
+        .args([
+            "-M",
+            "-N",
+            "-s",
+            "/usr/sbin/nologin",
+            "-G",
+            &groups.join(","),
+            user,
+        ])
+        .output()
+        .expect("useradd (the test makes its own users)");
+    assert!(out.status.success(), "useradd {user}: {}", stderr(&out));
+}
+
+/// hvctl as `user` (its own uid, gid and groups), from a copy every user may run.
+fn hvctl_as(user: &str, hvctl: &Path, socket: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={user}"),
+            &format!("--regid={}", primary_gid(user)),
+            "--init-groups",
+            "--",
+        ])
+        .arg(hvctl)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+fn primary_gid(user: &str) -> String {
+    String::from_utf8(
+        Command::new("id")
+            .args(["-g", user])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn local_callers_get_the_roles_of_their_groups_and_every_mutation_is_audited() {
+    ensure_user("hvtest-reader", &[SOCKET_GROUP, READERS]);
+    ensure_user("hvtest-outsider", &[SOCKET_GROUP]);
+    let agent = Agent::configure("");
+    let audit = agent.dir.path().join("audit.log");
+    let config = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!(
+            "{config}[access]\nsocket_group = \"{SOCKET_GROUP}\"\nunix_groups = {{ {READERS} = \"reader\" }}\naudit_log = \"{}\"\n",
+            audit.display()
+        ),
+    )
+    .unwrap();
+    // Other users must reach the socket's directory and run hvctl.
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = agent.spawn();
+    let tools = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hvctl = tools.path().join("hvctl");
+    std::fs::copy(bin("hvctl"), &hvctl).unwrap();
+    std::fs::set_permissions(&hvctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gone = "00000000-0000-4000-8000-0000000acce5";
+
+    // A reader: inventory yes, delete no (naming the role needed).
+    let out = hvctl_as(
+        "hvtest-reader",
+        &hvctl,
+        &agent.socket,
+        &["node", "capacity", "SCS-1V-2"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = hvctl_as(
+        "hvtest-reader",
+        &hvctl,
+        &agent.socket,
+        &["vm", "delete", gone],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
+    assert!(
+        err.contains("hvagent.v1.VmService/Delete needs role controller")
+            && err.contains("has role reader"),
+        "{err}"
+    );
+    // In the socket's group but in no group with a role: nothing at all.
+    let out = hvctl_as(
+        "hvtest-outsider",
+        &hvctl,
+        &agent.socket,
+        &["node", "capacity", "SCS-1V-2"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs role reader") && err.contains("has no role"),
+        "{err}"
+    );
+    // Root is controller.
+    let out = agent.hvctl(&["vm", "delete", gone]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "nothing to delete\n");
+
+    // Exactly one line per mutating call: the reader's denied delete and root's delete; reads
+    // are not audited.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let reader_uid = String::from_utf8(
+        Command::new("id")
+            .args(["-u", "hvtest-reader"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert!(
+        lines[0]["who"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("uid={reader_uid} ")),
+        "{text}"
+    );
+    assert_eq!(lines[0]["role"], "reader");
+    assert_eq!(lines[0]["method"], "hvagent.v1.VmService/Delete");
+    assert_eq!(lines[0]["target"], gone);
+    assert_eq!(lines[0]["result"], "PERMISSION_DENIED");
+    assert!(
+        lines[1]["who"].as_str().unwrap().starts_with("uid=0 "),
+        "{text}"
+    );
+    assert_eq!(lines[1]["role"], "controller");
+    assert_eq!(lines[1]["result"], "OK");
+    assert_eq!(lines[1]["from"], "unix");
+    assert_eq!(
+        std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
