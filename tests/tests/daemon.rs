@@ -263,3 +263,14 @@ fn an_open_health_watch_stream_does_not_hold_the_stop() {
         );
     }
 }
+
+#[test]
+fn the_agent_runs_with_no_new_privs() {
+    let agent = Agent::start("");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let flag = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+        .map(str::trim);
+    assert_eq!(flag, Some("1"), "{status}");
+}

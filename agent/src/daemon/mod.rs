@@ -76,6 +76,11 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGTERM or SIGINT. `trial_exe` is the binary that runs the KVM trial.
 pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> {
+    // Nothing the agent starts (nsenter, tc, qemu-img, mtools, the KVM trial) may gain
+    // privileges through set-uid files or file capabilities.
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        tracing::warn!(error = %e, "cannot set no_new_privs");
+    }
     // Handlers first: a stop request that arrives while starting must still be a clean stop.
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;

@@ -204,8 +204,16 @@ pub fn seed(
             ("network-config", network_config.as_bytes().to_vec()),
         ];
         for (name, content) in &files {
+            // user-data may hold secrets: readable by root only, also while staged.
             let p = staging.join(name);
-            std::fs::write(&p, content).map_err(io(&p, "write"))?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&p)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, content.as_ref()))
+                .map_err(io(&p, "write"))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
