@@ -48,7 +48,7 @@ fn guest_keeps_running_when_the_agent_stops() {
     let xml = format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
          <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd>\
-         <cmdline>console=ttyS0</cmdline></os><on_poweroff>destroy</on_poweroff>\
+         <cmdline>console=ttyS0 no_timer_check</cmdline></os><on_poweroff>destroy</on_poweroff>\
          <devices><serial type='file'><source path='{c}'/><target port='0'/></serial>\
          <console type='file'><source path='{c}'/><target type='serial' port='0'/></console>\
          </devices></domain>",
