@@ -206,8 +206,21 @@ fn a_real_scrape_passes_promtool_and_agrees_with_proc() {
         .unwrap()
         .unwrap() as f64;
     let before = proc_cpu0();
-    std::thread::sleep(Duration::from_millis(2500)); // more than one interval: a newer sample
-    let text = scrape(port);
+    let asked = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // A snapshot whose host figures were read after `before`.
+    let text = wait_for(
+        Duration::from_secs(20),
+        "a sample taken after /proc was read",
+        || {
+            let t = scrape(port);
+            metric(&t, "hvagent_health_sample_timestamp_seconds", &[])
+                .is_some_and(|at| at > asked + 0.01)
+                .then_some(t)
+        },
+    );
     let after = proc_cpu0();
     for (i, mode) in ["user", "nice", "system", "idle"].iter().enumerate() {
         let v = metric(

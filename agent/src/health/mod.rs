@@ -240,6 +240,8 @@ impl Health {
     /// One round: read, judge, publish.
     pub async fn sample(&self) {
         let started = Instant::now();
+        // The snapshot's time is when the host figures were read.
+        let taken = unix_ms();
         let sys = self.sys.clone();
         let store = self.store.clone();
         let host = tokio::task::spawn_blocking(move || {
@@ -285,7 +287,6 @@ impl Health {
         );
 
         let now = self.now_ms();
-        let taken = unix_ms();
         let mut carry = lock(&self.carry);
         carry.guests = own.clone();
         if let Some((expected, observed)) = &checked {
