@@ -15,3 +15,4 @@ pub mod host;
 pub mod net;
 pub mod placement;
 pub mod storage;
+pub mod tls;

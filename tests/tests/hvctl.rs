@@ -117,7 +117,7 @@ fn a_socket_that_is_not_an_agent_is_named() {
     let out = hvctl_at(&socket, &["node", "inventory"]);
     assert_eq!(code(&out.status), 3, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains(&format!("{} is not an hvagent socket", socket.display())),
+        stderr(&out).contains(&format!("{} is not an hvagent:", socket.display())),
         "{}",
         stderr(&out)
     );

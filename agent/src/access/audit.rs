@@ -18,7 +18,7 @@ pub struct Record {
     /// The caller's role, or `none`.
     pub role: &'static str,
     /// `unix` (the local socket).
-    pub from: &'static str,
+    pub from: String,
     /// `hvagent.v1.VmService/Create`.
     pub method: String,
     pub target: String,
@@ -202,7 +202,7 @@ mod tests {
             unix_ms: 1,
             who: "uid=0 gid=0 pid=1".into(),
             role: "controller",
-            from: "unix",
+            from: "unix".into(),
             method: "hvagent.v1.VmService/Delete".into(),
             target: "u\"x".into(),
             result: "OK".into(),

@@ -11,22 +11,21 @@ use std::time::Instant;
 use http_body_util::BodyExt;
 use hyper::http;
 use tonic::body::Body;
-use tonic::transport::server::UdsConnectInfo;
 
 use super::audit::{self, Audit, Record};
-use super::{Role, UnixPolicy, mutating, required};
+use super::{Peer, Policy, Role, UnixPolicy, mutating, required};
 
 /// The largest request body read for an audit record (tonic refuses larger messages anyway).
 const MAX_AUDITED_BODY: usize = 4 << 20;
 
 #[derive(Clone)]
 pub struct AccessLayer {
-    policy: Arc<UnixPolicy>,
+    policy: Arc<Policy>,
     audit: Arc<Audit>,
 }
 
 impl AccessLayer {
-    pub fn new(policy: UnixPolicy, audit: Audit) -> AccessLayer {
+    pub fn new(policy: Policy, audit: Audit) -> AccessLayer {
         AccessLayer {
             policy: Arc::new(policy),
             audit: Arc::new(audit),
@@ -49,29 +48,51 @@ impl<S> tower::Layer<S> for AccessLayer {
 #[derive(Clone)]
 pub struct Access<S> {
     inner: S,
-    policy: Arc<UnixPolicy>,
+    policy: Arc<Policy>,
     audit: Arc<Audit>,
 }
 
-/// Who is calling, and with which role.
-fn caller(req: &http::Request<Body>, policy: &UnixPolicy) -> (String, Option<Role>) {
-    let Some(cred) = req
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|i| i.peer_cred)
-    else {
-        return ("unknown".into(), None);
+/// Who is calling, from where, and with which role.
+struct Caller {
+    who: String,
+    from: String,
+    role: Option<Role>,
+}
+
+fn caller(req: &http::Request<Body>, policy: &Policy) -> Caller {
+    let unknown = Caller {
+        who: "unknown".into(),
+        from: "unknown".into(),
+        role: None,
     };
-    let (uid, gid) = (cred.uid(), cred.gid());
-    let pid = cred.pid().map_or("?".into(), |p| p.to_string());
+    match req.extensions().get::<Peer>() {
+        Some(Peer::Unix(info)) => info.peer_cred.map_or(unknown, |cred| {
+            let (uid, gid) = (cred.uid(), cred.gid());
+            let pid = cred.pid().map_or("?".into(), |p| p.to_string());
+            Caller {
+                who: format!("uid={uid} gid={gid} pid={pid}"),
+                from: "unix".into(),
+                role: unix_role(&policy.unix, uid, gid),
+            }
+        }),
+        Some(Peer::Tls { remote, identity }) => Caller {
+            who: format!(
+                "certificate {}",
+                identity.as_deref().unwrap_or("without identity")
+            ),
+            from: format!("tcp {remote}"),
+            role: policy.certificate_role(identity.as_deref()),
+        },
+        None => unknown,
+    }
+}
+
+fn unix_role(policy: &UnixPolicy, uid: u32, gid: u32) -> Option<Role> {
     let mut gids = vec![gid];
     if uid != 0 && !policy.groups.is_empty() {
         gids.extend(supplementary_groups(uid, gid));
     }
-    (
-        format!("uid={uid} gid={gid} pid={pid}"),
-        policy.role(uid, &gids),
-    )
+    policy.role(uid, &gids)
 }
 
 /// The groups of user `uid` from the group database (what the user's processes carry).
@@ -135,7 +156,7 @@ where
             let started = Instant::now();
             let path = req.uri().path().to_string();
             let method = path.trim_start_matches('/').to_string();
-            let (who, role) = caller(&req, &policy);
+            let Caller { who, from, role } = caller(&req, &policy);
             let needed = required(&path);
             let allowed = role.is_some_and(|r| r >= needed);
             if !mutating(&path) {
@@ -162,7 +183,7 @@ where
                     .map_or(0, |d| d.as_millis() as u64),
                 who: who.clone(),
                 role: role.map_or("none", Role::as_str),
-                from: "unix",
+                from,
                 method: method.clone(),
                 target: audit::target(&bytes),
                 result: String::new(),

@@ -1,13 +1,46 @@
 //! Who may call what: every gRPC method needs a role (`reader`, `operator`, `controller`), and
 //! each caller has one. On the Unix socket the caller is the peer process's uid and groups
 //! (`SO_PEERCRED`): root is `controller`; others get the highest role their user or any of
-//! their groups is mapped to in `[access]`, or none. Pure rules here; the tower layer that
-//! applies them and writes the audit log is in [`layer`].
+//! their groups is mapped to in `[access]`, or none. On the TCP listener the caller is the
+//! identity of its client certificate (see [`crate::tls::identity`]), mapped to a role by
+//! `[access] tls_identities`, or none. Pure rules here; the tower layer that applies them and
+//! writes the audit log is in [`layer`].
 
 pub mod audit;
 pub mod layer;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use tonic::transport::server::UdsConnectInfo;
+
+/// Who is on the other end of a connection, as the listener that accepted it saw them.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A local process on the Unix socket.
+    Unix(UdsConnectInfo),
+    /// A client on the TCP listener, after the TLS handshake checked its certificate.
+    Tls {
+        remote: SocketAddr,
+        /// The certificate's identity; `None` when it names none.
+        identity: Option<String>,
+    },
+}
+
+/// `[access]`: the roles of local users and groups, and of client certificate identities.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub unix: UnixPolicy,
+    /// Certificate identity (URI SAN, else DNS SAN, else CN) → role.
+    pub certificates: BTreeMap<String, Role>,
+}
+
+impl Policy {
+    /// The role of a TLS client by its certificate identity; `None`: no role.
+    pub fn certificate_role(&self, identity: Option<&str>) -> Option<Role> {
+        identity.and_then(|id| self.certificates.get(id).copied())
+    }
+}
 
 /// What a caller may do; each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -139,5 +172,31 @@ mod tests {
         assert!(Role::Reader < Role::Operator && Role::Operator < Role::Controller);
         assert_eq!(Role::parse("operator"), Some(Role::Operator));
         assert_eq!(Role::parse("admin"), None);
+    }
+
+    #[test]
+    fn certificate_identities_get_exactly_their_role() {
+        let policy = Policy {
+            certificates: BTreeMap::from([
+                ("spiffe://cloud.example/cp".to_string(), Role::Controller),
+                ("monitor.example".to_string(), Role::Reader),
+            ]),
+            ..Policy::default()
+        };
+        assert_eq!(
+            policy.certificate_role(Some("spiffe://cloud.example/cp")),
+            Some(Role::Controller)
+        );
+        assert_eq!(
+            policy.certificate_role(Some("monitor.example")),
+            Some(Role::Reader)
+        );
+        // No prefix or case folding: an identity is the whole string.
+        assert_eq!(
+            policy.certificate_role(Some("spiffe://cloud.example/cp/x")),
+            None
+        );
+        assert_eq!(policy.certificate_role(Some("MONITOR.example")), None);
+        assert_eq!(policy.certificate_role(None), None);
     }
 }

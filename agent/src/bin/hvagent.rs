@@ -66,7 +66,8 @@ fn main() -> ExitCode {
         Err(
             e @ (daemon::DaemonError::Policy(_)
             | daemon::DaemonError::Network(_)
-            | daemon::DaemonError::Access(_)),
+            | daemon::DaemonError::Access(_)
+            | daemon::DaemonError::Tls(_)),
         ) => {
             eprintln!("hvagent: {e}");
             ExitCode::from(2)

@@ -11,9 +11,11 @@ use hvagent_proto::v1 as pb;
 
 /// Talk to the hvagent node agent of this compute node.
 ///
-/// Node and placement commands connect to the agent's Unix socket (default
-/// /run/hvagent/hvagent.sock, mode 0660: root, or the socket's owner and group); flavor and plan
-/// commands work offline.
+/// Node, image, VM, network and placement commands connect to the agent: on this node through
+/// its Unix socket (default /run/hvagent/hvagent.sock, mode 0660: root, or the socket's group;
+/// the agent maps the caller's user and groups to a role), or from elsewhere with --endpoint
+/// and a client certificate (mutual TLS; the agent maps the certificate's identity to a role).
+/// Flavor and plan commands work offline.
 ///
 /// Exit status: 0 success, 1 the agent refused or failed the request, 2 bad command line,
 /// invalid flavor name or plan input, 3 the agent could not be reached.
@@ -29,6 +31,47 @@ struct Cli {
         default_value = "/run/hvagent/hvagent.sock"
     )]
     socket: PathBuf,
+
+    /// The agent's TCP listener (its [api] tcp_listen), HOST:PORT; HOST must be a name or
+    /// address in the agent's certificate. Needs --tls-cert, --tls-key and --tls-ca.
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT",
+        env = "HVCTL_ENDPOINT",
+        requires_all = ["tls_cert", "tls_key", "tls_ca"]
+    )]
+    endpoint: Option<String>,
+
+    /// This client's certificate (PEM, leaf first); the agent gives its identity a role.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "HVCTL_TLS_CERT",
+        requires = "endpoint"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "HVCTL_TLS_KEY",
+        requires = "endpoint"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// The CA bundle the agent's certificate must chain to (PEM).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "HVCTL_TLS_CA",
+        requires = "endpoint"
+    )]
+    tls_ca: Option<PathBuf>,
 
     /// `table` for people, `json` for programs (the proto message, field names as in the API).
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
@@ -306,7 +349,24 @@ async fn run(cli: Cli) -> ExitCode {
         | Command::Vm(_)
         | Command::Network(_) => {}
     }
-    let channel = match client::connect(&cli.socket).await {
+    let (connected, agent) = match (&cli.endpoint, &cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
+        (Some(endpoint), Some(cert), Some(key), Some(ca)) => {
+            let files = hvagent::tls::Files {
+                cert: ("--tls-cert", cert.clone()),
+                key: ("--tls-key", key.clone()),
+                ca: ("--tls-ca", ca.clone()),
+            };
+            (
+                client::connect_tls(endpoint, &files).await,
+                endpoint.clone(),
+            )
+        }
+        _ => (
+            client::connect(&cli.socket).await,
+            cli.socket.display().to_string(),
+        ),
+    };
+    let channel = match connected {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hvctl: {e}");
@@ -318,30 +378,30 @@ async fn run(cli: Cli) -> ExitCode {
     let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
     let mut networks = pb::network_service_client::NetworkServiceClient::new(channel.clone());
     let mut placement = pb::placement_service_client::PlacementServiceClient::new(channel);
-    let (output, socket) = (cli.output, cli.socket.as_path());
+    let (output, agent) = (cli.output, agent.as_str());
     match cli.command {
         Command::Node(NodeCommand::Inventory) => answer(
             output,
-            socket,
+            agent,
             node.get_inventory(pb::GetInventoryRequest {}).await,
             render::inventory,
         ),
         Command::Node(NodeCommand::Capacity { flavors }) => answer(
             output,
-            socket,
+            agent,
             node.get_capacity(pb::GetCapacityRequest { flavors }).await,
             render::capacity,
         ),
         Command::Node(NodeCommand::Health { watch: false, .. }) => answer(
             output,
-            socket,
+            agent,
             node.get_health(pb::GetHealthRequest {}).await,
             render::health,
         ),
         Command::Node(NodeCommand::Health {
             watch: true,
             interval,
-        }) => watch_health(output, socket, &mut node, interval).await,
+        }) => watch_health(output, agent, &mut node, interval).await,
         Command::Placement(PlacementCommand::Reserve {
             flavor,
             vm_uuid,
@@ -349,7 +409,7 @@ async fn run(cli: Cli) -> ExitCode {
             ttl,
         }) => answer(
             output,
-            socket,
+            agent,
             placement
                 .reserve(pb::ReserveRequest {
                     request_id: request_id.unwrap_or_else(|| format!("hvctl-{vm_uuid}")),
@@ -362,19 +422,19 @@ async fn run(cli: Cli) -> ExitCode {
         ),
         Command::Placement(PlacementCommand::Release { vm_uuid }) => answer(
             output,
-            socket,
+            agent,
             placement.release(pb::ReleaseRequest { vm_uuid }).await,
             |r: &pb::ReleaseResponse| render::claims(r.claim.as_slice(), &[]),
         ),
         Command::Placement(PlacementCommand::Claims) => answer(
             output,
-            socket,
+            agent,
             placement.list_claims(pb::ListClaimsRequest {}).await,
             |r: &pb::ListClaimsResponse| render::claims(&r.claims, &r.shared_pool),
         ),
-        Command::Image(command) => image(output, socket, &mut images, command).await,
-        Command::Vm(command) => vm(output, socket, &mut vms, command).await,
-        Command::Network(command) => network(output, socket, &mut networks, command).await,
+        Command::Image(command) => image(output, agent, &mut images, command).await,
+        Command::Vm(command) => vm(output, agent, &mut vms, command).await,
+        Command::Network(command) => network(output, agent, &mut networks, command).await,
         Command::Flavor(_) | Command::Plan { .. } => ExitCode::SUCCESS,
     }
 }
@@ -433,7 +493,7 @@ type Networks = pb::network_service_client::NetworkServiceClient<tonic::transpor
 
 async fn network(
     output: Output,
-    socket: &Path,
+    agent: &str,
     networks: &mut Networks,
     command: NetworkCommand,
 ) -> ExitCode {
@@ -468,7 +528,7 @@ async fn network(
             };
             answer(
                 output,
-                socket,
+                agent,
                 networks
                     .ensure(pb::EnsureNetworkRequest {
                         network: Some(network),
@@ -489,13 +549,13 @@ async fn network(
         }
         NetworkCommand::List => answer(
             output,
-            socket,
+            agent,
             networks.list(pb::ListNetworksRequest {}).await,
             |r: &pb::ListNetworksResponse| render::networks(&r.networks),
         ),
         NetworkCommand::Delete { name, force } => answer(
             output,
-            socket,
+            agent,
             networks
                 .delete(pb::DeleteNetworkRequest { name, force })
                 .await,
@@ -516,7 +576,7 @@ type Vms = pb::vm_service_client::VmServiceClient<tonic::transport::Channel>;
 
 async fn image(
     output: Output,
-    socket: &Path,
+    agent: &str,
     images: &mut Images,
     command: ImageCommand,
 ) -> ExitCode {
@@ -552,25 +612,25 @@ async fn image(
                 properties: props,
             };
             let result = with_progress(images, name, images.clone().import(req)).await;
-            answer(output, socket, result, |i: &pb::Image| {
+            answer(output, agent, result, |i: &pb::Image| {
                 render::images(std::slice::from_ref(i))
             })
         }
         ImageCommand::List => answer(
             output,
-            socket,
+            agent,
             images.list(pb::ListImagesRequest {}).await,
             |l: &pb::ListImagesResponse| render::images(&l.images),
         ),
         ImageCommand::Get { name } => answer(
             output,
-            socket,
+            agent,
             images.get(pb::GetImageRequest { name }).await,
             |i: &pb::Image| render::images(std::slice::from_ref(i)),
         ),
         ImageCommand::Delete { name } => answer(
             output,
-            socket,
+            agent,
             images.delete(pb::DeleteImageRequest { name }).await,
             |_: &pb::DeleteImageResponse| "deleted\n".into(),
         ),
@@ -580,7 +640,7 @@ async fn image(
 /// Prints a health snapshot as the agent sends each one, until interrupted.
 async fn watch_health(
     output: Output,
-    socket: &Path,
+    agent: &str,
     node: &mut pb::node_service_client::NodeServiceClient<tonic::transport::Channel>,
     interval: Option<f64>,
 ) -> ExitCode {
@@ -597,7 +657,7 @@ async fn watch_health(
         .await
     {
         Ok(s) => s.into_inner(),
-        Err(status) => return fail(socket, &status),
+        Err(status) => return fail(agent, &status),
     };
     loop {
         match stream.message().await {
@@ -607,7 +667,7 @@ async fn watch_health(
                 Output::Table => print!("\x1b[H\x1b[2J{}", render::health(&h)),
             },
             Ok(None) => return ExitCode::SUCCESS,
-            Err(status) => return fail(socket, &status),
+            Err(status) => return fail(agent, &status),
         }
     }
 }
@@ -657,7 +717,7 @@ async fn resolve(vms: &mut Vms, guest: &str) -> Result<String, tonic::Status> {
         .ok_or_else(|| tonic::Status::not_found(format!("no guest named {guest:?}")))
 }
 
-async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) -> ExitCode {
+async fn vm(output: Output, agent: &str, vms: &mut Vms, command: VmCommand) -> ExitCode {
     let one = |v: &pb::Vm| render::vms(std::slice::from_ref(v));
     let guest = match &command {
         VmCommand::Get { guest }
@@ -668,11 +728,11 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
         | VmCommand::Guarantees { guest }
         | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
-            Err(status) => return fail(socket, &status),
+            Err(status) => return fail(agent, &status),
         },
         VmCommand::Events { guest: Some(guest) } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
-            Err(status) => return fail(socket, &status),
+            Err(status) => return fail(agent, &status),
         },
         VmCommand::Create { .. } | VmCommand::List | VmCommand::Events { guest: None } => {
             String::new()
@@ -738,35 +798,35 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
                             return print(output, &v.into_inner(), one);
                         }
                         Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-                        Err(status) => return fail(socket, &status),
+                        Err(status) => return fail(agent, &status),
                     }
                 }
                 eprintln!("hvctl: guest {uuid} is not running after 60 s");
                 return ExitCode::from(EXIT_CALL_FAILED);
             }
-            answer(output, socket, created, one)
+            answer(output, agent, created, one)
         }
         VmCommand::List => answer(
             output,
-            socket,
+            agent,
             vms.list(pb::ListVmsRequest {}).await,
             |l: &pb::ListVmsResponse| render::vm_list(l),
         ),
         VmCommand::Get { .. } => answer(
             output,
-            socket,
+            agent,
             vms.get(pb::GetVmRequest { uuid: guest }).await,
             one,
         ),
         VmCommand::Start { .. } => answer(
             output,
-            socket,
+            agent,
             vms.start(pb::StartVmRequest { uuid: guest }).await,
             one,
         ),
         VmCommand::Stop { force, timeout, .. } => answer(
             output,
-            socket,
+            agent,
             vms.stop(pb::StopVmRequest {
                 uuid: guest,
                 force,
@@ -777,13 +837,13 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
         ),
         VmCommand::Reboot { hard, .. } => answer(
             output,
-            socket,
+            agent,
             vms.reboot(pb::RebootVmRequest { uuid: guest, hard }).await,
             one,
         ),
         VmCommand::Delete { .. } => answer(
             output,
-            socket,
+            agent,
             vms.delete(pb::DeleteVmRequest { uuid: guest }).await,
             |d: &pb::DeleteVmResponse| {
                 if d.deleted {
@@ -796,7 +856,7 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
         ),
         VmCommand::Guarantees { .. } => answer(
             output,
-            socket,
+            agent,
             vms.get_guarantee_report(pb::GetGuaranteeReportRequest { uuid: guest })
                 .await,
             render::guarantees,
@@ -807,7 +867,7 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
                 .await
             {
                 Ok(s) => s.into_inner(),
-                Err(status) => return fail(socket, &status),
+                Err(status) => return fail(agent, &status),
             };
             loop {
                 match stream.message().await {
@@ -819,7 +879,7 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
                         println!("{line}");
                     }
                     Ok(None) => return ExitCode::SUCCESS,
-                    Err(status) => return fail(socket, &status),
+                    Err(status) => return fail(agent, &status),
                 }
             }
         }
@@ -839,7 +899,7 @@ async fn vm(output: Output, socket: &Path, vms: &mut Vms, command: VmCommand) ->
                         ExitCode::SUCCESS
                     }
                 },
-                Err(status) => fail(socket, &status),
+                Err(status) => fail(agent, &status),
             }
         }
     }
@@ -962,18 +1022,18 @@ fn print<T: serde::Serialize>(output: Output, value: &T, table: fn(&T) -> String
 /// Prints an answer, or says why the call failed.
 fn answer<T: serde::Serialize>(
     output: Output,
-    socket: &Path,
+    agent: &str,
     result: Result<tonic::Response<T>, tonic::Status>,
     table: fn(&T) -> String,
 ) -> ExitCode {
     match result {
         Ok(resp) => print(output, &resp.into_inner(), table),
-        Err(status) => fail(socket, &status),
+        Err(status) => fail(agent, &status),
     }
 }
 
-fn fail(socket: &Path, status: &tonic::Status) -> ExitCode {
-    let error = client::call_error(socket, status);
+fn fail(agent: &str, status: &tonic::Status) -> ExitCode {
+    let error = client::call_error(agent, status);
     eprintln!("hvctl: {}", error.message);
     ExitCode::from(if error.unreachable {
         EXIT_UNREACHABLE

@@ -1,11 +1,16 @@
-//! Connecting to the agent over its Unix socket. Failures are classified before gRPC is even
-//! tried, so an operator reads "no socket" or "permission denied" instead of a transport error.
+//! Connecting to the agent over its Unix socket, or over TCP with mutual TLS. Failures are
+//! classified before gRPC is even tried, so an operator reads "no socket", "permission denied"
+//! or "the agent refused this certificate" instead of a transport error.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::tls::{self, Files, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -24,8 +29,19 @@ pub enum ConnectError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not an hvagent socket: {reason}")]
-    NotAnAgent { path: PathBuf, reason: String },
+    #[error("{agent} is not an hvagent: {reason}")]
+    NotAnAgent { agent: String, reason: String },
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("--endpoint {0:?}: not HOST:PORT (an IPv6 address in brackets: [::1]:9464)")]
+    Endpoint(String),
+    #[error("cannot connect to {endpoint}: {source}")]
+    Tcp {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("TLS with {endpoint} failed: {reason}")]
+    Handshake { endpoint: String, reason: String },
 }
 
 /// How long one call may take before hvctl gives up. Guest creates are the slow calls: on
@@ -57,7 +73,85 @@ pub async fn connect(socket: &Path) -> Result<Channel, ConnectError> {
         }))
         .await
         .map_err(|e| ConnectError::NotAnAgent {
-            path,
+            agent: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// How long the TCP connect and TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The host part of `HOST:PORT` (brackets of an IPv6 address removed): the name the agent's
+/// certificate must carry.
+fn host_of(endpoint: &str) -> Option<&str> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+/// Opens a gRPC channel to the agent's TCP listener at `endpoint` (`HOST:PORT`), presenting
+/// the client certificate of `files` and trusting only its CA bundle for the agent's.
+pub async fn connect_tls(endpoint: &str, files: &Files) -> Result<Channel, ConnectError> {
+    let host = host_of(endpoint).ok_or_else(|| ConnectError::Endpoint(endpoint.to_string()))?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| ConnectError::Endpoint(endpoint.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(tls::client_config(files, tls::now())?);
+    let open = {
+        let (endpoint, connector, name) = (endpoint.to_string(), connector.clone(), name.clone());
+        move || {
+            let (endpoint, connector, name) = (endpoint.clone(), connector.clone(), name.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&endpoint).await?;
+                connector.connect(name, tcp).await
+            }
+        }
+    };
+    // A trial connection first: under TLS 1.3 the client's handshake ends before the agent
+    // has judged the client certificate, so its verdict (an alert) only shows on the first
+    // read. The agent speaks first (HTTP/2 settings), so that read does not wait long.
+    let handshake = |reason: String| ConnectError::Handshake {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let mut trial = match tokio::time::timeout(HANDSHAKE_TIMEOUT, open()).await {
+        Err(_) => return Err(handshake("no answer within 10 s".into())),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(handshake(e.to_string()));
+        }
+        Ok(Err(source)) => {
+            return Err(ConnectError::Tcp {
+                endpoint: endpoint.to_string(),
+                source,
+            });
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, trial.read(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(Ok(_)) => return Err(handshake("the agent closed the connection".into())),
+        Ok(Err(e)) => {
+            return Err(handshake(format!(
+                "{e} (the agent refused this client certificate: is it signed by a CA in the agent's api.tls_client_ca, and in its validity period?)"
+            )));
+        }
+        Err(_) => return Err(handshake("the agent said nothing within 10 s".into())),
+    }
+    drop(trial);
+    Endpoint::from_shared(format!("http://{endpoint}"))
+        .map_err(|_| ConnectError::Endpoint(endpoint.to_string()))?
+        .timeout(CALL_TIMEOUT)
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let open = open.clone();
+            async move { open().await.map(TokioIo::new) }
+        }))
+        .await
+        .map_err(|e| ConnectError::NotAnAgent {
+            agent: endpoint.to_string(),
             reason: e.to_string(),
         })
 }
@@ -70,7 +164,8 @@ pub struct CallError {
 }
 
 /// Turns a failed call into a message; transport-level failures mean the peer is not an agent.
-pub fn call_error(socket: &Path, status: &tonic::Status) -> CallError {
+/// `agent` is the socket or endpoint the call went to.
+pub fn call_error(agent: &str, status: &tonic::Status) -> CallError {
     let unreachable = |message: String| CallError {
         message,
         unreachable: true,
@@ -78,7 +173,7 @@ pub fn call_error(socket: &Path, status: &tonic::Status) -> CallError {
     match status.code() {
         tonic::Code::Unimplemented => unreachable(
             ConnectError::NotAnAgent {
-                path: socket.to_path_buf(),
+                agent: agent.to_string(),
                 reason: format!("it does not implement this call ({})", status.message()),
             }
             .to_string(),
@@ -90,17 +185,15 @@ pub fn call_error(socket: &Path, status: &tonic::Status) -> CallError {
         {
             unreachable(
                 ConnectError::NotAnAgent {
-                    path: socket.to_path_buf(),
+                    agent: agent.to_string(),
                     reason: format!("it does not speak gRPC ({})", status.message()),
                 }
                 .to_string(),
             )
         }
-        tonic::Code::Unavailable => unreachable(format!(
-            "{} stopped answering: {}",
-            socket.display(),
-            status.message()
-        )),
+        tonic::Code::Unavailable => {
+            unreachable(format!("{agent} stopped answering: {}", status.message()))
+        }
         code => CallError {
             message: format!("{}: {}", code_name(code), status.message()),
             unreachable: false,
@@ -129,5 +222,20 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_hosts() {
+        assert_eq!(host_of("node1.example:9464"), Some("node1.example"));
+        assert_eq!(host_of("10.0.0.5:9464"), Some("10.0.0.5"));
+        assert_eq!(host_of("[::1]:9464"), Some("::1"));
+        assert_eq!(host_of("node1.example"), None);
+        assert_eq!(host_of("node1:port"), None);
+        assert_eq!(host_of(":9464"), None);
     }
 }

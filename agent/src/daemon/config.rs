@@ -36,6 +36,8 @@ pub struct AccessConfig {
     pub socket_group: Option<String>,
     /// File the audit records are appended to; `None`: the log (target `hvagent::audit`).
     pub audit_log: Option<PathBuf>,
+    /// Client certificate identity (URI SAN, else DNS SAN, else CN) → role, for TCP callers.
+    pub tls_identities: std::collections::BTreeMap<String, crate::access::Role>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +55,84 @@ pub struct ApiConfig {
     pub unix_socket: PathBuf,
     /// Mutating calls (guest lifecycle, network changes) running at once; more are refused.
     pub max_concurrent_mutations: usize,
+    /// The TCP listener (mutual TLS); `None`: off, the Unix socket only.
+    pub tcp: Option<TcpConfig>,
+}
+
+/// `[api] tcp_listen` and the TLS files it needs (all PEM).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpConfig {
+    pub listen: SocketAddr,
+    /// The agent's certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The CA bundle client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+impl TcpConfig {
+    /// The files as the TLS layer wants them, named by their config keys for errors.
+    pub fn files(&self) -> crate::tls::Files {
+        crate::tls::Files {
+            cert: ("api.tls_cert", self.cert.clone()),
+            key: ("api.tls_key", self.key.clone()),
+            ca: ("api.tls_client_ca", self.client_ca.clone()),
+        }
+    }
+}
+
+/// The TCP keys as read, before they are checked to go together.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct TcpKeys {
+    listen: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+impl TcpKeys {
+    /// A listener needs all three files; files without a listener are a mistake too (the
+    /// operator meant to open the API and did not).
+    fn check(self) -> Result<Option<TcpConfig>, (&'static str, String)> {
+        match self {
+            TcpKeys {
+                listen: None,
+                cert: None,
+                key: None,
+                client_ca: None,
+            } => Ok(None),
+            TcpKeys {
+                listen: Some(listen),
+                cert: Some(cert),
+                key: Some(key),
+                client_ca: Some(client_ca),
+            } => Ok(Some(TcpConfig {
+                listen,
+                cert,
+                key,
+                client_ca,
+            })),
+            TcpKeys { listen: None, .. } => Err((
+                "api.tcp_listen",
+                "missing: api.tls_cert, api.tls_key and api.tls_client_ca are only used by the TCP listener".into(),
+            )),
+            keys => {
+                let missing: Vec<&str> = [
+                    ("api.tls_cert", keys.cert.is_none()),
+                    ("api.tls_key", keys.key.is_none()),
+                    ("api.tls_client_ca", keys.client_ca.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(k, m)| m.then_some(k))
+                .collect();
+                Err((
+                    "api.tcp_listen",
+                    format!("needs mutual TLS: set {}", missing.join(", ")),
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +185,7 @@ impl Default for Config {
             api: ApiConfig {
                 unix_socket: PathBuf::from("/run/hvagent/hvagent.sock"),
                 max_concurrent_mutations: 16,
+                tcp: None,
             },
             libvirt: LibvirtConfig {
                 uri: "qemu:///system".into(),
@@ -184,6 +265,7 @@ impl Config {
             }
         })?;
         let mut config = Config::default();
+        let mut tcp = TcpKeys::default();
         let key_err = |key: &str, problem: String| ConfigError::Key {
             file: file.to_string(),
             key: key.to_string(),
@@ -196,15 +278,25 @@ impl Config {
             for (key, value) in entries {
                 let full = format!("{section}.{key}");
                 config
-                    .set(section, key, value)
+                    .set(&mut tcp, section, key, value)
                     .map_err(|problem| key_err(&full, problem))?;
             }
         }
+        config.api.tcp = tcp
+            .check()
+            .map_err(|(key, problem)| key_err(key, problem))?;
         Ok(config)
     }
 
-    /// Sets one key; the error is the rule the value breaks.
-    fn set(&mut self, section: &str, key: &str, value: &toml::Value) -> Result<(), String> {
+    /// Sets one key (the TCP ones into `tcp`, checked together later); the error is the rule
+    /// the value breaks.
+    fn set(
+        &mut self,
+        tcp: &mut TcpKeys,
+        section: &str,
+        key: &str,
+        value: &toml::Value,
+    ) -> Result<(), String> {
         match (section, key) {
             ("api", "unix_socket") => {
                 let path = absolute_path(value)?;
@@ -217,6 +309,15 @@ impl Config {
             ("api", "max_concurrent_mutations") => {
                 self.api.max_concurrent_mutations = integer(value, 1, 1024)? as usize;
             }
+            ("api", "tcp_listen") => {
+                let s = string(value)?;
+                tcp.listen = Some(s.parse().map_err(|_| {
+                    format!("{s:?} is not an address:port such as 0.0.0.0:9464 or [::]:9464")
+                })?);
+            }
+            ("api", "tls_cert") => tcp.cert = Some(absolute_path(value)?),
+            ("api", "tls_key") => tcp.key = Some(absolute_path(value)?),
+            ("api", "tls_client_ca") => tcp.client_ca = Some(absolute_path(value)?),
             ("libvirt", "uri") => {
                 let uri = string(value)?;
                 if !uri.contains(':') || uri.starts_with(':') {
@@ -332,6 +433,7 @@ impl Config {
                 let group = string(value)?;
                 self.access.socket_group = Some(group);
             }
+            ("access", "tls_identities") => self.access.tls_identities = roles(value)?,
             ("access", "audit_log") => self.access.audit_log = Some(absolute_path(value)?),
             ("health", "interval_seconds") => {
                 self.health.interval = Duration::from_secs(integer(value, 1, 3600)?);
@@ -615,6 +717,53 @@ mod tests {
         assert_eq!(
             err("[access]\naudit_log = \"audit.log\"\n"),
             "/etc/x.toml: access.audit_log: \"audit.log\" must be an absolute path"
+        );
+    }
+
+    #[test]
+    fn tcp_listener_needs_all_its_tls_files() {
+        use crate::access::Role;
+        let c = Config::parse(
+            "f",
+            r#"
+            [api]
+            tcp_listen = "[::]:9464"
+            tls_cert = "/etc/hvagent/tls/agent.pem"
+            tls_key = "/etc/hvagent/tls/agent.key"
+            tls_client_ca = "/etc/hvagent/tls/clients-ca.pem"
+            [access]
+            tls_identities = { "spiffe://cloud.example/cp" = "controller", "monitor" = "reader" }
+            "#,
+        )
+        .unwrap();
+        let tcp = c.api.tcp.unwrap();
+        assert_eq!(tcp.listen, "[::]:9464".parse().unwrap());
+        assert_eq!(
+            tcp.files().key,
+            ("api.tls_key", PathBuf::from("/etc/hvagent/tls/agent.key"))
+        );
+        assert_eq!(
+            c.access.tls_identities["spiffe://cloud.example/cp"],
+            Role::Controller
+        );
+        assert_eq!(c.access.tls_identities["monitor"], Role::Reader);
+        assert_eq!(Config::default().api.tcp, None);
+
+        assert_eq!(
+            err("[api]\ntcp_listen = \"0.0.0.0:9464\"\ntls_key = \"/k\"\n"),
+            "/etc/x.toml: api.tcp_listen: needs mutual TLS: set api.tls_cert, api.tls_client_ca"
+        );
+        assert_eq!(
+            err("[api]\ntls_cert = \"/c\"\n"),
+            "/etc/x.toml: api.tcp_listen: missing: api.tls_cert, api.tls_key and api.tls_client_ca are only used by the TCP listener"
+        );
+        assert_eq!(
+            err("[api]\ntcp_listen = \"host:1\"\n"),
+            "/etc/x.toml: api.tcp_listen: \"host:1\" is not an address:port such as 0.0.0.0:9464 or [::]:9464"
+        );
+        assert_eq!(
+            err("[api]\ntls_client_ca = \"ca.pem\"\n"),
+            "/etc/x.toml: api.tls_client_ca: \"ca.pem\" must be an absolute path"
         );
     }
 

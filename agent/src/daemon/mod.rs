@@ -2,6 +2,7 @@
 //! touches guests: they belong to libvirt and keep running.
 
 pub mod config;
+pub mod listener;
 pub mod metrics;
 pub mod socket;
 
@@ -12,7 +13,6 @@ use std::time::Duration;
 use hvagent_proto::v1::flavor_service_server::FlavorServiceServer;
 use hvagent_proto::v1::node_service_server::NodeServiceServer;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
 use hvagent_proto::v1::placement_service_server::PlacementServiceServer;
@@ -66,6 +66,15 @@ pub enum DaemonError {
     /// opened: a configuration error (exit status 2).
     #[error("access.{0}")]
     Access(String),
+    /// A TLS file of the TCP listener that cannot be used: a configuration error (exit
+    /// status 2).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("api.tcp_listen {addr}: {source}")]
+    Tcp {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// How often the libvirt connection is checked and, if lost, reopened.
@@ -84,6 +93,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     // Handlers first: a stop request that arrives while starting must still be a clean stop.
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     prepare_storage(&config.storage.root)?;
     let (access_layer, socket_gid) = access(&config.access)?;
     let (std_listener, socket_guard) = socket::bind(&config.api.unix_socket)?;
@@ -109,6 +119,39 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             action: "register with tokio",
             source,
         })?;
+
+    // The TCP listener: its files are checked before anything is served, so a bad file is a
+    // clear start-up error rather than refused handshakes later.
+    let (tls_ready, tls_connections) = tokio::sync::mpsc::channel(listener::MAX_HANDSHAKES);
+    let tls = match &config.api.tcp {
+        Some(tcp) => {
+            let endpoint = Arc::new(listener::TlsEndpoint::load(tcp.files())?);
+            let tcp_listener =
+                tokio::net::TcpListener::bind(tcp.listen)
+                    .await
+                    .map_err(|source| DaemonError::Tcp {
+                        addr: tcp.listen,
+                        source,
+                    })?;
+            if let Ok(addr) = tcp_listener.local_addr() {
+                tracing::info!(%addr, "serving gRPC over mutual TLS");
+            }
+            let accept = tokio::spawn(listener::accept_tls(
+                tcp_listener,
+                endpoint.clone(),
+                tls_ready,
+            ));
+            Some((endpoint, accept))
+        }
+        None => {
+            drop(tls_ready);
+            None
+        }
+    };
+    let reload_task = tokio::spawn(reload_on_sighup(
+        sighup,
+        tls.as_ref().map(|(endpoint, _)| endpoint.clone()),
+    ));
 
     let metrics_listener = metrics::bind(config.metrics.listen)
         .await
@@ -320,7 +363,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(ImageApi::new(guests.clone()).into_service())
         .add_service(NetworkApi::new(networks, mutations.clone()).into_service())
         .add_service(VmApi::new(guests, placement, health, mutations).into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(listener::incoming(listener, tls_connections), shutdown);
 
     health_reporter
         .set_serving::<NodeServiceServer<NodeApi>>()
@@ -361,9 +404,32 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     connection_task.abort();
     network_task.abort();
     health_task.abort();
+    reload_task.abort();
+    if let Some((_, accept)) = tls {
+        accept.abort();
+    }
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: the TLS files are read again; new handshakes use them, open connections and
+/// streams keep going. A file that cannot be used leaves the ones in use in place.
+async fn reload_on_sighup(
+    mut sighup: tokio::signal::unix::Signal,
+    endpoint: Option<Arc<listener::TlsEndpoint>>,
+) {
+    while sighup.recv().await.is_some() {
+        match &endpoint {
+            None => tracing::info!("SIGHUP: no TCP listener, nothing to reload"),
+            Some(endpoint) => match endpoint.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificates not reloaded; keeping the ones in use")
+                }
+            },
+        }
+    }
 }
 
 /// The access layer from `[access]` (user and group names resolved now), and the socket's
@@ -376,16 +442,20 @@ fn access(
         Ok(Some(g)) => Ok(g.gid),
         _ => Err(DaemonError::Access(format!("{key}: no group {name:?}"))),
     };
-    let mut policy = crate::access::UnixPolicy::default();
+    let mut policy = crate::access::Policy {
+        certificates: config.tls_identities.clone(),
+        ..Default::default()
+    };
     for (name, role) in &config.unix_users {
         let uid = match User::from_name(name) {
             Ok(Some(u)) => u.uid,
             _ => return Err(DaemonError::Access(format!("unix_users: no user {name:?}"))),
         };
-        policy.users.insert(uid.as_raw(), *role);
+        policy.unix.users.insert(uid.as_raw(), *role);
     }
     for (name, role) in &config.unix_groups {
         policy
+            .unix
             .groups
             .insert(group("unix_groups", name)?.as_raw(), *role);
     }
