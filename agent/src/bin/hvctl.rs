@@ -18,7 +18,8 @@ use hvagent_proto::v1 as pb;
 /// Flavor and plan commands work offline.
 ///
 /// Exit status: 0 success, 1 the agent refused or failed the request, 2 bad command line,
-/// invalid flavor name or plan input, 3 the agent could not be reached.
+/// invalid flavor name or plan input, unusable TLS files, 3 the agent could not be reached
+/// (including a TLS handshake it or hvctl refused).
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -368,6 +369,11 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let channel = match connected {
         Ok(c) => c,
+        // Unusable files or endpoint named on the command line: the command line is wrong.
+        Err(e @ (client::ConnectError::Tls(_) | client::ConnectError::Endpoint(_))) => {
+            eprintln!("hvctl: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("hvctl: {e}");
             return ExitCode::from(EXIT_UNREACHABLE);

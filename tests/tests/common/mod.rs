@@ -249,12 +249,19 @@ pub fn tool(program: &str, args: &[&str]) -> String {
 }
 
 /// A TCP port free on 127.0.0.1 just now.
+/// A free TCP port below the kernel's ephemeral range (32768 and up), so that no socket bound
+/// to port 0 meanwhile (the agents' metrics endpoints, any client) can be handed the same one;
+/// distinct within a test binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("local address")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 1000) as u16 * 12;
+    loop {
+        let port = 20_000 + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The raw HTTP/1.1 answer (status line, headers, body) to `GET path` on 127.0.0.1:`port`.
