@@ -264,13 +264,39 @@ fn an_open_health_watch_stream_does_not_hold_the_stop() {
     }
 }
 
+/// The agent's own privileges as the kernel reports them, for every thread: no_new_privs,
+/// only the three capabilities the default configuration needs (also in the bounding set,
+/// so nothing it starts can have more), umask 077.
 #[test]
-fn the_agent_runs_with_no_new_privs() {
+fn the_agent_keeps_only_the_privileges_it_needs() {
     let agent = Agent::start("");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
-    let flag = status
-        .lines()
-        .find_map(|l| l.strip_prefix("NoNewPrivs:"))
-        .map(str::trim);
-    assert_eq!(flag, Some("1"), "{status}");
+    // CAP_DAC_READ_SEARCH (2), CAP_NET_ADMIN (12), CAP_SYS_PTRACE (19).
+    let needed = format!("{:016x}", (1u64 << 2) | (1 << 12) | (1 << 19));
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap();
+    let mut threads = 0;
+    for task in tasks {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+        assert_eq!(field("CapEff:"), needed, "{status}");
+        assert_eq!(field("CapPrm:"), needed, "{status}");
+        assert_eq!(field("CapBnd:"), needed, "{status}");
+        assert_eq!(field("CapInh:"), "0000000000000000", "{status}");
+        assert_eq!(field("CapAmb:"), "0000000000000000", "{status}");
+        assert_eq!(field("Umask:"), "0077", "{status}");
+        threads += 1;
+    }
+    assert!(threads > 2, "the agent's threads were checked");
+    // What it creates for QEMU's way stays traversable despite the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&agent.dir.path().join("store")), 0o711);
+    assert_eq!(mode(agent.socket.parent().unwrap()), 0o711);
+    assert_eq!(mode(&agent.socket), 0o660);
 }

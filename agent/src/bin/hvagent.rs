@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
+    daemon::restrict_privileges(&config);
     let trial_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // A small node agent: two workers keep the idle footprint low; blocking calls (sysfs,

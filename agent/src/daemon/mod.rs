@@ -4,6 +4,7 @@
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod privilege;
 pub mod socket;
 
 use std::path::PathBuf;
@@ -83,13 +84,32 @@ const CONNECTION_CHECK: Duration = Duration::from_secs(2);
 /// How long open calls may run on after a stop signal.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the agent until SIGTERM or SIGINT. `trial_exe` is the binary that runs the KVM trial.
-pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> {
+/// Takes away what the agent does not need, before any thread starts (capabilities are per
+/// thread): capabilities beyond [`privilege::needed`], set-uid and file-capability gains for
+/// anything it runs (no_new_privs), and group/other access to files it creates (umask).
+pub fn restrict_privileges(config: &Config) {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(privilege::UMASK));
     // Nothing the agent starts (nsenter, tc, qemu-img, mtools, the KVM trial) may gain
     // privileges through set-uid files or file capabilities.
     if let Err(e) = nix::sys::prctl::set_no_new_privs() {
         tracing::warn!(error = %e, "cannot set no_new_privs");
     }
+    let kept = privilege::needed(config);
+    match privilege::restrict(&kept) {
+        Ok(held) => {
+            for k in kept.iter().filter(|k| held.contains(&k.capability)) {
+                tracing::debug!(capability = %k.capability, why = k.why, "capability kept");
+            }
+            let mut names: Vec<String> = held.iter().map(|c| c.to_string()).collect();
+            names.sort();
+            tracing::info!(kept = %names.join(","), "dropped every other capability");
+        }
+        Err(e) => tracing::warn!(error = %e, "running with the capabilities it was started with"),
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT. `trial_exe` is the binary that runs the KVM trial.
+pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> {
     // Handlers first: a stop request that arrives while starting must still be a clean stop.
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
@@ -487,15 +507,11 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// The storage root: QEMU (another user) must traverse it to the files libvirt hands it.
 fn prepare_storage(root: &std::path::Path) -> Result<(), DaemonError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(root)
-        .map_err(|source| DaemonError::Io {
-            path: root.to_path_buf(),
-            action: "create storage root",
-            source,
-        })
+    crate::storage::traversable_dir(root).map_err(|source| DaemonError::Io {
+        path: root.to_path_buf(),
+        action: "create storage root (mode 0711)",
+        source,
+    })
 }

@@ -48,8 +48,12 @@ fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> Socke
 
 /// Binds `path` with mode 0660, creating its directory, replacing a stale socket.
 pub fn bind(path: &Path) -> Result<(UnixListener, SocketGuard), SocketError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        // Members of the socket's group must reach it; a directory that exists is the
+        // operator's and keeps its mode.
+        crate::storage::traversable_dir(dir).map_err(io(dir, "create directory (mode 0711)"))?;
     }
     let lock_path = lock_path(path);
     let file = OpenOptions::new()

@@ -78,11 +78,8 @@ impl GuestFiles {
     /// Creates the directory. QEMU runs as another user: the directories on the way must be
     /// traversable (mode 0711: no listing), and libvirt hands the files themselves to QEMU.
     pub fn create(&self) -> Result<(), DiskError> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir, "create"))?;
-        for dir in [self.dir.as_path(), self.dir.parent().unwrap_or(&self.dir)] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-                .map_err(io(dir, "set mode 0711"))?;
+        for dir in [self.dir.parent().unwrap_or(&self.dir), self.dir.as_path()] {
+            super::traversable_dir(dir).map_err(io(dir, "create with mode 0711"))?;
         }
         Ok(())
     }

@@ -396,7 +396,8 @@ impl ImageStore {
     ) -> Result<ImageRecord, StoreError> {
         let name = ticket.name.as_str();
         let sha256 = ticket.sha256.as_deref();
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir, "create image store"))?;
+        // QEMU reads images as backing files of guest disks: the way there is traversable.
+        super::traversable_dir(&self.dir).map_err(io(&self.dir, "create image store"))?;
         let tmp = self
             .dir
             .join(format!(".import-{name}-{}", std::process::id()));
@@ -489,6 +490,7 @@ impl ImageStore {
         let dir = self.image_dir(name);
         let placed = (|| {
             std::fs::create_dir(&dir).map_err(io(&dir, "create"))?;
+            super::traversable_dir(&dir).map_err(io(&dir, "set mode 0711"))?;
             let json = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::Io {
                 path: dir.join("record.json"),
                 action: "encode",
