@@ -5,10 +5,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Agent, code, free_port, http_get};
+use common::{Agent, code, free_port, http_get, stdout};
 use nix::sys::signal::Signal;
 
 #[test]
@@ -299,4 +299,50 @@ fn the_agent_keeps_only_the_privileges_it_needs() {
     assert_eq!(mode(&agent.dir.path().join("store")), 0o711);
     assert_eq!(mode(agent.socket.parent().unwrap()), 0o711);
     assert_eq!(mode(&agent.socket), 0o660);
+}
+
+/// The shipped unit: systemd's own offline assessment puts its exposure at 4.0 or below, and
+/// its capability bounding set holds every capability the agent can keep for any
+/// configuration that listens on unprivileged ports (and nothing else).
+#[test]
+fn the_systemd_unit_is_hardened_and_matches_the_agents_capabilities() {
+    let unit = common::repo_root().join("systemd/hvagent.service");
+    match Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=40"])
+        .arg(&unit)
+        .output()
+    {
+        Err(e) => println!("skipped the exposure check: no systemd-analyze here ({e})"),
+        Ok(out) => {
+            let text = stdout(&out);
+            assert!(out.status.success(), "exposure above 4.0:\n{text}");
+            let level: f64 = text
+                .lines()
+                .find_map(|l| l.split_once("Overall exposure level for hvagent.service: "))
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no overall level in:\n{text}"));
+            assert!(level <= 4.0, "{level}");
+        }
+    }
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let mut bounding: Vec<String> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    bounding.sort();
+    let config = hvagent::daemon::Config::parse(
+        "all",
+        "[network]\nnamespace = \"/run/netns/x\"\n[access]\nsocket_group = \"g\"\n",
+    )
+    .unwrap();
+    let mut usable: Vec<String> = hvagent::daemon::privilege::needed(&config)
+        .into_iter()
+        .map(|k| k.capability.to_string())
+        .collect();
+    usable.sort();
+    assert_eq!(bounding, usable);
 }
