@@ -44,6 +44,15 @@ impl Drop for Restart {
     }
 }
 
+/// Lets a stopped libvirtd go on even when the test fails halfway.
+struct Resume(nix::unistd::Pid);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 type Node = pb::node_service_client::NodeServiceClient<tonic::transport::Channel>;
 
 /// Polls GetHealth until `wanted` holds (at most 30 s).
@@ -176,6 +185,32 @@ fn guest_calls_recover_after_libvirtd_restarts() {
             (stopped.uuid.as_str(), stopped.detail.as_str()),
             (uuid.as_str(), "destroyed")
         );
+        // A libvirtd that hangs (stopped, not gone): the call in flight fails once the
+        // connection's keepalive gives up (20 s) instead of waiting for ever, and calls work
+        // again once it answers.
+        let pid = std::fs::read_to_string("/run/libvirtd.pid").unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+        let resume = Resume(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let started = Instant::now();
+        let hung = tokio::time::timeout(Duration::from_secs(60), vms.list(pb::ListVmsRequest {}))
+            .await
+            .expect("the call ends within 60 s");
+        let waited = started.elapsed();
+        let status = hung.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(waited >= Duration::from_secs(10), "{waited:?}: {status:?}");
+        println!(
+            "a call to a hung libvirtd failed after {waited:?}: {}",
+            status.message()
+        );
+        drop(resume);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(s) = vms.list(pb::ListVmsRequest {}).await {
+            assert!(Instant::now() < deadline, "no recovery: {s:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
         assert!(
             vms.delete(pb::DeleteVmRequest { uuid })
                 .await

@@ -50,7 +50,24 @@ struct State {
     facts: Option<LibvirtFacts>,
     /// A connection died and no new one is open yet: events in between are missing.
     lost: bool,
+    /// A caller is opening a connection (without the lock held).
+    opening: bool,
 }
+
+/// libvirt cannot be used now, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+impl From<virt::error::Error> for Unreachable {
+    fn from(e: virt::error::Error) -> Self {
+        Unreachable(e.message().to_string())
+    }
+}
+
+/// Keepalive probes every 5 s; 3 unanswered ones close the connection (20 s in all).
+pub const KEEPALIVE_INTERVAL_S: i32 = 5;
+pub const KEEPALIVE_COUNT: u32 = 3;
 
 impl Libvirt {
     pub fn new(uri: &str) -> Self {
@@ -67,9 +84,16 @@ impl Libvirt {
         self.events.subscribe()
     }
 
-    /// Opens a connection with the event callbacks on it.
+    /// Opens a connection with keepalive and the event callbacks on it.
     fn open(&self) -> Result<Connect, virt::error::Error> {
         let conn = Connect::open(Some(&self.uri))?;
+        // The timeout on every call: libvirtd answers keepalives even while a call waits on a
+        // QEMU monitor (libvirt bounds those itself, 30 s for a domain job), so a connection
+        // without an answer for KEEPALIVE_INTERVAL × (KEEPALIVE_COUNT + 1) seconds is a
+        // daemon that hangs; libvirt then closes it and every call in flight fails.
+        if let Err(e) = conn.set_keep_alive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT) {
+            tracing::warn!(error = %e, "libvirt keepalive unavailable on this connection");
+        }
         if let Err(e) = events::register(&conn, &self.events) {
             tracing::warn!(error = %e, "domain events unavailable on this connection");
         }
@@ -83,14 +107,14 @@ impl Libvirt {
     /// Versions and domain types, asked once per connection. When libvirt cannot be reached
     /// the facts say why, and the next call tries again.
     pub fn facts(&self) -> LibvirtFacts {
-        let failed = |e: virt::error::Error| LibvirtFacts {
+        let failed = |e: &dyn std::fmt::Display| LibvirtFacts {
             uri: self.uri.clone(),
             error: format!("cannot use {}: {e}", self.uri),
             ..Default::default()
         };
         let conn = match self.conn() {
             Ok(c) => c,
-            Err(e) => return failed(e),
+            Err(e) => return failed(&e),
         };
         if let Some(facts) = self.lock().facts.clone() {
             return facts;
@@ -102,7 +126,7 @@ impl Libvirt {
                 self.lock().facts = Some(facts.clone());
                 facts
             }
-            Err(e) => failed(e),
+            Err(e) => failed(&e),
         }
     }
 
@@ -111,19 +135,34 @@ impl Libvirt {
     }
 
     /// The live connection, opened (or reopened after libvirtd went away) on demand.
-    pub fn conn(&self) -> Result<Connect, virt::error::Error> {
-        let mut state = self.lock();
-        if let Some(conn) = &state.conn
-            && conn.is_alive().unwrap_or(false)
+    pub fn conn(&self) -> Result<Connect, Unreachable> {
         {
-            return Ok(conn.clone());
+            let mut state = self.lock();
+            if let Some(conn) = &state.conn
+                && conn.is_alive().unwrap_or(false)
+            {
+                return Ok(conn.clone());
+            }
+            if state.conn.take().is_some() {
+                tracing::warn!(uri = %self.uri, "libvirt connection lost; reconnecting");
+                state.lost = true;
+            }
+            state.facts = None;
+            // One opener at a time, and nobody waits for it: a libvirtd that accepts the
+            // connection but does not answer (stopped, hung) holds only the opener, which
+            // has no keepalive yet.
+            if state.opening {
+                return Err(Unreachable(format!(
+                    "{}: not answering; a reconnect is in progress",
+                    self.uri
+                )));
+            }
+            state.opening = true;
         }
-        if state.conn.take().is_some() {
-            tracing::warn!(uri = %self.uri, "libvirt connection lost; reconnecting");
-            state.lost = true;
-        }
-        state.facts = None;
-        let conn = self.open()?;
+        let opened = self.open();
+        let mut state = self.lock();
+        state.opening = false;
+        let conn = opened?;
         state.conn = Some(conn.clone());
         if std::mem::take(&mut state.lost) {
             tracing::info!(uri = %self.uri, "libvirt connection reopened");

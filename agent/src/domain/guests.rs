@@ -19,8 +19,17 @@ pub enum DomainError {
     Libvirt(String),
 }
 
+/// A libvirt error: the connection's own failures (RPC layer: a closed connection, a keepalive
+/// timeout; no connection) mean libvirt is unreachable, not that it refused the call.
 fn failed(e: virt::error::Error) -> DomainError {
-    DomainError::Libvirt(e.message().to_string())
+    use virt::enumutil::Enum;
+    use virt::error::{ErrorDomain, ErrorNumber};
+    match (e.domain(), e.code()) {
+        (Enum::Known(ErrorDomain::Rpc), _) | (_, Enum::Known(ErrorNumber::NoConnect)) => {
+            DomainError::Unreachable(e.message().to_string())
+        }
+        _ => DomainError::Libvirt(e.message().to_string()),
+    }
 }
 
 /// A domain as the lifecycle sees it.
@@ -58,9 +67,7 @@ fn cpumap(cpus: &[u32]) -> Vec<u8> {
 
 impl Libvirt {
     fn domain(&self, uuid: &str) -> Result<Domain, DomainError> {
-        let conn = self
-            .conn()
-            .map_err(|e| DomainError::Unreachable(e.message().to_string()))?;
+        let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
         conn.lookup_domain_by_uuid_string(uuid).map_err(|e| {
             if e.code() == Enum::Known(virt::error::ErrorNumber::NoDomain) {
                 DomainError::NotFound(uuid.to_string())
@@ -72,9 +79,7 @@ impl Libvirt {
 
     /// Defines (persistently) and starts the domain of `xml`.
     pub fn define_and_start(&self, xml: &str) -> Result<(), DomainError> {
-        let conn = self
-            .conn()
-            .map_err(|e| DomainError::Unreachable(e.message().to_string()))?;
+        let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
         let domain = conn.define_domain_xml(xml).map_err(failed)?;
         domain.create().map_err(failed)
     }
@@ -159,9 +164,7 @@ impl Libvirt {
 
     /// Every persistent domain carrying the agent's metadata, and what it says.
     pub fn guests(&self) -> Result<Vec<GuestDomain>, DomainError> {
-        let conn = self
-            .conn()
-            .map_err(|e| DomainError::Unreachable(e.message().to_string()))?;
+        let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
         let domains = conn
             .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
             .map_err(failed)?;

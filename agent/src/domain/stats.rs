@@ -189,7 +189,7 @@ impl Libvirt {
         vcpus: usize,
         host_cpus: u32,
     ) -> Result<(Vec<Vec<u32>>, Vec<u32>), DomainError> {
-        let conn = self.conn().map_err(unreachable)?;
+        let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
         let dom = conn
             .lookup_domain_by_uuid_string(uuid)
             .map_err(|_| DomainError::NotFound(uuid.to_string()))?;

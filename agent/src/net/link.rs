@@ -27,6 +27,29 @@ pub enum NetError {
     Netlink { action: String, reason: String },
 }
 
+/// How long the kernel has to answer one netlink request. It answers in microseconds; a
+/// request without an answer (a lost reply, a netlink connection gone) must not hold a
+/// network call, and its mutation permit, forever.
+pub const NETLINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `.answered()`: the request's answer, or `RequestFailed` after [`NETLINK_TIMEOUT`].
+trait Answered<T>: std::future::Future<Output = Result<T, rtnetlink::Error>> + Sized {
+    async fn answered(self) -> Result<T, rtnetlink::Error> {
+        match tokio::time::timeout(NETLINK_TIMEOUT, self).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::warn!(
+                    timeout_s = NETLINK_TIMEOUT.as_secs(),
+                    "no answer to a netlink request in time"
+                );
+                Err(rtnetlink::Error::RequestFailed)
+            }
+        }
+    }
+}
+
+impl<T, F: std::future::Future<Output = Result<T, rtnetlink::Error>>> Answered<T> for F {}
+
 /// The errno inside a netlink error, if it is one.
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
@@ -40,6 +63,14 @@ fn failed(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetErro
     move |e| {
         if errno(&e) == Some(libc::EOPNOTSUPP) {
             NetError::Unsupported(format!("{action}: not supported by this kernel"))
+        } else if matches!(e, rtnetlink::Error::RequestFailed) {
+            NetError::Netlink {
+                action,
+                reason: format!(
+                    "no answer from the kernel within {} s (or the netlink connection closed)",
+                    NETLINK_TIMEOUT.as_secs()
+                ),
+            }
         } else {
             NetError::Netlink {
                 action,
@@ -270,6 +301,7 @@ impl Netlink {
             .execute()
             .map_ok(|m| to_link(&m))
             .try_collect()
+            .answered()
             .await;
         match found {
             Ok(mut links) => Ok(links.pop()),
@@ -286,6 +318,7 @@ impl Netlink {
             .execute()
             .map_ok(|m| to_link(&m))
             .try_collect()
+            .answered()
             .await
             .map_err(failed("list links"))
     }
@@ -299,6 +332,7 @@ impl Netlink {
             .get()
             .execute()
             .try_collect()
+            .answered()
             .await
             .map_err(failed("list addresses"))?;
         for a in addresses {
@@ -322,6 +356,7 @@ impl Netlink {
             .link()
             .add(LinkBridge::new(name).mtu(mtu).up().build())
             .execute()
+            .answered()
             .await
             .map_err(failed(format!("create bridge {name}")))
     }
@@ -345,6 +380,7 @@ impl Netlink {
             .link()
             .add(b.learning(true).build())
             .execute()
+            .answered()
             .await
             .map_err(failed(format!("create vxlan {name}")))
     }
@@ -360,6 +396,7 @@ impl Netlink {
             .link()
             .add(vlan_message(name, uplink, id, mtu))
             .execute()
+            .answered()
             .await
             .map_err(|e| {
                 if matches!(errno(&e), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
@@ -384,7 +421,7 @@ impl Netlink {
             .flags(NeighbourFlags::Own);
         // Append, not replace: several peers share the all-zero entry.
         request.message_mut().header.flags = NeighbourFlags::Own;
-        match request.execute().await {
+        match request.execute().answered().await {
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             other => other.map_err(failed(format!("add VXLAN peer {remote}"))),
         }
@@ -408,6 +445,7 @@ impl Netlink {
             .link()
             .set(b.build())
             .execute()
+            .answered()
             .await
             .map_err(failed(format!("change link {index}")))
     }
@@ -418,12 +456,13 @@ impl Netlink {
             .link()
             .set(LinkUnspec::new_with_index(index).setns_by_fd(fd).build())
             .execute()
+            .answered()
             .await
             .map_err(failed(format!("move link {index} to another namespace")))
     }
 
     pub async fn delete(&self, index: u32) -> Result<(), NetError> {
-        match self.handle.link().del(index).execute().await {
+        match self.handle.link().del(index).execute().answered().await {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
             other => other.map_err(failed(format!("delete link {index}"))),
         }
@@ -435,6 +474,7 @@ impl Netlink {
             .address()
             .add(index, a.ip, a.prefix)
             .execute()
+            .answered()
             .await
         {
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
