@@ -345,7 +345,29 @@ fn sighup_rotates_certificates_and_open_streams_go_on() {
             .is_err()
     );
 
-    // A WatchEvents stream over TCP, open across the rotation.
+    // Local files are imported by local callers only (a remote controller must not copy host
+    // files into an image).
+    let image = common::repo_root().join("images/out/testguest.qcow2");
+    let import = [
+        "image",
+        "import",
+        image.to_str().unwrap(),
+        "--name",
+        "testguest",
+    ];
+    let out = hvctl_tcp(port, &controller, &ca.pem, &import);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "PERMISSION_DENIED: source_path: local files are imported for callers on the Unix socket only"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = agent.hvctl(&import);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A WatchEvents stream over TCP, seen to deliver before the rotation.
     let mut events = hvctl_tcp_command(port, &controller, &ca.pem, &["vm", "events"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -360,7 +382,33 @@ fn sighup_rotates_certificates_and_open_streams_go_on() {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    let next_event_of = |id: &str, what: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        if line.contains(id) {
+            break line;
+        }
+    };
+    let id = "00000000-0000-4000-8000-0000000007e5";
+    let _cleanup = Cleanup(vec![id.to_string()]);
+    let create = [
+        "vm",
+        "create",
+        "--uuid",
+        id,
+        "--name",
+        "rotation",
+        "--flavor",
+        "SCS-1Vi-0.5u",
+        "--image",
+        "testguest",
+    ];
+    // The stream may still be connecting: create until the guest's event shows on it.
+    let out = hvctl_tcp(port, &controller, &ca.pem, &create);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = next_event_of(id, "an event on the stream before the rotation");
+    assert!(line.contains("rotation"), "{line}");
 
     // Rotation: a new agent certificate (signed by the new CA) and a bundle with both CAs.
     let rotated = next_ca.sign("agent-next", "agent", &["dns:localhost"], (-1, 30));
@@ -405,54 +453,12 @@ fn sighup_rotates_certificates_and_open_streams_go_on() {
         der(&rotated.cert)
     );
 
-    // The stream opened before the rotations still delivers: a guest made over TCP with the
-    // new CA's client certificate shows up on it.
-    let image = common::repo_root().join("images/out/testguest.qcow2");
-    let out = hvctl_tcp(
-        port,
-        &next_controller,
-        &next_ca.pem,
-        &[
-            "image",
-            "import",
-            image.to_str().unwrap(),
-            "--name",
-            "testguest",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let id = "00000000-0000-4000-8000-0000000007e5";
-    let _cleanup = Cleanup(vec![id.to_string()]);
-    let out = hvctl_tcp(
-        port,
-        &next_controller,
-        &next_ca.pem,
-        &[
-            "vm",
-            "create",
-            "--uuid",
-            id,
-            "--name",
-            "rotation",
-            "--flavor",
-            "SCS-1Vi-0.5u",
-            "--image",
-            "testguest",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let line = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("an event on the stream opened before the rotation");
-        if line.contains(id) {
-            break line;
-        }
-    };
-    assert!(line.contains("rotation"), "{line}");
-    assert!(events.try_wait().unwrap().is_none(), "the stream ended");
+    // The stream opened before the rotations still delivers: the guest's deletion, made over
+    // TCP with the new CA's client certificate, shows up on it.
     let out = hvctl_tcp(port, &next_controller, &next_ca.pem, &["vm", "delete", id]);
     assert!(out.status.success(), "{}", stderr(&out));
+    next_event_of(id, "an event on the stream opened before the rotation");
+    assert!(events.try_wait().unwrap().is_none(), "the stream ended");
     let _ = events.kill();
     let _ = events.wait();
     let (_, log) = agent.stop_with(nix::sys::signal::Signal::SIGTERM);

@@ -18,6 +18,32 @@ use super::{Peer, Policy, Role, UnixPolicy, mutating, required};
 /// The largest request body read for an audit record (tonic refuses larger messages anyway).
 const MAX_AUDITED_BODY: usize = 4 << 20;
 
+/// Of a refused call's body only this much is read, for the audit record's target (UUIDs and
+/// names come first), and only for this long: a caller without the role must not make the
+/// agent buffer megabytes or wait on a body that never ends.
+const DENIED_PREFIX: usize = 1024;
+const DENIED_READ: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Up to `max` bytes from the start of `body`, as many as arrive within `within`.
+async fn prefix(mut body: Body, max: usize, within: std::time::Duration) -> bytes::Bytes {
+    let mut buf = bytes::BytesMut::new();
+    let _ = tokio::time::timeout(within, async {
+        while buf.len() < max {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        buf.extend_from_slice(data);
+                    }
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
+    buf.truncate(max);
+    buf.freeze()
+}
+
 #[derive(Clone)]
 pub struct AccessLayer {
     policy: Arc<Policy>,
@@ -166,17 +192,6 @@ where
                 return Ok(denied(&method, needed, &who, role).into_http());
             }
             let (parts, body) = req.into_parts();
-            let bytes = match http_body_util::Limited::new(body, MAX_AUDITED_BODY)
-                .collect()
-                .await
-            {
-                Ok(c) => c.to_bytes(),
-                Err(e) => {
-                    return Ok(
-                        tonic::Status::invalid_argument(format!("request body: {e}")).into_http(),
-                    );
-                }
-            };
             let mut record = Record {
                 unix_ms: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -185,16 +200,32 @@ where
                 role: role.map_or("none", Role::as_str),
                 from,
                 method: method.clone(),
-                target: audit::target(&bytes),
+                target: String::new(),
                 result: String::new(),
                 duration_ms: 0.0,
             };
             if !allowed {
+                record.target = audit::target(&prefix(body, DENIED_PREFIX, DENIED_READ).await);
                 record.result = "PERMISSION_DENIED".into();
                 record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
                 audit.record(&record);
                 return Ok(denied(&method, needed, &who, role).into_http());
             }
+            let bytes = match http_body_util::Limited::new(body, MAX_AUDITED_BODY)
+                .collect()
+                .await
+            {
+                Ok(c) => c.to_bytes(),
+                Err(e) => {
+                    record.result = "INVALID_ARGUMENT".into();
+                    record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    audit.record(&record);
+                    return Ok(
+                        tonic::Status::invalid_argument(format!("request body: {e}")).into_http(),
+                    );
+                }
+            };
+            record.target = audit::target(&bytes);
             let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
             let response = inner.call(req).await;
             record.result = match &response {

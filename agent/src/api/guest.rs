@@ -117,7 +117,18 @@ impl pb::image_service_server::ImageService for ImageApi {
         &self,
         request: Request<pb::ImportImageRequest>,
     ) -> Result<Response<pb::Image>, Status> {
+        // A local path names a file on this node: only local callers may, so that a remote
+        // controller cannot copy host files (keys, configs) into an image it then reads.
+        let remote = matches!(
+            request.extensions().get::<crate::access::Peer>(),
+            Some(crate::access::Peer::Tls { .. })
+        );
         let r = request.into_inner();
+        if remote && !r.source_path.is_empty() {
+            return Err(Status::permission_denied(
+                "source_path: local files are imported for callers on the Unix socket only; remote callers give source_url",
+            ));
+        }
         let started = std::time::Instant::now();
         let sha256 = (!r.sha256.is_empty()).then_some(r.sha256.clone());
         let guests = self.guests.clone();

@@ -320,6 +320,9 @@ impl Config {
             ("api", "tls_client_ca") => tcp.client_ca = Some(absolute_path(value)?),
             ("libvirt", "uri") => {
                 let uri = string(value)?;
+                if uri.contains('\0') {
+                    return Err("must not contain NUL".into());
+                }
                 if !uri.contains(':') || uri.starts_with(':') {
                     return Err(format!(
                         "{uri:?} is not a libvirt URI (expected e.g. qemu:///system)"

@@ -28,6 +28,49 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// opens connections without finishing them cannot tie up the agent).
 pub const MAX_HANDSHAKES: usize = 64;
 
+/// Handshakes in progress at once from one address: one silent peer cannot take every slot.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+
+/// Refused connections are logged at most this often (a flood must not flood the log).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress per address; an entry goes when its last handshake ends.
+#[derive(Default)]
+struct InProgress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl InProgress {
+    /// A slot for `ip`, or `None` when it has [`MAX_HANDSHAKES_PER_ADDRESS`] already.
+    fn claim(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+struct Slot {
+    owner: Arc<InProgress>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.owner.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// One accepted connection.
 pub enum Connection {
     Unix(UnixStream),
@@ -143,6 +186,8 @@ pub async fn accept_tls(
     ready: mpsc::Sender<Connection>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_address = Arc::new(InProgress::default());
+    let mut last_refusal_log: Option<std::time::Instant> = None;
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -156,14 +201,24 @@ pub async fn accept_tls(
         if ready.is_closed() {
             return;
         }
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, limit = MAX_HANDSHAKES, "too many TLS handshakes in progress; closing the connection");
+        let slots = handshakes
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .zip(per_address.claim(remote.ip()));
+        let Some((permit, slot)) = slots else {
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                last_refusal_log = Some(std::time::Instant::now());
+                tracing::warn!(%remote, limit = MAX_HANDSHAKES, per_address = MAX_HANDSHAKES_PER_ADDRESS, "too many TLS handshakes in progress; closing connections (logged at most every 10 s)");
+            }
             continue;
         };
+        // gRPC messages are small and latency-bound.
+        let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(endpoint.current());
         let ready = ready.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let identity = stream
@@ -193,4 +248,28 @@ pub fn incoming(
 ) -> impl Stream<Item = io::Result<Connection>> {
     let local = UnixListenerStream::new(unix).map(|s| s.map(Connection::Unix));
     local.merge(ReceiverStream::new(tls).map(Ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_slots_are_bounded_per_address_and_given_back() {
+        let slots = Arc::new(InProgress::default());
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let held: Vec<Slot> = (0..MAX_HANDSHAKES_PER_ADDRESS)
+            .map(|_| slots.claim(a).expect("a slot"))
+            .collect();
+        assert!(slots.claim(a).is_none(), "one address cannot take more");
+        let other = slots.claim(b).expect("another address still gets one");
+        drop(held);
+        drop(other);
+        assert!(
+            slots.0.lock().unwrap().is_empty(),
+            "entries go with their last slot"
+        );
+        assert!(slots.claim(a).is_some());
+    }
 }

@@ -81,6 +81,9 @@ pub enum DaemonError {
 /// How often the libvirt connection is checked and, if lost, reopened.
 const CONNECTION_CHECK: Duration = Duration::from_secs(2);
 
+/// Concurrent calls (streams) on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// How long open calls may run on after a stop signal.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -373,6 +376,11 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
 
     let mutations = crate::api::Mutations::new(config.api.max_concurrent_mutations);
     let server = tonic::transport::Server::builder()
+        // Streams per connection are bounded (tonic would allow any number), and a peer that
+        // vanishes without closing is noticed by HTTP/2 pings, so its streams end.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(access_layer)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -80,6 +80,11 @@ pub fn restrict(kept: &[Kept]) -> Result<CapsHashSet, PrivilegeError> {
         for cap in bounding.difference(&keep) {
             caps::drop(None, CapSet::Bounding, *cap).map_err(fail("drop from bounding"))?;
         }
+    } else if !bounding.is_subset(&keep) {
+        // Under the systemd unit (no CAP_SETPCAP): the unit's bounding set stays; with
+        // no_new_privs and empty inheritable and ambient sets, programs the agent starts still
+        // get no more than the capabilities it keeps.
+        tracing::info!("bounding set left as started (no CAP_SETPCAP to narrow it)");
     }
     caps::clear(None, CapSet::Inheritable).map_err(fail("clear inheritable"))?;
     let held: CapsHashSet = permitted.intersection(&keep).copied().collect();

@@ -54,6 +54,58 @@ struct State {
     opening: bool,
 }
 
+/// How long opening a connection may take. A libvirtd that accepts the connection but does
+/// not answer (stopped, hung) would hold an open for ever.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens given up on that have not returned yet; no more are started beyond
+/// [`MAX_STUCK_OPENS`] (each holds a thread until libvirtd answers).
+static STUCK_OPENS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const MAX_STUCK_OPENS: usize = 4;
+
+/// Ends its open's turn when dropped.
+struct Opening<'a>(&'a Libvirt);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.lock().opening = false;
+    }
+}
+
+/// `Connect::open` on a thread of its own, waited for at most `OPEN_TIMEOUT`; one that takes
+/// longer is left to finish (its connection then closes) and counted as stuck meanwhile.
+pub(crate) fn open_within(uri: &str) -> Result<Connect, Unreachable> {
+    use std::sync::atomic::Ordering;
+    if STUCK_OPENS.load(Ordering::Relaxed) >= MAX_STUCK_OPENS {
+        return Err(Unreachable(format!(
+            "{uri}: {MAX_STUCK_OPENS} connection attempts still wait for libvirtd"
+        )));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = uri.to_string();
+    STUCK_OPENS.fetch_add(1, Ordering::Relaxed);
+    let spawned = std::thread::Builder::new()
+        .name("libvirt-open".into())
+        .spawn(move || {
+            let opened = Connect::open(Some(&owned));
+            STUCK_OPENS.fetch_sub(1, Ordering::Relaxed);
+            let _ = tx.send(opened);
+        });
+    if let Err(e) = spawned {
+        STUCK_OPENS.fetch_sub(1, Ordering::Relaxed);
+        return Err(Unreachable(format!(
+            "{uri}: cannot start a thread to connect: {e}"
+        )));
+    }
+    match rx.recv_timeout(OPEN_TIMEOUT) {
+        Ok(opened) => opened.map_err(Unreachable::from),
+        Err(_) => Err(Unreachable(format!(
+            "{uri}: libvirtd accepted the connection but did not answer within {} s",
+            OPEN_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// libvirt cannot be used now, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -64,10 +116,6 @@ impl From<virt::error::Error> for Unreachable {
         Unreachable(e.message().to_string())
     }
 }
-
-/// Keepalive probes every 5 s; 3 unanswered ones close the connection (20 s in all).
-pub const KEEPALIVE_INTERVAL_S: i32 = 5;
-pub const KEEPALIVE_COUNT: u32 = 3;
 
 impl Libvirt {
     pub fn new(uri: &str) -> Self {
@@ -84,16 +132,11 @@ impl Libvirt {
         self.events.subscribe()
     }
 
-    /// Opens a connection with keepalive and the event callbacks on it.
-    fn open(&self) -> Result<Connect, virt::error::Error> {
-        let conn = Connect::open(Some(&self.uri))?;
-        // The timeout on every call: libvirtd answers keepalives even while a call waits on a
-        // QEMU monitor (libvirt bounds those itself, 30 s for a domain job), so a connection
-        // without an answer for KEEPALIVE_INTERVAL × (KEEPALIVE_COUNT + 1) seconds is a
-        // daemon that hangs; libvirt then closes it and every call in flight fails.
-        if let Err(e) = conn.set_keep_alive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT) {
-            tracing::warn!(error = %e, "libvirt keepalive unavailable on this connection");
-        }
+    /// Opens a connection with the event callbacks on it. No libvirt keepalive: libvirt 9.0's
+    /// client crashes (a use after free in its I/O loop) when a keepalive timeout closes a
+    /// connection while calls wait on it; calls are bounded by the agent instead.
+    fn open(&self) -> Result<Connect, Unreachable> {
+        let conn = open_within(&self.uri)?;
         if let Err(e) = events::register(&conn, &self.events) {
             tracing::warn!(error = %e, "domain events unavailable on this connection");
         }
@@ -148,9 +191,8 @@ impl Libvirt {
                 state.lost = true;
             }
             state.facts = None;
-            // One opener at a time, and nobody waits for it: a libvirtd that accepts the
-            // connection but does not answer (stopped, hung) holds only the opener, which
-            // has no keepalive yet.
+            // One opener at a time, and nobody waits for it (an open takes at most
+            // OPEN_TIMEOUT).
             if state.opening {
                 return Err(Unreachable(format!(
                     "{}: not answering; a reconnect is in progress",
@@ -159,9 +201,10 @@ impl Libvirt {
             }
             state.opening = true;
         }
+        // Cleared however the open ends, a panic in libvirt's bindings included.
+        let _opening = Opening(self);
         let opened = self.open();
         let mut state = self.lock();
-        state.opening = false;
         let conn = opened?;
         state.conn = Some(conn.clone());
         if std::mem::take(&mut state.lost) {

@@ -44,10 +44,6 @@ pub struct DomainStats {
     pub params: Vec<(String, Param)>,
 }
 
-fn unreachable(e: virt::error::Error) -> DomainError {
-    DomainError::Unreachable(e.message().to_string())
-}
-
 /// Copies the typed parameters at `params` out of libvirt's memory.
 ///
 /// # Safety
@@ -115,22 +111,38 @@ impl StatsConnection {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The connection, opened if there is none (or it died).
+    /// The connection, opened if there is none (or it died). The open is bounded in time and
+    /// made without the lock held, so `abandon` never waits for it.
     pub fn get(&self) -> Result<virt::connect::Connect, DomainError> {
-        let mut held = self.lock();
-        if let Some(c) = held.as_ref()
+        if let Some(c) = self.lock().as_ref()
             && c.is_alive().unwrap_or(false)
         {
             return Ok(c.clone());
         }
-        let c = virt::connect::Connect::open(Some(&self.uri)).map_err(unreachable)?;
-        *held = Some(c.clone());
+        let c =
+            super::connection::open_within(&self.uri).map_err(|e| DomainError::Unreachable(e.0))?;
+        let old = self.lock().replace(c.clone());
+        close_elsewhere(old);
         Ok(c)
     }
 
     /// Leaves the current connection to a call that did not return.
     pub fn abandon(&self) {
-        self.lock().take();
+        let old = self.lock().take();
+        close_elsewhere(old);
+    }
+}
+
+/// Drops a connection on a thread of its own: closing the last reference is a call to
+/// libvirtd, which may not answer, and callers run on the async runtime.
+fn close_elsewhere(conn: Option<virt::connect::Connect>) {
+    if let Some(conn) = conn {
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-close".into())
+            .spawn(move || drop(conn));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to close a libvirt connection");
+        }
     }
 }
 

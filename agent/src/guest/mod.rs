@@ -23,6 +23,9 @@ use crate::storage::images::check_name;
 use crate::storage::{GuestFiles, ImageRecord, ImageStore, StoreError};
 
 pub const MAX_USER_DATA: usize = 64 * 1024;
+
+/// How long listing the domains (the first step of every lifecycle call) may take.
+pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 pub const MAX_SSH_KEYS: usize = 32;
 pub const MAX_METADATA: usize = 64;
 /// 100 Gbit/s: the highest per-NIC rate limit accepted.
@@ -469,9 +472,20 @@ impl Guests {
     async fn domains(&self) -> Result<Vec<GuestDomain>, GuestError> {
         let libvirt = self.libvirt.clone();
         let store = self.storage_root.clone();
-        let all = self
-            .blocking(move || libvirt.guests().map_err(GuestError::from))
-            .await?;
+        // Every lifecycle call starts here: a libvirtd that does not answer (hung, stopped)
+        // is UNAVAILABLE after LIST_TIMEOUT rather than a call that waits for ever. The
+        // listing has no effect, so giving up on it (its thread waits on) changes nothing.
+        let all = tokio::time::timeout(
+            LIST_TIMEOUT,
+            self.blocking(move || libvirt.guests().map_err(GuestError::from)),
+        )
+        .await
+        .map_err(|_| {
+            GuestError::Unavailable(format!(
+                "libvirt: no answer to listing the domains within {} s",
+                LIST_TIMEOUT.as_secs()
+            ))
+        })??;
         Ok(all
             .into_iter()
             .filter(|d| d.intent.as_ref().map_or(true, |i| i.store == store))

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -490,7 +491,9 @@ impl ImageStore {
         let dir = self.image_dir(name);
         let placed = (|| {
             std::fs::create_dir(&dir).map_err(io(&dir, "create"))?;
-            super::traversable_dir(&dir).map_err(io(&dir, "set mode 0711"))?;
+            // QEMU reads the image as a backing file: the directory must be traversable.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(io(&dir, "set mode 0711"))?;
             let json = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::Io {
                 path: dir.join("record.json"),
                 action: "encode",

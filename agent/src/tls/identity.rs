@@ -4,34 +4,31 @@
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// The identity of a client certificate: its first URI SAN (a SPIFFE ID such as
-/// `spiffe://cloud.example/controlplane`), else its first DNS SAN, else its subject's common
-/// name. `None` when it has none of these (such a client has no role).
+/// `spiffe://cloud.example/controlplane`), else its first DNS SAN, else, for a certificate
+/// without any subject alternative name, its subject's common name. `None` when it has none of
+/// these (such a client has no role). A common name cannot pose as a URI: one with `:` or `/`
+/// gives no identity (a CA that lets requesters choose their CN must not mint a SPIFFE ID).
 pub fn of_certificate(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let sans: Vec<GeneralName<'_>> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|ext| ext.value.general_names.clone())
-        .unwrap_or_default();
-    let uri = sans.iter().find_map(|n| match n {
-        GeneralName::URI(u) => Some(*u),
-        _ => None,
-    });
-    let dns = sans.iter().find_map(|n| match n {
-        GeneralName::DNSName(d) => Some(*d),
-        _ => None,
-    });
-    uri.or(dns)
+    let san = cert.subject_alternative_name().ok()?;
+    if let Some(san) = san {
+        let names = &san.value.general_names;
+        let uri = names.iter().find_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        });
+        let dns = names.iter().find_map(|n| match n {
+            GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        });
+        return uri.or(dns).filter(|id| !id.is_empty()).map(str::to_string);
+    }
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty() && !cn.contains([':', '/']))
         .map(str::to_string)
-        .or_else(|| {
-            cert.subject()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .map(str::to_string)
-        })
-        .filter(|id| !id.is_empty())
 }
 
 /// Whether a certificate is valid at `now` (seconds since the epoch); the error says why not
@@ -88,11 +85,12 @@ mod tests {
             .as_deref(),
             Some("cp.example")
         );
-        assert_eq!(
-            id(Some("monitor"), &["ip:10.0.0.1"]).as_deref(),
-            Some("monitor")
-        );
+        assert_eq!(id(Some("monitor"), &[]).as_deref(), Some("monitor"));
+        // With subject alternative names, the CN is not looked at.
+        assert_eq!(id(Some("monitor"), &["ip:10.0.0.1"]), None);
         assert_eq!(id(None, &["ip:10.0.0.1"]), None);
+        // A CN cannot pose as a URI identity.
+        assert_eq!(id(Some("spiffe://cloud.example/controlplane"), &[]), None);
         assert_eq!(of_certificate(b"not a certificate"), None);
     }
 

@@ -75,10 +75,9 @@ pub struct Files {
     pub ca: (&'static str, PathBuf),
 }
 
-/// The certificates in a PEM file, each checked to be in its validity period at `now`.
-fn certificates(
+/// The certificates in a PEM file.
+fn read_certificates(
     (key, path): &(&'static str, PathBuf),
-    now: i64,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(|e| file_error(key, path, e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
@@ -87,14 +86,22 @@ fn certificates(
     if certs.is_empty() {
         return Err(file_error(key, path, "holds no PEM certificate"));
     }
+    Ok(certs)
+}
+
+/// The certificates in a PEM file, each checked to be in its validity period at `now`.
+fn certificates(
+    file: &(&'static str, PathBuf),
+    now: i64,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = read_certificates(file)?;
     for (i, cert) in certs.iter().enumerate() {
         identity::check_validity(cert, now).map_err(|problem| {
-            file_error(key, path, format!("certificate {}: {problem}", i + 1))
+            file_error(file.0, &file.1, format!("certificate {}: {problem}", i + 1))
         })?;
     }
     Ok(certs)
 }
-
 fn private_key((key, path): &(&'static str, PathBuf)) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = std::fs::read(path).map_err(|e| file_error(key, path, e.to_string()))?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
@@ -106,12 +113,29 @@ fn private_key((key, path): &(&'static str, PathBuf)) -> Result<PrivateKeyDer<'s
     })
 }
 
+/// The CA bundle. A CA outside its validity period is left out with a warning (an old CA may
+/// linger in a bundle after a rotation; it could not sign a valid chain anyway); a bundle
+/// without one valid CA is an error.
 fn roots(files: &Files, now: i64) -> Result<RootCertStore, TlsError> {
+    let (key, path) = &files.ca;
     let mut roots = RootCertStore::empty();
-    for cert in certificates(&files.ca, now)? {
+    let mut skipped = Vec::new();
+    for (i, cert) in read_certificates(&files.ca)?.into_iter().enumerate() {
+        if let Err(problem) = identity::check_validity(&cert, now) {
+            tracing::warn!(key, path = %path.display(), certificate = i + 1, %problem, "CA left out");
+            skipped.push(format!("certificate {}: {problem}", i + 1));
+            continue;
+        }
         roots
             .add(cert)
-            .map_err(|e| file_error(files.ca.0, &files.ca.1, format!("not a usable CA: {e}")))?;
+            .map_err(|e| file_error(key, path, format!("not a usable CA: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(file_error(
+            key,
+            path,
+            format!("no valid CA ({})", skipped.join("; ")),
+        ));
     }
     Ok(roots)
 }
@@ -303,6 +327,18 @@ mod tests {
         let err = server_config(&d2.files(&expired, &ca.pem), now()).unwrap_err();
         assert!(
             matches!(&err, TlsError::File { key: "api.tls_cert", problem, .. } if problem.starts_with("certificate 1: expired on ")),
+            "{err}"
+        );
+
+        // A bundle of one expired and one valid CA serves; of expired ones only, it does not.
+        let expired_ca = leaf(&ca, Some("old CA"), &[], (-30, -1));
+        let d5 = dir();
+        let bundle = d5.files(&good, &format!("{}{}", expired_ca.cert_pem, ca.pem));
+        server_config(&bundle, now()).unwrap();
+        std::fs::write(&bundle.ca.1, &expired_ca.cert_pem).unwrap();
+        let err = server_config(&bundle, now()).unwrap_err();
+        assert!(
+            matches!(&err, TlsError::File { key: "api.tls_client_ca", problem, .. } if problem.starts_with("no valid CA (certificate 1: expired on ")),
             "{err}"
         );
 
