@@ -7,11 +7,13 @@ use clap::Parser;
 use hvagent::daemon::{self, Config, config::LogFormat};
 use hvagent::host::kvm;
 
-/// The Sovereign Cloud Stack node agent: the hardware inventory of one compute node and what it
-/// can serve, over gRPC on a Unix socket, with Prometheus metrics.
+/// The Sovereign Cloud Stack node agent: inventory, placement, guests, networks and health of
+/// one compute node, over gRPC on a Unix socket (and, with [api] tcp_listen, over TCP with
+/// mutual TLS), with Prometheus metrics.
 ///
-/// Runs in the foreground until SIGTERM or SIGINT; stopping it never stops guests. Without
-/// --config every setting takes its documented default (docs/operations.md).
+/// Runs in the foreground until SIGTERM or SIGINT; stopping it never stops guests. SIGHUP reads
+/// the TLS files again. Without --config every setting takes its documented default
+/// (docs/operations.md); security and privileges: docs/security.md.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
