@@ -2,10 +2,12 @@
 //! report of what the guest really gets between two marker lines on its console, for
 //! `hvctl verify` to read from the serial log. This first part reports the CPU (count, model,
 //! rdrand, rdseed, hardware virtualization), MemTotal, the kernel's entropy estimate, the FIPS
-//! 140-2 tests over blocks of /dev/random and steal time over a window.
+//! 140-2 tests over blocks of /dev/random, and over a window, with the fixed workload running on
+//! every vCPU, each vCPU's throughput and the share the host stole.
 
 mod facts;
 mod fips;
+mod workload;
 
 use std::io::Read;
 use std::time::Duration;
@@ -20,6 +22,8 @@ struct Report {
     mem_total_bytes: Option<u64>,
     entropy_avail: Option<u32>,
     fips: fips::Summary,
+    /// Per vCPU, workload chunks per second over `window_ms` (all vCPUs busy at once).
+    throughput: Vec<Option<f64>>,
     /// Per vCPU, the share of its time the host stole over `window_ms`.
     steal_ratio: Vec<f64>,
     window_ms: u64,
@@ -61,18 +65,24 @@ fn main() {
     let blocks = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let window_ms = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let mut errors = Vec::new();
-    let before = facts::cpu_times(&read("/proc/stat", &mut errors));
     let fips = fips_over(blocks, &mut errors);
-    std::thread::sleep(Duration::from_millis(window_ms));
+    let cpu = facts::cpu(&read("/proc/cpuinfo", &mut errors));
+    let before = facts::cpu_times(&read("/proc/stat", &mut errors));
+    let cpus: Vec<usize> = (0..before.len()).collect();
+    let throughput = workload::throughput(&cpus, Duration::from_millis(window_ms))
+        .into_iter()
+        .map(|r| r.map_err(|e| errors.push(e)).ok())
+        .collect();
     let after = facts::cpu_times(&read("/proc/stat", &mut errors));
     let report = Report {
-        cpu: facts::cpu(&read("/proc/cpuinfo", &mut errors)),
+        cpu,
         mem_total_bytes: facts::mem_total_bytes(&read("/proc/meminfo", &mut errors)),
         entropy_avail: read("/proc/sys/kernel/random/entropy_avail", &mut errors)
             .trim()
             .parse()
             .ok(),
         fips,
+        throughput,
         steal_ratio: facts::steal_ratios(&before, &after),
         window_ms,
         errors,
