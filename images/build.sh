@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the small hvagent test guest from Debian packages only (see README.md):
 #   out/vmlinuz        Debian cloud kernel
-#   out/initramfs.img  busybox-static + guest/init + guest/capture.sh + virtio modules
+#   out/initramfs.img  busybox-static + guest/init + guest/capture.sh + virtio modules + the
+#                      probe (images/probe, built here as a static binary)
 #   out/testguest.qcow2     BIOS-bootable disk (MBR + FAT + syslinux) holding the two above
 # Idempotent: each output is rebuilt only when missing or older than one of its inputs.
 set -euo pipefail
@@ -93,9 +94,19 @@ if ! newer "$OUT/vmlinuz" "$kdeb"; then
     cp "$kdir"/boot/vmlinuz-* "$OUT/vmlinuz"
 fi
 
+# --- probe -------------------------------------------------------------------------------
+# Statically linked (the initramfs has no C library): with --target, RUSTFLAGS reach only
+# the probe and its dependencies, not build scripts or the workspace's other builds. A no-op
+# when nothing changed (cargo decides).
+TARGET=x86_64-unknown-linux-gnu
+REPO=$(cd "$HERE/.." && pwd)
+probe=$REPO/target/$TARGET/release/hvagent-probe
+(cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
+    -p hvagent-probe --target "$TARGET")
+
 # --- initramfs ---------------------------------------------------------------------------
 bbdeb=$(deb busybox-static)
-init_inputs=("$SELF" "$kdeb" "$bbdeb" "$HERE/guest/init" "$HERE/guest/capture.sh")
+init_inputs=("$SELF" "$kdeb" "$bbdeb" "$HERE/guest/init" "$HERE/guest/capture.sh" "$probe")
 if ! newer "$OUT/initramfs.img" "${init_inputs[@]}"; then
     log "initramfs.img"
     bbdir=$(extract "$bbdeb")
@@ -113,6 +124,7 @@ if ! newer "$OUT/initramfs.img" "${init_inputs[@]}"; then
     if [[ $EUID -eq 0 ]]; then mknod -m 600 "$root/dev/console" c 5 1; fi
     install -m 755 "$HERE/guest/init" "$root/init"
     install -m 755 "$HERE/guest/capture.sh" "$root/capture.sh"
+    install -m 755 "$probe" "$root/probe"
 
     # Modules with their dependencies (from each .ko's modinfo "depends=" field; the
     # package ships no modules.dep), listed dependencies first in lib/modules/load-order.

@@ -2,7 +2,7 @@
 //! captured text and the probe's report says exactly what the guest kernel said.
 
 /// CPU facts from /proc/cpuinfo: logical CPUs, the first one's model and flags.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cpu {
     pub vcpus: u32,
     pub model: String,

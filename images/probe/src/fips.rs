@@ -95,7 +95,7 @@ pub fn check(block: &[u8; BLOCK_BYTES]) -> Failures {
 }
 
 /// Failures over many blocks, per test and in all.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub blocks: u32,
     pub failed_blocks: u32,
