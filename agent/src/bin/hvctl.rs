@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hvagent::ctl::{client, render};
+use hvagent::ctl::{client, render, verify};
 use hvagent::flavor::{self, view::FlavorView};
 use hvagent::placement;
 use hvagent_proto::v1 as pb;
@@ -74,7 +74,8 @@ struct Cli {
     )]
     tls_ca: Option<PathBuf>,
 
-    /// `table` for people, `json` for programs (the proto message, field names as in the API).
+    /// `table` for people, `json` for programs (the proto message, field names as in the API),
+    /// `markdown` for `hvctl verify` reports (a table elsewhere).
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
 
@@ -82,10 +83,12 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
     Json,
+    /// `hvctl verify`'s report as Markdown (other commands print tables).
+    Markdown,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +120,17 @@ enum Command {
     /// keeps each network as specified and repairs drift (docs/networking.md).
     #[command(subcommand)]
     Network(NetworkCommand),
+
+    /// Prove on this node that flavors keep their SCS promises: per flavor, create a probe
+    /// guest from the probe image, read its report (CPU flags, RAM, disks, entropy, FIPS
+    /// 140-2, write IOPS) and workload samples from its console, fill the node with busy
+    /// neighbour guests, ask the agent for its guarantee report, and judge every promise:
+    /// kept, violated, or not verifiable here (timing under TCG emulation). Every guest it
+    /// creates is deleted, also on Ctrl-C or SIGTERM. Progress goes to stderr, the report to
+    /// stdout (--output markdown, the default, or json) and with --report DIR to
+    /// DIR/report.{json,md} and SVG charts. Exit status 4: a promise was violated or a
+    /// flavor could not be probed. See docs/verify.md.
+    Verify(VerifyArgs),
 
     /// Offline sizing: place flavors, in the order given, on a captured sysfs/procfs tree
     /// (DIR/sys/..., DIR/proc/..., as `images/guest/capture.sh` writes them) under a node
@@ -315,9 +329,57 @@ enum NodeCommand {
 }
 
 const EXIT_CALL_FAILED: u8 = 1;
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// A flavor to verify; repeat for more.
+    #[arg(
+        long = "flavor",
+        value_name = "NAME",
+        required_unless_present = "standard"
+    )]
+    flavors: Vec<String>,
+    /// Also every SCS standard flavor (scs-0103); those that do not fit are skipped.
+    #[arg(long)]
+    standard: bool,
+    /// Busy neighbour guests beside each C, T and V probe guest, at most (fewer when fewer
+    /// fit: for V they fill the shared pool to its admitted ratio).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    neighbours: u32,
+    /// The neighbours' flavor.
+    #[arg(long, value_name = "NAME", default_value = "SCS-1V-1u")]
+    neighbour_flavor: String,
+    /// Image in the agent's store with the probe: images/out/testguest.qcow2 imported
+    /// under this name.
+    #[arg(long, value_name = "NAME", default_value = "hvagent-probe")]
+    image: String,
+    /// Workload windows measured alone, and again beside the neighbours.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    samples: u32,
+    /// Length of one workload window in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    window_ms: u64,
+    /// Blocks of /dev/random for the FIPS 140-2 tests (the SCS entropy check needs 1000).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    fips_blocks: u32,
+    /// How long the probe writes to its root disk for the IOPS figure (0: skip).
+    #[arg(long, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    iops_ms: u64,
+    /// How long a guest may take to boot and print its report or first sample.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=3600))]
+    boot_timeout: u64,
+    /// C/T: the share of throughput alone a vCPU may lose beside the neighbours.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.1)]
+    tolerance: f64,
+    /// Also write report.json, report.md and the SVG charts into DIR (created if missing).
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+}
+
 /// Bad command line or invalid input (as clap uses for usage errors).
 const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
+/// `hvctl verify`: a promise violated, or a flavor that could not be probed.
+const EXIT_VIOLATED: u8 = 4;
 /// Most guests of one flavor `hvctl plan` places.
 const MAX_PLAN_COUNT: u32 = 100_000;
 
@@ -348,6 +410,7 @@ async fn run(cli: Cli) -> ExitCode {
         | Command::Placement(_)
         | Command::Image(_)
         | Command::Vm(_)
+        | Command::Verify(_)
         | Command::Network(_) => {}
     }
     let (connected, agent) = match (&cli.endpoint, &cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
@@ -383,7 +446,7 @@ async fn run(cli: Cli) -> ExitCode {
     let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
     let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
     let mut networks = pb::network_service_client::NetworkServiceClient::new(channel.clone());
-    let mut placement = pb::placement_service_client::PlacementServiceClient::new(channel);
+    let mut placement = pb::placement_service_client::PlacementServiceClient::new(channel.clone());
     let (output, agent) = (cli.output, agent.as_str());
     match cli.command {
         Command::Node(NodeCommand::Inventory) => answer(
@@ -441,6 +504,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Image(command) => image(output, agent, &mut images, command).await,
         Command::Vm(command) => vm(output, agent, &mut vms, command).await,
         Command::Network(command) => network(output, agent, &mut networks, command).await,
+        Command::Verify(args) => verify(output, agent, channel, args).await,
         Command::Flavor(_) | Command::Plan { .. } => ExitCode::SUCCESS,
     }
 }
@@ -670,7 +734,7 @@ async fn watch_health(
             Ok(Some(h)) => match output {
                 Output::Json => println!("{}", serde_json::to_string(&h).unwrap_or_default()),
                 // Clear the terminal between tables, as `watch` does.
-                Output::Table => print!("\x1b[H\x1b[2J{}", render::health(&h)),
+                Output::Table | Output::Markdown => print!("\x1b[H\x1b[2J{}", render::health(&h)),
             },
             Ok(None) => return ExitCode::SUCCESS,
             Err(status) => return fail(agent, &status),
@@ -880,7 +944,7 @@ async fn vm(output: Output, agent: &str, vms: &mut Vms, command: VmCommand) -> E
                     Ok(Some(e)) => {
                         let line = match output {
                             Output::Json => serde_json::to_string(&e).unwrap_or_default(),
-                            Output::Table => render::event(&e),
+                            Output::Table | Output::Markdown => render::event(&e),
                         };
                         println!("{line}");
                     }
@@ -899,7 +963,7 @@ async fn vm(output: Output, agent: &str, vms: &mut Vms, command: VmCommand) -> E
             {
                 Ok(log) => match output {
                     Output::Json => print(output, &log.into_inner(), |_| String::new()),
-                    Output::Table => {
+                    Output::Table | Output::Markdown => {
                         use std::io::Write;
                         let _ = std::io::stdout().write_all(&log.into_inner().data);
                         ExitCode::SUCCESS
@@ -908,6 +972,156 @@ async fn vm(output: Output, agent: &str, vms: &mut Vms, command: VmCommand) -> E
                 Err(status) => fail(agent, &status),
             }
         }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn write_report(dir: &Path, report: &verify::VerifyReport) -> Result<(), String> {
+    let write = |name: &str, data: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, data).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    write("report.json", json.as_bytes())?;
+    write(
+        "report.md",
+        verify::markdown::render(report, true).as_bytes(),
+    )?;
+    for f in report.flavors.iter().filter(|f| !f.alone.is_empty()) {
+        let (share, throughput) = verify::markdown::chart_names(&f.flavor);
+        let title = format!("{}: share of a core per vCPU", f.flavor);
+        write(
+            &share,
+            verify::chart::share_over_time(&title, &f.alone, &f.with_neighbours)?.as_bytes(),
+        )?;
+        if !f.with_neighbours.is_empty() {
+            let title = format!(
+                "{}: throughput alone and beside {} neighbours",
+                f.flavor,
+                f.neighbours.len()
+            );
+            write(
+                &throughput,
+                verify::chart::throughput_bars(&title, &f.alone, &f.with_neighbours)?.as_bytes(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn verify(
+    output: Output,
+    agent: &str,
+    channel: tonic::transport::Channel,
+    args: VerifyArgs,
+) -> ExitCode {
+    if !(0.0..1.0).contains(&args.tolerance) {
+        eprintln!(
+            "hvctl: --tolerance {}: must be at least 0 and below 1",
+            args.tolerance
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let mut flavors = args.flavors;
+    if args.standard {
+        for f in hvagent::api::flavor::standard_flavors() {
+            if !flavors.contains(&f.name) {
+                flavors.push(f.name);
+            }
+        }
+    }
+    let opts = verify::Options {
+        flavors,
+        neighbours: args.neighbours,
+        neighbour_flavor: args.neighbour_flavor,
+        image: args.image,
+        samples: args.samples,
+        plan: hvagent_probe::plan::Plan {
+            mode: hvagent_probe::plan::Mode::Report,
+            fips_blocks: args.fips_blocks,
+            window_ms: args.window_ms,
+            iops_ms: args.iops_ms,
+        },
+        boot_timeout: std::time::Duration::from_secs(args.boot_timeout),
+        tolerance: args.tolerance,
+    };
+    let created = verify::Created::default();
+    let started = std::time::Instant::now();
+    let progress = |m: &str| {
+        eprintln!(
+            "hvctl verify [{:>4.0} s] {m}",
+            started.elapsed().as_secs_f64()
+        )
+    };
+    let outcome = tokio::select! {
+        r = verify::run(channel.clone(), &created, &opts, &progress) => Some(r),
+        () = interrupted() => None,
+    };
+    // Whatever happened, nothing this run made stays.
+    for (uuid, why) in verify::cleanup(channel, &created).await {
+        eprintln!(
+            "hvctl: could not delete guest {uuid} this run made: {why}; delete it with `hvctl vm delete {uuid}`"
+        );
+    }
+    let report = match outcome {
+        None => {
+            eprintln!("hvctl: interrupted; every guest this run made is deleted");
+            return ExitCode::from(130);
+        }
+        Some(Err(verify::RunError::Input(msg))) => {
+            eprintln!("hvctl: {msg}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Some(Err(e)) => {
+            let status = e
+                .status()
+                .cloned()
+                .unwrap_or_else(|| tonic::Status::unknown(""));
+            let error = client::call_error(agent, &status);
+            eprintln!("hvctl: {e}");
+            return ExitCode::from(if error.unreachable {
+                EXIT_UNREACHABLE
+            } else {
+                EXIT_CALL_FAILED
+            });
+        }
+        Some(Ok(r)) => r,
+    };
+    if let Some(dir) = &args.report {
+        if let Err(e) = write_report(dir, &report) {
+            eprintln!("hvctl: cannot write the report: {e}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("hvctl verify: report written to {}", dir.display());
+    }
+    match output {
+        Output::Json => {
+            if print(output, &report, |_| String::new()) != ExitCode::SUCCESS {
+                return ExitCode::FAILURE;
+            }
+        }
+        Output::Table | Output::Markdown => print!("{}", verify::markdown::render(&report, false)),
+    }
+    if report.count(verify::Verdict::Violated) > 0 || report.failed() > 0 {
+        ExitCode::from(EXIT_VIOLATED)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -1013,7 +1227,7 @@ fn flavor(output: Output, command: FlavorCommand) -> ExitCode {
 
 fn print<T: serde::Serialize>(output: Output, value: &T, table: fn(&T) -> String) -> ExitCode {
     match output {
-        Output::Table => print!("{}", table(value)),
+        Output::Table | Output::Markdown => print!("{}", table(value)),
         Output::Json => match serde_json::to_string_pretty(value) {
             Ok(json) => println!("{json}"),
             Err(e) => {

@@ -44,6 +44,17 @@ pub fn mem_total_bytes(meminfo: &str) -> Option<u64> {
     })
 }
 
+/// The guest's physical memory as its kernel found it: the sum of every zone's `present`
+/// pages in /proc/zoneinfo (RAM the firmware handed over, before the kernel's own
+/// reservations, which MemTotal leaves out), in bytes of `page_bytes` pages.
+pub fn mem_present_bytes(zoneinfo: &str, page_bytes: u64) -> Option<u64> {
+    let pages: Vec<u64> = zoneinfo
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("present")?.trim().parse().ok())
+        .collect();
+    (!pages.is_empty()).then(|| pages.iter().sum::<u64>() * page_bytes)
+}
+
 /// One CPU's times from /proc/stat, in clock ticks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Times {
@@ -117,6 +128,13 @@ mod tests {
             Some(2035480 * 1024)
         );
         assert_eq!(mem_total_bytes("MemFree: 10 kB\n"), None);
+    }
+
+    #[test]
+    fn zoneinfo_present_pages() {
+        let z = "Node 0, zone      DMA\n  pages free     3840\n        present  3998\n        managed  3840\nNode 0, zone    DMA32\n  pages free     100\n        present  126976\n        managed  120000\n";
+        assert_eq!(mem_present_bytes(z, 4096), Some((3998 + 126976) * 4096));
+        assert_eq!(mem_present_bytes("Node 0, zone DMA\n", 4096), None);
     }
 
     #[test]

@@ -93,6 +93,11 @@ fn report(plan: &Plan, seed: &Path) -> Report {
         identity: report::identity(&read(&seed.join("meta-data"), &mut errors)),
         cpu: facts::cpu(&read(Path::new("/proc/cpuinfo"), &mut errors)),
         mem_total_bytes: facts::mem_total_bytes(&read(Path::new("/proc/meminfo"), &mut errors)),
+        // x86 pages are 4 KiB; the probe is built for x86-64 only.
+        mem_present_bytes: facts::mem_present_bytes(
+            &read(Path::new("/proc/zoneinfo"), &mut errors),
+            4096,
+        ),
         disks,
         entropy_avail: read(
             Path::new("/proc/sys/kernel/random/entropy_avail"),

@@ -15,6 +15,8 @@ pub struct Report {
     pub identity: Identity,
     pub cpu: Cpu,
     pub mem_total_bytes: Option<u64>,
+    /// Physical memory the guest kernel was given (zones' present pages).
+    pub mem_present_bytes: Option<u64>,
     /// Every virtio disk, in name order (`vda` is the root disk).
     pub disks: Vec<Disk>,
     pub entropy_avail: Option<u32>,

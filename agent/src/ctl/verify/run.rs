@@ -1,0 +1,499 @@
+//! The effectful part of `hvctl verify`: guests made and deleted through the agent's API, the
+//! probe read back from their consoles.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hvagent_probe::plan::{Mode, Plan};
+use hvagent_probe::report::{self, Report};
+use hvagent_proto::v1 as pb;
+use tonic::transport::Channel;
+
+use super::judge::{Evidence, judge};
+use super::{FlavorResult, Outcome, VerifyReport};
+use crate::flavor::{self, CpuType};
+
+type Vms = pb::vm_service_client::VmServiceClient<Channel>;
+
+/// How often consoles are read while waiting.
+const POLL: Duration = Duration::from_millis(1000);
+/// The console tail read each time: far more than a report and a run's samples.
+const CONSOLE_BYTES: u32 = 1 << 20;
+
+pub struct Options {
+    /// Flavor names to verify (canonical or not), in order.
+    pub flavors: Vec<String>,
+    /// Neighbour guests at most (fewer when fewer fit).
+    pub neighbours: u32,
+    /// The neighbours' flavor.
+    pub neighbour_flavor: String,
+    /// Image in the agent's store holding the probe (the test guest image).
+    pub image: String,
+    /// Workload windows to measure alone and again beside the neighbours.
+    pub samples: u32,
+    /// What the probe guest runs (its mode is set here).
+    pub plan: Plan,
+    /// How long a guest may take to print its report or first sample.
+    pub boot_timeout: Duration,
+    pub tolerance: f64,
+}
+
+/// Guests this run made and has not deleted yet: what an interrupted run must clean up.
+#[derive(Clone, Default)]
+pub struct Created(Arc<Mutex<BTreeSet<String>>>);
+
+impl Created {
+    fn add(&self, uuid: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(uuid.into());
+        }
+    }
+    fn remove(&self, uuid: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            s.remove(uuid);
+        }
+    }
+    fn all(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The agent refused or failed a call that the whole run needs.
+    #[error("{what}: {status}")]
+    Call {
+        what: String,
+        status: Box<tonic::Status>,
+    },
+    #[error("{0}")]
+    Input(String),
+}
+
+impl RunError {
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            RunError::Call { status, .. } => Some(status),
+            RunError::Input(_) => None,
+        }
+    }
+}
+
+fn call(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> RunError {
+    let what = what.into();
+    move |status| RunError::Call {
+        what,
+        status: Box::new(status),
+    }
+}
+
+/// Why one flavor's run stopped: it fails that flavor only.
+struct StepError(String);
+
+impl From<tonic::Status> for StepError {
+    fn from(s: tonic::Status) -> Self {
+        StepError(format!(
+            "{}: {}",
+            crate::ctl::client::code_name(s.code()),
+            s.message()
+        ))
+    }
+}
+
+fn new_uuid() -> Result<String, StepError> {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .map_err(|e| StepError(format!("cannot make a UUID: {e}")))
+}
+
+async fn console(vms: &mut Vms, uuid: &str) -> Result<String, StepError> {
+    let log = vms
+        .get_console_log(pb::GetConsoleLogRequest {
+            uuid: uuid.into(),
+            max_bytes: CONSOLE_BYTES,
+        })
+        .await?
+        .into_inner();
+    Ok(String::from_utf8_lossy(&log.data).into_owned())
+}
+
+/// Reads the guest's console until `found` finds something in it, or `timeout` passes.
+async fn wait_for<T>(
+    vms: &mut Vms,
+    uuid: &str,
+    timeout: Duration,
+    what: &str,
+    found: impl Fn(&str) -> Option<T>,
+) -> Result<T, StepError> {
+    let started = Instant::now();
+    loop {
+        if let Some(t) = found(&console(vms, uuid).await?) {
+            return Ok(t);
+        }
+        if started.elapsed() >= timeout {
+            return Err(StepError(format!(
+                "no {what} on the console of guest {uuid} within {} s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn create(
+    vms: &mut Vms,
+    created: &Created,
+    name_part: &str,
+    flavor: &str,
+    image: &str,
+    plan: &Plan,
+    role: &str,
+) -> Result<pb::Vm, StepError> {
+    let uuid = new_uuid()?;
+    let name = format!("verify-{}-{}", &uuid[..8], name_part.to_lowercase());
+    created.add(&uuid);
+    let vm = vms
+        .create(pb::CreateVmRequest {
+            uuid: uuid.clone(),
+            name,
+            flavor: flavor.into(),
+            image: image.into(),
+            user_data: format!("#cloud-config\n{}", plan.user_data()).into_bytes(),
+            metadata: [("hvctl-verify".to_string(), role.to_string())].into(),
+            ..Default::default()
+        })
+        .await;
+    match vm {
+        Ok(vm) => Ok(vm.into_inner()),
+        Err(s) => {
+            // A failed create leaves nothing behind (the agent undoes it).
+            created.remove(&uuid);
+            Err(s.into())
+        }
+    }
+}
+
+async fn delete(vms: &mut Vms, created: &Created, uuid: &str) -> Result<(), tonic::Status> {
+    vms.delete(pb::DeleteVmRequest { uuid: uuid.into() })
+        .await?;
+    created.remove(uuid);
+    Ok(())
+}
+
+/// Deletes every guest the run made and has not deleted; returns those that could not be.
+pub async fn cleanup(channel: Channel, created: &Created) -> Vec<(String, String)> {
+    let mut vms = Vms::new(channel);
+    let mut left = Vec::new();
+    for uuid in created.all() {
+        if let Err(s) = delete(&mut vms, created, &uuid).await {
+            left.push((uuid, s.message().to_string()));
+        }
+    }
+    left
+}
+
+/// How many more guests of `flavor` fit, and if none, why.
+async fn capacity(
+    channel: &Channel,
+    flavors: &[String],
+) -> Result<Vec<pb::FlavorCapacity>, RunError> {
+    let mut node = pb::node_service_client::NodeServiceClient::new(channel.clone());
+    Ok(node
+        .get_capacity(pb::GetCapacityRequest {
+            flavors: flavors.to_vec(),
+        })
+        .await
+        .map_err(call("asking the agent for its capacity"))?
+        .into_inner()
+        .flavors)
+}
+
+/// The agent's guarantee report of every guest on the node but `except`.
+async fn other_reports(vms: &mut Vms, except: &str) -> Result<Vec<pb::GuaranteeReport>, StepError> {
+    let list = vms.list(pb::ListVmsRequest {}).await?.into_inner();
+    let mut out = Vec::new();
+    for vm in list
+        .vms
+        .iter()
+        .filter(|v| v.uuid != except && v.state == "running")
+    {
+        // A guest going away meanwhile has nothing to share.
+        if let Ok(r) = vms
+            .get_guarantee_report(pb::GetGuaranteeReportRequest {
+                uuid: vm.uuid.clone(),
+            })
+            .await
+        {
+            out.push(r.into_inner());
+        }
+    }
+    Ok(out)
+}
+
+struct Node {
+    smt: bool,
+}
+
+/// One flavor: probe alone, then beside neighbours, judged. Every guest it makes is deleted
+/// before it returns (the caller's [`cleanup`] covers an interruption).
+async fn one(
+    channel: &Channel,
+    created: &Created,
+    opts: &Options,
+    node: &Node,
+    flavor: &str,
+    progress: &dyn Fn(&str),
+) -> FlavorResult {
+    let started = Instant::now();
+    let mut vms = Vms::new(channel.clone());
+    let mut result = FlavorResult::new(flavor, Outcome::Judged, String::new());
+    let mut made = Vec::new();
+    let outcome = probe(
+        channel,
+        &mut vms,
+        created,
+        opts,
+        node,
+        flavor,
+        progress,
+        &mut result,
+        &mut made,
+    )
+    .await;
+    for uuid in made.iter().rev() {
+        if let Err(s) = delete(&mut vms, created, uuid).await {
+            progress(&format!(
+                "{flavor}: could not delete guest {uuid}: {}",
+                s.message()
+            ));
+        }
+    }
+    if let Err(StepError(why)) = outcome {
+        result.outcome = Outcome::Failed;
+        result.reason = why;
+    }
+    result.seconds = started.elapsed().as_secs_f64();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn probe(
+    channel: &Channel,
+    vms: &mut Vms,
+    created: &Created,
+    opts: &Options,
+    node: &Node,
+    flavor: &str,
+    progress: &dyn Fn(&str),
+    result: &mut FlavorResult,
+    made: &mut Vec<String>,
+) -> Result<(), StepError> {
+    let spec = flavor::parse(flavor)
+        .map_err(|e| StepError(format!("{flavor:?} is not a flavor name: {e}")))?
+        .spec;
+    progress(&format!("{flavor}: creating the probe guest"));
+    let plan = Plan {
+        mode: Mode::Report,
+        ..opts.plan
+    };
+    let vm = create(vms, created, flavor, flavor, &opts.image, &plan, "probe").await?;
+    made.push(vm.uuid.clone());
+    result.vm_uuid = vm.uuid.clone();
+    result.vm_name = vm.name.clone();
+    let emulated = vm.emulation == "tcg";
+    progress(&format!(
+        "{flavor}: waiting for the probe's report from {}",
+        vm.name
+    ));
+    let report: Report = wait_for(
+        vms,
+        &vm.uuid,
+        opts.boot_timeout,
+        "probe report",
+        report::find_report,
+    )
+    .await?
+    .map_err(StepError)?;
+    let want = opts.samples as usize;
+    progress(&format!("{flavor}: {want} workload windows alone"));
+    let window = Duration::from_millis(opts.plan.window_ms);
+    let sample_wait = opts.boot_timeout + window * (opts.samples + 1);
+    let alone = wait_for(vms, &vm.uuid, sample_wait, "workload samples", |c| {
+        let s = report::samples(c);
+        (s.len() >= want).then(|| s[..want].to_vec())
+    })
+    .await?;
+
+    let mut with = Vec::new();
+    let noisy = matches!(
+        spec.cpu_type,
+        CpuType::Shared | CpuType::DedicatedCore | CpuType::DedicatedThread
+    );
+    if noisy && opts.neighbours > 0 {
+        let fits = capacity(channel, std::slice::from_ref(&opts.neighbour_flavor))
+            .await
+            .map_err(|e| StepError(e.to_string()))?
+            .first()
+            .map_or(0, |c| c.more);
+        let n = u64::from(opts.neighbours).min(fits);
+        progress(&format!(
+            "{flavor}: starting {n} neighbours ({}, {fits} fit)",
+            opts.neighbour_flavor
+        ));
+        let burn = Plan {
+            mode: Mode::Burn,
+            ..opts.plan
+        };
+        let mut neighbours = Vec::new();
+        for i in 0..n {
+            let nb = create(
+                vms,
+                created,
+                &format!("neighbour{i}"),
+                &opts.neighbour_flavor,
+                &opts.image,
+                &burn,
+                "neighbour",
+            )
+            .await?;
+            made.push(nb.uuid.clone());
+            neighbours.push(nb.uuid);
+            result.neighbours.push(opts.neighbour_flavor.clone());
+        }
+        for nb in &neighbours {
+            wait_for(
+                vms,
+                nb,
+                opts.boot_timeout,
+                "neighbour workload sample",
+                |c| (!report::samples(c).is_empty()).then_some(()),
+            )
+            .await?;
+        }
+        if !neighbours.is_empty() {
+            // The window running when the last neighbour got busy is mixed: skip it.
+            let from = report::samples(&console(vms, &vm.uuid).await?).len() + 1;
+            progress(&format!(
+                "{flavor}: {want} workload windows beside {n} busy neighbours"
+            ));
+            with = wait_for(vms, &vm.uuid, sample_wait, "workload samples", |c| {
+                let s = report::samples(c);
+                (s.len() >= from + want).then(|| s[from..from + want].to_vec())
+            })
+            .await?;
+        }
+    }
+    progress(&format!(
+        "{flavor}: asking the agent for its guarantee reports"
+    ));
+    let agent = vms
+        .get_guarantee_report(pb::GetGuaranteeReportRequest {
+            uuid: vm.uuid.clone(),
+        })
+        .await?
+        .into_inner();
+    let others = other_reports(vms, &vm.uuid).await?;
+    result.checks = judge(&Evidence {
+        spec: &spec,
+        emulated,
+        smt: node.smt,
+        probe: &report,
+        agent: &agent,
+        others: &others,
+        alone: &alone,
+        with_neighbours: &with,
+        tolerance: opts.tolerance,
+    });
+    result.probe = Some(report);
+    result.alone = alone;
+    result.with_neighbours = with;
+    result.agent = Some(agent);
+    Ok(())
+}
+
+/// Verifies every flavor in `opts` in turn. Flavors that do not fit are skipped; a flavor
+/// whose guest fails is reported failed and the run goes on.
+pub async fn run(
+    channel: Channel,
+    created: &Created,
+    opts: &Options,
+    progress: &dyn Fn(&str),
+) -> Result<VerifyReport, RunError> {
+    let started = Instant::now();
+    for f in std::iter::once(&opts.neighbour_flavor).chain(&opts.flavors) {
+        flavor::parse(f)
+            .map_err(|e| RunError::Input(format!("{f:?} is not a valid SCS flavor name: {e}")))?;
+    }
+    let inventory = pb::node_service_client::NodeServiceClient::new(channel.clone())
+        .get_inventory(pb::GetInventoryRequest {})
+        .await
+        .map_err(call("reading the node's inventory"))?
+        .into_inner();
+    pb::image_service_client::ImageServiceClient::new(channel.clone())
+        .get(pb::GetImageRequest {
+            name: opts.image.clone(),
+        })
+        .await
+        .map_err(call(format!(
+            "the probe image {:?} (import images/out/testguest.qcow2 under that name)",
+            opts.image
+        )))?;
+    let cpu = inventory.cpu.unwrap_or_default();
+    let node = Node {
+        smt: cpu.smt_active,
+    };
+    let fits = capacity(&channel, &opts.flavors).await?;
+    let mut report = VerifyReport {
+        node: inventory.hostname,
+        kernel: inventory.kernel_release,
+        cpu_model: cpu.model_name,
+        emulation: String::new(),
+        started_unix: crate::guest::now_unix(),
+        seconds: 0.0,
+        neighbours_asked: opts.neighbours,
+        window_ms: opts.plan.window_ms,
+        tolerance: opts.tolerance,
+        flavors: Vec::new(),
+    };
+    for (i, name) in opts.flavors.iter().enumerate() {
+        let cap = fits.iter().find(|c| &c.flavor == name);
+        if let Some(c) = cap.filter(|c| c.more == 0) {
+            progress(&format!(
+                "[{}/{}] {name}: skipped, does not fit ({})",
+                i + 1,
+                opts.flavors.len(),
+                c.limited_by
+            ));
+            report.flavors.push(FlavorResult::new(
+                name,
+                Outcome::Skipped,
+                format!("does not fit this node: {} ({})", c.limited_by, c.reason),
+            ));
+            continue;
+        }
+        let prefix = format!("[{}/{}] ", i + 1, opts.flavors.len());
+        let show = |m: &str| progress(&format!("{prefix}{m}"));
+        let r = one(&channel, created, opts, &node, name, &show).await;
+        if let Some(agent) = &r.agent {
+            report.emulation = agent.emulation.clone();
+        }
+        show(&format!(
+            "{name}: {} kept, {} violated, {} not verifiable{}",
+            r.count(super::Verdict::Kept),
+            r.count(super::Verdict::Violated),
+            r.count(super::Verdict::NotVerifiable),
+            if r.outcome == Outcome::Failed {
+                format!(" (failed: {})", r.reason)
+            } else {
+                String::new()
+            }
+        ));
+        report.flavors.push(r);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
