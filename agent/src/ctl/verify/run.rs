@@ -18,6 +18,9 @@ type Vms = pb::vm_service_client::VmServiceClient<Channel>;
 
 /// How often consoles are read while waiting.
 const POLL: Duration = Duration::from_millis(1000);
+/// How long to wait for the agent's first pin reading of a probe guest (its default
+/// [health] interval is 10 s).
+const PINS_READ: Duration = Duration::from_secs(60);
 /// The console tail read each time: far more than a report and a run's samples.
 const CONSOLE_BYTES: u32 = 1 << 20;
 
@@ -184,13 +187,36 @@ async fn delete(vms: &mut Vms, created: &Created, uuid: &str) -> Result<(), toni
     Ok(())
 }
 
+/// How long [`cleanup`] keeps trying a guest the agent is still busy with (an interrupted
+/// create goes on in the agent until it is done or undone).
+const CLEANUP_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Deletes every guest the run made and has not deleted; returns those that could not be.
 pub async fn cleanup(channel: Channel, created: &Created) -> Vec<(String, String)> {
     let mut vms = Vms::new(channel);
     let mut left = Vec::new();
+    let started = Instant::now();
     for uuid in created.all() {
-        if let Err(s) = delete(&mut vms, created, &uuid).await {
-            left.push((uuid, s.message().to_string()));
+        loop {
+            match delete(&mut vms, created, &uuid).await {
+                Ok(()) => break,
+                Err(s)
+                    if started.elapsed() < CLEANUP_PATIENCE
+                        && matches!(
+                            s.code(),
+                            tonic::Code::Aborted
+                                | tonic::Code::FailedPrecondition
+                                | tonic::Code::ResourceExhausted
+                                | tonic::Code::Unavailable
+                        ) =>
+                {
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(s) => {
+                    left.push((uuid, s.message().to_string()));
+                    break;
+                }
+            }
         }
     }
     left
@@ -390,12 +416,20 @@ async fn probe(
     progress(&format!(
         "{flavor}: asking the agent for its guarantee reports"
     ));
-    let agent = vms
-        .get_guarantee_report(pb::GetGuaranteeReportRequest {
-            uuid: vm.uuid.clone(),
-        })
-        .await?
-        .into_inner();
+    // The agent reads pins every [health] interval: wait for a reading of the probe guest.
+    let asked = Instant::now();
+    let agent = loop {
+        let r = vms
+            .get_guarantee_report(pb::GetGuaranteeReportRequest {
+                uuid: vm.uuid.clone(),
+            })
+            .await?
+            .into_inner();
+        if r.vcpus.iter().all(|v| !v.actual.is_empty()) || asked.elapsed() >= PINS_READ {
+            break r;
+        }
+        tokio::time::sleep(POLL).await;
+    };
     let others = other_reports(vms, &vm.uuid).await?;
     result.checks = judge(&Evidence {
         spec: &spec,
