@@ -84,7 +84,7 @@ python:
 	  python3 -m pip install --quiet --disable-pip-version-check --break-system-packages $(PY_PACKAGES)
 
 images:
-	./images/build.sh
+	CARGO=$(CARGO) ./images/build.sh
 
 # The fuzz targets (agent/fuzz, outside the workspace: cargo-fuzz builds them with its own
 # flags) over their committed corpora plus FUZZ_SECONDS of new inputs each. The machines have

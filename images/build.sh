@@ -100,9 +100,10 @@ fi
 # when nothing changed (cargo decides).
 TARGET=x86_64-unknown-linux-gnu
 REPO=$(cd "$HERE/.." && pwd)
+# The target directory is set, not inherited: the binary must be where $probe says.
 probe=$REPO/target/$TARGET/release/hvagent-probe
-(cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
-    -p hvagent-probe --target "$TARGET")
+(cd "$REPO" && CARGO_TARGET_DIR=$REPO/target RUSTFLAGS="-C target-feature=+crt-static" \
+    "${CARGO:-cargo}" build --quiet --release -p hvagent-probe --target "$TARGET")
 
 # --- initramfs ---------------------------------------------------------------------------
 bbdeb=$(deb busybox-static)

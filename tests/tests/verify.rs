@@ -328,7 +328,7 @@ fn a_root_disk_smaller_than_the_name_is_violated() {
             .lines()
             .find_map(|l| l.trim().strip_prefix("vda").map(|p| p.trim().to_string()))
             .expect("a vda disk");
-        // 4 GiB = 4.29 GB, below the 5 GB the name promises.
+        // 4 GiB, below the 5 GiB the agent gives a "5" disk.
         tool(
             "qemu-img",
             &["resize", "--shrink", "-f", "qcow2", &disk, "4G"],
@@ -339,8 +339,11 @@ fn a_root_disk_smaller_than_the_name_is_violated() {
     let f = flavor(&report, "SCS-1V-1u-5");
     assert_eq!(violated(f), BTreeSet::from(["disk".to_string()]), "{f:#}");
     let c = check(f, "disk");
-    assert_eq!(c["measured"], "4.29 GB root disk");
-    assert_eq!(c["threshold"], "at least 5 GB (10^9 bytes)");
+    assert_eq!(c["measured"], "4.00 GiB root disk (4294967296 bytes)");
+    assert_eq!(
+        c["threshold"],
+        "at least 5 GiB (a flavor's GB as Nova and the agent size disks)"
+    );
     assert!(vms(&agent).is_empty());
 }
 
@@ -459,17 +462,15 @@ fn interrupted_verify_deletes_what_it_made() {
 #[test]
 fn bad_input_changes_nothing() {
     let agent = agent("");
-    for (args, says) in [
+    for (args, exit, says) in [
         (
             &["verify", "--flavor", "SCS-1X-1"][..],
+            2,
             "is not a valid SCS flavor name",
         ),
         (
-            &["verify", "--flavor", "SCS-1V-1u", "--image", "nope"],
-            "the probe image \"nope\"",
-        ),
-        (
             &["verify", "--flavor", "SCS-1V-1u", "--tolerance", "1.5"],
+            2,
             "--tolerance 1.5",
         ),
         (
@@ -480,15 +481,23 @@ fn bad_input_changes_nothing() {
                 "--neighbour-flavor",
                 "big",
             ],
+            2,
             "\"big\" is not a valid SCS flavor name",
+        ),
+        (
+            &["verify", "--flavor", "SCS-1V-1u", "--samples", "0"],
+            2,
+            "--samples",
+        ),
+        // The agent answers NOT_FOUND: a failed call, not a bad command line.
+        (
+            &["verify", "--flavor", "SCS-1V-1u", "--image", "nope"],
+            1,
+            "the probe image \"nope\"",
         ),
     ] {
         let out = agent.hvctl(args);
-        assert!(
-            matches!(code(&out.status), 1 | 2),
-            "{args:?}: {}",
-            stderr(&out)
-        );
+        assert_eq!(code(&out.status), exit, "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
     assert!(vms(&agent).is_empty());

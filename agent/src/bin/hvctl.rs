@@ -129,7 +129,8 @@ enum Command {
     /// creates is deleted, also on Ctrl-C or SIGTERM. Progress goes to stderr, the report to
     /// stdout (--output markdown, the default, or json) and with --report DIR to
     /// DIR/report.{json,md} and SVG charts. Exit status 4: a promise was violated or a
-    /// flavor could not be probed. See docs/verify.md.
+    /// flavor could not be probed; 1 also when guests it made could not be deleted or the
+    /// report could not be written. See docs/verify.md.
     Verify(VerifyArgs),
 
     /// Offline sizing: place flavors, in the order given, on a captured sysfs/procfs tree
@@ -146,6 +147,52 @@ enum Command {
         #[arg(long = "flavor", value_name = "NAME=COUNT", required = true)]
         flavors: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// A flavor to verify; repeat for more.
+    #[arg(
+        long = "flavor",
+        value_name = "NAME",
+        required_unless_present = "standard"
+    )]
+    flavors: Vec<String>,
+    /// Also every SCS standard flavor (scs-0103); those that do not fit are skipped.
+    #[arg(long)]
+    standard: bool,
+    /// Busy neighbour guests beside each C, T and V probe guest: as many as fit, at most N
+    /// (with enough, a V probe's shared pool is filled to the ratio the agent admits).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=256))]
+    neighbours: u32,
+    /// The neighbours' flavor.
+    #[arg(long, value_name = "NAME", default_value = "SCS-1V-1u")]
+    neighbour_flavor: String,
+    /// Image in the agent's store with the probe: images/out/testguest.qcow2 imported
+    /// under this name.
+    #[arg(long, value_name = "NAME", default_value = "hvagent-probe")]
+    image: String,
+    /// Workload windows measured alone, and again beside the neighbours.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    samples: u32,
+    /// Length of one workload window in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    window_ms: u64,
+    /// Blocks of /dev/random for the FIPS 140-2 tests (the SCS entropy check needs 1000).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    fips_blocks: u32,
+    /// How long the probe writes to its root disk for the IOPS figure (0: skip).
+    #[arg(long, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    iops_ms: u64,
+    /// How long a guest may take to boot and print its report or first sample.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=3600))]
+    boot_timeout: u64,
+    /// C/T: the share of throughput alone a vCPU may lose beside the neighbours.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.1)]
+    tolerance: f64,
+    /// Also write report.json, report.md and the SVG charts into DIR (created if missing).
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -329,52 +376,6 @@ enum NodeCommand {
 }
 
 const EXIT_CALL_FAILED: u8 = 1;
-#[derive(clap::Args)]
-struct VerifyArgs {
-    /// A flavor to verify; repeat for more.
-    #[arg(
-        long = "flavor",
-        value_name = "NAME",
-        required_unless_present = "standard"
-    )]
-    flavors: Vec<String>,
-    /// Also every SCS standard flavor (scs-0103); those that do not fit are skipped.
-    #[arg(long)]
-    standard: bool,
-    /// Busy neighbour guests beside each C, T and V probe guest, at most (fewer when fewer
-    /// fit: for V they fill the shared pool to its admitted ratio).
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    neighbours: u32,
-    /// The neighbours' flavor.
-    #[arg(long, value_name = "NAME", default_value = "SCS-1V-1u")]
-    neighbour_flavor: String,
-    /// Image in the agent's store with the probe: images/out/testguest.qcow2 imported
-    /// under this name.
-    #[arg(long, value_name = "NAME", default_value = "hvagent-probe")]
-    image: String,
-    /// Workload windows measured alone, and again beside the neighbours.
-    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    samples: u32,
-    /// Length of one workload window in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
-    window_ms: u64,
-    /// Blocks of /dev/random for the FIPS 140-2 tests (the SCS entropy check needs 1000).
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
-    fips_blocks: u32,
-    /// How long the probe writes to its root disk for the IOPS figure (0: skip).
-    #[arg(long, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    iops_ms: u64,
-    /// How long a guest may take to boot and print its report or first sample.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=3600))]
-    boot_timeout: u64,
-    /// C/T: the share of throughput alone a vCPU may lose beside the neighbours.
-    #[arg(long, value_name = "RATIO", default_value_t = 0.1)]
-    tolerance: f64,
-    /// Also write report.json, report.md and the SVG charts into DIR (created if missing).
-    #[arg(long, value_name = "DIR")]
-    report: Option<PathBuf>,
-}
-
 /// Bad command line or invalid input (as clap uses for usage errors).
 const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
@@ -1074,14 +1075,22 @@ async fn verify(
         () = interrupted() => None,
     };
     // Whatever happened, nothing this run made stays.
-    for (uuid, why) in verify::cleanup(channel, &created).await {
+    let left = verify::cleanup(channel, &created).await;
+    for (uuid, why) in &left {
         eprintln!(
             "hvctl: could not delete guest {uuid} this run made: {why}; delete it with `hvctl vm delete {uuid}`"
         );
     }
     let report = match outcome {
         None => {
-            eprintln!("hvctl: interrupted; every guest this run made is deleted");
+            if left.is_empty() {
+                eprintln!("hvctl: interrupted; every guest this run made is deleted");
+            } else {
+                eprintln!(
+                    "hvctl: interrupted; {} guests this run made are left (above)",
+                    left.len()
+                );
+            }
             return ExitCode::from(130);
         }
         Some(Err(verify::RunError::Input(msg))) => {
@@ -1103,23 +1112,28 @@ async fn verify(
         }
         Some(Ok(r)) => r,
     };
-    if let Some(dir) = &args.report {
-        if let Err(e) = write_report(dir, &report) {
-            eprintln!("hvctl: cannot write the report: {e}");
-            return ExitCode::FAILURE;
+    // The report first: a directory that cannot be written must not cost the run.
+    let printed = match output {
+        Output::Json => print(output, &report, |_| String::new()) == ExitCode::SUCCESS,
+        Output::Table | Output::Markdown => {
+            print!("{}", verify::markdown::render(&report, false));
+            true
         }
-        eprintln!("hvctl verify: report written to {}", dir.display());
-    }
-    match output {
-        Output::Json => {
-            if print(output, &report, |_| String::new()) != ExitCode::SUCCESS {
-                return ExitCode::FAILURE;
+    };
+    let mut written = true;
+    if let Some(dir) = &args.report {
+        match write_report(dir, &report) {
+            Ok(()) => eprintln!("hvctl verify: report written to {}", dir.display()),
+            Err(e) => {
+                eprintln!("hvctl: cannot write the report: {e}");
+                written = false;
             }
         }
-        Output::Table | Output::Markdown => print!("{}", verify::markdown::render(&report, false)),
     }
     if report.count(verify::Verdict::Violated) > 0 || report.failed() > 0 {
         ExitCode::from(EXIT_VIOLATED)
+    } else if !printed || !written || !left.is_empty() {
+        ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }

@@ -1,7 +1,9 @@
 //! Sequential synchronous write IOPS on a disk: 4 KiB writes with O_DIRECT | O_DSYNC, one
 //! after another, each acknowledged by the device before the next (what the SCS `s`/`p`
 //! "more than 1000 sequential IOPS" promise means). The writes go to a region past the test
-//! image's boot partition, so the guest stays bootable.
+//! image's boot partition, so the guest stays bootable. The region is written once before
+//! the clock starts: the root disk is a fresh qcow2 overlay, and first writes there also
+//! allocate clusters, which says something about the image format, not the disk.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,25 +14,45 @@ use hvagent_probe::report::Iops;
 pub const BLOCK: usize = 4096;
 /// First byte written: past the 64 MiB boot image, with room to spare.
 pub const START: u64 = 128 << 20;
+/// The timed writes wrap around inside this many bytes from [`START`].
+pub const REGION: u64 = 8 << 20;
 
 #[repr(C, align(4096))]
 struct Aligned([u8; BLOCK]);
 
-/// Writes `BLOCK`-sized blocks to `device` from [`START`] for `duration`, wrapping around at
-/// its end (`device_bytes`).
+/// Writes the region once through the page cache and waits until it is on the device.
+fn prefill(device: &str) -> Result<(), String> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .map_err(|e| format!("{device}: {e}"))?;
+    file.seek(SeekFrom::Start(START))
+        .map_err(|e| format!("{device}: seek: {e}"))?;
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..REGION / chunk.len() as u64 {
+        file.write_all(&chunk)
+            .map_err(|e| format!("{device}: prefill: {e}"))?;
+    }
+    file.sync_all()
+        .map_err(|e| format!("{device}: prefill sync: {e}"))
+}
+
+/// Writes `BLOCK`-sized blocks to `device` from [`START`] for `duration`, wrapping around
+/// inside [`REGION`] (`device_bytes` is the device's size).
 pub fn measure(device: &str, device_bytes: u64, duration: Duration) -> Result<Iops, String> {
-    if device_bytes < START + (1 << 20) {
+    if device_bytes < START + REGION {
         return Err(format!(
             "{device}: {device_bytes} bytes leave no room past the boot image for the write test"
         ));
     }
+    prefill(device)?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
         .open(device)
         .map_err(|e| format!("{device}: {e}"))?;
     let mut block = Box::new(Aligned([0x5a; BLOCK]));
-    let end = device_bytes - device_bytes % BLOCK as u64;
+    let end = START + REGION;
     let mut at = START;
     file.seek(SeekFrom::Start(at))
         .map_err(|e| format!("{device}: seek: {e}"))?;
@@ -64,7 +86,12 @@ mod tests {
 
     #[test]
     fn a_device_too_small_is_refused_before_any_write() {
-        let err = measure("/nonexistent", START, Duration::from_millis(10)).unwrap_err();
+        let err = measure(
+            "/nonexistent",
+            START + REGION - 1,
+            Duration::from_millis(10),
+        )
+        .unwrap_err();
         assert!(err.contains("no room past the boot image"), "{err}");
     }
 
@@ -73,12 +100,14 @@ mod tests {
         // A sparse file stands in for the disk.
         let path = std::env::temp_dir().join(format!("hvagent-probe-iops-{}", std::process::id()));
         let f = std::fs::File::create(&path).unwrap();
-        f.set_len(START + (2 << 20)).unwrap();
+        f.set_len(START + REGION).unwrap();
         let path = path.to_str().unwrap().to_string();
-        match measure(&path, START + (2 << 20), Duration::from_millis(200)) {
+        match measure(&path, START + REGION, Duration::from_millis(200)) {
             Ok(r) => {
                 assert!(r.writes > 0 && r.seconds >= 0.2, "{r:?}");
                 assert!((r.iops - r.writes as f64 / r.seconds).abs() < 1e-6);
+                // Nothing written past the region.
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), START + REGION);
             }
             // Some filesystems (older tmpfs) refuse O_DIRECT; the error must say where.
             Err(e) => assert!(e.contains(&path), "{e}"),

@@ -5,7 +5,7 @@
 use hvagent_probe::report::Sample;
 use plotters::prelude::*;
 
-use super::judge::{V_SHARE, throughput_ratios};
+use super::judge::{V_SHARE, per_vcpu_median};
 
 const SIZE: (u32, u32) = (760, 380);
 const PALETTE: [RGBColor; 6] = [
@@ -93,23 +93,22 @@ pub fn share_over_time(title: &str, alone: &[Sample], with: &[Sample]) -> Result
     Ok(svg)
 }
 
-fn medians(samples: &[Sample], vcpus: usize) -> Vec<f64> {
-    (0..vcpus)
-        .map(|v| {
-            let mut x: Vec<f64> = samples
-                .iter()
-                .filter_map(|s| s.throughput.get(v).copied().flatten())
-                .collect();
-            x.sort_by(f64::total_cmp);
-            x.get(x.len() / 2).copied().unwrap_or(0.0)
-        })
-        .collect()
-}
-
 /// Per vCPU, median throughput alone and beside the neighbours, as pairs of bars.
 pub fn throughput_bars(title: &str, alone: &[Sample], with: &[Sample]) -> Result<String, String> {
-    let vcpus = throughput_ratios(alone, with).len();
-    let (a, w) = (medians(alone, vcpus), medians(with, vcpus));
+    let vcpus = alone
+        .iter()
+        .chain(with)
+        .map(|s| s.throughput.len())
+        .max()
+        .unwrap_or(0);
+    // The same medians the verdict compares; a vCPU never measured draws no bar.
+    let bars = |samples| -> Vec<f64> {
+        per_vcpu_median(samples, vcpus)
+            .into_iter()
+            .map(|m| m.unwrap_or(0.0))
+            .collect()
+    };
+    let (a, w) = (bars(alone), bars(with));
     let top = a.iter().chain(&w).copied().fold(1.0, f64::max) * 1.15;
     let mut svg = String::new();
     {

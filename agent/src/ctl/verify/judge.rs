@@ -13,7 +13,7 @@ use crate::flavor::{CpuType, DiskType, FlavorSpec};
 pub const V_SHARE: f64 = 0.2;
 /// `s`/`p`: more than this many sequential IOPS per VM.
 pub const MIN_IOPS: f64 = 1000.0;
-/// scs-0101: entropy_avail must read this...
+/// scs-0101: entropy_avail must read at least this...
 pub const ENTROPY_AVAIL: u32 = 256;
 /// ...and at most this many FIPS 140-2 blocks in 1000 may fail.
 pub const FIPS_FAILURES_PER_1000: u32 = 5;
@@ -82,7 +82,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Per vCPU, the median throughput over `samples`.
-fn per_vcpu_median(samples: &[Sample], vcpus: usize) -> Vec<Option<f64>> {
+pub(super) fn per_vcpu_median(samples: &[Sample], vcpus: usize) -> Vec<Option<f64>> {
     (0..vcpus)
         .map(|i| {
             median(
@@ -191,6 +191,15 @@ fn exclusive_pins(e: &Evidence) -> Check {
     )
 }
 
+const UNPINNED: &str = "the probe could not run its workload on every vCPU (see its errors): an idle vCPU says nothing";
+
+/// A window in which a vCPU's workload thread could not run there.
+fn unmeasured(samples: &[Sample]) -> bool {
+    samples
+        .iter()
+        .any(|s| s.throughput.iter().any(Option::is_none))
+}
+
 /// `C`/`T` beside noisy neighbours: every vCPU keeps its throughput within the tolerance.
 fn steady_throughput(e: &Evidence) -> Check {
     let threshold = format!(
@@ -206,6 +215,15 @@ fn steady_throughput(e: &Evidence) -> Check {
             "no neighbour ran (--neighbours 0, or none fits the node)",
         );
     }
+    if unmeasured(e.alone) || unmeasured(e.with_neighbours) {
+        return check(
+            "cpu_throughput",
+            Verdict::NotVerifiable,
+            "not every vCPU measured".into(),
+            threshold,
+            UNPINNED,
+        );
+    }
     let ratios = throughput_ratios(e.alone, e.with_neighbours);
     let worst = ratios
         .iter()
@@ -216,7 +234,7 @@ fn steady_throughput(e: &Evidence) -> Check {
         check(
             "cpu_throughput",
             Verdict::Violated,
-            "a vCPU did no work in a window".into(),
+            "a vCPU did no work alone".into(),
             threshold,
             "",
         )
@@ -295,6 +313,15 @@ fn core_share(e: &Evidence) -> Check {
         "every vCPU at least {:.0} % of a core in every window",
         V_SHARE * 100.0
     );
+    if unmeasured(samples) {
+        return check(
+            "cpu_share",
+            Verdict::NotVerifiable,
+            "not every vCPU measured".into(),
+            threshold,
+            UNPINNED,
+        );
+    }
     let worst = samples
         .iter()
         .flat_map(|s| s.steal_ratio.iter().map(|st| 1.0 - st))
@@ -326,7 +353,7 @@ fn core_share(e: &Evidence) -> Check {
 
 fn entropy(p: &Report) -> Check {
     let threshold = format!(
-        "entropy_avail {ENTROPY_AVAIL}, at most {FIPS_FAILURES_PER_1000} FIPS 140-2 failures per 1000 blocks"
+        "entropy_avail at least {ENTROPY_AVAIL}, at most {FIPS_FAILURES_PER_1000} FIPS 140-2 failures per 1000 blocks"
     );
     let f = p.fips;
     let measured = format!(
@@ -344,7 +371,8 @@ fn entropy(p: &Report) -> Check {
             "the check needs at least 1000 blocks",
         );
     }
-    let ok = p.entropy_avail == Some(ENTROPY_AVAIL)
+    // Kernels since 5.18 always say 256; older ones count up to 4096.
+    let ok = p.entropy_avail.is_some_and(|a| a >= ENTROPY_AVAIL)
         && u64::from(f.failed_blocks) * 1000
             <= u64::from(FIPS_FAILURES_PER_1000) * u64::from(f.blocks);
     check(
@@ -452,15 +480,19 @@ pub fn judge(e: &Evidence) -> Vec<Check> {
             Some(d) => at_least(
                 "disk",
                 d.bytes as f64,
-                f64::from(size) * 1e9,
-                format!("{:.2} GB root disk", d.bytes as f64 / 1e9),
-                format!("at least {size} GB (10^9 bytes)"),
+                f64::from(size) * GIB,
+                format!(
+                    "{:.2} GiB root disk ({} bytes)",
+                    d.bytes as f64 / GIB,
+                    d.bytes
+                ),
+                format!("at least {size} GiB (a flavor's GB as Nova and the agent size disks)"),
             ),
             None => check(
                 "disk",
                 Verdict::Violated,
                 "no root disk".into(),
-                format!("at least {size} GB"),
+                format!("at least {size} GiB"),
                 "",
             ),
         });
@@ -731,12 +763,15 @@ mod tests {
         assert_eq!(c.verdict("ram"), Verdict::Violated);
         c.probe.mem_present_bytes = None;
         assert_eq!(c.verdict("ram"), Verdict::NotVerifiable);
-        // Disks in GB of 10^9 bytes.
+        // Disks in GiB, as the agent sizes them.
         let mut c = Case::dedicated();
-        c.probe.disks[0].bytes = 10_000_000_000;
+        c.probe.disks[0].bytes = 10 << 30;
         assert_eq!(c.verdict("disk"), Verdict::Kept);
-        c.probe.disks[0].bytes = 9_999_999_999;
-        assert_eq!(c.check("disk").measured, "10.00 GB root disk");
+        c.probe.disks[0].bytes = (10 << 30) - 1;
+        assert_eq!(
+            c.check("disk").measured,
+            "10.00 GiB root disk (10737418239 bytes)"
+        );
         assert_eq!(c.verdict("disk"), Verdict::Violated);
         c.probe.disks.clear();
         assert_eq!(c.verdict("disk"), Verdict::Violated);
@@ -825,11 +860,17 @@ mod tests {
         assert_eq!(c.verdict("cpu_throughput"), Verdict::NotVerifiable);
         c.emulated = false;
         c.with[0].throughput[1] = None;
-        c.with[1].throughput[1] = None;
+        let x = c.check("cpu_throughput");
+        assert_eq!(x.verdict, Verdict::NotVerifiable);
+        assert!(x.why.contains("could not run its workload"), "{x:?}");
+        c.with[0].throughput[1] = Some(90.0);
+        c.alone[0].throughput[1] = Some(0.0);
+        c.alone[1].throughput[1] = Some(0.0);
         assert_eq!(
             c.check("cpu_throughput").measured,
-            "a vCPU did no work in a window"
+            "a vCPU did no work alone"
         );
+        assert_eq!(c.verdict("cpu_throughput"), Verdict::Violated);
         c.with.clear();
         let x = c.check("cpu_throughput");
         assert_eq!(x.verdict, Verdict::NotVerifiable);
@@ -909,6 +950,9 @@ mod tests {
         assert_eq!(c.verdict("cpu_share"), Verdict::Violated);
         c.emulated = true;
         assert_eq!(c.verdict("cpu_share"), Verdict::NotVerifiable);
+        c.emulated = false;
+        c.with[0].throughput[0] = None;
+        assert_eq!(c.check("cpu_share").measured, "not every vCPU measured");
         // Without neighbours the windows alone count; without any sample, nothing does.
         let mut c = Case::shared();
         c.with.clear();
@@ -930,6 +974,8 @@ mod tests {
             failed_blocks: 10,
             ..Summary::default()
         };
+        assert_eq!(c.verdict("entropy"), Verdict::Kept);
+        c.probe.entropy_avail = Some(4096);
         assert_eq!(c.verdict("entropy"), Verdict::Kept);
         c.probe.entropy_avail = Some(255);
         assert_eq!(c.verdict("entropy"), Verdict::Violated);

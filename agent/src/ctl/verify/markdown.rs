@@ -9,11 +9,23 @@ fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
-/// The chart files of a flavor in a report directory.
+/// The chart files of a flavor in a report directory: the name as given, with anything but
+/// letters, digits, `.`, `_` and `-` made `_` (a v1 name's `:` would read as a URI scheme in
+/// a Markdown link).
 pub fn chart_names(flavor: &str) -> (String, String) {
+    let safe: String = flavor
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     (
-        format!("{flavor}-share.svg"),
-        format!("{flavor}-throughput.svg"),
+        format!("{safe}-share.svg"),
+        format!("{safe}-throughput.svg"),
     )
 }
 
@@ -186,5 +198,11 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains(".svg"));
+    }
+
+    #[test]
+    fn chart_file_names_are_plain() {
+        assert_eq!(chart_names("SCS-2V:4:10").0, "SCS-2V_4_10-share.svg");
+        assert_eq!(chart_names("SCS-1C-1u").1, "SCS-1C-1u-throughput.svg");
     }
 }

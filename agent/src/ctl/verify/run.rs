@@ -147,6 +147,22 @@ async fn wait_for<T>(
     }
 }
 
+/// A guest name the agent accepts (1-64 of a-z 0-9 . _ -): `verify-`, the UUID's first
+/// group, and `part` (a flavor name) with anything else made `-`.
+fn guest_name(uuid: &str, part: &str) -> String {
+    let tail: String = part
+        .to_lowercase()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .collect();
+    let mut name = format!("verify-{}-{tail}", uuid.get(..8).unwrap_or(uuid));
+    name.truncate(64);
+    name
+}
+
 async fn create(
     vms: &mut Vms,
     created: &Created,
@@ -157,7 +173,7 @@ async fn create(
     role: &str,
 ) -> Result<pb::Vm, StepError> {
     let uuid = new_uuid()?;
-    let name = format!("verify-{}-{}", &uuid[..8], name_part.to_lowercase());
+    let name = guest_name(&uuid, name_part);
     created.add(&uuid);
     let vm = vms
         .create(pb::CreateVmRequest {
@@ -173,8 +189,11 @@ async fn create(
     match vm {
         Ok(vm) => Ok(vm.into_inner()),
         Err(s) => {
-            // A failed create leaves nothing behind (the agent undoes it).
-            created.remove(&uuid);
+            // A refused create leaves nothing, but one that timed out or lost its connection
+            // goes on in the agent: delete it (the agent waits for the create; deleting a
+            // guest that is not there is no error). If that fails too, the final cleanup
+            // tries again.
+            let _ = delete(vms, created, &uuid).await;
             Err(s.into())
         }
     }
@@ -416,21 +435,29 @@ async fn probe(
     progress(&format!(
         "{flavor}: asking the agent for its guarantee reports"
     ));
-    // The agent reads pins every [health] interval: wait for a reading of the probe guest.
+    // The agent reads pins every [health] interval: wait until it has read those of the
+    // probe guest and of the neighbours (a guest it never observes counts as running
+    // anywhere; one merely too young to be read yet must not).
     let asked = Instant::now();
-    let agent = loop {
+    let (agent, others) = loop {
         let r = vms
             .get_guarantee_report(pb::GetGuaranteeReportRequest {
                 uuid: vm.uuid.clone(),
             })
             .await?
             .into_inner();
-        if r.vcpus.iter().all(|v| !v.actual.is_empty()) || asked.elapsed() >= PINS_READ {
-            break r;
+        let others = other_reports(vms, &vm.uuid).await?;
+        let read = |g: &pb::GuaranteeReport| g.vcpus.iter().all(|v| !v.actual.is_empty());
+        let ours_read = read(&r)
+            && others
+                .iter()
+                .filter(|o| made.contains(&o.vm_uuid))
+                .all(read);
+        if ours_read || asked.elapsed() >= PINS_READ {
+            break (r, others);
         }
         tokio::time::sleep(POLL).await;
     };
-    let others = other_reports(vms, &vm.uuid).await?;
     result.checks = judge(&Evidence {
         spec: &spec,
         emulated,
@@ -530,4 +557,28 @@ pub async fn run(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_names_the_agent_accepts() {
+        let uuid = "5b3c1d2e-0000-4000-8000-000000000000";
+        assert_eq!(
+            guest_name(uuid, "SCS-2V-4u-10"),
+            "verify-5b3c1d2e-scs-2v-4u-10"
+        );
+        assert_eq!(
+            guest_name(uuid, "SCS-2V:4:10"),
+            "verify-5b3c1d2e-scs-2v-4-10"
+        );
+        let long = guest_name(uuid, &"SCS-16T-64-3x10s_kvm_hwv_z3h_GNa-64_ib".repeat(3));
+        assert_eq!(long.len(), 64);
+        assert!(
+            long.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        );
+    }
 }
