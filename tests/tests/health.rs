@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Cleanup, free_port, http_get, import_testguest, runtime, tool};
+use common::{Agent, Cleanup, free_port, http_get, import_testguest, runtime, tool, wait_for};
 use hvagent_proto::v1 as pb;
 
 /// An agent sampling every `interval` seconds. The image store's disk on a CI machine may be
@@ -64,18 +64,6 @@ fn condition(h: &serde_json::Value, kind: &str) -> serde_json::Value {
         .find(|c| c["type"] == kind)
         .cloned()
         .unwrap_or_else(|| panic!("no condition {kind} in {h}"))
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, failing after `limit` with `what`.
-fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn create(agent: &Agent, uuid: &str, name: &str, flavor: &str) {

@@ -9,9 +9,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Agent, Cleanup, code, stderr, stdout, tool};
+use common::{Agent, Cleanup, code, stderr, stdout, tool, wait_for};
 use serde_json::Value;
 
 /// Both host CPUs for guests: a `C` guest and the shared pool fit side by side.
@@ -104,17 +104,6 @@ fn violated(f: &Value) -> BTreeSet<String> {
         .filter(|(_, v)| v == "violated")
         .map(|(p, _)| p)
         .collect()
-}
-
-fn wait_for<T>(limit: Duration, what: &str, mut found: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(t) = found() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The guests of `agent` as `hvctl vm list` shows them.

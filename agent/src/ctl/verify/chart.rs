@@ -5,7 +5,9 @@
 use hvagent_probe::report::Sample;
 use plotters::prelude::*;
 
-use super::judge::{V_SHARE, per_vcpu_median};
+use plotters::coord::types::RangedCoordf64;
+
+use super::judge::{V_SHARE, per_vcpu_median, vcpus_sampled};
 
 const SIZE: (u32, u32) = (760, 380);
 const PALETTE: [RGBColor; 6] = [
@@ -25,6 +27,41 @@ fn failed(e: impl std::fmt::Display) -> String {
     format!("cannot draw the chart: {e}")
 }
 
+type Plot<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A white canvas with `title` and axes over `x` × `y`; `draw` configures the mesh and adds
+/// the series, then the legend goes to `legend`.
+fn svg(
+    title: &str,
+    y_label_area: u32,
+    (x, y): (std::ops::Range<f64>, std::ops::Range<f64>),
+    legend: SeriesLabelPosition,
+    draw: impl FnOnce(&mut Plot) -> Result<(), String>,
+) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(failed)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(y_label_area)
+            .build_cartesian_2d(x, y)
+            .map_err(failed)?;
+        draw(&mut chart)?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(legend)
+            .draw()
+            .map_err(failed)?;
+        root.present().map_err(failed)?;
+    }
+    Ok(svg)
+}
+
 /// Each vCPU's share of a core (1 − steal) per window, alone then beside the neighbours,
 /// with the 20 % line `V` promises.
 pub fn share_over_time(title: &str, alone: &[Sample], with: &[Sample]) -> Result<String, String> {
@@ -34,73 +71,59 @@ pub fn share_over_time(title: &str, alone: &[Sample], with: &[Sample]) -> Result
         .map(|s| s.steal_ratio.len())
         .max()
         .unwrap_or(0);
-    let end = samples.iter().map(|s| s.t_ms).max().unwrap_or(0) as f64 / 1000.0;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(failed)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0.0..end.max(1.0), 0.0..1.05)
-            .map_err(failed)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since the workload started")
-            .y_desc("share of a core")
-            .draw()
-            .map_err(failed)?;
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, V_SHARE), (end.max(1.0), V_SHARE)],
-                RED.stroke_width(2),
-            ))
-            .map_err(failed)?
-            .label("20 % (V promise)")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED.stroke_width(2)));
-        if let Some(first) = with.first() {
-            let x = first.t_ms as f64 / 1000.0;
+    let end = (samples.iter().map(|s| s.t_ms).max().unwrap_or(0) as f64 / 1000.0).max(1.0);
+    let ranges = (0.0..end, 0.0..1.05);
+    svg(
+        title,
+        48,
+        ranges,
+        SeriesLabelPosition::LowerRight,
+        |chart| {
             chart
-                .draw_series(LineSeries::new([(x, 0.0), (x, 1.05)], BLACK.mix(0.4)))
-                .map_err(failed)?
-                .label("neighbours busy from here")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.mix(0.4)));
-        }
-        for v in 0..vcpus {
-            let c = colour(v);
+                .configure_mesh()
+                .x_desc("seconds since the workload started")
+                .y_desc("share of a core")
+                .draw()
+                .map_err(failed)?;
             chart
                 .draw_series(LineSeries::new(
-                    samples.iter().filter_map(|s| {
-                        Some((s.t_ms as f64 / 1000.0, 1.0 - s.steal_ratio.get(v)?))
-                    }),
-                    c.stroke_width(2),
+                    [(0.0, V_SHARE), (end, V_SHARE)],
+                    RED.stroke_width(2),
                 ))
                 .map_err(failed)?
-                .label(format!("vCPU {v}"))
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(failed)?;
-        root.present().map_err(failed)?;
-    }
-    Ok(svg)
+                .label("20 % (V promise)")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED.stroke_width(2)));
+            if let Some(first) = with.first() {
+                let x = first.t_ms as f64 / 1000.0;
+                chart
+                    .draw_series(LineSeries::new([(x, 0.0), (x, 1.05)], BLACK.mix(0.4)))
+                    .map_err(failed)?
+                    .label("neighbours busy from here")
+                    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.mix(0.4)));
+            }
+            for v in 0..vcpus {
+                let c = colour(v);
+                chart
+                    .draw_series(LineSeries::new(
+                        samples.iter().filter_map(|s| {
+                            Some((s.t_ms as f64 / 1000.0, 1.0 - s.steal_ratio.get(v)?))
+                        }),
+                        c.stroke_width(2),
+                    ))
+                    .map_err(failed)?
+                    .label(format!("vCPU {v}"))
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2))
+                    });
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Per vCPU, median throughput alone and beside the neighbours, as pairs of bars.
 pub fn throughput_bars(title: &str, alone: &[Sample], with: &[Sample]) -> Result<String, String> {
-    let vcpus = alone
-        .iter()
-        .chain(with)
-        .map(|s| s.throughput.len())
-        .max()
-        .unwrap_or(0);
+    let vcpus = vcpus_sampled(alone, with);
     // The same medians the verdict compares; a vCPU never measured draws no bar.
     let bars = |samples| -> Vec<f64> {
         per_vcpu_median(samples, vcpus)
@@ -110,47 +133,39 @@ pub fn throughput_bars(title: &str, alone: &[Sample], with: &[Sample]) -> Result
     };
     let (a, w) = (bars(alone), bars(with));
     let top = a.iter().chain(&w).copied().fold(1.0, f64::max) * 1.15;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(failed)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
-            .build_cartesian_2d(-0.5..(vcpus as f64 - 0.5).max(0.5), 0.0..top)
-            .map_err(failed)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(vcpus.max(1))
-            .x_label_formatter(&|x| format!("vCPU {}", x.round()))
-            .y_desc("workload chunks per second (median)")
-            .draw()
-            .map_err(failed)?;
-        for (values, offset, c, label) in [
-            (&a, -0.35, colour(0), "alone"),
-            (&w, 0.0, colour(1), "beside neighbours"),
-        ] {
+    let ranges = (-0.5..(vcpus as f64 - 0.5).max(0.5), 0.0..top);
+    svg(
+        title,
+        64,
+        ranges,
+        SeriesLabelPosition::UpperRight,
+        |chart| {
             chart
-                .draw_series(values.iter().enumerate().map(|(v, &y)| {
-                    let x = v as f64 + offset;
-                    Rectangle::new([(x, 0.0), (x + 0.35, y)], c.filled())
-                }))
-                .map_err(failed)?
-                .label(label)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(failed)?;
-        root.present().map_err(failed)?;
-    }
-    Ok(svg)
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(vcpus.max(1))
+                .x_label_formatter(&|x| format!("vCPU {}", x.round()))
+                .y_desc("workload chunks per second (median)")
+                .draw()
+                .map_err(failed)?;
+            for (values, offset, c, label) in [
+                (&a, -0.35, colour(0), "alone"),
+                (&w, 0.0, colour(1), "beside neighbours"),
+            ] {
+                chart
+                    .draw_series(values.iter().enumerate().map(|(v, &y)| {
+                        let x = v as f64 + offset;
+                        Rectangle::new([(x, 0.0), (x + 0.35, y)], c.filled())
+                    }))
+                    .map_err(failed)?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled())
+                    });
+            }
+            Ok(())
+        },
+    )
 }
 
 #[cfg(test)]

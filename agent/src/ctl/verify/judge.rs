@@ -95,14 +95,19 @@ pub(super) fn per_vcpu_median(samples: &[Sample], vcpus: usize) -> Vec<Option<f6
         .collect()
 }
 
-/// Per vCPU of the probe guest, median throughput with neighbours over median alone.
-pub fn throughput_ratios(alone: &[Sample], with: &[Sample]) -> Vec<Option<f64>> {
-    let vcpus = alone
+/// vCPUs in the widest sample.
+pub(super) fn vcpus_sampled(alone: &[Sample], with: &[Sample]) -> usize {
+    alone
         .iter()
         .chain(with)
         .map(|s| s.throughput.len())
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Per vCPU of the probe guest, median throughput with neighbours over median alone.
+pub fn throughput_ratios(alone: &[Sample], with: &[Sample]) -> Vec<Option<f64>> {
+    let vcpus = vcpus_sampled(alone, with);
     per_vcpu_median(alone, vcpus)
         .into_iter()
         .zip(per_vcpu_median(with, vcpus))
