@@ -46,7 +46,13 @@ fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let report =
         root.join(std::env::var("REPORT").unwrap_or_else(|_| "target/verify-report".into()));
-    let report = report.to_str().expect("UTF-8 path").to_string();
+    std::fs::create_dir_all(&report).expect("report directory");
+    let report = report
+        .canonicalize()
+        .unwrap_or(report)
+        .to_str()
+        .expect("UTF-8 path")
+        .to_string();
     let mut cmd = Command::new(&hvctl);
     cmd.arg("--socket")
         .arg(&socket)

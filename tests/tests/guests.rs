@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, Cleanup, console, repo_root, runtime};
+use common::{Agent, Cleanup, claims, console, listed, repo_root, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -123,35 +123,6 @@ async fn report(vms: &mut Vms, uuid: &str) -> std::collections::BTreeMap<String,
         .filter_map(|l| l.trim().strip_prefix("hvagent."))
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-        .collect()
-}
-
-/// The UUIDs of the agent's guests, in order.
-async fn listed(vms: &mut Vms) -> Vec<String> {
-    let mut uuids: Vec<String> = vms
-        .list(pb::ListVmsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .vms
-        .into_iter()
-        .map(|v| v.uuid)
-        .collect();
-    uuids.sort();
-    uuids
-}
-
-async fn claims(
-    placement: &mut pb::placement_service_client::PlacementServiceClient<Channel>,
-) -> Vec<String> {
-    placement
-        .list_claims(pb::ListClaimsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .claims
-        .into_iter()
-        .map(|c| c.vm_uuid)
         .collect()
 }
 

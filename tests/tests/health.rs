@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Agent, Cleanup, free_port, http_get, import_testguest, runtime, tool, wait_for};
 use hvagent_proto::v1 as pb;

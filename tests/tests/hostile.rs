@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Agent, runtime};
+use common::{Agent, claims, listed, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 
@@ -285,8 +285,8 @@ fn ten_thousand_random_requests_get_the_right_codes_and_leave_nothing() {
         node.get_inventory(pb::GetInventoryRequest {})
             .await
             .expect("still serving");
-        let listed = vms.list(pb::ListVmsRequest {}).await.unwrap().into_inner();
-        assert!(listed.vms.is_empty(), "{:?}", listed.vms);
+        let guests = listed(&mut vms).await;
+        assert!(guests.is_empty(), "{guests:?}");
         assert!(
             images
                 .list(pb::ListImagesRequest {})
@@ -305,15 +305,8 @@ fn ten_thousand_random_requests_get_the_right_codes_and_leave_nothing() {
                 .networks
                 .is_empty()
         );
-        assert!(
-            placement
-                .list_claims(pb::ListClaimsRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .claims
-                .is_empty()
-        );
+        let held = claims(&mut placement).await;
+        assert!(held.is_empty(), "{held:?}");
     });
     // No partial import or guest directory in the store.
     for sub in ["images", "vms"] {

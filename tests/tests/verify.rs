@@ -491,3 +491,42 @@ fn bad_input_changes_nothing() {
     }
     assert!(vms(&agent).is_empty());
 }
+
+#[test]
+fn standard_flavors_that_do_not_fit_are_skipped_with_the_reason() {
+    let agent = agent("");
+    // Every scs-0103 name promises ECC; a node that cannot confirm ECC fits none of them.
+    let ecc = agent.inventory_json()["memory"]["ecc"].clone();
+    if ecc == "present" {
+        println!(
+            "skipped: this node has ECC memory, so --standard would boot every standard flavor"
+        );
+        return;
+    }
+    let out = agent.hvctl(&[
+        "--output",
+        "json",
+        "verify",
+        "--standard",
+        "--neighbours",
+        "0",
+    ]);
+    assert_eq!(code(&out.status), 0, "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flavors = report["flavors"].as_array().unwrap();
+    let standard = hvagent::api::flavor::standard_flavors();
+    assert_eq!(flavors.len(), standard.len());
+    for (f, s) in flavors.iter().zip(&standard) {
+        assert_eq!(f["flavor"], s.name.as_str());
+        assert_eq!(f["outcome"], "skipped", "{f:#}");
+        assert!(
+            f["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("does not fit this node: ECC"),
+            "{f:#}"
+        );
+    }
+    assert!(stderr(&out).contains("skipped, does not fit (ECC)"));
+    assert!(vms(&agent).is_empty());
+}

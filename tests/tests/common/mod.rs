@@ -306,3 +306,37 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The UUIDs of the agent's guests, in order.
+pub async fn listed(
+    vms: &mut hvagent_proto::v1::vm_service_client::VmServiceClient<tonic::transport::Channel>,
+) -> Vec<String> {
+    let mut uuids: Vec<String> = vms
+        .list(hvagent_proto::v1::ListVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .vms
+        .into_iter()
+        .map(|v| v.uuid)
+        .collect();
+    uuids.sort();
+    uuids
+}
+
+/// The VM UUIDs of the agent's claims.
+pub async fn claims(
+    placement: &mut hvagent_proto::v1::placement_service_client::PlacementServiceClient<
+        tonic::transport::Channel,
+    >,
+) -> Vec<String> {
+    placement
+        .list_claims(hvagent_proto::v1::ListClaimsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .claims
+        .into_iter()
+        .map(|c| c.vm_uuid)
+        .collect()
+}

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use plotters::coord::types::RangedCoordf64;
 
-use super::judge::{V_SHARE, per_vcpu_median, vcpus_sampled};
+use super::judge::{V_SHARE, per_vcpu_median, relative_throughput, vcpus_sampled};
 
 const SIZE: (u32, u32) = (760, 380);
 const PALETTE: [RGBColor; 6] = [
@@ -62,8 +62,10 @@ fn svg(
     Ok(svg)
 }
 
-/// Each vCPU's share of a core (1 − steal) per window, alone then beside the neighbours,
-/// with the 20 % line `V` promises.
+/// Each vCPU's share of a core per window, alone then beside the neighbours, against the
+/// 20 % line `V` promises: as steal leaves it (1 − steal, solid) and as throughput shows it
+/// (the window's throughput over the median alone, dashed; where there is no steal clock, as
+/// under TCG, only this one moves).
 pub fn share_over_time(title: &str, alone: &[Sample], with: &[Sample]) -> Result<String, String> {
     let samples: Vec<&Sample> = alone.iter().chain(with).collect();
     let vcpus = samples
@@ -72,12 +74,22 @@ pub fn share_over_time(title: &str, alone: &[Sample], with: &[Sample]) -> Result
         .max()
         .unwrap_or(0);
     let end = (samples.iter().map(|s| s.t_ms).max().unwrap_or(0) as f64 / 1000.0).max(1.0);
-    let ranges = (0.0..end, 0.0..1.05);
+    let all: Vec<Sample> = samples.iter().map(|&s| s.clone()).collect();
+    let relative = relative_throughput(alone, &all);
+    let top = relative
+        .iter()
+        .flatten()
+        .flatten()
+        .copied()
+        .fold(1.0, f64::max)
+        .min(2.0)
+        * 1.05;
+    let ranges = (0.0..end, 0.0..top);
     svg(
         title,
         48,
         ranges,
-        SeriesLabelPosition::LowerRight,
+        SeriesLabelPosition::MiddleRight,
         |chart| {
             chart
                 .configure_mesh()
@@ -96,7 +108,7 @@ pub fn share_over_time(title: &str, alone: &[Sample], with: &[Sample]) -> Result
             if let Some(first) = with.first() {
                 let x = first.t_ms as f64 / 1000.0;
                 chart
-                    .draw_series(LineSeries::new([(x, 0.0), (x, 1.05)], BLACK.mix(0.4)))
+                    .draw_series(LineSeries::new([(x, 0.0), (x, top)], BLACK.mix(0.4)))
                     .map_err(failed)?
                     .label("neighbours busy from here")
                     .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.mix(0.4)));
@@ -111,9 +123,21 @@ pub fn share_over_time(title: &str, alone: &[Sample], with: &[Sample]) -> Result
                         c.stroke_width(2),
                     ))
                     .map_err(failed)?
-                    .label(format!("vCPU {v}"))
+                    .label(format!("vCPU {v}: 1 − steal"))
                     .legend(move |(x, y)| {
                         PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2))
+                    });
+                let points: Vec<(f64, f64)> = samples
+                    .iter()
+                    .zip(&relative)
+                    .filter_map(|(s, r)| Some((s.t_ms as f64 / 1000.0, (*r.get(v)?)?)))
+                    .collect();
+                chart
+                    .draw_series(DashedLineSeries::new(points, 6, 4, c.stroke_width(1)))
+                    .map_err(failed)?
+                    .label(format!("vCPU {v}: throughput / alone"))
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 16, y)], c.stroke_width(1))
                     });
             }
             Ok(())
@@ -191,8 +215,8 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
         for text in [
             "SCS-2V-4",
-            "vCPU 0",
-            "vCPU 1",
+            "vCPU 0: 1 − steal",
+            "vCPU 1: throughput / alone",
             "20 % (V promise)",
             "neighbours busy from here",
             "share of a core",
