@@ -74,9 +74,7 @@ pub fn share_over_time(title: &str, alone: &[Sample], with: &[Sample]) -> Result
         .max()
         .unwrap_or(0);
     let end = (samples.iter().map(|s| s.t_ms).max().unwrap_or(0) as f64 / 1000.0).max(1.0);
-    let all: Vec<Sample> = samples.iter().map(|&s| s.clone()).collect();
-    let relative = relative_throughput(alone, &all);
-    let top = relative
+    let top = relative_throughput(alone, &[alone, with].concat())
         .iter()
         .flatten()
         .flatten()
@@ -113,32 +111,46 @@ pub fn share_over_time(title: &str, alone: &[Sample], with: &[Sample]) -> Result
                     .label("neighbours busy from here")
                     .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.mix(0.4)));
             }
+            // Alone and beside the neighbours as separate lines: no samples were taken
+            // while the neighbours booted, and a line across that gap would invent some.
+            let segments = [
+                (alone, relative_throughput(alone, alone)),
+                (with, relative_throughput(alone, with)),
+            ];
             for v in 0..vcpus {
                 let c = colour(v);
-                chart
-                    .draw_series(LineSeries::new(
-                        samples.iter().filter_map(|s| {
-                            Some((s.t_ms as f64 / 1000.0, 1.0 - s.steal_ratio.get(v)?))
-                        }),
-                        c.stroke_width(2),
-                    ))
-                    .map_err(failed)?
-                    .label(format!("vCPU {v}: 1 − steal"))
-                    .legend(move |(x, y)| {
-                        PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2))
-                    });
-                let points: Vec<(f64, f64)> = samples
-                    .iter()
-                    .zip(&relative)
-                    .filter_map(|(s, r)| Some((s.t_ms as f64 / 1000.0, (*r.get(v)?)?)))
-                    .collect();
-                chart
-                    .draw_series(DashedLineSeries::new(points, 6, 4, c.stroke_width(1)))
-                    .map_err(failed)?
-                    .label(format!("vCPU {v}: throughput / alone"))
-                    .legend(move |(x, y)| {
-                        PathElement::new([(x, y), (x + 16, y)], c.stroke_width(1))
-                    });
+                for (k, (seg, rel)) in segments.iter().enumerate() {
+                    let t = |s: &Sample| s.t_ms as f64 / 1000.0;
+                    let steal: Vec<(f64, f64)> = seg
+                        .iter()
+                        .filter_map(|s| Some((t(s), 1.0 - s.steal_ratio.get(v)?)))
+                        .collect();
+                    let throughput: Vec<(f64, f64)> = seg
+                        .iter()
+                        .zip(rel)
+                        .filter_map(|(s, r)| Some((t(s), (*r.get(v)?)?)))
+                        .collect();
+                    let solid = chart
+                        .draw_series(LineSeries::new(steal, c.stroke_width(2)))
+                        .map_err(failed)?;
+                    if k == 0 {
+                        solid
+                            .label(format!("vCPU {v}: 1 − steal"))
+                            .legend(move |(x, y)| {
+                                PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2))
+                            });
+                    }
+                    let dashed = chart
+                        .draw_series(DashedLineSeries::new(throughput, 6, 4, c.stroke_width(1)))
+                        .map_err(failed)?;
+                    if k == 0 {
+                        dashed
+                            .label(format!("vCPU {v}: throughput / alone"))
+                            .legend(move |(x, y)| {
+                                PathElement::new([(x, y), (x + 16, y)], c.stroke_width(1))
+                            });
+                    }
+                }
             }
             Ok(())
         },
