@@ -422,6 +422,18 @@ fn a_shared_pool_left_past_its_ratio_by_a_config_change_is_violated() {
     let c = check(f, "shared_ratio");
     assert_eq!(c["measured"], "9 V vCPUs on 1 host CPUs (1)", "{c}");
     assert_eq!(c["threshold"], "at most 5 per core (5 vCPUs)", "{c}");
+    // The agent itself says so too: one of the two is not counted, and reported.
+    let health = agent.hvctl(&["--output", "json", "node", "health"]);
+    let health: Value = serde_json::from_slice(&health.stdout).unwrap();
+    let unaccounted: Vec<_> = health["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["kind"] == "unaccounted")
+        .map(|v| v["vm_name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(unaccounted.len(), 1, "{health:#}");
+    assert!(unaccounted[0].starts_with("pool-"), "{unaccounted:?}");
     let mut left: Vec<_> = vms(&agent)
         .iter()
         .map(|v| v["name"].as_str().unwrap().to_string())

@@ -449,8 +449,23 @@ impl Health {
                 .collect();
             own.iter()
                 .filter(|g| g.state == "running")
-                .filter_map(|g| {
-                    let claim = alloc.get(&g.uuid)?;
+                .map(|g| {
+                    let Some(claim) = alloc.get(&g.uuid) else {
+                        // Running, but not counted: its threads are read all the same (they
+                        // may sit on CPUs promised to others), with no pins of its own.
+                        return (
+                            g.uuid.clone(),
+                            Expected {
+                                uuid: g.uuid.clone(),
+                                name: g.intent.name.clone(),
+                                vcpus: vec![Vec::new(); g.intent.claim.vcpus.len()],
+                                emulator: Vec::new(),
+                                exclusive: Vec::new(),
+                                slack: Vec::new(),
+                                accounted: false,
+                            },
+                        );
+                    };
                     let mut exclusive: Vec<u32> = claim.dedicated_cpus().collect();
                     exclusive.extend(&claim.idle_cpus);
                     let floating = |yes: bool| if yes { reserved.clone() } else { Vec::new() };
@@ -462,7 +477,7 @@ impl Health {
                     slack.push(floating(
                         claim.emulator == crate::placement::claim::Emulator::Pool,
                     ));
-                    Some((
+                    (
                         g.uuid.clone(),
                         Expected {
                             uuid: g.uuid.clone(),
@@ -471,8 +486,9 @@ impl Health {
                             emulator: alloc.emulator_cpus(claim),
                             exclusive,
                             slack,
+                            accounted: true,
                         },
-                    ))
+                    )
                 })
                 .collect()
         };

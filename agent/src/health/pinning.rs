@@ -22,6 +22,10 @@ pub struct Expected {
     /// reservations not yet bound to a guest (taken out of the pool, but floating guests are
     /// re-pinned only when a dedicated guest is created or deleted).
     pub slack: Vec<Vec<u32>>,
+    /// False for a guest of this agent that placement does not count (its stored claim
+    /// conflicted with the guests counted before it at start-up): it has no pins to keep, but
+    /// its threads still run somewhere, and other guests' promises are checked against them.
+    pub accounted: bool,
 }
 
 impl Expected {
@@ -63,6 +67,7 @@ pub enum Kind {
     VcpuCpuset,
     EmulatorCpuset,
     DedicatedCpuShared,
+    Unaccounted,
 }
 
 impl Kind {
@@ -75,13 +80,15 @@ impl Kind {
             Kind::VcpuCpuset => "vcpu_cpuset",
             Kind::EmulatorCpuset => "emulator_cpuset",
             Kind::DedicatedCpuShared => "dedicated_cpu_shared",
+            Kind::Unaccounted => "unaccounted",
         }
     }
 
     /// Whether re-applying the guest's own pins mends it (a shared dedicated CPU is mended
-    /// on the other guest, which has a violation of its own).
+    /// on the other guest, which has a violation of its own; a guest placement does not count
+    /// has no pins to apply).
     pub fn own(self) -> bool {
-        self != Kind::DedicatedCpuShared
+        !matches!(self, Kind::DedicatedCpuShared | Kind::Unaccounted)
     }
 }
 
@@ -125,6 +132,18 @@ fn sorted(v: &[u32]) -> Vec<u32> {
 pub fn check(guests: &[(Expected, Observed)]) -> Vec<Violation> {
     let mut out = Vec::new();
     for (e, o) in guests {
+        if !e.accounted {
+            out.push(Violation {
+                uuid: e.uuid.clone(),
+                name: e.name.clone(),
+                kind: Kind::Unaccounted,
+                vcpu: None,
+                expected: Vec::new(),
+                actual: Vec::new(),
+                detail: "placement does not count this guest (its stored claim conflicts with the guests counted before it at start-up): what it uses may be promised to others".into(),
+            });
+            continue;
+        }
         let mut push =
             |kind: Kind, vcpu: Option<u32>, expected: &[u32], actual: &[u32], what: String| {
                 out.push(Violation {
@@ -392,6 +411,7 @@ mod tests {
                 emulator: emulator.to_vec(),
                 exclusive: vec![cpu],
                 slack: vec![],
+                accounted: true,
             },
             Observed {
                 libvirt_vcpus: vec![vec![cpu]],
@@ -411,6 +431,7 @@ mod tests {
                 emulator: pool.to_vec(),
                 exclusive: vec![],
                 slack: vec![],
+                accounted: true,
             },
             Observed {
                 libvirt_vcpus: vec![pool.to_vec(), pool.to_vec()],
@@ -501,6 +522,36 @@ mod tests {
             found[1].detail
         );
         assert!(!Kind::DedicatedCpuShared.own() && Kind::VcpuAffinity.own());
+    }
+
+    #[test]
+    fn a_guest_placement_does_not_count_is_reported_and_still_checked_against() {
+        let c = dedicated("c", 3, &[0]);
+        // Left out at start-up, still running on its old pins, which include 3.
+        let (mut e, o) = floating("lost", &[1, 2, 3]);
+        e.accounted = false;
+        // Whatever its threads do, it has no pins of its own to break...
+        e.vcpus = vec![vec![], vec![]];
+        e.emulator = vec![];
+        let v = check(&[c, (e, o)]);
+        assert_eq!(
+            kinds(&v),
+            vec![
+                ("lost", Kind::Unaccounted, None),
+                // ...but the dedicated guest's promise is broken by them.
+                ("c", Kind::DedicatedCpuShared, None),
+            ]
+        );
+        assert!(
+            v[0].detail
+                .starts_with("placement does not count this guest")
+        );
+        assert!(
+            v[1].detail.contains("guest n-lost (lost)"),
+            "{}",
+            v[1].detail
+        );
+        assert!(!Kind::Unaccounted.own());
     }
 
     #[test]

@@ -434,7 +434,7 @@ fn counter_families<const N: usize>(
     }
 }
 
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 8] = [
     Kind::LibvirtVcpuPin,
     Kind::LibvirtEmulatorPin,
     Kind::VcpuAffinity,
@@ -442,6 +442,7 @@ const KINDS: [Kind; 7] = [
     Kind::VcpuCpuset,
     Kind::EmulatorCpuset,
     Kind::DedicatedCpuShared,
+    Kind::Unaccounted,
 ];
 
 fn pinning(s: &Snapshot, e: &mut Exposition) {
