@@ -340,19 +340,18 @@ fn a_stopped_qemu_does_not_stop_the_others_metrics() {
     let quarantined = |t: &str, u: &str| metric(t, "hvagent_guest_quarantined", &[("uuid", u)]);
     let text = wait_for(
         Duration::from_secs(20),
-        "the stopped guest quarantined and ageing",
+        "the stopped guest quarantined and ageing while the other is fresh",
         || {
             let t = scrape(port);
-            (quarantined(&t, stuck) == Some(1.0) && age(&t, stuck).unwrap_or(0.0) >= 3.0)
-                .then_some(t)
+            // The other guest's figures stay fresh meanwhile. (Under load one sample of it
+            // can come late too and quarantine it for a moment: what must not happen is that
+            // the stopped guest keeps it from being read at all.)
+            (quarantined(&t, stuck) == Some(1.0)
+                && age(&t, stuck).unwrap_or(0.0) >= 3.0
+                && quarantined(&t, alive) == Some(0.0)
+                && age(&t, alive).is_some_and(|a| a < 2.5))
+            .then_some(t)
         },
-    );
-    // The other guest's figures stay fresh and keep moving meanwhile.
-    assert_eq!(quarantined(&text, alive), Some(0.0), "{text}");
-    assert!(
-        age(&text, alive).unwrap() < 2.5,
-        "alive's age {:?}",
-        age(&text, alive)
     );
     let cpu = |t: &str| metric(t, "hvagent_guest_cpu_seconds_total", &[("uuid", alive)]).unwrap();
     let first = cpu(&text);
