@@ -830,8 +830,8 @@ async fn vm(output: Output, agent: &str, vms: &mut Vms, command: VmCommand) -> E
             };
             let uuid = match uuid {
                 Some(u) => u,
-                None => match std::fs::read_to_string("/proc/sys/kernel/random/uuid") {
-                    Ok(u) => u.trim().to_string(),
+                None => match hvagent::ctl::new_uuid() {
+                    Ok(u) => u,
                     Err(e) => {
                         eprintln!("hvctl: cannot make a UUID (give --uuid): {e}");
                         return ExitCode::FAILURE;
@@ -1041,9 +1041,9 @@ async fn verify(
     }
     let mut flavors = args.flavors;
     if args.standard {
-        for f in hvagent::api::flavor::standard_flavors() {
-            if !flavors.contains(&f.name) {
-                flavors.push(f.name);
+        for f in hvagent::flavor::catalog::standard() {
+            if !flavors.iter().any(|n| n == f.name) {
+                flavors.push(f.name.to_string());
             }
         }
     }

@@ -6,55 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use hvagent_probe::facts::{CpuTimes, parse_stat};
+
 use crate::host::memory::{self, MemoryInfo, NumaNode};
 use crate::host::sysfs::SysRoot;
 use crate::net::link::Counters;
-
-/// Jiffies per logical CPU, as `/proc/stat` counts them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CpuTimes {
-    pub cpu: u32,
-    pub user: u64,
-    pub nice: u64,
-    pub system: u64,
-    pub idle: u64,
-    pub iowait: u64,
-    pub irq: u64,
-    pub softirq: u64,
-    pub steal: u64,
-}
-
-impl CpuTimes {
-    /// (mode, jiffies) in the order node_exporter and `top` use.
-    pub fn modes(&self) -> [(&'static str, u64); 8] {
-        [
-            ("user", self.user),
-            ("nice", self.nice),
-            ("system", self.system),
-            ("idle", self.idle),
-            ("iowait", self.iowait),
-            ("irq", self.irq),
-            ("softirq", self.softirq),
-            ("steal", self.steal),
-        ]
-    }
-
-    fn total(&self) -> u64 {
-        self.modes().iter().map(|(_, v)| v).sum()
-    }
-
-    /// Busy and steal shares of the time between `before` and `self` (0 when none passed).
-    pub fn usage_since(&self, before: &CpuTimes) -> (f64, f64) {
-        let total = self.total().saturating_sub(before.total());
-        if total == 0 {
-            return (0.0, 0.0);
-        }
-        let idle = (self.idle + self.iowait).saturating_sub(before.idle + before.iowait);
-        let steal = self.steal.saturating_sub(before.steal);
-        let busy = total.saturating_sub(idle).saturating_sub(steal);
-        (busy as f64 / total as f64, steal as f64 / total as f64)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pressure {
@@ -177,29 +133,6 @@ fn ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as u64 } else { 100 }
-}
-
-/// Per-CPU lines of `/proc/stat` (`cpuN user nice system idle iowait irq softirq steal ...`).
-pub fn parse_stat(text: &str) -> Vec<CpuTimes> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let cpu = fields.next()?.strip_prefix("cpu")?.parse().ok()?;
-            let v: Vec<u64> = fields.take(8).map(|f| f.parse().unwrap_or(0)).collect();
-            let at = |i: usize| v.get(i).copied().unwrap_or(0);
-            Some(CpuTimes {
-                cpu,
-                user: at(0),
-                nice: at(1),
-                system: at(2),
-                idle: at(3),
-                iowait: at(4),
-                irq: at(5),
-                softirq: at(6),
-                steal: at(7),
-            })
-        })
-        .collect()
 }
 
 pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
@@ -368,38 +301,6 @@ pub fn parse_process(status: &str, stat: &str, ticks: u64) -> ProcessStat {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_lines() {
-        let cpus = parse_stat(
-            "cpu  10 0 5 100 1 0 0 2 0 0\ncpu0 4 1 2 50 1 0 0 2 0 0\ncpu1 6 0 3 50 0 0 0 0 0 0\n\
-             intr 123\nctxt 5\n",
-        );
-        assert_eq!(cpus.len(), 2, "the summary line is not a CPU");
-        assert_eq!((cpus[0].cpu, cpus[0].user, cpus[0].steal), (0, 4, 2));
-        assert_eq!((cpus[1].cpu, cpus[1].idle), (1, 50));
-    }
-
-    #[test]
-    fn usage_between_samples() {
-        let a = CpuTimes {
-            user: 100,
-            idle: 100,
-            steal: 0,
-            ..Default::default()
-        };
-        let b = CpuTimes {
-            user: 150,
-            idle: 130,
-            iowait: 10,
-            steal: 10,
-            ..Default::default()
-        };
-        let (busy, steal) = b.usage_since(&a);
-        assert!((busy - 0.5).abs() < 1e-9, "{busy}");
-        assert!((steal - 0.1).abs() < 1e-9, "{steal}");
-        assert_eq!(a.usage_since(&a), (0.0, 0.0));
-    }
 
     #[test]
     fn pressure_and_load() {

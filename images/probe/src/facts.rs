@@ -1,5 +1,6 @@
 //! What the guest sees of itself, from /proc text: pure parsers, so that they are tested on
-//! captured text and the probe's report says exactly what the guest kernel said.
+//! captured text and the probe's report says exactly what the guest kernel said. The
+//! `/proc/stat` parser is the agent's too (its host CPU figures).
 
 /// CPU facts from /proc/cpuinfo: logical CPUs, the first one's model and flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,50 +56,71 @@ pub fn mem_present_bytes(zoneinfo: &str, page_bytes: u64) -> Option<u64> {
     (!pages.is_empty()).then(|| pages.iter().sum::<u64>() * page_bytes)
 }
 
-/// One CPU's times from /proc/stat, in clock ticks.
+/// Jiffies per logical CPU, as `/proc/stat` counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Times {
-    /// Everything but idle and iowait (steal included).
-    pub busy: u64,
+pub struct CpuTimes {
+    pub cpu: u32,
+    pub user: u64,
+    pub nice: u64,
+    pub system: u64,
+    pub idle: u64,
+    pub iowait: u64,
+    pub irq: u64,
+    pub softirq: u64,
     pub steal: u64,
-    pub total: u64,
 }
 
-/// Per-CPU times (`cpuN` lines, in N order) from /proc/stat.
-pub fn cpu_times(stat: &str) -> Vec<Times> {
-    stat.lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .map(|f| f.parse().unwrap_or(0))
-                .collect();
+impl CpuTimes {
+    /// (mode, jiffies) in the order node_exporter and `top` use.
+    pub fn modes(&self) -> [(&'static str, u64); 8] {
+        [
+            ("user", self.user),
+            ("nice", self.nice),
+            ("system", self.system),
+            ("idle", self.idle),
+            ("iowait", self.iowait),
+            ("irq", self.irq),
+            ("softirq", self.softirq),
+            ("steal", self.steal),
+        ]
+    }
+
+    fn total(&self) -> u64 {
+        self.modes().iter().map(|(_, v)| v).sum()
+    }
+
+    /// Busy and steal shares of the time between `before` and `self` (0 when none passed).
+    pub fn usage_since(&self, before: &CpuTimes) -> (f64, f64) {
+        let total = self.total().saturating_sub(before.total());
+        if total == 0 {
+            return (0.0, 0.0);
+        }
+        let idle = (self.idle + self.iowait).saturating_sub(before.idle + before.iowait);
+        let steal = self.steal.saturating_sub(before.steal);
+        let busy = total.saturating_sub(idle).saturating_sub(steal);
+        (busy as f64 / total as f64, steal as f64 / total as f64)
+    }
+}
+
+/// Per-CPU lines of `/proc/stat` (`cpuN user nice system idle iowait irq softirq steal ...`).
+pub fn parse_stat(text: &str) -> Vec<CpuTimes> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let cpu = fields.next()?.strip_prefix("cpu")?.parse().ok()?;
+            let v: Vec<u64> = fields.take(8).map(|f| f.parse().unwrap_or(0)).collect();
             let at = |i: usize| v.get(i).copied().unwrap_or(0);
-            // user nice system idle iowait irq softirq steal (guest times are inside user).
-            let total: u64 = (0..8).map(at).sum();
-            Times {
-                busy: total - at(3) - at(4),
+            Some(CpuTimes {
+                cpu,
+                user: at(0),
+                nice: at(1),
+                system: at(2),
+                idle: at(3),
+                iowait: at(4),
+                irq: at(5),
+                softirq: at(6),
                 steal: at(7),
-                total,
-            }
-        })
-        .collect()
-}
-
-/// The share of each CPU's time stolen by the host between two readings (0 when no time
-/// passed).
-pub fn steal_ratios(before: &[Times], after: &[Times]) -> Vec<f64> {
-    before
-        .iter()
-        .zip(after)
-        .map(|(b, a)| {
-            let total = a.total.saturating_sub(b.total);
-            if total == 0 {
-                0.0
-            } else {
-                a.steal.saturating_sub(b.steal) as f64 / total as f64
-            }
+            })
         })
         .collect()
 }
@@ -139,28 +161,49 @@ mod tests {
 
     #[test]
     fn steal_over_a_window() {
-        let before = cpu_times(
+        let before = parse_stat(
             "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 100 0 50 800 10 0 0 40 0 0\ncpu1 10 0 0 990 0 0 0 0 0 0\nintr 5\n",
         );
-        assert_eq!(
-            before,
-            vec![
-                Times {
-                    busy: 190,
-                    steal: 40,
-                    total: 1000
-                },
-                Times {
-                    busy: 10,
-                    steal: 0,
-                    total: 1000
-                }
-            ]
+        let after = parse_stat("cpu0 150 0 50 850 10 0 0 140 0 0\ncpu1 10 0 0 1090 0 0 0 0 0 0\n");
+        let steal: Vec<f64> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.usage_since(b).1)
+            .collect();
+        assert!((steal[0] - 100.0 / 200.0).abs() < 1e-9, "{steal:?}");
+        assert_eq!(steal[1], 0.0);
+        assert_eq!(before[0].usage_since(&before[0]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn stat_lines() {
+        let cpus = parse_stat(
+            "cpu  10 0 5 100 1 0 0 2 0 0\ncpu0 4 1 2 50 1 0 0 2 0 0\ncpu1 6 0 3 50 0 0 0 0 0 0\n\
+             intr 123\nctxt 5\n",
         );
-        let after = cpu_times("cpu0 150 0 50 850 10 0 0 140 0 0\ncpu1 10 0 0 1090 0 0 0 0 0 0\n");
-        let r = steal_ratios(&before, &after);
-        assert!((r[0] - 100.0 / 200.0).abs() < 1e-9, "{r:?}");
-        assert_eq!(r[1], 0.0);
-        assert_eq!(steal_ratios(&before, &before), vec![0.0, 0.0]);
+        assert_eq!(cpus.len(), 2, "the summary line is not a CPU");
+        assert_eq!((cpus[0].cpu, cpus[0].user, cpus[0].steal), (0, 4, 2));
+        assert_eq!((cpus[1].cpu, cpus[1].idle), (1, 50));
+    }
+
+    #[test]
+    fn usage_between_samples() {
+        let a = CpuTimes {
+            user: 100,
+            idle: 100,
+            steal: 0,
+            ..Default::default()
+        };
+        let b = CpuTimes {
+            user: 150,
+            idle: 130,
+            iowait: 10,
+            steal: 10,
+            ..Default::default()
+        };
+        let (busy, steal) = b.usage_since(&a);
+        assert!((busy - 0.5).abs() < 1e-9, "{busy}");
+        assert!((steal - 0.1).abs() < 1e-9, "{steal}");
+        assert_eq!(a.usage_since(&a), (0.0, 0.0));
     }
 }

@@ -121,21 +121,25 @@ fn print(text: &str) {
 /// Runs the workload on every vCPU and prints a sample per window, for ever.
 fn sample_forever(window: Duration) -> ! {
     let mut unused = Vec::new();
-    let vcpus = facts::cpu_times(&read(Path::new("/proc/stat"), &mut unused)).len();
+    let vcpus = facts::parse_stat(&read(Path::new("/proc/stat"), &mut unused)).len();
     let cpus: Vec<usize> = (0..vcpus.max(1)).collect();
     let load = workload::Workload::start(&cpus);
     let started = Instant::now();
     let mut at = Instant::now();
     let mut chunks = load.chunks();
-    let mut times = facts::cpu_times(&read(Path::new("/proc/stat"), &mut unused));
+    let mut times = facts::parse_stat(&read(Path::new("/proc/stat"), &mut unused));
     loop {
         std::thread::sleep(window);
         let (now, now_chunks) = (Instant::now(), load.chunks());
-        let now_times = facts::cpu_times(&read(Path::new("/proc/stat"), &mut unused));
+        let now_times = facts::parse_stat(&read(Path::new("/proc/stat"), &mut unused));
         let sample = Sample {
             t_ms: now.duration_since(started).as_millis() as u64,
             throughput: workload::rates(&chunks, &now_chunks, now.duration_since(at).as_secs_f64()),
-            steal_ratio: facts::steal_ratios(&times, &now_times),
+            steal_ratio: now_times
+                .iter()
+                .zip(&times)
+                .map(|(now, then)| now.usage_since(then).1)
+                .collect(),
         };
         for e in load.take_errors() {
             print(&format!("hvagent-probe: {e}"));

@@ -426,8 +426,10 @@ fn entropy(p: &Report) -> Check {
 /// host's through.
 const TCG_EMULATES: [&str; 2] = ["rdrand", "svm"];
 
-fn visible(promise: &str, seen: bool, flag: &str, emulated: bool) -> Check {
-    if !seen && emulated && !flag.split(" or ").any(|f| TCG_EMULATES.contains(&f)) {
+/// `flags`: any one of them keeps the promise.
+fn visible(promise: &str, seen: bool, flags: &[&str], emulated: bool) -> Check {
+    let flag = flags.join(" or ");
+    if !seen && emulated && !flags.iter().any(|f| TCG_EMULATES.contains(f)) {
         return check(
             promise,
             Verdict::NotVerifiable,
@@ -578,10 +580,10 @@ pub fn judge(e: &Evidence) -> Vec<Check> {
         CpuType::Crowded => {}
     }
     out.push(entropy(p));
-    out.push(visible("rdrand", p.cpu.rdrand, "rdrand", e.emulated));
-    out.push(visible("rdseed", p.cpu.rdseed, "rdseed", e.emulated));
+    out.push(visible("rdrand", p.cpu.rdrand, &["rdrand"], e.emulated));
+    out.push(visible("rdseed", p.cpu.rdseed, &["rdseed"], e.emulated));
     if spec.hwv {
-        out.push(visible("hwv", p.cpu.hwv, "vmx or svm", e.emulated));
+        out.push(visible("hwv", p.cpu.hwv, &["vmx", "svm"], e.emulated));
     }
     out.extend(
         ["numa_locality", "hugepages"]

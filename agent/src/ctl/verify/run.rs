@@ -107,12 +107,6 @@ impl From<tonic::Status> for StepError {
     }
 }
 
-fn new_uuid() -> Result<String, StepError> {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .map(|s| s.trim().to_string())
-        .map_err(|e| StepError(format!("cannot make a UUID: {e}")))
-}
-
 async fn console(vms: &mut Vms, uuid: &str) -> Result<String, StepError> {
     let log = vms
         .get_console_log(pb::GetConsoleLogRequest {
@@ -172,7 +166,7 @@ async fn create(
     plan: &Plan,
     role: &str,
 ) -> Result<pb::Vm, StepError> {
-    let uuid = new_uuid()?;
+    let uuid = crate::ctl::new_uuid().map_err(|e| StepError(format!("cannot make a UUID: {e}")))?;
     let name = guest_name(&uuid, name_part);
     created.add(&uuid);
     let vm = vms
@@ -279,39 +273,36 @@ async fn other_reports(vms: &mut Vms, except: &str) -> Result<Vec<pb::GuaranteeR
     Ok(out)
 }
 
-struct Node {
+/// Whether the agent has read where every vCPU thread of the guest may run.
+async fn pins_read(vms: &mut Vms, uuid: &str) -> Result<bool, StepError> {
+    let r = vms
+        .get_guarantee_report(pb::GetGuaranteeReportRequest { uuid: uuid.into() })
+        .await?
+        .into_inner();
+    Ok(r.vcpus.iter().all(|v| !v.actual.is_empty()))
+}
+
+/// What every step of one flavor's run needs.
+struct Ctx<'a> {
+    channel: &'a Channel,
+    created: &'a Created,
+    opts: &'a Options,
+    /// SMT on the host (the `V` ratio).
     smt: bool,
+    progress: &'a dyn Fn(&str),
 }
 
 /// One flavor: probe alone, then beside neighbours, judged. Every guest it makes is deleted
 /// before it returns (the caller's [`cleanup`] covers an interruption).
-async fn one(
-    channel: &Channel,
-    created: &Created,
-    opts: &Options,
-    node: &Node,
-    flavor: &str,
-    progress: &dyn Fn(&str),
-) -> FlavorResult {
+async fn one(ctx: &Ctx<'_>, flavor: &str) -> FlavorResult {
     let started = Instant::now();
-    let mut vms = Vms::new(channel.clone());
+    let mut vms = Vms::new(ctx.channel.clone());
     let mut result = FlavorResult::new(flavor, Outcome::Judged, String::new());
     let mut made = Vec::new();
-    let outcome = probe(
-        channel,
-        &mut vms,
-        created,
-        opts,
-        node,
-        flavor,
-        progress,
-        &mut result,
-        &mut made,
-    )
-    .await;
+    let outcome = probe(ctx, &mut vms, flavor, &mut result, &mut made).await;
     for uuid in made.iter().rev() {
-        if let Err(s) = delete(&mut vms, created, uuid).await {
-            progress(&format!(
+        if let Err(s) = delete(&mut vms, ctx.created, uuid).await {
+            (ctx.progress)(&format!(
                 "{flavor}: could not delete guest {uuid}: {}",
                 s.message()
             ));
@@ -325,18 +316,16 @@ async fn one(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The steps of [`one`]; every guest it makes goes into `made` at once, so that [`one`]
+/// deletes it whatever step fails.
 async fn probe(
-    channel: &Channel,
+    ctx: &Ctx<'_>,
     vms: &mut Vms,
-    created: &Created,
-    opts: &Options,
-    node: &Node,
     flavor: &str,
-    progress: &dyn Fn(&str),
     result: &mut FlavorResult,
     made: &mut Vec<String>,
 ) -> Result<(), StepError> {
+    let (opts, created, progress) = (ctx.opts, ctx.created, ctx.progress);
     let spec = flavor::parse(flavor)
         .map_err(|e| StepError(format!("{flavor:?} is not a flavor name: {e}")))?
         .spec;
@@ -379,7 +368,7 @@ async fn probe(
         CpuType::Shared | CpuType::DedicatedCore | CpuType::DedicatedThread
     );
     if noisy && opts.neighbours > 0 {
-        let fits = capacity(channel, std::slice::from_ref(&opts.neighbour_flavor))
+        let fits = capacity(ctx.channel, std::slice::from_ref(&opts.neighbour_flavor))
             .await
             .map_err(|e| StepError(e.to_string()))?
             .first()
@@ -439,29 +428,27 @@ async fn probe(
     // probe guest and of the neighbours (a guest it never observes counts as running
     // anywhere; one merely too young to be read yet must not).
     let asked = Instant::now();
-    let (agent, others) = loop {
-        let r = vms
-            .get_guarantee_report(pb::GetGuaranteeReportRequest {
-                uuid: vm.uuid.clone(),
-            })
-            .await?
-            .into_inner();
-        let others = other_reports(vms, &vm.uuid).await?;
-        let read = |g: &pb::GuaranteeReport| g.vcpus.iter().all(|v| !v.actual.is_empty());
-        let ours_read = read(&r)
-            && others
-                .iter()
-                .filter(|o| made.contains(&o.vm_uuid))
-                .all(read);
-        if ours_read || asked.elapsed() >= PINS_READ {
-            break (r, others);
+    loop {
+        let mut read = true;
+        for uuid in made.iter() {
+            read &= pins_read(vms, uuid).await?;
+        }
+        if read || asked.elapsed() >= PINS_READ {
+            break;
         }
         tokio::time::sleep(POLL).await;
-    };
+    }
+    let agent = vms
+        .get_guarantee_report(pb::GetGuaranteeReportRequest {
+            uuid: vm.uuid.clone(),
+        })
+        .await?
+        .into_inner();
+    let others = other_reports(vms, &vm.uuid).await?;
     result.checks = judge(&Evidence {
         spec: &spec,
         emulated,
-        smt: node.smt,
+        smt: ctx.smt,
         probe: &report,
         agent: &agent,
         others: &others,
@@ -504,9 +491,6 @@ pub async fn run(
             opts.image
         )))?;
     let cpu = inventory.cpu.unwrap_or_default();
-    let node = Node {
-        smt: cpu.smt_active,
-    };
     let fits = capacity(&channel, &opts.flavors).await?;
     let mut report = VerifyReport {
         node: inventory.hostname,
@@ -538,7 +522,14 @@ pub async fn run(
         }
         let prefix = format!("[{}/{}] ", i + 1, opts.flavors.len());
         let show = |m: &str| progress(&format!("{prefix}{m}"));
-        let r = one(&channel, created, opts, &node, name, &show).await;
+        let ctx = Ctx {
+            channel: &channel,
+            created,
+            opts,
+            smt: cpu.smt_active,
+            progress: &show,
+        };
+        let r = one(&ctx, name).await;
         if let Some(agent) = &r.agent {
             report.emulation = agent.emulation.clone();
         }
