@@ -8,22 +8,21 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CONFIG ?=
 
-# qemu-utils/bookworm: machines with qemu-utils 10 from backports need the bookworm build that
-# matches qemu-system-x86 7.2.
+# scripts/host-packages.sh installs the missing ones (and why qemu-utils may be downgraded).
 APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config numactl util-linux busybox-static cpio syslinux syslinux-common extlinux mtools \
 	dosfstools openssl ca-certificates
 PY_MODULES := grpc grpc_health grpc_reflection google.protobuf
 PY_PACKAGES := grpcio grpcio-health-checking grpcio-reflection protobuf
 
-.PHONY: run test host packages libvirtd hugepages python images build check fuzz-smoke fuzz
+.PHONY: run test host packages packages-fresh libvirtd hugepages python images build check fuzz-smoke fuzz
 
 run: host build
 	./target/release/hvagent $(if $(CONFIG),--config $(CONFIG))
 
 # The tests also need promtool (Debian ships it in the prometheus package) to check a real scrape.
 test: APT_PACKAGES += prometheus
-test: host hugepages python images check fuzz-smoke
+test: packages-fresh host hugepages python images check fuzz-smoke
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
@@ -37,19 +36,12 @@ check:
 host: packages libvirtd
 
 packages:
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	case "$$missing" in *qemu-system-x86*) missing="$$missing qemu-utils";; esac; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq; \
-	  pkgs=""; for p in $$missing; do \
-	    if [ "$$p" = qemu-utils ] && apt-cache policy qemu-utils | grep -q bpo12; then p=qemu-utils/bookworm; fi; \
-	    pkgs="$$pkgs $$p"; \
-	  done; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades $$pkgs; \
-	fi
+	@./scripts/host-packages.sh $(APT_PACKAGES)
+
+# What a fresh machine would ask apt for (every package missing), simulated: a package step that
+# cannot resolve fails here, not on a newcomer's first `make run`.
+packages-fresh:
+	@./scripts/host-packages.sh --simulate-fresh $(APT_PACKAGES)
 
 # No systemd on the build machines: start the daemons by hand when they are not running.
 # libvirtd finds hugetlbfs mounts when it starts: mount first, restart one that started without.
