@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A gRPC client that is not ours: Python grpcio talks to hvagent with nothing but the
 standard health and reflection services, and calls GetInventory with message types it learned
-through reflection alone. Prints one JSON object with what it saw; the Rust test judges it."""
+through reflection alone, on a channel with default options or with a given `:authority`. Prints one JSON object with what it saw; the Rust test judges it."""
 
 import json
 import sys
@@ -14,18 +14,16 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 
-def main(socket_path):
-    # The Unix-socket convention of grpc-go and Kubernetes: `:authority` is "localhost". grpc-core
-    # would send the socket path, which is not a valid HTTP/2 authority and which the server's
-    # HTTP/2 layer (h2) rejects with PROTOCOL_ERROR; see docs/api.md.
-    channel = grpc.insecure_channel(
-        f"unix:{socket_path}", options=[("grpc.default_authority", "localhost")]
-    )
+def main(socket_path, authority, services):
+    # "default": the channel as every script writes it, with grpc-core's own `:authority` (the
+    # socket path, which the agent accepts on its Unix socket); otherwise the authority to send.
+    options = [] if authority == "default" else [("grpc.default_authority", authority)]
+    channel = grpc.insecure_channel(f"unix:{socket_path}", options=options)
     grpc.channel_ready_future(channel).result(timeout=30)
     out = {}
 
     health = health_pb2_grpc.HealthStub(channel)
-    for service in ["", "hvagent.v1.NodeService"]:
+    for service in [""] + services:
         resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
         out[f"health[{service}]"] = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     try:
@@ -52,4 +50,5 @@ def main(socket_path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    # socket, authority ("default" or a value), then the services whose health to check
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

@@ -12,12 +12,13 @@ use std::time::Duration;
 use futures_util::Stream;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::server::Connected;
 
+use super::authority::LocalStream;
 use crate::access::Peer;
 use crate::tls::{self, Files, TlsError};
 
@@ -71,9 +72,10 @@ impl Drop for Slot {
     }
 }
 
-/// One accepted connection.
+/// One accepted connection. Local ones read through the `:authority` rewrite that lets stock
+/// gRPC clients in (see [`authority`](super::authority)).
 pub enum Connection {
-    Unix(UnixStream),
+    Unix(Box<LocalStream>),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Peer),
 }
 
@@ -82,7 +84,7 @@ impl Connected for Connection {
 
     fn connect_info(&self) -> Peer {
         match self {
-            Connection::Unix(stream) => Peer::Unix(stream.connect_info()),
+            Connection::Unix(stream) => Peer::Unix(stream.socket().connect_info()),
             Connection::Tls(_, peer) => peer.clone(),
         }
     }
@@ -95,7 +97,7 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Connection::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Connection::Unix(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -108,7 +110,7 @@ impl AsyncWrite for Connection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Connection::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Connection::Unix(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -119,7 +121,7 @@ impl AsyncWrite for Connection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Connection::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Connection::Unix(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
@@ -133,14 +135,14 @@ impl AsyncWrite for Connection {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Connection::Unix(s) => Pin::new(s).poll_flush(cx),
+            Connection::Unix(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Connection::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Connection::Unix(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Connection::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -246,7 +248,8 @@ pub fn incoming(
     unix: UnixListener,
     tls: mpsc::Receiver<Connection>,
 ) -> impl Stream<Item = io::Result<Connection>> {
-    let local = UnixListenerStream::new(unix).map(|s| s.map(Connection::Unix));
+    let local = UnixListenerStream::new(unix)
+        .map(|s| s.map(|s| Connection::Unix(Box::new(LocalStream::new(s)))));
     local.merge(ReceiverStream::new(tls).map(Ok))
 }
 
