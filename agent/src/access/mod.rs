@@ -72,36 +72,16 @@ impl Role {
     }
 }
 
-/// The role a method needs, from its gRPC path (`/hvagent.v1.VmService/Create`). Methods not
-/// named here (including ones added later) need `controller`: refused unless allowed.
+/// The role a method needs, from its gRPC path (`/hvagent.v1.VmService/Create`), as the table
+/// of served services ([`crate::api::services`]) says. Methods not named there (including ones
+/// added later) need `controller`: refused unless allowed.
 pub fn required(path: &str) -> Role {
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or((path, ""));
-    match (service, method) {
-        ("grpc.health.v1.Health", _)
-        | ("grpc.reflection.v1.ServerReflection", _)
-        | ("grpc.reflection.v1alpha.ServerReflection", _)
-        | ("hvagent.v1.NodeService", _)
-        | ("hvagent.v1.FlavorService", _)
-        | ("hvagent.v1.PlacementService", "ListClaims")
-        | ("hvagent.v1.ImageService", "List" | "Get")
-        | ("hvagent.v1.NetworkService", "List" | "Get")
-        | ("hvagent.v1.VmService", "Get" | "List" | "WatchEvents" | "GetGuaranteeReport") => {
-            Role::Reader
-        }
-        ("hvagent.v1.VmService", "Start" | "Stop" | "Reboot" | "GetConsoleLog") => Role::Operator,
-        _ => Role::Controller,
-    }
+    crate::api::services::method(path).role
 }
 
 /// Whether a method changes something (and so goes to the audit log).
 pub fn mutating(path: &str) -> bool {
-    required(path) == Role::Controller
-        || path.ends_with("/Start")
-        || path.ends_with("/Stop")
-        || path.ends_with("/Reboot")
+    crate::api::services::method(path).mutates
 }
 
 /// `[access]`: roles for local users and groups, by id (names resolved at start-up).

@@ -6,6 +6,7 @@ pub mod health;
 pub mod network;
 pub mod node;
 pub mod placement;
+pub mod services;
 
 /// Mutating calls (guest lifecycle, network changes) each run in a task of their own: a client
 /// that hangs up or times out must not abandon a create, delete or ensure halfway (the task

@@ -1,6 +1,7 @@
 //! The daemon: configuration, start-up, serving and clean shutdown. Stopping the agent never
 //! touches guests: they belong to libvirt and keep running.
 
+pub mod authority;
 pub mod config;
 pub mod listener;
 pub mod metrics;
@@ -11,16 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hvagent_proto::v1::flavor_service_server::FlavorServiceServer;
-use hvagent_proto::v1::node_service_server::NodeServiceServer;
 use tokio::signal::unix::{SignalKind, signal};
 use tonic_health::ServingStatus;
 
-use hvagent_proto::v1::placement_service_server::PlacementServiceServer;
-
 use crate::api::placement::EXPIRY_INTERVAL;
-use hvagent_proto::v1::image_service_server::ImageServiceServer;
-use hvagent_proto::v1::vm_service_server::VmServiceServer;
 
 use crate::api::{FlavorApi, ImageApi, NetworkApi, NodeApi, PlacementApi, VmApi};
 use crate::domain::Libvirt;
@@ -356,20 +351,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             tracing::info!(signal = name, "stopping; guests keep running");
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             metrics.set_up(false);
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health.set_not_serving::<NodeServiceServer<NodeApi>>().await;
-            health
-                .set_not_serving::<FlavorServiceServer<FlavorApi>>()
-                .await;
-            health
-                .set_not_serving::<PlacementServiceServer<PlacementApi>>()
-                .await;
-            health
-                .set_not_serving::<ImageServiceServer<ImageApi>>()
-                .await;
-            health.set_not_serving::<VmServiceServer<VmApi>>().await;
+            set_status(&health, ServingStatus::NotServing).await;
             let _ = stopping_tx.send(true);
         }
     };
@@ -393,24 +375,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(VmApi::new(guests, placement, health, mutations).into_service())
         .serve_with_incoming_shutdown(listener::incoming(listener, tls_connections), shutdown);
 
-    health_reporter
-        .set_serving::<NodeServiceServer<NodeApi>>()
-        .await;
-    health_reporter
-        .set_serving::<FlavorServiceServer<FlavorApi>>()
-        .await;
-    health_reporter
-        .set_serving::<PlacementServiceServer<PlacementApi>>()
-        .await;
-    health_reporter
-        .set_serving::<ImageServiceServer<ImageApi>>()
-        .await;
-    health_reporter
-        .set_serving::<VmServiceServer<VmApi>>()
-        .await;
-    health_reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    set_status(&health_reporter, ServingStatus::Serving).await;
     metrics.set_up(true);
     tracing::info!(socket = %config.api.unix_socket.display(), "serving");
     // Not under systemd (no NOTIFY_SOCKET) this is a no-op.
@@ -439,6 +404,14 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every served service's status, and the server's as a whole (the empty name), in grpc.health.
+async fn set_status(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for service in crate::api::services::SERVICES {
+        health.set_service_status(service.name, status).await;
+    }
+    health.set_service_status("", status).await;
 }
 
 /// SIGHUP: the TLS files are read again; new handshakes use them, open connections and
@@ -522,4 +495,37 @@ fn prepare_storage(root: &std::path::Path) -> Result<(), DaemonError> {
         action: "create storage root (mode 0711)",
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hvagent_proto::v1::flavor_service_server::FlavorServiceServer;
+    use hvagent_proto::v1::image_service_server::ImageServiceServer;
+    use hvagent_proto::v1::network_service_server::NetworkServiceServer;
+    use hvagent_proto::v1::node_service_server::NodeServiceServer;
+    use hvagent_proto::v1::placement_service_server::PlacementServiceServer;
+    use hvagent_proto::v1::vm_service_server::VmServiceServer;
+    use tonic::server::NamedService;
+
+    /// The server mounts exactly the services of the table (which the health registration and
+    /// the role rules read).
+    #[test]
+    fn the_server_mounts_the_services_of_the_table() {
+        let mut mounted = vec![
+            NodeServiceServer::<NodeApi>::NAME,
+            FlavorServiceServer::<FlavorApi>::NAME,
+            PlacementServiceServer::<PlacementApi>::NAME,
+            ImageServiceServer::<ImageApi>::NAME,
+            NetworkServiceServer::<NetworkApi>::NAME,
+            VmServiceServer::<VmApi>::NAME,
+        ];
+        let mut table: Vec<_> = crate::api::services::SERVICES
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        mounted.sort();
+        table.sort();
+        assert_eq!(mounted, table);
+    }
 }
