@@ -451,6 +451,76 @@ fn plan_places_flavors_offline_in_order() {
     }
 }
 
+/// The promises a host either has or lacks (ECC, timely mitigations, and SMT with them) are
+/// judged from the tree the agent reads, never from the machine the tests run on: the NUMA
+/// fixture (captured: SMT on, gather_data_sampling "Unknown", retbleed "Vulnerable", no EDAC) and
+/// `hardened-1s8c-ecc` (derived from `qemu-1s8c-nosmt`: every entry mitigated, SECDED DIMMs).
+#[test]
+fn ecc_and_security_promises_follow_the_host_tree() {
+    let vulnerable = numa_agent("");
+    let hardened = Agent::start(&format!(
+        "[host]\nsysfs_root = \"{}\"\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_memory_mib = 64\n",
+        fixture("hardened-1s8c-ecc").display()
+    ));
+    let scs = |agent: &Agent| agent.inventory_json()["scs"].clone();
+    let (v, h) = (scs(&vulnerable), scs(&hardened));
+    assert_eq!(v["serves_secure"], false, "{v:#}");
+    let why = v["serves_secure_reason"].as_str().unwrap().to_string();
+    // The first entry (by name) the kernel does not call mitigated.
+    assert_eq!(
+        why,
+        "gather_data_sampling: Unknown: Dependent on hypervisor status"
+    );
+    assert_eq!(h["serves_secure"], true, "{h:#}");
+    assert_eq!(
+        hardened.inventory_json()["memory"]["ecc"],
+        "present",
+        "SECDED DIMMs under EDAC"
+    );
+    runtime().block_on(async {
+        let mut c = Clients::new(&vulnerable).await;
+        let (code, msg) = c.refused(reserve("a", &uuid(1), "SCS-1V-0.5u", 60)).await;
+        assert_eq!(code, Code::FailedPrecondition);
+        assert_eq!(
+            msg,
+            format!("flavor promises timely security mitigations (no `i` in the name) but this node serves only `i` flavors: {why}")
+        );
+        let (code, msg) = c.refused(reserve("b", &uuid(2), "SCS-1Vi-0.5", 60)).await;
+        assert_eq!(code, Code::FailedPrecondition);
+        assert!(msg.starts_with("flavor promises ECC memory"), "{msg}");
+        assert!(c.list().await.claims.is_empty(), "refusals claim nothing");
+        c.placement
+            .reserve(reserve("c", &uuid(3), "SCS-1Vi-0.5u", 60))
+            .await
+            .expect("an i+u flavor promises nothing this host lacks");
+
+        // The hardened host serves what the vulnerable one refused, dedicated cores included
+        // (its 1 GiB fits one such guest at a time).
+        let mut c = Clients::new(&hardened).await;
+        let capacity = c
+            .node
+            .get_capacity(pb::GetCapacityRequest {
+                flavors: vec!["SCS-1V-0.5".into(), "SCS-2C-0.5".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for f in &capacity.flavors {
+            assert!(f.more >= 1, "{f:?}");
+        }
+        let claim = c
+            .placement
+            .reserve(reserve("h", &uuid(1), "SCS-2C-0.5", 60))
+            .await
+            .expect("ECC and mitigations are there")
+            .into_inner()
+            .claim
+            .unwrap();
+        assert_eq!(claim.flavor, "SCS-2C-0.5");
+        assert_eq!(pins(&claim).len(), 2);
+    });
+}
+
 /// This machine's own sysfs and hugepage pool: what GetCapacity promises, Reserve delivers,
 /// and the claimed hugepages never exceed the kernel's pool.
 #[test]

@@ -4,6 +4,10 @@
 //! without rdrand, a root disk shrunk below the name, a dedicated core shared by a manual
 //! re-pin, a shared pool left past its ratio by an agent config change) that must come out
 //! `violated` for exactly that promise.
+//!
+//! The probe flavors carry `i` (and `u`): a node with an unmitigated CPU vulnerability serves
+//! only `i` flavors and one without confirmed ECC only `u` ones, and these tests must pass on any
+//! host. Admission of flavors without them is tested on fixture trees (placement.rs).
 
 mod common;
 
@@ -173,11 +177,11 @@ fn every_structural_promise_is_kept_and_the_report_is_written() {
         &agent,
         &[
             "--flavor",
-            "SCS-1C-1u",
+            "SCS-1Ci-1u",
             "--flavor",
-            "SCS-2V-2u-5",
+            "SCS-2Vi-2u-5",
             "--flavor",
-            "SCS-16V-128u",
+            "SCS-16Vi-128u",
             "--neighbours",
             "1",
             "--report",
@@ -187,6 +191,9 @@ fn every_structural_promise_is_kept_and_the_report_is_written() {
     let (exit, report, progress) = finish(child);
     assert_eq!(exit, 0, "{report:#}\n{progress}");
     assert_eq!(report["emulation"], "tcg");
+    // No --neighbour-flavor: the default this node can serve.
+    let serves_secure = agent.inventory_json()["scs"]["serves_secure"] == true;
+    let neighbour = hvagent::ctl::verify::default_neighbour(serves_secure);
     // Progress was shown while it ran.
     for step in [
         "creating the probe guest",
@@ -197,7 +204,7 @@ fn every_structural_promise_is_kept_and_the_report_is_written() {
         assert!(progress.contains(step), "no {step:?} in:\n{progress}");
     }
 
-    let big = flavor(&report, "SCS-16V-128u");
+    let big = flavor(&report, "SCS-16Vi-128u");
     assert_eq!(big["outcome"], "skipped");
     assert!(
         big["reason"].as_str().unwrap().contains("does not fit"),
@@ -207,12 +214,12 @@ fn every_structural_promise_is_kept_and_the_report_is_written() {
     let structural = ["vcpus", "ram", "entropy", "rdrand", "numa_locality"];
     let timing = ["cpu_throughput", "cpu_share"];
     for (name, own) in [
-        ("SCS-1C-1u", "cpu_exclusive"),
-        ("SCS-2V-2u-5", "shared_ratio"),
+        ("SCS-1Ci-1u", "cpu_exclusive"),
+        ("SCS-2Vi-2u-5", "shared_ratio"),
     ] {
         let f = flavor(&report, name);
         assert_eq!(f["outcome"], "judged", "{f:#}");
-        assert_eq!(f["neighbours"], serde_json::json!(["SCS-1V-1u"]), "{f:#}");
+        assert_eq!(f["neighbours"], serde_json::json!([neighbour]), "{f:#}");
         let v = verdicts(f);
         for promise in structural.iter().chain([&own]) {
             assert_eq!(
@@ -239,7 +246,7 @@ fn every_structural_promise_is_kept_and_the_report_is_written() {
         assert_eq!(probe["fips"]["blocks"], 1000);
         assert!(probe["iops"]["writes"].as_u64().unwrap() > 0, "{probe:#}");
     }
-    let c = flavor(&report, "SCS-1C-1u");
+    let c = flavor(&report, "SCS-1Ci-1u");
     assert!(
         c["checks"]
             .as_array()
@@ -247,7 +254,7 @@ fn every_structural_promise_is_kept_and_the_report_is_written() {
             .iter()
             .all(|c| c["promise"] != "disk")
     );
-    let v = flavor(&report, "SCS-2V-2u-5");
+    let v = flavor(&report, "SCS-2Vi-2u-5");
     assert_eq!(check(v, "disk")["verdict"], "kept");
 
     // The files: JSON equal to stdout, Markdown with the tables, the charts.
@@ -257,14 +264,14 @@ fn every_structural_promise_is_kept_and_the_report_is_written() {
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
     assert!(md.contains("| cpu_exclusive | kept |"), "{md}");
     assert!(
-        md.contains("![share of a core per vCPU](SCS-2V-2u-5-share.svg)"),
+        md.contains("![share of a core per vCPU](SCS-2Vi-2u-5-share.svg)"),
         "{md}"
     );
     for chart in [
-        "SCS-1C-1u-share.svg",
-        "SCS-1C-1u-throughput.svg",
-        "SCS-2V-2u-5-share.svg",
-        "SCS-2V-2u-5-throughput.svg",
+        "SCS-1Ci-1u-share.svg",
+        "SCS-1Ci-1u-throughput.svg",
+        "SCS-2Vi-2u-5-share.svg",
+        "SCS-2Vi-2u-5-throughput.svg",
     ] {
         let svg = std::fs::read_to_string(report_dir.join(chart)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("vCPU 0"), "{chart}");
@@ -276,8 +283,8 @@ fn every_structural_promise_is_kept_and_the_report_is_written() {
 #[test]
 fn a_guest_cpu_without_rdrand_is_violated() {
     let agent = agent(NO_RESERVE);
-    let child = spawn_verify(&agent, &["--flavor", "SCS-1V-2u", "--neighbours", "0"]);
-    let name = probe_guest(&agent, "SCS-1V-2u");
+    let child = spawn_verify(&agent, &["--flavor", "SCS-1Vi-2u", "--neighbours", "0"]);
+    let name = probe_guest(&agent, "SCS-1Vi-2u");
     let _cleanup = Cleanup(vec![name.clone()]);
     restart_changed(&name, || {
         let xml = virsh(&["dumpxml", "--inactive", &name]);
@@ -297,7 +304,7 @@ fn a_guest_cpu_without_rdrand_is_violated() {
     });
     let (exit, report, progress) = finish(child);
     assert_eq!(exit, 4, "{progress}");
-    let f = flavor(&report, "SCS-1V-2u");
+    let f = flavor(&report, "SCS-1Vi-2u");
     assert_eq!(violated(f), BTreeSet::from(["rdrand".to_string()]), "{f:#}");
     assert_eq!(
         check(f, "rdrand")["measured"],
@@ -309,8 +316,8 @@ fn a_guest_cpu_without_rdrand_is_violated() {
 #[test]
 fn a_root_disk_smaller_than_the_name_is_violated() {
     let agent = agent(NO_RESERVE);
-    let child = spawn_verify(&agent, &["--flavor", "SCS-1V-1u-5", "--neighbours", "0"]);
-    let name = probe_guest(&agent, "SCS-1V-1u-5");
+    let child = spawn_verify(&agent, &["--flavor", "SCS-1Vi-1u-5", "--neighbours", "0"]);
+    let name = probe_guest(&agent, "SCS-1Vi-1u-5");
     let _cleanup = Cleanup(vec![name.clone()]);
     restart_changed(&name, || {
         let disk = virsh(&["domblklist", &name])
@@ -325,7 +332,7 @@ fn a_root_disk_smaller_than_the_name_is_violated() {
     });
     let (exit, report, progress) = finish(child);
     assert_eq!(exit, 4, "{progress}");
-    let f = flavor(&report, "SCS-1V-1u-5");
+    let f = flavor(&report, "SCS-1Vi-1u-5");
     assert_eq!(violated(f), BTreeSet::from(["disk".to_string()]), "{f:#}");
     let c = check(f, "disk");
     assert_eq!(c["measured"], "4.00 GiB root disk (4294967296 bytes)");
@@ -340,9 +347,9 @@ fn a_root_disk_smaller_than_the_name_is_violated() {
 fn a_dedicated_core_shared_by_a_manual_repin_is_violated() {
     let agent = agent(NO_RESERVE);
     let _cleanup = Cleanup(vec!["verify-intruder".into()]);
-    create(&agent, "verify-intruder", "SCS-1V-1u");
-    let child = spawn_verify(&agent, &["--flavor", "SCS-1C-2u", "--neighbours", "0"]);
-    let name = probe_guest(&agent, "SCS-1C-2u");
+    create(&agent, "verify-intruder", "SCS-1Vi-1u");
+    let child = spawn_verify(&agent, &["--flavor", "SCS-1Ci-2u", "--neighbours", "0"]);
+    let name = probe_guest(&agent, "SCS-1Ci-2u");
     let core = vcpu0_cpus(&name);
     assert!(
         core.parse::<u32>().is_ok(),
@@ -362,7 +369,7 @@ fn a_dedicated_core_shared_by_a_manual_repin_is_violated() {
     virsh(&["vcpupin", "verify-intruder", "0", &core, "--live"]);
     let (exit, report, progress) = finish(child);
     assert_eq!(exit, 4, "{progress}");
-    let f = flavor(&report, "SCS-1C-2u");
+    let f = flavor(&report, "SCS-1Ci-2u");
     assert_eq!(
         violated(f),
         BTreeSet::from(["cpu_exclusive".to_string()]),
@@ -374,7 +381,7 @@ fn a_dedicated_core_shared_by_a_manual_repin_is_violated() {
         .to_string();
     assert!(
         measured.contains(&format!(
-            "guest verify-intruder (SCS-1V-1u) may run on host CPU {core}"
+            "guest verify-intruder (SCS-1Vi-1u) may run on host CPU {core}"
         )),
         "{measured}"
     );
@@ -391,8 +398,8 @@ fn a_shared_pool_left_past_its_ratio_by_a_config_change_is_violated() {
     // Two CPUs in the pool: 10 V vCPUs at 5 per core. Eight go to two guests.
     let mut agent = agent(NO_RESERVE);
     let _cleanup = Cleanup(vec!["pool-a".into(), "pool-b".into()]);
-    create(&agent, "pool-a", "SCS-4V-1u");
-    create(&agent, "pool-b", "SCS-4V-1u");
+    create(&agent, "pool-a", "SCS-4Vi-1u");
+    create(&agent, "pool-b", "SCS-4Vi-1u");
     // The operator reserves CPU 0 for the host and restarts the agent: the pool is CPU 1
     // alone (5 V vCPUs), but the eight stay where they run.
     agent.stop_with(nix::sys::signal::Signal::SIGTERM);
@@ -405,15 +412,15 @@ fn a_shared_pool_left_past_its_ratio_by_a_config_change_is_violated() {
     let agent = agent.spawn();
     let (exit, report, progress) = finish(spawn_verify(
         &agent,
-        &["--flavor", "SCS-1V-1u", "--neighbours", "0"],
+        &["--flavor", "SCS-1Vi-1u", "--neighbours", "0"],
     ));
     assert_eq!(
         exit,
         4,
         "{progress}\n{:#}",
-        flavor(&report, "SCS-1V-1u")["checks"]
+        flavor(&report, "SCS-1Vi-1u")["checks"]
     );
-    let f = flavor(&report, "SCS-1V-1u");
+    let f = flavor(&report, "SCS-1Vi-1u");
     assert_eq!(
         violated(f),
         BTreeSet::from(["shared_ratio".to_string()]),
@@ -445,8 +452,8 @@ fn a_shared_pool_left_past_its_ratio_by_a_config_change_is_violated() {
 #[test]
 fn interrupted_verify_deletes_what_it_made() {
     let agent = agent(NO_RESERVE);
-    let child = spawn_verify(&agent, &["--flavor", "SCS-1V-1u", "--neighbours", "0"]);
-    let name = probe_guest(&agent, "SCS-1V-1u");
+    let child = spawn_verify(&agent, &["--flavor", "SCS-1Vi-1u", "--neighbours", "0"]);
+    let name = probe_guest(&agent, "SCS-1Vi-1u");
     let _cleanup = Cleanup(vec![name.clone()]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -470,7 +477,7 @@ fn bad_input_changes_nothing() {
             "is not a valid SCS flavor name",
         ),
         (
-            &["verify", "--flavor", "SCS-1V-1u", "--tolerance", "1.5"],
+            &["verify", "--flavor", "SCS-1Vi-1u", "--tolerance", "1.5"],
             2,
             "--tolerance 1.5",
         ),
@@ -478,7 +485,7 @@ fn bad_input_changes_nothing() {
             &[
                 "verify",
                 "--flavor",
-                "SCS-1V-1u",
+                "SCS-1Vi-1u",
                 "--neighbour-flavor",
                 "big",
             ],
@@ -486,13 +493,13 @@ fn bad_input_changes_nothing() {
             "\"big\" is not a valid SCS flavor name",
         ),
         (
-            &["verify", "--flavor", "SCS-1V-1u", "--samples", "0"],
+            &["verify", "--flavor", "SCS-1Vi-1u", "--samples", "0"],
             2,
             "--samples",
         ),
         // The agent answers NOT_FOUND: a failed call, not a bad command line.
         (
-            &["verify", "--flavor", "SCS-1V-1u", "--image", "nope"],
+            &["verify", "--flavor", "SCS-1Vi-1u", "--image", "nope"],
             1,
             "the probe image \"nope\"",
         ),

@@ -165,9 +165,10 @@ struct VerifyArgs {
     /// (with enough, a V probe's shared pool is filled to the ratio the agent admits).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=256))]
     neighbours: u32,
-    /// The neighbours' flavor.
-    #[arg(long, value_name = "NAME", default_value = "SCS-1V-1u")]
-    neighbour_flavor: String,
+    /// The neighbours' flavor [default: SCS-1V-1u, or SCS-1Vi-1u where the node serves only
+    /// `i` flavors because a CPU vulnerability is not mitigated]
+    #[arg(long, value_name = "NAME")]
+    neighbour_flavor: Option<String>,
     /// Image in the agent's store with the probe: images/out/testguest.qcow2 imported
     /// under this name.
     #[arg(long, value_name = "NAME", default_value = "hvagent-probe")]

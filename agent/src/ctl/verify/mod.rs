@@ -10,7 +10,7 @@ pub mod judge;
 pub mod markdown;
 mod run;
 
-pub use run::{Created, Options, RunError, cleanup, run};
+pub use run::{Created, Options, RunError, cleanup, default_neighbour, run};
 
 use hvagent_probe::report::{Report, Sample};
 use hvagent_proto::v1 as pb;

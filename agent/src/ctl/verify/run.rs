@@ -29,8 +29,8 @@ pub struct Options {
     pub flavors: Vec<String>,
     /// Neighbour guests at most (fewer when fewer fit).
     pub neighbours: u32,
-    /// The neighbours' flavor.
-    pub neighbour_flavor: String,
+    /// The neighbours' flavor; `None`: [`default_neighbour`] for the node.
+    pub neighbour_flavor: Option<String>,
     /// Image in the agent's store holding the probe (the test guest image).
     pub image: String,
     /// Workload windows to measure alone and again beside the neighbours.
@@ -287,6 +287,8 @@ struct Ctx<'a> {
     channel: &'a Channel,
     created: &'a Created,
     opts: &'a Options,
+    /// The neighbours' flavor, given or the node's default.
+    neighbour: &'a str,
     /// SMT on the host (the `V` ratio).
     smt: bool,
     progress: &'a dyn Fn(&str),
@@ -368,7 +370,7 @@ async fn probe(
         CpuType::Shared | CpuType::DedicatedCore | CpuType::DedicatedThread
     );
     if noisy && opts.neighbours > 0 {
-        let fits = capacity(ctx.channel, std::slice::from_ref(&opts.neighbour_flavor))
+        let fits = capacity(ctx.channel, &[ctx.neighbour.to_string()])
             .await
             .map_err(|e| StepError(e.to_string()))?
             .first()
@@ -376,7 +378,7 @@ async fn probe(
         let n = u64::from(opts.neighbours).min(fits);
         progress(&format!(
             "{flavor}: starting {n} neighbours ({}, {fits} fit)",
-            opts.neighbour_flavor
+            ctx.neighbour
         ));
         let burn = Plan {
             mode: Mode::Burn,
@@ -388,7 +390,7 @@ async fn probe(
                 vms,
                 created,
                 &format!("neighbour{i}"),
-                &opts.neighbour_flavor,
+                ctx.neighbour,
                 &opts.image,
                 &burn,
                 "neighbour",
@@ -396,7 +398,7 @@ async fn probe(
             .await?;
             made.push(nb.uuid.clone());
             neighbours.push(nb.uuid);
-            result.neighbours.push(opts.neighbour_flavor.clone());
+            result.neighbours.push(ctx.neighbour.to_string());
         }
         for nb in &neighbours {
             wait_for(
@@ -463,6 +465,16 @@ async fn probe(
     Ok(())
 }
 
+/// The neighbours' flavor when none is given: one shared vCPU and 1 GiB without ECC, which
+/// every node can serve; with `i` where the node serves only `i` flavors (a mitigation is off).
+pub fn default_neighbour(serves_secure: bool) -> &'static str {
+    if serves_secure {
+        "SCS-1V-1u"
+    } else {
+        "SCS-1Vi-1u"
+    }
+}
+
 /// Verifies every flavor in `opts` in turn. Flavors that do not fit are skipped; a flavor
 /// whose guest fails is reported failed and the run goes on.
 pub async fn run(
@@ -472,7 +484,7 @@ pub async fn run(
     progress: &dyn Fn(&str),
 ) -> Result<VerifyReport, RunError> {
     let started = Instant::now();
-    for f in std::iter::once(&opts.neighbour_flavor).chain(&opts.flavors) {
+    for f in opts.neighbour_flavor.iter().chain(&opts.flavors) {
         flavor::parse(f)
             .map_err(|e| RunError::Input(format!("{f:?} is not a valid SCS flavor name: {e}")))?;
     }
@@ -481,6 +493,11 @@ pub async fn run(
         .await
         .map_err(call("reading the node's inventory"))?
         .into_inner();
+    let serves_secure = inventory.scs.as_ref().is_some_and(|s| s.serves_secure);
+    let neighbour = opts
+        .neighbour_flavor
+        .as_deref()
+        .unwrap_or(default_neighbour(serves_secure));
     pb::image_service_client::ImageServiceClient::new(channel.clone())
         .get(pb::GetImageRequest {
             name: opts.image.clone(),
@@ -526,6 +543,7 @@ pub async fn run(
             channel: &channel,
             created,
             opts,
+            neighbour,
             smt: cpu.smt_active,
             progress: &show,
         };
