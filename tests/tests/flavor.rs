@@ -97,6 +97,11 @@ fn invalid_names_exit_2_with_the_position_on_stderr_only() {
             "position 15: extensions must appear in the order",
         ),
         ("SCS-1V-4-10 ", "position 11: unexpected ' '"),
+        // The reference tool's v1 grammar has no "-chy".
+        (
+            "SCS-2V:4-chy",
+            "position 8: hypervisor \"-chy\" does not exist in v1 syntax",
+        ),
     ] {
         for extra in [&[][..], &["--output", "json"][..]] {
             let mut args = vec!["flavor", "parse", name];
@@ -127,6 +132,17 @@ fn v1_names_parse_with_a_deprecation_warning() {
         "{}",
         stderr(&out)
     );
+    // v1 spellings the reference tool takes besides the canonical one ("1x", "x").
+    for (v1, v3) in [
+        ("SCS-2V:4:1x20s", "SCS-2V-4-20s"),
+        ("SCS-2V:4:x10", "SCS-2V-4-10"),
+    ] {
+        let out = offline(&["flavor", "parse", v1, "--output", "json"]);
+        assert_eq!(code(&out.status), 0, "{v1}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["syntax"], "v1", "{v1}");
+        assert_eq!(v["name"], v3, "{v1}");
+    }
 }
 
 #[test]

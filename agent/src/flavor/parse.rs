@@ -1,6 +1,13 @@
 //! The parser: one pass over the name, every rejection with the character position (0-based,
 //! counted in characters) and the rule it breaks. Names are ASCII; anything else is rejected
 //! before parsing, so byte and character positions agree below.
+//!
+//! v3 names have one spelling per flavor. Deprecated v1 names are read the way the SCS reference
+//! tool reads them (`flavor-name-check.py` and the `SyntaxV1` patterns of its module
+//! `flavor_names.py`, in `Tests/iaas/scs_0100_flavor_naming/` of the GitHub repository
+//! SovereignCloudStack/standards), so that hvagent accepts exactly the v1 names that tool
+//! accepts (up to the bounds hvagent keeps for both syntaxes: counts fit u32, at most
+//! [`MAX_DISKS`] disks). Where that differs from v3, the code below says why.
 
 use super::{
     CpuBrand, CpuType, CpuVendor, Disk, DiskType, FlavorSpec, Gpu, GpuKind, GpuVendor, Hypervisor,
@@ -27,6 +34,14 @@ impl Syntax {
         match self {
             Syntax::V1 => "v1",
             Syntax::V3 => "v3",
+        }
+    }
+
+    /// (separator inside the main part and the GPU extension, separator before each extension)
+    fn separators(self) -> (u8, u8) {
+        match self {
+            Syntax::V1 => (b':', b'-'),
+            Syntax::V3 => (b'-', b'_'),
         }
     }
 }
@@ -67,8 +82,10 @@ pub fn parse(name: &str) -> Result<Parsed, ParseError> {
     let mut p = Parser {
         s: name.as_bytes(),
         pos: PREFIX.len(),
-        main: if syntax == Syntax::V1 { b':' } else { b'-' },
-        ext: if syntax == Syntax::V1 { b'-' } else { b'_' },
+        syntax,
+        main: syntax.separators().0,
+        ext: syntax.separators().1,
+        notes: Vec::new(),
     };
     let spec = p.flavor()?;
     let mut warnings = Vec::new();
@@ -78,6 +95,7 @@ pub fn parse(name: &str) -> Result<Parsed, ParseError> {
             spec.name()
         ));
     }
+    warnings.append(&mut p.notes);
     Ok(Parsed {
         spec,
         syntax,
@@ -88,10 +106,13 @@ pub fn parse(name: &str) -> Result<Parsed, ParseError> {
 struct Parser<'a> {
     s: &'a [u8],
     pos: usize,
+    syntax: Syntax,
     /// Separator inside the main part (and inside the GPU extension).
     main: u8,
     /// Separator before each extension.
     ext: u8,
+    /// Warnings about parts of a v1 name that are accepted but carry no meaning.
+    notes: Vec<String>,
 }
 
 fn err<T>(position: usize, rule: impl Into<String>) -> Result<T, ParseError> {
@@ -167,7 +188,7 @@ impl<'a> Parser<'a> {
 
     fn cpu(&mut self) -> Result<(u32, CpuType, bool), ParseError> {
         let (start, digits) = self.digits();
-        let cpus = positive(start, digits, "CPU count")?;
+        let cpus = positive_in(self.syntax, start, digits, "CPU count")?;
         let at = self.pos;
         let letter = self.peek();
         let cpu_type = match letter.and_then(|c| CpuType::from_letter(c as char)) {
@@ -187,7 +208,11 @@ impl<'a> Parser<'a> {
             self.pos += 1;
         }
         let text = self.text(start, self.pos);
-        let half = ram_halves(text).ok_or_else(|| ParseError {
+        let half = match self.syntax {
+            Syntax::V3 => ram_halves(text),
+            Syntax::V1 => ram_halves_as_float(text),
+        };
+        let half = half.ok_or_else(|| ParseError {
             position: start,
             rule: format!("RAM must be a positive multiple of 0.5, got {text:?}"),
         })?;
@@ -202,17 +227,7 @@ impl<'a> Parser<'a> {
     fn disk(&mut self) -> Result<Disk, ParseError> {
         let (start, digits) = self.digits();
         let (count, size_start, size_digits) = if self.eat(b'x') {
-            let count = positive(start, digits, "disk count")?;
-            if count == 1 {
-                return err(start, "one disk is written without \"1x\"");
-            }
-            // Each disk becomes an extra_specs entry (and later a volume): bound the work.
-            if count > MAX_DISKS {
-                return err(
-                    start,
-                    format!("disk count must be at most {MAX_DISKS}, got {count}"),
-                );
-            }
+            let count = self.disk_count(start, digits)?;
             let (s, d) = self.digits();
             (count, s, d)
         } else {
@@ -221,7 +236,12 @@ impl<'a> Parser<'a> {
         let size_gb = if size_digits.is_empty() {
             None
         } else {
-            Some(positive(size_start, size_digits, "disk size (GB)")?)
+            Some(positive_in(
+                self.syntax,
+                size_start,
+                size_digits,
+                "disk size (GB)",
+            )?)
         };
         if self.peek() == Some(b'.') {
             return err(size_start, "disk size must be a whole number of GB");
@@ -238,6 +258,67 @@ impl<'a> Parser<'a> {
             size_gb,
             kind,
         })
+    }
+
+    /// The `M` of `MxN`, given as `digits` before the `x`.
+    fn disk_count(&self, start: usize, digits: &str) -> Result<u32, ParseError> {
+        let disks = match self.syntax {
+            // flavor-name-check.py's v1 disk pattern makes the number before "x" optional and
+            // defaults it to 1, and takes "1x" too: "x10" and "1x10" are both one 10 GB disk.
+            Syntax::V1 if digits.is_empty() => 1,
+            Syntax::V1 => positive_in(self.syntax, start, digits, "disk count")?,
+            Syntax::V3 => {
+                let disks = positive(start, digits, "disk count")?;
+                if disks == 1 {
+                    return err(start, "one disk is written without \"1x\"");
+                }
+                disks
+            }
+        };
+        // Each disk becomes an extra_specs entry (and later a volume): bound the work.
+        if disks > MAX_DISKS {
+            return err(
+                start,
+                format!("disk count must be at most {MAX_DISKS}, got {disks}"),
+            );
+        }
+        Ok(disks)
+    }
+
+    /// Where the extension token starting at `start` ends: at the next extension separator,
+    /// except for a v1 GPU. flavor-name-check.py's v1 GPU pattern reads the generation as
+    /// everything after the `G`/`g` up to the next ':' or 'h', '-' included, so a v1 GPU token
+    /// runs over any '-' before its first ':' or 'h' (and `gpu` then rejects that '-').
+    fn token_end(&self, start: usize) -> usize {
+        let mut end = start;
+        if self.syntax == Syntax::V1 && matches!(self.s.get(start), Some(b'G' | b'g')) {
+            end = start + 1;
+            while self
+                .s
+                .get(end)
+                .is_some_and(|&c| c != self.main && c != b'h')
+            {
+                end += 1;
+            }
+        }
+        while self.s.get(end).is_some_and(|&c| c != self.ext) {
+            end += 1;
+        }
+        end
+    }
+
+    fn hypervisor(&self, sep_at: usize, token: &str) -> Result<Hypervisor, ParseError> {
+        let found = Hypervisor::ALL.into_iter().find(|h| h.code() == token);
+        match found {
+            // Cloud Hypervisor came with scs-0100 v3.3, long after v1: the v1 standard's table and
+            // the v1 hypervisor pattern of flavor_names.py (the reference) do not have "chy".
+            Some(Hypervisor::CloudHypervisor) if self.syntax == Syntax::V1 => err(
+                sep_at,
+                "hypervisor \"-chy\" does not exist in v1 syntax (it came with scs-0100 v3.3); use the v3 name",
+            ),
+            Some(h) => Ok(h),
+            None => err(sep_at, format!("unknown hypervisor {token:?}")),
+        }
     }
 
     fn extensions(&mut self, spec: &mut FlavorSpec) -> Result<(), ParseError> {
@@ -259,14 +340,16 @@ impl<'a> Parser<'a> {
                 return err(sep_at, rule);
             }
             let start = self.pos;
-            while self.peek().is_some_and(|c| c != self.ext) {
-                self.pos += 1;
-            }
+            self.pos = self.token_end(start);
             let token = self.text(start, self.pos);
+            let hypervisors = match self.syntax {
+                Syntax::V3 => "kvm/chy/xen/vmw/hyv/bms",
+                Syntax::V1 => "kvm/xen/vmw/hyv/bms",
+            };
             let stage = classify(token).ok_or_else(|| ParseError {
                 position: sep_at,
                 rule: format!(
-                    "unknown extension \"{}{token}\" (known: hypervisor kvm/chy/xen/vmw/hyv/bms, hwv, CPU brand i/z/a/r, GPU G/g, ib)",
+                    "unknown extension \"{}{token}\" (known: hypervisor {hypervisors}, hwv, CPU brand i/z/a/r, GPU G/g, ib)",
                     self.ext as char
                 ),
             })?;
@@ -285,10 +368,10 @@ impl<'a> Parser<'a> {
             }
             last = Some((stage, start));
             match stage {
-                0 => spec.hypervisor = Hypervisor::ALL.into_iter().find(|h| h.code() == token),
+                0 => spec.hypervisor = Some(self.hypervisor(sep_at, token)?),
                 1 => spec.hwv = true,
-                2 => spec.cpu_brand = Some(brand(start, token)?),
-                3 => spec.gpu = Some(gpu(start, token, self.main)?),
+                2 => spec.cpu_brand = Some(brand(start, token, self.syntax)?),
+                3 => spec.gpu = Some(gpu(start, token, self.syntax, &mut self.notes)?),
                 _ => spec.ib = true,
             }
         }
@@ -318,7 +401,7 @@ fn classify(token: &str) -> Option<usize> {
     }
 }
 
-fn brand(start: usize, token: &str) -> Result<CpuBrand, ParseError> {
+fn brand(start: usize, token: &str, syntax: Syntax) -> Result<CpuBrand, ParseError> {
     let bytes = token.as_bytes();
     let vendor = CpuVendor::from_letter(bytes[0] as char).ok_or_else(|| ParseError {
         position: start,
@@ -330,17 +413,23 @@ fn brand(start: usize, token: &str) -> Result<CpuBrand, ParseError> {
         None
     } else {
         let max = vendor.generations().len() - 1;
+        // v1 names are read with Python's int(), as flavor-name-check.py does: "03" is 3.
+        let spelled_once = gen_text == "0" || !gen_text.starts_with('0');
         let value = gen_text
             .parse::<usize>()
             .ok()
-            .filter(|g| *g <= max && (gen_text == "0" || !gen_text.starts_with('0')));
+            .filter(|g| *g <= max && (spelled_once || syntax == Syntax::V1));
         match value {
             Some(g) => Some(g as u8),
             None => {
+                let zeros = match syntax {
+                    Syntax::V3 => " without leading zeros",
+                    Syntax::V1 => "",
+                };
                 return err(
                     start + 1,
                     format!(
-                        "{} generation must be 0-{max} without leading zeros, got {gen_text:?}",
+                        "{} generation must be 0-{max}{zeros}, got {gen_text:?}",
                         vendor_name(vendor)
                     ),
                 );
@@ -370,7 +459,14 @@ fn vendor_name(v: CpuVendor) -> &'static str {
     }
 }
 
-fn gpu(start: usize, token: &str, sep: u8) -> Result<Gpu, ParseError> {
+/// The GPU extension; `token` is it without its separator. Warnings go to `notes`.
+fn gpu(
+    start: usize,
+    token: &str,
+    syntax: Syntax,
+    notes: &mut Vec<String>,
+) -> Result<Gpu, ParseError> {
+    let (sep, ext) = syntax.separators();
     let b = token.as_bytes();
     let kind = if b[0] == b'G' {
         GpuKind::Passthrough
@@ -395,22 +491,99 @@ fn gpu(start: usize, token: &str, sep: u8) -> Result<Gpu, ParseError> {
     while i < b.len() && b[i] != sep && b[i] != b'h' {
         i += 1;
     }
-    let gen_text = &token[2..i];
-    let generation = if gen_text.is_empty() {
+    let generation = gpu_generation(start + 2, &token[2..i], vendor, ext)?;
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let number = |i: &mut usize, what: &str| -> Result<u32, ParseError> {
+        let from = *i;
+        while b.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        positive_in(syntax, start + from, &token[from..*i], what)
+    };
+    let levels = |i: &mut usize| -> Result<u8, ParseError> {
+        let from = *i;
+        while at(*i, b'h') {
+            *i += 1;
+        }
+        if *i - from > 2 {
+            return err(start + *i - 1, "GPU h levels are h or hh");
+        }
+        Ok((*i - from) as u8)
+    };
+    // The tail: [SEP units] [h levels] [SEP VRAM] [h levels], each part optional as in the
+    // reference's pattern; v3 takes h levels only after units, and so VRAM too.
+    let compute_units = if at(i, sep) {
+        i += 1;
+        Some(number(&mut i, "GPU compute unit count")?)
+    } else {
+        None
+    };
+    if compute_units.is_none() && syntax == Syntax::V3 && at(i, b'h') {
+        return err(
+            start + i,
+            "GPU h levels follow the compute unit count (e.g. GNa-64h)",
+        );
+    }
+    let mut high_freq = levels(&mut i)?;
+    let mut vram_gib = if at(i, sep) {
+        i += 1;
+        Some(number(&mut i, "GPU VRAM (GiB)")?)
+    } else {
+        None
+    };
+    let mut hbm = levels(&mut i)?;
+    if i < b.len() {
+        return err(
+            start + i,
+            format!("unexpected {} in the GPU extension", describe(Some(b[i]))),
+        );
+    }
+    if compute_units.is_none() && (high_freq > 0 || vram_gib.is_some()) {
+        // Only v1 gets here. flavor-name-check.py's v1 GPU pattern makes each part of the
+        // tail optional on its own, so it accepts h levels and VRAM with no compute unit
+        // count ("GNah", "GNah:16"); its own description of a name (prettyname) shows
+        // neither without compute units. They say nothing: accept the name, drop them.
+        notes.push(format!(
+            "GPU h levels and VRAM without a compute unit count carry no meaning; \"{}\" is read as \"{}\"",
+            token,
+            &token[..2 + generation.map_or(0, str::len)]
+        ));
+        (high_freq, vram_gib, hbm) = (0, None, 0);
+    }
+    Ok(Gpu {
+        kind,
+        vendor,
+        generation,
+        compute_units,
+        high_freq_level: high_freq,
+        vram_gib,
+        hbm_level: hbm,
+    })
+}
+
+/// The GPU generation: `text` is everything after the vendor letter up to the next main
+/// separator or 'h'. In v1 that text may run over a '-' (see `Parser::token_end`).
+fn gpu_generation(
+    start: usize,
+    text: &str,
+    vendor: GpuVendor,
+    ext: u8,
+) -> Result<Option<&'static str>, ParseError> {
+    // Check the part before any extension separator first, so that the error names what is
+    // wrong with the generation itself.
+    let (code, rest) = text.split_at(text.find(ext as char).unwrap_or(text.len()));
+    let generation = if code.is_empty() {
         None
     } else {
-        let found = vendor
-            .generations()
-            .iter()
-            .find(|(code, _)| *code == gen_text);
+        let found = vendor.generations().iter().find(|(c, _)| *c == code);
         match found {
-            Some((code, _)) => Some(*code),
+            Some((c, _)) => Some(*c),
             None => {
                 let known: Vec<&str> = vendor.generations().iter().map(|(c, _)| *c).collect();
                 return err(
-                    start + 2,
+                    start,
                     format!(
-                        "unknown {} GPU generation {gen_text:?} (known: {})",
+                        "unknown {} GPU generation {code:?} (known: {})",
                         vendor.word(),
                         known.join(", ")
                     ),
@@ -418,60 +591,18 @@ fn gpu(start: usize, token: &str, sep: u8) -> Result<Gpu, ParseError> {
             }
         }
     };
-    let mut compute_units = None;
-    let mut vram_gib = None;
-    let count_h = |i: &mut usize| {
-        let from = *i;
-        while *i < b.len() && b[*i] == b'h' {
-            *i += 1;
-        }
-        *i - from
-    };
-    let number = |i: &mut usize, what: &str| -> Result<u32, ParseError> {
-        let from = *i;
-        while *i < b.len() && b[*i].is_ascii_digit() {
-            *i += 1;
-        }
-        positive(start + from, &token[from..*i], what)
-    };
-    let mut high_freq = 0;
-    let mut hbm = 0;
-    if i < b.len() && b[i] == sep {
-        i += 1;
-        compute_units = Some(number(&mut i, "GPU compute unit count")?);
-        high_freq = count_h(&mut i);
-        if high_freq > 2 {
-            return err(start + i - 1, "GPU h levels are h or hh");
-        }
-        if i < b.len() && b[i] == sep {
-            i += 1;
-            vram_gib = Some(number(&mut i, "GPU VRAM (GiB)")?);
-            hbm = count_h(&mut i);
-            if hbm > 2 {
-                return err(start + i - 1, "GPU h levels are h or hh");
-            }
-        }
-    } else if i < b.len() && b[i] == b'h' {
+    if !rest.is_empty() {
+        // flavor-name-check.py reads a v1 GPU generation up to the next ':' or 'h', so what
+        // follows a GPU without compute units becomes part of its generation: no generation
+        // has a '-', and the reference rejects the name ("SCS-2V:4-GNa-ib").
         return err(
-            start + i,
-            "GPU h levels follow the compute unit count (e.g. GNa-64h)",
+            start + code.len(),
+            format!(
+                "in v1 syntax an extension cannot follow a GPU without compute units: {rest:?} would be read as part of its generation; give the compute units (e.g. GNa:64{rest})"
+            ),
         );
     }
-    if i < b.len() {
-        return err(
-            start + i,
-            format!("unexpected {} in the GPU extension", describe(Some(b[i]))),
-        );
-    }
-    Ok(Gpu {
-        kind,
-        vendor,
-        generation,
-        compute_units,
-        high_freq_level: high_freq as u8,
-        vram_gib,
-        hbm_level: hbm as u8,
-    })
+    Ok(generation)
 }
 
 /// A positive integer without leading zeros that fits u32.
@@ -493,6 +624,34 @@ fn positive(start: usize, digits: &str, what: &str) -> Result<u32, ParseError> {
             format!("{what} {digits} is too large (at most {})", u32::MAX),
         ),
     }
+}
+
+/// A positive integer that fits u32, spelled as `syntax` allows: v3 has one spelling (no
+/// leading zeros); v1 is read as flavor-name-check.py reads it, with Python's `int()`, so "02"
+/// is 2 there.
+fn positive_in(syntax: Syntax, start: usize, digits: &str, what: &str) -> Result<u32, ParseError> {
+    match syntax {
+        Syntax::V3 => positive(start, digits, what),
+        Syntax::V1 => {
+            let significant = digits.trim_start_matches('0');
+            let digits = if significant.is_empty() && !digits.is_empty() {
+                "0"
+            } else {
+                significant
+            };
+            positive(start, digits, what)
+        }
+    }
+}
+
+/// v1 RAM as halves of a GiB, read as flavor-name-check.py reads it: Python's `float()` of the
+/// digits and dots, which must be positive and a multiple of 0.5. That takes "4.", ".5", "4.0"
+/// and "04". `text` holds only digits and dots, where Rust's `f64` parser follows the same
+/// decimal grammar and the same rounding as Python's `float()`.
+fn ram_halves_as_float(text: &str) -> Option<u32> {
+    let halves = text.parse::<f64>().ok()? * 2.0;
+    let whole = halves > 0.0 && halves.fract() == 0.0 && halves <= f64::from(u32::MAX);
+    whole.then_some(halves as u32)
 }
 
 /// RAM as halves of a GiB: "4" → 8, "3.5" → 7. Only `N` and `N.5` are canonical.

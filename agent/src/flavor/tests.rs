@@ -361,6 +361,178 @@ fn v1_syntax_is_recognised_and_deprecated() {
     );
 }
 
+/// Verdicts of the SCS reference tool on v1 names: flavor-name-check.py (with its module
+/// flavor_names.py) from Tests/iaas/scs_0100_flavor_naming/ of SovereignCloudStack/standards,
+/// commit 077174d9, run on each name (true: it accepts the name). hvagent must agree.
+const REFERENCE_V1_VERDICTS: &[(&str, bool)] = &[
+    // Canonical v1 names.
+    ("SCS-2V:4:20s", true),
+    ("SCS-4C:32:100s-kvm-hwv-i3h-GNa:64", true),
+    ("SCS-16T:64:3x10s-kvm-hwv-z3h-GNa:64h:48hh-ib", true),
+    // The disk count before "x" is optional (default 1), and "1x" is taken.
+    ("SCS-2V:4:1x20s", true),
+    ("SCS-2V:4:x10", true),
+    ("SCS-2V:4:1x", true),
+    ("SCS-2V:4:x", true),
+    ("SCS-2V:4:xs", true),
+    ("SCS-2V:4:", true),
+    ("SCS-2V:4:0x10", false),
+    ("SCS-2V:4:0", false),
+    // Numbers are read with Python's int(): leading zeros are taken, 0 is not.
+    ("SCS-02V:4", true),
+    ("SCS-0V:4", false),
+    ("SCS-V:4", false),
+    ("SCS-2V:4:02x10", true),
+    ("SCS-2V:4:010s", true),
+    ("SCS-2V:4-i03", true),
+    ("SCS-2V:4-z00h", true),
+    ("SCS-2V:4-i7", false),
+    ("SCS-2V:4-GNa:064", true),
+    ("SCS-2V:4-GNa:64:016h", true),
+    ("SCS-2V:4-GNa:0", false),
+    // RAM is read with Python's float(): a positive multiple of 0.5.
+    ("SCS-2V:04", true),
+    ("SCS-2V:4.", true),
+    ("SCS-2V:.5", true),
+    ("SCS-2V:4.0", true),
+    ("SCS-2V:4.50", true),
+    ("SCS-2V:4.9999999999999999999", true),
+    ("SCS-2V:4.25", false),
+    ("SCS-2V:0", false),
+    ("SCS-2V:.", false),
+    ("SCS-2V:", false),
+    // The v1 hypervisors are kvm, xen, vmw, hyv and bms: no chy.
+    ("SCS-2V:4-xen-ib", true),
+    ("SCS-2V:4-chy", false),
+    ("SCS-4C:8-chy", false),
+    ("SCS-2V:4-chy-ib", false),
+    ("SCS-2V:4-kvm-chy", false),
+    ("SCS-16T:64-chy-GI4:15:2", false),
+    // A v1 GPU generation runs up to the next ':' or 'h', so nothing can follow a GPU
+    // without compute units...
+    ("SCS-2V:4-GNa-ib", false),
+    ("SCS-2V:4:10s-GNa-ib", false),
+    ("SCS-2V:4-GN-ib", false),
+    ("SCS-2V:4-GA3.1-ib", false),
+    ("SCS-2V:4-GNz-ib", false),
+    ("SCS-2V:4-GNa:64-ib", true),
+    ("SCS-2V:4-i3-ib", true),
+    // ... and h levels and VRAM need no compute units before them.
+    ("SCS-2V:4-GNah", true),
+    ("SCS-2V:4-GNah-ib", true),
+    ("SCS-2V:4-GNah:16", true),
+    ("SCS-2V:4-GNahh:16hh-ib", true),
+    ("SCS-2V:4-GNahhh", false),
+    ("SCS-2V:4-GNa:64hhh", false),
+    ("SCS-2V:4-GNa:", false),
+    ("SCS-2V:4-GNa:64:16:8", false),
+    // Order and separators.
+    ("SCS-2V:4-ib-GNa", false),
+    ("SCS-2V-4:10", false),
+    ("SCS-2V:4-10s", false),
+];
+
+#[test]
+fn v1_verdicts_are_the_reference_verdicts() {
+    for (name, accepted) in REFERENCE_V1_VERDICTS {
+        let got = parse(name);
+        assert_eq!(got.is_ok(), *accepted, "{name}: {got:?}");
+        if let Ok(p) = got {
+            assert_eq!(p.syntax, Syntax::V1, "{name}");
+        }
+    }
+}
+
+#[test]
+fn loose_v1_spellings_are_their_canonical_flavor() {
+    for (v1, v3) in [
+        ("SCS-2V:4:1x20s", "SCS-2V-4-20s"),
+        ("SCS-2V:4:x10", "SCS-2V-4-10"),
+        ("SCS-2V:4:x", "SCS-2V-4-"),
+        ("SCS-2V:4:1xs", "SCS-2V-4-s"),
+        ("SCS-2V:.5", "SCS-2V-0.5"),
+        ("SCS-2V:4.", "SCS-2V-4"),
+        ("SCS-2V:3.50u", "SCS-2V-3.5u"),
+        // Python's float() rounds to the nearest double, as Rust's f64 parser does.
+        ("SCS-2V:4.9999999999999999999", "SCS-2V-5"),
+        (
+            "SCS-02V:04.0:02x010s-i03-GNa:064:016h",
+            "SCS-2V-4-2x10s_i3_GNa-64-16h",
+        ),
+    ] {
+        let p = parse(v1).unwrap_or_else(|e| panic!("{v1}: {e}"));
+        assert_eq!(p.spec, spec(v3), "{v1}");
+        assert_eq!(p.warnings.len(), 1, "{v1}: {:?}", p.warnings);
+    }
+    // GPU h levels and VRAM without compute units are accepted, and dropped with a warning.
+    for (name, v3) in [
+        ("SCS-2V:4-GNah:16hh-ib", "SCS-2V-4_GNa_ib"),
+        ("SCS-2V:4-GNahh-ib", "SCS-2V-4_GNa_ib"),
+        ("SCS-2V:4-gA3.1h:16", "SCS-2V-4_gA3.1"),
+    ] {
+        let p = parse(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(p.spec, spec(v3), "{name}");
+        assert_eq!(p.warnings.len(), 2, "{name}: {:?}", p.warnings);
+        assert!(
+            p.warnings[1].contains("carry no meaning"),
+            "{:?}",
+            p.warnings
+        );
+    }
+    assert!(
+        parse("SCS-2V:4-GNah:16hh-ib").unwrap().warnings[1]
+            .ends_with("\"GNah:16hh\" is read as \"GNa\""),
+    );
+}
+
+#[test]
+fn v1_rejections_name_position_and_rule() {
+    let cases = [
+        (
+            "SCS-2V:4-chy",
+            "position 8: hypervisor \"-chy\" does not exist in v1 syntax (it came with scs-0100 v3.3); use the v3 name",
+        ),
+        (
+            "SCS-2V:4:10s-GNa-ib",
+            "position 16: in v1 syntax an extension cannot follow a GPU without compute units: \"-ib\" would be read as part of its generation; give the compute units (e.g. GNa:64-ib)",
+        ),
+        (
+            "SCS-2V:4-GN-ib",
+            "position 11: in v1 syntax an extension cannot follow a GPU without compute units: \"-ib\" would be read as part of its generation; give the compute units (e.g. GNa:64-ib)",
+        ),
+        (
+            "SCS-2V:4-GNz-ib",
+            "position 11: unknown nvidia GPU generation \"z\" (known: f, k, m, p, v, t, a, l, g, b, u)",
+        ),
+        (
+            "SCS-2V:4-i7",
+            "position 10: Intel generation must be 0-6, got \"7\"",
+        ),
+        (
+            "SCS-2V:4:0x10",
+            "position 9: disk count must be positive, got 0",
+        ),
+        // hvagent's own bound, for v1 as for v3; the reference takes any disk count.
+        (
+            "SCS-2V:4:65x10",
+            "position 9: disk count must be at most 64, got 65",
+        ),
+        ("SCS-00V:4", "position 4: CPU count must be positive, got 0"),
+        (
+            "SCS-2V:4.25",
+            "position 7: RAM must be a positive multiple of 0.5, got \"4.25\"",
+        ),
+        ("SCS-2V:4-GNahhh", "position 14: GPU h levels are h or hh"),
+        (
+            "SCS-2V:4-vm",
+            "position 8: unknown extension \"-vm\" (known: hypervisor kvm/xen/vmw/hyv/bms, hwv, CPU brand i/z/a/r, GPU G/g, ib)",
+        ),
+    ];
+    for (name, expected) in cases {
+        assert_eq!(rejection(name), expected, "{name}");
+    }
+}
+
 #[test]
 fn short_names() {
     for (name, short) in [
@@ -375,6 +547,93 @@ fn short_names() {
     ] {
         assert_eq!(spec(name).short().name(), short, "{name}");
     }
+}
+
+/// Whether the reference's v1 grammar can write this flavor: it has no Cloud Hypervisor, and it
+/// reads whatever follows a GPU without compute units as part of the GPU generation.
+fn has_v1_spelling(s: &FlavorSpec) -> bool {
+    s.hypervisor != Some(Hypervisor::CloudHypervisor)
+        && !(s.ib && s.gpu.as_ref().is_some_and(|g| g.compute_units.is_none()))
+}
+
+/// A v1 name of `s` in one of the spellings flavor-name-check.py takes besides the canonical
+/// one: `zeros` before every number, RAM as "4", "4." (or "4.5"), "4.0" (or "4.50"), or with
+/// no whole part when under 1 GiB (".5"), and "1x" or a bare "x" for one disk.
+fn loose_v1_name(s: &FlavorSpec, zeros: &str, ram_style: u8, one_x: bool) -> String {
+    let (whole, half) = (s.ram_half_gib / 2, s.ram_half_gib % 2 == 1);
+    let ram = match (ram_style, half) {
+        (0, false) => format!("{zeros}{whole}"),
+        (0, true) => format!("{zeros}{whole}.5"),
+        (1, false) => format!("{whole}."),
+        (1, true) => format!("{whole}.5"),
+        (2, false) => format!("{zeros}{whole}.0"),
+        (2, true) => format!("{zeros}{whole}.50"),
+        (_, true) if whole == 0 => ".5".to_string(),
+        (_, _) => format!("{whole}{}", if half { ".5" } else { "" }),
+    };
+    let mut n = format!(
+        "SCS-{zeros}{}{}{}:{ram}{}{}",
+        s.cpus,
+        s.cpu_type.letter(),
+        if s.insecure { "i" } else { "" },
+        if s.ecc { "" } else { "u" },
+        if s.ram_oversubscribed { "o" } else { "" },
+    );
+    if let Some(d) = &s.disk {
+        n.push(':');
+        match (d.count, one_x) {
+            (1, true) => n.push_str("1x"),
+            (1, false) => n.push('x'),
+            (count, _) => n.push_str(&format!("{zeros}{count}x")),
+        }
+        if let Some(size) = d.size_gb {
+            n.push_str(&format!("{zeros}{size}"));
+        }
+        if let Some(kind) = d.kind {
+            n.push(kind.letter());
+        }
+    }
+    if let Some(h) = s.hypervisor {
+        n.push_str(&format!("-{}", h.code()));
+    }
+    if s.hwv {
+        n.push_str("-hwv");
+    }
+    if let Some(b) = &s.cpu_brand {
+        n.push_str(&format!("-{}", b.vendor.letter()));
+        if let Some(g) = b.generation {
+            n.push_str(&format!("{zeros}{g}"));
+        }
+        n.push_str(&"h".repeat(usize::from(b.frequency_level)));
+    }
+    if let Some(g) = &s.gpu {
+        let kind = if g.kind == GpuKind::Passthrough {
+            'G'
+        } else {
+            'g'
+        };
+        n.push_str(&format!(
+            "-{kind}{}{}",
+            g.vendor.letter(),
+            g.generation.unwrap_or("")
+        ));
+        if let Some(cu) = g.compute_units {
+            n.push_str(&format!(
+                ":{zeros}{cu}{}",
+                "h".repeat(usize::from(g.high_freq_level))
+            ));
+            if let Some(vram) = g.vram_gib {
+                n.push_str(&format!(
+                    ":{zeros}{vram}{}",
+                    "h".repeat(usize::from(g.hbm_level))
+                ));
+            }
+        }
+    }
+    if s.ib {
+        n.push_str("-ib");
+    }
+    n
 }
 
 fn arb_spec() -> impl Strategy<Value = FlavorSpec> {
@@ -462,8 +721,33 @@ proptest! {
         let parsed = parse(&name).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
         prop_assert_eq!(&parsed.spec, &s, "{}", name);
         prop_assert_eq!(parsed.spec.name(), name);
-        let v1 = parse(&s.name_v1()).map_err(|e| TestCaseError::fail(format!("{}: {e}", s.name_v1())))?;
-        prop_assert_eq!(v1.spec, s);
+        let v1_name = s.name_v1();
+        match parse(&v1_name) {
+            Ok(v1) => {
+                prop_assert!(has_v1_spelling(&s), "{} must be rejected", v1_name);
+                prop_assert_eq!(v1.spec, s);
+            }
+            Err(e) => prop_assert!(!has_v1_spelling(&s), "{}: {}", v1_name, e),
+        }
+    }
+
+    #[test]
+    fn loose_v1_spellings_parse_to_their_flavor(
+        s in arb_spec(),
+        zeros in prop::sample::select(vec!["", "0", "00"]),
+        ram_style in 0u8..4,
+        one_x in any::<bool>(),
+    ) {
+        // Only flavors the reference's v1 grammar can write (see has_v1_spelling).
+        let mut s = s;
+        if s.hypervisor == Some(Hypervisor::CloudHypervisor) {
+            s.hypervisor = Some(Hypervisor::Kvm);
+        }
+        s.ib &= has_v1_spelling(&s);
+        let name = loose_v1_name(&s, zeros, ram_style, one_x);
+        let parsed = parse(&name).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+        prop_assert_eq!(parsed.syntax, Syntax::V1);
+        prop_assert_eq!(parsed.spec, s, "{}", name);
     }
 
     #[test]
