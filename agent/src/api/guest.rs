@@ -24,6 +24,12 @@ fn status(e: GuestError) -> Status {
         GuestError::Refused(r) => refusal_status(r),
         GuestError::Unavailable(m) => Status::unavailable(m),
         GuestError::Internal(m) => Status::internal(m),
+        e @ (GuestError::Libvirt(_)
+        | GuestError::Disk(_)
+        | GuestError::Files(_)
+        | GuestError::Xml(_)
+        | GuestError::ConsoleLog { .. }
+        | GuestError::Task(_)) => Status::internal(e.to_string()),
     }
 }
 

@@ -1,0 +1,322 @@
+//! Create: validate, decide (`plan`), then claim → disks and seed → taps → define and start,
+//! each step recorded in an `Undo` that takes it back, in reverse, when a later one fails.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::error::{GuestError, refused};
+use super::plan::{
+    CreatePlan, Placed, PlannedNic, extra_disks, guest_spec, guest_taps, meta_data, nic_intent,
+};
+use super::request::{CreateRequest, check_ram, root_disk_bytes, validate};
+use super::{GIB, Guest, Guests, now_unix};
+use crate::domain::Libvirt;
+use crate::domain::guests::DomainError;
+use crate::domain::xml::{NicAttach, domain_xml};
+use crate::flavor::FlavorSpec;
+use crate::net::spec::NetworkSpec;
+use crate::net::{Networks, nic};
+use crate::placement::{Allocator, Claim, ClaimRequest, PlacementState};
+use crate::storage::GuestFiles;
+use crate::storage::disks;
+
+/// What a create has done so far, undone in reverse when a later step fails.
+struct Undo {
+    libvirt: Arc<Libvirt>,
+    placement: Arc<PlacementState>,
+    uuid: String,
+    claimed: bool,
+    files: Option<GuestFiles>,
+    defined: bool,
+}
+
+impl Undo {
+    fn run(self) {
+        if self.defined
+            && let Err(e) = self.libvirt.remove(&self.uuid)
+        {
+            tracing::error!(vm = %self.uuid, error = %e, "undo: cannot remove the domain");
+        }
+        if let Some(files) = self.files
+            && let Err(e) = files.remove()
+        {
+            tracing::error!(vm = %self.uuid, error = %e, "undo: cannot remove the guest's files");
+        }
+        if self.claimed {
+            let _ = self.placement.lock().release(&self.uuid);
+        }
+    }
+}
+
+/// How NIC `index` of guest `uuid` reaches network `name`: a tap in a managed network's
+/// bridge, or else a host bridge of that name.
+fn attach(
+    networks: &Networks,
+    uuid: &str,
+    index: usize,
+    name: &str,
+) -> Result<(NicAttach, Option<NetworkSpec>), GuestError> {
+    if let Some(spec) = networks.managed(name) {
+        return Ok((NicAttach::Tap(nic::tap_name(uuid, index)), Some(spec)));
+    }
+    if Path::new("/sys/class/net")
+        .join(name)
+        .join("bridge")
+        .is_dir()
+    {
+        return Ok((NicAttach::Bridge(name.to_string()), None));
+    }
+    Err(GuestError::NotFound(format!(
+        "networks[{index}]: no network or bridge named {name:?} on this node"
+    )))
+}
+
+fn bind_reservation(
+    alloc: &mut Allocator,
+    reservation: &str,
+    uuid: &str,
+    spec: &FlavorSpec,
+    now: u64,
+) -> Result<Claim, GuestError> {
+    match alloc.vm_of_request(reservation) {
+        Some(vm) if vm == uuid => {}
+        Some(vm) => {
+            return Err(GuestError::Precondition(format!(
+                "reservation: {reservation:?} holds resources for VM {vm}, not {uuid}"
+            )));
+        }
+        None => {
+            return Err(GuestError::NotFound(format!(
+                "reservation: no reservation {reservation:?} (expired or never made)"
+            )));
+        }
+    }
+    let claim = alloc.bind(reservation, now).map_err(refused)?;
+    if claim.flavor != spec.name() {
+        return Err(GuestError::Precondition(format!(
+            "reservation: {reservation:?} is for flavor {}, not {}",
+            claim.flavor,
+            spec.name()
+        )));
+    }
+    Ok(claim)
+}
+
+impl Guests {
+    pub async fn create(&self, req: CreateRequest) -> Result<Guest, GuestError> {
+        let spec = validate(&req)?;
+        let uuid = req.uuid.to_ascii_lowercase();
+        let emulation = self.emulation.clone().map_err(GuestError::Precondition)?;
+        let (image, root_bytes, nics, _busy) = loop {
+            let mut rebuilt = self.lock.lock().await;
+            self.ensure_rebuilt(&mut rebuilt).await?;
+            if let Some(mut done) = self.busy.in_flight(&uuid) {
+                // Another create or delete of this UUID: answer after it, as it left things.
+                drop(rebuilt);
+                let _ = done.changed().await;
+                continue;
+            }
+            if let Some(other) = self.busy.named(&req.name) {
+                return Err(GuestError::AlreadyExists(format!(
+                    "name: {:?} is taken by guest {other} (being created or deleted)",
+                    req.name
+                )));
+            }
+            if let Some(existing) = self.existing(&uuid, &req, &spec).await? {
+                return existing;
+            }
+            let image = self.images.get(&req.image)?;
+            check_ram(&spec, &image)?;
+            let root_bytes = root_disk_bytes(&spec, &image)?;
+            let mut nics = Vec::new();
+            for (i, name) in req.networks.iter().enumerate() {
+                let (attach, network) = attach(&self.networks, &uuid, i, name)?;
+                nics.push(PlannedNic {
+                    attach,
+                    network,
+                    intent: nic_intent(&req, &uuid, i),
+                });
+            }
+            break (image, root_bytes, nics, self.busy.mark(&uuid, &req.name));
+        };
+        // From here the guest is busy: no other call creates or deletes it, or takes its
+        // name, while its disks, domain and start are made without holding the lock.
+        let mut undo = Undo {
+            libvirt: self.libvirt.clone(),
+            placement: self.placement.clone(),
+            uuid: uuid.clone(),
+            claimed: false,
+            files: None,
+            defined: false,
+        };
+        let plan = CreatePlan {
+            req: &req,
+            uuid: &uuid,
+            spec: &spec,
+            image: &image,
+            root_bytes,
+            emulation,
+            nics: &nics,
+        };
+        let result = self.create_steps(&plan, &mut undo).await;
+        match result {
+            Ok(guest) => Ok(guest),
+            Err(e) => {
+                tracing::warn!(vm = %uuid, error = %e, "create failed; undoing");
+                if let Err(e) = self.networks.unplug_guest(&uuid).await {
+                    tracing::error!(vm = %uuid, error = %e, "undo: cannot remove the guest's taps");
+                }
+                // Finished while the guest is still busy: no other call sees half a guest.
+                self.blocking(move || {
+                    undo.run();
+                    Ok(())
+                })
+                .await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// What to answer for a create whose UUID or name is already in libvirt: the same guest
+    /// again (idempotent), or `ALREADY_EXISTS`; `None` when both are free.
+    async fn existing(
+        &self,
+        uuid: &str,
+        req: &CreateRequest,
+        spec: &FlavorSpec,
+    ) -> Result<Option<Result<Guest, GuestError>>, GuestError> {
+        for d in self.domains().await? {
+            if d.uuid == uuid {
+                let same = d.intent.as_ref().is_ok_and(|i| {
+                    i.name == req.name
+                        && i.flavor == spec.name()
+                        && i.image == req.image
+                        && i.networks == req.networks
+                });
+                return Ok(Some(if same {
+                    self.view(d)
+                        .ok_or_else(|| GuestError::Internal("guest vanished".into()))
+                } else {
+                    Err(GuestError::AlreadyExists(format!(
+                        "uuid: guest {uuid} already exists with another name, flavor, image or networks"
+                    )))
+                }));
+            }
+            if d.name == req.name {
+                return Err(GuestError::AlreadyExists(format!(
+                    "name: {:?} is taken by guest {}",
+                    req.name, d.uuid
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn create_steps(
+        &self,
+        plan: &CreatePlan<'_>,
+        undo: &mut Undo,
+    ) -> Result<Guest, GuestError> {
+        let CreatePlan {
+            req,
+            uuid,
+            spec,
+            image,
+            root_bytes,
+            nics,
+            ..
+        } = *plan;
+        // 1. Claim (or consume the caller's reservation).
+        let placed = {
+            let now = self.placement.now_ms();
+            let mut alloc = self.placement.lock();
+            let claim = if req.reservation.is_empty() {
+                alloc
+                    .claim(
+                        &ClaimRequest {
+                            vm_uuid: uuid.to_string(),
+                            request_id: format!("create-{uuid}"),
+                            flavor: spec.clone(),
+                        },
+                        now,
+                    )
+                    .map_err(refused)?
+            } else {
+                bind_reservation(&mut alloc, &req.reservation, uuid, spec, now)?
+            };
+            undo.claimed = true;
+            Placed {
+                vcpu_cpus: alloc.vcpu_cpus(&claim),
+                emulator_cpus: alloc.emulator_cpus(&claim),
+                claim,
+            }
+        };
+        // 2. Disks and seed.
+        let files = GuestFiles::new(&self.storage_root, uuid);
+        let extra = extra_disks(spec, &files);
+        let meta = meta_data(plan);
+        let base = self.images.file(&image.name);
+        let base_format = image.format.clone();
+        let user_data = req.user_data.clone();
+        let network_config =
+            disks::network_config(&nics.iter().map(|n| n.intent.clone()).collect::<Vec<_>>());
+        let f = files.clone();
+        undo.files = Some(files.clone());
+        self.blocking(move || {
+            f.create().map_err(GuestError::Disk)?;
+            disks::overlay(&f.root_disk(), &base, &base_format, root_bytes)
+                .map_err(GuestError::Disk)?;
+            for (path, size) in &extra {
+                disks::blank(path, *size).map_err(GuestError::Disk)?;
+            }
+            disks::seed(&f.seed(), &meta, &user_data, &network_config).map_err(GuestError::Disk)
+        })
+        .await?;
+        // 2b. Taps into managed networks' bridges.
+        let taps = guest_taps(
+            uuid,
+            nics.iter().map(|n| (n.network.clone(), n.intent.clone())),
+        );
+        for tap in &taps {
+            self.networks.plug(tap).await?;
+        }
+        // 3. Domain.
+        let guest_spec = guest_spec(
+            plan,
+            placed,
+            &files,
+            &self.storage_root,
+            &self.host_flags,
+            now_unix(),
+        );
+        let xml = domain_xml(&guest_spec).map_err(GuestError::Xml)?;
+        let libvirt = self.libvirt.clone();
+        undo.defined = true;
+        tracing::info!(vm = %uuid, "defining the domain");
+        self.blocking(move || {
+            libvirt.define_and_start(&xml).map_err(|e| match e {
+                DomainError::Libvirt(m) => {
+                    GuestError::Precondition(format!("libvirt refused the guest: {m}"))
+                }
+                other => other.into(),
+            })
+        })
+        .await?;
+        self.networks.join(&taps).await?;
+        let intent = guest_spec.intent;
+        tracing::info!(vm = %uuid, name = %req.name, flavor = %intent.flavor, "created");
+        if intent.claim.dedicated_cpus().next().is_some() {
+            // The shared pool just lost CPUs: floating guests must leave them.
+            self.repin_floating().await;
+        } else {
+            self.follow_pool(uuid, &intent.claim, &guest_spec.vcpu_cpus)
+                .await;
+        }
+        Ok(Guest {
+            uuid: uuid.to_string(),
+            state: "running",
+            intent,
+            root_disk_gb: root_bytes / GIB,
+        })
+    }
+}

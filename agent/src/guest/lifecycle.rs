@@ -1,0 +1,189 @@
+//! The calls on an existing guest: start, stop, reboot, delete and its console log.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::error::GuestError;
+use super::plan::guest_taps;
+use super::request::checked_uuid;
+use super::{Guest, Guests};
+use crate::storage::GuestFiles;
+
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_CONSOLE_BYTES: u64 = 64 * 1024;
+pub const MAX_CONSOLE_BYTES: u64 = 1024 * 1024;
+
+impl Guests {
+    pub async fn start(&self, uuid: &str) -> Result<Guest, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        let guest = self.get(&uuid).await?;
+        // Taps in managed networks: where libvirtd opens them for the start, then back.
+        let taps = guest_taps(
+            &uuid,
+            guest.intent.networks.iter().enumerate().map(|(i, name)| {
+                let nic = guest.intent.nics.get(i).cloned().unwrap_or_default();
+                (self.networks.managed(name), nic)
+            }),
+        );
+        if guest.state != "running" {
+            self.networks.recall(&taps).await?;
+        }
+        let libvirt = self.libvirt.clone();
+        let u = uuid.clone();
+        self.blocking(move || libvirt.start(&u).map_err(GuestError::from))
+            .await?;
+        self.networks.join(&taps).await?;
+        self.get(&uuid).await
+    }
+
+    /// ACPI shutdown, then destroy after `timeout`; `force` destroys at once.
+    pub async fn stop(
+        &self,
+        uuid: &str,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<Guest, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        if timeout > MAX_STOP_TIMEOUT {
+            return Err(GuestError::Invalid("timeout_seconds: at most 600".into()));
+        }
+        let guest = self.get(&uuid).await?;
+        if guest.state == "shut off" {
+            return Ok(guest);
+        }
+        let libvirt = self.libvirt.clone();
+        let u = uuid.clone();
+        self.blocking(move || {
+            if !force {
+                libvirt.shutdown(&u)?;
+                let deadline = Instant::now() + timeout;
+                while Instant::now() < deadline {
+                    if libvirt.state(&u)? == "shut off" {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                tracing::info!(vm = %u, "no ACPI shutdown within the timeout; destroying");
+            }
+            libvirt.destroy(&u).map_err(GuestError::from)
+        })
+        .await?;
+        self.get(&uuid).await
+    }
+
+    pub async fn reboot(&self, uuid: &str, hard: bool) -> Result<Guest, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        let guest = self.get(&uuid).await?;
+        if guest.state != "running" {
+            return Err(GuestError::Precondition(format!(
+                "guest {uuid} is {}, not running",
+                guest.state
+            )));
+        }
+        let libvirt = self.libvirt.clone();
+        let u = uuid.clone();
+        self.blocking(move || libvirt.reboot(&u, hard).map_err(GuestError::from))
+            .await?;
+        self.get(&uuid).await
+    }
+
+    /// Removes the domain, the files and the claim; `Ok(false)` when there was nothing.
+    pub async fn delete(&self, uuid: &str) -> Result<bool, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        let _busy = loop {
+            let mut rebuilt = self.lock.lock().await;
+            self.ensure_rebuilt(&mut rebuilt).await?;
+            match self.busy.in_flight(&uuid) {
+                Some(mut done) => {
+                    // A create of this guest in flight: delete what it leaves.
+                    drop(rebuilt);
+                    let _ = done.changed().await;
+                }
+                None => break self.busy.mark(&uuid, ""),
+            }
+        };
+        let libvirt = self.libvirt.clone();
+        let files = GuestFiles::new(&self.storage_root, &uuid);
+        let u = uuid.clone();
+        let (had_domain, had_files) = self
+            .blocking(move || {
+                let had_domain = libvirt.remove(&u)?;
+                let had_files = files.dir.exists();
+                files.remove().map_err(GuestError::Files)?;
+                Ok((had_domain, had_files))
+            })
+            .await?;
+        if let Err(e) = self.networks.unplug_guest(&uuid).await {
+            tracing::warn!(vm = %uuid, error = %e, "cannot remove the guest's taps; the reconciler will");
+        }
+        let released = self.placement.lock().release(&uuid).ok();
+        let had_claim = released.is_some();
+        if released.is_some_and(|c| c.dedicated_cpus().next().is_some()) {
+            // The shared pool got CPUs back: floating guests may use them again.
+            self.repin_floating().await;
+        }
+        if had_domain || had_files || had_claim {
+            tracing::info!(vm = %uuid, "deleted");
+        }
+        Ok(had_domain || had_files || had_claim)
+    }
+
+    /// The last `max_bytes` of the serial console log, and its whole size.
+    pub async fn console_log(
+        &self,
+        uuid: &str,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, u64), GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        if max_bytes > MAX_CONSOLE_BYTES {
+            return Err(GuestError::Invalid("max_bytes: at most 1048576".into()));
+        }
+        self.get(&uuid).await?;
+        let path = GuestFiles::new(&self.storage_root, &uuid).console_log();
+        let want = if max_bytes == 0 {
+            DEFAULT_CONSOLE_BYTES
+        } else {
+            max_bytes
+        };
+        self.blocking(move || tail(&path, want)).await
+    }
+}
+
+/// The last `max` bytes of the file at `path` and its whole size; a missing file is empty.
+fn tail(path: &Path, max: u64) -> Result<(Vec<u8>, u64), GuestError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let failed = |source| GuestError::ConsoleLog {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(failed(e)),
+    };
+    let total = file.metadata().map_err(failed)?.len();
+    let start = total.saturating_sub(max);
+    file.seek(SeekFrom::Start(start)).map_err(failed)?;
+    let mut data = Vec::with_capacity((total - start) as usize);
+    file.take(max).read_to_end(&mut data).map_err(failed)?;
+    Ok((data, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_tail_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        assert_eq!(tail(&path, 10).unwrap(), (vec![], 0));
+        std::fs::write(&path, b"0123456789abcdef").unwrap();
+        assert_eq!(tail(&path, 4).unwrap(), (b"cdef".to_vec(), 16));
+        assert_eq!(
+            tail(&path, 100).unwrap(),
+            (b"0123456789abcdef".to_vec(), 16)
+        );
+    }
+}

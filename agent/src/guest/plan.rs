@@ -1,0 +1,189 @@
+//! What a new guest looks like, decided from the request, its image, its claim and the host:
+//! its NICs, extra disks, NoCloud metadata, taps and domain spec. Pure: `create` takes and
+//! makes what these say, and undoes it.
+
+use std::path::{Path, PathBuf};
+
+use super::GIB;
+use super::TCG_CACHE_MIB;
+use super::request::CreateRequest;
+use crate::domain::xml::{
+    DiskBus, DiskSpec, Emulation, GuestSpec, Intent, NicAttach, NicIntent, NicSpec,
+};
+use crate::flavor::FlavorSpec;
+use crate::net::spec::NetworkSpec;
+use crate::net::{GuestTap, nic};
+use crate::placement::Claim;
+use crate::storage::disks::MetaData;
+use crate::storage::{GuestFiles, ImageRecord};
+
+/// A validated create request and what was decided for it before anything is taken.
+#[derive(Clone, Copy)]
+pub(super) struct CreatePlan<'a> {
+    pub req: &'a CreateRequest,
+    pub uuid: &'a str,
+    pub spec: &'a FlavorSpec,
+    pub image: &'a ImageRecord,
+    pub root_bytes: u64,
+    pub emulation: Emulation,
+    /// Per network: how the NIC attaches, the managed network's spec, MAC and address.
+    pub nics: &'a [PlannedNic],
+}
+
+pub(super) struct PlannedNic {
+    pub attach: NicAttach,
+    pub network: Option<NetworkSpec>,
+    pub intent: NicIntent,
+}
+
+/// What placement gave the guest: its claim and where its vCPUs and emulator run.
+pub(super) struct Placed {
+    pub claim: Claim,
+    pub vcpu_cpus: Vec<Vec<u32>>,
+    pub emulator_cpus: Vec<u32>,
+}
+
+/// NIC `index` of the request: the MAC given (else derived from the UUID and index), the
+/// address and the rate limits.
+pub(super) fn nic_intent(req: &CreateRequest, uuid: &str, index: usize) -> NicIntent {
+    let given = |v: &[String]| v.get(index).filter(|s| !s.is_empty()).cloned();
+    NicIntent {
+        mac: given(&req.macs)
+            .map(|m| m.to_ascii_lowercase())
+            .unwrap_or_else(|| nic::format_mac(&nic::derived_mac(uuid, index))),
+        address: given(&req.addresses).unwrap_or_default(),
+        ingress_kbps: req.ingress_kbps.get(index).copied().unwrap_or(0),
+        egress_kbps: req.egress_kbps.get(index).copied().unwrap_or(0),
+    }
+}
+
+/// The flavor's disks after the root disk: their paths and sizes.
+pub(super) fn extra_disks(spec: &FlavorSpec, files: &GuestFiles) -> Vec<(PathBuf, u64)> {
+    spec.disk
+        .map(|d| {
+            (1..d.count)
+                .map(|i| (files.extra_disk(i), u64::from(d.size_gb.unwrap_or(1)) * GIB))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The NoCloud meta-data of the guest.
+pub(super) fn meta_data(plan: &CreatePlan<'_>) -> MetaData {
+    MetaData {
+        instance_id: plan.uuid.to_string(),
+        local_hostname: plan.req.name.clone(),
+        public_keys: plan.req.ssh_keys.clone(),
+    }
+}
+
+/// The taps of guest `uuid` in managed networks, from its NICs in order (each with its
+/// managed network, if it is in one).
+pub(super) fn guest_taps(
+    uuid: &str,
+    nics: impl Iterator<Item = (Option<NetworkSpec>, NicIntent)>,
+) -> Vec<GuestTap> {
+    nics.enumerate()
+        .filter_map(|(i, (network, nic))| {
+            network.map(|network| GuestTap {
+                name: nic::tap_name(uuid, i),
+                network,
+                ingress_kbps: nic.ingress_kbps,
+                egress_kbps: nic.egress_kbps,
+            })
+        })
+        .collect()
+}
+
+/// The domain of the guest, with the agent's intent (what `get` and the start-up rebuild read
+/// back) in its metadata. `host_flags` are the host CPU's: only features it has are passed on.
+pub(super) fn guest_spec(
+    plan: &CreatePlan<'_>,
+    placed: Placed,
+    files: &GuestFiles,
+    storage_root: &Path,
+    host_flags: &[String],
+    created_unix: u64,
+) -> GuestSpec {
+    let CreatePlan {
+        req,
+        uuid,
+        spec,
+        image,
+        emulation,
+        nics,
+        ..
+    } = *plan;
+    let host_has = |f: &&str| host_flags.iter().any(|h| h == f);
+    let mut cpu_features: Vec<String> = ["rdrand", "rdseed"]
+        .into_iter()
+        .filter(host_has)
+        .map(String::from)
+        .collect();
+    if spec.hwv {
+        cpu_features.extend(
+            ["vmx", "svm"]
+                .into_iter()
+                .filter(host_has)
+                .map(String::from),
+        );
+    }
+    let mut disks = vec![DiskSpec {
+        path: files.root_disk(),
+        format: "qcow2",
+        readonly: false,
+    }];
+    disks.extend(
+        extra_disks(spec, files)
+            .into_iter()
+            .map(|(path, _)| DiskSpec {
+                path,
+                format: "qcow2",
+                readonly: false,
+            }),
+    );
+    disks.push(DiskSpec {
+        path: files.seed(),
+        format: "raw",
+        readonly: true,
+    });
+    let intent = Intent {
+        store: storage_root.to_path_buf(),
+        name: req.name.clone(),
+        flavor: spec.name(),
+        request_id: placed.claim.request_id.clone(),
+        image: image.name.clone(),
+        networks: req.networks.clone(),
+        nics: nics.iter().map(|n| n.intent.clone()).collect(),
+        metadata: req.metadata.clone(),
+        claim: placed.claim,
+        emulation,
+        created_unix,
+    };
+    GuestSpec {
+        uuid: uuid.to_string(),
+        intent,
+        vcpu_cpus: placed.vcpu_cpus,
+        emulator_cpus: placed.emulator_cpus,
+        cpu_features,
+        disks,
+        disk_bus: image
+            .properties
+            .get("hw_disk_bus")
+            .and_then(|b| DiskBus::parse(b))
+            .unwrap_or(DiskBus::Virtio),
+        nics: nics
+            .iter()
+            .map(|n| NicSpec {
+                attach: n.attach.clone(),
+                mac: n.intent.mac.clone(),
+            })
+            .collect(),
+        console_log: files.console_log(),
+        rng: image
+            .properties
+            .get("hw_rng_model")
+            .is_some_and(|m| m == "virtio"),
+        tcg_cache_mib: TCG_CACHE_MIB,
+    }
+}

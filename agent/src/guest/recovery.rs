@@ -1,0 +1,112 @@
+//! Crash-only recovery: placement rebuilt from the claims the guests' domains store, and
+//! the files of creates the agent neither finished nor undid removed.
+
+use std::time::Duration;
+
+use super::Guests;
+use super::error::GuestError;
+use crate::placement::Allocator;
+use crate::placement::Claim;
+use crate::placement::allocator::is_uuid;
+
+/// Rebuilds the allocator from stored claims, leaving out (and logging) the ones that
+/// conflict with those accepted before them.
+pub fn rebuild(template: &Allocator, claims: Vec<Claim>) -> Allocator {
+    let topo = template.topology().clone();
+    let policy = template.policy().clone();
+    if let Ok(a) = Allocator::rebuild(topo.clone(), policy.clone(), claims.clone()) {
+        return a;
+    }
+    let mut accepted: Vec<Claim> = Vec::new();
+    for claim in claims {
+        let mut trial = accepted.clone();
+        trial.push(claim.clone());
+        match Allocator::rebuild(topo.clone(), policy.clone(), trial) {
+            Ok(_) => accepted.push(claim),
+            Err(e) => tracing::error!(
+                vm = %claim.vm_uuid, conflicts = %e,
+                "stored claim conflicts with other guests: not counted; the guest is left alone"
+            ),
+        }
+    }
+    Allocator::rebuild(topo, policy, accepted).unwrap_or_else(|_| template.clone())
+}
+
+impl Guests {
+    /// Rebuilds placement from the guests' stored claims, once: at start-up, or on the first
+    /// mutating call if libvirt could not be asked then. Reservations made meanwhile stay.
+    pub async fn rebuild_placement(&self) -> Result<(), GuestError> {
+        let mut rebuilt = self.lock.lock().await;
+        self.ensure_rebuilt(&mut rebuilt).await
+    }
+
+    pub(super) async fn ensure_rebuilt(&self, rebuilt: &mut bool) -> Result<(), GuestError> {
+        if *rebuilt {
+            return Ok(());
+        }
+        let stored = self.stored_claims().await?;
+        let mut alloc = self.placement.lock();
+        let mut claims: Vec<Claim> = alloc
+            .claims()
+            .filter(|c| !stored.iter().any(|s| s.vm_uuid == c.vm_uuid))
+            .cloned()
+            .collect();
+        let guests = stored.len();
+        claims.extend(stored);
+        *alloc = rebuild(&alloc, claims);
+        *rebuilt = true;
+        tracing::info!(
+            guests,
+            claims = alloc.claims().count(),
+            "placement rebuilt from the guests' stored claims"
+        );
+        Ok(())
+    }
+
+    /// Placement as the guests' stored claims say, at start-up. Conflicting claims are left
+    /// out (logged with the guests involved); unreadable metadata is reported, never touched.
+    pub async fn stored_claims(&self) -> Result<Vec<Claim>, GuestError> {
+        let mut claims = Vec::new();
+        for d in self.domains().await? {
+            match d.intent {
+                Ok(intent) => claims.push(intent.claim),
+                Err(e) => tracing::error!(
+                    vm = %d.uuid, name = %d.name, error = %e,
+                    "domain with unreadable hvagent metadata: left alone, not counted"
+                ),
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Removes guest directories that have no domain and are older than `grace` (left by a
+    /// create the agent did not live to finish or undo).
+    pub async fn remove_orphans(&self, grace: Duration) -> Result<Vec<String>, GuestError> {
+        let known: Vec<String> = self.domains().await?.into_iter().map(|d| d.uuid).collect();
+        let vms = self.storage_root.join("vms");
+        self.blocking(move || {
+            let mut removed = Vec::new();
+            let Ok(entries) = std::fs::read_dir(&vms) else {
+                return Ok(removed);
+            };
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= grace);
+                if is_uuid(&name) && !known.contains(&name) && old {
+                    if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                        tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove orphan");
+                    } else {
+                        removed.push(name);
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
