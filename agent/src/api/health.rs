@@ -139,7 +139,7 @@ pub fn health_to_proto(s: &Snapshot) -> pb::Health {
                     uuid: r.guest.uuid.clone(),
                     name: r.guest.intent.name.clone(),
                     flavor: r.guest.intent.flavor.clone(),
-                    state: r.guest.state.into(),
+                    state: r.guest.state.as_str().into(),
                     ..Default::default()
                 };
                 if let Some(v) = &r.view {

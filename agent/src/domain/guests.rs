@@ -1,12 +1,16 @@
-//! Guest domains in libvirt: define, start, stop, reboot, undefine, state, and the agent's
-//! domains with their intent. Every call blocks: callers run them on the blocking pool.
+//! Guest domains in libvirt: `Libvirt` as the lifecycle's `Hypervisor` (define, start, stop,
+//! reboot, undefine, re-pin, state, and the agent's domains with their intent). Every call
+//! blocks: callers run them on the blocking pool.
 
-use virt::domain::{Domain, DomainState};
+use tokio::sync::broadcast;
+use virt::domain::Domain;
 use virt::enumutil::Enum;
 use virt::sys;
 
 use super::connection::Libvirt;
-use super::xml::{Intent, IntentError, NAMESPACE, read_intent};
+use super::events::DomainEvent;
+use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
+use super::xml::{NAMESPACE, read_intent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
@@ -32,26 +36,18 @@ fn failed(e: virt::error::Error) -> DomainError {
     }
 }
 
-/// A domain as the lifecycle sees it.
-#[derive(Debug, Clone)]
-pub struct GuestDomain {
-    pub uuid: String,
-    pub name: String,
-    pub state: &'static str,
-    pub intent: Result<Intent, IntentError>,
-}
-
-pub fn state_name(state: &Enum<DomainState, sys::virDomainState>) -> &'static str {
+fn state_of(state: &Enum<virt::domain::DomainState, sys::virDomainState>) -> DomainState {
+    use virt::domain::DomainState as Libvirt;
     match state {
-        Enum::Known(DomainState::NoState) => "no state",
-        Enum::Known(DomainState::Running) => "running",
-        Enum::Known(DomainState::Blocked) => "blocked",
-        Enum::Known(DomainState::Paused) => "paused",
-        Enum::Known(DomainState::Shutdown) => "shutting down",
-        Enum::Known(DomainState::Shutoff) => "shut off",
-        Enum::Known(DomainState::Crashed) => "crashed",
-        Enum::Known(DomainState::PMSuspended) => "suspended",
-        Enum::Unknown(_) => "unknown",
+        Enum::Known(Libvirt::NoState) => DomainState::NoState,
+        Enum::Known(Libvirt::Running) => DomainState::Running,
+        Enum::Known(Libvirt::Blocked) => DomainState::Blocked,
+        Enum::Known(Libvirt::Paused) => DomainState::Paused,
+        Enum::Known(Libvirt::Shutdown) => DomainState::ShuttingDown,
+        Enum::Known(Libvirt::Shutoff) => DomainState::ShutOff,
+        Enum::Known(Libvirt::Crashed) => DomainState::Crashed,
+        Enum::Known(Libvirt::PMSuspended) => DomainState::Suspended,
+        Enum::Unknown(_) => DomainState::Unknown,
     }
 }
 
@@ -76,15 +72,16 @@ impl Libvirt {
             }
         })
     }
+}
 
-    /// Defines (persistently) and starts the domain of `xml`.
-    pub fn define_and_start(&self, xml: &str) -> Result<(), DomainError> {
+impl Hypervisor for Libvirt {
+    fn define_and_start(&self, xml: &str) -> Result<(), DomainError> {
         let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
         let domain = conn.define_domain_xml(xml).map_err(failed)?;
         domain.create().map_err(failed)
     }
 
-    pub fn start(&self, uuid: &str) -> Result<(), DomainError> {
+    fn start(&self, uuid: &str) -> Result<(), DomainError> {
         let d = self.domain(uuid)?;
         if d.is_active().map_err(failed)? {
             return Ok(());
@@ -92,14 +89,11 @@ impl Libvirt {
         d.create().map_err(failed)
     }
 
-    /// ACPI power button.
-    pub fn shutdown(&self, uuid: &str) -> Result<(), DomainError> {
+    fn shutdown(&self, uuid: &str) -> Result<(), DomainError> {
         self.domain(uuid)?.shutdown().map_err(failed)
     }
 
-    /// Pulls the plug; a domain that is not running is fine, also one that stops on its
-    /// own between the check and the destroy.
-    pub fn destroy(&self, uuid: &str) -> Result<(), DomainError> {
+    fn destroy(&self, uuid: &str) -> Result<(), DomainError> {
         let d = self.domain(uuid)?;
         if !d.is_active().map_err(failed)? {
             return Ok(());
@@ -110,7 +104,7 @@ impl Libvirt {
         }
     }
 
-    pub fn reboot(&self, uuid: &str, hard: bool) -> Result<(), DomainError> {
+    fn reboot(&self, uuid: &str, hard: bool) -> Result<(), DomainError> {
         let d = self.domain(uuid)?;
         if hard {
             d.reset().map_err(failed)
@@ -119,8 +113,7 @@ impl Libvirt {
         }
     }
 
-    /// Destroys and undefines; a domain that does not exist is fine (`Ok(false)`).
-    pub fn remove(&self, uuid: &str) -> Result<bool, DomainError> {
+    fn remove(&self, uuid: &str) -> Result<bool, DomainError> {
         let d = match self.domain(uuid) {
             Ok(d) => d,
             Err(DomainError::NotFound(_)) => return Ok(false),
@@ -134,9 +127,7 @@ impl Libvirt {
         Ok(true)
     }
 
-    /// Re-pins vCPUs (and the emulator threads, when given) of a domain, live when it runs
-    /// and in its definition for the next start.
-    pub fn repin(
+    fn repin(
         &self,
         uuid: &str,
         vcpus: &[Vec<u32>],
@@ -157,13 +148,12 @@ impl Libvirt {
         Ok(())
     }
 
-    pub fn state(&self, uuid: &str) -> Result<&'static str, DomainError> {
+    fn state(&self, uuid: &str) -> Result<DomainState, DomainError> {
         let info = self.domain(uuid)?.info().map_err(failed)?;
-        Ok(state_name(&info.state))
+        Ok(state_of(&info.state))
     }
 
-    /// Every persistent domain carrying the agent's metadata, and what it says.
-    pub fn guests(&self) -> Result<Vec<GuestDomain>, DomainError> {
+    fn guests(&self) -> Result<Vec<GuestDomain>, DomainError> {
         let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
         let domains = conn
             .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
@@ -178,12 +168,18 @@ impl Libvirt {
             out.push(GuestDomain {
                 uuid: d.uuid_string().map_err(failed)?,
                 name: d.name().map_err(failed)?,
-                state: d.info().map(|i| state_name(&i.state)).unwrap_or("unknown"),
+                state: d
+                    .info()
+                    .map_or(DomainState::Unknown, |i| state_of(&i.state)),
                 intent: read_intent(&metadata),
             });
         }
         out.sort_by(|a, b| a.uuid.cmp(&b.uuid));
         Ok(out)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<DomainEvent> {
+        Libvirt::subscribe(self)
     }
 }
 

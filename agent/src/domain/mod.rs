@@ -3,7 +3,9 @@
 pub mod connection;
 pub mod events;
 pub mod guests;
+pub mod hypervisor;
 pub mod stats;
 pub mod xml;
 
 pub use connection::Libvirt;
+pub use hypervisor::{DomainState, Hypervisor};

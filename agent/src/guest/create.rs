@@ -10,9 +10,9 @@ use super::plan::{
 };
 use super::request::{CreateRequest, check_ram, root_disk_bytes, validate};
 use super::{GIB, Guest, Guests, now_unix};
-use crate::domain::Libvirt;
 use crate::domain::guests::DomainError;
 use crate::domain::xml::{NicAttach, domain_xml};
+use crate::domain::{DomainState, Hypervisor};
 use crate::flavor::FlavorSpec;
 use crate::net::spec::NetworkSpec;
 use crate::net::{Networks, nic};
@@ -22,7 +22,7 @@ use crate::storage::disks;
 
 /// What a create has done so far, undone in reverse when a later step fails.
 struct Undo {
-    libvirt: Arc<Libvirt>,
+    hypervisor: Arc<dyn Hypervisor>,
     placement: Arc<PlacementState>,
     uuid: String,
     claimed: bool,
@@ -33,7 +33,7 @@ struct Undo {
 impl Undo {
     fn run(self) {
         if self.defined
-            && let Err(e) = self.libvirt.remove(&self.uuid)
+            && let Err(e) = self.hypervisor.remove(&self.uuid)
         {
             tracing::error!(vm = %self.uuid, error = %e, "undo: cannot remove the domain");
         }
@@ -142,7 +142,7 @@ impl Guests {
         // From here the guest is busy: no other call creates or deletes it, or takes its
         // name, while its disks, domain and start are made without holding the lock.
         let mut undo = Undo {
-            libvirt: self.libvirt.clone(),
+            hypervisor: self.hypervisor.clone(),
             placement: self.placement.clone(),
             uuid: uuid.clone(),
             claimed: false,
@@ -290,11 +290,11 @@ impl Guests {
             now_unix(),
         );
         let xml = domain_xml(&guest_spec).map_err(GuestError::Xml)?;
-        let libvirt = self.libvirt.clone();
+        let hypervisor = self.hypervisor.clone();
         undo.defined = true;
         tracing::info!(vm = %uuid, "defining the domain");
         self.blocking(move || {
-            libvirt.define_and_start(&xml).map_err(|e| match e {
+            hypervisor.define_and_start(&xml).map_err(|e| match e {
                 DomainError::Libvirt(m) => {
                     GuestError::Precondition(format!("libvirt refused the guest: {m}"))
                 }
@@ -314,7 +314,7 @@ impl Guests {
         }
         Ok(Guest {
             uuid: uuid.to_string(),
-            state: "running",
+            state: DomainState::Running,
             intent,
             root_disk_gb: root_bytes / GIB,
         })

@@ -7,6 +7,7 @@ use super::error::GuestError;
 use super::plan::guest_taps;
 use super::request::checked_uuid;
 use super::{Guest, Guests};
+use crate::domain::DomainState;
 use crate::storage::GuestFiles;
 
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,12 +27,12 @@ impl Guests {
                 (self.networks.managed(name), nic)
             }),
         );
-        if guest.state != "running" {
+        if guest.state != DomainState::Running {
             self.networks.recall(&taps).await?;
         }
-        let libvirt = self.libvirt.clone();
+        let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
-        self.blocking(move || libvirt.start(&u).map_err(GuestError::from))
+        self.blocking(move || hypervisor.start(&u).map_err(GuestError::from))
             .await?;
         self.networks.join(&taps).await?;
         self.get(&uuid).await
@@ -49,24 +50,24 @@ impl Guests {
             return Err(GuestError::Invalid("timeout_seconds: at most 600".into()));
         }
         let guest = self.get(&uuid).await?;
-        if guest.state == "shut off" {
+        if guest.state == DomainState::ShutOff {
             return Ok(guest);
         }
-        let libvirt = self.libvirt.clone();
+        let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
         self.blocking(move || {
             if !force {
-                libvirt.shutdown(&u)?;
+                hypervisor.shutdown(&u)?;
                 let deadline = Instant::now() + timeout;
                 while Instant::now() < deadline {
-                    if libvirt.state(&u)? == "shut off" {
+                    if hypervisor.state(&u)? == DomainState::ShutOff {
                         return Ok(());
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 tracing::info!(vm = %u, "no ACPI shutdown within the timeout; destroying");
             }
-            libvirt.destroy(&u).map_err(GuestError::from)
+            hypervisor.destroy(&u).map_err(GuestError::from)
         })
         .await?;
         self.get(&uuid).await
@@ -75,15 +76,15 @@ impl Guests {
     pub async fn reboot(&self, uuid: &str, hard: bool) -> Result<Guest, GuestError> {
         let uuid = checked_uuid(uuid)?;
         let guest = self.get(&uuid).await?;
-        if guest.state != "running" {
+        if guest.state != DomainState::Running {
             return Err(GuestError::Precondition(format!(
                 "guest {uuid} is {}, not running",
                 guest.state
             )));
         }
-        let libvirt = self.libvirt.clone();
+        let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
-        self.blocking(move || libvirt.reboot(&u, hard).map_err(GuestError::from))
+        self.blocking(move || hypervisor.reboot(&u, hard).map_err(GuestError::from))
             .await?;
         self.get(&uuid).await
     }
@@ -103,12 +104,12 @@ impl Guests {
                 None => break self.busy.mark(&uuid, ""),
             }
         };
-        let libvirt = self.libvirt.clone();
+        let hypervisor = self.hypervisor.clone();
         let files = GuestFiles::new(&self.storage_root, &uuid);
         let u = uuid.clone();
         let (had_domain, had_files) = self
             .blocking(move || {
-                let had_domain = libvirt.remove(&u)?;
+                let had_domain = hypervisor.remove(&u)?;
                 let had_files = files.dir.exists();
                 files.remove().map_err(GuestError::Files)?;
                 Ok((had_domain, had_files))

@@ -20,8 +20,7 @@ mod request;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::domain::Libvirt;
-use crate::domain::guests::GuestDomain;
+use crate::domain::hypervisor::{DomainState, GuestDomain, Hypervisor};
 use crate::domain::xml::{Emulation, Intent};
 use crate::net::Networks;
 use crate::placement::PlacementState;
@@ -54,13 +53,13 @@ pub enum EmulationPolicy {
 #[derive(Debug, Clone)]
 pub struct Guest {
     pub uuid: String,
-    pub state: &'static str,
+    pub state: DomainState,
     pub intent: Intent,
     pub root_disk_gb: u64,
 }
 
 pub struct Guests {
-    libvirt: Arc<Libvirt>,
+    hypervisor: Arc<dyn Hypervisor>,
     placement: Arc<PlacementState>,
     pub images: ImageStore,
     storage_root: PathBuf,
@@ -96,7 +95,7 @@ pub fn now_unix() -> u64 {
 
 impl Guests {
     pub fn new(
-        libvirt: Arc<Libvirt>,
+        hypervisor: Arc<dyn Hypervisor>,
         placement: Arc<PlacementState>,
         storage_root: &Path,
         emulation: Result<Emulation, String>,
@@ -104,7 +103,7 @@ impl Guests {
         networks: Arc<Networks>,
     ) -> Guests {
         Guests {
-            libvirt,
+            hypervisor,
             placement,
             images: ImageStore::new(storage_root),
             storage_root: storage_root.to_path_buf(),
@@ -129,14 +128,14 @@ impl Guests {
     /// This agent's domains: those whose metadata names its store, and those whose metadata
     /// cannot be read (reported, never touched).
     async fn domains(&self) -> Result<Vec<GuestDomain>, GuestError> {
-        let libvirt = self.libvirt.clone();
+        let hypervisor = self.hypervisor.clone();
         let store = self.storage_root.clone();
         // Every lifecycle call starts here: a libvirtd that does not answer (hung, stopped)
         // is UNAVAILABLE after LIST_TIMEOUT rather than a call that waits for ever. The
         // listing has no effect, so giving up on it (its thread waits on) changes nothing.
         let all = tokio::time::timeout(
             LIST_TIMEOUT,
-            self.blocking(move || libvirt.guests().map_err(GuestError::from)),
+            self.blocking(move || hypervisor.guests().map_err(GuestError::from)),
         )
         .await
         .map_err(|_| {
@@ -197,7 +196,7 @@ impl Guests {
     pub fn subscribe(
         &self,
     ) -> tokio::sync::broadcast::Receiver<crate::domain::events::DomainEvent> {
-        self.libvirt.subscribe()
+        self.hypervisor.subscribe()
     }
 
     /// The taps this agent's guests own (by their networks), as `net::nic::tap_name` names

@@ -49,11 +49,11 @@ impl Guests {
 
     /// Failures are logged: the guest keeps running on its old pins.
     async fn apply_pins(&self, pins: Vec<Pins>) {
-        let libvirt = self.libvirt.clone();
+        let hypervisor = self.hypervisor.clone();
         let _ = self
             .blocking(move || {
                 for (uuid, vcpus, emulator) in pins {
-                    match libvirt.repin(&uuid, &vcpus, emulator.as_deref()) {
+                    match hypervisor.repin(&uuid, &vcpus, emulator.as_deref()) {
                         Ok(()) => tracing::info!(vm = %uuid, "re-pinned to the shared pool"),
                         Err(e) => tracing::warn!(vm = %uuid, error = %e, "cannot re-pin to the shared pool"),
                     }
@@ -81,10 +81,10 @@ impl Guests {
                 })
                 .collect()
         };
-        let libvirt = self.libvirt.clone();
+        let hypervisor = self.hypervisor.clone();
         self.blocking(move || {
             for (uuid, vcpus, emulator) in pins {
-                libvirt.repin(&uuid, &vcpus, emulator.as_deref())?;
+                hypervisor.repin(&uuid, &vcpus, emulator.as_deref())?;
             }
             Ok(())
         })

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use crate::domain::Libvirt;
 use crate::domain::stats::{StatsConnection, all_domain_stats};
+use crate::domain::{DomainState, Libvirt};
 use crate::guest::{Guest, Guests};
 use crate::host::sysfs::SysRoot;
 use crate::placement::PlacementState;
@@ -448,7 +448,7 @@ impl Health {
                 .flat_map(|c| c.dedicated_cpus().chain(c.idle_cpus.iter().copied()))
                 .collect();
             own.iter()
-                .filter(|g| g.state == "running")
+                .filter(|g| g.state == DomainState::Running)
                 .map(|g| {
                     let Some(claim) = alloc.get(&g.uuid) else {
                         // Running, but not counted: its threads are read all the same (they
@@ -590,7 +590,7 @@ impl Health {
         let spec = crate::flavor::parse(&guest.intent.flavor)
             .map_err(|e| crate::guest::GuestError::Internal(format!("stored flavor: {e}")))?
             .spec;
-        let running = guest.state == "running";
+        let running = guest.state == DomainState::Running;
         let numa = if running {
             let name = guest.intent.name.clone();
             tokio::task::spawn_blocking(move || {

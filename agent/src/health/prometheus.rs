@@ -270,7 +270,7 @@ fn guests(s: &Snapshot, e: &mut Exposition) {
         "1 for each guest, with its state",
     );
     for (r, l) in &rows {
-        e.sample(&[l[0], l[1], l[2], ("state", r.guest.state)], 1.0);
+        e.sample(&[l[0], l[1], l[2], ("state", r.guest.state.as_str())], 1.0);
     }
     e.family(
         "hvagent_guest_sample_age_seconds",

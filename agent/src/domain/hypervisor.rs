@@ -1,0 +1,96 @@
+//! The guest domains as the lifecycle (`guest::Guests`) uses them: the operations it needs
+//! from the hypervisor, the domain states and what listing the domains gives. `Libvirt`
+//! implements it (`guests.rs`); unit tests use an in-memory one (`fake.rs`), so that every
+//! failure of a create can be tested without libvirtd. Every call blocks: callers run them
+//! on the blocking pool.
+
+use tokio::sync::broadcast;
+
+use super::events::DomainEvent;
+use super::guests::DomainError;
+use super::xml::{Intent, IntentError};
+
+/// A domain's state, as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    NoState,
+    Running,
+    Blocked,
+    Paused,
+    ShuttingDown,
+    ShutOff,
+    Crashed,
+    Suspended,
+    Unknown,
+}
+
+impl DomainState {
+    /// The name the API shows and the metrics carry as a label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainState::NoState => "no state",
+            DomainState::Running => "running",
+            DomainState::Blocked => "blocked",
+            DomainState::Paused => "paused",
+            DomainState::ShuttingDown => "shutting down",
+            DomainState::ShutOff => "shut off",
+            DomainState::Crashed => "crashed",
+            DomainState::Suspended => "suspended",
+            DomainState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for DomainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A domain as the lifecycle sees it.
+#[derive(Debug, Clone)]
+pub struct GuestDomain {
+    pub uuid: String,
+    pub name: String,
+    pub state: DomainState,
+    pub intent: Result<Intent, IntentError>,
+}
+
+/// The hypervisor's side of the guest lifecycle.
+pub trait Hypervisor: Send + Sync {
+    /// Defines (persistently) and starts the domain of `xml`.
+    fn define_and_start(&self, xml: &str) -> Result<(), DomainError>;
+
+    /// Starts a defined domain; one that runs already is fine.
+    fn start(&self, uuid: &str) -> Result<(), DomainError>;
+
+    /// ACPI power button.
+    fn shutdown(&self, uuid: &str) -> Result<(), DomainError>;
+
+    /// Pulls the plug; a domain that is not running is fine, also one that stops on its
+    /// own between the check and the destroy.
+    fn destroy(&self, uuid: &str) -> Result<(), DomainError>;
+
+    /// A reset with `hard`, else a reboot request to the guest.
+    fn reboot(&self, uuid: &str, hard: bool) -> Result<(), DomainError>;
+
+    /// Destroys and undefines; a domain that does not exist is fine (`Ok(false)`).
+    fn remove(&self, uuid: &str) -> Result<bool, DomainError>;
+
+    /// Re-pins vCPUs (and the emulator threads, when given) of a domain, live when it runs
+    /// and in its definition for the next start.
+    fn repin(
+        &self,
+        uuid: &str,
+        vcpus: &[Vec<u32>],
+        emulator: Option<&[u32]>,
+    ) -> Result<(), DomainError>;
+
+    fn state(&self, uuid: &str) -> Result<DomainState, DomainError>;
+
+    /// Every persistent domain carrying the agent's metadata, and what it says, by UUID.
+    fn guests(&self) -> Result<Vec<GuestDomain>, DomainError>;
+
+    /// A receiver of every domain event from now on.
+    fn subscribe(&self) -> broadcast::Receiver<DomainEvent>;
+}
