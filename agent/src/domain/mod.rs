@@ -2,6 +2,8 @@
 
 pub mod connection;
 pub mod events;
+#[cfg(test)]
+pub mod fake;
 pub mod guests;
 pub mod hypervisor;
 pub mod stats;

@@ -249,19 +249,4 @@ fn qcow2_virtual_size(path: &Path) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emulation_follows_kvm_and_policy() {
-        assert_eq!(
-            choose_emulation(true, EmulationPolicy::Forbid),
-            Some(Emulation::Kvm)
-        );
-        assert_eq!(
-            choose_emulation(false, EmulationPolicy::Allow),
-            Some(Emulation::Tcg)
-        );
-        assert_eq!(choose_emulation(false, EmulationPolicy::Forbid), None);
-    }
-}
+mod tests;

@@ -16,7 +16,7 @@ pub mod topology;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use allocator::{Allocator, RebuildError};
 pub use capacity::Capacity;

@@ -11,7 +11,7 @@ use super::*;
 use crate::flavor::{FlavorSpec, parse};
 use crate::host::{self, ExternalFacts, KvmState, KvmVerdict, LibvirtFacts};
 
-pub(super) fn fixture(name: &str) -> Topology {
+pub(crate) fn fixture(name: &str) -> Topology {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);

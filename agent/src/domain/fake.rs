@@ -1,0 +1,255 @@
+//! An in-memory `Hypervisor` for unit tests: domains in a map with the XML they were defined
+//! with (listed back through the same `read_intent` as libvirt's), every call recorded, any
+//! operation made to fail, and one call of an operation held until the test releases it.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
+
+use tokio::sync::{broadcast, oneshot};
+
+use super::events::{self, DomainEvent};
+use super::guests::DomainError;
+use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
+use super::xml::{IntentError, read_intent};
+
+/// The operations of [`Hypervisor`], as the fake records them and fails them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    List,
+    /// The define half of `define_and_start`.
+    Define,
+    /// `start`, and the start half of `define_and_start`.
+    Start,
+    Shutdown,
+    Destroy,
+    Reboot,
+    Remove,
+    Repin,
+    State,
+}
+
+/// A domain the fake holds.
+#[derive(Debug, Clone)]
+pub struct FakeDomain {
+    pub uuid: String,
+    pub name: String,
+    pub xml: String,
+    pub state: DomainState,
+}
+
+/// A call made to wait: it reports that it arrived, then waits for the release.
+struct Hold {
+    op: Op,
+    arrived: oneshot::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+#[derive(Default)]
+struct Inner {
+    domains: BTreeMap<String, FakeDomain>,
+    /// How many more calls of each operation fail (`u32::MAX`: all).
+    failing: BTreeMap<Op, u32>,
+    calls: Vec<(Op, String)>,
+    hold: Option<Hold>,
+}
+
+pub struct FakeHypervisor {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<DomainEvent>,
+}
+
+impl Default for FakeHypervisor {
+    fn default() -> Self {
+        FakeHypervisor {
+            inner: Mutex::default(),
+            events: broadcast::channel(events::CAPACITY).0,
+        }
+    }
+}
+
+/// The text of the first `<tag>` element of `xml`.
+fn element<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&format!("</{tag}>"))?;
+    Some(&xml[start..start + len])
+}
+
+fn not_found(uuid: &str) -> DomainError {
+    DomainError::NotFound(uuid.to_string())
+}
+
+impl FakeHypervisor {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes every later call of `op` fail, as libvirt refusing it would.
+    pub fn fail(&self, op: Op) {
+        self.lock().failing.insert(op, u32::MAX);
+    }
+
+    /// Makes the next call of `op` fail, and the ones after it succeed.
+    pub fn fail_once(&self, op: Op) {
+        self.lock().failing.insert(op, 1);
+    }
+
+    /// Makes `op` succeed again.
+    pub fn heal(&self, op: Op) {
+        self.lock().failing.remove(&op);
+    }
+
+    /// Holds the next call of `op`: the first receiver completes when it arrives, and it goes
+    /// on (or fails, as injected) when the sender sends or is dropped.
+    pub fn hold(&self, op: Op) -> (oneshot::Receiver<()>, mpsc::Sender<()>) {
+        let (arrived, arrival) = oneshot::channel();
+        let (release, released) = mpsc::channel();
+        self.lock().hold = Some(Hold {
+            op,
+            arrived,
+            release: released,
+        });
+        (arrival, release)
+    }
+
+    /// The calls of `op` so far, in order: the UUID each was about (empty for `List`).
+    pub fn calls(&self, op: Op) -> Vec<String> {
+        let inner = self.lock();
+        let of_op = inner.calls.iter().filter(|(o, _)| *o == op);
+        of_op.map(|(_, uuid)| uuid.clone()).collect()
+    }
+
+    /// The domains now, by UUID.
+    pub fn domains(&self) -> Vec<FakeDomain> {
+        self.lock().domains.values().cloned().collect()
+    }
+
+    /// Records a call of `op` on `uuid`, waits if it is held, and fails it if told to; then
+    /// gives the lock back for the operation itself.
+    fn call(&self, op: Op, uuid: &str) -> Result<MutexGuard<'_, Inner>, DomainError> {
+        let mut inner = self.lock();
+        inner.calls.push((op, uuid.to_string()));
+        if inner.hold.as_ref().is_some_and(|h| h.op == op)
+            && let Some(hold) = inner.hold.take()
+        {
+            drop(inner);
+            let _ = hold.arrived.send(());
+            let _ = hold.release.recv();
+            inner = self.lock();
+        }
+        if let Some(left) = inner.failing.get_mut(&op) {
+            if *left != u32::MAX {
+                *left -= 1;
+            }
+            if *left == 0 {
+                inner.failing.remove(&op);
+            }
+            return Err(DomainError::Libvirt(format!("injected failure of {op:?}")));
+        }
+        Ok(inner)
+    }
+
+    fn set_state(&self, op: Op, uuid: &str, state: DomainState) -> Result<(), DomainError> {
+        let mut inner = self.call(op, uuid)?;
+        let domain = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
+        domain.state = state;
+        Ok(())
+    }
+}
+
+impl Hypervisor for FakeHypervisor {
+    fn define_and_start(&self, xml: &str) -> Result<(), DomainError> {
+        let uuid = element(xml, "uuid").unwrap_or_default().to_string();
+        let name = element(xml, "name").unwrap_or_default().to_string();
+        {
+            let mut inner = self.call(Op::Define, &uuid)?;
+            // As libvirt: a UUID keeps its name, a name its UUID.
+            if let Some(d) = inner
+                .domains
+                .values()
+                .find(|d| (d.uuid == uuid) != (d.name == name))
+            {
+                return Err(DomainError::Libvirt(format!(
+                    "domain '{}' already exists with uuid {}",
+                    d.name, d.uuid
+                )));
+            }
+            let state = inner
+                .domains
+                .get(&uuid)
+                .map_or(DomainState::ShutOff, |d| d.state);
+            inner.domains.insert(
+                uuid.clone(),
+                FakeDomain {
+                    uuid: uuid.clone(),
+                    name,
+                    xml: xml.to_string(),
+                    state,
+                },
+            );
+        }
+        self.start(&uuid)
+    }
+
+    fn start(&self, uuid: &str) -> Result<(), DomainError> {
+        self.set_state(Op::Start, uuid, DomainState::Running)
+    }
+
+    /// The guest obeys at once.
+    fn shutdown(&self, uuid: &str) -> Result<(), DomainError> {
+        self.set_state(Op::Shutdown, uuid, DomainState::ShutOff)
+    }
+
+    fn destroy(&self, uuid: &str) -> Result<(), DomainError> {
+        self.set_state(Op::Destroy, uuid, DomainState::ShutOff)
+    }
+
+    fn reboot(&self, uuid: &str, _hard: bool) -> Result<(), DomainError> {
+        let inner = self.call(Op::Reboot, uuid)?;
+        match inner.domains.get(uuid) {
+            Some(_) => Ok(()),
+            None => Err(not_found(uuid)),
+        }
+    }
+
+    fn remove(&self, uuid: &str) -> Result<bool, DomainError> {
+        Ok(self.call(Op::Remove, uuid)?.domains.remove(uuid).is_some())
+    }
+
+    fn repin(&self, uuid: &str, _: &[Vec<u32>], _: Option<&[u32]>) -> Result<(), DomainError> {
+        let inner = self.call(Op::Repin, uuid)?;
+        match inner.domains.get(uuid) {
+            Some(_) => Ok(()),
+            None => Err(not_found(uuid)),
+        }
+    }
+
+    fn state(&self, uuid: &str) -> Result<DomainState, DomainError> {
+        let inner = self.call(Op::State, uuid)?;
+        inner
+            .domains
+            .get(uuid)
+            .map(|d| d.state)
+            .ok_or_else(|| not_found(uuid))
+    }
+
+    /// As libvirt's listing: only domains with the agent's metadata element.
+    fn guests(&self) -> Result<Vec<GuestDomain>, DomainError> {
+        let inner = self.call(Op::List, "")?;
+        Ok(inner
+            .domains
+            .values()
+            .map(|d| GuestDomain {
+                uuid: d.uuid.clone(),
+                name: d.name.clone(),
+                state: d.state,
+                intent: read_intent(&d.xml),
+            })
+            .filter(|d| !matches!(d.intent, Err(IntentError::Missing)))
+            .collect())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<DomainEvent> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,506 @@
+//! The create saga against the in-memory hypervisor: a failure at any step leaves nothing
+//! behind, creates of one UUID or name racing each other make one guest, retries take
+//! nothing twice, and a reservation is bound once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::domain::fake::{FakeHypervisor, Op};
+use crate::domain::hypervisor::DomainState;
+use crate::health::exposition::KindCounts;
+use crate::net::link::{Namespace, Netlink};
+use crate::placement::{Allocator, ClaimRequest, Policy};
+use crate::storage::disks;
+
+#[test]
+fn emulation_follows_kvm_and_policy() {
+    assert_eq!(
+        choose_emulation(true, EmulationPolicy::Forbid),
+        Some(Emulation::Kvm)
+    );
+    assert_eq!(
+        choose_emulation(false, EmulationPolicy::Allow),
+        Some(Emulation::Tcg)
+    );
+    assert_eq!(choose_emulation(false, EmulationPolicy::Forbid), None);
+}
+
+/// `Guests` over the fake hypervisor, a temporary storage root with one image (`img`, a
+/// blank 64 MiB qcow2), placement on a captured two-socket host (rebuilt from the no guests
+/// there are, as at start-up), and no managed networks.
+struct Node {
+    root: tempfile::TempDir,
+    hypervisor: Arc<FakeHypervisor>,
+    placement: Arc<PlacementState>,
+    guests: Arc<Guests>,
+}
+
+impl Node {
+    async fn new() -> Node {
+        let root = tempfile::tempdir().unwrap();
+        let hypervisor = Arc::new(FakeHypervisor::default());
+        let topology = crate::placement::tests::fixture("qemu-2s4c2t-numa");
+        let placement = Arc::new(PlacementState::new(
+            Allocator::new(topology, Policy::default()).unwrap(),
+        ));
+        // Guests without networks: the undo only lists the host's links, looking for taps.
+        let netlink = Netlink::open(Namespace::default()).unwrap();
+        let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
+        let guests = Arc::new(Guests::new(
+            hypervisor.clone(),
+            placement.clone(),
+            root.path(),
+            Ok(Emulation::Tcg),
+            Vec::new(),
+            networks,
+        ));
+        let base = root.path().join("base.qcow2");
+        disks::blank(&base, 64 << 20).unwrap();
+        guests
+            .images
+            .import_local("img", &base, None, BTreeMap::new(), 0)
+            .unwrap();
+        guests.rebuild_placement().await.unwrap();
+        Node {
+            root,
+            hypervisor,
+            placement,
+            guests,
+        }
+    }
+
+    fn dir(&self, uuid: &str) -> PathBuf {
+        self.root.path().join("vms").join(uuid)
+    }
+
+    /// No domain, no files and no claim of `uuid`.
+    fn assert_nothing_of(&self, uuid: &str) {
+        assert!(
+            self.hypervisor.domains().iter().all(|d| d.uuid != uuid),
+            "domain left"
+        );
+        assert!(!self.dir(uuid).exists(), "files left");
+        assert!(self.placement.lock().get(uuid).is_none(), "claim left");
+    }
+
+    /// The one guest `uuid` in full: running domain, root disk and seed, claim.
+    fn assert_made(&self, uuid: &str) {
+        let domains = self.hypervisor.domains();
+        assert!(
+            domains
+                .iter()
+                .any(|d| d.uuid == uuid && d.state == DomainState::Running),
+            "{domains:?}"
+        );
+        assert!(self.dir(uuid).join("root.qcow2").is_file());
+        assert!(self.dir(uuid).join("seed.img").is_file());
+        assert!(self.placement.lock().get(uuid).is_some());
+    }
+
+    fn claims(&self) -> usize {
+        self.placement.lock().claims().count()
+    }
+
+    fn generation(&self) -> u64 {
+        self.placement.lock().generation()
+    }
+}
+
+fn uuid(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+fn request(n: u64, name: &str, flavor: &str) -> CreateRequest {
+    CreateRequest {
+        uuid: uuid(n),
+        name: name.into(),
+        flavor: flavor.into(),
+        image: "img".into(),
+        user_data: b"#cloud-config\n".to_vec(),
+        ..Default::default()
+    }
+}
+
+const FLOATING: &str = "SCS-1Vi-1u";
+const DEDICATED: &str = "SCS-2Ci-1u";
+
+#[tokio::test]
+async fn create_makes_domain_files_and_claim() {
+    let node = Node::new().await;
+    let guest = node
+        .guests
+        .create(request(1, "web", FLOATING))
+        .await
+        .unwrap();
+    assert_eq!(guest.uuid, uuid(1));
+    assert_eq!(guest.state, DomainState::Running);
+    assert_eq!(guest.root_disk_gb, 1);
+    node.assert_made(&uuid(1));
+    let listed = node.guests.get(&uuid(1)).await.unwrap();
+    assert_eq!(listed.intent, guest.intent);
+    assert!(node.guests.delete(&uuid(1)).await.unwrap());
+    node.assert_nothing_of(&uuid(1));
+}
+
+/// Every effect of the saga fails once in turn; each failure leaves no domain, no files and
+/// no claim, and the same create then succeeds (nothing was kept that it would collide with).
+#[tokio::test]
+async fn a_failure_at_any_step_leaves_nothing_behind() {
+    /// One way to make a create fail, and how to undo that way.
+    struct Case {
+        step: &'static str,
+        inject: fn(&Node),
+        heal: fn(&Node),
+        message: &'static str,
+    }
+    let cases = [
+        Case {
+            step: "listing the domains",
+            inject: |n| n.hypervisor.fail(Op::List),
+            heal: |n| n.hypervisor.heal(Op::List),
+            message: "libvirt: injected failure of List",
+        },
+        Case {
+            step: "claim",
+            // Other VMs hold all the flavor could have: placement refuses the claim.
+            inject: |n| {
+                let mut alloc = n.placement.lock();
+                let hog = |i: u64| ClaimRequest {
+                    vm_uuid: uuid(100 + i),
+                    request_id: format!("hog-{i}"),
+                    flavor: crate::flavor::parse(DEDICATED).unwrap().spec,
+                };
+                let mut i = 0u64;
+                while alloc.claim(&hog(i), 0).is_ok() {
+                    i += 1;
+                }
+            },
+            heal: |n| {
+                let hogs: Vec<String> = n
+                    .placement
+                    .lock()
+                    .claims()
+                    .map(|c| c.vm_uuid.clone())
+                    .collect();
+                for hog in hogs {
+                    n.placement.lock().release(&hog).unwrap();
+                }
+            },
+            message: "dedicated memory must come from the NUMA node(s) of the guest's CPUs",
+        },
+        Case {
+            step: "disk files",
+            // The image's file gone: qemu-img cannot make the overlay.
+            inject: |n| {
+                let file = n.guests.images.file("img");
+                std::fs::rename(&file, file.with_extension("away")).unwrap();
+            },
+            heal: |n| {
+                let file = n.guests.images.file("img");
+                std::fs::rename(file.with_extension("away"), &file).unwrap();
+            },
+            message: "disk: qemu-img:",
+        },
+        Case {
+            step: "define",
+            inject: |n| n.hypervisor.fail(Op::Define),
+            heal: |n| n.hypervisor.heal(Op::Define),
+            message: "libvirt refused the guest: injected failure of Define",
+        },
+        Case {
+            step: "start",
+            inject: |n| n.hypervisor.fail(Op::Start),
+            heal: |n| n.hypervisor.heal(Op::Start),
+            message: "libvirt refused the guest: injected failure of Start",
+        },
+    ];
+    for case in cases {
+        let node = Node::new().await;
+        (case.inject)(&node);
+        let claims = node.claims();
+        let e = node
+            .guests
+            .create(request(1, "web", DEDICATED))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with(case.message),
+            "{}: {e}",
+            case.step
+        );
+        node.assert_nothing_of(&uuid(1));
+        assert_eq!(node.claims(), claims, "{}", case.step);
+        (case.heal)(&node);
+        node.guests
+            .create(request(1, "web", DEDICATED))
+            .await
+            .unwrap_or_else(|e| panic!("{}: after healing: {e}", case.step));
+        node.assert_made(&uuid(1));
+    }
+}
+
+/// A create held at a call of the hypervisor: its guest is busy until `release` is sent or
+/// dropped.
+struct Held {
+    create: tokio::task::JoinHandle<Result<Guest, GuestError>>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+/// Lets the spawned calls run until they wait (for a busy guest): on the test's one-thread
+/// runtime each yield runs every task that is ready.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn create_held(node: &Node, op: Op, req: CreateRequest) -> Held {
+    let (arrived, release) = node.hypervisor.hold(op);
+    let guests = node.guests.clone();
+    let create = tokio::spawn(async move { guests.create(req).await });
+    arrived.await.unwrap();
+    Held { create, release }
+}
+
+#[tokio::test]
+async fn racing_creates_of_one_uuid_make_one_guest() {
+    let node = Node::new().await;
+    let first = create_held(&node, Op::Define, request(1, "web", FLOATING)).await;
+    // The same request again, and another one for the same UUID: both wait for the first.
+    let guests = node.guests.clone();
+    let same = tokio::spawn(async move { guests.create(request(1, "web", FLOATING)).await });
+    let guests = node.guests.clone();
+    let other = tokio::spawn(async move { guests.create(request(1, "db", FLOATING)).await });
+    settle().await;
+    assert!(!same.is_finished() && !other.is_finished());
+    first.release.send(()).unwrap();
+    let made = first.create.await.unwrap().unwrap();
+    let again = same.await.unwrap().unwrap();
+    assert_eq!((&again.uuid, &again.intent), (&made.uuid, &made.intent));
+    assert_eq!(
+        other.await.unwrap().unwrap_err().to_string(),
+        format!(
+            "uuid: guest {} already exists with another name, flavor, image or networks",
+            uuid(1)
+        )
+    );
+    assert_eq!(node.hypervisor.calls(Op::Define).len(), 1);
+    assert_eq!(node.hypervisor.domains().len(), 1);
+    assert_eq!(node.claims(), 1);
+    node.assert_made(&uuid(1));
+}
+
+#[tokio::test]
+async fn racing_creates_of_one_name_make_one_guest() {
+    let node = Node::new().await;
+    let first = create_held(&node, Op::Define, request(1, "web", FLOATING)).await;
+    // While the first is in flight its name is taken, and the refused create takes nothing.
+    let e = node
+        .guests
+        .create(request(2, "web", FLOATING))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GuestError::AlreadyExists(_)));
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "name: \"web\" is taken by guest {} (being created or deleted)",
+            uuid(1)
+        )
+    );
+    node.assert_nothing_of(&uuid(2));
+    first.release.send(()).unwrap();
+    first.create.await.unwrap().unwrap();
+    // Once it exists, libvirt's domain holds the name.
+    let e = node
+        .guests
+        .create(request(2, "web", FLOATING))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("name: \"web\" is taken by guest {}", uuid(1))
+    );
+    node.assert_nothing_of(&uuid(2));
+    assert_eq!(node.hypervisor.calls(Op::Define).len(), 1);
+    assert_eq!(node.claims(), 1);
+}
+
+#[tokio::test]
+async fn a_retried_create_returns_the_same_guest_and_takes_nothing_twice() {
+    let node = Node::new().await;
+    let made = node
+        .guests
+        .create(request(1, "web", DEDICATED))
+        .await
+        .unwrap();
+    let generation = node.generation();
+    let claim = node.placement.lock().get(&uuid(1)).cloned();
+    for _ in 0..3 {
+        let again = node
+            .guests
+            .create(request(1, "web", DEDICATED))
+            .await
+            .unwrap();
+        assert_eq!(again.uuid, made.uuid);
+        assert_eq!(again.intent, made.intent);
+    }
+    assert_eq!(node.hypervisor.calls(Op::Define).len(), 1);
+    assert_eq!(node.generation(), generation);
+    assert_eq!(node.placement.lock().get(&uuid(1)).cloned(), claim);
+    assert_eq!(node.claims(), 1);
+}
+
+/// A reservation made through placement, for `uuid(n)` and `flavor`.
+fn reserve(node: &Node, n: u64, id: &str, flavor: &str) {
+    let now = node.placement.now_ms();
+    node.placement
+        .lock()
+        .reserve(
+            &ClaimRequest {
+                vm_uuid: uuid(n),
+                request_id: id.into(),
+                flavor: crate::flavor::parse(flavor).unwrap().spec,
+            },
+            now,
+            60_000,
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_reservation_is_bound_once() {
+    let node = Node::new().await;
+    reserve(&node, 1, "res-1", DEDICATED);
+    let reserved = node.placement.lock().get(&uuid(1)).cloned().unwrap();
+    assert!(reserved.expires_at_ms.is_some());
+    let generation = node.generation();
+    let req = CreateRequest {
+        reservation: "res-1".into(),
+        ..request(1, "web", DEDICATED)
+    };
+    let made = node.guests.create(req.clone()).await.unwrap();
+    // Bound: the reserved resources themselves, kept for good, one generation later.
+    assert_eq!(made.intent.request_id, "res-1");
+    let bound = node.placement.lock().get(&uuid(1)).cloned().unwrap();
+    assert_eq!(bound.expires_at_ms, None);
+    assert_eq!(bound.vcpus, reserved.vcpus);
+    assert_eq!(made.intent.claim, bound);
+    assert_eq!(node.generation(), generation + 1);
+    // A retry answers with the guest and binds nothing again.
+    let again = node.guests.create(req).await.unwrap();
+    assert_eq!(again.intent, made.intent);
+    assert_eq!(node.generation(), generation + 1);
+    assert_eq!(node.hypervisor.calls(Op::Define).len(), 1);
+    assert_eq!(node.claims(), 1);
+}
+
+#[tokio::test]
+async fn a_reservation_is_only_for_its_vm_and_flavor() {
+    let node = Node::new().await;
+    reserve(&node, 1, "res-1", DEDICATED);
+    let with = |n, flavor, reservation: &str| CreateRequest {
+        reservation: reservation.into(),
+        ..request(n, "web", flavor)
+    };
+    let e = node
+        .guests
+        .create(with(2, DEDICATED, "res-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "reservation: \"res-1\" holds resources for VM {}, not {}",
+            uuid(1),
+            uuid(2)
+        )
+    );
+    node.assert_nothing_of(&uuid(2));
+    let e = node
+        .guests
+        .create(with(3, DEDICATED, "res-9"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GuestError::NotFound(_)), "{e}");
+    node.assert_nothing_of(&uuid(3));
+    // The reservation is still there, unbound, for the VM it was made for.
+    let reserved = node.placement.lock().get(&uuid(1)).cloned().unwrap();
+    assert!(reserved.expires_at_ms.is_some());
+}
+
+/// Today a create that bound a reservation and then failed gives the reservation back with
+/// everything else: the caller reserves again before retrying.
+#[tokio::test]
+async fn a_failed_create_releases_the_reservation_it_bound() {
+    let node = Node::new().await;
+    reserve(&node, 1, "res-1", DEDICATED);
+    node.hypervisor.fail(Op::Start);
+    let req = CreateRequest {
+        reservation: "res-1".into(),
+        ..request(1, "web", DEDICATED)
+    };
+    node.guests.create(req.clone()).await.unwrap_err();
+    node.assert_nothing_of(&uuid(1));
+    assert_eq!(node.placement.lock().vm_of_request("res-1"), None);
+    node.hypervisor.heal(Op::Start);
+    let e = node.guests.create(req).await.unwrap_err();
+    assert!(matches!(e, GuestError::NotFound(_)), "{e}");
+}
+
+/// Re-pins after a create are best effort: a failing one is logged, the create stands.
+#[tokio::test]
+async fn a_failed_repin_does_not_undo_a_create() {
+    let node = Node::new().await;
+    node.guests
+        .create(request(1, "floating", FLOATING))
+        .await
+        .unwrap();
+    node.hypervisor.fail(Op::Repin);
+    // A dedicated guest takes CPUs from the shared pool: the floating one is re-pinned.
+    node.guests
+        .create(request(2, "dedicated", DEDICATED))
+        .await
+        .unwrap();
+    assert!(node.hypervisor.calls(Op::Repin).contains(&uuid(1)));
+    node.assert_made(&uuid(1));
+    node.assert_made(&uuid(2));
+}
+
+/// A delete of a guest whose create is in flight waits for it, then removes what it made.
+#[tokio::test]
+async fn a_delete_waits_for_the_create_in_flight() {
+    let node = Node::new().await;
+    let first = create_held(&node, Op::Start, request(1, "web", FLOATING)).await;
+    let guests = node.guests.clone();
+    let delete = tokio::spawn(async move { guests.delete(&uuid(1)).await });
+    settle().await;
+    assert!(!delete.is_finished());
+    first.release.send(()).unwrap();
+    first.create.await.unwrap().unwrap();
+    assert!(delete.await.unwrap().unwrap());
+    node.assert_nothing_of(&uuid(1));
+}
+
+/// A create that waited for a failed one of the same guest finds nothing, and makes it.
+#[tokio::test]
+async fn a_create_waiting_on_a_failed_one_makes_the_guest() {
+    let node = Node::new().await;
+    node.hypervisor.fail_once(Op::Start);
+    let first = create_held(&node, Op::Start, request(1, "web", FLOATING)).await;
+    let guests = node.guests.clone();
+    let second = tokio::spawn(async move { guests.create(request(1, "web", FLOATING)).await });
+    settle().await;
+    assert!(!second.is_finished());
+    first.release.send(()).unwrap();
+    let e = first.create.await.unwrap().unwrap_err();
+    assert!(
+        e.to_string().starts_with("libvirt refused the guest"),
+        "{e}"
+    );
+    second.await.unwrap().unwrap();
+    assert_eq!(node.hypervisor.calls(Op::Define).len(), 2);
+    assert_eq!(node.claims(), 1);
+    node.assert_made(&uuid(1));
+}
