@@ -187,3 +187,109 @@ pub(super) fn guest_spec(
         tcg_cache_mib: TCG_CACHE_MIB,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::{Allocator, ClaimRequest, Policy};
+
+    fn image(properties: &[(&str, &str)]) -> ImageRecord {
+        ImageRecord {
+            name: "img".into(),
+            format: "qcow2".into(),
+            virtual_size_bytes: GIB,
+            file_bytes: 1,
+            sha256: String::new(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            created_unix: 0,
+        }
+    }
+
+    /// A claim for `uuid` on a captured two-socket host (which lacks KVM, so without `_hwv`).
+    fn placed(uuid: &str) -> Placed {
+        let topology = crate::placement::tests::fixture("qemu-2s4c2t-numa");
+        let mut alloc = Allocator::new(topology, Policy::default()).unwrap();
+        let request = ClaimRequest {
+            vm_uuid: uuid.into(),
+            request_id: "r1".into(),
+            flavor: crate::flavor::parse("SCS-2Vi-1u").unwrap().spec,
+        };
+        let claim = alloc.claim(&request, 0).unwrap();
+        Placed {
+            vcpu_cpus: alloc.vcpu_cpus(&claim),
+            emulator_cpus: alloc.emulator_cpus(&claim),
+            claim,
+        }
+    }
+
+    /// The flavor's extra disks after the root disk and before the seed, only the CPU
+    /// features the host has, the image's disk bus and RNG, and MACs given or derived.
+    #[test]
+    fn the_domain_follows_flavor_image_host_and_request() {
+        let uuid = "00000000-0000-4000-8000-000000000001";
+        let req = CreateRequest {
+            uuid: uuid.into(),
+            name: "web".into(),
+            networks: vec!["br0".into(), "br1".into()],
+            macs: vec!["02:00:00:00:00:AA".into()],
+            ..Default::default()
+        };
+        let spec = crate::flavor::parse("SCS-2Vi-1u-3x10_hwv").unwrap().spec;
+        let image = image(&[("hw_disk_bus", "sata"), ("hw_rng_model", "virtio")]);
+        let nics: Vec<PlannedNic> = (0..2)
+            .map(|i| PlannedNic {
+                attach: NicAttach::Bridge(format!("br{i}")),
+                network: None,
+                intent: nic_intent(&req, uuid, i),
+            })
+            .collect();
+        let plan = CreatePlan {
+            req: &req,
+            uuid,
+            spec: &spec,
+            image: &image,
+            root_bytes: 10 * GIB,
+            emulation: Emulation::Tcg,
+            nics: &nics,
+        };
+        let root = Path::new("/srv");
+        let files = GuestFiles::new(root, uuid);
+        let host = ["rdseed".to_string(), "svm".to_string()];
+        let placed = placed(uuid);
+        let pins = placed.vcpu_cpus.clone();
+        let g = guest_spec(&plan, placed, &files, root, &host, 7);
+        assert_eq!(g.cpu_features, ["rdseed", "svm"]);
+        let disks: Vec<_> = g
+            .disks
+            .iter()
+            .map(|d| (d.path.clone(), d.readonly))
+            .collect();
+        assert_eq!(
+            disks,
+            [
+                (files.root_disk(), false),
+                (files.extra_disk(1), false),
+                (files.extra_disk(2), false),
+                (files.seed(), true),
+            ]
+        );
+        assert_eq!(
+            extra_disks(&spec, &files)
+                .iter()
+                .map(|(_, bytes)| bytes / GIB)
+                .collect::<Vec<_>>(),
+            [10, 10]
+        );
+        assert_eq!(g.disk_bus, DiskBus::parse("sata").unwrap());
+        assert!(g.rng);
+        assert_eq!(g.nics[0].mac, "02:00:00:00:00:aa");
+        assert_eq!(g.nics[1].mac, nic::format_mac(&nic::derived_mac(uuid, 1)));
+        assert_eq!(g.intent.store, root);
+        assert_eq!(g.intent.created_unix, 7);
+        assert_eq!(g.intent.request_id, "r1");
+        assert_eq!(g.vcpu_cpus, pins);
+    }
+}
