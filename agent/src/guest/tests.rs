@@ -1,6 +1,7 @@
 //! The create saga against the in-memory hypervisor: a failure at any step leaves nothing
 //! behind, creates of one UUID or name racing each other make one guest, retries take
-//! nothing twice, and a reservation is bound once.
+//! nothing twice, and a reservation is bound once; and the lifecycle calls on the guest's
+//! state.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -503,4 +504,31 @@ async fn a_create_waiting_on_a_failed_one_makes_the_guest() {
     assert_eq!(node.hypervisor.calls(Op::Define).len(), 2);
     assert_eq!(node.claims(), 1);
     node.assert_made(&uuid(1));
+}
+
+/// Stop, start and reboot ask the hypervisor only what the guest's state calls for.
+#[tokio::test]
+async fn stop_start_and_reboot_follow_the_domain_state() {
+    let node = Node::new().await;
+    node.guests
+        .create(request(1, "web", FLOATING))
+        .await
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(5);
+    let stopped = node.guests.stop(&uuid(1), false, timeout).await.unwrap();
+    assert_eq!(stopped.state, DomainState::ShutOff);
+    assert_eq!(node.hypervisor.calls(Op::Shutdown), [uuid(1)]);
+    // The guest obeyed the power button: no destroy, and none for a stopped guest either.
+    node.guests.stop(&uuid(1), true, timeout).await.unwrap();
+    assert!(node.hypervisor.calls(Op::Destroy).is_empty());
+    let e = node.guests.reboot(&uuid(1), false).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("guest {} is shut off, not running", uuid(1))
+    );
+    assert!(node.hypervisor.calls(Op::Reboot).is_empty());
+    let started = node.guests.start(&uuid(1)).await.unwrap();
+    assert_eq!(started.state, DomainState::Running);
+    node.guests.reboot(&uuid(1), true).await.unwrap();
+    assert_eq!(node.hypervisor.calls(Op::Reboot), [uuid(1)]);
 }
