@@ -7,6 +7,7 @@ use hvagent_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::placement::{claim_to_proto, status as refusal_status};
+use crate::domain::EventKind;
 use crate::guest::{CreateRequest, Guest, GuestError, Guests, now_unix};
 use crate::health::Health;
 use crate::placement::PlacementState;
@@ -313,7 +314,7 @@ impl pb::vm_service_server::VmService for VmApi {
                     Ok(e) => e,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         let lost = pb::VmEvent {
-                            kind: "lost".into(),
+                            kind: EventKind::Lost.as_str().into(),
                             detail: format!("{n} events"),
                             ..Default::default()
                         };
@@ -324,11 +325,11 @@ impl pb::vm_service_server::VmService for VmApi {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                let wanted = if event.kind == "tuned" {
+                let wanted = if event.kind == EventKind::Tuned {
                     // Pin and tuning changes are the health sampler's business, not a
                     // lifecycle event.
                     false
-                } else if event.kind == "lost" {
+                } else if event.kind == EventKind::Lost {
                     // Every watcher: some of its guests' events may be missing.
                     true
                 } else if only.is_empty() {
@@ -348,7 +349,7 @@ impl pb::vm_service_server::VmService for VmApi {
                 let out = pb::VmEvent {
                     uuid: event.uuid,
                     name: event.name,
-                    kind: event.kind.into(),
+                    kind: event.kind.as_str().into(),
                     detail: event.detail.into(),
                     unix_ms: event.unix_ms,
                 };

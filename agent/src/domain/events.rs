@@ -10,15 +10,61 @@ use virt::sys;
 /// Events kept for slow watchers before they miss some (they are told).
 pub const CAPACITY: usize = 1024;
 
+/// What happened to a domain: libvirt's lifecycle event kinds, its reboot and tunable
+/// callbacks, and the agent's own `Lost`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Defined,
+    Undefined,
+    Started,
+    Suspended,
+    Resumed,
+    Stopped,
+    Shutdown,
+    PmSuspended,
+    Crashed,
+    /// A reset (the guest keeps running).
+    Rebooted,
+    /// Pins or other tunables changed (detail `cputune` for pins).
+    Tuned,
+    /// No domain: the connection to libvirtd was reopened and events may be missing.
+    Lost,
+    /// A lifecycle event number this agent does not know.
+    Unknown,
+}
+
+impl EventKind {
+    /// The word WatchEvents and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Defined => "defined",
+            EventKind::Undefined => "undefined",
+            EventKind::Started => "started",
+            EventKind::Suspended => "suspended",
+            EventKind::Resumed => "resumed",
+            EventKind::Stopped => "stopped",
+            EventKind::Shutdown => "shutdown",
+            EventKind::PmSuspended => "pmsuspended",
+            EventKind::Crashed => "crashed",
+            EventKind::Rebooted => "rebooted",
+            EventKind::Tuned => "tuned",
+            EventKind::Lost => "lost",
+            EventKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainEvent {
     pub uuid: String,
     pub name: String,
-    /// `defined`, `undefined`, `started`, `suspended`, `resumed`, `stopped`, `shutdown`,
-    /// `pmsuspended`, `crashed`, or `rebooted`; `tuned` when pins or other tunables changed
-    /// (detail `cputune` for pins); or `lost` (no domain) after the connection to libvirtd
-    /// was reopened.
-    pub kind: &'static str,
+    pub kind: EventKind,
     /// libvirt's detail for the kind, e.g. `booted`, `destroyed`, `shutdown`.
     pub detail: &'static str,
     pub unix_ms: u64,
@@ -30,7 +76,7 @@ impl DomainEvent {
         DomainEvent {
             uuid: String::new(),
             name: String::new(),
-            kind: "lost",
+            kind: EventKind::Lost,
             detail: "libvirt reconnected",
             unix_ms: now_ms(),
         }
@@ -38,7 +84,7 @@ impl DomainEvent {
 }
 
 /// libvirt's lifecycle event and detail numbers as words.
-pub fn describe(event: i32, detail: i32) -> (&'static str, &'static str) {
+pub fn describe(event: i32, detail: i32) -> (EventKind, &'static str) {
     let pick = |names: &[&'static str]| {
         usize::try_from(detail)
             .ok()
@@ -47,12 +93,12 @@ pub fn describe(event: i32, detail: i32) -> (&'static str, &'static str) {
     };
     match event {
         0 => (
-            "defined",
+            EventKind::Defined,
             pick(&["added", "updated", "renamed", "from_snapshot"]),
         ),
-        1 => ("undefined", pick(&["removed", "renamed"])),
+        1 => (EventKind::Undefined, pick(&["removed", "renamed"])),
         2 => (
-            "started",
+            EventKind::Started,
             pick(&[
                 "booted",
                 "migrated",
@@ -63,7 +109,7 @@ pub fn describe(event: i32, detail: i32) -> (&'static str, &'static str) {
             ]),
         ),
         3 => (
-            "suspended",
+            EventKind::Suspended,
             pick(&[
                 "paused",
                 "migrated",
@@ -77,7 +123,7 @@ pub fn describe(event: i32, detail: i32) -> (&'static str, &'static str) {
             ]),
         ),
         4 => (
-            "resumed",
+            EventKind::Resumed,
             pick(&[
                 "unpaused",
                 "migrated",
@@ -87,7 +133,7 @@ pub fn describe(event: i32, detail: i32) -> (&'static str, &'static str) {
             ]),
         ),
         5 => (
-            "stopped",
+            EventKind::Stopped,
             pick(&[
                 "shutdown",
                 "destroyed",
@@ -98,10 +144,10 @@ pub fn describe(event: i32, detail: i32) -> (&'static str, &'static str) {
                 "from_snapshot",
             ]),
         ),
-        6 => ("shutdown", pick(&["finished", "guest", "host"])),
-        7 => ("pmsuspended", pick(&["memory", "disk"])),
-        8 => ("crashed", pick(&["panicked", "crashloaded"])),
-        _ => ("unknown", "unknown"),
+        6 => (EventKind::Shutdown, pick(&["finished", "guest", "host"])),
+        7 => (EventKind::PmSuspended, pick(&["memory", "disk"])),
+        8 => (EventKind::Crashed, pick(&["panicked", "crashloaded"])),
+        _ => (EventKind::Unknown, "unknown"),
     }
 }
 
@@ -169,7 +215,7 @@ unsafe extern "C" fn on_reboot(
     let _ = tx.send(DomainEvent {
         uuid,
         name,
-        kind: "rebooted",
+        kind: EventKind::Rebooted,
         detail: "reset",
         unix_ms: now_ms(),
     });
@@ -193,7 +239,7 @@ unsafe extern "C" fn on_tunable(
     let _ = tx.send(DomainEvent {
         uuid,
         name,
-        kind: "tuned",
+        kind: EventKind::Tuned,
         detail: if pins { "cputune" } else { "other" },
         unix_ms: now_ms(),
     });
@@ -268,11 +314,27 @@ mod tests {
 
     #[test]
     fn event_words() {
-        assert_eq!(describe(2, 0), ("started", "booted"));
-        assert_eq!(describe(5, 1), ("stopped", "destroyed"));
-        assert_eq!(describe(5, 0), ("stopped", "shutdown"));
-        assert_eq!(describe(1, 0), ("undefined", "removed"));
-        assert_eq!(describe(5, 99), ("stopped", "unknown"));
-        assert_eq!(describe(42, 0), ("unknown", "unknown"));
+        assert_eq!(describe(2, 0), (EventKind::Started, "booted"));
+        assert_eq!(describe(5, 1), (EventKind::Stopped, "destroyed"));
+        assert_eq!(describe(5, 0), (EventKind::Stopped, "shutdown"));
+        assert_eq!(describe(1, 0), (EventKind::Undefined, "removed"));
+        assert_eq!(describe(5, 99), (EventKind::Stopped, "unknown"));
+        assert_eq!(describe(42, 0), (EventKind::Unknown, "unknown"));
+        // The words WatchEvents sends, one per lifecycle number.
+        let words: Vec<&str> = (0..9).map(|e| describe(e, 0).0.as_str()).collect();
+        assert_eq!(
+            words,
+            [
+                "defined",
+                "undefined",
+                "started",
+                "suspended",
+                "resumed",
+                "stopped",
+                "shutdown",
+                "pmsuspended",
+                "crashed"
+            ]
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 
 use tokio::sync::{broadcast, oneshot};
 
-use super::events::{self, DomainEvent};
+use super::events::{self, DomainEvent, EventKind};
 use super::guests::DomainError;
 use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
 use super::xml::{IntentError, read_intent};
@@ -51,6 +51,8 @@ struct Inner {
     failing: BTreeMap<Op, u32>,
     calls: Vec<(Op, String)>,
     hold: Option<Hold>,
+    /// Guests ignore the ACPI power button (shutdown changes nothing).
+    deaf: bool,
 }
 
 pub struct FakeHypervisor {
@@ -119,6 +121,30 @@ impl FakeHypervisor {
         of_op.map(|(_, uuid)| uuid.clone()).collect()
     }
 
+    /// From now on guests ignore the ACPI power button, as one without acpid does.
+    pub fn ignore_shutdown(&self) {
+        self.lock().deaf = true;
+    }
+
+    /// The guest `uuid` powers itself off (as after a slow ACPI shutdown): its state and the
+    /// `stopped` event libvirt would send.
+    pub fn power_off(&self, uuid: &str) {
+        if let Some(d) = self.lock().domains.get_mut(uuid) {
+            d.state = DomainState::ShutOff;
+        }
+        self.send(uuid, EventKind::Stopped, "shutdown");
+    }
+
+    fn send(&self, uuid: &str, kind: EventKind, detail: &'static str) {
+        let _ = self.events.send(DomainEvent {
+            uuid: uuid.to_string(),
+            name: String::new(),
+            kind,
+            detail,
+            unix_ms: 0,
+        });
+    }
+
     /// The domains now, by UUID.
     pub fn domains(&self) -> Vec<FakeDomain> {
         self.lock().domains.values().cloned().collect()
@@ -149,10 +175,21 @@ impl FakeHypervisor {
         Ok(inner)
     }
 
+    /// Moves `uuid` to `state` and sends the event libvirt would.
     fn set_state(&self, op: Op, uuid: &str, state: DomainState) -> Result<(), DomainError> {
         let mut inner = self.call(op, uuid)?;
+        if op == Op::Shutdown && inner.deaf {
+            return Ok(());
+        }
         let domain = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
         domain.state = state;
+        drop(inner);
+        let (kind, detail) = match op {
+            Op::Start => (EventKind::Started, "booted"),
+            Op::Destroy => (EventKind::Stopped, "destroyed"),
+            _ => (EventKind::Stopped, "shutdown"),
+        };
+        self.send(uuid, kind, detail);
         Ok(())
     }
 }

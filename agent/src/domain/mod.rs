@@ -10,4 +10,5 @@ pub mod stats;
 pub mod xml;
 
 pub use connection::Libvirt;
+pub use events::{DomainEvent, EventKind};
 pub use hypervisor::{DomainState, Hypervisor};

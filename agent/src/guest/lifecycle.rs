@@ -1,17 +1,19 @@
 //! The calls on an existing guest: start, stop, reboot, delete and its console log.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::error::GuestError;
 use super::plan::guest_taps;
 use super::request::checked_uuid;
 use super::{Guest, Guests};
-use crate::domain::DomainState;
+use crate::domain::{DomainEvent, DomainState, EventKind};
 use crate::storage::GuestFiles;
 
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a stop reads the state while it waits for the guest's `stopped` event.
+pub const STOP_RECHECK: Duration = Duration::from_secs(2);
 pub const DEFAULT_CONSOLE_BYTES: u64 = 64 * 1024;
 pub const MAX_CONSOLE_BYTES: u64 = 1024 * 1024;
 
@@ -38,7 +40,10 @@ impl Guests {
         self.get(&uuid).await
     }
 
-    /// ACPI shutdown, then destroy after `timeout`; `force` destroys at once.
+    /// ACPI shutdown, then destroy after `timeout`; `force` destroys at once. The wait is on
+    /// the guest's `stopped` event (no thread is held while the guest takes its time), with
+    /// the state read again every [`STOP_RECHECK`] in case the event was missed (a lagging
+    /// receiver, a libvirtd reconnect).
     pub async fn stop(
         &self,
         uuid: &str,
@@ -53,24 +58,42 @@ impl Guests {
         if guest.state == DomainState::ShutOff {
             return Ok(guest);
         }
+        if !force {
+            // Subscribed before the shutdown: its `stopped` event cannot slip past.
+            let mut events = self.hypervisor.subscribe();
+            let hypervisor = self.hypervisor.clone();
+            let u = uuid.clone();
+            self.blocking(move || hypervisor.shutdown(&u).map_err(GuestError::from))
+                .await?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                if self.state(&uuid).await? == DomainState::ShutOff {
+                    return self.get(&uuid).await;
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let _ = tokio::time::timeout_at(
+                    deadline.min(now + STOP_RECHECK),
+                    stopped(&mut events, &uuid),
+                )
+                .await;
+            }
+            tracing::info!(vm = %uuid, "no ACPI shutdown within the timeout; destroying");
+        }
         let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
-        self.blocking(move || {
-            if !force {
-                hypervisor.shutdown(&u)?;
-                let deadline = Instant::now() + timeout;
-                while Instant::now() < deadline {
-                    if hypervisor.state(&u)? == DomainState::ShutOff {
-                        return Ok(());
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                tracing::info!(vm = %u, "no ACPI shutdown within the timeout; destroying");
-            }
-            hypervisor.destroy(&u).map_err(GuestError::from)
-        })
-        .await?;
+        self.blocking(move || hypervisor.destroy(&u).map_err(GuestError::from))
+            .await?;
         self.get(&uuid).await
+    }
+
+    async fn state(&self, uuid: &str) -> Result<DomainState, GuestError> {
+        let hypervisor = self.hypervisor.clone();
+        let u = uuid.to_string();
+        self.blocking(move || hypervisor.state(&u).map_err(GuestError::from))
+            .await
     }
 
     pub async fn reboot(&self, uuid: &str, hard: bool) -> Result<Guest, GuestError> {
@@ -186,5 +209,22 @@ mod tests {
             tail(&path, 100).unwrap(),
             (b"0123456789abcdef".to_vec(), 16)
         );
+    }
+}
+
+/// Returns at `uuid`'s next `stopped` event, or at once when events were missed or ended (the
+/// caller reads the state then).
+async fn stopped(events: &mut tokio::sync::broadcast::Receiver<DomainEvent>, uuid: &str) {
+    loop {
+        match events.recv().await {
+            Ok(e) if e.kind == EventKind::Stopped && e.uuid == uuid => return,
+            Ok(e) if e.kind == EventKind::Lost => return,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+            // No more events: only the caller's timeout and state reads are left.
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                std::future::pending::<()>().await
+            }
+        }
     }
 }

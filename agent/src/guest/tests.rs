@@ -532,3 +532,57 @@ async fn stop_start_and_reboot_follow_the_domain_state() {
     node.guests.reboot(&uuid(1), true).await.unwrap();
     assert_eq!(node.hypervisor.calls(Op::Reboot), [uuid(1)]);
 }
+
+/// A slow guest: stop returns at its `stopped` event, long before the timeout, without a
+/// destroy; the state is read a bounded number of times, not polled in a loop.
+#[tokio::test]
+async fn stop_returns_at_the_guests_stopped_event() {
+    let node = Node::new().await;
+    node.guests
+        .create(request(1, "web", FLOATING))
+        .await
+        .unwrap();
+    node.hypervisor.ignore_shutdown();
+    let hypervisor = node.hypervisor.clone();
+    let powered_off = tokio::spawn(async move {
+        // Once the power button was pressed, the guest takes a moment, then goes.
+        while hypervisor.calls(Op::Shutdown).is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        hypervisor.power_off(&uuid(1));
+    });
+    let began = std::time::Instant::now();
+    let stopped = node
+        .guests
+        .stop(&uuid(1), false, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    powered_off.await.unwrap();
+    assert_eq!(stopped.state, DomainState::ShutOff);
+    assert!(node.hypervisor.calls(Op::Destroy).is_empty());
+    assert!(
+        began.elapsed() < super::lifecycle::STOP_RECHECK,
+        "woken by the event, not by a state re-read: {:?}",
+        began.elapsed()
+    );
+    assert!(node.hypervisor.calls(Op::State).len() <= 2);
+}
+
+/// A guest that ignores the power button is destroyed when the timeout passes.
+#[tokio::test]
+async fn stop_destroys_a_guest_that_ignores_acpi_after_the_timeout() {
+    let node = Node::new().await;
+    node.guests
+        .create(request(1, "web", FLOATING))
+        .await
+        .unwrap();
+    node.hypervisor.ignore_shutdown();
+    let timeout = std::time::Duration::from_millis(500);
+    let began = std::time::Instant::now();
+    let stopped = node.guests.stop(&uuid(1), false, timeout).await.unwrap();
+    assert!(began.elapsed() >= timeout);
+    assert_eq!(stopped.state, DomainState::ShutOff);
+    assert_eq!(node.hypervisor.calls(Op::Shutdown), [uuid(1)]);
+    assert_eq!(node.hypervisor.calls(Op::Destroy), [uuid(1)]);
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use crate::domain::stats::{StatsConnection, all_domain_stats};
-use crate::domain::{DomainState, Libvirt};
+use crate::domain::{DomainState, EventKind, Libvirt};
 use crate::guest::{Guest, Guests};
 use crate::host::sysfs::SysRoot;
 use crate::placement::PlacementState;
@@ -213,7 +213,9 @@ impl Health {
         let _listener = AbortOnDrop(tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(e) if e.kind == "tuned" && e.detail == "cputune" => tuned.notify_one(),
+                    Ok(e) if e.kind == EventKind::Tuned && e.detail == "cputune" => {
+                        tuned.notify_one()
+                    }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
