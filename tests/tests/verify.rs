@@ -533,7 +533,7 @@ fn standard_flavors_that_do_not_fit_are_skipped_with_the_reason() {
     assert_eq!(code(&out.status), 0, "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let flavors = report["flavors"].as_array().unwrap();
-    let standard = hvagent::api::flavor::standard_flavors();
+    let standard = hvagent::flavor::proto::standard_flavors();
     assert_eq!(flavors.len(), standard.len());
     for (f, s) in flavors.iter().zip(&standard) {
         assert_eq!(f["flavor"], s.name.as_str());

@@ -1232,11 +1232,11 @@ fn flavor(output: Output, command: FlavorCommand) -> ExitCode {
             }
             Err(code) => code,
         },
-        FlavorCommand::Standard => {
-            print(output, &hvagent::api::flavor::standard_flavors(), |list| {
-                render::standard_flavors(list)
-            })
-        }
+        FlavorCommand::Standard => print(
+            output,
+            &hvagent::flavor::proto::standard_flavors(),
+            |list| render::standard_flavors(list),
+        ),
     }
 }
 

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use hvagent_core::config::ConfigError;
+use hvagent_core::config::{for_each_key, integer, key_error, set_placement, string};
+
 use crate::guest::EmulationPolicy;
-use crate::host::sysfs::parse_cpulist;
 use crate::placement::Policy;
-use crate::placement::policy::{MAX_CROWDED_RATIO, ReservedCpus, parse_page_size};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -218,73 +219,29 @@ impl Default for Config {
     }
 }
 
-/// What is wrong with a config file; `Display` is the one line the daemon prints.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {problem}")]
-    Unreadable { file: String, problem: String },
-    #[error("{file}: line {line}: not valid TOML: {problem}")]
-    Syntax {
-        file: String,
-        line: usize,
-        problem: String,
-    },
-    #[error("{file}: {key}: {problem}")]
-    Key {
-        file: String,
-        key: String,
-        problem: String,
-    },
-}
-
 impl Config {
     /// Loads `path`, or the defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
-            file: file.clone(),
-            problem: e.to_string(),
-        })?;
-        Config::parse(&file, &text)
+        Config::parse(
+            &path.display().to_string(),
+            &hvagent_core::config::read(path)?,
+        )
     }
 
     /// Parses config text; `file` only names the source in errors.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(1);
-            ConfigError::Syntax {
-                file: file.to_string(),
-                line,
-                problem: e.message().trim().to_string(),
-            }
-        })?;
+        let table = hvagent_core::config::parse(file, text)?;
         let mut config = Config::default();
         let mut tcp = TcpKeys::default();
-        let key_err = |key: &str, problem: String| ConfigError::Key {
-            file: file.to_string(),
-            key: key.to_string(),
-            problem,
-        };
-        for (section, value) in &table {
-            let toml::Value::Table(entries) = value else {
-                return Err(key_err(section, "must be a [section]".into()));
-            };
-            for (key, value) in entries {
-                let full = format!("{section}.{key}");
-                config
-                    .set(&mut tcp, section, key, value)
-                    .map_err(|problem| key_err(&full, problem))?;
-            }
-        }
+        for_each_key(file, &table, |section, key, value| {
+            config.set(&mut tcp, section, key, value)
+        })?;
         config.api.tcp = tcp
             .check()
-            .map_err(|(key, problem)| key_err(key, problem))?;
+            .map_err(|(key, problem)| key_error(file, key, problem))?;
         Ok(config)
     }
 
@@ -366,59 +323,7 @@ impl Config {
             ("host", "kvm_trial_timeout_ms") => {
                 self.host.kvm_trial_timeout_ms = integer(value, 1, 60_000)?;
             }
-            ("placement", "reserved_cpus") => {
-                let toml::Value::String(s) = value else {
-                    return Err(format!("must be a string, got {}", value.type_str()));
-                };
-                self.placement.reserved_cpus = match s.as_str() {
-                    "auto" => ReservedCpus::Auto,
-                    list => ReservedCpus::List(cpulist(list)?),
-                };
-            }
-            ("placement", "reserved_memory_mib") => {
-                self.placement.reserved_memory_mib = integer(value, 0, 1 << 30)?;
-            }
-            ("placement", "dedicated_cpus") => {
-                self.placement.dedicated_cpus = Some(nonempty_cpulist(value)?);
-            }
-            ("placement", "shared_cpus") => {
-                self.placement.shared_cpus = Some(nonempty_cpulist(value)?);
-            }
-            ("placement", "crowded_ratio") => {
-                self.placement.crowded_ratio =
-                    integer(value, 1, u64::from(MAX_CROWDED_RATIO))? as u32;
-            }
-            ("placement", "hugepages") => {
-                let toml::Value::Table(types) = value else {
-                    return Err(format!(
-                        "must be a table such as {{ C = \"1G\", T = \"2M\" }}, got {}",
-                        value.type_str()
-                    ));
-                };
-                self.placement.hugepages.clear();
-                for (letter, size) in types {
-                    let cpu_type = match letter.as_str() {
-                        "L" | "V" | "T" | "C" => letter.as_bytes()[0] as char,
-                        other => {
-                            return Err(format!("{other:?} is not a CPU type letter (L, V, T, C)"));
-                        }
-                    };
-                    if let Some(kib) =
-                        parse_page_size(&string(size)?).map_err(|e| format!("{letter}: {e}"))?
-                    {
-                        self.placement.hugepages.insert(cpu_type, kib);
-                    }
-                }
-            }
-            ("placement", "overhead_fixed_mib") => {
-                self.placement.overhead.fixed_mib = integer(value, 0, 65_536)?;
-            }
-            ("placement", "overhead_per_vcpu_mib") => {
-                self.placement.overhead.per_vcpu_mib = integer(value, 0, 1024)?;
-            }
-            ("placement", "overhead_ram_permille") => {
-                self.placement.overhead.ram_permille = integer(value, 0, 1000)?;
-            }
+            ("placement", key) => set_placement(&mut self.placement, key, value)?,
             ("network", "namespace") => {
                 let s = string(value)?;
                 self.network.namespace = if s.is_empty() {
@@ -515,14 +420,6 @@ pub fn check_log_filter(filter: &str) -> Result<(), String> {
         .map_err(|e| format!("{filter:?} is not a log filter: {e}"))
 }
 
-fn string(value: &toml::Value) -> Result<String, String> {
-    match value {
-        toml::Value::String(s) if !s.is_empty() => Ok(s.clone()),
-        toml::Value::String(_) => Err("must not be empty".into()),
-        other => Err(format!("must be a string, got {}", other.type_str())),
-    }
-}
-
 /// A table of local user or group names to roles: `{ ops = "operator" }`.
 fn roles(
     value: &toml::Value,
@@ -561,29 +458,6 @@ fn percent(value: &toml::Value) -> Result<f64, String> {
     }
 }
 
-fn integer(value: &toml::Value, min: u64, max: u64) -> Result<u64, String> {
-    let n = value
-        .as_integer()
-        .ok_or_else(|| format!("must be an integer, got {}", value.type_str()))?;
-    u64::try_from(n)
-        .ok()
-        .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| format!("must be between {min} and {max}, got {n}"))
-}
-
-/// A cpulist such as `"0,16"` or `"2-15,18-31"`; `""` is no CPU.
-fn cpulist(s: &str) -> Result<Vec<u32>, String> {
-    parse_cpulist(s).map_err(|e| e.to_string())
-}
-
-fn nonempty_cpulist(value: &toml::Value) -> Result<Vec<u32>, String> {
-    let list = cpulist(&string(value)?)?;
-    if list.is_empty() {
-        return Err("must name at least one CPU".into());
-    }
-    Ok(list)
-}
-
 fn absolute_path(value: &toml::Value) -> Result<PathBuf, String> {
     let s = string(value)?;
     let path = PathBuf::from(&s);
@@ -596,6 +470,7 @@ fn absolute_path(value: &toml::Value) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::policy::ReservedCpus;
 
     fn err(text: &str) -> String {
         Config::parse("/etc/x.toml", text).unwrap_err().to_string()

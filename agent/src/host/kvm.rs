@@ -9,29 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvmState {
-    Absent,
-    Broken,
-    Usable,
-}
-
-impl KvmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KvmState::Absent => "absent",
-            KvmState::Broken => "broken",
-            KvmState::Usable => "usable",
-        }
-    }
-}
-
-/// The verdict with a reason an operator can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvmVerdict {
-    pub state: KvmState,
-    pub reason: String,
-}
+use hvagent_core::host::{KvmState, KvmVerdict};
 
 /// Flag that makes the `hvagent` binary run [`run_trial`] and exit (0 = usable).
 pub const TRIAL_FLAG: &str = "--kvm-trial";

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
-use super::{ExternalFacts, Inventory, KvmVerdict, LibvirtFacts, kvm};
+use super::{ExternalFacts, Inventory, KvmState, KvmVerdict, LibvirtFacts, kvm};
 use crate::domain::Libvirt;
 
 /// How long one inventory call waits for libvirt. On some hosts libvirtd re-probes QEMU on
@@ -60,7 +60,7 @@ impl Node {
                     tokio::task::spawn_blocking(move || kvm::probe(&dev, &exe, timeout))
                         .await
                         .unwrap_or_else(|e| KvmVerdict {
-                            state: kvm::KvmState::Broken,
+                            state: KvmState::Broken,
                             reason: format!("KVM trial task failed: {e}"),
                         })
                 }

@@ -2,32 +2,13 @@
 //! texts, idempotency, reservations, release and rebuild.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use super::claim::{Emulator, MemoryShare, NORMAL_PAGE_KIB};
 use super::policy::{ReservedCpus, parse_page_size};
+use super::testing::fixture;
 use super::topology::Shape;
 use super::*;
 use crate::flavor::{FlavorSpec, parse};
-use crate::host::{self, ExternalFacts, KvmState, KvmVerdict, LibvirtFacts};
-
-pub(crate) fn fixture(name: &str) -> Topology {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let inv = host::read(
-        &root,
-        ExternalFacts {
-            libvirt: LibvirtFacts::default(),
-            kvm: KvmVerdict {
-                state: KvmState::Absent,
-                reason: "fixture".into(),
-            },
-            storage_disk_bytes: None,
-        },
-    );
-    Topology::from_inventory(&inv)
-}
 
 pub(super) fn spec(name: &str) -> FlavorSpec {
     parse(name).expect(name).spec

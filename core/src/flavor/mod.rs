@@ -7,6 +7,7 @@ pub mod explain;
 pub mod extra_specs;
 mod format;
 mod parse;
+pub mod proto;
 pub mod view;
 
 #[cfg(test)]

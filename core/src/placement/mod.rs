@@ -13,10 +13,13 @@ pub mod policy;
 pub mod state;
 pub mod topology;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 pub use allocator::{Allocator, RebuildError};
 pub use capacity::Capacity;
