@@ -114,74 +114,15 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     let sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     prepare_storage(&config.storage.root)?;
     let (access_layer, socket_gid) = access(&config.access)?;
-    let (std_listener, socket_guard) = socket::bind(&config.api.unix_socket)?;
-    if let Some(gid) = socket_gid {
-        nix::unistd::chown(&config.api.unix_socket, None, Some(gid)).map_err(|e| {
-            DaemonError::Io {
-                path: config.api.unix_socket.clone(),
-                action: "chgrp to [access] socket_group",
-                source: e.into(),
-            }
-        })?;
-    }
-    std_listener
-        .set_nonblocking(true)
-        .map_err(|source| DaemonError::Io {
-            path: config.api.unix_socket.clone(),
-            action: "set non-blocking",
-            source,
-        })?;
-    let listener =
-        tokio::net::UnixListener::from_std(std_listener).map_err(|source| DaemonError::Io {
-            path: config.api.unix_socket.clone(),
-            action: "register with tokio",
-            source,
-        })?;
+    let (listener, socket_guard) = bind_unix(&config, socket_gid)?;
+    let mut background = Background::default();
 
     // The TCP listener: its files are checked before anything is served, so a bad file is a
     // clear start-up error rather than refused handshakes later.
     let (tls_ready, tls_connections) = tokio::sync::mpsc::channel(listener::MAX_HANDSHAKES);
-    let tls = match &config.api.tcp {
-        Some(tcp) => {
-            let endpoint = Arc::new(listener::TlsEndpoint::load(tcp.files())?);
-            let tcp_listener =
-                tokio::net::TcpListener::bind(tcp.listen)
-                    .await
-                    .map_err(|source| DaemonError::Tcp {
-                        addr: tcp.listen,
-                        source,
-                    })?;
-            if let Ok(addr) = tcp_listener.local_addr() {
-                tracing::info!(%addr, "serving gRPC over mutual TLS");
-            }
-            let accept = tokio::spawn(listener::accept_tls(
-                tcp_listener,
-                endpoint.clone(),
-                tls_ready,
-            ));
-            Some((endpoint, accept))
-        }
-        None => {
-            drop(tls_ready);
-            None
-        }
-    };
-    let reload_task = tokio::spawn(reload_on_sighup(
-        sighup,
-        tls.as_ref().map(|(endpoint, _)| endpoint.clone()),
-    ));
-
-    let metrics_listener = metrics::bind(config.metrics.listen)
-        .await
-        .map_err(|source| DaemonError::Metrics {
-            addr: config.metrics.listen,
-            source,
-        })?;
-    let metrics = Arc::new(metrics::Metrics::new());
-    if let Ok(addr) = metrics_listener.local_addr() {
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
-    }
-    let metrics_task = tokio::spawn(metrics::serve(metrics_listener, metrics.clone()));
+    let endpoint = start_tls(&config, tls_ready, &mut background).await?;
+    background.spawn(reload_on_sighup(sighup, endpoint));
+    let metrics = start_metrics(&config, &mut background).await?;
 
     let libvirt = Arc::new(Libvirt::new(&config.libvirt.uri));
     let node = Arc::new(Node::new(
@@ -194,33 +135,8 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     ));
     // Placement needs the topology before the first request; it does not need libvirt.
     let local = node.local_inventory().await?;
-    let topology = Topology::from_inventory(&local);
-    let placement = Arc::new(PlacementState::new(Allocator::new(
-        topology,
-        config.placement.clone(),
-    )?));
-    {
-        let alloc = placement.lock();
-        tracing::info!(
-            reserved = %format_cpulist(&alloc.pools().reserved),
-            shared_pool = %format_cpulist(&alloc.pool_cpus()),
-            "placement ready"
-        );
-    }
-    let kvm = node.kvm().await;
-    let emulation = choose_emulation(kvm.state == KvmState::Usable, config.libvirt.emulation)
-        .ok_or_else(|| {
-            format!(
-                "KVM does not work here ({}) and [libvirt] emulation = \"forbid\"",
-                kvm.reason
-            )
-        });
-    match &emulation {
-        Ok(e) => {
-            tracing::info!(emulation = ?e, "guests run under {}", if *e == Emulation::Kvm { "KVM" } else { "TCG emulation" })
-        }
-        Err(why) => tracing::warn!(%why, "this node cannot run guests"),
-    }
+    let placement = placement(&config, Topology::from_inventory(&local))?;
+    let emulation = emulation(&config, &node).await;
     let netlink = crate::net::link::Netlink::open(crate::net::link::Namespace {
         path: config.network.namespace.clone(),
     })
@@ -238,44 +154,12 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         local.cpu.flags.clone(),
         networks.clone(),
     ));
-    // Crash-only: placement comes back from the guests' own metadata; files of creates that
-    // neither finished nor were undone go after a grace period.
-    match tokio::time::timeout(LIBVIRT_TIMEOUT, guests.rebuild_placement()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot rebuild placement from libvirt yet; retrying on the first create or delete")
-        }
-        Err(_) => tracing::warn!(
-            "libvirt did not answer in time; placement is rebuilt on the first create or delete"
-        ),
-    }
-    if let Ok(Ok(orphans)) = tokio::time::timeout(
-        LIBVIRT_TIMEOUT,
-        guests.remove_orphans(Duration::from_secs(config.storage.orphan_grace_seconds)),
-    )
-    .await
-    {
-        for uuid in orphans {
-            tracing::info!(vm = %uuid, "removed files of a guest that has no domain");
-        }
-    }
-    // Networks are made to match their specs at start and every reconcile interval; stray
-    // taps are removed only when the guests (who own taps) could be listed.
-    let network_task = tokio::spawn({
-        let networks = networks.clone();
-        let guests = guests.clone();
-        let every = Duration::from_secs(config.network.reconcile_seconds);
-        async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let taps = guests.tap_names().await.ok();
-                if let Err(e) = networks.reconcile(taps.as_ref()).await {
-                    tracing::warn!(error = %e, "network reconcile incomplete");
-                }
-            }
-        }
-    });
+    recover(&config, &guests).await;
+    background.spawn(reconcile_networks(
+        networks.clone(),
+        guests.clone(),
+        Duration::from_secs(config.network.reconcile_seconds),
+    ));
     let health = Arc::new(crate::health::Health::new(
         config.health.clone(),
         crate::host::sysfs::SysRoot::new(&config.host.sysfs_root),
@@ -285,54 +169,14 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         placement.clone(),
     ));
     metrics.attach(health.clone());
-    let health_task = tokio::spawn(health.clone().run());
+    background.spawn(health.clone().run());
     for partial in guests.images.sweep() {
         tracing::info!(path = %partial.display(), "removed a partial image import");
     }
-    // Keeps the libvirt connection (and with it the event callbacks) alive: a libvirtd that
-    // restarts is reconnected within CONNECTION_CHECK, and the callbacks registered again.
-    let connection_task = tokio::spawn({
-        let libvirt = libvirt.clone();
-        async move {
-            let mut tick = tokio::time::interval(CONNECTION_CHECK);
-            loop {
-                tick.tick().await;
-                let libvirt = libvirt.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || libvirt.conn()).await {
-                    tracing::debug!(error = %e, "libvirt unreachable; trying again");
-                }
-            }
-        }
-    });
-    let expiry_task = tokio::spawn({
-        let placement = placement.clone();
-        async move {
-            let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
-            loop {
-                tick.tick().await;
-                for claim in placement.expire() {
-                    tracing::info!(vm = %claim.vm_uuid, request = %claim.request_id, "reservation expired");
-                }
-            }
-        }
-    });
+    background.spawn(keep_connected(libvirt.clone()));
+    background.spawn(expire_reservations(placement.clone()));
     // Warm the slow facts in the background so the first inventory call does not wait for them.
-    tokio::spawn({
-        let node = node.clone();
-        async move {
-            let kvm = node.kvm().await;
-            tracing::info!(state = kvm.state.as_str(), reason = %kvm.reason, "KVM trial");
-            let facts = tokio::task::spawn_blocking(move || node.libvirt.facts()).await;
-            match facts {
-                Ok(f) if f.connected() => tracing::info!(
-                    uri = %f.uri, libvirt = %f.libvirt_version, qemu = %f.qemu_version,
-                    "connected to libvirt"
-                ),
-                Ok(f) => tracing::warn!(error = %f.error, "libvirt unavailable; retrying on use"),
-                Err(e) => tracing::warn!(error = %e, "libvirt probe task failed"),
-            }
-        }
-    });
+    tokio::spawn(warm_up(node.clone()));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Both reflection versions: grpcurl and grpcio still ask v1alpha, newer tools ask v1.
@@ -392,18 +236,221 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             "calls still open after the stop grace period; closing them"
         ),
     }
-    metrics_task.abort();
-    expiry_task.abort();
-    connection_task.abort();
-    network_task.abort();
-    health_task.abort();
-    reload_task.abort();
-    if let Some((_, accept)) = tls {
-        accept.abort();
-    }
+    drop(background);
     drop(socket_guard);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The agent's background tasks, ended (aborted) together when the agent stops.
+#[derive(Default)]
+struct Background(Vec<tokio::task::AbortHandle>);
+
+impl Background {
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio::spawn(task).abort_handle());
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The local API socket, bound (one agent per socket), in `[access] socket_group` if set,
+/// registered with tokio.
+fn bind_unix(
+    config: &Config,
+    socket_gid: Option<nix::unistd::Gid>,
+) -> Result<(tokio::net::UnixListener, socket::SocketGuard), DaemonError> {
+    prepare_storage(&config.storage.root)?;
+    let (std_listener, socket_guard) = socket::bind(&config.api.unix_socket)?;
+    if let Some(gid) = socket_gid {
+        nix::unistd::chown(&config.api.unix_socket, None, Some(gid)).map_err(|e| {
+            DaemonError::Io {
+                path: config.api.unix_socket.clone(),
+                action: "chgrp to [access] socket_group",
+                source: e.into(),
+            }
+        })?;
+    }
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| DaemonError::Io {
+            path: config.api.unix_socket.clone(),
+            action: "set non-blocking",
+            source,
+        })?;
+    let listener =
+        tokio::net::UnixListener::from_std(std_listener).map_err(|source| DaemonError::Io {
+            path: config.api.unix_socket.clone(),
+            action: "register with tokio",
+            source,
+        })?;
+
+    Ok((listener, socket_guard))
+}
+
+/// The TCP listener with mutual TLS, when `[api] tcp_listen` is set: its accept loop in the
+/// background, handing finished handshakes to `ready`; the endpoint, for SIGHUP reloads.
+async fn start_tls(
+    config: &Config,
+    ready: tokio::sync::mpsc::Sender<listener::Connection>,
+    background: &mut Background,
+) -> Result<Option<Arc<listener::TlsEndpoint>>, DaemonError> {
+    let Some(tcp) = &config.api.tcp else {
+        return Ok(None);
+    };
+    let endpoint = Arc::new(listener::TlsEndpoint::load(tcp.files())?);
+    let tcp_listener = tokio::net::TcpListener::bind(tcp.listen)
+        .await
+        .map_err(|source| DaemonError::Tcp {
+            addr: tcp.listen,
+            source,
+        })?;
+    if let Ok(addr) = tcp_listener.local_addr() {
+        tracing::info!(%addr, "serving gRPC over mutual TLS");
+    }
+    background.spawn(listener::accept_tls(tcp_listener, endpoint.clone(), ready));
+    Ok(Some(endpoint))
+}
+
+/// The Prometheus endpoint, served in the background.
+async fn start_metrics(
+    config: &Config,
+    background: &mut Background,
+) -> Result<Arc<metrics::Metrics>, DaemonError> {
+    let metrics_listener = metrics::bind(config.metrics.listen)
+        .await
+        .map_err(|source| DaemonError::Metrics {
+            addr: config.metrics.listen,
+            source,
+        })?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    if let Ok(addr) = metrics_listener.local_addr() {
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    background.spawn(metrics::serve(metrics_listener, metrics.clone()));
+    Ok(metrics)
+}
+
+/// The allocator over this node's topology and the `[placement]` policy.
+fn placement(config: &Config, topology: Topology) -> Result<Arc<PlacementState>, DaemonError> {
+    let placement = Arc::new(PlacementState::new(Allocator::new(
+        topology,
+        config.placement.clone(),
+    )?));
+    {
+        let alloc = placement.lock();
+        tracing::info!(
+            reserved = %format_cpulist(&alloc.pools().reserved),
+            shared_pool = %format_cpulist(&alloc.pool_cpus()),
+            "placement ready"
+        );
+    }
+    Ok(placement)
+}
+
+/// KVM when it works, else TCG if `[libvirt] emulation` allows it, else why guests cannot run.
+async fn emulation(config: &Config, node: &Node) -> Result<Emulation, String> {
+    let kvm = node.kvm().await;
+    let emulation = choose_emulation(kvm.state == KvmState::Usable, config.libvirt.emulation)
+        .ok_or_else(|| {
+            format!(
+                "KVM does not work here ({}) and [libvirt] emulation = \"forbid\"",
+                kvm.reason
+            )
+        });
+    match &emulation {
+        Ok(e) => {
+            tracing::info!(emulation = ?e, "guests run under {}", if *e == Emulation::Kvm { "KVM" } else { "TCG emulation" })
+        }
+        Err(why) => tracing::warn!(%why, "this node cannot run guests"),
+    }
+    emulation
+}
+
+/// Crash-only: placement comes back from the guests' own metadata; files of creates that
+/// neither finished nor were undone go after a grace period.
+async fn recover(config: &Config, guests: &Guests) {
+    match tokio::time::timeout(LIBVIRT_TIMEOUT, guests.rebuild_placement()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot rebuild placement from libvirt yet; retrying on the first create or delete")
+        }
+        Err(_) => tracing::warn!(
+            "libvirt did not answer in time; placement is rebuilt on the first create or delete"
+        ),
+    }
+    if let Ok(Ok(orphans)) = tokio::time::timeout(
+        LIBVIRT_TIMEOUT,
+        guests.remove_orphans(Duration::from_secs(config.storage.orphan_grace_seconds)),
+    )
+    .await
+    {
+        for uuid in orphans {
+            tracing::info!(vm = %uuid, "removed files of a guest that has no domain");
+        }
+    }
+}
+
+/// Networks are made to match their specs at start and every reconcile interval; stray taps
+/// are removed only when the guests (who own taps) could be listed.
+async fn reconcile_networks(
+    networks: Arc<crate::net::Networks>,
+    guests: Arc<Guests>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let taps = guests.tap_names().await.ok();
+        if let Err(e) = networks.reconcile(taps.as_ref()).await {
+            tracing::warn!(error = %e, "network reconcile incomplete");
+        }
+    }
+}
+
+/// Keeps the libvirt connection (and with it the event callbacks) alive: a libvirtd that
+/// restarts is reconnected within CONNECTION_CHECK, and the callbacks registered again.
+async fn keep_connected(libvirt: Arc<Libvirt>) {
+    let mut tick = tokio::time::interval(CONNECTION_CHECK);
+    loop {
+        tick.tick().await;
+        let libvirt = libvirt.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || libvirt.conn()).await {
+            tracing::debug!(error = %e, "libvirt unreachable; trying again");
+        }
+    }
+}
+
+/// Reservations whose TTL passed are released.
+async fn expire_reservations(placement: Arc<PlacementState>) {
+    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+    loop {
+        tick.tick().await;
+        for claim in placement.expire() {
+            tracing::info!(vm = %claim.vm_uuid, request = %claim.request_id, "reservation expired");
+        }
+    }
+}
+
+/// The KVM trial and libvirt's facts, read once so the first inventory call need not wait.
+async fn warm_up(node: Arc<Node>) {
+    let kvm = node.kvm().await;
+    tracing::info!(state = kvm.state.as_str(), reason = %kvm.reason, "KVM trial");
+    let facts = tokio::task::spawn_blocking(move || node.libvirt.facts()).await;
+    match facts {
+        Ok(f) if f.connected() => tracing::info!(
+            uri = %f.uri, libvirt = %f.libvirt_version, qemu = %f.qemu_version,
+            "connected to libvirt"
+        ),
+        Ok(f) => tracing::warn!(error = %f.error, "libvirt unavailable; retrying on use"),
+        Err(e) => tracing::warn!(error = %e, "libvirt probe task failed"),
+    }
 }
 
 /// Every served service's status, and the server's as a whole (the empty name), in grpc.health.
