@@ -1,0 +1,308 @@
+use super::*;
+use crate::placement::policy::ReservedCpus;
+
+fn err(text: &str) -> String {
+    Config::parse("/etc/x.toml", text).unwrap_err().to_string()
+}
+
+#[test]
+fn empty_file_is_the_defaults() {
+    assert_eq!(Config::parse("f", "").unwrap(), Config::default());
+}
+
+#[test]
+fn every_key_parses() {
+    let c = Config::parse(
+        "f",
+        r#"
+            [api]
+            unix_socket = "/tmp/a.sock"
+            max_concurrent_mutations = 4
+            [libvirt]
+            uri = "test:///default"
+            emulation = "forbid"
+            [storage]
+            root = "/srv/hv"
+            orphan_grace_seconds = 0
+            [metrics]
+            listen = "[::1]:9000"
+            [log]
+            format = "json"
+            level = "hvagent=debug,info"
+            [host]
+            sysfs_root = "/fixtures/x"
+            kvm_device = "/dev/null"
+            kvm_trial_timeout_ms = 50
+            "#,
+    )
+    .unwrap();
+    assert_eq!(c.api.unix_socket, PathBuf::from("/tmp/a.sock"));
+    assert_eq!(c.api.max_concurrent_mutations, 4);
+    assert_eq!(c.libvirt.uri, "test:///default");
+    assert_eq!(c.libvirt.emulation, EmulationPolicy::Forbid);
+    assert_eq!(c.storage.root, PathBuf::from("/srv/hv"));
+    assert_eq!(c.storage.orphan_grace_seconds, 0);
+    assert_eq!(c.metrics.listen, "[::1]:9000".parse().unwrap());
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.log.level, "hvagent=debug,info");
+    assert_eq!(c.host.sysfs_root, PathBuf::from("/fixtures/x"));
+    assert_eq!(c.host.kvm_trial_timeout_ms, 50);
+}
+
+#[test]
+fn errors_name_file_key_and_rule() {
+    assert_eq!(
+        err("[api]\nunix_sockets = \"/x\"\n"),
+        "/etc/x.toml: api.unix_sockets: unknown key"
+    );
+    assert_eq!(
+        err("[apii]\nx = 1\n"),
+        "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health, access)"
+    );
+    assert_eq!(
+        err("[api]\nunix_socket = \"rel.sock\"\n"),
+        "/etc/x.toml: api.unix_socket: \"rel.sock\" must be an absolute path"
+    );
+    assert_eq!(
+        err("[api]\nunix_socket = 5\n"),
+        "/etc/x.toml: api.unix_socket: must be a string, got integer"
+    );
+    assert_eq!(
+        err("[metrics]\nlisten = \"localhost\"\n"),
+        "/etc/x.toml: metrics.listen: \"localhost\" is not an address:port such as 127.0.0.1:9465"
+    );
+    assert_eq!(
+        err("[log]\nformat = \"xml\"\n"),
+        "/etc/x.toml: log.format: \"xml\" is not one of \"text\", \"json\""
+    );
+    assert_eq!(
+        err("[libvirt]\nuri = \"nonsense\"\n"),
+        "/etc/x.toml: libvirt.uri: \"nonsense\" is not a libvirt URI (expected e.g. qemu:///system)"
+    );
+    assert_eq!(
+        err("[host]\nkvm_trial_timeout_ms = 0\n"),
+        "/etc/x.toml: host.kvm_trial_timeout_ms: must be between 1 and 60000, got 0"
+    );
+    assert_eq!(err("api = 1\n"), "/etc/x.toml: api: must be a [section]");
+    let long = format!("[api]\nunix_socket = \"/{}\"\n", "a".repeat(120));
+    assert!(err(&long).ends_with("socket path longer than 107 bytes"));
+    assert!(
+        err("[log]\nlevel = \"=bad=\"\n")
+            .starts_with("/etc/x.toml: log.level: \"=bad=\" is not a log filter")
+    );
+    assert!(err("[log]\nlevel = \"inof\"\n").contains("\"inof\" needs a level"));
+    assert!(Config::parse("f", "[log]\nlevel = \"hvagent=debug,WARN\"\n").is_ok());
+}
+
+#[test]
+fn access_keys() {
+    use crate::access::Role;
+    let c = Config::parse(
+        "f",
+        r#"
+            [access]
+            unix_users = { alice = "operator" }
+            unix_groups = { hvagent = "reader", ops = "controller" }
+            socket_group = "hvagent"
+            audit_log = "/var/log/hvagent/audit.log"
+            "#,
+    )
+    .unwrap();
+    let a = &c.access;
+    assert_eq!(a.unix_users["alice"], Role::Operator);
+    assert_eq!(a.unix_groups["hvagent"], Role::Reader);
+    assert_eq!(a.unix_groups["ops"], Role::Controller);
+    assert_eq!(a.socket_group.as_deref(), Some("hvagent"));
+    assert_eq!(
+        a.audit_log,
+        Some(PathBuf::from("/var/log/hvagent/audit.log"))
+    );
+    assert_eq!(
+        err("[access]\nunix_groups = { x = \"admin\" }\n"),
+        "/etc/x.toml: access.unix_groups: x: \"admin\" is not one of \"reader\", \"operator\", \"controller\""
+    );
+    assert_eq!(
+        err("[access]\naudit_log = \"audit.log\"\n"),
+        "/etc/x.toml: access.audit_log: \"audit.log\" must be an absolute path"
+    );
+}
+
+#[test]
+fn tcp_listener_needs_all_its_tls_files() {
+    use crate::access::Role;
+    let c = Config::parse(
+        "f",
+        r#"
+            [api]
+            tcp_listen = "[::]:9464"
+            tls_cert = "/etc/hvagent/tls/agent.pem"
+            tls_key = "/etc/hvagent/tls/agent.key"
+            tls_client_ca = "/etc/hvagent/tls/clients-ca.pem"
+            [access]
+            tls_identities = { "spiffe://cloud.example/cp" = "controller", "monitor" = "reader" }
+            "#,
+    )
+    .unwrap();
+    let tcp = c.api.tcp.unwrap();
+    assert_eq!(tcp.listen, "[::]:9464".parse().unwrap());
+    assert_eq!(
+        tcp.files().key,
+        ("api.tls_key", PathBuf::from("/etc/hvagent/tls/agent.key"))
+    );
+    assert_eq!(
+        c.access.tls_identities["spiffe://cloud.example/cp"],
+        Role::Controller
+    );
+    assert_eq!(c.access.tls_identities["monitor"], Role::Reader);
+    assert_eq!(Config::default().api.tcp, None);
+
+    assert_eq!(
+        err("[api]\ntcp_listen = \"0.0.0.0:9464\"\ntls_key = \"/k\"\n"),
+        "/etc/x.toml: api.tcp_listen: needs mutual TLS: set api.tls_cert, api.tls_client_ca"
+    );
+    assert_eq!(
+        err("[api]\ntls_cert = \"/c\"\n"),
+        "/etc/x.toml: api.tcp_listen: missing: api.tls_cert, api.tls_key and api.tls_client_ca are only used by the TCP listener"
+    );
+    assert_eq!(
+        err("[api]\ntcp_listen = \"host:1\"\n"),
+        "/etc/x.toml: api.tcp_listen: \"host:1\" is not an address:port such as 0.0.0.0:9464 or [::]:9464"
+    );
+    assert_eq!(
+        err("[api]\ntls_client_ca = \"ca.pem\"\n"),
+        "/etc/x.toml: api.tls_client_ca: \"ca.pem\" must be an absolute path"
+    );
+}
+
+#[test]
+fn health_keys() {
+    let c = Config::parse(
+        "f",
+        r#"
+            [health]
+            interval_seconds = 2
+            min_watch_interval_ms = 500
+            window_seconds = 30
+            libvirt_timeout_ms = 1500
+            repair = true
+            memory_available_min_percent = 7.5
+            memory_psi_full_max_percent = 20
+            cpu_psi_some_max_percent = 95
+            disk_free_min_percent = 3
+            io_psi_full_max_percent = 40
+            "#,
+    )
+    .unwrap();
+    let h = &c.health;
+    assert_eq!(h.interval, Duration::from_secs(2));
+    assert_eq!(h.min_watch_interval, Duration::from_millis(500));
+    assert_eq!(h.window, Duration::from_secs(30));
+    assert_eq!(h.libvirt_timeout, Duration::from_millis(1500));
+    assert!(h.repair);
+    let t = &h.thresholds;
+    assert_eq!(t.memory_available_min_percent, 7.5);
+    assert_eq!(t.memory_psi_full_max, 20.0);
+    assert_eq!(t.cpu_psi_some_max, 95.0);
+    assert_eq!(t.disk_free_min_percent, 3.0);
+    assert_eq!(t.io_psi_full_max, 40.0);
+    assert_eq!(
+        err("[health]\ninterval_seconds = 0\n"),
+        "/etc/x.toml: health.interval_seconds: must be between 1 and 3600, got 0"
+    );
+    assert_eq!(
+        err("[health]\nrepair = \"yes\"\n"),
+        "/etc/x.toml: health.repair: must be true or false, got string"
+    );
+    assert_eq!(
+        err("[health]\ndisk_free_min_percent = 120\n"),
+        "/etc/x.toml: health.disk_free_min_percent: must be a percentage between 0 and 100, got 120"
+    );
+}
+
+#[test]
+fn placement_keys() {
+    let c = Config::parse(
+        "f",
+        r#"
+            [placement]
+            reserved_cpus = "0,16"
+            reserved_memory_mib = 4096
+            dedicated_cpus = "2-15"
+            shared_cpus = "17-31"
+            crowded_ratio = 16
+            hugepages = { C = "1G", T = "2M", V = "none" }
+            overhead_fixed_mib = 200
+            overhead_per_vcpu_mib = 4
+            overhead_ram_permille = 5
+            "#,
+    )
+    .unwrap();
+    let p = &c.placement;
+    assert_eq!(p.reserved_cpus, ReservedCpus::List(vec![0, 16]));
+    assert_eq!(p.reserved_memory_mib, 4096);
+    assert_eq!(p.dedicated_cpus, Some((2..=15).collect()));
+    assert_eq!(p.shared_cpus, Some((17..=31).collect()));
+    assert_eq!(p.crowded_ratio, 16);
+    assert_eq!(
+        p.hugepages,
+        std::collections::BTreeMap::from([('C', 1 << 20), ('T', 2048)])
+    );
+    assert_eq!(
+        (
+            p.overhead.fixed_mib,
+            p.overhead.per_vcpu_mib,
+            p.overhead.ram_permille
+        ),
+        (200, 4, 5)
+    );
+    let none = Config::parse("f", "[placement]\nreserved_cpus = \"\"\n").unwrap();
+    assert_eq!(none.placement.reserved_cpus, ReservedCpus::List(vec![]));
+
+    assert_eq!(
+        err("[placement]\nreserved_cpus = \"0-x\"\n"),
+        "/etc/x.toml: placement.reserved_cpus: bad cpulist \"0-x\": not a number"
+    );
+    assert_eq!(
+        err("[placement]\ndedicated_cpus = \",\"\n"),
+        "/etc/x.toml: placement.dedicated_cpus: must name at least one CPU"
+    );
+    assert_eq!(
+        err("[placement]\ncrowded_ratio = 0\n"),
+        "/etc/x.toml: placement.crowded_ratio: must be between 1 and 64, got 0"
+    );
+    assert_eq!(
+        err("[placement]\nhugepages = { X = \"2M\" }\n"),
+        "/etc/x.toml: placement.hugepages: \"X\" is not a CPU type letter (L, V, T, C)"
+    );
+    assert_eq!(
+        err("[placement]\nhugepages = { C = \"3M\" }\n"),
+        "/etc/x.toml: placement.hugepages: C: \"3M\" is not a hugepage size (a power of two above 4K)"
+    );
+    assert_eq!(
+        err("[placement]\nhugepages = \"2M\"\n"),
+        "/etc/x.toml: placement.hugepages: must be a table such as { C = \"1G\", T = \"2M\" }, got string"
+    );
+    assert_eq!(
+        err("[placement]\noverhead_ram_permille = 1001\n"),
+        "/etc/x.toml: placement.overhead_ram_permille: must be between 0 and 1000, got 1001"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let e = err("[api]\nunix_socket = \n");
+    assert!(e.starts_with("/etc/x.toml: line 2: not valid TOML:"), "{e}");
+    let e = err("[api]\n\n=oops\n");
+    assert!(e.starts_with("/etc/x.toml: line 3: not valid TOML:"), "{e}");
+}
+
+#[test]
+fn unreadable_file() {
+    let e = Config::load(Some(Path::new("/nonexistent/hv.toml")))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "/nonexistent/hv.toml: cannot read: No such file or directory (os error 2)"
+    );
+}
