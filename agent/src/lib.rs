@@ -9,7 +9,6 @@ pub use hvagent_core::{flavor, tls};
 
 pub mod access;
 pub mod api;
-pub mod ctl;
 pub mod daemon;
 pub mod domain;
 pub mod guest;

@@ -21,9 +21,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{env_or, header, ms, row, start_agent, stats};
-use hvagent::ctl::client;
 use hvagent::storage::GuestFiles;
 use hvagent_proto::v1 as pb;
+use hvctl::client;
 
 type Vms = pb::vm_service_client::VmServiceClient<tonic::transport::Channel>;
 

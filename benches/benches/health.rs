@@ -21,8 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{env_or, ms, start_agent_with_metrics, stats};
-use hvagent::ctl::client;
 use hvagent_proto::v1 as pb;
+use hvctl::client;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Stats, bin, env_or, header, ms, row, start_agent, stats};
-use hvagent::ctl::client;
 use hvagent_proto::v1 as pb;
+use hvctl::client;
 
 fn time_command(program: &Path, args: &[&str], rounds: usize) -> Stats {
     let samples = (0..rounds)

@@ -230,7 +230,7 @@ fn an_open_health_watch_stream_does_not_hold_the_stop() {
     let socket = agent.socket.clone();
     let runtime = common::runtime();
     let mut stream = runtime.block_on(async {
-        let channel = hvagent::ctl::client::connect(&socket).await.unwrap();
+        let channel = hvctl::client::connect(&socket).await.unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let mut stream = health
             .watch(tonic_health::pb::HealthCheckRequest {

@@ -178,7 +178,7 @@ fn flavor_service_over_grpc() {
     let agent = Agent::start("");
     let rt = common::runtime();
     rt.block_on(async {
-        let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
         let mut svc = pb::flavor_service_client::FlavorServiceClient::new(channel);
         let request = |name: &str, extra: &[(&str, &str)]| pb::ParseFlavorRequest {
             name: name.into(),

@@ -120,7 +120,7 @@ fn guests_on_one_segment_reach_each_other_and_no_one_else() {
         bridges: vec![format!("br-{seg_a}"), format!("br-{seg_b}")],
     };
     runtime().block_on(async {
-        let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
         let mut vms = Vms::new(channel.clone());
         import_testguest(channel.clone()).await;
         let mut networks = pb::network_service_client::NetworkServiceClient::new(channel);
@@ -360,7 +360,7 @@ fn vxlan_joins_guests_across_two_hosts() {
     runtime().block_on(async {
         let mut clients = Vec::new();
         for a in &agents {
-            let channel = hvagent::ctl::client::connect(&a.socket).await.unwrap();
+            let channel = hvctl::client::connect(&a.socket).await.unwrap();
             import_testguest(channel.clone()).await;
             clients.push((
                 Vms::new(channel.clone()),

@@ -46,7 +46,7 @@ async fn clients(
     pb::image_service_client::ImageServiceClient<Channel>,
     pb::placement_service_client::PlacementServiceClient<Channel>,
 ) {
-    let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+    let channel = hvctl::client::connect(&agent.socket).await.unwrap();
     (
         pb::vm_service_client::VmServiceClient::new(channel.clone()),
         pb::image_service_client::ImageServiceClient::new(channel.clone()),

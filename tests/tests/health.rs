@@ -68,7 +68,7 @@ fn condition(h: &serde_json::Value, kind: &str) -> serde_json::Value {
 
 fn create(agent: &Agent, uuid: &str, name: &str, flavor: &str) {
     runtime().block_on(async {
-        let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
         let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
         if images
             .get(pb::GetImageRequest {

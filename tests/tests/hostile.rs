@@ -126,7 +126,7 @@ fn ten_thousand_random_requests_get_the_right_codes_and_leave_nothing() {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut mutating = 0;
     runtime().block_on(async {
-        let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
         let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
         let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
         let mut networks = pb::network_service_client::NetworkServiceClient::new(channel.clone());

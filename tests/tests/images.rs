@@ -97,7 +97,7 @@ fn images_are_imported_from_urls() {
 
     let rt = common::runtime();
     rt.block_on(async {
-        let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
         let mut images = Images::new(channel);
 
         // A slow download: Get shows it importing, with its progress, until it is done;

@@ -94,7 +94,7 @@ fn guest_calls_recover_after_libvirtd_restarts() {
     let _cleanup = Cleanup(vec![uuid.clone()]);
     let rt = common::runtime();
     rt.block_on(async {
-        let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
         let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
         let mut node = pb::node_service_client::NodeServiceClient::new(channel.clone());
         import_testguest(channel).await;

@@ -129,7 +129,7 @@ async fn delete(n: &mut Networks, name: &str, force: bool) -> bool {
 }
 
 async fn connect(agent: &Agent) -> Networks {
-    Networks::new(hvagent::ctl::client::connect(&agent.socket).await.unwrap())
+    Networks::new(hvctl::client::connect(&agent.socket).await.unwrap())
 }
 
 #[test]

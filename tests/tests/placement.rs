@@ -46,7 +46,7 @@ struct Clients {
 
 impl Clients {
     async fn new(agent: &Agent) -> Clients {
-        let channel = hvagent::ctl::client::connect(&agent.socket).await.unwrap();
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
         Clients {
             placement: pb::placement_service_client::PlacementServiceClient::new(channel.clone()),
             node: pb::node_service_client::NodeServiceClient::new(channel),

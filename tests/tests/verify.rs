@@ -193,7 +193,7 @@ fn every_structural_promise_is_kept_and_the_report_is_written() {
     assert_eq!(report["emulation"], "tcg");
     // No --neighbour-flavor: the default this node can serve.
     let serves_secure = agent.inventory_json()["scs"]["serves_secure"] == true;
-    let neighbour = hvagent::ctl::verify::default_neighbour(serves_secure);
+    let neighbour = hvctl::verify::default_neighbour(serves_secure);
     // Progress was shown while it ran.
     for step in [
         "creating the probe guest",

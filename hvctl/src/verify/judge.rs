@@ -7,7 +7,7 @@ use hvagent_probe::report::{Report, Sample};
 use hvagent_proto::v1 as pb;
 
 use super::{Check, Verdict};
-use crate::flavor::{CpuType, DiskType, FlavorSpec};
+use hvagent_core::flavor::{CpuType, DiskType, FlavorSpec};
 
 /// `V`: every vCPU gets at least this share of a core (scs-0100).
 pub const V_SHARE: f64 = 0.2;
@@ -273,8 +273,8 @@ fn pool_ratio(e: &Evidence) -> Check {
         .collect();
     let mut v_vcpus = 0usize;
     for r in std::iter::once(e.agent).chain(e.others) {
-        let shared =
-            crate::flavor::parse(&r.flavor).is_ok_and(|p| p.spec.cpu_type == CpuType::Shared);
+        let shared = hvagent_core::flavor::parse(&r.flavor)
+            .is_ok_and(|p| p.spec.cpu_type == CpuType::Shared);
         if shared {
             // Unobserved threads may run anywhere, the pool included.
             v_vcpus += r
@@ -601,7 +601,9 @@ mod tests {
     use hvagent_probe::report::{Disk, Iops};
 
     fn spec(name: &str) -> FlavorSpec {
-        crate::flavor::parse(name).expect("valid flavor").spec
+        hvagent_core::flavor::parse(name)
+            .expect("valid flavor")
+            .spec
     }
 
     /// What a healthy 2-vCPU guest of `name` reports.

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::judge::{Evidence, judge};
 use super::{FlavorResult, Outcome, VerifyReport};
-use crate::flavor::{self, CpuType};
+use hvagent_core::flavor::{self, CpuType};
 
 type Vms = pb::vm_service_client::VmServiceClient<Channel>;
 
@@ -101,7 +101,7 @@ impl From<tonic::Status> for StepError {
     fn from(s: tonic::Status) -> Self {
         StepError(format!(
             "{}: {}",
-            crate::ctl::client::code_name(s.code()),
+            crate::client::code_name(s.code()),
             s.message()
         ))
     }
@@ -166,7 +166,7 @@ async fn create(
     plan: &Plan,
     role: &str,
 ) -> Result<pb::Vm, StepError> {
-    let uuid = crate::ctl::new_uuid().map_err(|e| StepError(format!("cannot make a UUID: {e}")))?;
+    let uuid = crate::new_uuid().map_err(|e| StepError(format!("cannot make a UUID: {e}")))?;
     let name = guest_name(&uuid, name_part);
     created.add(&uuid);
     let vm = vms
@@ -514,7 +514,7 @@ pub async fn run(
         kernel: inventory.kernel_release,
         cpu_model: cpu.model_name,
         emulation: String::new(),
-        started_unix: crate::guest::now_unix(),
+        started_unix: hvagent_core::now_unix(),
         seconds: 0.0,
         neighbours_asked: opts.neighbours,
         window_ms: opts.plan.window_ms,

@@ -82,7 +82,7 @@ fn or_dash(s: &str) -> &str {
 }
 
 fn ids(list: &[u32]) -> String {
-    or_dash(&crate::host::sysfs::format_cpulist(list)).to_string()
+    or_dash(&hvagent_core::host::sysfs::format_cpulist(list)).to_string()
 }
 
 fn opt(n: Option<u32>) -> String {
@@ -98,7 +98,7 @@ fn hugepages(pools: &[pb::HugepagePool]) -> String {
         .map(|p| {
             format!(
                 "{}: {}/{} free",
-                crate::host::scheduler::page_size_label(p.page_size_kib),
+                hvagent_core::host::scheduler::page_size_label(p.page_size_kib),
                 p.free,
                 p.total
             )
@@ -108,7 +108,7 @@ fn hugepages(pools: &[pb::HugepagePool]) -> String {
 }
 
 /// A parsed flavor: its parts, one per line.
-pub fn flavor(f: &crate::flavor::view::FlavorView) -> String {
+pub fn flavor(f: &hvagent_core::flavor::view::FlavorView) -> String {
     let mut t = Table::new(&["FLAVOR", ""]);
     t.row(vec![
         "name".into(),
@@ -201,7 +201,7 @@ pub fn flavor(f: &crate::flavor::view::FlavorView) -> String {
 #[derive(Debug, serde::Serialize)]
 pub struct Explained {
     pub name: String,
-    pub promises: Vec<crate::flavor::explain::Promise>,
+    pub promises: Vec<hvagent_core::flavor::explain::Promise>,
 }
 
 pub fn explained(e: &Explained) -> String {
@@ -511,12 +511,12 @@ fn shares(memory: &[pb::MemoryShare]) -> String {
     memory
         .iter()
         .map(|m| {
-            let page = if m.page_size_kib == crate::placement::claim::NORMAL_PAGE_KIB {
+            let page = if m.page_size_kib == hvagent_core::placement::claim::NORMAL_PAGE_KIB {
                 String::new()
             } else {
                 format!(
                     "@{}",
-                    crate::host::scheduler::page_size_label(m.page_size_kib)
+                    hvagent_core::host::scheduler::page_size_label(m.page_size_kib)
                 )
             };
             format!("{}:{}{page}", m.numa_node, m.mib)
@@ -595,7 +595,7 @@ pub fn capacity(c: &pb::GetCapacityResponse) -> String {
 }
 
 /// An offline plan: claims, refusals, what still fits.
-pub fn plan(p: &crate::placement::plan::Plan) -> String {
+pub fn plan(p: &hvagent_core::placement::plan::Plan) -> String {
     let mut claims = Table::new(&[
         "FLAVOR",
         "#",

@@ -10,7 +10,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::tls::{self, Files, TlsError};
+use hvagent_core::tls::{self, Files, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

@@ -1,0 +1,422 @@
+//! The command line: every command, its arguments and their help texts (clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Talk to the hvagent node agent of this compute node.
+///
+/// Node, image, VM, network and placement commands connect to the agent: on this node through
+/// its Unix socket (default /run/hvagent/hvagent.sock, mode 0660: root, or the socket's group;
+/// the agent maps the caller's user and groups to a role), or from elsewhere with --endpoint
+/// and a client certificate (mutual TLS; the agent maps the certificate's identity to a role).
+/// Flavor and plan commands work offline.
+///
+/// Exit status: 0 success, 1 the agent refused or failed the request, 2 bad command line,
+/// invalid flavor name or plan input, unusable TLS files, 3 the agent could not be reached
+/// (including a TLS handshake it or hvctl refused).
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    /// The agent's Unix socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "HVCTL_SOCKET",
+        default_value = "/run/hvagent/hvagent.sock"
+    )]
+    pub socket: PathBuf,
+
+    /// The agent's TCP listener (its [api] tcp_listen), HOST:PORT; HOST must be a name or
+    /// address in the agent's certificate. Needs --tls-cert, --tls-key and --tls-ca.
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT",
+        env = "HVCTL_ENDPOINT",
+        requires_all = ["tls_cert", "tls_key", "tls_ca"]
+    )]
+    pub endpoint: Option<String>,
+
+    /// This client's certificate (PEM, leaf first); the agent gives its identity a role.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "HVCTL_TLS_CERT",
+        requires = "endpoint"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "HVCTL_TLS_KEY",
+        requires = "endpoint"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA bundle the agent's certificate must chain to (PEM).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "HVCTL_TLS_CA",
+        requires = "endpoint"
+    )]
+    pub tls_ca: Option<PathBuf>,
+
+    /// `table` for people, `json` for programs (the proto message, field names as in the API),
+    /// `markdown` for `hvctl verify` reports (a table elsewhere).
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    /// `hvctl verify`'s report as Markdown (other commands print tables).
+    Markdown,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// This compute node: hardware inventory and what it can serve.
+    #[command(subcommand)]
+    Node(NodeCommand),
+
+    /// SCS flavor names (scs-0100-v3): parse, explain, the standard flavors. Works offline,
+    /// without an agent.
+    #[command(subcommand)]
+    Flavor(FlavorCommand),
+
+    /// Images in the agent's store: import, list, show, delete.
+    #[command(subcommand)]
+    Image(ImageCommand),
+
+    /// Guests: create from an image with an SCS flavor, list, show, start, stop, reboot,
+    /// delete, read the serial console. A guest is named by its name or UUID.
+    #[command(subcommand)]
+    Vm(VmCommand),
+
+    /// The agent's allocator: reserve, release and list claims (host CPUs, NUMA memory,
+    /// hugepages held for guests).
+    #[command(subcommand)]
+    Placement(PlacementCommand),
+
+    /// Host networks for guests: provider bridges, VXLAN tenant segments, VLANs. The agent
+    /// keeps each network as specified and repairs drift (docs/networking.md).
+    #[command(subcommand)]
+    Network(NetworkCommand),
+
+    /// Prove on this node that flavors keep their SCS promises: per flavor, create a probe
+    /// guest from the probe image, read its report (CPU flags, RAM, disks, entropy, FIPS
+    /// 140-2, write IOPS) and workload samples from its console, fill the node with busy
+    /// neighbour guests, ask the agent for its guarantee report, and judge every promise:
+    /// kept, violated, or not verifiable here (timing under TCG emulation). Every guest it
+    /// creates is deleted, also on Ctrl-C or SIGTERM. Progress goes to stderr, the report to
+    /// stdout (--output markdown, the default, or json) and with --report DIR to
+    /// DIR/report.{json,md} and SVG charts. Exit status 4: a promise was violated or a
+    /// flavor could not be probed; 1 also when guests it made could not be deleted or the
+    /// report could not be written. See docs/verify.md.
+    Verify(VerifyArgs),
+
+    /// Offline sizing: place flavors, in the order given, on a captured sysfs/procfs tree
+    /// (DIR/sys/..., DIR/proc/..., as `images/guest/capture.sh` writes them) under a node
+    /// policy, and show the claims, the refusals and what still fits. No agent needed.
+    Plan {
+        /// Root of the captured tree (`/` plans for this machine).
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// hvagent config whose [placement] section is the policy (default: the defaults).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// A flavor and how many guests of it, e.g. SCS-4C-16=3; repeat for more.
+        #[arg(long = "flavor", value_name = "NAME=COUNT", required = true)]
+        flavors: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// A flavor to verify; repeat for more.
+    #[arg(
+        long = "flavor",
+        value_name = "NAME",
+        required_unless_present = "standard"
+    )]
+    pub flavors: Vec<String>,
+    /// Also every SCS standard flavor (scs-0103); those that do not fit are skipped.
+    #[arg(long)]
+    pub standard: bool,
+    /// Busy neighbour guests beside each C, T and V probe guest: as many as fit, at most N
+    /// (with enough, a V probe's shared pool is filled to the ratio the agent admits).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub neighbours: u32,
+    /// The neighbours' flavor [default: SCS-1V-1u, or SCS-1Vi-1u where the node serves only
+    /// `i` flavors because a CPU vulnerability is not mitigated]
+    #[arg(long, value_name = "NAME")]
+    pub neighbour_flavor: Option<String>,
+    /// Image in the agent's store with the probe: images/out/testguest.qcow2 imported
+    /// under this name.
+    #[arg(long, value_name = "NAME", default_value = "hvagent-probe")]
+    pub image: String,
+    /// Workload windows measured alone, and again beside the neighbours.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub samples: u32,
+    /// Length of one workload window in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub window_ms: u64,
+    /// Blocks of /dev/random for the FIPS 140-2 tests (the SCS entropy check needs 1000).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub fips_blocks: u32,
+    /// How long the probe writes to its root disk for the IOPS figure (0: skip).
+    #[arg(long, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub iops_ms: u64,
+    /// How long a guest may take to boot and print its report or first sample.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=3600))]
+    pub boot_timeout: u64,
+    /// C/T: the share of throughput alone a vCPU may lose beside the neighbours.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.1)]
+    pub tolerance: f64,
+    /// Also write report.json, report.md and the SVG charts into DIR (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Copy a local file, or download an http(s) URL, into the store. The format (qcow2 or
+    /// raw) is read from the content. Progress is shown on a terminal while it runs.
+    Import {
+        /// An http:// or https:// URL (the agent downloads it), or the absolute or relative
+        /// path of the image file on this node.
+        source: String,
+        /// Store name: 1-64 of a-z 0-9 . _ -.
+        #[arg(long)]
+        name: String,
+        /// Expected sha256 of the content; the import fails if it differs (and is a no-op
+        /// without a download when the image is already there with it).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// An image property, e.g. min_disk=5 (GB), min_ram=512 (MiB), hw_disk_bus=scsi,
+        /// hw_rng_model=virtio; repeat for more.
+        #[arg(long = "property", value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+    },
+    /// Every image, with the guests using it.
+    List,
+    /// One image.
+    Get { name: String },
+    /// Delete an image no guest uses.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Create and start a guest.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// SCS flavor, e.g. SCS-2V-4-10.
+        #[arg(long)]
+        flavor: String,
+        /// Image name in the store.
+        #[arg(long)]
+        image: String,
+        /// Attach a virtio NIC to a managed network (`hvctl network`) or a host bridge,
+        /// optionally with the guest's address for its NoCloud network-config
+        /// (NAME=ADDRESS/PREFIX); repeat for more NICs.
+        #[arg(long = "network", value_name = "NAME[=ADDRESS/PREFIX]")]
+        networks: Vec<String>,
+        /// cloud-init user-data file (at most 64 KiB).
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<PathBuf>,
+        /// SSH public key for the NoCloud meta-data; repeat for more.
+        #[arg(long = "ssh-key", value_name = "KEY")]
+        ssh_keys: Vec<String>,
+        /// Guest UUID (default: a new random one). Creating again with the same UUID and
+        /// the same request returns the guest.
+        #[arg(long)]
+        uuid: Option<String>,
+        /// Consume this PlacementService reservation (its request id).
+        #[arg(long, value_name = "REQUEST_ID")]
+        reservation: Option<String>,
+        /// Wait until the guest is running (at most 60 s).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Every guest: state, flavor, image, CPUs, age.
+    List,
+    /// One guest with its claim.
+    Get {
+        guest: String,
+    },
+    Start {
+        guest: String,
+    },
+    /// ACPI shutdown; destroyed after --timeout seconds (default 30) or at once with --force.
+    Stop {
+        guest: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        timeout: u32,
+    },
+    /// ACPI reboot, or a reset with --hard.
+    Reboot {
+        guest: String,
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Delete the guest with its disks, seed and claim (nothing to delete is not an error).
+    Delete {
+        guest: String,
+    },
+    /// Follow lifecycle events (one line each, or one JSON object per line with --output
+    /// json) until interrupted.
+    Events {
+        /// Only this guest (name or UUID); default: every guest.
+        guest: Option<String>,
+    },
+    /// What the guest's flavor promises and whether each promise holds: vCPUs, RAM, disk,
+    /// ECC, CPU pinning (claim vs libvirt, thread affinity and cpusets), NUMA locality,
+    /// hugepages, steal — each kept, violated, or not verifiable here (with why).
+    Guarantees {
+        guest: String,
+    },
+    /// The end of the guest's serial console log.
+    Console {
+        guest: String,
+        /// How many bytes from the end (at most 1048576).
+        #[arg(long, default_value_t = 65536)]
+        bytes: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PlacementCommand {
+    /// Reserve resources for a guest for --ttl seconds; a create that names the request id
+    /// consumes the reservation. Repeating the same request returns the same claim.
+    Reserve {
+        /// The flavor, e.g. SCS-2V-4.
+        #[arg(long)]
+        flavor: String,
+        /// The guest's UUID.
+        #[arg(long, value_name = "UUID")]
+        vm_uuid: String,
+        /// Idempotency key (default: hvctl-<UUID>).
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// Seconds until the reservation is released unless consumed (1-3600).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        ttl: u32,
+    },
+    /// Release the claim of a guest, giving back exactly what it took.
+    Release {
+        /// The guest's UUID.
+        vm_uuid: String,
+    },
+    /// Every claim and reservation, and the shared pool's CPUs.
+    Claims,
+}
+
+#[derive(Subcommand)]
+pub enum FlavorCommand {
+    /// Parse a name (e.g. SCS-4C-16-50s) into its parts, canonical and short names and
+    /// extra_specs. An invalid name exits 2 and says at which character and why.
+    Parse {
+        /// The flavor name.
+        name: String,
+    },
+    /// Every promise of a name in plain words, and what hvagent does to keep it.
+    Explain {
+        /// The flavor name.
+        name: String,
+    },
+    /// The scs-0103 standard flavors, mandatory ones first.
+    Standard,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Hardware inventory: CPU topology, NUMA, memory and hugepages, devices, hypervisor, SCS
+    /// facts (CPU brand, ECC, security) and the scheduler view (Placement inventories, traits).
+    Inventory,
+    /// How many more guests of each flavor fit now, per NUMA node, and what stops the next
+    /// one (PCPU, shared-pool ratio, MEMORY_MB, hugepages, a promise the node cannot keep).
+    Capacity {
+        /// Flavor names (default: every standard flavor).
+        flavors: Vec<String>,
+    },
+    /// Node conditions (Ready, LibvirtDisconnected, MemoryPressure, CpuPressure,
+    /// DiskPressure, PinningViolation, EmulationOnly) and the key figures: CPU, memory,
+    /// hugepages, image store, open pinning violations, and each guest's state, steal and the
+    /// age of its figures (docs/health.md).
+    Health {
+        /// Keep printing a fresh table (one JSON object per line with --output json) until
+        /// interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: seconds between tables (default: the agent's sampling interval).
+        #[arg(long, value_name = "SECONDS", requires = "watch")]
+        interval: Option<f64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// Make the host have a network (idempotent: the same spec again changes nothing; another
+    /// spec under the name is refused, naming the differences).
+    Ensure {
+        /// 1-12 of a-z 0-9 -; the bridge guests attach to is br-NAME.
+        name: String,
+        #[arg(long, value_parser = ["bridge", "vxlan", "vlan"])]
+        kind: String,
+        /// VXLAN network identifier, 1-16777215.
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Host interface: enslaved to a bridge network, or the parent of a VLAN.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// VXLAN underlay device (where the encapsulated packets leave).
+        #[arg(long)]
+        underlay: Option<String>,
+        /// VXLAN local underlay address.
+        #[arg(long)]
+        local: Option<String>,
+        /// VXLAN unicast peer; repeat for more.
+        #[arg(long = "remote", value_name = "ADDR")]
+        remotes: Vec<String>,
+        /// VXLAN multicast group.
+        #[arg(long)]
+        group: Option<String>,
+        /// VXLAN UDP port (default 4789).
+        #[arg(long)]
+        port: Option<u32>,
+        /// VLAN id, 1-4094.
+        #[arg(long)]
+        vlan_id: Option<u32>,
+        /// MTU, 68-65535 (default 1500; for VXLAN the underlay's minus 50, or 70 over IPv6).
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Host address on the bridge, ADDRESS/PREFIX.
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Every network: state, problems being repaired, guest NICs, counters.
+    List,
+    /// Remove a network (refused while guest NICs are attached, unless --force).
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}

@@ -1,0 +1,213 @@
+//! `hvctl vm create|list|get|start|stop|reboot|delete|events|guarantees|console`; guests are
+//! named by name or UUID.
+
+use std::process::ExitCode;
+
+use hvagent_proto::v1 as pb;
+
+use super::{EXIT_CALL_FAILED, EXIT_USAGE, answer, fail, print};
+use crate::cli::{Output, VmCommand};
+use crate::render;
+
+type Vms = pb::vm_service_client::VmServiceClient<tonic::transport::Channel>;
+
+/// A guest's UUID from its name or UUID.
+async fn resolve(vms: &mut Vms, guest: &str) -> Result<String, tonic::Status> {
+    if hvagent_core::placement::allocator::is_uuid(guest) {
+        return Ok(guest.to_string());
+    }
+    let list = vms.list(pb::ListVmsRequest {}).await?.into_inner();
+    list.vms
+        .into_iter()
+        .find(|v| v.name == guest)
+        .map(|v| v.uuid)
+        .ok_or_else(|| tonic::Status::not_found(format!("no guest named {guest:?}")))
+}
+
+pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand) -> ExitCode {
+    let one = |v: &pb::Vm| render::vms(std::slice::from_ref(v));
+    let guest = match &command {
+        VmCommand::Get { guest }
+        | VmCommand::Start { guest }
+        | VmCommand::Stop { guest, .. }
+        | VmCommand::Reboot { guest, .. }
+        | VmCommand::Delete { guest }
+        | VmCommand::Guarantees { guest }
+        | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
+            Ok(uuid) => uuid,
+            Err(status) => return fail(agent, &status),
+        },
+        VmCommand::Events { guest: Some(guest) } => match resolve(vms, guest).await {
+            Ok(uuid) => uuid,
+            Err(status) => return fail(agent, &status),
+        },
+        VmCommand::Create { .. } | VmCommand::List | VmCommand::Events { guest: None } => {
+            String::new()
+        }
+    };
+    match command {
+        VmCommand::Create {
+            name,
+            flavor,
+            image,
+            networks,
+            user_data,
+            ssh_keys,
+            uuid,
+            reservation,
+            wait,
+        } => {
+            let user_data = match user_data.map(std::fs::read).transpose() {
+                Ok(d) => d.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("hvctl: --user-data: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let uuid = match uuid {
+                Some(u) => u,
+                None => match crate::new_uuid() {
+                    Ok(u) => u,
+                    Err(e) => {
+                        eprintln!("hvctl: cannot make a UUID (give --uuid): {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let (networks, addresses): (Vec<String>, Vec<String>) = networks
+                .iter()
+                .map(|n| match n.split_once('=') {
+                    Some((net, address)) => (net.to_string(), address.to_string()),
+                    None => (n.clone(), String::new()),
+                })
+                .unzip();
+            let req = pb::CreateVmRequest {
+                uuid: uuid.clone(),
+                name,
+                flavor,
+                image,
+                networks,
+                addresses,
+                macs: Vec::new(),
+                ingress_kbps: Vec::new(),
+                egress_kbps: Vec::new(),
+                user_data,
+                ssh_keys,
+                metadata: Default::default(),
+                reservation: reservation.unwrap_or_default(),
+            };
+            let created = vms.create(req).await;
+            if wait && created.is_ok() {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while std::time::Instant::now() < deadline {
+                    match vms.get(pb::GetVmRequest { uuid: uuid.clone() }).await {
+                        Ok(v) if v.get_ref().state == "running" => {
+                            return print(output, &v.into_inner(), one);
+                        }
+                        Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                        Err(status) => return fail(agent, &status),
+                    }
+                }
+                eprintln!("hvctl: guest {uuid} is not running after 60 s");
+                return ExitCode::from(EXIT_CALL_FAILED);
+            }
+            answer(output, agent, created, one)
+        }
+        VmCommand::List => answer(
+            output,
+            agent,
+            vms.list(pb::ListVmsRequest {}).await,
+            |l: &pb::ListVmsResponse| render::vm_list(l),
+        ),
+        VmCommand::Get { .. } => answer(
+            output,
+            agent,
+            vms.get(pb::GetVmRequest { uuid: guest }).await,
+            one,
+        ),
+        VmCommand::Start { .. } => answer(
+            output,
+            agent,
+            vms.start(pb::StartVmRequest { uuid: guest }).await,
+            one,
+        ),
+        VmCommand::Stop { force, timeout, .. } => answer(
+            output,
+            agent,
+            vms.stop(pb::StopVmRequest {
+                uuid: guest,
+                force,
+                timeout_seconds: timeout,
+            })
+            .await,
+            one,
+        ),
+        VmCommand::Reboot { hard, .. } => answer(
+            output,
+            agent,
+            vms.reboot(pb::RebootVmRequest { uuid: guest, hard }).await,
+            one,
+        ),
+        VmCommand::Delete { .. } => answer(
+            output,
+            agent,
+            vms.delete(pb::DeleteVmRequest { uuid: guest }).await,
+            |d: &pb::DeleteVmResponse| {
+                if d.deleted {
+                    "deleted\n"
+                } else {
+                    "nothing to delete\n"
+                }
+                .into()
+            },
+        ),
+        VmCommand::Guarantees { .. } => answer(
+            output,
+            agent,
+            vms.get_guarantee_report(pb::GetGuaranteeReportRequest { uuid: guest })
+                .await,
+            render::guarantees,
+        ),
+        VmCommand::Events { .. } => {
+            let mut stream = match vms
+                .watch_events(pb::WatchEventsRequest { uuid: guest })
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                Err(status) => return fail(agent, &status),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(e)) => {
+                        let line = match output {
+                            Output::Json => serde_json::to_string(&e).unwrap_or_default(),
+                            Output::Table | Output::Markdown => render::event(&e),
+                        };
+                        println!("{line}");
+                    }
+                    Ok(None) => return ExitCode::SUCCESS,
+                    Err(status) => return fail(agent, &status),
+                }
+            }
+        }
+        VmCommand::Console { bytes, .. } => {
+            match vms
+                .get_console_log(pb::GetConsoleLogRequest {
+                    uuid: guest,
+                    max_bytes: bytes,
+                })
+                .await
+            {
+                Ok(log) => match output {
+                    Output::Json => print(output, &log.into_inner(), |_| String::new()),
+                    Output::Table | Output::Markdown => {
+                        use std::io::Write;
+                        let _ = std::io::stdout().write_all(&log.into_inner().data);
+                        ExitCode::SUCCESS
+                    }
+                },
+                Err(status) => fail(agent, &status),
+            }
+        }
+    }
+}
