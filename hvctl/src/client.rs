@@ -5,12 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hvagent_core::tls::{self, Files, TlsError};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint, Uri};
-
-use hvagent_core::tls::{self, Files, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

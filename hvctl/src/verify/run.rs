@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hvagent_core::flavor::{self, CpuType};
 use hvagent_probe::plan::{Mode, Plan};
 use hvagent_probe::report::{self, Report};
 use hvagent_proto::v1 as pb;
@@ -12,7 +13,6 @@ use tonic::transport::Channel;
 
 use super::judge::{Evidence, judge};
 use super::{FlavorResult, Outcome, VerifyReport};
-use hvagent_core::flavor::{self, CpuType};
 
 type Vms = pb::vm_service_client::VmServiceClient<Channel>;
 
