@@ -3,15 +3,13 @@
 //! inventory readers, the TLS files, and the `[placement]` part of the config file. The daemon
 //! re-exports these modules under the same names (`hvagent::flavor`, ...).
 
+pub mod clock;
 pub mod config;
+pub mod counts;
 pub mod flavor;
 pub mod host;
 pub mod placement;
+pub mod sync;
 pub mod tls;
 
-/// Seconds since the Unix epoch, as records and intents store creation times.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use clock::{now_unix, now_unix_ms};

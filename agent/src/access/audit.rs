@@ -53,7 +53,7 @@ impl Audit {
         let line = serde_json::to_string(r).unwrap_or_default();
         match &self.file {
             Some(f) => {
-                let mut f = f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut f = hvagent_core::sync::lock(f);
                 // One write per line: appends of whole lines do not interleave.
                 if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
                     tracing::error!(error = %e, "cannot write the audit log: {line}");

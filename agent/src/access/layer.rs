@@ -193,9 +193,7 @@ where
             }
             let (parts, body) = req.into_parts();
             let mut record = Record {
-                unix_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                unix_ms: hvagent_core::now_unix_ms(),
                 who: who.clone(),
                 role: role.map_or("none", Role::as_str),
                 from,

@@ -21,6 +21,7 @@ use tonic::transport::server::Connected;
 use super::authority::LocalStream;
 use crate::access::Peer;
 use crate::tls::{self, Files, TlsError};
+use hvagent_core::sync::{lock, read, write};
 
 /// A client has this long from its TCP connect to a finished handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +43,7 @@ struct InProgress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u
 impl InProgress {
     /// A slot for `ip`, or `None` when it has [`MAX_HANDSHAKES_PER_ADDRESS`] already.
     fn claim(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.0);
         let n = map.entry(ip).or_insert(0);
         if *n >= MAX_HANDSHAKES_PER_ADDRESS {
             return None;
@@ -62,7 +63,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self.owner.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.owner.0);
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -168,15 +169,12 @@ impl TlsEndpoint {
     /// theirs. On an error the configuration in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let config = tls::server_config(&self.files, tls::now())?;
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        *write(&self.config) = config;
         Ok(())
     }
 
     fn current(&self) -> Arc<ServerConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.config).clone()
     }
 }
 

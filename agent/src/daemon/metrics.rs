@@ -11,7 +11,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::health::Health;
-use crate::health::exposition::{Exposition, KindCounts, Type};
+use crate::health::exposition::{Exposition, Type};
+use hvagent_core::counts::KindCounts;
 
 /// The metrics the agent exposes.
 pub struct Metrics {
@@ -27,10 +28,7 @@ impl Metrics {
     pub fn new() -> Self {
         Self {
             up: AtomicBool::new(false),
-            start_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            start_unix: hvagent_core::now_unix(),
             network_repairs: KindCounts::default(),
             health: OnceLock::new(),
         }

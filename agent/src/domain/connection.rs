@@ -6,7 +6,7 @@ use std::sync::{Mutex, Once};
 use virt::connect::Connect;
 
 use super::events::{self, DomainEvent};
-use crate::host::LibvirtFacts;
+use hvagent_core::host::LibvirtFacts;
 
 static EVENT_LOOP: Once = Once::new();
 
@@ -174,7 +174,7 @@ impl Libvirt {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        hvagent_core::sync::lock(&self.state)
     }
 
     /// The live connection, opened (or reopened after libvirtd went away) on demand.

@@ -1,6 +1,7 @@
 //! Domain lifecycle events from libvirt's callbacks (the `virt` crate has no safe wrapper for
 //! them), fanned out on a broadcast channel. A reset is its own `rebooted` event, never a stop.
 
+use hvagent_core::now_unix_ms as now_ms;
 use std::ffi::{CStr, c_char, c_int, c_void};
 
 use tokio::sync::broadcast;
@@ -151,12 +152,6 @@ pub fn describe(event: i32, detail: i32) -> (EventKind, &'static str) {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A domain's UUID and name ("" where libvirt cannot say).
 ///
 /// # Safety
@@ -165,6 +160,7 @@ pub(crate) unsafe fn identity(dom: sys::virDomainPtr) -> (String, String) {
     let mut buf = [0 as c_char; 64];
     // SAFETY: the buffer holds VIR_UUID_STRING_BUFLEN (37) bytes; libvirt NUL-terminates.
     let uuid = if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } == 0 {
+        // SAFETY: libvirt wrote a NUL-terminated string into `buf` (it returned 0).
         unsafe { CStr::from_ptr(buf.as_ptr()) }
             .to_string_lossy()
             .into_owned()
@@ -176,6 +172,7 @@ pub(crate) unsafe fn identity(dom: sys::virDomainPtr) -> (String, String) {
     let name = if name_ptr.is_null() {
         String::new()
     } else {
+        // SAFETY: not null, and libvirt's names are NUL-terminated.
         unsafe { CStr::from_ptr(name_ptr) }
             .to_string_lossy()
             .into_owned()
@@ -192,6 +189,7 @@ unsafe extern "C" fn on_lifecycle(
 ) -> c_int {
     // SAFETY: opaque is the Sender boxed in `register`, alive until libvirt frees it.
     let tx = unsafe { &*(opaque as *const broadcast::Sender<DomainEvent>) };
+    // SAFETY: libvirt passes a live domain for the length of the callback.
     let (uuid, name) = unsafe { identity(dom) };
     let (kind, detail) = describe(event, detail);
     let _ = tx.send(DomainEvent {
@@ -211,6 +209,7 @@ unsafe extern "C" fn on_reboot(
 ) {
     // SAFETY: as in `on_lifecycle`.
     let tx = unsafe { &*(opaque as *const broadcast::Sender<DomainEvent>) };
+    // SAFETY: libvirt passes a live domain for the length of the callback.
     let (uuid, name) = unsafe { identity(dom) };
     let _ = tx.send(DomainEvent {
         uuid,
@@ -230,6 +229,7 @@ unsafe extern "C" fn on_tunable(
 ) {
     // SAFETY: as in `on_lifecycle`.
     let tx = unsafe { &*(opaque as *const broadcast::Sender<DomainEvent>) };
+    // SAFETY: libvirt passes a live domain for the length of the callback.
     let (uuid, name) = unsafe { identity(dom) };
     let pins = (0..nparams.max(0) as usize).any(|i| {
         // SAFETY: libvirt passes `nparams` parameters with NUL-terminated field names.

@@ -3,7 +3,7 @@
 //! operation made to fail, and one call of an operation held until the test releases it.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Mutex, MutexGuard, mpsc};
 
 use tokio::sync::{broadcast, oneshot};
 
@@ -83,7 +83,7 @@ fn not_found(uuid: &str) -> DomainError {
 
 impl FakeHypervisor {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        hvagent_core::sync::lock(&self.inner)
     }
 
     /// Makes every later call of `op` fail, as libvirt refusing it would.

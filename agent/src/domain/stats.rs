@@ -106,9 +106,7 @@ impl StatsConnection {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<virt::connect::Connect>> {
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        hvagent_core::sync::lock(&self.conn)
     }
 
     /// The connection, opened if there is none (or it died). The open is bounded in time and
@@ -260,6 +258,7 @@ mod tests {
 
     #[test]
     fn params_copy_out() {
+        // SAFETY: virTypedParameter is plain C data; all zeroes is a valid (empty) value.
         let mut p: [sys::virTypedParameter; 3] = unsafe { std::mem::zeroed() };
         let text = std::ffi::CString::new("vda").unwrap();
         for (slot, (name, ty)) in p.iter_mut().zip([
@@ -275,6 +274,7 @@ mod tests {
         p[0].value.i = 1;
         p[1].value.ul = 1 << 40;
         p[2].value.s = text.as_ptr() as *mut c_char;
+        // SAFETY: three initialised parameters, the string one pointing at `text`, alive here.
         let got = unsafe { copy_params(p.as_ptr(), 3) };
         assert_eq!(
             got,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::sysfs::format_cpulist;
 use crate::placement::Claim;
+use hvagent_core::host::sysfs::format_cpulist;
 
 /// The agent's XML namespace in `<metadata>`.
 pub const NAMESPACE: &str = "https://scs.community/ns/hvagent/vm/1";

@@ -3,8 +3,9 @@
 //! that guest, or takes its name, while its disks and domain are made or removed without the
 //! lock held; calls that find the guest busy wait until it is not.
 
+use hvagent_core::sync::lock;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -34,11 +35,6 @@ impl Drop for BusyGuard {
         // the waiters, who then find the guest no longer busy.
         lock(&self.guests).remove(&self.uuid);
     }
-}
-
-fn lock(guests: &Mutex<BTreeMap<String, InFlight>>) -> MutexGuard<'_, BTreeMap<String, InFlight>> {
-    // The map stays consistent even if a holder panicked: every change is one insert/remove.
-    guests.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Busy {

@@ -194,6 +194,23 @@ fn tail(path: &Path, max: u64) -> Result<(Vec<u8>, u64), GuestError> {
     Ok((data, total))
 }
 
+/// Returns at `uuid`'s next `stopped` event, or at once when events were missed or ended (the
+/// caller reads the state then).
+async fn stopped(events: &mut tokio::sync::broadcast::Receiver<DomainEvent>, uuid: &str) {
+    loop {
+        match events.recv().await {
+            Ok(e) if e.kind == EventKind::Stopped && e.uuid == uuid => return,
+            Ok(e) if e.kind == EventKind::Lost => return,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+            // No more events: only the caller's timeout and state reads are left.
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                std::future::pending::<()>().await
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,22 +226,5 @@ mod tests {
             tail(&path, 100).unwrap(),
             (b"0123456789abcdef".to_vec(), 16)
         );
-    }
-}
-
-/// Returns at `uuid`'s next `stopped` event, or at once when events were missed or ended (the
-/// caller reads the state then).
-async fn stopped(events: &mut tokio::sync::broadcast::Receiver<DomainEvent>, uuid: &str) {
-    loop {
-        match events.recv().await {
-            Ok(e) if e.kind == EventKind::Stopped && e.uuid == uuid => return,
-            Ok(e) if e.kind == EventKind::Lost => return,
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-            // No more events: only the caller's timeout and state reads are left.
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                std::future::pending::<()>().await
-            }
-        }
     }
 }

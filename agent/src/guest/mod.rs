@@ -86,12 +86,7 @@ pub fn choose_emulation(kvm_usable: bool, policy: EmulationPolicy) -> Option<Emu
     }
 }
 
-/// Seconds since the Unix epoch, as records and intents store creation times.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use hvagent_core::now_unix;
 
 impl Guests {
     pub fn new(

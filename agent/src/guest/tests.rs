@@ -9,10 +9,10 @@ use std::sync::Arc;
 use super::*;
 use crate::domain::fake::{FakeHypervisor, Op};
 use crate::domain::hypervisor::DomainState;
-use crate::health::exposition::KindCounts;
 use crate::net::link::{Namespace, Netlink};
 use crate::placement::{Allocator, ClaimRequest, Policy};
 use crate::storage::disks;
+use hvagent_core::counts::KindCounts;
 
 #[test]
 fn emulation_follows_kvm_and_policy() {

@@ -2,9 +2,7 @@
 //! read): families with HELP and TYPE, samples with escaped labels. Written by hand so that the
 //! output is exactly what the conventions ask and nothing depends on a scrape-time registry.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Arc, Mutex, PoisonError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Type {
@@ -79,29 +77,6 @@ fn number(v: f64) -> String {
     }
 }
 
-/// Counts by kind (`hvagent_network_repairs_total{kind}`, `hvagent_pinning_repairs_total{kind}`),
-/// shared by whoever counts and the endpoint.
-#[derive(Debug, Clone, Default)]
-pub struct KindCounts(Arc<Mutex<BTreeMap<String, u64>>>);
-
-impl KindCounts {
-    pub fn inc(&self, kind: &str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(kind.to_string())
-            .or_default() += 1;
-    }
-
-    pub fn get(&self) -> BTreeMap<String, u64> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,14 +103,5 @@ mod tests {
         assert_eq!(number(-2.0), "-2");
         assert_eq!(number(f64::INFINITY), "+Inf");
         assert_eq!(number(0.1), "0.1");
-    }
-
-    #[test]
-    fn counts_by_kind() {
-        let c = KindCounts::default();
-        c.inc("a");
-        c.clone().inc("a");
-        c.inc("b");
-        assert_eq!(c.get(), BTreeMap::from([("a".into(), 2), ("b".into(), 1)]));
     }
 }

@@ -12,10 +12,12 @@ pub mod pinning;
 pub mod prometheus;
 pub mod report;
 
+use hvagent_core::now_unix_ms as unix_ms;
+use hvagent_core::sync::lock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
@@ -27,9 +29,9 @@ use crate::host::sysfs::SysRoot;
 use crate::placement::PlacementState;
 
 use conditions::{Condition, Thresholds};
-use exposition::KindCounts;
 use guests::{GuestView, Tracker};
 use host::HostSample;
+use hvagent_core::counts::KindCounts;
 use pinning::{Expected, Observed, Violation};
 
 /// Where libvirt's QEMU driver keeps each running domain's pid file (`NAME.pid`).
@@ -138,13 +140,6 @@ pub struct Health {
     tuned: Arc<Notify>,
     epoch: Instant,
     cgroups: (Option<PathBuf>, Option<PathBuf>),
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Health {
@@ -664,11 +659,6 @@ impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
     }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The pid of QEMU for domain `name`, from libvirt's pid file.

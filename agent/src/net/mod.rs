@@ -8,7 +8,7 @@ pub mod nic;
 pub mod reconcile;
 pub mod spec;
 
-use crate::health::exposition::KindCounts;
+use hvagent_core::counts::KindCounts;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -232,10 +232,7 @@ pub struct ImportProgress {
 type Registry = Arc<Mutex<BTreeMap<String, Arc<ImportProgress>>>>;
 
 fn lock(registry: &Registry) -> MutexGuard<'_, BTreeMap<String, Arc<ImportProgress>>> {
-    // Each change is one insert or remove: the map is whole even after a panic.
-    registry
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    hvagent_core::sync::lock(registry)
 }
 
 /// Holds an image name for one import; the import stops being shown when it is dropped.

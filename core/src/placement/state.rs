@@ -26,7 +26,7 @@ impl PlacementState {
     /// The allocator; a panic while holding it cannot leave it half-changed (every change is
     /// checked before it is made), so a poisoned lock is still safe to use.
     pub fn lock(&self) -> MutexGuard<'_, Allocator> {
-        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.alloc)
     }
 
     /// Releases reservations whose time is up; the daemon calls this every second.

@@ -164,9 +164,7 @@ fn own_identity(
 
 /// Seconds since the epoch, for validity checks.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    i64::try_from(crate::clock::now_unix()).unwrap_or(i64::MAX)
 }
 
 /// The agent's side: its certificate, and every client must present a certificate that chains
