@@ -17,7 +17,9 @@ pub struct Capacity {
     pub flavor: String,
     /// Guests of this flavor that fit now, placed one after another.
     pub more: u64,
-    /// (NUMA node id, guests that fit on that node alone).
+    /// (NUMA node id, guests that fit on that node alone, at most `more`: the free placement
+    /// can use up the shared pool's ratio on another node first, so a node alone may take
+    /// more than the claims will get, and no caller can ask for a node).
     pub per_numa_node: Vec<(u32, u64)>,
     /// The resource or promise that stops the next one.
     pub limited_by: String,
@@ -47,7 +49,7 @@ impl Allocator {
             flavor,
             more,
             per_numa_node: (0..nodes.len())
-                .map(|i| (nodes[i].id, self.simulate(&need, Some(i)).0))
+                .map(|i| (nodes[i].id, self.simulate(&need, Some(i)).0.min(more)))
                 .collect(),
             limited_by: stop.limited_by,
             reason: stop.message,
