@@ -121,6 +121,20 @@ impl FakeHypervisor {
         of_op.map(|(_, uuid)| uuid.clone()).collect()
     }
 
+    /// A domain someone else defined (no hvagent metadata), running.
+    pub fn define_foreign(&self, uuid: &str, name: &str) {
+        let xml = format!("<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid></domain>");
+        self.lock().domains.insert(
+            uuid.to_string(),
+            FakeDomain {
+                uuid: uuid.to_string(),
+                name: name.to_string(),
+                xml,
+                state: DomainState::Running,
+            },
+        );
+    }
+
     /// From now on guests ignore the ACPI power button, as one without acpid does.
     pub fn ignore_shutdown(&self) {
         self.lock().deaf = true;

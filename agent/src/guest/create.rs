@@ -1,7 +1,7 @@
 //! Create: validate, decide (`plan`), then claim → disks and seed → taps → define and start,
 //! each step recorded in an `Undo` that takes it back, in reverse, when a later one fails.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{GuestError, refused};
@@ -25,17 +25,44 @@ struct Undo {
     hypervisor: Arc<dyn Hypervisor>,
     placement: Arc<PlacementState>,
     uuid: String,
+    /// The agent's store: a domain is this create's only if its metadata names it.
+    store: PathBuf,
     claimed: bool,
     files: Option<GuestFiles>,
+    /// The define was asked for (it may have failed, or found another domain in the way).
     defined: bool,
 }
 
 impl Undo {
+    /// Whether libvirt holds a domain with this UUID that carries this agent's metadata for
+    /// this store: one this create defined. A define refused because another domain has the
+    /// UUID leaves that domain, which is not the agent's, alone.
+    fn own_domain(&self) -> Result<bool, DomainError> {
+        Ok(self
+            .hypervisor
+            .guests()?
+            .iter()
+            .any(|d| d.uuid == self.uuid && d.intent.as_ref().is_ok_and(|i| i.store == self.store)))
+    }
+
     fn run(self) {
-        if self.defined
-            && let Err(e) = self.hypervisor.remove(&self.uuid)
-        {
-            tracing::error!(vm = %self.uuid, error = %e, "undo: cannot remove the domain");
+        if self.defined {
+            match self.own_domain() {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Err(e) = self.hypervisor.remove(&self.uuid) {
+                        // The domain stays, so its files and claim stay too: a guest without
+                        // disks, or running on CPUs that placement hands out again, would be
+                        // worse than one the operator deletes.
+                        tracing::error!(vm = %self.uuid, error = %e, "undo: cannot remove the domain; keeping its files and claim");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(vm = %self.uuid, error = %e, "undo: cannot tell whether the domain is this agent's; keeping it, its files and claim");
+                    return;
+                }
+            }
         }
         if let Some(files) = self.files
             && let Err(e) = files.remove()
@@ -125,6 +152,7 @@ impl Guests {
             if let Some(existing) = self.existing(&uuid, &req, &spec).await? {
                 return existing;
             }
+            self.refuse_foreign(&uuid).await?;
             let image = self.images.get(&req.image)?;
             check_ram(&spec, &image)?;
             let root_bytes = root_disk_bytes(&spec, &image)?;
@@ -145,6 +173,7 @@ impl Guests {
             hypervisor: self.hypervisor.clone(),
             placement: self.placement.clone(),
             uuid: uuid.clone(),
+            store: self.storage_root.clone(),
             claimed: false,
             files: None,
             defined: false,
@@ -175,6 +204,26 @@ impl Guests {
                 Err(e)
             }
         }
+    }
+
+    /// A domain that is not this agent's guest but has this UUID: the create is refused
+    /// before anything is taken, so that no define can overwrite it and no undo remove it.
+    async fn refuse_foreign(&self, uuid: &str) -> Result<(), GuestError> {
+        let hypervisor = self.hypervisor.clone();
+        let u = uuid.to_string();
+        let foreign = self
+            .blocking(move || match hypervisor.state(&u) {
+                Ok(_) => Ok(true),
+                Err(DomainError::NotFound(_)) => Ok(false),
+                Err(e) => Err(GuestError::from(e)),
+            })
+            .await?;
+        if foreign {
+            return Err(GuestError::AlreadyExists(format!(
+                "uuid: {uuid} is a libvirt domain that is not this agent's guest"
+            )));
+        }
+        Ok(())
     }
 
     /// What to answer for a create whose UUID or name is already in libvirt: the same guest

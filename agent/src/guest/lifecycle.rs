@@ -89,6 +89,15 @@ impl Guests {
         self.get(&uuid).await
     }
 
+    /// Whether libvirt has any domain with this UUID, the agent's or not.
+    async fn exists(&self, uuid: &str) -> Result<bool, GuestError> {
+        match self.state(uuid).await {
+            Ok(_) => Ok(true),
+            Err(GuestError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn state(&self, uuid: &str) -> Result<DomainState, GuestError> {
         let hypervisor = self.hypervisor.clone();
         let u = uuid.to_string();
@@ -127,12 +136,18 @@ impl Guests {
                 None => break self.busy.mark(&uuid, ""),
             }
         };
+        // Only the agent's own domain goes: one with this UUID that is not its guest (defined
+        // by someone else, or for another store) is left as it is.
+        let own = self.domains().await?.iter().any(|d| d.uuid == uuid);
+        if !own && self.exists(&uuid).await? {
+            tracing::info!(vm = %uuid, "delete: a domain with this UUID is not this agent's guest; leaving it");
+        }
         let hypervisor = self.hypervisor.clone();
         let files = GuestFiles::new(&self.storage_root, &uuid);
         let u = uuid.clone();
         let (had_domain, had_files) = self
             .blocking(move || {
-                let had_domain = hypervisor.remove(&u)?;
+                let had_domain = own && hypervisor.remove(&u)?;
                 let had_files = files.dir.exists();
                 files.remove().map_err(GuestError::Files)?;
                 Ok((had_domain, had_files))

@@ -552,6 +552,7 @@ async fn stop_returns_at_the_guests_stopped_event() {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         hypervisor.power_off(&uuid(1));
     });
+    let states_before = node.hypervisor.calls(Op::State).len();
     let began = std::time::Instant::now();
     let stopped = node
         .guests
@@ -566,7 +567,7 @@ async fn stop_returns_at_the_guests_stopped_event() {
         "woken by the event, not by a state re-read: {:?}",
         began.elapsed()
     );
-    assert!(node.hypervisor.calls(Op::State).len() <= 2);
+    assert!(node.hypervisor.calls(Op::State).len() - states_before <= 2);
 }
 
 /// A guest that ignores the power button is destroyed when the timeout passes.
@@ -585,4 +586,94 @@ async fn stop_destroys_a_guest_that_ignores_acpi_after_the_timeout() {
     assert_eq!(stopped.state, DomainState::ShutOff);
     assert_eq!(node.hypervisor.calls(Op::Shutdown), [uuid(1)]);
     assert_eq!(node.hypervisor.calls(Op::Destroy), [uuid(1)]);
+}
+
+/// The XML of the domain `uuid` in the fake, if any.
+fn xml_of(node: &Node, uuid: &str) -> Option<String> {
+    let domains = node.hypervisor.domains();
+    domains.into_iter().find(|d| d.uuid == uuid).map(|d| d.xml)
+}
+
+/// A domain someone else defined is not the agent's to delete: `deleted = false`, no remove.
+#[tokio::test]
+async fn delete_leaves_a_domain_that_is_not_the_agents() {
+    let node = Node::new().await;
+    node.hypervisor.define_foreign(&uuid(7), "infra-foreign");
+    let before = xml_of(&node, &uuid(7));
+    assert!(!node.guests.delete(&uuid(7)).await.unwrap());
+    assert!(node.hypervisor.calls(Op::Remove).is_empty());
+    assert_eq!(xml_of(&node, &uuid(7)), before);
+}
+
+/// A create that reuses a foreign domain's UUID is refused before it takes anything, so it can
+/// neither overwrite that domain's XML nor remove it in an undo.
+#[tokio::test]
+async fn a_create_with_a_foreign_uuid_is_refused_and_changes_nothing() {
+    let node = Node::new().await;
+    for name in ["infra-foreign", "web"] {
+        node.hypervisor.define_foreign(&uuid(1), name);
+        let before = xml_of(&node, &uuid(1));
+        let e = node
+            .guests
+            .create(request(1, "web", DEDICATED))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, GuestError::AlreadyExists(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "uuid: {} is a libvirt domain that is not this agent's guest",
+                uuid(1)
+            )
+        );
+        assert_eq!(xml_of(&node, &uuid(1)), before);
+        assert!(node.hypervisor.calls(Op::Define).is_empty());
+        assert!(node.hypervisor.calls(Op::Remove).is_empty());
+        assert_eq!(node.claims(), 0);
+        assert!(!node.dir(&uuid(1)).exists());
+    }
+}
+
+/// A foreign domain that takes the UUID between the check and the define: libvirt refuses the
+/// define, and the undo leaves that domain alone while it takes back the claim and files.
+#[tokio::test]
+async fn the_undo_removes_only_a_domain_this_create_defined() {
+    let node = Node::new().await;
+    let (arrived, release) = node.hypervisor.hold(Op::Define);
+    let guests = node.guests.clone();
+    let create = tokio::spawn(async move { guests.create(request(1, "web", DEDICATED)).await });
+    arrived.await.unwrap();
+    node.hypervisor.define_foreign(&uuid(1), "intruder");
+    release.send(()).unwrap();
+    let e = create.await.unwrap().unwrap_err();
+    assert!(
+        e.to_string().starts_with("libvirt refused the guest:"),
+        "{e}"
+    );
+    assert!(node.hypervisor.calls(Op::Remove).is_empty());
+    let left = node.hypervisor.domains();
+    assert!(
+        left.iter()
+            .any(|d| d.uuid == uuid(1) && d.name == "intruder"),
+        "{left:?}"
+    );
+    assert_eq!(node.claims(), 0);
+    assert!(!node.dir(&uuid(1)).exists());
+}
+
+/// When the undo cannot remove the domain it defined, the guest's files and claim stay with
+/// it: placement must not hand its CPUs to another guest.
+#[tokio::test]
+async fn an_undo_that_cannot_remove_the_domain_keeps_its_files_and_claim() {
+    let node = Node::new().await;
+    node.hypervisor.fail(Op::Start);
+    node.hypervisor.fail(Op::Remove);
+    node.guests
+        .create(request(1, "web", DEDICATED))
+        .await
+        .unwrap_err();
+    assert_eq!(node.hypervisor.calls(Op::Remove), [uuid(1)]);
+    assert!(node.hypervisor.domains().iter().any(|d| d.uuid == uuid(1)));
+    assert!(node.dir(&uuid(1)).join("root.qcow2").is_file());
+    assert!(node.placement.lock().get(&uuid(1)).is_some());
 }
