@@ -125,7 +125,7 @@ impl pb::placement_service_server::PlacementService for PlacementApi {
         let now = self.state.now_ms();
         let mut alloc = self.state.lock();
         alloc.expire(now);
-        let claim = alloc.release(&vm_uuid).map_err(status)?;
+        let claim = alloc.release_reservation(&vm_uuid).map_err(status)?;
         tracing::info!(vm = %claim.vm_uuid, request = %claim.request_id, "released");
         Ok(Response::new(pb::ReleaseResponse {
             claim: Some(claim_to_proto(&alloc, &claim, now)),

@@ -241,6 +241,24 @@ impl Allocator {
         Ok(entry.claim)
     }
 
+    /// What `PlacementService/Release` may give back: a reservation. A claim bound to a guest
+    /// (by its create) is the guest's until the guest is deleted; releasing it would let
+    /// placement hand its CPUs and memory to another guest while it runs.
+    pub fn release_reservation(&mut self, vm_uuid: &str) -> Result<Claim, Refusal> {
+        let key = vm_uuid.to_ascii_lowercase();
+        if let Some(entry) = self.claims.get(&key)
+            && !entry.claim.is_reservation()
+        {
+            return Err(Refusal::precondition(
+                "vm_uuid",
+                format!(
+                    "the claim of VM {key} is bound to its guest; delete the guest (VmService/Delete) to free it"
+                ),
+            ));
+        }
+        self.release(&key)
+    }
+
     /// The VM holding `request_id`, if any.
     pub fn vm_of_request(&self, request_id: &str) -> Option<&str> {
         self.requests.get(request_id).map(String::as_str)

@@ -418,6 +418,28 @@ fn reservations_expire_unless_bound() {
     assert_eq!(expired[0].vm_uuid, uuid(1));
     let r = a.bind("r1", 31_000).unwrap_err();
     assert_eq!(r.kind, RefusalKind::NotFound);
+    // A bound claim is its guest's: Release refuses it and changes nothing.
+    let before = a.clone();
+    let r = a.release_reservation(&uuid(2).to_uppercase()).unwrap_err();
+    assert_eq!(
+        (r.kind, r.limited_by.as_str(), r.message),
+        (
+            RefusalKind::Precondition,
+            "vm_uuid",
+            format!(
+                "the claim of VM {} is bound to its guest; delete the guest (VmService/Delete) to free it",
+                uuid(2)
+            )
+        )
+    );
+    assert_eq!(a.ledger(), before.ledger());
+    assert_eq!(a.generation(), before.generation());
+    a.reserve(&req(4, "SCS-1Vi-1u"), 40_000, 30_000).unwrap();
+    assert_eq!(a.release_reservation(&uuid(4)).unwrap().vm_uuid, uuid(4));
+    assert_eq!(
+        a.release_reservation(&uuid(4)).unwrap_err().kind,
+        RefusalKind::NotFound
+    );
     a.release(&uuid(2)).unwrap();
     assert_eq!(a.ledger(), &empty);
     let r = a.reserve(&req(3, "SCS-1Vi-1u"), 0, 10).unwrap_err();
