@@ -183,10 +183,48 @@ pub enum Format {
     Qcow2 {
         virtual_size: u64,
         backing_file: bool,
+        /// The header's incompatible-feature bits (0 for a version 2 header, which has none).
+        incompatible: u64,
     },
     Raw,
     /// A known container format hvagent does not run (VMDK, VHD(X), VDI, ...).
     Other(&'static str),
+}
+
+/// qcow2 incompatible-feature bits (the qcow2 specification in QEMU's docs/interop/qcow2.rst).
+const QCOW2_CORRUPT: u64 = 1 << 1;
+const QCOW2_EXTERNAL_DATA_FILE: u64 = 1 << 2;
+/// Dirty, corrupt, external data file, compression type, extended L2 entries.
+const QCOW2_KNOWN_INCOMPATIBLE: u64 = 0b1_1111;
+
+/// Why a qcow2 image cannot be a guest's base, if it cannot. Its data must be inside the file
+/// the agent checked: a backing file or an external data file names a host path that QEMU would
+/// open for the guest (any file the QEMU user can read, other guests' disks included; the class
+/// of OpenStack's OSSA-2024-001), and a feature bit this agent does not know may change how the
+/// file is read.
+pub fn qcow2_refusal(backing_file: bool, incompatible: u64) -> Option<String> {
+    if backing_file {
+        return Some(
+            "qcow2 images with a backing file are refused (it could point anywhere on the host)"
+                .into(),
+        );
+    }
+    if incompatible & QCOW2_EXTERNAL_DATA_FILE != 0 {
+        return Some(
+            "qcow2 images with an external data file are refused (QEMU would open that host file for the guest)"
+                .into(),
+        );
+    }
+    if incompatible & QCOW2_CORRUPT != 0 {
+        return Some("the qcow2 image is marked corrupt".into());
+    }
+    let unknown = incompatible & !QCOW2_KNOWN_INCOMPATIBLE;
+    if unknown != 0 {
+        return Some(format!(
+            "the qcow2 image uses incompatible features this agent does not know (bits {unknown:#x})"
+        ));
+    }
+    None
 }
 
 /// Detects the format from a file's first 512 bytes.
@@ -197,9 +235,14 @@ pub fn detect(head: &[u8]) -> Format {
             .map_or(0, u64::from_be_bytes)
     };
     if head.starts_with(b"QFI\xfb") {
+        let version = head
+            .get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_be_bytes);
         return Format::Qcow2 {
             virtual_size: be64(24),
             backing_file: be64(8) != 0,
+            incompatible: if version >= 3 { be64(72) } else { 0 },
         };
     }
     for (magic, name) in [
@@ -446,14 +489,13 @@ impl ImageStore {
         }
         let (format, virtual_size) = match detect(&head) {
             Format::Qcow2 {
-                backing_file: true, ..
-            } => {
-                return refuse(invalid(
-                    ticket.source_field,
-                    "qcow2 images with a backing file are refused (it could point anywhere on the host)",
-                ));
-            }
-            Format::Qcow2 { virtual_size, .. } => ("qcow2", virtual_size),
+                virtual_size,
+                backing_file,
+                incompatible,
+            } => match qcow2_refusal(backing_file, incompatible) {
+                Some(why) => return refuse(invalid(ticket.source_field, why)),
+                None => ("qcow2", virtual_size),
+            },
             Format::Raw if total == 0 => {
                 return refuse(invalid(ticket.source_field, "the content is empty"));
             }

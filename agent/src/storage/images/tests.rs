@@ -17,7 +17,8 @@ fn formats_come_from_content() {
         detect(&qcow2_header(1 << 30, false)),
         Format::Qcow2 {
             virtual_size: 1 << 30,
-            backing_file: false
+            backing_file: false,
+            incompatible: 0,
         }
     );
     assert_eq!(detect(b"KDMV...."), Format::Other("vmdk"));
@@ -236,4 +237,73 @@ impl Read for FailingReader {
     fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
         Err(std::io::Error::other("connection reset"))
     }
+}
+
+#[test]
+fn qcow2_feature_bits_decide_what_is_refused() {
+    let mut h = qcow2_header(1 << 30, false);
+    h[72..80].copy_from_slice(&((1u64 << 2) | 1).to_be_bytes());
+    let Format::Qcow2 { incompatible, .. } = detect(&h) else {
+        panic!("qcow2")
+    };
+    assert_eq!(incompatible, 0b101);
+    for (backing, bits, refused) in [
+        (false, 0, None),
+        // Dirty (lazy refcounts), compression type, extended L2: the data stays in the file.
+        (false, 0b1_1001, None),
+        (true, 0, Some("backing file")),
+        (false, 0b100, Some("external data file")),
+        (false, 0b10, Some("marked corrupt")),
+        (false, 1 << 5, Some("bits 0x20")),
+        (false, 1 << 63, Some("bits 0x8000000000000000")),
+    ] {
+        let got = qcow2_refusal(backing, bits);
+        match refused {
+            None => assert_eq!(got, None, "{bits:#x}"),
+            Some(why) => assert!(got.as_deref().is_some_and(|g| g.contains(why)), "{got:?}"),
+        }
+    }
+    // A version 2 header has no feature fields: what lies at offset 72 is not read as bits.
+    let mut v2 = qcow2_header(1 << 30, false);
+    v2[4..8].copy_from_slice(&2u32.to_be_bytes());
+    v2[72..80].copy_from_slice(&u64::MAX.to_be_bytes());
+    assert!(matches!(
+        detect(&v2),
+        Format::Qcow2 {
+            incompatible: 0,
+            ..
+        }
+    ));
+}
+
+/// A real qcow2 whose data lives in a host file (qemu-img's data_file option) is refused at
+/// import, and the store keeps nothing of it.
+#[test]
+fn an_image_with_an_external_data_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host_file = dir.path().join("host-secret");
+    std::fs::write(&host_file, vec![7u8; 1 << 20]).unwrap();
+    let image = dir.path().join("tenant.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-f", "qcow2", "-o"])
+        .arg(format!(
+            "data_file={},data_file_raw=on",
+            host_file.display()
+        ))
+        .arg(&image)
+        .arg("1M")
+        .output()
+        .expect("qemu-img (make test installs qemu-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = ImageStore::new(&dir.path().join("store"));
+    let e = store
+        .import_local("tenant", &image, None, BTreeMap::new(), 0)
+        .unwrap_err();
+    assert!(e.to_string().contains("external data file"), "{e}");
+    assert!(store.get("tenant").is_err());
+    assert!(store.list().is_empty());
 }
