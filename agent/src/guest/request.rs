@@ -41,11 +41,22 @@ pub struct CreateRequest {
 /// Root disk size: the flavor's, else the image's `min_disk`, else its virtual size (whole
 /// GiB). Refuses a flavor disk smaller than the image needs.
 pub fn root_disk_bytes(spec: &FlavorSpec, image: &ImageRecord) -> Result<u64, GuestError> {
+    // A min_disk or virtual size past what u64 bytes can hold is an image no disk fits.
+    let too_big = || {
+        GuestError::Precondition(format!(
+            "image {:?} needs a root disk larger than any this node can make (min_disk {} GB, virtual size {} bytes)",
+            image.name,
+            image.min_disk_gb(),
+            image.virtual_size_bytes
+        ))
+    };
+    let min_disk_bytes = image.min_disk_gb().checked_mul(GIB).ok_or_else(too_big)?;
     let image_bytes = image
         .virtual_size_bytes
-        .max(image.min_disk_gb() * GIB)
+        .max(min_disk_bytes)
         .div_ceil(GIB)
-        * GIB;
+        .checked_mul(GIB)
+        .ok_or_else(too_big)?;
     match spec.disk.and_then(|d| d.size_gb) {
         Some(gb) => {
             let bytes = u64::from(gb) * GIB;
@@ -228,6 +239,20 @@ mod tests {
             root_disk_bytes(&spec("SCS-1V-1-2"), &image(2, "0", "0")),
             Err(GuestError::Precondition(_))
         ));
+    }
+
+    /// A min_disk no disk can have is refused, not an arithmetic overflow.
+    #[test]
+    fn an_impossible_min_disk_is_refused() {
+        for min_disk in [u64::MAX.to_string(), (u64::MAX / GIB + 1).to_string()] {
+            let e = root_disk_bytes(&spec("SCS-1V-1"), &image(1, &min_disk, "0")).unwrap_err();
+            assert!(matches!(e, GuestError::Precondition(_)), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("needs a root disk larger than any this node can make"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

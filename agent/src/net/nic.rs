@@ -55,7 +55,8 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
         ));
     }
     for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
+        // Two hex digits: from_str_radix alone takes a leading '+' ("+f").
+        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
                 "{text:?} must be six hex bytes like 02:00:00:00:00:01"
             ));
@@ -126,5 +127,8 @@ mod tests {
         assert!(parse_mac("02:00:00:00:00").is_err());
         assert!(parse_mac("02:00:00:00:00:0g").is_err());
         assert!(parse_mac("002:00:00:00:00:01").is_err());
+        // Rust's hex parser would read "+2" as 2.
+        assert!(parse_mac("+2:00:00:00:00:01").is_err());
+        assert!(parse_mac("02:00:00:00:00:+1").is_err());
     }
 }

@@ -70,9 +70,10 @@ impl std::str::FromStr for HostAddress {
             .ok_or_else(|| format!("{s:?} must be ADDRESS/PREFIX"))?;
         let ip: IpAddr = ip.parse().map_err(|e| format!("{ip:?}: {e}"))?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
+        // Digits only: Rust's integer parser takes a leading '+' ("+24").
+        let prefix: u8 = Some(prefix)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse().ok())
             .filter(|p| *p <= max)
             .ok_or_else(|| format!("prefix {prefix:?} must be 0-{max}"))?;
         Ok(HostAddress { ip, prefix })
@@ -493,6 +494,13 @@ mod tests {
         assert_eq!(a.to_string(), "10.1.0.1/24");
         assert!("10.1.0.1".parse::<HostAddress>().is_err());
         assert!("10.1.0.1/33".parse::<HostAddress>().is_err());
+        for signed in ["10.1.0.1/+24", "10.1.0.1/", "10.1.0.1/ 24", "10.1.0.1/-0"] {
+            assert_eq!(
+                signed.parse::<HostAddress>().unwrap_err(),
+                format!("prefix {:?} must be 0-32", &signed[9..]),
+                "{signed}"
+            );
+        }
         assert!("fd00::1/64".parse::<HostAddress>().is_ok());
     }
 
