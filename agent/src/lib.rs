@@ -5,7 +5,7 @@
 //! daemon lives in hvagent-core and is re-exported here under the same names, so that
 //! `crate::flavor::...` reads the same everywhere in the agent.
 
-pub use hvagent_core::{flavor, tls};
+pub use hvagent_core::{flavor, placement, tls};
 
 pub mod access;
 pub mod api;
@@ -16,11 +16,3 @@ pub mod health;
 pub mod host;
 pub mod net;
 pub mod storage;
-
-/// Placement lives in hvagent-core; the guest unit tests place on its captured-host fixtures
-/// under the name the scenario tests once had in this crate (`crate::placement::tests`).
-pub mod placement {
-    #[cfg(test)]
-    pub(crate) use hvagent_core::placement::testing as tests;
-    pub use hvagent_core::placement::*;
-}

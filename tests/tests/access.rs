@@ -100,7 +100,7 @@ fn local_callers_get_the_roles_of_their_groups_and_every_mutation_is_audited() {
         "hvtest-reader",
         &hvctl,
         &agent.socket,
-        &["node", "capacity", "SCS-1V-2"],
+        &["node", "capacity", "SCS-1Vi-2"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = hvctl_as(
@@ -122,7 +122,7 @@ fn local_callers_get_the_roles_of_their_groups_and_every_mutation_is_audited() {
         "hvtest-outsider",
         &hvctl,
         &agent.socket,
-        &["node", "capacity", "SCS-1V-2"],
+        &["node", "capacity", "SCS-1Vi-2"],
     );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);

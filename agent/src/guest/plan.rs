@@ -210,7 +210,7 @@ mod tests {
 
     /// A claim for `uuid` on a captured two-socket host (which lacks KVM, so without `_hwv`).
     fn placed(uuid: &str) -> Placed {
-        let topology = crate::placement::tests::fixture("qemu-2s4c2t-numa");
+        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
         let mut alloc = Allocator::new(topology, Policy::default()).unwrap();
         let request = ClaimRequest {
             vm_uuid: uuid.into(),

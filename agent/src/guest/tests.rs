@@ -41,7 +41,7 @@ impl Node {
     async fn new() -> Node {
         let root = tempfile::tempdir().unwrap();
         let hypervisor = Arc::new(FakeHypervisor::default());
-        let topology = crate::placement::tests::fixture("qemu-2s4c2t-numa");
+        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
         let placement = Arc::new(PlacementState::new(
             Allocator::new(topology, Policy::default()).unwrap(),
         ));
@@ -69,6 +69,11 @@ impl Node {
             placement,
             guests,
         }
+    }
+
+    /// Creates guest `n` named `name` of `flavor` from the test image.
+    async fn create(&self, n: u64, name: &str, flavor: &str) -> Result<Guest, GuestError> {
+        self.guests.create(request(n, name, flavor)).await
     }
 
     fn dir(&self, uuid: &str) -> PathBuf {
@@ -129,11 +134,7 @@ const DEDICATED: &str = "SCS-2Ci-1u";
 #[tokio::test]
 async fn create_makes_domain_files_and_claim() {
     let node = Node::new().await;
-    let guest = node
-        .guests
-        .create(request(1, "web", FLOATING))
-        .await
-        .unwrap();
+    let guest = node.create(1, "web", FLOATING).await.unwrap();
     assert_eq!(guest.uuid, uuid(1));
     assert_eq!(guest.state, DomainState::Running);
     assert_eq!(guest.root_disk_gb, 1);
@@ -220,11 +221,7 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
         let node = Node::new().await;
         (case.inject)(&node);
         let claims = node.claims();
-        let e = node
-            .guests
-            .create(request(1, "web", DEDICATED))
-            .await
-            .unwrap_err();
+        let e = node.create(1, "web", DEDICATED).await.unwrap_err();
         assert!(
             e.to_string().starts_with(case.message),
             "{}: {e}",
@@ -233,8 +230,7 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
         node.assert_nothing_of(&uuid(1));
         assert_eq!(node.claims(), claims, "{}", case.step);
         (case.heal)(&node);
-        node.guests
-            .create(request(1, "web", DEDICATED))
+        node.create(1, "web", DEDICATED)
             .await
             .unwrap_or_else(|e| panic!("{}: after healing: {e}", case.step));
         node.assert_made(&uuid(1));
@@ -297,11 +293,7 @@ async fn racing_creates_of_one_name_make_one_guest() {
     let node = Node::new().await;
     let first = create_held(&node, Op::Define, request(1, "web", FLOATING)).await;
     // While the first is in flight its name is taken, and the refused create takes nothing.
-    let e = node
-        .guests
-        .create(request(2, "web", FLOATING))
-        .await
-        .unwrap_err();
+    let e = node.create(2, "web", FLOATING).await.unwrap_err();
     assert!(matches!(e, GuestError::AlreadyExists(_)));
     assert_eq!(
         e.to_string(),
@@ -314,11 +306,7 @@ async fn racing_creates_of_one_name_make_one_guest() {
     first.release.send(()).unwrap();
     first.create.await.unwrap().unwrap();
     // Once it exists, libvirt's domain holds the name.
-    let e = node
-        .guests
-        .create(request(2, "web", FLOATING))
-        .await
-        .unwrap_err();
+    let e = node.create(2, "web", FLOATING).await.unwrap_err();
     assert_eq!(
         e.to_string(),
         format!("name: \"web\" is taken by guest {}", uuid(1))
@@ -331,19 +319,11 @@ async fn racing_creates_of_one_name_make_one_guest() {
 #[tokio::test]
 async fn a_retried_create_returns_the_same_guest_and_takes_nothing_twice() {
     let node = Node::new().await;
-    let made = node
-        .guests
-        .create(request(1, "web", DEDICATED))
-        .await
-        .unwrap();
+    let made = node.create(1, "web", DEDICATED).await.unwrap();
     let generation = node.generation();
     let claim = node.placement.lock().get(&uuid(1)).cloned();
     for _ in 0..3 {
-        let again = node
-            .guests
-            .create(request(1, "web", DEDICATED))
-            .await
-            .unwrap();
+        let again = node.create(1, "web", DEDICATED).await.unwrap();
         assert_eq!(again.uuid, made.uuid);
         assert_eq!(again.intent, made.intent);
     }
@@ -454,16 +434,10 @@ async fn a_failed_create_releases_the_reservation_it_bound() {
 #[tokio::test]
 async fn a_failed_repin_does_not_undo_a_create() {
     let node = Node::new().await;
-    node.guests
-        .create(request(1, "floating", FLOATING))
-        .await
-        .unwrap();
+    node.create(1, "floating", FLOATING).await.unwrap();
     node.hypervisor.fail(Op::Repin);
     // A dedicated guest takes CPUs from the shared pool: the floating one is re-pinned.
-    node.guests
-        .create(request(2, "dedicated", DEDICATED))
-        .await
-        .unwrap();
+    node.create(2, "dedicated", DEDICATED).await.unwrap();
     assert!(node.hypervisor.calls(Op::Repin).contains(&uuid(1)));
     node.assert_made(&uuid(1));
     node.assert_made(&uuid(2));
@@ -510,10 +484,7 @@ async fn a_create_waiting_on_a_failed_one_makes_the_guest() {
 #[tokio::test]
 async fn stop_start_and_reboot_follow_the_domain_state() {
     let node = Node::new().await;
-    node.guests
-        .create(request(1, "web", FLOATING))
-        .await
-        .unwrap();
+    node.create(1, "web", FLOATING).await.unwrap();
     let timeout = std::time::Duration::from_secs(5);
     let stopped = node.guests.stop(&uuid(1), false, timeout).await.unwrap();
     assert_eq!(stopped.state, DomainState::ShutOff);
@@ -538,10 +509,7 @@ async fn stop_start_and_reboot_follow_the_domain_state() {
 #[tokio::test]
 async fn stop_returns_at_the_guests_stopped_event() {
     let node = Node::new().await;
-    node.guests
-        .create(request(1, "web", FLOATING))
-        .await
-        .unwrap();
+    node.create(1, "web", FLOATING).await.unwrap();
     node.hypervisor.ignore_shutdown();
     let hypervisor = node.hypervisor.clone();
     let powered_off = tokio::spawn(async move {
@@ -574,10 +542,7 @@ async fn stop_returns_at_the_guests_stopped_event() {
 #[tokio::test]
 async fn stop_destroys_a_guest_that_ignores_acpi_after_the_timeout() {
     let node = Node::new().await;
-    node.guests
-        .create(request(1, "web", FLOATING))
-        .await
-        .unwrap();
+    node.create(1, "web", FLOATING).await.unwrap();
     node.hypervisor.ignore_shutdown();
     let timeout = std::time::Duration::from_millis(500);
     let began = std::time::Instant::now();
@@ -613,11 +578,7 @@ async fn a_create_with_a_foreign_uuid_is_refused_and_changes_nothing() {
     for name in ["infra-foreign", "web"] {
         node.hypervisor.define_foreign(&uuid(1), name);
         let before = xml_of(&node, &uuid(1));
-        let e = node
-            .guests
-            .create(request(1, "web", DEDICATED))
-            .await
-            .unwrap_err();
+        let e = node.create(1, "web", DEDICATED).await.unwrap_err();
         assert!(matches!(e, GuestError::AlreadyExists(_)), "{e}");
         assert_eq!(
             e.to_string(),
@@ -668,10 +629,7 @@ async fn an_undo_that_cannot_remove_the_domain_keeps_its_files_and_claim() {
     let node = Node::new().await;
     node.hypervisor.fail(Op::Start);
     node.hypervisor.fail(Op::Remove);
-    node.guests
-        .create(request(1, "web", DEDICATED))
-        .await
-        .unwrap_err();
+    node.create(1, "web", DEDICATED).await.unwrap_err();
     assert_eq!(node.hypervisor.calls(Op::Remove), [uuid(1)]);
     assert!(node.hypervisor.domains().iter().any(|d| d.uuid == uuid(1)));
     assert!(node.dir(&uuid(1)).join("root.qcow2").is_file());
