@@ -209,16 +209,7 @@ impl Guests {
     /// A domain that is not this agent's guest but has this UUID: the create is refused
     /// before anything is taken, so that no define can overwrite it and no undo remove it.
     async fn refuse_foreign(&self, uuid: &str) -> Result<(), GuestError> {
-        let hypervisor = self.hypervisor.clone();
-        let u = uuid.to_string();
-        let foreign = self
-            .blocking(move || match hypervisor.state(&u) {
-                Ok(_) => Ok(true),
-                Err(DomainError::NotFound(_)) => Ok(false),
-                Err(e) => Err(GuestError::from(e)),
-            })
-            .await?;
-        if foreign {
+        if self.exists(uuid).await? {
             return Err(GuestError::AlreadyExists(format!(
                 "uuid: {uuid} is a libvirt domain that is not this agent's guest"
             )));

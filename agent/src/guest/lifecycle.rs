@@ -90,7 +90,7 @@ impl Guests {
     }
 
     /// Whether libvirt has any domain with this UUID, the agent's or not.
-    async fn exists(&self, uuid: &str) -> Result<bool, GuestError> {
+    pub(super) async fn exists(&self, uuid: &str) -> Result<bool, GuestError> {
         match self.state(uuid).await {
             Ok(_) => Ok(true),
             Err(GuestError::NotFound(_)) => Ok(false),
