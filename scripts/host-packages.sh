@@ -38,7 +38,11 @@ if [[ " ${missing[*]} " == *" qemu-system-x86 "* && " ${missing[*]} " != *" qemu
 fi
 
 echo "installing: ${missing[*]}"
-apt-get update -qq
+# `make test` runs this twice (the simulation, then the install): lists refreshed within the
+# hour are used as they are rather than fetched again.
+if [[ -z $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mmin -60 -print -quit 2>/dev/null) ]]; then
+  apt-get update -qq
+fi
 
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 policy=$(apt-cache policy qemu-utils)
