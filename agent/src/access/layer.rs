@@ -1,13 +1,16 @@
 //! The tower layer in front of every gRPC service: finds the caller, refuses a call its role
 //! does not allow (`PERMISSION_DENIED` naming the role needed) before any handler runs, and
-//! writes one audit record per mutating call, allowed or denied.
+//! writes one audit record per mutating call, allowed or denied, when it has ended. A mutation
+//! runs to its end on a task of its own, whether or not its client waits for the answer.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::http;
 use tonic::body::Body;
@@ -163,6 +166,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -175,66 +179,110 @@ where
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         // The clone that was made ready is the one to call.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let policy = self.policy.clone();
-        let audit = self.audit.clone();
+        if !mutating(req.uri().path()) {
+            return Box::pin(read(inner, req, policy));
+        }
+        // A mutation runs on a task of its own. A client that hangs up makes hyper drop the
+        // future returned here, and with it only the wait for the answer: the mutation is not
+        // cancelled half-way, and its audit line is written when it ends, in that task.
+        let task = tokio::spawn(mutation(inner, req, policy, self.audit.clone()));
         Box::pin(async move {
-            let started = Instant::now();
-            let path = req.uri().path().to_string();
-            let method = path.trim_start_matches('/').to_string();
-            let Caller { who, from, role } = caller(&req, &policy);
-            let needed = required(&path);
-            let allowed = role.is_some_and(|r| r >= needed);
-            if !mutating(&path) {
-                if allowed {
-                    return inner.call(req).await;
-                }
-                return Ok(denied(&method, needed, &who, role).into_http());
-            }
-            let (parts, body) = req.into_parts();
-            let mut record = Record {
-                unix_ms: hvagent_core::now_unix_ms(),
-                who: who.clone(),
-                role: role.map_or("none", Role::as_str),
-                from,
-                method: method.clone(),
-                target: String::new(),
-                result: String::new(),
-                duration_ms: 0.0,
-            };
-            if !allowed {
-                record.target = audit::target(&prefix(body, DENIED_PREFIX, DENIED_READ).await);
-                record.result = "PERMISSION_DENIED".into();
-                record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                audit.record(&record);
-                return Ok(denied(&method, needed, &who, role).into_http());
-            }
-            let bytes = match http_body_util::Limited::new(body, MAX_AUDITED_BODY)
-                .collect()
-                .await
-            {
-                Ok(c) => c.to_bytes(),
-                Err(e) => {
-                    record.result = "INVALID_ARGUMENT".into();
-                    record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                    audit.record(&record);
-                    return Ok(
-                        tonic::Status::invalid_argument(format!("request body: {e}")).into_http(),
-                    );
-                }
-            };
-            record.target = audit::target(&bytes);
-            let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
-            let response = inner.call(req).await;
-            record.result = match &response {
-                Ok(r) => result_of(r.headers()),
-                Err(_) => "INTERNAL".into(),
-            };
-            record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-            audit.record(&record);
-            response
+            task.await.unwrap_or_else(|e| {
+                // Only when the runtime stops: `mutation` catches a handler's panic itself.
+                Ok(tonic::Status::internal(format!("the call did not finish: {e}")).into_http())
+            })
         })
     }
+}
+
+/// A call that changes nothing: refused without the role, else passed on; not audited.
+async fn read<S>(
+    mut inner: S,
+    req: http::Request<Body>,
+    policy: Arc<Policy>,
+) -> Result<http::Response<Body>, S::Error>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+{
+    let path = req.uri().path().to_string();
+    let Caller { who, role, .. } = caller(&req, &policy);
+    let needed = required(&path);
+    if role.is_some_and(|r| r >= needed) {
+        return inner.call(req).await;
+    }
+    Ok(denied(path.trim_start_matches('/'), needed, &who, role).into_http())
+}
+
+/// A mutating call, allowed or denied, to its end, and then its one audit record.
+async fn mutation<S>(
+    mut inner: S,
+    req: http::Request<Body>,
+    policy: Arc<Policy>,
+    audit: Arc<Audit>,
+) -> Result<http::Response<Body>, S::Error>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+{
+    let started = Instant::now();
+    let path = req.uri().path().to_string();
+    let method = path.trim_start_matches('/').to_string();
+    let Caller { who, from, role } = caller(&req, &policy);
+    let needed = required(&path);
+    let (parts, body) = req.into_parts();
+    let mut record = Record {
+        unix_ms: hvagent_core::now_unix_ms(),
+        who: who.clone(),
+        role: role.map_or("none", Role::as_str),
+        from,
+        method: method.clone(),
+        target: String::new(),
+        result: String::new(),
+        duration_ms: 0.0,
+    };
+    let finish = |record: &mut Record, result: String| {
+        record.result = result;
+        record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        audit.record(record);
+    };
+    if role.is_none_or(|r| r < needed) {
+        record.target = audit::target(&method, &prefix(body, DENIED_PREFIX, DENIED_READ).await);
+        finish(&mut record, "PERMISSION_DENIED".into());
+        return Ok(denied(&method, needed, &who, role).into_http());
+    }
+    let bytes = match http_body_util::Limited::new(body, MAX_AUDITED_BODY)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            // Too large, or cut off by a client that went away: either way nothing was done.
+            let status = if e.is::<http_body_util::LengthLimitError>() {
+                tonic::Status::invalid_argument(format!("request body: {e}"))
+            } else {
+                tonic::Status::cancelled(format!("request body cut short: {e}"))
+            };
+            finish(&mut record, code_name(status.code()));
+            return Ok(status.into_http());
+        }
+    };
+    record.target = audit::target(&method, &bytes);
+    let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
+    // A handler that panics still ends in one audit line (and an INTERNAL answer).
+    let (response, result) = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
+        Ok(Ok(r)) => {
+            let result = result_of(r.headers());
+            (Ok(r), result)
+        }
+        Ok(Err(e)) => (Err(e), "INTERNAL".into()),
+        Err(_) => (
+            Ok(tonic::Status::internal(format!("{method} failed unexpectedly")).into_http()),
+            "INTERNAL".into(),
+        ),
+    };
+    finish(&mut record, result);
+    response
 }
 
 fn denied(method: &str, needed: Role, who: &str, role: Option<Role>) -> tonic::Status {
