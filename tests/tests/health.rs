@@ -590,3 +590,107 @@ fn pin_drift_is_reported_within_two_intervals_and_repaired_on_request() {
         violations(&agent).is_empty().then_some(())
     });
 }
+
+/// Whether the peer has closed `s` (EOF or reset) by now, without waiting.
+fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Any local user can connect to the metrics port. Hundreds of connections that say nothing or
+/// half a request hold no more than the endpoint's cap of descriptors, the API and scrapes
+/// still answer, and the agent closes the silent ones itself. The agent is started with a soft
+/// descriptor limit of 256 (below the flood) and raises it to the hard one.
+#[test]
+fn a_flood_of_silent_metrics_connections_cannot_exhaust_descriptors() {
+    use hvagent::daemon::metrics::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+    use std::io::Write;
+    let port = free_port();
+    let mut agent =
+        Agent::configure("[host]\nkvm_device = \"/nonexistent/kvm\"\n").with_metrics_port(port);
+    let child = Command::new("prlimit")
+        .arg("--nofile=256:8192")
+        .arg(common::bin("hvagent"))
+        .arg("--config")
+        .arg(&agent.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux)");
+    agent.child = Some(child);
+    wait_for(Duration::from_secs(30), "the agent serving", || {
+        std::os::unix::net::UnixStream::connect(&agent.socket).ok()
+    });
+    let pid = agent.pid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        open_files[..2],
+        ["8192", "8192"],
+        "soft raised to hard:\n{limits}"
+    );
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    assert!(scrape(port).contains("hvagent_up 1"));
+    let before = descriptors();
+
+    let mut flood: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loc").unwrap();
+        flood.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let during = descriptors();
+    assert!(
+        during <= before + MAX_CONNECTIONS + 8,
+        "{during} descriptors open during the flood, {before} before"
+    );
+    let refused = flood.iter_mut().map(closed_by_peer).filter(|c| *c).count();
+    assert!(
+        refused >= flood.len() - MAX_CONNECTIONS,
+        "only {refused} of {} closed at once",
+        flood.len()
+    );
+    // The API answers meanwhile.
+    runtime().block_on(async {
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+        let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
+        let mut node = pb::node_service_client::NodeServiceClient::new(channel);
+        let within = Duration::from_secs(5);
+        tokio::time::timeout(within, vms.list(pb::ListVmsRequest {}))
+            .await
+            .expect("ListVms in time")
+            .unwrap();
+        tokio::time::timeout(within, node.get_health(pb::GetHealthRequest {}))
+            .await
+            .expect("GetHealth in time")
+            .unwrap();
+    });
+    // The agent closes the silent and the half-asked ones after the header timeout.
+    std::thread::sleep(HEADER_READ_TIMEOUT + Duration::from_secs(1));
+    let open = flood.iter_mut().map(closed_by_peer).filter(|c| !*c).count();
+    assert_eq!(open, 0, "connections the agent left open");
+    let after = descriptors();
+    assert!(after <= before + 2, "{after} descriptors, {before} before");
+    assert!(scrape(port).contains("hvagent_up 1"));
+}

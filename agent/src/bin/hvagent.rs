@@ -46,6 +46,10 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
     daemon::restrict_privileges(&config);
+    match daemon::privilege::raise_open_files() {
+        Ok(limit) => tracing::info!(was = limit.was, now = limit.now, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let trial_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // A small node agent: two workers keep the idle footprint low; blocking calls (sysfs,

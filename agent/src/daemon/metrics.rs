@@ -1,14 +1,19 @@
 //! The Prometheus endpoint (`[metrics] listen`, `GET /metrics`): the agent's identity and
 //! liveness, network repairs, and the health snapshot (docs/health.md), as Prometheus text.
+//! Any local user can connect, so the endpoint bounds what it holds: [`MAX_CONNECTIONS`]
+//! connections at once, each closed when its request head is slow ([`HEADER_READ_TIMEOUT`]) or
+//! when it is old ([`CONNECTION_LIFETIME`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
 
 use crate::health::Health;
 use crate::health::exposition::{Exposition, Type};
@@ -89,28 +94,60 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// Connections served at once; beyond, new ones are closed at once. A scrape takes one for a
+/// few milliseconds: this is room for many scrapers, and what bounds the descriptors (and
+/// memory) any local user can make the agent hold through this port.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A client has this long from connecting (or from its previous answer) to send a whole
+/// request head; one that sends nothing, or a byte at a time, is closed then.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a connection is kept, busy or not: one that reads its answer slowly, or keeps
+/// asking, cannot hold a slot for longer.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Refused connections are logged at most this often (a flood must not flood the log).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Serves `GET /metrics` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // E.g. out of file descriptors: back off instead of spinning.
                 tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                last_refusal_log = Some(Instant::now());
+                tracing::warn!(%remote, limit = MAX_CONNECTIONS, "metrics: too many connections; closing new ones (logged at most every 10 s)");
+            }
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let metrics = metrics.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics: connection ended with an error");
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "metrics: connection ended with an error")
+                }
+                Err(_) => tracing::debug!(%remote, "metrics: connection closed after its lifetime"),
             }
         });
     }

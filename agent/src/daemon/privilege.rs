@@ -93,6 +93,40 @@ pub fn restrict(kept: &[Kept]) -> Result<CapsHashSet, PrivilegeError> {
     Ok(held)
 }
 
+/// The limit on open descriptors, before and after [`raise_open_files`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    pub was: u64,
+    pub now: u64,
+}
+
+/// Raises the soft limit on open descriptors to the hard one. Connections, guests' files and
+/// taps, libvirt's sockets and the programs the agent runs all take descriptors, and the usual
+/// soft limit (1024) is low for a busy node; the hard limit is what the operator allows (the
+/// unit's `LimitNOFILE=`). Raising the soft limit up to the hard one needs no privilege.
+pub fn raise_open_files() -> std::io::Result<OpenFiles> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit it is given, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let was = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the rlimit it is given, which lives across the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(OpenFiles {
+        was,
+        now: limit.rlim_cur,
+    })
+}
+
 /// Files and directories the agent creates are private unless created with an explicit mode
 /// (the socket 0660, directories QEMU must traverse 0711).
 pub const UMASK: u32 = 0o077;
@@ -103,6 +137,21 @@ mod tests {
 
     fn caps_of(config: &Config) -> Vec<Capability> {
         needed(config).into_iter().map(|k| k.capability).collect()
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        let raised = raise_open_files().unwrap();
+        assert!(raised.now >= raised.was);
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into `limit`, which lives across the call.
+        let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        assert_eq!(read, 0);
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        assert_eq!(limit.rlim_cur, raised.now);
     }
 
     #[test]
