@@ -83,7 +83,7 @@ images:
 # one stable toolchain: RUSTC_BOOTSTRAP lets it take the unstable flags cargo-fuzz passes. A
 # debug build without sanitizer keeps the smoke run quick to build; `make fuzz` is the long
 # run (docs/security.md). New inputs go to a scratch directory, never into the committed corpus.
-FUZZ_TARGETS := parse_flavor read_intent load_config validate_request
+FUZZ_TARGETS := parse_flavor read_intent load_config validate_request image_header
 FUZZ_SECONDS ?= 15
 FUZZ_FLAGS ?= --dev --sanitizer none
 fuzz-smoke:

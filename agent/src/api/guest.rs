@@ -13,8 +13,10 @@ use crate::health::Health;
 use crate::placement::PlacementState;
 use std::sync::atomic::Ordering;
 
-use crate::storage::images::{Begun, ImportProgress};
+use crate::daemon::config::StorageConfig;
+use crate::storage::images::{Begun, Bounds, ImportProgress, LimitKind};
 use crate::storage::{ImageRecord, StoreError, fetch};
+use tokio::sync::OwnedSemaphorePermit;
 
 fn status(e: GuestError) -> Status {
     match e {
@@ -61,13 +63,36 @@ fn importing_to_proto(name: String, p: &ImportProgress) -> pb::Image {
     }
 }
 
+/// The gRPC status of a store error: the `[storage]` limits have their own codes.
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Limit { kind, .. } => {
+            let message = e.to_string();
+            match kind {
+                LimitKind::TooLarge => Status::failed_precondition(message),
+                LimitKind::Deadline => Status::deadline_exceeded(message),
+                LimitKind::NoSpace => Status::resource_exhausted(message),
+            }
+        }
+        e => status(e.into()),
+    }
+}
+
 pub struct ImageApi {
     guests: Arc<Guests>,
+    /// One permit per import running (`[storage] max_imports`).
+    imports: Arc<tokio::sync::Semaphore>,
+    max_imports: usize,
 }
 
 impl ImageApi {
-    pub fn new(guests: Arc<Guests>) -> Self {
-        Self { guests }
+    pub fn new(guests: Arc<Guests>, storage: &StorageConfig) -> Self {
+        guests.images.set_limits(storage.imports);
+        Self {
+            guests,
+            imports: Arc::new(tokio::sync::Semaphore::new(storage.max_imports)),
+            max_imports: storage.max_imports,
+        }
     }
 
     /// Streams `source_url` into the store: the name is taken before the request goes out,
@@ -76,7 +101,10 @@ impl ImageApi {
         &self,
         r: pb::ImportImageRequest,
         sha256: Option<String>,
+        permit: OwnedSemaphorePermit,
     ) -> Result<ImageRecord, StoreError> {
+        // The deadline runs from the request: connecting and waiting for headers count.
+        let bounds = Bounds::starting_now(self.guests.images.limits());
         let url = fetch::parse_url(&r.source_url)?;
         let shown = fetch::redacted(&url);
         let ticket = match self.guests.images.begin(
@@ -91,31 +119,53 @@ impl ImageApi {
             Begun::Started(ticket) => ticket,
         };
         tracing::info!(image = %r.name, url = %shown, "importing");
-        let download = fetch::open(&url).await?;
+        let download = fetch::open(&url, &bounds).await?;
         ticket
             .progress
             .total
             .store(download.total.unwrap_or(0), Ordering::Relaxed);
         let guests = self.guests.clone();
-        tokio::task::spawn_blocking(move || {
+        on_own_thread(permit, move || {
             let cut = |e: std::io::Error| StoreError::Fetch {
                 url: shown,
                 reason: format!("download cut short: {e}"),
                 retryable: true,
             };
-            guests.images.import(&ticket, download, cut, now_unix())
+            guests
+                .images
+                .import(&ticket, download, cut, &bounds, now_unix())
         })
         .await
-        .map_err(|e| StoreError::Io {
-            path: std::path::PathBuf::from(&r.name),
-            action: "import task",
-            source: std::io::Error::other(e),
-        })?
     }
 
     pub fn into_service(self) -> pb::image_service_server::ImageServiceServer<Self> {
         pb::image_service_server::ImageServiceServer::new(self)
     }
+}
+
+/// Runs an import on a thread of its own, not on the blocking pool that every libvirt call
+/// shares: however slow imports are, they hold at most `max_imports` threads (the permit,
+/// released when the thread ends), and List, Get and Create keep answering. A caller that
+/// hangs up does not end the import early; its deadline does.
+async fn on_own_thread(
+    permit: OwnedSemaphorePermit,
+    import: impl FnOnce() -> Result<ImageRecord, StoreError> + Send + 'static,
+) -> Result<ImageRecord, StoreError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_error = |e: std::io::Error| StoreError::Io {
+        path: std::path::PathBuf::from("import thread"),
+        action: "run",
+        source: e,
+    };
+    std::thread::Builder::new()
+        .name("hvagent-import".into())
+        .spawn(move || {
+            let _permit = permit;
+            let _ = tx.send(import());
+        })
+        .map_err(thread_error)?;
+    rx.await
+        .map_err(|_| thread_error(std::io::Error::other("ended without an answer")))?
 }
 
 #[tonic::async_trait]
@@ -136,11 +186,22 @@ impl pb::image_service_server::ImageService for ImageApi {
                 "source_path: local files are imported for callers on the Unix socket only; remote callers give source_url",
             ));
         }
+        if r.source_path.is_empty() == r.source_url.is_empty() {
+            return Err(Status::invalid_argument(
+                "source_path, source_url: give exactly one",
+            ));
+        }
+        let permit = self.imports.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "max_imports ({}) imports already running: try again when one has ended ([storage] max_imports)",
+                self.max_imports
+            ))
+        })?;
         let started = std::time::Instant::now();
         let sha256 = (!r.sha256.is_empty()).then_some(r.sha256.clone());
-        let guests = self.guests.clone();
-        let record = match (r.source_path.is_empty(), r.source_url.is_empty()) {
-            (false, true) => tokio::task::spawn_blocking(move || {
+        let record = if r.source_url.is_empty() {
+            let guests = self.guests.clone();
+            on_own_thread(permit, move || {
                 guests.images.import_local(
                     &r.name,
                     std::path::Path::new(&r.source_path),
@@ -150,15 +211,10 @@ impl pb::image_service_server::ImageService for ImageApi {
                 )
             })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?,
-            (true, false) => self.import_url(r, sha256).await,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "source_path, source_url: give exactly one",
-                ));
-            }
+        } else {
+            self.import_url(r, sha256, permit).await
         }
-        .map_err(|e| status(e.into()))?;
+        .map_err(store_status)?;
         tracing::info!(
             image = %record.name, sha256 = %record.sha256, bytes = record.file_bytes,
             seconds = started.elapsed().as_secs_f64(), "image imported"
@@ -213,25 +269,26 @@ impl pb::image_service_server::ImageService for ImageApi {
             }
             other => other,
         }
-        .map_err(|e| status(e.into()))?;
+        .map_err(store_status)?;
         let users = self.guests.users_of(&name).await.map_err(status)?;
         Ok(Response::new(image_to_proto(record, users)))
     }
 
+    /// Deleting excludes creates that would use the image (they hold it while in flight):
+    /// either a create in flight makes this Delete FAILED_PRECONDITION, or the create is
+    /// refused; a guest defined on the image is found by `users_of`.
     async fn delete(
         &self,
         request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
         let name = request.into_inner().name;
-        self.guests
+        let deletion = self
+            .guests
             .images
-            .deletable(&name)
-            .map_err(|e| status(e.into()))?;
+            .begin_delete(&name)
+            .map_err(store_status)?;
         let users = self.guests.users_of(&name).await.map_err(status)?;
-        self.guests
-            .images
-            .delete(&name, &users)
-            .map_err(|e| status(e.into()))?;
+        deletion.remove(&users).map_err(store_status)?;
         tracing::info!(image = %name, "image deleted");
         Ok(Response::new(pb::DeleteImageResponse {}))
     }

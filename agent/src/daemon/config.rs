@@ -11,6 +11,7 @@ use hvagent_core::config::{for_each_key, integer, key_error, set_placement, stri
 
 use crate::guest::EmulationPolicy;
 use crate::placement::Policy;
+use crate::storage::images::{ImportLimits, MAX_VIRTUAL_SIZE};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -149,6 +150,10 @@ pub struct StorageConfig {
     pub root: PathBuf,
     /// Guest files without a domain older than this are removed at start-up.
     pub orphan_grace_seconds: u64,
+    /// Bounds on every image import: size, time, free space left.
+    pub imports: ImportLimits,
+    /// Image imports running at once; more are refused.
+    pub max_imports: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +200,8 @@ impl Default for Config {
             storage: StorageConfig {
                 root: PathBuf::from("/var/lib/hvagent"),
                 orphan_grace_seconds: 600,
+                imports: ImportLimits::default(),
+                max_imports: 2,
             },
             metrics: MetricsConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
@@ -299,6 +306,19 @@ impl Config {
             ("storage", "root") => self.storage.root = absolute_path(value)?,
             ("storage", "orphan_grace_seconds") => {
                 self.storage.orphan_grace_seconds = integer(value, 0, 7 * 24 * 3600)?;
+            }
+            ("storage", "import_max_bytes") => {
+                self.storage.imports.max_bytes = integer(value, 1 << 20, MAX_VIRTUAL_SIZE)?;
+            }
+            ("storage", "import_deadline_secs") => {
+                self.storage.imports.deadline =
+                    Duration::from_secs(integer(value, 1, 7 * 24 * 3600)?);
+            }
+            ("storage", "import_min_free_bytes") => {
+                self.storage.imports.min_free_bytes = integer(value, 0, MAX_VIRTUAL_SIZE)?;
+            }
+            ("storage", "max_imports") => {
+                self.storage.max_imports = integer(value, 1, 64)? as usize;
             }
             ("metrics", "listen") => {
                 let s = string(value)?;

@@ -214,7 +214,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(NodeApi::new(node, placement.clone(), health.clone()).into_service())
         .add_service(FlavorApi.into_service())
         .add_service(PlacementApi::new(placement.clone()).into_service())
-        .add_service(ImageApi::new(guests.clone()).into_service())
+        .add_service(ImageApi::new(guests.clone(), &config.storage).into_service())
         .add_service(NetworkApi::new(networks, mutations.clone()).into_service())
         .add_service(VmApi::new(guests, placement, health, mutations).into_service())
         .serve_with_incoming_shutdown(listener::incoming(listener, tls_connections), shutdown);

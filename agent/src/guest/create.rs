@@ -134,6 +134,8 @@ impl Guests {
         let spec = validate(&req)?;
         let uuid = req.uuid.to_ascii_lowercase();
         let emulation = self.emulation.clone().map_err(GuestError::Precondition)?;
+        // Until this create ends (domain defined, or undone) its image cannot be deleted.
+        let _image_hold = self.images.hold(&req.image, &uuid)?;
         let (image, root_bytes, nics, _busy) = loop {
             let mut rebuilt = self.lock.lock().await;
             self.ensure_rebuilt(&mut rebuilt).await?;

@@ -78,6 +78,9 @@ impl From<StoreError> for GuestError {
             StoreError::Exists { .. } => GuestError::AlreadyExists(e.to_string()),
             StoreError::InUse { .. } => GuestError::Precondition(e.to_string()),
             StoreError::Importing { .. } => GuestError::Precondition(e.to_string()),
+            StoreError::Deleting(_) | StoreError::Unreadable { .. } | StoreError::Limit { .. } => {
+                GuestError::Precondition(e.to_string())
+            }
             StoreError::Fetch {
                 retryable: true, ..
             } => GuestError::Unavailable(e.to_string()),

@@ -1,18 +1,20 @@
 //! Image downloads over http(s): the request is made and checked here (status, length), then
 //! the body is pumped by a task into a channel that the store's blocking import reads as a
-//! plain `Read`, so local files and downloads share one copy, hash and detect path.
+//! plain `Read`, so local files and downloads share one copy, hash and detect path. The
+//! import's deadline bounds the request and the body: past it the body task ends, so the
+//! blocking reader returns instead of waiting on a server that sends a byte now and then.
 
 use std::io::Read;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::images::StoreError;
+use super::images::{Bounds, StoreError, past_deadline};
 
 pub const MAX_URL_CHARS: usize = 2048;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A server silent this long mid-download is given up on (no limit on the whole transfer:
-/// images are large and links slow).
+/// A server silent this long mid-download is given up on (the whole transfer is bounded by
+/// `[storage] import_deadline_secs`).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REDIRECTS: usize = 5;
 /// Chunks buffered between the download and the disk.
@@ -72,8 +74,10 @@ pub struct Download {
     current: Bytes,
 }
 
-/// Sends the request and checks the answer; the body follows through the returned reader.
-pub async fn open(url: &reqwest::Url) -> Result<Download, StoreError> {
+/// Sends the request and checks the answer; the body follows through the returned reader
+/// until the bounds' deadline.
+pub async fn open(url: &reqwest::Url, bounds: &Bounds) -> Result<Download, StoreError> {
+    let deadline = tokio::time::Instant::from_std(bounds.deadline);
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
@@ -81,10 +85,9 @@ pub async fn open(url: &reqwest::Url) -> Result<Download, StoreError> {
         .user_agent(concat!("hvagent/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| failed(url, &e))?;
-    let mut response = client
-        .get(url.clone())
-        .send()
+    let mut response = tokio::time::timeout_at(deadline, client.get(url.clone()).send())
         .await
+        .map_err(|_| past_deadline("source_url", &bounds.limits))?
         .map_err(|e| failed(url, &e))?;
     let status = response.status();
     if !status.is_success() {
@@ -99,10 +102,11 @@ pub async fn open(url: &reqwest::Url) -> Result<Download, StoreError> {
     let shown = redacted(url);
     tokio::spawn(async move {
         loop {
-            let next = match response.chunk().await {
-                Ok(Some(chunk)) => Ok(chunk),
-                Ok(None) => return,
-                Err(e) => Err(format!("{shown}: {e}")),
+            let next = match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => Ok(chunk),
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => Err(format!("{shown}: {e}")),
+                Err(_) => Err(format!("{shown}: the import's deadline passed")),
             };
             let stop = next.is_err();
             // A reader that went away (the import failed) ends the download.

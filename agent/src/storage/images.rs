@@ -1,18 +1,26 @@
 //! The image store under `[storage] root`/images: one directory per image holding the file and
 //! its record. Names are confined to `[a-z0-9][a-z0-9._-]{0,63}`, so no name can leave the
-//! store; the format comes from the file's content, never its name; a qcow2 image that names
-//! a backing file is refused (it could make QEMU read any file on the host).
+//! store; the format comes from the file's content, never its name, and only raw and
+//! self-contained qcow2 images are taken (`format`); every import is bounded in size, time and
+//! the free space it leaves (`ImportLimits`, from `[storage]`).
+
+mod format;
+mod hold;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use format::{Format, HEAD_BYTES, MAX_VIRTUAL_SIZE, accept, detect, qcow2_refusal};
+pub use hold::{Deletion, ImageHold};
 
 /// Image properties the agent understands (SCS image metadata); others are kept as given.
 pub const KNOWN_PROPERTIES: &[&str] = &[
@@ -80,12 +88,110 @@ pub enum StoreError {
         reason: String,
         retryable: bool,
     },
+    /// An import that reached one of the `[storage]` limits.
+    #[error("{field}: {rule} ([storage] {key})")]
+    Limit {
+        field: &'static str,
+        /// The config key whose limit was reached.
+        key: &'static str,
+        kind: LimitKind,
+        rule: String,
+    },
+    /// The image's record exists but cannot be read: the image is left as it is.
+    #[error("image {name:?} cannot be replaced: {reason}")]
+    Unreadable { name: String, reason: String },
+    /// A delete of the image is under way: nothing may start using it.
+    #[error("image {0:?} is being deleted")]
+    Deleting(String),
     #[error("{path}: {action}: {source}")]
     Io {
         path: PathBuf,
         action: &'static str,
         source: std::io::Error,
     },
+}
+
+/// Which `[storage]` limit an import reached; each has its own gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// `import_max_bytes`.
+    TooLarge,
+    /// `import_deadline_secs`.
+    Deadline,
+    /// `import_min_free_bytes`.
+    NoSpace,
+}
+
+impl LimitKind {
+    pub fn key(self) -> &'static str {
+        match self {
+            LimitKind::TooLarge => "import_max_bytes",
+            LimitKind::Deadline => "import_deadline_secs",
+            LimitKind::NoSpace => "import_min_free_bytes",
+        }
+    }
+}
+
+fn limit(field: &'static str, kind: LimitKind, rule: String) -> StoreError {
+    StoreError::Limit {
+        field,
+        key: kind.key(),
+        kind,
+        rule,
+    }
+}
+
+/// The error of an import that ran out of time.
+pub fn past_deadline(field: &'static str, limits: &ImportLimits) -> StoreError {
+    limit(
+        field,
+        LimitKind::Deadline,
+        format!(
+            "the import took longer than {} s",
+            limits.deadline.as_secs()
+        ),
+    )
+}
+
+/// `[storage]` bounds on every import (docs/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// The most bytes one import may bring.
+    pub max_bytes: u64,
+    /// How long one import may take, from its request to its record.
+    pub deadline: Duration,
+    /// Free space an import leaves on the store's file system for guests' disks.
+    pub min_free_bytes: u64,
+}
+
+impl Default for ImportLimits {
+    /// 64 GiB holds any cloud image and a whole raw disk of a common flavor; an hour brings
+    /// that much over a 200 Mbit/s link; 2 GiB free keeps room for guests' overlays to grow
+    /// while an operator reacts to the store filling (docs/operations.md).
+    fn default() -> Self {
+        ImportLimits {
+            max_bytes: 64 << 30,
+            deadline: Duration::from_secs(3600),
+            min_free_bytes: 2 << 30,
+        }
+    }
+}
+
+/// The limits of one import and the moment it must be done by.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub limits: ImportLimits,
+    pub deadline: Instant,
+}
+
+impl Bounds {
+    /// Bounds for an import that starts now.
+    pub fn starting_now(limits: ImportLimits) -> Bounds {
+        Bounds {
+            limits,
+            deadline: Instant::now() + limits.deadline,
+        }
+    }
 }
 
 fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -177,90 +283,6 @@ fn check_properties(properties: &BTreeMap<String, String>) -> Result<(), StoreEr
     Ok(())
 }
 
-/// What the first bytes of an image say it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Qcow2 {
-        virtual_size: u64,
-        backing_file: bool,
-        /// The header's incompatible-feature bits (0 for a version 2 header, which has none).
-        incompatible: u64,
-    },
-    Raw,
-    /// A known container format hvagent does not run (VMDK, VHD(X), VDI, ...).
-    Other(&'static str),
-}
-
-/// qcow2 incompatible-feature bits (the qcow2 specification in QEMU's docs/interop/qcow2.rst).
-const QCOW2_CORRUPT: u64 = 1 << 1;
-const QCOW2_EXTERNAL_DATA_FILE: u64 = 1 << 2;
-/// Dirty, corrupt, external data file, compression type, extended L2 entries.
-const QCOW2_KNOWN_INCOMPATIBLE: u64 = 0b1_1111;
-
-/// Why a qcow2 image cannot be a guest's base, if it cannot. Its data must be inside the file
-/// the agent checked: a backing file or an external data file names a host path that QEMU would
-/// open for the guest (any file the QEMU user can read, other guests' disks included; the class
-/// of OpenStack's OSSA-2024-001), and a feature bit this agent does not know may change how the
-/// file is read.
-pub fn qcow2_refusal(backing_file: bool, incompatible: u64) -> Option<String> {
-    if backing_file {
-        return Some(
-            "qcow2 images with a backing file are refused (it could point anywhere on the host)"
-                .into(),
-        );
-    }
-    if incompatible & QCOW2_EXTERNAL_DATA_FILE != 0 {
-        return Some(
-            "qcow2 images with an external data file are refused (QEMU would open that host file for the guest)"
-                .into(),
-        );
-    }
-    if incompatible & QCOW2_CORRUPT != 0 {
-        return Some("the qcow2 image is marked corrupt".into());
-    }
-    let unknown = incompatible & !QCOW2_KNOWN_INCOMPATIBLE;
-    if unknown != 0 {
-        return Some(format!(
-            "the qcow2 image uses incompatible features this agent does not know (bits {unknown:#x})"
-        ));
-    }
-    None
-}
-
-/// Detects the format from a file's first 512 bytes.
-pub fn detect(head: &[u8]) -> Format {
-    let be64 = |at: usize| {
-        head.get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_be_bytes)
-    };
-    if head.starts_with(b"QFI\xfb") {
-        let version = head
-            .get(4..8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u32::from_be_bytes);
-        return Format::Qcow2 {
-            virtual_size: be64(24),
-            backing_file: be64(8) != 0,
-            incompatible: if version >= 3 { be64(72) } else { 0 },
-        };
-    }
-    for (magic, name) in [
-        (&b"KDMV"[..], "vmdk"),
-        (b"vhdxfile", "vhdx"),
-        (b"conectix", "vpc"),
-        (b"QEVM", "qed"),
-    ] {
-        if head.starts_with(magic) {
-            return Format::Other(name);
-        }
-    }
-    if head.get(64..68) == Some(&[0x7f, 0x10, 0xda, 0xbe][..]) {
-        return Format::Other("vdi");
-    }
-    Format::Raw
-}
-
 /// An import under way, shown by Get and List until it ends.
 #[derive(Debug)]
 pub struct ImportProgress {
@@ -304,6 +326,8 @@ pub enum Begun {
 pub struct ImageStore {
     dir: PathBuf,
     importing: Registry,
+    holds: hold::Holds,
+    limits: Mutex<ImportLimits>,
 }
 
 impl ImageStore {
@@ -311,7 +335,19 @@ impl ImageStore {
         ImageStore {
             dir: storage_root.join("images"),
             importing: Registry::default(),
+            holds: hold::Holds::default(),
+            limits: Mutex::new(ImportLimits::default()),
         }
+    }
+
+    /// Sets the `[storage]` import limits (the daemon does, once at start-up; until then, and
+    /// in tests, the defaults).
+    pub fn set_limits(&self, limits: ImportLimits) {
+        *hvagent_core::sync::lock(&self.limits) = limits;
+    }
+
+    pub fn limits(&self) -> ImportLimits {
+        *hvagent_core::sync::lock(&self.limits)
     }
 
     fn image_dir(&self, name: &str) -> PathBuf {
@@ -385,6 +421,9 @@ impl ImageStore {
     }
 
     /// Copies the local file `source` into the store as `name` (see `begin` and `import`).
+    /// The file is opened without following a symbolic link and without blocking, and must be
+    /// a regular file: a FIFO or a device would hold the import's thread for ever, and a link
+    /// could lead anywhere.
     pub fn import_local(
         &self,
         name: &str,
@@ -393,6 +432,7 @@ impl ImageStore {
         properties: BTreeMap<String, String>,
         now_unix: u64,
     ) -> Result<ImageRecord, StoreError> {
+        let bounds = Bounds::starting_now(self.limits());
         let ticket = match self.begin(
             name,
             sha256,
@@ -407,12 +447,18 @@ impl ImageStore {
         if !source.is_absolute() {
             return Err(invalid("source_path", "must be an absolute path"));
         }
-        let input = File::open(source).map_err(|e| {
-            invalid(
-                "source_path",
-                format!("cannot open {}: {e}", source.display()),
-            )
-        })?;
+        let input = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(source)
+            .map_err(|e| {
+                let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                    "is a symbolic link (give the file it points to)".to_string()
+                } else {
+                    format!("cannot be opened: {e}")
+                };
+                invalid("source_path", format!("{} {why}", source.display()))
+            })?;
         let meta = input.metadata().map_err(io(source, "stat"))?;
         if !meta.is_file() {
             return Err(invalid(
@@ -421,54 +467,66 @@ impl ImageStore {
             ));
         }
         ticket.progress.total.store(meta.len(), Ordering::Relaxed);
-        self.import(&ticket, input, io(source, "read"), now_unix)
+        self.import(&ticket, input, io(source, "read"), &bounds, now_unix)
+    }
+
+    /// Refuses, before anything is read, an import of `bytes` bytes that is over the size cap
+    /// or would leave less than the kept free space on the store's file system.
+    pub fn check_room(&self, ticket: &ImportTicket, bounds: &Bounds) -> Result<(), StoreError> {
+        let bytes = ticket.progress.total.load(Ordering::Relaxed);
+        let limits = &bounds.limits;
+        if bytes > limits.max_bytes {
+            return Err(limit(
+                ticket.source_field,
+                LimitKind::TooLarge,
+                format!(
+                    "the content is {bytes} bytes, more than the {} an import may bring",
+                    limits.max_bytes
+                ),
+            ));
+        }
+        super::traversable_dir(&self.dir).map_err(io(&self.dir, "create image store"))?;
+        let free = self.free_bytes()?;
+        if free.saturating_sub(limits.min_free_bytes) < bytes {
+            return Err(limit(
+                ticket.source_field,
+                LimitKind::NoSpace,
+                format!(
+                    "{bytes} bytes would leave less than {} bytes free on the store's file system ({free} free)",
+                    limits.min_free_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Free bytes on the store's file system, for unprivileged users (what guests' overlays
+    /// may grow into).
+    fn free_bytes(&self) -> Result<u64, StoreError> {
+        let fs = nix::sys::statvfs::statvfs(&self.dir)
+            .map_err(|e| io(&self.dir, "statvfs")(std::io::Error::from(e)))?;
+        Ok(fs.blocks_available().saturating_mul(fs.fragment_size()))
     }
 
     /// Copies `input` into the store under the ticket's name, hashing it and detecting its
     /// format, and checks the ticket's `sha256`. Importing the same content under the same
-    /// name again is a no-op; other content under a taken name is refused. A failed import
-    /// leaves nothing behind. Blocks: run it on a blocking thread.
+    /// name again is a no-op; other content under a taken name is refused. The copy stops at
+    /// the bounds' size cap, deadline and kept free space. A failed import leaves nothing
+    /// behind. Blocks: run it on a thread of its own.
     pub fn import<R: Read, E: FnOnce(std::io::Error) -> StoreError>(
         &self,
         ticket: &ImportTicket,
-        mut input: R,
+        input: R,
         read_error: E,
+        bounds: &Bounds,
         now_unix: u64,
     ) -> Result<ImageRecord, StoreError> {
         let name = ticket.name.as_str();
-        let sha256 = ticket.sha256.as_deref();
-        // QEMU reads images as backing files of guest disks: the way there is traversable.
-        super::traversable_dir(&self.dir).map_err(io(&self.dir, "create image store"))?;
+        self.check_room(ticket, bounds)?;
         let tmp = self
             .dir
             .join(format!(".import-{name}-{}", std::process::id()));
-        let copied = (|| {
-            let mut out = File::create(&tmp).map_err(io(&tmp, "create"))?;
-            let mut hasher = Sha256::new();
-            let mut head = Vec::with_capacity(512);
-            let mut buf = vec![0u8; 1 << 20];
-            let mut total = 0u64;
-            loop {
-                let n = match input.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(read_error(e)),
-                };
-                if n == 0 {
-                    break;
-                }
-                if head.len() < 512 {
-                    head.extend_from_slice(&buf[..n.min(512 - head.len())]);
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(io(&tmp, "write"))?;
-                total += n as u64;
-                ticket.progress.received.store(total, Ordering::Relaxed);
-            }
-            out.sync_all().map_err(io(&tmp, "sync"))?;
-            Ok::<_, StoreError>((head, total, hex(&hasher.finalize())))
-        })();
-        let (head, total, digest) = match copied {
+        let (head, total, digest) = match self.copy(ticket, input, read_error, bounds, &tmp) {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -479,7 +537,7 @@ impl ImageStore {
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         };
-        if let Some(want) = sha256
+        if let Some(want) = ticket.sha256.as_deref()
             && !want.eq_ignore_ascii_case(&digest)
         {
             return refuse(invalid(
@@ -487,36 +545,31 @@ impl ImageStore {
                 format!("the content's sha256 is {digest}, not {want}"),
             ));
         }
-        let (format, virtual_size) = match detect(&head) {
-            Format::Qcow2 {
-                virtual_size,
-                backing_file,
-                incompatible,
-            } => match qcow2_refusal(backing_file, incompatible) {
-                Some(why) => return refuse(invalid(ticket.source_field, why)),
-                None => ("qcow2", virtual_size),
-            },
-            Format::Raw if total == 0 => {
-                return refuse(invalid(ticket.source_field, "the content is empty"));
-            }
-            Format::Raw => ("raw", total),
-            Format::Other(kind) => {
-                return refuse(invalid(
-                    ticket.source_field,
-                    format!("{kind} images are not supported: convert to qcow2 or raw"),
-                ));
-            }
+        let (format, virtual_size) = match accept(detect(&head), total) {
+            Ok(taken) => taken,
+            Err(why) => return refuse(invalid(ticket.source_field, why)),
         };
-        if let Ok(existing) = self.get(name) {
-            let _ = std::fs::remove_file(&tmp);
-            return if existing.sha256 == digest {
-                Ok(existing)
-            } else {
-                Err(StoreError::Exists {
+        match self.get(name) {
+            Ok(existing) => {
+                let _ = std::fs::remove_file(&tmp);
+                return if existing.sha256 == digest {
+                    Ok(existing)
+                } else {
+                    Err(StoreError::Exists {
+                        name: name.to_string(),
+                        sha256: existing.sha256,
+                    })
+                };
+            }
+            Err(StoreError::NotFound(_)) => {}
+            // An image whose record cannot be read may be the base of running guests: it is
+            // never replaced or removed by an import.
+            Err(e) => {
+                return refuse(StoreError::Unreadable {
                     name: name.to_string(),
-                    sha256: existing.sha256,
-                })
-            };
+                    reason: e.to_string(),
+                });
+            }
         }
         let record = ImageRecord {
             name: name.to_string(),
@@ -527,30 +580,117 @@ impl ImageStore {
             properties: ticket.properties.clone(),
             created_unix: now_unix,
         };
-        let dir = self.image_dir(name);
+        let placed = self.place(&record, &tmp);
+        let _ = std::fs::remove_file(&tmp);
+        placed.map(|()| record)
+    }
+
+    /// Copies `input` to `tmp` within the bounds; gives the first bytes, the length and the
+    /// sha256.
+    fn copy<R: Read, E: FnOnce(std::io::Error) -> StoreError>(
+        &self,
+        ticket: &ImportTicket,
+        mut input: R,
+        read_error: E,
+        bounds: &Bounds,
+        tmp: &Path,
+    ) -> Result<(Vec<u8>, u64, String), StoreError> {
+        let field = ticket.source_field;
+        let limits = &bounds.limits;
+        let late = || past_deadline(field, limits);
+        let mut out = File::create(tmp).map_err(io(tmp, "create"))?;
+        let mut hasher = Sha256::new();
+        let mut head = Vec::with_capacity(HEAD_BYTES);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        let mut space_checked_at = 0u64;
+        loop {
+            if Instant::now() >= bounds.deadline {
+                return Err(late());
+            }
+            let n = match input.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // A download ended by its deadline reads as an error: name the limit.
+                Err(_) if Instant::now() >= bounds.deadline => return Err(late()),
+                Err(e) => return Err(read_error(e)),
+            };
+            if n == 0 {
+                break;
+            }
+            if total + n as u64 > limits.max_bytes {
+                return Err(limit(
+                    field,
+                    LimitKind::TooLarge,
+                    format!(
+                        "the content is longer than the {} bytes an import may bring",
+                        limits.max_bytes
+                    ),
+                ));
+            }
+            if head.len() < HEAD_BYTES {
+                head.extend_from_slice(&buf[..n.min(HEAD_BYTES - head.len())]);
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io(tmp, "write"))?;
+            total += n as u64;
+            ticket.progress.received.store(total, Ordering::Relaxed);
+            if total - space_checked_at >= SPACE_CHECK_BYTES {
+                space_checked_at = total;
+                let free = self.free_bytes()?;
+                if free < limits.min_free_bytes {
+                    return Err(limit(
+                        field,
+                        LimitKind::NoSpace,
+                        format!(
+                            "the store's file system has {free} bytes free, less than the {} kept free",
+                            limits.min_free_bytes
+                        ),
+                    ));
+                }
+            }
+        }
+        out.sync_all().map_err(io(tmp, "sync"))?;
+        Ok((head, total, hex(&hasher.finalize())))
+    }
+
+    /// Moves the checked file `tmp` into a new image directory with its record, durably: the
+    /// record is written to a temporary file, synced, renamed into place last (an image
+    /// directory without it is an interrupted import), and the directories are synced so that
+    /// a crash leaves either no image or the whole of it.
+    fn place(&self, record: &ImageRecord, tmp: &Path) -> Result<(), StoreError> {
+        let dir = self.image_dir(&record.name);
+        // A directory without a record is what an interrupted import or delete left (the
+        // caller saw the record missing): start afresh.
+        if dir.symlink_metadata().is_ok() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir, "remove unrecorded leftovers"))?;
+        }
+        std::fs::create_dir(&dir).map_err(io(&dir, "create"))?;
         let placed = (|| {
-            std::fs::create_dir(&dir).map_err(io(&dir, "create"))?;
             // QEMU reads the image as a backing file: the directory must be traversable.
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
                 .map_err(io(&dir, "set mode 0711"))?;
-            let json = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::Io {
+            let json = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Io {
                 path: dir.join("record.json"),
                 action: "encode",
                 source: std::io::Error::other(e),
             })?;
-            std::fs::write(dir.join("record.json.tmp"), json)
-                .map_err(io(&dir.join("record.json.tmp"), "write"))?;
-            std::fs::rename(&tmp, self.file(name)).map_err(io(&tmp, "move into the store"))?;
-            // The record last: an image directory without it is an interrupted import.
-            std::fs::rename(dir.join("record.json.tmp"), dir.join("record.json"))
-                .map_err(io(&dir, "commit record"))
+            let record_tmp = dir.join("record.json.tmp");
+            let mut f = File::create(&record_tmp).map_err(io(&record_tmp, "create"))?;
+            f.write_all(&json).map_err(io(&record_tmp, "write"))?;
+            f.sync_all().map_err(io(&record_tmp, "sync"))?;
+            std::fs::rename(tmp, self.file(&record.name))
+                .map_err(io(tmp, "move into the store"))?;
+            std::fs::rename(&record_tmp, dir.join("record.json"))
+                .map_err(io(&dir, "commit record"))?;
+            sync_dir(&dir)?;
+            sync_dir(&self.dir)
         })();
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&tmp);
+        if placed.is_err() {
+            // Only this call's new directory: nothing else has used it yet.
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
         }
-        Ok(record)
+        placed
     }
 
     pub fn get(&self, name: &str) -> Result<ImageRecord, StoreError> {
@@ -585,36 +725,33 @@ impl ImageStore {
         out
     }
 
-    /// Deletes `name` unless `users` (guests using it) is non-empty.
-    /// Whether `name` can be deleted but for its users: it exists and is not being imported.
-    pub fn deletable(&self, name: &str) -> Result<(), StoreError> {
+    /// Keeps `name` from being deleted until the hold is dropped: a create takes it from its
+    /// checks until its domain is defined or undone (after that, the domain itself makes the
+    /// image used). `holder` (the guest's UUID) is named to a Delete refused meanwhile.
+    pub fn hold(&self, name: &str, holder: &str) -> Result<ImageHold, StoreError> {
+        self.holds.hold(name, holder)
+    }
+
+    /// Starts deleting `name`: refused while it is imported, held by a create in flight or
+    /// already being deleted, or when it does not exist. Until the returned deletion is
+    /// dropped no hold is given on it.
+    pub fn begin_delete(&self, name: &str) -> Result<Deletion, StoreError> {
         if let Some(p) = lock(&self.importing).get(name) {
             return Err(StoreError::Importing {
                 name: name.to_string(),
                 source_desc: p.source.clone(),
             });
         }
-        self.get(name).map(drop)
-    }
-
-    pub fn delete(&self, name: &str, users: &[String]) -> Result<(), StoreError> {
-        self.deletable(name)?;
-        if !users.is_empty() {
-            return Err(StoreError::InUse {
-                name: name.to_string(),
-                users: users.join(", "),
-            });
-        }
-        let dir = self.image_dir(name);
-        // The record first: a half-deleted image is an interrupted import, never listed.
-        std::fs::remove_file(dir.join("record.json")).map_err(io(&dir, "remove record"))?;
-        std::fs::remove_dir_all(&dir).map_err(io(&dir, "remove"))
+        self.get(name)?;
+        self.holds.begin_delete(name, self.image_dir(name))
     }
 }
 
 impl ImageStore {
     /// Removes what imports cut short by a crash left: partial files and image directories
-    /// without a record. Call it at start-up, before any import.
+    /// whose record is missing. A record that exists but cannot be read is not missing: that
+    /// image stays (it may be the base of running guests). Call it at start-up, before any
+    /// import.
     pub fn sweep(&self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -623,7 +760,13 @@ impl ImageStore {
         for e in entries.filter_map(Result::ok) {
             let path = e.path();
             let partial = e.file_name().to_string_lossy().starts_with(".import-");
-            let unrecorded = path.is_dir() && !path.join("record.json").exists();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            let unrecorded = is_dir
+                && matches!(
+                    path.join("record.json").symlink_metadata(),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound
+                )
+                && holds_only_import_files(&path);
             let gone = if partial {
                 std::fs::remove_file(&path)
             } else if unrecorded {
@@ -640,6 +783,27 @@ impl ImageStore {
         }
         removed
     }
+}
+
+/// Whether `dir` holds nothing but what an import places there before its record (the image
+/// and the record being written): a directory with anything else in it is not an interrupted
+/// import but someone's (an operator's backup, say), and stays.
+fn holds_only_import_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.into_iter().all(|e| {
+            e.is_ok_and(|e| matches!(e.file_name().to_str(), Some("image" | "record.json.tmp")))
+        })
+    })
+}
+
+/// Below this much written between two looks at the free space, an import cannot eat much of
+/// what `import_min_free_bytes` keeps.
+const SPACE_CHECK_BYTES: u64 = 16 << 20;
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir, "sync directory"))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -306,3 +306,53 @@ fn unreadable_file() {
         "/nonexistent/hv.toml: cannot read: No such file or directory (os error 2)"
     );
 }
+
+#[test]
+fn import_limit_keys() {
+    let d = Config::default().storage;
+    assert_eq!(d.imports.max_bytes, 64 << 30);
+    assert_eq!(d.imports.deadline, Duration::from_secs(3600));
+    assert_eq!(d.imports.min_free_bytes, 2 << 30);
+    assert_eq!(d.max_imports, 2);
+    let c = Config::parse(
+        "f",
+        "[storage]\nimport_max_bytes = 10485760\nimport_deadline_secs = 3\nimport_min_free_bytes = 0\nmax_imports = 1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.storage.imports,
+        ImportLimits {
+            max_bytes: 10 << 20,
+            deadline: Duration::from_secs(3),
+            min_free_bytes: 0,
+        }
+    );
+    assert_eq!(c.storage.max_imports, 1);
+    for (text, message) in [
+        (
+            "import_max_bytes = 1000",
+            "storage.import_max_bytes: must be between 1048576 and 1125899906842624, got 1000",
+        ),
+        (
+            "import_deadline_secs = 0",
+            "storage.import_deadline_secs: must be between 1 and 604800, got 0",
+        ),
+        (
+            "import_min_free_bytes = -1",
+            "storage.import_min_free_bytes: must be between 0 and 1125899906842624, got -1",
+        ),
+        (
+            "max_imports = 0",
+            "storage.max_imports: must be between 1 and 64, got 0",
+        ),
+        (
+            "max_imports = \"2\"",
+            "storage.max_imports: must be an integer, got string",
+        ),
+    ] {
+        assert_eq!(
+            err(&format!("[storage]\n{text}\n")),
+            format!("/etc/x.toml: {message}")
+        );
+    }
+}
