@@ -384,19 +384,44 @@ fn networks_are_made_checked_and_removed_in_a_namespace() {
     );
 }
 
-/// The reconciler repairs each kind of drift on its own, and counts it.
+/// The reconciler repairs each kind of drift on its own, and counts it; of the taps it
+/// removes only the agent's, in its bridges: devices around it that are not its own stay.
 #[test]
 fn drift_is_repaired() {
     let ns = Netns::new("b");
-    let agent = agent(&ns, 1);
+    let mut agent = agent(&ns, 1);
+    // What is not the agent's: the operator's bridge, a libvirt tap in the agent's bridge, a
+    // veth with an agent-shaped name in it, an agent-shaped tap outside the agent's bridges
+    // (another agent's, on its way to its namespace), and one in the operator's bridge.
+    let foreign = [
+        ("br-ops", "bridge", None),
+        ("vnet7", "tap", Some("br-prov")),
+        ("hv0123456789a2", "veth", Some("br-prov")),
+        ("hv0123456789a3", "tap", None),
+        ("hv0123456789a4", "tap", Some("br-ops")),
+    ];
     runtime().block_on(async {
         let mut n = connect(&agent).await;
         ensure(&mut n, bridge("prov")).await.unwrap();
         ensure(&mut n, vxlan("seg", 100)).await.unwrap();
+        for (name, kind, master) in foreign {
+            match kind {
+                "tap" => ns.ip(&["tuntap", "add", "dev", name, "mode", "tap"]),
+                "veth" => ns.ip(&[
+                    "link", "add", name, "type", "veth", "peer", "name", "hvpeer",
+                ]),
+                kind => ns.ip(&["link", "add", name, "type", kind]),
+            };
+            if let Some(m) = master {
+                ns.ip(&["link", "set", name, "master", m]);
+            }
+        }
 
         ns.ip(&["link", "del", "br-seg"]);
         ns.ip(&["link", "set", "br-prov", "mtu", "1300"]);
+        // A stray: agent-shaped, in the agent's bridge, no guest's.
         ns.ip(&["tuntap", "add", "dev", "hv0123456789a0", "mode", "tap"]);
+        ns.ip(&["link", "set", "hv0123456789a0", "master", "br-prov"]);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let repaired = ns.link("br-seg").is_some()
@@ -422,6 +447,47 @@ fn drift_is_repaired() {
         for kind in ["bridge_created", "link_fixed", "stray_tap_removed"] {
             assert!(repairs[kind] >= 1, "{kind}: {repairs:?}");
         }
+        assert_eq!(repairs["stray_tap_removed"], 1, "{repairs:?}");
+        for (name, _, master) in foreign {
+            let link = ns.link(name).unwrap_or_else(|| panic!("{name} removed"));
+            assert_eq!(link["master"].as_str(), master, "{link}");
+        }
+    });
+    // A spec file that cannot be read: its network is left alone (not repaired, not
+    // removed, not replaced by an Ensure) and named in the answers.
+    agent.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let spec = agent.dir.path().join("store/networks/prov.json");
+    std::fs::write(&spec, b"{\"name\": \"prov\", \"ki").unwrap();
+    ns.ip(&["link", "set", "br-prov", "mtu", "1300"]);
+    ns.ip(&["tuntap", "add", "dev", "hv0123456789a0", "mode", "tap"]);
+    ns.ip(&["link", "set", "hv0123456789a0", "master", "br-prov"]);
+    let before = ns.shape();
+    let agent = agent.spawn();
+    runtime().block_on(async {
+        let mut n = connect(&agent).await;
+        for status in [
+            ensure(&mut n, bridge("prov")).await.unwrap_err(),
+            n.delete(pb::DeleteNetworkRequest {
+                name: "prov".into(),
+                force: true,
+            })
+            .await
+            .unwrap_err(),
+        ] {
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            assert!(
+                status.message().contains("prov.json cannot be read"),
+                "{status:?}"
+            );
+        }
+        // Several reconciles later, nothing of it changed.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(ns.shape(), before);
+        assert_eq!(
+            std::fs::read(&spec).unwrap(),
+            b"{\"name\": \"prov\", \"ki",
+            "the file is kept for the operator"
+        );
     });
 }
 

@@ -407,8 +407,8 @@ async fn reconcile_networks(
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let taps = guests.tap_names().await.ok();
-        if let Err(e) = networks.reconcile(taps.as_ref()).await {
+        let owners = || async { guests.tap_owners().await.ok() };
+        if let Err(e) = networks.reconcile(owners).await {
             tracing::warn!(error = %e, "network reconcile incomplete");
         }
     }

@@ -68,6 +68,11 @@ impl Busy {
         }
     }
 
+    /// The busy guests' UUIDs.
+    pub(super) fn uuids(&self) -> Vec<String> {
+        lock(&self.guests).keys().cloned().collect()
+    }
+
     /// Whether no guest is busy.
     pub(super) fn is_empty(&self) -> bool {
         lock(&self.guests).is_empty()

@@ -194,18 +194,17 @@ impl Guests {
         self.hypervisor.subscribe()
     }
 
-    /// The taps this agent's guests own (by their networks), as `net::nic::tap_name` names
-    /// them.
-    pub async fn tap_names(&self) -> Result<std::collections::BTreeSet<String>, GuestError> {
-        Ok(self
-            .list()
-            .await?
-            .0
-            .iter()
-            .flat_map(|g| {
-                (0..g.intent.networks.len()).map(|i| crate::net::nic::tap_name(&g.uuid, i))
-            })
-            .collect())
+    /// The guests that own taps: those with a create or delete in flight (read first: one
+    /// that ends meanwhile has its domain listed, or its taps removed), then every domain of
+    /// this agent, those whose metadata cannot be read included.
+    pub async fn tap_owners(&self) -> Result<crate::net::nic::TapOwners, GuestError> {
+        let busy = self.busy.uuids();
+        let domains = self.domains().await?;
+        Ok(crate::net::nic::TapOwners::new(
+            busy.iter()
+                .map(String::as_str)
+                .chain(domains.iter().map(|d| d.uuid.as_str())),
+        ))
     }
 
     /// Guests using `image`.

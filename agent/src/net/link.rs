@@ -483,10 +483,16 @@ impl Netlink {
     }
 
     /// Makes a persistent tap named `name` (owned by root, one queue, no packet info), the
-    /// way libvirt expects to find a `managed='no'` target.
-    pub fn add_tap(&self, name: &str) -> Result<(), NetError> {
-        let name = name.to_string();
-        self.namespace.run(move || make_tap(&name))?
+    /// way libvirt expects to find a `managed='no'` target. On a blocking thread: entering
+    /// the namespace starts and joins a thread of its own.
+    pub async fn add_tap(&self, name: &str) -> Result<(), NetError> {
+        let (name, namespace) = (name.to_string(), self.namespace.clone());
+        tokio::task::spawn_blocking(move || namespace.run(move || make_tap(&name))?)
+            .await
+            .map_err(|e| NetError::Netlink {
+                action: "create a tap".into(),
+                reason: e.to_string(),
+            })?
     }
 }
 

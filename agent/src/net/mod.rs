@@ -7,14 +7,19 @@ pub mod link;
 pub mod nic;
 pub mod reconcile;
 pub mod spec;
+pub mod store;
+pub mod tc;
 
 use hvagent_core::counts::KindCounts;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use hvagent_core::sync::lock;
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use link::{Counters, Link, NetError, Netlink, NewVxlan};
+use nic::TapOwners;
 use reconcile::{Step, plan};
 use spec::{Kind, NetworkSpec, SpecError};
+use store::{SpecStore, Stored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworksError {
@@ -66,8 +71,12 @@ pub struct Networks {
     /// When networks live in another namespace than the agent (and libvirtd): a connection
     /// in the agent's own, and both namespaces' files, to move guest taps between them.
     elsewhere: Option<Elsewhere>,
-    dir: PathBuf,
-    /// One change or reconcile at a time.
+    store: SpecStore,
+    /// What the store holds: read at start, then changed with it (so that no call reads
+    /// files on an async worker).
+    stored: std::sync::Mutex<Stored>,
+    /// One change, reconcile or tap plug at a time: a reconcile's stray taps are decided
+    /// and removed without a guest's tap being made meanwhile.
     lock: tokio::sync::Mutex<()>,
     repairs: KindCounts,
 }
@@ -87,51 +96,57 @@ impl Networks {
                 .map_err(|e| tracing::error!(error = %e, "guest taps cannot reach the network namespace"))
                 .ok()
         });
+        let store = SpecStore::new(storage_root.join("networks"));
+        let stored = store.load().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the stored networks: none is managed until restart");
+            Stored::default()
+        });
         Networks {
             netlink,
             elsewhere,
-            dir: storage_root.join("networks"),
+            store,
+            stored: std::sync::Mutex::new(stored),
             lock: tokio::sync::Mutex::new(()),
             repairs,
         }
     }
 
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
-    }
-
-    /// The desired networks, by name; unreadable files are logged and skipped.
+    /// The desired networks, by name. Networks whose spec file cannot be read are not among
+    /// them: nothing repairs or removes their devices.
     pub fn desired(&self) -> Vec<NetworkSpec> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut out: Vec<NetworkSpec> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter_map(|p| {
-                let read = std::fs::read(&p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
-                read.map_err(|e| {
-                    tracing::error!(file = %p.display(), error = %e, "unreadable network spec: ignored")
-                })
-                .ok()
-            })
-            .collect();
-        out.sort_by(|a: &NetworkSpec, b| a.name.cmp(&b.name));
-        out
+        lock(&self.stored).specs.values().cloned().collect()
     }
 
-    fn store(&self, spec: &NetworkSpec) -> Result<(), NetworksError> {
-        let fail =
-            |e: std::io::Error| NetworksError::Failed(format!("{}: {e}", self.dir.display()));
-        std::fs::create_dir_all(&self.dir).map_err(fail)?;
-        let tmp = self.dir.join(format!(".{}.json.tmp", spec.name));
-        let json =
-            serde_json::to_vec_pretty(spec).map_err(|e| NetworksError::Failed(e.to_string()))?;
-        std::fs::write(&tmp, json).map_err(fail)?;
-        std::fs::rename(&tmp, self.file(&spec.name)).map_err(fail)
+    /// `FAILED_PRECONDITION` when `name`'s stored spec cannot be read: the agent does not
+    /// know that network, so it neither changes nor replaces it.
+    fn readable(&self, name: &str) -> Result<(), NetworksError> {
+        match lock(&self.stored).unreadable.get(name) {
+            Some(why) => Err(NetworksError::Precondition(format!(
+                "network {name:?}: its stored spec {} cannot be read ({why}); its devices are left alone: repair or remove the file and restart the agent",
+                self.store.file(name).display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores `spec` (durably, off the async workers), or with `None` removes the stored
+    /// spec of `name`.
+    async fn save(&self, name: &str, spec: Option<NetworkSpec>) -> Result<(), NetworksError> {
+        let store = self.store.clone();
+        let (n, s) = (name.to_string(), spec.clone());
+        tokio::task::spawn_blocking(move || match &s {
+            Some(spec) => store.put(spec),
+            None => store.remove(&n),
+        })
+        .await
+        .map_err(|e| NetworksError::Failed(e.to_string()))?
+        .map_err(|e| NetworksError::Failed(format!("{}: {e}", self.store.file(name).display())))?;
+        let mut stored = lock(&self.stored);
+        match spec {
+            Some(spec) => stored.specs.insert(name.to_string(), spec),
+            None => stored.specs.remove(name),
+        };
+        Ok(())
     }
 
     /// Makes the host have `spec`: a no-op for the same spec (`Ok(false)`), the network made
@@ -140,6 +155,7 @@ impl Networks {
     pub async fn ensure(&self, spec: NetworkSpec) -> Result<bool, NetworksError> {
         spec.validate()?;
         let _one = self.lock.lock().await;
+        self.readable(&spec.name)?;
         if let Some(existing) = self.desired().into_iter().find(|s| s.name == spec.name) {
             let differences = existing.differences(&spec);
             if !differences.is_empty() {
@@ -174,14 +190,16 @@ impl Networks {
                 )));
             }
         }
-        self.store(&spec)?;
+        self.save(&spec.name, Some(spec.clone())).await?;
         if let Err(e) = self
             .reconcile_locked(std::slice::from_ref(&spec), None)
             .await
         {
-            // Undo: the devices this ensure made, then the spec.
+            // Undo: the devices this ensure made (none was there before), then the spec.
             self.remove_devices(&spec).await;
-            let _ = std::fs::remove_file(self.file(&spec.name));
+            if let Err(e) = self.save(&spec.name, None).await {
+                tracing::error!(network = %spec.name, error = %e, "undo: cannot remove the stored spec");
+            }
             return Err(e);
         }
         tracing::info!(network = %spec.name, kind = spec.kind.word(), "network created");
@@ -193,6 +211,7 @@ impl Networks {
     pub async fn delete(&self, name: &str, force: bool) -> Result<bool, NetworksError> {
         spec::check_name(name)?;
         let _one = self.lock.lock().await;
+        self.readable(name)?;
         let Some(spec) = self.desired().into_iter().find(|s| s.name == name) else {
             return Ok(false);
         };
@@ -205,24 +224,31 @@ impl Networks {
             )));
         }
         self.remove_devices(&spec).await;
-        std::fs::remove_file(self.file(name))
-            .map_err(|e| NetworksError::Failed(format!("{}: {e}", self.file(name).display())))?;
+        self.save(name, None).await?;
         tracing::info!(network = %name, forced = force && !nics.is_empty(), "network deleted");
         Ok(true)
     }
 
+    /// Removes the network's member and bridge: only a device of the kind the network makes
+    /// under that name (another kind is not the agent's, and stays).
     async fn remove_devices(&self, spec: &NetworkSpec) {
         let Ok(links) = self.netlink.links().await else {
             return;
         };
-        for device in spec
+        let devices = spec
             .member()
+            .map(|m| (m, spec.kind.word()))
             .into_iter()
-            .chain(std::iter::once(spec.bridge()))
-        {
-            if let Some(l) = links.iter().find(|l| l.name == device)
-                && let Err(e) = self.netlink.delete(l.index).await
-            {
+            .chain(std::iter::once((spec.bridge(), "bridge")));
+        for (device, kind) in devices {
+            let Some(l) = links.iter().find(|l| l.name == device) else {
+                continue;
+            };
+            if l.kind != kind {
+                tracing::warn!(device, kind = %l.kind, "not the network's device: left alone");
+                continue;
+            }
+            if let Err(e) = self.netlink.delete(l.index).await {
                 tracing::warn!(device, error = %e, "cannot remove a network device");
             }
         }
@@ -256,23 +282,39 @@ impl Networks {
             .collect())
     }
 
-    /// Repairs every desired network and removes taps no guest owns (when `guest_taps`, the
-    /// taps guests own, is known); returns the repairs.
-    pub async fn reconcile(
-        &self,
-        guest_taps: Option<&BTreeSet<String>>,
-    ) -> Result<Vec<String>, NetworksError> {
+    /// Repairs every desired network and removes the taps in its bridges that no guest owns;
+    /// returns the repairs. `owners` lists the guests that own taps (`None`: they could not
+    /// be listed, and no tap is removed). It is called after the links were read, with no
+    /// tap plugged meanwhile: a tap made before the read belongs to a guest that is then
+    /// either listed or still being created (and so among the owners).
+    pub async fn reconcile<F, Fut>(&self, owners: F) -> Result<Vec<String>, NetworksError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<TapOwners>>,
+    {
         let _one = self.lock.lock().await;
-        self.reconcile_locked(&self.desired(), guest_taps).await
+        let links = self.netlink.links().await?;
+        let owners = owners().await;
+        self.apply_plan(&self.desired(), &links, owners.as_ref())
+            .await
     }
 
     async fn reconcile_locked(
         &self,
         specs: &[NetworkSpec],
-        guest_taps: Option<&BTreeSet<String>>,
+        owners: Option<&TapOwners>,
     ) -> Result<Vec<String>, NetworksError> {
         let links = self.netlink.links().await?;
-        let (steps, problems) = plan(specs, &links, guest_taps);
+        self.apply_plan(specs, &links, owners).await
+    }
+
+    async fn apply_plan(
+        &self,
+        specs: &[NetworkSpec],
+        links: &[Link],
+        owners: Option<&TapOwners>,
+    ) -> Result<Vec<String>, NetworksError> {
+        let (steps, problems) = plan(specs, links, owners);
         if let Some(p) = problems.first() {
             return Err(NetworksError::NotFound(p.clone()));
         }
@@ -388,9 +430,11 @@ impl Networks {
     /// With networks in another namespace, the tap is made where libvirtd opens it and joins
     /// its bridge in `join` once the guest runs.
     pub async fn plug(&self, tap: &GuestTap) -> Result<(), NetworksError> {
+        // Not while a reconcile decides which taps are stray.
+        let _one = self.lock.lock().await;
         if let Some(e) = &self.elsewhere {
             if e.host.link(&tap.name).await?.is_none() {
-                e.host.add_tap(&tap.name)?;
+                e.host.add_tap(&tap.name).await?;
             }
             return Ok(());
         }
@@ -409,9 +453,27 @@ impl Networks {
                 }
                 self.enslave(tap).await?;
             }
-            self.limit(tap)?;
+            let namespace = self.netlink.namespace.path.as_deref();
+            tc::limit(namespace, &tap.name, tap.ingress_kbps, tap.egress_kbps).await?;
         }
         Ok(())
+    }
+
+    /// Applies a NIC's rate limits to the tap libvirt made for it in a host bridge (in the
+    /// agent's own namespace, where the host's bridges are), once the guest runs. `Ok(false)`
+    /// when there is no such tap.
+    pub async fn limit_host_tap(
+        &self,
+        name: &str,
+        ingress_kbps: u32,
+        egress_kbps: u32,
+    ) -> Result<bool, NetworksError> {
+        let host = self.elsewhere.as_ref().map_or(&self.netlink, |e| &e.host);
+        if host.link(name).await?.is_none() {
+            return Ok(false);
+        }
+        tc::limit(None, name, ingress_kbps, egress_kbps).await?;
+        Ok(true)
     }
 
     /// Brings a stopped guest's taps back to where libvirtd opens them, before a start.
@@ -437,10 +499,17 @@ impl Networks {
                 network.name
             )));
         };
+        // The network's MTU, not the bridge's now: a bridge that lost its last port (the taps
+        // gone in a reboot) has fallen back to 1500 until the next reconcile.
+        let lower_mtu = match &network.kind {
+            Kind::Vxlan { underlay, .. } => self.netlink.link(underlay).await?.map(|l| l.mtu),
+            _ => None,
+        };
+        let mtu = network.effective_mtu(lower_mtu);
         let index = match self.netlink.link(tap).await? {
             Some(l) => l.index,
             None => {
-                self.netlink.add_tap(tap)?;
+                self.netlink.add_tap(tap).await?;
                 self.netlink
                     .link(tap)
                     .await?
@@ -448,69 +517,7 @@ impl Networks {
                     .ok_or_else(|| NetworksError::Failed(format!("tap {tap} vanished")))?
             }
         };
-        self.netlink.set(index, Some(b.mtu), Some(b.index)).await?;
-        Ok(())
-    }
-
-    /// Rate limits on the tap with tc, where the tap now is: what the guest receives leaves
-    /// the host through the tap (a tbf qdisc), what it sends enters through it (an ingress
-    /// policer). Kernels without the police action (act_police) refuse an egress limit.
-    fn limit(&self, tap: &GuestTap) -> Result<(), NetworksError> {
-        let tc = |args: &[String]| -> Result<(), String> {
-            let mut cmd = match &self.netlink.namespace.path {
-                Some(path) => {
-                    let mut c = std::process::Command::new("nsenter");
-                    c.arg(format!("--net={}", path.display())).arg("tc");
-                    c
-                }
-                None => std::process::Command::new("tc"),
-            };
-            let out = cmd.args(args).output().map_err(|e| format!("tc: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-            }
-        };
-        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-        // A burst of 10 ms at the rate, at least one 9000-byte frame and some.
-        let burst = |kbps: u32| format!("{}", (u64::from(kbps) * 1000 / 8 / 100).max(16_384));
-        let name = tap.name.as_str();
-        if tap.ingress_kbps == 0 && tap.egress_kbps == 0 {
-            return Ok(());
-        }
-        let _ = tc(&s(&["qdisc", "del", "dev", name, "root"]));
-        let _ = tc(&s(&["qdisc", "del", "dev", name, "ingress"]));
-        if tap.ingress_kbps > 0 {
-            let rate = format!("{}kbit", tap.ingress_kbps);
-            tc(&s(&[
-                "qdisc",
-                "add",
-                "dev",
-                name,
-                "root",
-                "tbf",
-                "rate",
-                &rate,
-                "burst",
-                &burst(tap.ingress_kbps),
-                "latency",
-                "50ms",
-            ]))
-            .map_err(|e| NetworksError::Failed(format!("ingress_kbps on {name}: {e}")))?;
-        }
-        if tap.egress_kbps > 0 {
-            let rate = format!("{}kbit", tap.egress_kbps);
-            tc(&s(&["qdisc", "add", "dev", name, "handle", "ffff:", "ingress"]))
-                .and_then(|()| {
-                    tc(&s(&["filter", "add", "dev", name, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0", "police", "rate", &rate, "burst", &burst(tap.egress_kbps), "drop"]))
-                })
-                .map_err(|e| {
-                    NetworksError::Precondition(format!(
-                        "egress_kbps: this kernel cannot police traffic from the guest (tc u32 filter with the police action, act_police): {e}"
-                    ))
-                })?;
-        }
+        self.netlink.set(index, Some(mtu), Some(b.index)).await?;
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! Guest NIC identities: the tap's name and the MAC address, both derived from the guest's
 //! UUID and the NIC's index so that a restarted agent finds the same ones again.
 
+use std::collections::BTreeSet;
+
 use sha2::{Digest, Sha256};
 
 /// Taps the agent makes start with this; a tap with it and no guest is a leftover.
@@ -14,6 +16,34 @@ pub fn tap_name(uuid: &str, index: usize) -> String {
     let digest = Sha256::digest(uuid.to_ascii_lowercase().as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("{TAP_PREFIX}{}{index:x}", &hex[..11])
+}
+
+/// The part of a tap's name that names its guest: every tap of guest `uuid` starts with it.
+fn owner_prefix(uuid: &str) -> String {
+    let mut name = tap_name(uuid, 0);
+    name.pop();
+    name
+}
+
+/// The guests that may own taps, as they were when listed: the agent's guests, those with a
+/// create or delete in flight, and domains whose metadata cannot be read. Every tap of any of
+/// them is theirs, whatever its index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TapOwners {
+    prefixes: BTreeSet<String>,
+}
+
+impl TapOwners {
+    pub fn new<'a>(uuids: impl IntoIterator<Item = &'a str>) -> TapOwners {
+        TapOwners {
+            prefixes: uuids.into_iter().map(owner_prefix).collect(),
+        }
+    }
+
+    /// Whether `tap` belongs to one of these guests.
+    pub fn owns(&self, tap: &str) -> bool {
+        is_tap_name(tap) && self.prefixes.contains(&tap[..tap.len() - 1])
+    }
 }
 
 /// Whether `name` is shaped like one of the agent's taps.
@@ -100,6 +130,19 @@ mod tests {
         ] {
             assert!(!is_tap_name(other), "{other}");
         }
+    }
+
+    #[test]
+    fn owners_own_every_tap_of_their_guests_and_no_other() {
+        let other = "00000000-0000-4000-8000-000000000002";
+        let owners = TapOwners::new([UUID]);
+        assert!(owners.owns(&tap_name(UUID, 0)));
+        assert!(owners.owns(&tap_name(&UUID.to_ascii_lowercase(), 15)));
+        assert!(!owners.owns(&tap_name(other, 0)));
+        for foreign in ["vnet7", "br-ops", "hvtap0", ""] {
+            assert!(!owners.owns(foreign), "{foreign}");
+        }
+        assert!(!TapOwners::default().owns(&tap_name(UUID, 0)));
     }
 
     #[test]

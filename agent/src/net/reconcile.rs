@@ -2,10 +2,8 @@
 //! and the links as observed, applied by `net::Networks`. Each step is one repair, logged and
 //! counted by kind.
 
-use std::collections::BTreeSet;
-
 use super::link::Link;
-use super::nic::is_tap_name;
+use super::nic::{TapOwners, is_tap_name};
 use super::spec::{Kind, NetworkSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +44,7 @@ pub enum Step {
         network: String,
         name: String,
     },
-    /// A tap shaped like the agent's that no guest owns.
+    /// A tap shaped like the agent's, in one of its networks' bridges, that no guest owns.
     RemoveStrayTap {
         name: String,
     },
@@ -67,14 +65,14 @@ impl Step {
     }
 }
 
-/// Plans the repairs for `specs` given `links`; `guest_taps` are the taps guests own now
-/// (`None`: not known, so no tap counts as stray).
+/// Plans the repairs for `specs` given `links`; `owners` are the guests that own taps, listed
+/// after `links` were read (`None`: not known, so no tap counts as stray).
 /// Problems no step can fix (a missing underlay or uplink, a device of another kind under a
 /// name the agent needs) come back as messages.
 pub fn plan(
     specs: &[NetworkSpec],
     links: &[Link],
-    guest_taps: Option<&BTreeSet<String>>,
+    owners: Option<&TapOwners>,
 ) -> (Vec<Step>, Vec<String>) {
     let by_name = |n: &str| links.iter().find(|l| l.name == n);
     let mut steps = Vec::new();
@@ -167,6 +165,17 @@ pub fn plan(
             push_peers(&mut steps, spec, &member);
             continue;
         };
+        // Only a device of the member's kind is ever recreated: another kind under that name
+        // is not the agent's to delete.
+        if l.kind != spec.kind.word() {
+            problems.push(format!(
+                "{}: {member} exists but is a {} device, not a {}",
+                spec.name,
+                if l.kind.is_empty() { "plain" } else { &l.kind },
+                spec.kind.word()
+            ));
+            continue;
+        }
         let same_identity = match &spec.kind {
             Kind::Vxlan {
                 vni,
@@ -205,14 +214,40 @@ pub fn plan(
         }
         push_peers(&mut steps, spec, &member);
     }
-    for l in links.iter().filter(|_| guest_taps.is_some()) {
-        if is_tap_name(&l.name) && !guest_taps.is_some_and(|owned| owned.contains(&l.name)) {
-            steps.push(Step::RemoveStrayTap {
-                name: l.name.clone(),
-            });
-        }
+    if let Some(owners) = owners {
+        steps.extend(stray_taps(specs, links, owners).map(|name| Step::RemoveStrayTap { name }));
     }
     (steps, problems)
+}
+
+/// The taps that are certainly the agent's and no guest's: a tap device (not a bridge, veth
+/// or anything else) named like the agent's taps, in the bridge of one of `specs`, whose
+/// guest is not among `owners`. A tap outside the agent's bridges may be another agent's on
+/// its way to its namespace, or the operator's: it is never the reconciler's to remove.
+fn stray_taps<'a>(
+    specs: &'a [NetworkSpec],
+    links: &'a [Link],
+    owners: &'a TapOwners,
+) -> impl Iterator<Item = String> + 'a {
+    let bridges: Vec<u32> = specs
+        .iter()
+        .filter_map(|s| {
+            let bridge = s.bridge();
+            links
+                .iter()
+                .find(|l| l.name == bridge && l.kind == "bridge")
+                .map(|l| l.index)
+        })
+        .collect();
+    links
+        .iter()
+        .filter(move |l| {
+            l.kind == "tun"
+                && is_tap_name(&l.name)
+                && l.controller.is_some_and(|c| bridges.contains(&c))
+                && !owners.owns(&l.name)
+        })
+        .map(|l| l.name.clone())
 }
 
 fn join(member: &str, bridge: &str, why: &str) -> Step {
@@ -254,6 +289,7 @@ fn drift(l: &Link, mtu: u32, bridge: Option<&str>) -> String {
 mod tests {
     use super::*;
     use crate::net::link::VxlanInfo;
+    use crate::net::nic::tap_name;
 
     fn link(index: u32, name: &str, kind: &str, mtu: u32) -> Link {
         Link {
@@ -306,14 +342,18 @@ mod tests {
 
     #[test]
     fn a_healthy_network_needs_only_its_peers() {
-        let (steps, problems) = plan(&[vxlan_spec()], &healthy(), Some(&BTreeSet::new()));
+        let (steps, problems) = plan(&[vxlan_spec()], &healthy(), Some(&TapOwners::default()));
         assert!(problems.is_empty());
         assert_eq!(kinds(&steps), ["peers_added"]);
     }
 
     #[test]
     fn a_missing_network_is_made_whole() {
-        let (steps, _) = plan(&[vxlan_spec()], &healthy()[..1], Some(&BTreeSet::new()));
+        let (steps, _) = plan(
+            &[vxlan_spec()],
+            &healthy()[..1],
+            Some(&TapOwners::default()),
+        );
         assert_eq!(
             steps,
             [
@@ -342,7 +382,7 @@ mod tests {
         let mut links = healthy();
         links[1].mtu = 1300;
         links[1].up = false;
-        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&BTreeSet::new()));
+        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&TapOwners::default()));
         assert_eq!(
             steps[0],
             Step::Fix {
@@ -355,12 +395,12 @@ mod tests {
         // Member out of the bridge.
         let mut links = healthy();
         links[2].controller = None;
-        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&BTreeSet::new()));
+        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&TapOwners::default()));
         assert_eq!(kinds(&steps), ["link_fixed", "peers_added"]);
         // Member with another VNI: made again.
         let mut links = healthy();
         links[2].vxlan.as_mut().unwrap().vni = 7;
-        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&BTreeSet::new()));
+        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&TapOwners::default()));
         assert_eq!(
             kinds(&steps),
             [
@@ -373,37 +413,108 @@ mod tests {
         // The underlay's MTU grew: the derived MTU follows.
         let mut links = healthy();
         links[0].mtu = 9000;
-        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&BTreeSet::new()));
+        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&TapOwners::default()));
         assert_eq!(kinds(&steps), ["link_fixed", "link_fixed", "peers_added"]);
+    }
+
+    /// A guest's tap (UUID 1) and a stray one (UUID 2) in the network's bridge.
+    fn with_taps() -> Vec<Link> {
+        let mut links = healthy();
+        for (index, uuid) in [(9, 1), (10, 2)] {
+            let mut tap = link(index, &tap_name(&uuid_n(uuid), 0), "tun", 1450);
+            tap.controller = Some(2);
+            links.push(tap);
+        }
+        links
+    }
+
+    fn uuid_n(n: u32) -> String {
+        format!("00000000-0000-4000-8000-{n:012x}")
     }
 
     #[test]
     fn stray_taps_go_and_guest_taps_stay() {
-        let mut links = healthy();
-        links.push(link(9, "hv0123456789a0", "tun", 1450));
-        links.push(link(10, "hvabcdefabcde0", "tun", 1450));
-        links.push(link(11, "tap0", "tun", 1500));
-        let owned = BTreeSet::from(["hv0123456789a0".to_string()]);
-        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&owned));
-        let (untouched, _) = plan(&[vxlan_spec()], &links, None);
-        assert_eq!(kinds(&untouched), ["peers_added"]);
+        let links = with_taps();
+        let owners = TapOwners::new([uuid_n(1).as_str()]);
+        let (steps, _) = plan(&[vxlan_spec()], &links, Some(&owners));
+        assert_eq!(kinds(&steps), ["peers_added", "stray_tap_removed"]);
         assert_eq!(
             steps.last(),
             Some(&Step::RemoveStrayTap {
-                name: "hvabcdefabcde0".into()
+                name: tap_name(&uuid_n(2), 0)
             })
         );
-        assert_eq!(kinds(&steps), ["peers_added", "stray_tap_removed"]);
+        // Guests not known (libvirt down): no tap is stray.
+        let (untouched, _) = plan(&[vxlan_spec()], &links, None);
+        assert_eq!(kinds(&untouched), ["peers_added"]);
+        // Every tap of an owner stays, at any index (a guest being created, or one whose
+        // metadata cannot be read, has as many NICs as it has).
+        let mut more = with_taps();
+        let mut tap = link(11, &tap_name(&uuid_n(1), 15), "tun", 1450);
+        tap.controller = Some(2);
+        more.push(tap);
+        let owners = TapOwners::new([uuid_n(1).as_str(), uuid_n(2).as_str()]);
+        let (steps, _) = plan(&[vxlan_spec()], &more, Some(&owners));
+        assert_eq!(kinds(&steps), ["peers_added"]);
+    }
+
+    /// Only the agent's own taps in its own bridges are ever removed: the operator's bridge,
+    /// a libvirt tap, look-alike names, an agent-shaped name on another kind of device, and
+    /// agent-shaped taps outside the agent's bridges (another agent's, on their way to its
+    /// namespace) all stay.
+    #[test]
+    fn foreign_devices_are_never_removed() {
+        let mut links = healthy();
+        let foreign = [
+            (20, "br-ops", "bridge", None),
+            (21, "vnet7", "tun", Some(2)),
+            (22, "hvtap0", "tun", Some(2)),
+            (23, "hvabcdefabcdef0", "tun", Some(2)),
+            (24, "hv0123456789ab", "veth", Some(2)),
+            (25, "hv0123456789ac", "tun", None),
+            (26, "hv0123456789ad", "tun", Some(20)),
+            (27, "br-x", "bridge", None),
+            (28, "hv0123456789ae", "tun", Some(27)),
+        ];
+        for (index, name, kind, controller) in foreign {
+            let mut l = link(index, name, kind, 1500);
+            l.controller = controller;
+            links.push(l);
+        }
+        let (steps, problems) = plan(&[vxlan_spec()], &links, Some(&TapOwners::default()));
+        assert!(problems.is_empty());
+        assert_eq!(kinds(&steps), ["peers_added"]);
+        // Without any spec, no bridge is the agent's: nothing is removed at all.
+        let (steps, _) = plan(&[], &with_taps(), Some(&TapOwners::default()));
+        assert!(steps.is_empty(), "{steps:?}");
+        // A device of another kind under the member's name is reported, not recreated.
+        let mut links = healthy();
+        links[2].kind = "veth".into();
+        let (steps, problems) = plan(&[vxlan_spec()], &links, Some(&TapOwners::default()));
+        assert!(steps.is_empty(), "{steps:?}");
+        assert_eq!(
+            problems,
+            ["t: vx-t exists but is a veth device, not a vxlan"]
+        );
+        // A device of another kind under the bridge's name is reported, not replaced.
+        let mut links = with_taps();
+        links[1].kind = "dummy".into();
+        let (steps, problems) = plan(&[vxlan_spec()], &links, Some(&TapOwners::default()));
+        assert!(steps.is_empty(), "{steps:?}");
+        assert_eq!(
+            problems,
+            ["t: br-t exists but is a dummy device, not a bridge"]
+        );
     }
 
     #[test]
     fn what_cannot_be_repaired_is_reported() {
-        let (steps, problems) = plan(&[vxlan_spec()], &[], Some(&BTreeSet::new()));
+        let (steps, problems) = plan(&[vxlan_spec()], &[], Some(&TapOwners::default()));
         assert!(steps.is_empty());
         assert_eq!(problems, ["t: interface eth0 does not exist"]);
         let mut links = healthy();
         links[1].kind = "veth".into();
-        let (_, problems) = plan(&[vxlan_spec()], &links, Some(&BTreeSet::new()));
+        let (_, problems) = plan(&[vxlan_spec()], &links, Some(&TapOwners::default()));
         assert_eq!(
             problems,
             ["t: br-t exists but is a veth device, not a bridge"]
@@ -421,7 +532,7 @@ mod tests {
             address: Some("192.0.2.1/24".parse().unwrap()),
         };
         let links = vec![link(1, "eth1", "", 1500)];
-        let (steps, _) = plan(&[spec], &links, Some(&BTreeSet::new()));
+        let (steps, _) = plan(&[spec], &links, Some(&TapOwners::default()));
         assert_eq!(
             kinds(&steps),
             ["bridge_created", "address_added", "link_fixed"]
