@@ -475,3 +475,183 @@ fn vxlan_joins_guests_across_two_hosts() {
         }
     });
 }
+
+/// The agent's tap of NIC `index` of guest `n`, as `ip -n NS -j link show` reports it.
+fn tap_in(ns: &str, n: u32, index: usize) -> Option<serde_json::Value> {
+    let tap = hvagent::net::nic::tap_name(&uuid(n), index);
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", &tap])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.get(0).cloned()
+}
+
+/// `tc qdisc show dev DEV` inside namespace `ns`.
+fn qdiscs_in(ns: &str, dev: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "tc", "qdisc", "show", "dev", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// After a host reboot a guest's taps are gone; Start makes them again (in the network's
+/// bridge, with its MTU and the NIC's rate limit) before libvirt opens them, whether the
+/// agent ran all along or was restarted meanwhile. The guest's second NIC is in a plain
+/// host bridge: its rate limit is applied to the tap libvirt makes, at create and at every
+/// start.
+#[test]
+fn start_makes_missing_taps_again() {
+    let tag = std::process::id() % 100_000;
+    let host = Host(format!("hvre-{tag}"));
+    ip(&["netns", "add", &host.0]);
+    let host_bridge = format!("hvhb{tag}");
+    ip(&["link", "add", &host_bridge, "type", "bridge"]);
+    let agent = Agent::configure(&format!(
+        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n[network]\nnamespace = \"/run/netns/{}\"\n",
+        host.0
+    ));
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut agent = agent.spawn();
+    let n = 0x21;
+    let _cleanup = Cleanup {
+        guests: vec![uuid(n), uuid(n + 1)],
+        bridges: vec![host_bridge.clone()],
+    };
+    let tap = hvagent::net::nic::tap_name(&uuid(n), 0);
+    let host_tap = hvagent::net::nic::tap_name(&uuid(n), 1);
+    let host_limit = |when: &str| {
+        let qdisc = tc(&["qdisc", "show", "dev", &host_tap]);
+        assert!(
+            qdisc.contains("tbf") && qdisc.contains("rate 4Mbit"),
+            "{when}: {qdisc}"
+        );
+        assert_eq!(
+            link_master(&host_tap).as_deref(),
+            Some(host_bridge.as_str())
+        );
+    };
+    let rt = runtime();
+    let connect = |socket: std::path::PathBuf| async move {
+        Vms::new(hvctl::client::connect(&socket).await.unwrap())
+    };
+    rt.block_on(async {
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+        import_testguest(channel.clone()).await;
+        pb::network_service_client::NetworkServiceClient::new(channel)
+            .ensure(pb::EnsureNetworkRequest {
+                network: Some(pb::Network {
+                    name: "seg".into(),
+                    kind: "bridge".into(),
+                    mtu: 1400,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        let mut vms = connect(agent.socket.clone()).await;
+        vms.create(pb::CreateVmRequest {
+            uuid: uuid(n),
+            name: "reboot-1".into(),
+            flavor: "SCS-1Vi-0.5u".into(),
+            image: "testguest".into(),
+            networks: vec!["seg".into(), host_bridge.clone()],
+            ingress_kbps: vec![8000, 4000],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(tap_in(&host.0, n, 0).unwrap()["master"], "br-seg");
+        host_limit("created");
+        // A limit on what the guest sends through a host bridge needs the police action too.
+        let limited = vms
+            .create(pb::CreateVmRequest {
+                uuid: uuid(n + 1),
+                name: "reboot-2".into(),
+                flavor: "SCS-1Vi-0.5u".into(),
+                image: "testguest".into(),
+                networks: vec![host_bridge.clone()],
+                egress_kbps: vec![4000],
+                ..Default::default()
+            })
+            .await;
+        let tap2 = hvagent::net::nic::tap_name(&uuid(n + 1), 0);
+        if police_supported() {
+            limited.unwrap();
+            let filters = tc(&["filter", "show", "dev", &tap2, "parent", "ffff:"]);
+            assert!(filters.contains("rate 4Mbit"), "{filters}");
+            vms.delete(pb::DeleteVmRequest { uuid: uuid(n + 1) })
+                .await
+                .unwrap();
+        } else {
+            let status = limited.unwrap_err();
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .starts_with("egress_kbps: this kernel cannot police"),
+                "{status:?}"
+            );
+            let domains = common::tool("virsh", &["list", "--all", "--uuid"]);
+            assert!(!domains.contains(&uuid(n + 1)), "domain left");
+        }
+        assert!(
+            !std::path::Path::new("/sys/class/net").join(&tap2).exists(),
+            "tap left"
+        );
+    });
+    // Stop, lose the tap (as a reboot does), start: once with the agent running, once with
+    // the tap gone while the agent was down.
+    for restart in [false, true] {
+        rt.block_on(async {
+            let mut vms = connect(agent.socket.clone()).await;
+            vms.stop(pb::StopVmRequest {
+                uuid: uuid(n),
+                force: true,
+                timeout_seconds: 0,
+            })
+            .await
+            .unwrap();
+        });
+        if restart {
+            agent.stop_with(nix::sys::signal::Signal::SIGTERM);
+        }
+        ip(&["-n", &host.0, "link", "del", &tap]);
+        assert!(tap_in(&host.0, n, 0).is_none());
+        if restart {
+            agent = agent.spawn();
+        }
+        rt.block_on(async {
+            let mut vms = connect(agent.socket.clone()).await;
+            let started = vms
+                .start(pb::StartVmRequest { uuid: uuid(n) })
+                .await
+                .unwrap_or_else(|e| panic!("start (restarted agent: {restart}): {e:?}"))
+                .into_inner();
+            assert_eq!(started.state, "running");
+            let link = tap_in(&host.0, n, 0).expect("the tap is back");
+            assert_eq!(link["master"], "br-seg", "{link}");
+            // The network's MTU, though the bridge fell back to 1500 when it lost the tap.
+            assert_eq!(link["mtu"], 1400, "{link}");
+            let qdisc = qdiscs_in(&host.0, &tap);
+            assert!(
+                qdisc.contains("tbf") && qdisc.contains("rate 8Mbit"),
+                "{qdisc}"
+            );
+            host_limit("started");
+            // libvirt opened that tap for the guest's NIC, with the guest's MAC.
+            let nics = common::tool("virsh", &["domiflist", &uuid(n)]);
+            assert!(
+                nics.contains(&tap) && nics.contains(&started.macs[0]),
+                "{nics}"
+            );
+        });
+    }
+    rt.block_on(async {
+        let mut vms = connect(agent.socket.clone()).await;
+        vms.delete(pb::DeleteVmRequest { uuid: uuid(n) })
+            .await
+            .unwrap();
+    });
+}

@@ -82,8 +82,9 @@ pub struct NicIntent {
 pub enum NicAttach {
     /// A tap the agent made and put into a managed network's bridge (`managed='no'`).
     Tap(String),
-    /// A host bridge libvirt attaches a tap of its own to.
-    Bridge(String),
+    /// A host bridge libvirt attaches a tap of its own to, named `tap` (so that the agent
+    /// finds it to apply the NIC's rate limits).
+    Bridge { bridge: String, tap: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -466,9 +467,10 @@ struct MacAddress {
 struct TapTarget {
     #[serde(rename = "@dev")]
     dev: String,
-    /// The agent made the tap: libvirt opens it and leaves it alone.
-    #[serde(rename = "@managed")]
-    managed: &'static str,
+    /// `no`: the agent made the tap, libvirt opens it and leaves it alone. None: libvirt
+    /// makes it (in a bridge), under this name.
+    #[serde(rename = "@managed", skip_serializing_if = "Option::is_none")]
+    managed: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -703,11 +705,16 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
                     };
                     let model = TypeAttr { kind: "virtio" };
                     match &n.attach {
-                        NicAttach::Bridge(b) => Interface {
+                        NicAttach::Bridge { bridge, tap } => Interface {
                             kind: "bridge",
                             mac,
-                            source: Some(BridgeSource { bridge: b.clone() }),
-                            target: None,
+                            source: Some(BridgeSource {
+                                bridge: bridge.clone(),
+                            }),
+                            target: Some(TapTarget {
+                                dev: tap.clone(),
+                                managed: None,
+                            }),
                             model,
                         },
                         NicAttach::Tap(t) => Interface {
@@ -716,7 +723,7 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
                             source: None,
                             target: Some(TapTarget {
                                 dev: t.clone(),
-                                managed: "no",
+                                managed: Some("no"),
                             }),
                             model,
                         },
@@ -893,7 +900,10 @@ mod tests {
             disk_bus: DiskBus::Virtio,
             nics: vec![
                 NicSpec {
-                    attach: NicAttach::Bridge("br0".into()),
+                    attach: NicAttach::Bridge {
+                        bridge: "br0".into(),
+                        tap: "hv0123456789a0".into(),
+                    },
                     mac: "02:00:00:00:00:01".into(),
                 },
                 NicSpec {
@@ -921,7 +931,7 @@ mod tests {
             "<cpu mode=\"custom\" match=\"exact\"><model fallback=\"forbid\">qemu64</model><topology sockets=\"1\" dies=\"1\" cores=\"2\" threads=\"1\"/><feature policy=\"require\" name=\"rdrand\"/><numa><cell id=\"0\" cpus=\"0-1\" memory=\"4194304\" unit=\"KiB\"/></numa></cpu>",
             "<target dev=\"vda\" bus=\"virtio\"/>",
             "<target dev=\"vdb\" bus=\"virtio\"/><readonly/>",
-            "<interface type=\"bridge\"><mac address=\"02:00:00:00:00:01\"/><source bridge=\"br0\"/><model type=\"virtio\"/></interface>",
+            "<interface type=\"bridge\"><mac address=\"02:00:00:00:00:01\"/><source bridge=\"br0\"/><target dev=\"hv0123456789a0\"/><model type=\"virtio\"/></interface>",
             "<interface type=\"ethernet\"><mac address=\"02:00:00:00:00:02\"/><target dev=\"hv0123456789a1\" managed=\"no\"/><model type=\"virtio\"/></interface>",
             "<serial type=\"pty\"><target port=\"0\"/><log file=\"/var/lib/hvagent/vms/x/console.log\" append=\"on\"/></serial><console type=\"pty\"><target type=\"serial\" port=\"0\"/></console>",
             "<rng model=\"virtio\"><backend model=\"random\">/dev/urandom</backend></rng>",

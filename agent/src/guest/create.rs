@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::error::{GuestError, refused};
 use super::plan::{
-    CreatePlan, Placed, PlannedNic, extra_disks, guest_spec, guest_taps, meta_data, nic_intent,
+    CreatePlan, Placed, PlannedNic, extra_disks, guest_spec, guest_taps, host_taps, meta_data,
+    nic_intent,
 };
 use super::request::{CreateRequest, check_ram, root_disk_bytes, validate};
 use super::{GIB, Guest, Guests, now_unix};
@@ -91,7 +92,13 @@ fn attach(
         .join("bridge")
         .is_dir()
     {
-        return Ok((NicAttach::Bridge(name.to_string()), None));
+        return Ok((
+            NicAttach::Bridge {
+                bridge: name.to_string(),
+                tap: nic::tap_name(uuid, index),
+            },
+            None,
+        ));
     }
     Err(GuestError::NotFound(format!(
         "networks[{index}]: no network or bridge named {name:?} on this node"
@@ -345,6 +352,8 @@ impl Guests {
         })
         .await?;
         self.networks.join(&taps).await?;
+        let host_taps = host_taps(uuid, nics.iter().map(|n| (n.network.is_some(), &n.intent)));
+        self.limit_host_taps(uuid, &host_taps).await?;
         let intent = guest_spec.intent;
         tracing::info!(vm = %uuid, name = %req.name, flavor = %intent.flavor, "created");
         if intent.claim.dedicated_cpus().next().is_some() {

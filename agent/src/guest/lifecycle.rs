@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::GuestError;
-use super::plan::guest_taps;
+use super::plan::{HostTap, guest_taps, host_taps};
 use super::request::checked_uuid;
 use super::{Guest, Guests};
 use crate::domain::{DomainEvent, DomainState, EventKind};
@@ -21,23 +21,61 @@ impl Guests {
     pub async fn start(&self, uuid: &str) -> Result<Guest, GuestError> {
         let uuid = checked_uuid(uuid)?;
         let guest = self.get(&uuid).await?;
-        // Taps in managed networks: where libvirtd opens them for the start, then back.
+        let networks: Vec<_> = guest
+            .intent
+            .networks
+            .iter()
+            .map(|name| self.networks.managed(name))
+            .collect();
+        let nic = |i: usize| guest.intent.nics.get(i).cloned().unwrap_or_default();
         let taps = guest_taps(
             &uuid,
-            guest.intent.networks.iter().enumerate().map(|(i, name)| {
-                let nic = guest.intent.nics.get(i).cloned().unwrap_or_default();
-                (self.networks.managed(name), nic)
-            }),
+            networks
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), nic(i))),
         );
         if guest.state != DomainState::Running {
+            // Taps in managed networks: back where libvirtd opens them, and made again where
+            // they are gone (a host reboot loses every tap; libvirt only opens them).
             self.networks.recall(&taps).await?;
+            for tap in &taps {
+                self.networks.plug(tap).await?;
+            }
         }
         let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
         self.blocking(move || hypervisor.start(&u).map_err(GuestError::from))
             .await?;
         self.networks.join(&taps).await?;
+        let intents: Vec<_> = (0..networks.len()).map(nic).collect();
+        let host = host_taps(
+            &uuid,
+            networks.iter().map(Option::is_some).zip(intents.iter()),
+        );
+        self.limit_host_taps(&uuid, &host).await?;
         self.get(&uuid).await
+    }
+
+    /// Applies the rate limits of the guest's NICs in host bridges to the taps libvirt made
+    /// for them (again at every start: each start makes them anew).
+    pub(super) async fn limit_host_taps(
+        &self,
+        uuid: &str,
+        taps: &[HostTap],
+    ) -> Result<(), GuestError> {
+        for tap in taps {
+            let found = self
+                .networks
+                .limit_host_tap(&tap.name, tap.ingress_kbps, tap.egress_kbps)
+                .await?;
+            if !found {
+                // Defined before NICs in host bridges got the agent's tap names: libvirt
+                // named the tap itself.
+                tracing::warn!(vm = %uuid, tap = %tap.name, "no such tap: the NIC's rate limits are not applied (recreate the guest to have them)");
+            }
+        }
+        Ok(())
     }
 
     /// ACPI shutdown, then destroy after `timeout`; `force` destroys at once. The wait is on

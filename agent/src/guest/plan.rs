@@ -95,6 +95,30 @@ pub(super) fn guest_taps(
         .collect()
 }
 
+/// A NIC's tap in a host bridge (libvirt makes it, under the agent's tap name) and its rate
+/// limits, which the agent applies once the guest runs.
+pub(super) struct HostTap {
+    pub name: String,
+    pub ingress_kbps: u32,
+    pub egress_kbps: u32,
+}
+
+/// The taps of guest `uuid` in host bridges that have a rate limit, from its NICs in order
+/// (each with whether it is in a managed network).
+pub(super) fn host_taps<'a>(
+    uuid: &str,
+    nics: impl Iterator<Item = (bool, &'a NicIntent)>,
+) -> Vec<HostTap> {
+    nics.enumerate()
+        .filter(|(_, (managed, nic))| !managed && (nic.ingress_kbps > 0 || nic.egress_kbps > 0))
+        .map(|(i, (_, nic))| HostTap {
+            name: nic::tap_name(uuid, i),
+            ingress_kbps: nic.ingress_kbps,
+            egress_kbps: nic.egress_kbps,
+        })
+        .collect()
+}
+
 /// The domain of the guest, with the agent's intent (what `get` and the start-up rebuild read
 /// back) in its metadata. `host_flags` are the host CPU's: only features it has are passed on.
 pub(super) fn guest_spec(
@@ -227,6 +251,38 @@ mod tests {
 
     /// The flavor's extra disks after the root disk and before the seed, only the CPU
     /// features the host has, the image's disk bus and RNG, and MACs given or derived.
+    /// Only NICs in host bridges with a limit have a host tap to limit, each under the tap
+    /// name the domain gives libvirt for that NIC.
+    #[test]
+    fn host_taps_are_the_limited_nics_in_host_bridges() {
+        let uuid = "00000000-0000-4000-8000-000000000001";
+        let limited = NicIntent {
+            ingress_kbps: 8000,
+            ..NicIntent::default()
+        };
+        let sending = NicIntent {
+            egress_kbps: 4000,
+            ..NicIntent::default()
+        };
+        let nics = [
+            (true, &limited),
+            (false, &limited),
+            (false, &NicIntent::default()),
+            (false, &sending),
+        ];
+        let taps: Vec<_> = host_taps(uuid, nics.into_iter())
+            .into_iter()
+            .map(|t| (t.name, t.ingress_kbps, t.egress_kbps))
+            .collect();
+        assert_eq!(
+            taps,
+            [
+                (nic::tap_name(uuid, 1), 8000, 0),
+                (nic::tap_name(uuid, 3), 0, 4000)
+            ]
+        );
+    }
+
     #[test]
     fn the_domain_follows_flavor_image_host_and_request() {
         let uuid = "00000000-0000-4000-8000-000000000001";
@@ -241,7 +297,10 @@ mod tests {
         let image = image(&[("hw_disk_bus", "sata"), ("hw_rng_model", "virtio")]);
         let nics: Vec<PlannedNic> = (0..2)
             .map(|i| PlannedNic {
-                attach: NicAttach::Bridge(format!("br{i}")),
+                attach: NicAttach::Bridge {
+                    bridge: format!("br{i}"),
+                    tap: nic::tap_name(uuid, i),
+                },
                 network: None,
                 intent: nic_intent(&req, uuid, i),
             })
