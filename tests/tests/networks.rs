@@ -488,6 +488,34 @@ fn drift_is_repaired() {
             b"{\"name\": \"prov\", \"ki",
             "the file is kept for the operator"
         );
+        // A veth someone made under the VXLAN member's name: reported by the reconciler, not
+        // recreated, and left by Delete, which removes only the network's own bridge.
+        ns.ip(&["link", "del", "vx-seg"]);
+        ns.ip(&[
+            "link", "add", "vx-seg", "type", "veth", "peer", "name", "hvpeer2",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let listed = n
+                .list(pb::ListNetworksRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let seg = listed.networks.iter().find(|s| s.bridge == "br-seg");
+            if seg.is_some_and(|s| {
+                s.problems
+                    .contains(&"seg: vx-seg exists but is a veth device, not a vxlan".to_string())
+            }) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{listed:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(ns.link("vx-seg").unwrap()["linkinfo"]["info_kind"], "veth");
+        assert!(delete(&mut n, "seg", false).await);
+        assert!(ns.link("br-seg").is_none());
+        assert_eq!(ns.link("vx-seg").unwrap()["linkinfo"]["info_kind"], "veth");
     });
 }
 
