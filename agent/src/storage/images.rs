@@ -452,12 +452,13 @@ impl ImageStore {
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(source)
             .map_err(|e| {
+                let shown = source.display();
                 let why = if e.raw_os_error() == Some(libc::ELOOP) {
-                    "is a symbolic link (give the file it points to)".to_string()
+                    format!("{shown} is a symbolic link (give the file it points to)")
                 } else {
-                    format!("cannot be opened: {e}")
+                    format!("cannot open {shown}: {e}")
                 };
-                invalid("source_path", format!("{} {why}", source.display()))
+                invalid("source_path", why)
             })?;
         let meta = input.metadata().map_err(io(source, "stat"))?;
         if !meta.is_file() {
@@ -472,7 +473,7 @@ impl ImageStore {
 
     /// Refuses, before anything is read, an import of `bytes` bytes that is over the size cap
     /// or would leave less than the kept free space on the store's file system.
-    pub fn check_room(&self, ticket: &ImportTicket, bounds: &Bounds) -> Result<(), StoreError> {
+    fn check_room(&self, ticket: &ImportTicket, bounds: &Bounds) -> Result<(), StoreError> {
         let bytes = ticket.progress.total.load(Ordering::Relaxed);
         let limits = &bounds.limits;
         if bytes > limits.max_bytes {
