@@ -15,6 +15,9 @@ const READERS: &str = "hvtest-read";
 
 /// Makes a group and a user in the given groups, if missing.
 fn ensure_user(user: &str, groups: &[&str]) {
+    // Tests run in parallel; useradd refuses to run beside another useradd.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for g in groups {
         let _ = Command::new("groupadd").args(["-f", g]).status();
     }
@@ -175,4 +178,82 @@ fn local_callers_get_the_roles_of_their_groups_and_every_mutation_is_audited() {
         std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// A member of the socket's group cannot make the agent hold more than its share of local
+/// connections, nor hold silent ones: 100 silent connections of one user hold at most
+/// `MAX_LOCAL_CONNECTIONS_PER_USER`, root's own (never limited) still get in, and every silent
+/// one is closed after `FIRST_BYTES_TIMEOUT`.
+#[test]
+fn local_users_hold_a_bounded_number_of_connections_and_silent_ones_are_closed() {
+    use hvagent::daemon::listener::{FIRST_BYTES_TIMEOUT, MAX_LOCAL_CONNECTIONS_PER_USER};
+    use std::io::BufRead;
+    use std::time::Duration;
+    ensure_user("hvtest-outsider", &[SOCKET_GROUP]);
+    let agent = Agent::configure("");
+    let config = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!("{config}[access]\nsocket_group = \"{SOCKET_GROUP}\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = agent.spawn();
+    let pid = agent.pid();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    // The agent's own descriptors (its libvirt connection among them) opened first.
+    let out = agent.hvctl(&["vm", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = descriptors();
+
+    // 100 connections of one user, which say nothing (perl: in every Debian, for any user).
+    let script = "use IO::Socket::UNIX; \
+        my @s = map { IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"connect: $!\" } 1..100; \
+        $| = 1; print \"connected\\n\"; sleep 60;";
+    let mut user = Command::new("setpriv")
+        .args([
+            "--reuid=hvtest-outsider",
+            &format!("--regid={}", primary_gid("hvtest-outsider")),
+            "--init-groups",
+            "--",
+            "/usr/bin/perl",
+            "-e",
+            script,
+        ])
+        .arg(&agent.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv and perl");
+    let mut line = String::new();
+    std::io::BufReader::new(user.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "connected");
+    // Root's, 100 silent ones too: not limited.
+    let root: Vec<std::os::unix::net::UnixStream> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = descriptors();
+    println!("agent descriptors: {before} before, {during} with 100 + 100 silent connections");
+    assert!(
+        during >= before + root.len()
+            && during <= before + root.len() + MAX_LOCAL_CONNECTIONS_PER_USER + 8,
+        "{during} descriptors open, {before} before"
+    );
+    let out = agent.hvctl(&["vm", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    std::thread::sleep(FIRST_BYTES_TIMEOUT + Duration::from_secs(1));
+    let after = descriptors();
+    let _ = user.kill();
+    let _ = user.wait();
+    println!("agent descriptors: {after} once the silent ones were closed");
+    assert!(after <= before + 2, "{after} descriptors, {before} before");
+    let out = agent.hvctl(&["vm", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
