@@ -2,7 +2,11 @@
 //! meanwhile and work again once it is back, without restarting the agent; the guest keeps
 //! running; an event stream opened before gets a `lost` event and then the guest's events;
 //! the node's health says LibvirtDisconnected and not ready meanwhile, and ready again after.
-//! A test binary of its own, so that no other test's libvirt calls run while libvirtd is down.
+//! libvirtd killed at every step of a create and a delete: after the agent restarts, each
+//! guest is whole or gone. An agent that starts while libvirtd is down answers placement
+//! calls UNAVAILABLE until it has rebuilt placement from the running guests' claims.
+//! A test binary of its own, so that no other test's libvirt calls run while libvirtd is down;
+//! its tests take turns (`ONE_AT_A_TIME`).
 
 mod common;
 
@@ -21,26 +25,31 @@ fn libvirtd_running() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Starts libvirtd if it is not running and waits until it answers (at most 30 s).
+fn start_libvirtd() {
+    if !libvirtd_running() {
+        let _ = std::fs::remove_file("/run/libvirtd.pid");
+        let _ = Command::new("libvirtd").arg("-d").status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let up = Command::new("virsh")
+            .args(["-c", "qemu:///system", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Starts libvirtd again even when the test fails halfway.
 struct Restart;
 
 impl Drop for Restart {
     fn drop(&mut self) {
-        if !libvirtd_running() {
-            let _ = std::fs::remove_file("/run/libvirtd.pid");
-            let _ = Command::new("libvirtd").arg("-d").status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let up = Command::new("virsh")
-                .args(["-c", "qemu:///system", "version"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if up {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        start_libvirtd();
     }
 }
 
@@ -51,6 +60,34 @@ impl Drop for Resume {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
     }
+}
+
+/// The tests here stop libvirtd: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Kills libvirtd (SIGKILL: no clean-up of its own) and waits until it is gone.
+fn kill_libvirtd() {
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-x", "libvirtd"])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while libvirtd_running() {
+        assert!(Instant::now() < deadline, "libvirtd did not die");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn domain_exists(uuid: &str) -> bool {
+    Command::new("virsh")
+        .args(["-c", "qemu:///system", "domstate", uuid])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 type Node = pb::node_service_client::NodeServiceClient<tonic::transport::Channel>;
@@ -82,6 +119,7 @@ fn condition(h: &pb::Health, kind: &str) -> pb::Condition {
 
 #[test]
 fn guest_calls_recover_after_libvirtd_restarts() {
+    let _turn = one_at_a_time();
     // Sampling health every second; DiskPressure off (a CI disk may be nearly full).
     let agent = Agent::configure(
         "[host]\nkvm_device = \"/nonexistent/kvm\"\n\
@@ -214,6 +252,233 @@ fn guest_calls_recover_after_libvirtd_restarts() {
 
         assert!(
             vms.delete(pb::DeleteVmRequest { uuid })
+                .await
+                .unwrap()
+                .into_inner()
+                .deleted
+        );
+    });
+}
+
+/// The agent's view after a restart agrees with libvirt and the disk: every guest of `ids` is
+/// listed, claimed, defined and has its files, or has none of them.
+async fn whole_or_gone(agent: &Agent, ids: &[String], when: &str) -> Vec<String> {
+    let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+    let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
+    let mut placement = pb::placement_service_client::PlacementServiceClient::new(channel);
+    // Placement answers once it is rebuilt from libvirt (which is starting again).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let claimed = loop {
+        match placement.list_claims(pb::ListClaimsRequest {}).await {
+            Ok(r) => break r.into_inner().claims,
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{when}: {s:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "{when}: placement never rebuilt: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let listed: Vec<String> = vms
+        .list(pb::ListVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .vms
+        .into_iter()
+        .map(|v| v.uuid)
+        .collect();
+    for id in ids {
+        let domain = domain_exists(id);
+        let files = agent.dir.path().join("store/vms").join(id).exists();
+        let guest = listed.contains(id);
+        let claim = claimed.iter().any(|c| &c.vm_uuid == id);
+        assert!(
+            (domain && files && guest && claim) || (!domain && !files && !guest && !claim),
+            "{when}: {id}: domain {domain}, files {files}, listed {guest}, claim {claim}"
+        );
+    }
+    listed
+}
+
+/// libvirtd dies (SIGKILL) at a different instant of a create, then of a delete; libvirtd and
+/// the agent start again. Each guest is then whole (domain, files, claim, listed) or gone.
+#[test]
+fn libvirtd_killed_mid_create_or_delete_leaves_guests_whole_or_gone() {
+    let _turn = one_at_a_time();
+    let agent = Agent::configure(
+        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
+    );
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        text.replace("[storage]\n", "[storage]\norphan_grace_seconds = 0\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut agent = agent.spawn();
+    let ids: Vec<String> = (0..6)
+        .map(|n| format!("00000000-0000-4000-8000-0000000c7a{n:02x}"))
+        .collect();
+    let _cleanup = Cleanup(ids.clone());
+    let _restart = Restart;
+    let rt = common::runtime();
+    rt.block_on(async {
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+        import_testguest(channel).await;
+    });
+    let instants_ms = [0u64, 20, 60, 150, 300, 600];
+    for (i, (id, at)) in ids.iter().zip(instants_ms).enumerate() {
+        let socket = agent.socket.clone();
+        let req = pb::CreateVmRequest {
+            uuid: id.clone(),
+            name: format!("lvkill-{i}"),
+            flavor: "SCS-1Vi-0.5u".into(),
+            image: "testguest".into(),
+            ..Default::default()
+        };
+        let create = std::thread::spawn(move || {
+            common::runtime().block_on(async move {
+                let channel = hvctl::client::connect(&socket).await.unwrap();
+                pb::vm_service_client::VmServiceClient::new(channel)
+                    .create(req)
+                    .await
+                    .map(|_| ())
+            })
+        });
+        std::thread::sleep(Duration::from_millis(at));
+        kill_libvirtd();
+        let answer = create.join().unwrap();
+        start_libvirtd();
+        let (_, _) = agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+        agent = agent.spawn();
+        let when = format!("libvirtd killed {at} ms into create {i} (answered {answer:?})");
+        rt.block_on(whole_or_gone(&agent, &ids[..=i], &when));
+    }
+    // Deletes, each of a guest that is whole now.
+    let alive: Vec<String> = rt.block_on(whole_or_gone(&agent, &ids, "before the deletes"));
+    for (i, id) in alive.iter().enumerate() {
+        let socket = agent.socket.clone();
+        let uuid = id.clone();
+        let delete = std::thread::spawn(move || {
+            common::runtime().block_on(async move {
+                let channel = hvctl::client::connect(&socket).await.unwrap();
+                pb::vm_service_client::VmServiceClient::new(channel)
+                    .delete(pb::DeleteVmRequest { uuid })
+                    .await
+                    .map(|r| r.into_inner().deleted)
+            })
+        });
+        let at = instants_ms[i % instants_ms.len()] / 3;
+        std::thread::sleep(Duration::from_millis(at));
+        kill_libvirtd();
+        let answer = delete.join().unwrap();
+        start_libvirtd();
+        let (_, _) = agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+        agent = agent.spawn();
+        let when = format!("libvirtd killed {at} ms into the delete of {id} (answered {answer:?})");
+        rt.block_on(whole_or_gone(&agent, &ids, &when));
+    }
+}
+
+/// An agent that starts while libvirtd is down knows no guest's claim: Reserve, ListClaims and
+/// GetCapacity answer UNAVAILABLE until libvirtd is back and placement has been rebuilt, and
+/// then the running guest's claim is there.
+#[test]
+fn placement_waits_for_libvirt_at_start() {
+    let _turn = one_at_a_time();
+    let mut agent = Agent::configure(
+        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
+    );
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    agent = agent.spawn();
+    let uuid = "00000000-0000-4000-8000-0000000c7b01".to_string();
+    let _cleanup = Cleanup(vec![uuid.clone()]);
+    let rt = common::runtime();
+    rt.block_on(async {
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+        import_testguest(channel.clone()).await;
+        pb::vm_service_client::VmServiceClient::new(channel)
+            .create(pb::CreateVmRequest {
+                uuid: uuid.clone(),
+                name: "waits".into(),
+                flavor: "SCS-1Ci-0.5u".into(),
+                image: "testguest".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    agent.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let restart = Restart;
+    kill_libvirtd();
+    agent = agent.spawn();
+    rt.block_on(async {
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+        let mut placement =
+            pb::placement_service_client::PlacementServiceClient::new(channel.clone());
+        let mut node = pb::node_service_client::NodeServiceClient::new(channel);
+        let e = placement
+            .list_claims(pb::ListClaimsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(
+            e.message().starts_with("placement: not yet rebuilt"),
+            "{e:?}"
+        );
+        let e = placement
+            .reserve(pb::ReserveRequest {
+                vm_uuid: "00000000-0000-4000-8000-0000000c7b02".into(),
+                request_id: "r".into(),
+                flavor: "SCS-1Ci-0.5u".into(),
+                ttl_seconds: 60,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        let e = node
+            .get_capacity(pb::GetCapacityRequest {
+                flavors: vec!["SCS-1Ci-0.5u".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        // Bad input is still named as such.
+        let e = placement
+            .reserve(pb::ReserveRequest {
+                flavor: "nonsense".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+        drop(restart);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let claims = loop {
+            match placement.list_claims(pb::ListClaimsRequest {}).await {
+                Ok(r) => break r.into_inner().claims,
+                Err(s) => {
+                    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                    assert!(Instant::now() < deadline, "placement never rebuilt: {s:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        assert_eq!(
+            claims
+                .iter()
+                .map(|c| c.vm_uuid.as_str())
+                .collect::<Vec<_>>(),
+            [uuid.as_str()]
+        );
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+        assert!(
+            pb::vm_service_client::VmServiceClient::new(channel)
+                .delete(pb::DeleteVmRequest { uuid: uuid.clone() })
                 .await
                 .unwrap()
                 .into_inner()

@@ -29,6 +29,19 @@ pub fn status(r: Refusal) -> Status {
     Status::new(code, r.message)
 }
 
+/// Placement answers only once it holds the running guests' stored claims: before that it
+/// knows the host alone, and any capacity or claim it gave would promise CPUs and memory that
+/// running guests may hold.
+fn rebuilt(state: &PlacementState) -> Result<(), Status> {
+    if state.is_rebuilt() {
+        Ok(())
+    } else {
+        Err(Status::unavailable(
+            "placement: not yet rebuilt from the running guests' stored claims (libvirt has not answered since the agent started); retry",
+        ))
+    }
+}
+
 pub fn claim_to_proto(alloc: &Allocator, claim: &Claim, now_ms: u64) -> pb::Claim {
     let share = |m: &crate::placement::claim::MemoryShare| pb::MemoryShare {
         numa_node: m.numa_node,
@@ -100,6 +113,7 @@ impl pb::placement_service_server::PlacementService for PlacementApi {
             request_id: r.request_id,
             flavor: spec,
         };
+        rebuilt(&self.state)?;
         let now = self.state.now_ms();
         let mut alloc = self.state.lock();
         let claim = alloc
@@ -122,6 +136,7 @@ impl pb::placement_service_server::PlacementService for PlacementApi {
                 "vm_uuid: must be a UUID (8-4-4-4-12 hex digits)",
             ));
         }
+        rebuilt(&self.state)?;
         let now = self.state.now_ms();
         let mut alloc = self.state.lock();
         alloc.expire(now);
@@ -137,6 +152,7 @@ impl pb::placement_service_server::PlacementService for PlacementApi {
         &self,
         _request: Request<pb::ListClaimsRequest>,
     ) -> Result<Response<pb::ListClaimsResponse>, Status> {
+        rebuilt(&self.state)?;
         let now = self.state.now_ms();
         let mut alloc = self.state.lock();
         alloc.expire(now);
@@ -173,6 +189,7 @@ pub fn capacity(
             .map(|(i, n)| parse_name(&format!("flavors[{i}]"), n).map(|p| (n.clone(), p.spec)))
             .collect::<Result<_, _>>()?
     };
+    rebuilt(state)?;
     let now = state.now_ms();
     let mut alloc = state.lock();
     alloc.expire(now);

@@ -154,7 +154,14 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         local.cpu.flags.clone(),
         networks.clone(),
     ));
-    recover(&config, &guests).await;
+    background.spawn(recover(
+        Duration::from_secs(config.storage.orphan_grace_seconds),
+        guests.clone(),
+    ));
+    // A node whose libvirt answers starts serving with placement rebuilt (the rebuild runs
+    // once: whichever of this and the recovery task comes second finds it done); one whose
+    // libvirt does not serves meanwhile, placement answering UNAVAILABLE.
+    let _ = tokio::time::timeout(LIBVIRT_TIMEOUT, guests.rebuild_placement()).await;
     background.spawn(reconcile_networks(
         networks.clone(),
         guests.clone(),
@@ -373,23 +380,31 @@ async fn emulation(config: &Config, node: &Node) -> Result<Emulation, String> {
     emulation
 }
 
+/// How often placement's rebuild is tried again while libvirt does not answer.
+const REBUILD_RETRY: Duration = Duration::from_secs(2);
+
 /// Crash-only: placement comes back from the guests' own metadata; files of creates that
-/// neither finished nor were undone go after a grace period.
-async fn recover(config: &Config, guests: &Guests) {
-    match tokio::time::timeout(LIBVIRT_TIMEOUT, guests.rebuild_placement()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot rebuild placement from libvirt yet; retrying on the first create or delete")
+/// neither finished nor were undone go after a grace period. Both need a complete listing of
+/// the domains: while libvirt does not answer, placement answers UNAVAILABLE and the rebuild
+/// is tried every REBUILD_RETRY, and orphans are looked for only after it succeeded.
+async fn recover(orphan_grace: Duration, guests: Arc<Guests>) {
+    let mut warned = false;
+    loop {
+        match tokio::time::timeout(LIBVIRT_TIMEOUT, guests.rebuild_placement()).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) if !warned => {
+                tracing::warn!(error = %e, "cannot rebuild placement from libvirt yet; placement answers UNAVAILABLE until it can")
+            }
+            Err(_) if !warned => tracing::warn!(
+                "libvirt did not answer in time; placement answers UNAVAILABLE until it does"
+            ),
+            _ => {}
         }
-        Err(_) => tracing::warn!(
-            "libvirt did not answer in time; placement is rebuilt on the first create or delete"
-        ),
+        warned = true;
+        tokio::time::sleep(REBUILD_RETRY).await;
     }
-    if let Ok(Ok(orphans)) = tokio::time::timeout(
-        LIBVIRT_TIMEOUT,
-        guests.remove_orphans(Duration::from_secs(config.storage.orphan_grace_seconds)),
-    )
-    .await
+    if let Ok(Ok(orphans)) =
+        tokio::time::timeout(LIBVIRT_TIMEOUT, guests.remove_orphans(orphan_grace)).await
     {
         for uuid in orphans {
             tracing::info!(vm = %uuid, "removed files of a guest that has no domain");

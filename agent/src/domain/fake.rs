@@ -135,6 +135,24 @@ impl FakeHypervisor {
         );
     }
 
+    /// A domain carrying an hvagent intent element whose content does not parse (a damaged
+    /// or future-format guest), shut off.
+    pub fn define_unreadable(&self, uuid: &str, name: &str) {
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid><metadata><hv:intent xmlns:hv='{}'>{{not json</hv:intent></metadata></domain>",
+            super::xml::NAMESPACE
+        );
+        self.lock().domains.insert(
+            uuid.to_string(),
+            FakeDomain {
+                uuid: uuid.to_string(),
+                name: name.to_string(),
+                xml,
+                state: DomainState::ShutOff,
+            },
+        );
+    }
+
     /// From now on guests ignore the ACPI power button, as one without acpid does.
     pub fn ignore_shutdown(&self) {
         self.lock().deaf = true;

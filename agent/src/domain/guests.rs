@@ -36,6 +36,16 @@ fn failed(e: virt::error::Error) -> DomainError {
     }
 }
 
+/// Whether a failed metadata read means "not one of ours" (the domain has no hvagent element)
+/// or "gone" (undefined between the listing and the read), rather than "not known".
+fn foreign_or_gone(e: &virt::error::Error) -> bool {
+    use virt::error::ErrorNumber;
+    matches!(
+        e.code(),
+        Enum::Known(ErrorNumber::NoDomainMetadata | ErrorNumber::NoDomain)
+    )
+}
+
 fn state_of(state: &Enum<virt::domain::DomainState, sys::virDomainState>) -> DomainState {
     use virt::domain::DomainState as Libvirt;
     match state {
@@ -149,8 +159,8 @@ impl Hypervisor for Libvirt {
     }
 
     fn state(&self, uuid: &str) -> Result<DomainState, DomainError> {
-        let info = self.domain(uuid)?.info().map_err(failed)?;
-        Ok(state_of(&info.state))
+        let (state, _) = self.domain(uuid)?.state().map_err(failed)?;
+        Ok(state_of(&state))
     }
 
     fn guests(&self) -> Result<Vec<GuestDomain>, DomainError> {
@@ -160,17 +170,25 @@ impl Hypervisor for Libvirt {
             .map_err(failed)?;
         let mut out = Vec::new();
         for d in domains {
-            let metadata = d.metadata(sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(NAMESPACE), 0);
-            let Ok(metadata) = metadata else {
-                // Not ours: no hvagent metadata element.
-                continue;
-            };
+            let metadata =
+                match d.metadata(sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(NAMESPACE), 0) {
+                    Ok(m) => m,
+                    // Not ours (no hvagent element), or undefined since the listing.
+                    Err(e) if foreign_or_gone(&e) => continue,
+                    // Anything else (a connection that broke mid-listing, a timeout) leaves the
+                    // listing incomplete: a guest missing from it would look like one that does
+                    // not exist, and its files, claim and taps like orphans.
+                    Err(e) => return Err(failed(e)),
+                };
             out.push(GuestDomain {
                 uuid: d.uuid_string().map_err(failed)?,
                 name: d.name().map_err(failed)?,
+                // GetState, not GetInfo: GetInfo may ask QEMU for the balloon and so wait
+                // for a guest's running job (a stop stuck on a frozen QEMU holds one), which
+                // would stall every listing.
                 state: d
-                    .info()
-                    .map_or(DomainState::Unknown, |i| state_of(&i.state)),
+                    .state()
+                    .map_or(DomainState::Unknown, |(s, _)| state_of(&s)),
                 intent: read_intent(&metadata),
             });
         }

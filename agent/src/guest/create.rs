@@ -144,11 +144,11 @@ impl Guests {
         // Until this create ends (domain defined, or undone) its image cannot be deleted.
         let _image_hold = self.images.hold(&req.image, &uuid)?;
         let (image, root_bytes, nics, _busy) = loop {
-            let mut rebuilt = self.lock.lock().await;
-            self.ensure_rebuilt(&mut rebuilt).await?;
+            let held = self.lock.lock().await;
+            self.ensure_rebuilt(&held).await?;
             if let Some(mut done) = self.busy.in_flight(&uuid) {
                 // Another create or delete of this UUID: answer after it, as it left things.
-                drop(rebuilt);
+                drop(held);
                 let _ = done.changed().await;
                 continue;
             }

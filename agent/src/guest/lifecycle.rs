@@ -14,6 +14,8 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a stop reads the state while it waits for the guest's `stopped` event.
 pub const STOP_RECHECK: Duration = Duration::from_secs(2);
+/// How long a stop waits for libvirt to take the ACPI request (see `ask_shutdown`).
+pub const SHUTDOWN_ASK: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONSOLE_BYTES: u64 = 64 * 1024;
 pub const MAX_CONSOLE_BYTES: u64 = 1024 * 1024;
 
@@ -99,10 +101,7 @@ impl Guests {
         if !force {
             // Subscribed before the shutdown: its `stopped` event cannot slip past.
             let mut events = self.hypervisor.subscribe();
-            let hypervisor = self.hypervisor.clone();
-            let u = uuid.clone();
-            self.blocking(move || hypervisor.shutdown(&u).map_err(GuestError::from))
-                .await?;
+            self.ask_shutdown(&uuid).await?;
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 if self.state(&uuid).await? == DomainState::ShutOff {
@@ -125,6 +124,32 @@ impl Guests {
         self.blocking(move || hypervisor.destroy(&u).map_err(GuestError::from))
             .await?;
         self.get(&uuid).await
+    }
+
+    /// Passes the ACPI power button to the guest. libvirt answers once QEMU has taken the
+    /// request; a QEMU that does not answer its monitor (frozen, overloaded) holds that call
+    /// for as long as it stays so, and with it one of the few requests libvirtd serves at once
+    /// per connection. So a guest has at most one such request in flight (a second stop waits
+    /// on the first's), and the stop waits for the answer [`SHUTDOWN_ASK`] at most before it
+    /// goes on to wait for the guest to stop, and to destroy it at its timeout.
+    async fn ask_shutdown(&self, uuid: &str) -> Result<(), GuestError> {
+        let Some(asking) = Asking::start(&self.asking, uuid) else {
+            return Ok(());
+        };
+        let hypervisor = self.hypervisor.clone();
+        let u = uuid.to_string();
+        let call = self.blocking(move || {
+            let result = hypervisor.shutdown(&u).map_err(GuestError::from);
+            drop(asking);
+            result
+        });
+        match tokio::time::timeout(SHUTDOWN_ASK, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(vm = %uuid, "libvirt has not passed on the ACPI request within {} s (QEMU not answering?); waiting for the guest to stop anyway", SHUTDOWN_ASK.as_secs());
+                Ok(())
+            }
+        }
     }
 
     /// Whether libvirt has any domain with this UUID, the agent's or not.
@@ -163,12 +188,12 @@ impl Guests {
     pub async fn delete(&self, uuid: &str) -> Result<bool, GuestError> {
         let uuid = checked_uuid(uuid)?;
         let _busy = loop {
-            let mut rebuilt = self.lock.lock().await;
-            self.ensure_rebuilt(&mut rebuilt).await?;
+            let held = self.lock.lock().await;
+            self.ensure_rebuilt(&held).await?;
             match self.busy.in_flight(&uuid) {
                 Some(mut done) => {
                     // A create of this guest in flight: delete what it leaves.
-                    drop(rebuilt);
+                    drop(held);
                     let _ = done.changed().await;
                 }
                 None => break self.busy.mark(&uuid, ""),
@@ -176,7 +201,20 @@ impl Guests {
         };
         // Only the agent's own domain goes: one with this UUID that is not its guest (defined
         // by someone else, or for another store) is left as it is.
-        let own = self.domains().await?.iter().any(|d| d.uuid == uuid);
+        let own = match self.domains().await?.into_iter().find(|d| d.uuid == uuid) {
+            Some(d) => match d.intent {
+                Ok(_) => true,
+                // Carries hvagent metadata that does not parse: perhaps this agent's guest,
+                // perhaps another's; whose files and claim they are cannot be told.
+                Err(e) => {
+                    return Err(GuestError::Precondition(format!(
+                        "uuid: domain {uuid} ({}) has hvagent metadata that cannot be read ({e}); left alone: repair or undefine it by hand",
+                        d.name
+                    )));
+                }
+            },
+            None => false,
+        };
         if !own && self.exists(&uuid).await? {
             tracing::info!(vm = %uuid, "delete: a domain with this UUID is not this agent's guest; leaving it");
         }
@@ -224,6 +262,34 @@ impl Guests {
             max_bytes
         };
         self.blocking(move || tail(&path, want)).await
+    }
+}
+
+/// Guests whose ACPI request is in libvirt's hands.
+pub(super) type AskingSet = std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+
+/// A guest's place in the [`AskingSet`], left when dropped: when the call ends, or when the
+/// call never ran (its closure dropped unrun).
+struct Asking {
+    set: AskingSet,
+    uuid: String,
+}
+
+impl Asking {
+    /// `None` when the guest already has a request in flight.
+    fn start(set: &AskingSet, uuid: &str) -> Option<Asking> {
+        hvagent_core::sync::lock(set)
+            .insert(uuid.to_string())
+            .then(|| Asking {
+                set: set.clone(),
+                uuid: uuid.to_string(),
+            })
+    }
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        hvagent_core::sync::lock(&self.set).remove(&self.uuid);
     }
 }
 

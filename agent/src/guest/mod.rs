@@ -38,6 +38,10 @@ pub use request::{
 
 /// How long listing the domains (the first step of every lifecycle call) may take.
 pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Threads the lifecycle's blocking work (libvirt calls, disk files) may hold at once, out
+/// of tokio's 16: a libvirtd that hangs holds at most these, and the rest stay for the
+/// health sampler, inventory and networking.
+pub const BLOCKING_CALLS: usize = 8;
 /// TCG's translation cache per guest; part of the memory overhead model.
 pub const TCG_CACHE_MIB: u64 = 64;
 const GIB: u64 = 1 << 30;
@@ -68,13 +72,18 @@ pub struct Guests {
     host_flags: Vec<String>,
     networks: Arc<Networks>,
     /// Held while a create or delete checks names and UUIDs and marks its guest busy (not
-    /// through libvirt's define and start, so creates run side by side). Holds whether
-    /// placement has been rebuilt from the guests' stored claims yet.
-    lock: tokio::sync::Mutex<bool>,
+    /// through libvirt's define and start, so creates run side by side), and while placement
+    /// is rebuilt from the guests' stored claims.
+    lock: tokio::sync::Mutex<()>,
     busy: busy::Busy,
     /// Re-pins of floating guests run one at a time, each computed from placement as it is
     /// then, so that the last one applied is never older than another.
     repin: tokio::sync::Mutex<()>,
+    /// Permits for [`BLOCKING_CALLS`]; a call that cannot get one within [`LIST_TIMEOUT`]
+    /// answers UNAVAILABLE instead of queueing without end.
+    calls: Arc<tokio::sync::Semaphore>,
+    /// Guests whose ACPI shutdown request libvirt has not answered yet.
+    asking: lifecycle::AskingSet,
 }
 
 /// Which emulation this node uses, or why it cannot run guests.
@@ -105,9 +114,11 @@ impl Guests {
             emulation,
             host_flags,
             networks,
-            lock: tokio::sync::Mutex::new(false),
+            lock: tokio::sync::Mutex::new(()),
             busy: busy::Busy::default(),
             repin: tokio::sync::Mutex::new(()),
+            calls: Arc::new(tokio::sync::Semaphore::new(BLOCKING_CALLS)),
+            asking: lifecycle::AskingSet::default(),
         }
     }
 
@@ -115,9 +126,25 @@ impl Guests {
         &self,
         f: impl FnOnce() -> Result<T, GuestError> + Send + 'static,
     ) -> Result<T, GuestError> {
-        tokio::task::spawn_blocking(f)
+        let permit = tokio::time::timeout(LIST_TIMEOUT, self.calls.clone().acquire_owned())
             .await
-            .map_err(GuestError::Task)?
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                GuestError::Unavailable(format!(
+                    "libvirt: {BLOCKING_CALLS} calls have been waiting on libvirt or the disk for {} s",
+                    LIST_TIMEOUT.as_secs()
+                ))
+            })?;
+        // The permit goes with the thread: it is free again when the work ends, not when a
+        // caller stops waiting for it.
+        tokio::task::spawn_blocking(move || {
+            let result = f();
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(GuestError::Task)?
     }
 
     /// This agent's domains: those whose metadata names its store, and those whose metadata

@@ -33,28 +33,35 @@ pub fn rebuild(template: &Allocator, claims: Vec<Claim>) -> Allocator {
 }
 
 impl Guests {
-    /// Rebuilds placement from the guests' stored claims, once: at start-up, or on the first
-    /// mutating call if libvirt could not be asked then. Reservations made meanwhile stay.
+    /// Rebuilds placement from the guests' stored claims, once: at start-up, or as soon as
+    /// libvirt answers if it could not be asked then. Until then placement answers
+    /// UNAVAILABLE and no create or delete runs, so nothing is claimed meanwhile.
     pub async fn rebuild_placement(&self) -> Result<(), GuestError> {
-        let mut rebuilt = self.lock.lock().await;
-        self.ensure_rebuilt(&mut rebuilt).await
+        let held = self.lock.lock().await;
+        self.ensure_rebuilt(&held).await
     }
 
-    pub(super) async fn ensure_rebuilt(&self, rebuilt: &mut bool) -> Result<(), GuestError> {
-        if *rebuilt {
+    pub(super) async fn ensure_rebuilt(
+        &self,
+        _held: &tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<(), GuestError> {
+        if self.placement.is_rebuilt() {
             return Ok(());
         }
         let stored = self.stored_claims().await?;
         let mut alloc = self.placement.lock();
-        let mut claims: Vec<Claim> = alloc
+        // Running guests' claims first: `rebuild` accepts in order, so a claim that got in
+        // before the rebuild (none should: placement refuses until then) never displaces one.
+        let meanwhile: Vec<Claim> = alloc
             .claims()
             .filter(|c| !stored.iter().any(|s| s.vm_uuid == c.vm_uuid))
             .cloned()
             .collect();
         let guests = stored.len();
-        claims.extend(stored);
+        let mut claims = stored;
+        claims.extend(meanwhile);
         *alloc = rebuild(&alloc, claims);
-        *rebuilt = true;
+        self.placement.mark_rebuilt();
         tracing::info!(
             guests,
             claims = alloc.claims().count(),

@@ -41,21 +41,7 @@ impl Node {
     async fn new() -> Node {
         let root = tempfile::tempdir().unwrap();
         let hypervisor = Arc::new(FakeHypervisor::default());
-        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
-        let placement = Arc::new(PlacementState::new(
-            Allocator::new(topology, Policy::default()).unwrap(),
-        ));
-        // Guests without networks: the undo only lists the host's links, looking for taps.
-        let netlink = Netlink::open(Namespace::default()).unwrap();
-        let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
-        let guests = Arc::new(Guests::new(
-            hypervisor.clone(),
-            placement.clone(),
-            root.path(),
-            Ok(Emulation::Tcg),
-            Vec::new(),
-            networks,
-        ));
+        let (placement, guests) = Node::start(root.path(), &hypervisor);
         let base = root.path().join("base.qcow2");
         disks::blank(&base, 64 << 20).unwrap();
         guests
@@ -69,6 +55,30 @@ impl Node {
             placement,
             guests,
         }
+    }
+
+    /// Placement on the captured host, not yet rebuilt, and the guests over `root` and
+    /// `hypervisor`: the agent as it starts.
+    fn start(
+        root: &std::path::Path,
+        hypervisor: &Arc<FakeHypervisor>,
+    ) -> (Arc<PlacementState>, Arc<Guests>) {
+        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
+        let placement = Arc::new(PlacementState::new(
+            Allocator::new(topology, Policy::default()).unwrap(),
+        ));
+        // Guests without networks: the undo only lists the host's links, looking for taps.
+        let netlink = Netlink::open(Namespace::default()).unwrap();
+        let networks = Arc::new(Networks::new(netlink, root, KindCounts::default()));
+        let guests = Arc::new(Guests::new(
+            hypervisor.clone(),
+            placement.clone(),
+            root,
+            Ok(Emulation::Tcg),
+            Vec::new(),
+            networks,
+        ));
+        (placement, guests)
     }
 
     /// Creates guest `n` named `name` of `flavor` from the test image.
@@ -553,6 +563,37 @@ async fn stop_destroys_a_guest_that_ignores_acpi_after_the_timeout() {
     assert_eq!(node.hypervisor.calls(Op::Destroy), [uuid(1)]);
 }
 
+/// A shutdown request libvirt does not answer (QEMU frozen): stops of that guest send it once,
+/// go on after `SHUTDOWN_ASK` to wait for the guest, and destroy it at their timeout.
+#[tokio::test]
+async fn stops_of_a_guest_whose_qemu_does_not_answer_ask_once_and_destroy() {
+    let node = Node::new().await;
+    node.create(1, "web", FLOATING).await.unwrap();
+    node.hypervisor.ignore_shutdown();
+    let (arrived, release) = node.hypervisor.hold(Op::Shutdown);
+    let timeout = std::time::Duration::from_millis(500);
+    let stop = || {
+        let guests = node.guests.clone();
+        async move { guests.stop(&uuid(1), false, timeout).await }
+    };
+    let began = std::time::Instant::now();
+    let (a, b) = tokio::join!(stop(), async {
+        arrived.await.unwrap();
+        stop().await
+    });
+    let waited = began.elapsed();
+    assert_eq!(a.unwrap().state, DomainState::ShutOff);
+    assert_eq!(b.unwrap().state, DomainState::ShutOff);
+    assert!(waited >= super::lifecycle::SHUTDOWN_ASK, "{waited:?}");
+    assert!(
+        waited < super::lifecycle::SHUTDOWN_ASK + std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(node.hypervisor.calls(Op::Shutdown), [uuid(1)]);
+    assert!(!node.hypervisor.calls(Op::Destroy).is_empty());
+    release.send(()).unwrap();
+}
+
 /// The XML of the domain `uuid` in the fake, if any.
 fn xml_of(node: &Node, uuid: &str) -> Option<String> {
     let domains = node.hypervisor.domains();
@@ -568,6 +609,26 @@ async fn delete_leaves_a_domain_that_is_not_the_agents() {
     assert!(!node.guests.delete(&uuid(7)).await.unwrap());
     assert!(node.hypervisor.calls(Op::Remove).is_empty());
     assert_eq!(xml_of(&node, &uuid(7)), before);
+}
+
+/// A domain whose hvagent metadata cannot be read may be this agent's guest or another's:
+/// Delete refuses it (FAILED_PRECONDITION naming why) and removes nothing of it.
+#[tokio::test]
+async fn delete_refuses_a_domain_whose_metadata_cannot_be_read() {
+    let node = Node::new().await;
+    node.hypervisor.define_unreadable(&uuid(7), "damaged");
+    std::fs::create_dir_all(node.dir(&uuid(7))).unwrap();
+    let before = xml_of(&node, &uuid(7));
+    let e = node.guests.delete(&uuid(7)).await.unwrap_err();
+    assert!(matches!(e, GuestError::Precondition(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("has hvagent metadata that cannot be read"),
+        "{e}"
+    );
+    assert!(node.hypervisor.calls(Op::Remove).is_empty());
+    assert_eq!(xml_of(&node, &uuid(7)), before);
+    assert!(node.dir(&uuid(7)).is_dir());
 }
 
 /// A create that reuses a foreign domain's UUID is refused before it takes anything, so it can
@@ -634,4 +695,86 @@ async fn an_undo_that_cannot_remove_the_domain_keeps_its_files_and_claim() {
     assert!(node.hypervisor.domains().iter().any(|d| d.uuid == uuid(1)));
     assert!(node.dir(&uuid(1)).join("root.qcow2").is_file());
     assert!(node.placement.lock().get(&uuid(1)).is_some());
+}
+
+/// An agent that starts while libvirt does not answer has not rebuilt placement; once it
+/// does, the running guests' stored claims win over anything claimed meanwhile, and a
+/// domain listing that fails part-way never counts as complete.
+#[tokio::test]
+async fn stored_claims_win_the_rebuild_after_libvirt_comes_back() {
+    let node = Node::new().await;
+    node.create(1, "web", DEDICATED).await.unwrap();
+    let cpus = node
+        .placement
+        .lock()
+        .get(&uuid(1))
+        .unwrap()
+        .dedicated_cpus()
+        .collect::<Vec<_>>();
+
+    // The agent restarts; libvirt's listing fails.
+    node.hypervisor.fail(Op::List);
+    let (placement, guests) = Node::start(node.root.path(), &node.hypervisor);
+    let e = guests.rebuild_placement().await.unwrap_err();
+    assert!(e.to_string().contains("injected failure of List"), "{e}");
+    assert!(!placement.is_rebuilt());
+    let e = guests
+        .create(request(2, "db", DEDICATED))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("injected failure of List"), "{e}");
+    assert_eq!(placement.lock().claims().count(), 0);
+
+    // Something claims the same CPUs meanwhile (the API refuses to; the rebuild must not
+    // depend on that).
+    let meanwhile = placement
+        .lock()
+        .claim(
+            &ClaimRequest {
+                vm_uuid: uuid(3),
+                request_id: "meanwhile".into(),
+                flavor: crate::flavor::parse(DEDICATED).unwrap().spec,
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(meanwhile.dedicated_cpus().collect::<Vec<_>>(), cpus);
+
+    node.hypervisor.heal(Op::List);
+    guests.rebuild_placement().await.unwrap();
+    assert!(placement.is_rebuilt());
+    let alloc = placement.lock();
+    assert_eq!(
+        alloc
+            .get(&uuid(1))
+            .unwrap()
+            .dedicated_cpus()
+            .collect::<Vec<_>>(),
+        cpus
+    );
+    assert!(alloc.get(&uuid(3)).is_none());
+}
+
+/// The guests that own taps, for the network reconcile: a guest being created (its taps are
+/// made before its domain is defined), one whose metadata cannot be read, and a made one;
+/// not a domain that is not the agent's. No listing, no owners (and so no tap removed).
+#[tokio::test]
+async fn tap_owners_include_creates_in_flight_and_unreadable_domains() {
+    use crate::net::nic::tap_name;
+    let node = Node::new().await;
+    node.create(1, "made", DEDICATED).await.unwrap();
+    node.hypervisor.define_unreadable(&uuid(2), "garbled");
+    node.hypervisor.define_foreign(&uuid(3), "foreign");
+    let (arrived, release) = node.hypervisor.hold(Op::Define);
+    let guests = node.guests.clone();
+    let create = tokio::spawn(async move { guests.create(request(4, "new", DEDICATED)).await });
+    arrived.await.unwrap();
+    let owners = node.guests.tap_owners().await.unwrap();
+    for (n, owned) in [(1, true), (2, true), (3, false), (4, true), (5, false)] {
+        assert_eq!(owners.owns(&tap_name(&uuid(n), 0)), owned, "guest {n}");
+    }
+    release.send(()).unwrap();
+    create.await.unwrap().unwrap();
+    node.hypervisor.fail(Op::List);
+    assert!(node.guests.tap_owners().await.is_err());
 }

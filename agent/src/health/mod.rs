@@ -435,6 +435,10 @@ impl Health {
         &self,
         own: &[Guest],
     ) -> Option<(BTreeMap<String, Expected>, BTreeMap<String, Observed>)> {
+        // Before placement holds the guests' claims every pin would look like drift.
+        if !self.placement.is_rebuilt() {
+            return None;
+        }
         let expected: BTreeMap<String, Expected> = {
             let alloc = self.placement.lock();
             // CPUs that reservations took from the pool: floating guests keep them until the

@@ -1,6 +1,7 @@
 //! The allocator as the daemon shares it: behind a mutex (every decision takes microseconds)
 //! with the agent's monotonic clock. The only part of placement that is not a pure function.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -9,6 +10,10 @@ use super::{Allocator, Claim};
 pub struct PlacementState {
     alloc: Mutex<Allocator>,
     epoch: Instant,
+    /// Whether the allocator holds the running guests' stored claims yet. Until then it knows
+    /// only the host: every answer about capacity or claims would be a promise of CPUs that
+    /// running guests may already have.
+    rebuilt: AtomicBool,
 }
 
 impl PlacementState {
@@ -16,7 +21,18 @@ impl PlacementState {
         Self {
             alloc: Mutex::new(alloc),
             epoch: Instant::now(),
+            rebuilt: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the running guests' stored claims are in the allocator.
+    pub fn is_rebuilt(&self) -> bool {
+        self.rebuilt.load(Ordering::Acquire)
+    }
+
+    /// Records that the allocator now holds the guests' stored claims.
+    pub fn mark_rebuilt(&self) {
+        self.rebuilt.store(true, Ordering::Release);
     }
 
     pub fn now_ms(&self) -> u64 {
