@@ -691,6 +691,7 @@ fn a_flood_of_silent_metrics_connections_cannot_exhaust_descriptors() {
     let open = flood.iter_mut().map(closed_by_peer).filter(|c| !*c).count();
     assert_eq!(open, 0, "connections the agent left open");
     let after = descriptors();
+    println!("agent descriptors: {before} before, {during} during the flood, {after} after");
     assert!(after <= before + 2, "{after} descriptors, {before} before");
     assert!(scrape(port).contains("hvagent_up 1"));
 }
