@@ -215,8 +215,9 @@ impl Guests {
             },
             None => false,
         };
-        if !own && self.exists(&uuid).await? {
-            tracing::info!(vm = %uuid, "delete: a domain with this UUID is not this agent's guest; leaving it");
+        let foreign = !own && self.exists(&uuid).await?;
+        if foreign {
+            tracing::info!(vm = %uuid, "delete: a domain with this UUID is not this agent's guest; leaving it and its taps");
         }
         let hypervisor = self.hypervisor.clone();
         let files = GuestFiles::new(&self.storage_root, &uuid);
@@ -229,7 +230,8 @@ impl Guests {
                 Ok((had_domain, had_files))
             })
             .await?;
-        if let Err(e) = self.networks.unplug_guest(&uuid).await {
+        // Taps named for this UUID in a foreign domain's hands are that domain's.
+        if !foreign && let Err(e) = self.networks.unplug_guest(&uuid).await {
             tracing::warn!(vm = %uuid, error = %e, "cannot remove the guest's taps; the reconciler will");
         }
         let released = self.placement.lock().release(&uuid).ok();
