@@ -661,9 +661,19 @@ impl ImageStore {
     /// a crash leaves either no image or the whole of it.
     fn place(&self, record: &ImageRecord, tmp: &Path) -> Result<(), StoreError> {
         let dir = self.image_dir(&record.name);
-        // A directory without a record is what an interrupted import or delete left (the
-        // caller saw the record missing): start afresh.
+        // A directory without a record (the caller saw it missing) that holds only what an
+        // import places is what an interrupted import or delete left: start afresh. One with
+        // anything else is someone else's and stays.
         if dir.symlink_metadata().is_ok() {
+            if !holds_only_import_files(&dir) {
+                return Err(StoreError::Unreadable {
+                    name: record.name.clone(),
+                    reason: format!(
+                        "{} holds files that are not an image's; they are left as they are",
+                        dir.display()
+                    ),
+                });
+            }
             std::fs::remove_dir_all(&dir).map_err(io(&dir, "remove unrecorded leftovers"))?;
         }
         std::fs::create_dir(&dir).map_err(io(&dir, "create"))?;

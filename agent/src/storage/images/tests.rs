@@ -721,6 +721,26 @@ fn an_image_with_an_unreadable_record_is_never_removed() {
         .unwrap();
     assert_eq!(store.get("base").unwrap(), r);
     assert_eq!(std::fs::read(store.file("base")).unwrap(), vec![4u8; 8192]);
+    // A directory with other files (an operator's backup) is no interrupted import: neither
+    // the sweep nor an import under its name touches it.
+    let backup = dir.path().join("images/backup");
+    std::fs::create_dir(&backup).unwrap();
+    std::fs::write(backup.join("readme.txt"), b"kept").unwrap();
+    assert!(store.sweep().is_empty());
+    let e = store
+        .import_local("backup", &other, None, BTreeMap::new(), 3)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("holds files that are not an image's"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(backup.join("readme.txt")).unwrap(), b"kept");
+    assert_eq!(
+        images_left(dir.path()).len(),
+        2,
+        "base and backup, no partial file"
+    );
 }
 
 #[test]
