@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -148,16 +147,10 @@ fn nothing_foreign_is_touched() {
     ip(&["link", "set", &foreign_tap, "master", &foreign_bridge]);
     ip(&["tuntap", "add", "dev", &loose_tap, "mode", "tap"]);
 
-    let mut agent = Agent::configure(
-        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n[network]\nreconcile_seconds = 1\n",
+    let mut agent = Agent::configure_tcg(
+        "orphan_grace_seconds = 0\n",
+        "[network]\nreconcile_seconds = 1\n",
     );
-    let text = std::fs::read_to_string(&agent.config).unwrap();
-    std::fs::write(
-        &agent.config,
-        text.replace("[storage]\n", "[storage]\norphan_grace_seconds = 0\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // Foreign files in the store (beside what the agent makes there: a directory in the image
     // store that is no image among them) and beside it.
     let store = agent.dir.path().join("store");

@@ -23,11 +23,7 @@ fn uuid(n: u32) -> String {
 /// An agent whose storage QEMU (an unprivileged user) can reach, with no CPUs reserved so
 /// that a 2-CPU machine holds a `V` and a `C` guest.
 fn agent() -> Agent {
-    let agent = Agent::configure(
-        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
-    );
-    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    agent.spawn()
+    Agent::configure_tcg("", "").spawn()
 }
 
 fn virsh(args: &[&str]) -> String {
@@ -469,18 +465,8 @@ fn failed_creates_leave_nothing_behind() {
 /// whole (domain, files, claim) or gone (none of them), with placement equal to the guests.
 #[test]
 fn killed_mid_create_every_guest_is_whole_or_gone() {
-    let mut agent = Agent::configure(
-        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
-    );
     // Orphans go at once here: the test itself waits for libvirt's defines to finish.
-    let text = std::fs::read_to_string(&agent.config).unwrap();
-    std::fs::write(
-        &agent.config,
-        text.replace("[storage]\n", "[storage]\norphan_grace_seconds = 0\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    agent = agent.spawn();
+    let mut agent = Agent::configure_tcg("orphan_grace_seconds = 0\n", "").spawn();
     let ids: Vec<String> = (20..30).map(uuid).collect();
     let _cleanup = Cleanup(ids.clone());
     let rt = runtime();

@@ -308,17 +308,7 @@ async fn whole_or_gone(agent: &Agent, ids: &[String], when: &str) -> Vec<String>
 #[test]
 fn libvirtd_killed_mid_create_or_delete_leaves_guests_whole_or_gone() {
     let _turn = one_at_a_time();
-    let agent = Agent::configure(
-        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
-    );
-    let text = std::fs::read_to_string(&agent.config).unwrap();
-    std::fs::write(
-        &agent.config,
-        text.replace("[storage]\n", "[storage]\norphan_grace_seconds = 0\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut agent = agent.spawn();
+    let mut agent = Agent::configure_tcg("orphan_grace_seconds = 0\n", "").spawn();
     let ids: Vec<String> = (0..6)
         .map(|n| format!("00000000-0000-4000-8000-0000000c7a{n:02x}"))
         .collect();
@@ -389,11 +379,7 @@ fn libvirtd_killed_mid_create_or_delete_leaves_guests_whole_or_gone() {
 #[test]
 fn placement_waits_for_libvirt_at_start() {
     let _turn = one_at_a_time();
-    let mut agent = Agent::configure(
-        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
-    );
-    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    agent = agent.spawn();
+    let mut agent = Agent::configure_tcg("", "").spawn();
     let uuid = "00000000-0000-4000-8000-0000000c7b01".to_string();
     let _cleanup = Cleanup(vec![uuid.clone()]);
     let rt = common::runtime();

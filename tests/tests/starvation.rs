@@ -8,7 +8,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::{Agent, Cleanup, import_testguest, runtime};
@@ -62,20 +61,7 @@ async fn timed<T>(what: &str, bound: Duration, call: impl std::future::Future<Ou
 
 #[test]
 fn slow_calls_do_not_starve_the_others() {
-    let agent = Agent::configure(
-        "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
-    );
-    let text = std::fs::read_to_string(&agent.config).unwrap();
-    std::fs::write(
-        &agent.config,
-        text.replace(
-            "[storage]\n",
-            "[storage]\nmax_imports = 2\nimport_deadline_secs = 40\n",
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let agent = agent.spawn();
+    let agent = Agent::configure_tcg("max_imports = 2\nimport_deadline_secs = 40\n", "").spawn();
     let _cleanup = Cleanup(vec![FROZEN.into(), FRESH.into()]);
     let port = tar_pit();
     let fifo = agent.dir.path().join("fifo");

@@ -72,6 +72,10 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Config lines for guests under TCG on any host: no KVM, every CPU for guests, 256 MiB kept
+/// for the host.
+pub const TCG_GUESTS: &str = "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n";
+
 /// A running agent with its own socket, storage root and config file in a temporary directory.
 pub struct Agent {
     pub dir: tempfile::TempDir,
@@ -107,6 +111,23 @@ impl Agent {
             config,
             child: None,
         }
+    }
+
+    /// An agent for guests under TCG on any host ([`TCG_GUESTS`] and `extra`), with `storage`
+    /// lines added to its `[storage]` section, and its directory traversable by QEMU's user,
+    /// who reaches the guests' disks there. Not started yet.
+    pub fn configure_tcg(storage: &str, extra: &str) -> Agent {
+        use std::os::unix::fs::PermissionsExt;
+        let agent = Agent::configure(&format!("{TCG_GUESTS}{extra}"));
+        let text = std::fs::read_to_string(&agent.config).expect("read config");
+        std::fs::write(
+            &agent.config,
+            text.replacen("[storage]\n", &format!("[storage]\n{storage}"), 1),
+        )
+        .expect("write config");
+        std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the agent's directory");
+        agent
     }
 
     pub fn command(&self) -> Command {
