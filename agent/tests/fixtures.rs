@@ -5,6 +5,24 @@
 use std::path::{Path, PathBuf};
 
 use hvagent::host::{self, ExternalFacts, Inventory, KvmState, KvmVerdict, LibvirtFacts};
+use hvagent::placement::provider::{Guests, ProviderInventory, provider_inventory};
+use hvagent::placement::{Allocator, Policy, Topology};
+
+/// The Placement view under the default `[placement]` policy (CPU 0 and its siblings and
+/// 1 GiB kept for the host).
+fn placement_view(inv: &Inventory) -> ProviderInventory {
+    let alloc = Allocator::new(Topology::from_inventory(inv), Policy::default()).unwrap();
+    provider_inventory(&alloc, inv, Guests::Kvm)
+}
+
+/// (class, total, reserved, ratio) of the Placement view.
+fn classes(inv: &Inventory) -> Vec<(String, u64, u64, f64)> {
+    placement_view(inv)
+        .inventories
+        .into_iter()
+        .map(|r| (r.resource_class, r.total, r.reserved, r.allocation_ratio))
+        .collect()
+}
 
 fn fixture(name: &str) -> Inventory {
     let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -106,23 +124,21 @@ fn two_sockets_four_cores_two_threads_two_numa_nodes_with_hugepages() {
         Some("i1")
     );
     assert!(!inv.scs.serves_ecc);
-    // The scheduler view: 16 threads, SMT on → V ratio 3 per thread; both hugepage sizes.
-    let classes: Vec<(String, u64, f64)> = host::scheduler::inventories(&inv)
-        .into_iter()
-        .map(|r| (r.resource_class, r.total, r.allocation_ratio))
-        .collect();
-    assert!(classes.contains(&("VCPU".into(), 16, 3.0)), "{classes:?}");
-    assert!(classes.contains(&("PCPU".into(), 16, 1.0)), "{classes:?}");
+    // The Placement view: core 0 (CPUs 0-1) is the host's; of the 7 other cores 4 are PCPU
+    // and the pool keeps 14 − 8 = 6 threads at 3 V vCPUs each (SMT on), beside the 2
+    // reserved; both hugepage sizes.
+    let classes = classes(&inv);
+    assert!(classes.contains(&("VCPU".into(), 8, 2, 3.0)), "{classes:?}");
+    assert!(classes.contains(&("PCPU".into(), 4, 0, 1.0)), "{classes:?}");
     assert!(
-        classes.contains(&("CUSTOM_HUGEPAGES_2M".into(), 96, 1.0)),
+        classes.contains(&("CUSTOM_HUGEPAGES_2M".into(), 96, 0, 1.0)),
         "{classes:?}"
     );
     assert!(
-        classes.contains(&("CUSTOM_HUGEPAGES_1G".into(), 1, 1.0)),
+        classes.contains(&("CUSTOM_HUGEPAGES_1G".into(), 1, 0, 1.0)),
         "{classes:?}"
     );
-    let traits = host::scheduler::traits(&inv);
-    assert!(traits.contains(&"HW_CPU_HYPERTHREADING".to_string()));
+    let traits = placement_view(&inv).traits;
     assert!(traits.contains(&"CUSTOM_SCS_CPU_I1".to_string()));
 }
 
@@ -149,16 +165,13 @@ fn one_socket_eight_cores_without_smt() {
             .iter()
             .all(|p| p.total == 0 && p.free == 0)
     );
-    let vcpu = host::scheduler::inventories(&inv)
-        .into_iter()
-        .find(|r| r.resource_class == "VCPU")
-        .unwrap();
-    assert_eq!(
-        (vcpu.total, vcpu.allocation_ratio),
-        (8, 5.0),
-        "SMT off: 5 vCPUs per core"
+    // CPU 0 is the host's; 4 of the 7 others are PCPU, 3 pool threads at 5 V vCPUs each.
+    let classes = classes(&inv);
+    assert!(
+        classes.contains(&("VCPU".into(), 4, 1, 5.0)),
+        "SMT off: 5 vCPUs per core: {classes:?}"
     );
-    assert!(!host::scheduler::traits(&inv).contains(&"HW_CPU_HYPERTHREADING".to_string()));
+    assert!(classes.contains(&("PCPU".into(), 4, 0, 1.0)), "{classes:?}");
     // Devices: the virtio NIC and disk count, loopback does not.
     assert_eq!(
         inv.nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
@@ -189,11 +202,10 @@ fn offline_cpus_have_no_invented_socket() {
         }
     }
     assert_eq!(inv.numa_nodes[0].cpus, vec![0, 1, 2]);
-    let vcpu = host::scheduler::inventories(&inv)
-        .into_iter()
-        .find(|r| r.resource_class == "VCPU")
-        .unwrap();
-    assert_eq!(vcpu.total, 3, "offline CPUs are not capacity");
+    // CPU 0 is the host's, CPUs 1-2 are split: offline CPUs are not capacity.
+    let classes = classes(&inv);
+    assert!(classes.contains(&("VCPU".into(), 2, 1, 5.0)), "{classes:?}");
+    assert!(classes.contains(&("PCPU".into(), 1, 0, 1.0)), "{classes:?}");
 }
 
 #[test]

@@ -1,17 +1,27 @@
 //! `hvagent.v1.FlavorService`: the flavor module behind gRPC.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use hvagent_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::flavor::proto::{standard_flavors, to_proto};
 use crate::flavor::{self, explain, extra_specs, view::FlavorView};
+use crate::placement::PlacementState;
+use crate::placement::provider::placement_request;
 
-#[derive(Debug, Default)]
-pub struct FlavorApi;
+/// Flavor names are pure computation; only `PlacementRequest` reads the node's `[placement]`
+/// policy, from the allocator.
+pub struct FlavorApi {
+    placement: Arc<PlacementState>,
+}
 
 impl FlavorApi {
+    pub fn new(placement: Arc<PlacementState>) -> Self {
+        Self { placement }
+    }
+
     pub fn into_service(self) -> pb::flavor_service_server::FlavorServiceServer<Self> {
         pb::flavor_service_server::FlavorServiceServer::new(self)
     }
@@ -81,6 +91,23 @@ impl pb::flavor_service_server::FlavorService for FlavorApi {
     ) -> Result<Response<pb::ListStandardFlavorsResponse>, Status> {
         Ok(Response::new(pb::ListStandardFlavorsResponse {
             flavors: standard_flavors(),
+        }))
+    }
+
+    async fn placement_request(
+        &self,
+        request: Request<pb::PlacementRequestRequest>,
+    ) -> Result<Response<pb::PlacementRequestResponse>, Status> {
+        let parsed = parse_name("name", &request.into_inner().name)?;
+        let policy = self.placement.lock().policy().clone();
+        let r = placement_request(&parsed.spec, &policy);
+        Ok(Response::new(pb::PlacementRequestResponse {
+            name: parsed.spec.name(),
+            resources: r.resources.into_iter().collect(),
+            required: r.required,
+            forbidden: r.forbidden,
+            query: r.query,
+            extra_specs: r.extra_specs.into_iter().collect(),
         }))
     }
 }

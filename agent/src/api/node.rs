@@ -5,23 +5,42 @@ use std::sync::Arc;
 use hvagent_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use crate::domain::xml::Emulation;
 use crate::health::Health;
 use crate::placement::PlacementState;
+use crate::placement::provider::{self, Guests, ProviderInventory};
 
-use crate::host::{self, Inventory, node::Node, scheduler, sysfs::format_cpulist};
+use crate::host::{self, Inventory, node::Node, sysfs::format_cpulist};
 
 pub struct NodeApi {
     node: Arc<Node>,
     placement: Arc<PlacementState>,
     health: Arc<Health>,
+    guests: Guests,
+}
+
+/// How guests run here, as the Placement view names it: the daemon's emulation choice, or
+/// `Unavailable` where it found none (KVM broken and `[libvirt] emulation = "forbid"`).
+pub fn provider_guests(emulation: &Result<Emulation, String>) -> Guests {
+    match emulation {
+        Ok(Emulation::Kvm) => Guests::Kvm,
+        Ok(Emulation::Tcg) => Guests::Emulated,
+        Err(_) => Guests::Unavailable,
+    }
 }
 
 impl NodeApi {
-    pub fn new(node: Arc<Node>, placement: Arc<PlacementState>, health: Arc<Health>) -> Self {
+    pub fn new(
+        node: Arc<Node>,
+        placement: Arc<PlacementState>,
+        health: Arc<Health>,
+        emulation: &Result<Emulation, String>,
+    ) -> Self {
         Self {
             node,
             placement,
             health,
+            guests: provider_guests(emulation),
         }
     }
 
@@ -41,7 +60,10 @@ impl pb::node_service_server::NodeService for NodeApi {
             .inventory()
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(to_proto(&inventory)))
+        // The Placement view comes from the allocator's topology and policy, the same the
+        // claims are made with.
+        let view = provider::provider_inventory(&self.placement.lock(), &inventory, self.guests);
+        Ok(Response::new(to_proto(&inventory, &view)))
     }
 
     async fn get_capacity(
@@ -111,7 +133,7 @@ fn hugepages(pools: &[host::memory::HugepagePool]) -> Vec<pb::HugepagePool> {
         .collect()
 }
 
-pub fn to_proto(inv: &Inventory) -> pb::Inventory {
+pub fn to_proto(inv: &Inventory, view: &ProviderInventory) -> pb::Inventory {
     let cpu = &inv.cpu;
     let hv = &inv.hypervisor;
     let scs = &inv.scs;
@@ -260,10 +282,11 @@ pub fn to_proto(inv: &Inventory) -> pb::Inventory {
             serves_hwv: scs.serves_hwv,
         }),
         scheduler: Some(pb::SchedulerView {
-            inventories: scheduler::inventories(inv)
-                .into_iter()
+            inventories: view
+                .inventories
+                .iter()
                 .map(|r| pb::ResourceInventory {
-                    resource_class: r.resource_class,
+                    resource_class: r.resource_class.clone(),
                     total: r.total,
                     reserved: r.reserved,
                     allocation_ratio: r.allocation_ratio,
@@ -272,7 +295,7 @@ pub fn to_proto(inv: &Inventory) -> pb::Inventory {
                     step_size: r.step_size,
                 })
                 .collect(),
-            traits: scheduler::traits(inv),
+            traits: view.traits.clone(),
         }),
         warnings: inv.warnings.clone(),
     }

@@ -59,7 +59,12 @@ pub const SERVICES: &[Service] = &[
     },
     Service {
         name: "hvagent.v1.FlavorService",
-        methods: &[read("Parse"), read("Explain"), read("ListStandard")],
+        methods: &[
+            read("Parse"),
+            read("Explain"),
+            read("ListStandard"),
+            read("PlacementRequest"),
+        ],
     },
     Service {
         name: "hvagent.v1.PlacementService",

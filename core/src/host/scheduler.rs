@@ -1,7 +1,9 @@
-//! The scheduler's view of the node, shaped like OpenStack Placement: resource inventories and
-//! a compact trait set (os-traits names plus versioned `CUSTOM_SCS_*` traits).
+//! The vocabulary of the scheduler's view of the node, shaped like OpenStack Placement: the
+//! resource inventory record, hugepage class labels, the `V` ratios of scs-0100 and the
+//! os-traits names of CPU flags. What the node reports is derived in
+//! `crate::placement::provider`, from the allocator's own topology and policy.
 
-use super::Inventory;
+use super::CpuInfo;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceInventory {
@@ -15,7 +17,8 @@ pub struct ResourceInventory {
 }
 
 impl ResourceInventory {
-    fn new(class: &str, total: u64, allocation_ratio: f64) -> Self {
+    /// `total` of `class`, nothing reserved, any amount from 1 to `total` in steps of 1.
+    pub fn new(class: &str, total: u64, allocation_ratio: f64) -> Self {
         Self {
             resource_class: class.to_string(),
             total,
@@ -31,42 +34,6 @@ impl ResourceInventory {
 /// scs-0100-v3 for `V`: at most 3 vCPUs per hardware thread with SMT on, 5 per core without.
 pub const SHARED_RATIO_SMT: f64 = 3.0;
 pub const SHARED_RATIO_NO_SMT: f64 = 5.0;
-
-/// Inventories. VCPU and PCPU are both drawn from the online, non-isolated CPUs until a
-/// placement policy splits them: a scheduler must treat them as alternatives, not a sum.
-pub fn inventories(inv: &Inventory) -> Vec<ResourceInventory> {
-    let cpus = inv
-        .cpu
-        .cpus
-        .iter()
-        .filter(|c| c.online && !c.isolated)
-        .count() as u64;
-    let ratio = if inv.cpu.smt_active {
-        SHARED_RATIO_SMT
-    } else {
-        SHARED_RATIO_NO_SMT
-    };
-    let mut out = vec![
-        ResourceInventory {
-            // A single VM may not have more vCPUs than the node has threads.
-            max_unit: cpus,
-            ..ResourceInventory::new("VCPU", cpus, ratio)
-        },
-        ResourceInventory::new("PCPU", cpus, 1.0),
-        ResourceInventory::new("MEMORY_MB", inv.memory.total_bytes >> 20, 1.0),
-    ];
-    if let Some(disk) = inv.storage_disk_bytes {
-        out.push(ResourceInventory::new("DISK_GB", disk / 1_000_000_000, 1.0));
-    }
-    for pool in inv.memory.hugepages.iter().filter(|p| p.total > 0) {
-        out.push(ResourceInventory::new(
-            &format!("CUSTOM_HUGEPAGES_{}", page_size_label(pool.page_size_kib)),
-            pool.total,
-            1.0,
-        ));
-    }
-    out
-}
 
 /// `2048` → `2M`, `1048576` → `1G`.
 pub fn page_size_label(kib: u64) -> String {
@@ -128,56 +95,14 @@ const X86_FLAG_TRAITS: &[(&str, &str)] = &[
 /// Marks the version of the `CUSTOM_SCS_*` trait vocabulary below.
 pub const SCS_TRAITS_VERSION: &str = "CUSTOM_SCS_TRAITS_V1";
 
-pub fn traits(inv: &Inventory) -> Vec<String> {
-    let mut out: Vec<String> = X86_FLAG_TRAITS
+/// The os-traits `HW_CPU_X86_*` names of the host CPU's flags: what a guest sees through
+/// `host-passthrough`.
+pub fn cpu_flag_traits(cpu: &CpuInfo) -> Vec<String> {
+    X86_FLAG_TRAITS
         .iter()
-        .filter(|(flag, _)| inv.cpu.has_flag(flag))
+        .filter(|(flag, _)| cpu.has_flag(flag))
         .map(|(_, name)| format!("HW_CPU_X86_{name}"))
-        .collect();
-    if inv.cpu.smt_active {
-        out.push("HW_CPU_HYPERTHREADING".into());
-    }
-    out.push(SCS_TRAITS_VERSION.into());
-    if let Some(brand) = &inv.scs.cpu_brand {
-        out.push(format!(
-            "CUSTOM_SCS_CPU_{}",
-            brand.vendor.to_ascii_uppercase()
-        ));
-        if brand.generation.is_some() {
-            out.push(format!(
-                "CUSTOM_SCS_CPU_{}",
-                brand.code().to_ascii_uppercase()
-            ));
-        }
-    }
-    if inv.scs.serves_secure {
-        out.push("CUSTOM_SCS_SECURE".into());
-    }
-    if inv.scs.serves_ecc {
-        out.push("CUSTOM_SCS_ECC".into());
-    }
-    if inv.scs.serves_hwv {
-        out.push("CUSTOM_SCS_HWV".into());
-    }
-    out.push(
-        if inv.hypervisor.kvm.state == super::kvm::KvmState::Usable {
-            "CUSTOM_SCS_HYPERVISOR_KVM".into()
-        } else {
-            "CUSTOM_SCS_EMULATION_ONLY".into()
-        },
-    );
-    for class in &inv.scs.local_disk_classes {
-        out.push(format!("CUSTOM_SCS_DISK_{}", class.to_ascii_uppercase()));
-    }
-    for vendor in inv.gpus.iter().filter_map(|g| g.scs_vendor()) {
-        out.push(format!("CUSTOM_SCS_GPU_{vendor}"));
-    }
-    if !inv.infiniband.is_empty() {
-        out.push("CUSTOM_SCS_IB".into());
-    }
-    out.sort();
-    out.dedup();
-    out
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod claim;
 mod ledger;
 pub mod plan;
 pub mod policy;
+pub mod provider;
 pub mod state;
 pub mod topology;
 
