@@ -83,13 +83,6 @@ fn kill_libvirtd() {
     }
 }
 
-fn domain_exists(uuid: &str) -> bool {
-    Command::new("virsh")
-        .args(["-c", "qemu:///system", "domstate", uuid])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 type Node = pb::node_service_client::NodeServiceClient<tonic::transport::Channel>;
 
 /// Polls GetHealth until `wanted` holds (at most 30 s).
@@ -260,49 +253,6 @@ fn guest_calls_recover_after_libvirtd_restarts() {
     });
 }
 
-/// The agent's view after a restart agrees with libvirt and the disk: every guest of `ids` is
-/// listed, claimed, defined and has its files, or has none of them.
-async fn whole_or_gone(agent: &Agent, ids: &[String], when: &str) -> Vec<String> {
-    let channel = hvctl::client::connect(&agent.socket).await.unwrap();
-    let mut vms = pb::vm_service_client::VmServiceClient::new(channel.clone());
-    let mut placement = pb::placement_service_client::PlacementServiceClient::new(channel);
-    // Placement answers once it is rebuilt from libvirt (which is starting again).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let claimed = loop {
-        match placement.list_claims(pb::ListClaimsRequest {}).await {
-            Ok(r) => break r.into_inner().claims,
-            Err(s) => {
-                assert_eq!(s.code(), Code::Unavailable, "{when}: {s:?}");
-                assert!(
-                    Instant::now() < deadline,
-                    "{when}: placement never rebuilt: {s:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    let listed: Vec<String> = vms
-        .list(pb::ListVmsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .vms
-        .into_iter()
-        .map(|v| v.uuid)
-        .collect();
-    for id in ids {
-        let domain = domain_exists(id);
-        let files = agent.dir.path().join("store/vms").join(id).exists();
-        let guest = listed.contains(id);
-        let claim = claimed.iter().any(|c| &c.vm_uuid == id);
-        assert!(
-            (domain && files && guest && claim) || (!domain && !files && !guest && !claim),
-            "{when}: {id}: domain {domain}, files {files}, listed {guest}, claim {claim}"
-        );
-    }
-    listed
-}
-
 /// libvirtd dies (SIGKILL) at a different instant of a create, then of a delete; libvirtd and
 /// the agent start again. Each guest is then whole (domain, files, claim, listed) or gone.
 #[test]
@@ -345,10 +295,10 @@ fn libvirtd_killed_mid_create_or_delete_leaves_guests_whole_or_gone() {
         let (_, _) = agent.stop_with(nix::sys::signal::Signal::SIGKILL);
         agent = agent.spawn();
         let when = format!("libvirtd killed {at} ms into create {i} (answered {answer:?})");
-        rt.block_on(whole_or_gone(&agent, &ids[..=i], &when));
+        rt.block_on(common::whole_or_gone(&agent, &ids[..=i], &when));
     }
     // Deletes, each of a guest that is whole now.
-    let alive: Vec<String> = rt.block_on(whole_or_gone(&agent, &ids, "before the deletes"));
+    let alive: Vec<String> = rt.block_on(common::whole_or_gone(&agent, &ids, "before the deletes"));
     for (i, id) in alive.iter().enumerate() {
         let socket = agent.socket.clone();
         let uuid = id.clone();
@@ -369,7 +319,7 @@ fn libvirtd_killed_mid_create_or_delete_leaves_guests_whole_or_gone() {
         let (_, _) = agent.stop_with(nix::sys::signal::Signal::SIGKILL);
         agent = agent.spawn();
         let when = format!("libvirtd killed {at} ms into the delete of {id} (answered {answer:?})");
-        rt.block_on(whole_or_gone(&agent, &ids, &when));
+        rt.block_on(common::whole_or_gone(&agent, &ids, &when));
     }
 }
 

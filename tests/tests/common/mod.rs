@@ -361,3 +361,58 @@ pub async fn claims(
         .map(|c| c.vm_uuid)
         .collect()
 }
+
+/// Whether libvirt has a domain with this UUID (anyone's).
+pub fn domain_exists(uuid: &str) -> bool {
+    Command::new("virsh")
+        .args(["-c", "qemu:///system", "domstate", uuid])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The agent's view after a restart agrees with libvirt and the disk: every guest of `ids` is
+/// listed, claimed, defined and has its files, or has none of them.
+pub async fn whole_or_gone(agent: &Agent, ids: &[String], when: &str) -> Vec<String> {
+    let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+    let mut vms = hvagent_proto::v1::vm_service_client::VmServiceClient::new(channel.clone());
+    let mut placement =
+        hvagent_proto::v1::placement_service_client::PlacementServiceClient::new(channel);
+    // Placement answers once it is rebuilt from libvirt (which is starting again).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let claimed = loop {
+        match placement
+            .list_claims(hvagent_proto::v1::ListClaimsRequest {})
+            .await
+        {
+            Ok(r) => break r.into_inner().claims,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{when}: {s:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "{when}: placement never rebuilt: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let listed: Vec<String> = vms
+        .list(hvagent_proto::v1::ListVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .vms
+        .into_iter()
+        .map(|v| v.uuid)
+        .collect();
+    for id in ids {
+        let domain = domain_exists(id);
+        let files = agent.dir.path().join("store/vms").join(id).exists();
+        let guest = listed.contains(id);
+        let claim = claimed.iter().any(|c| &c.vm_uuid == id);
+        assert!(
+            (domain && files && guest && claim) || (!domain && !files && !guest && !claim),
+            "{when}: {id}: domain {domain}, files {files}, listed {guest}, claim {claim}"
+        );
+    }
+    listed
+}
