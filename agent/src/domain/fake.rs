@@ -123,24 +123,23 @@ impl FakeHypervisor {
 
     /// A domain someone else defined (no hvagent metadata), running.
     pub fn define_foreign(&self, uuid: &str, name: &str) {
-        let xml = format!("<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid></domain>");
-        self.lock().domains.insert(
-            uuid.to_string(),
-            FakeDomain {
-                uuid: uuid.to_string(),
-                name: name.to_string(),
-                xml,
-                state: DomainState::Running,
-            },
-        );
+        self.define_outside(uuid, name, "", DomainState::Running);
     }
 
     /// A domain carrying an hvagent intent element whose content does not parse (a damaged
     /// or future-format guest), shut off.
     pub fn define_unreadable(&self, uuid: &str, name: &str) {
-        let xml = format!(
-            "<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid><metadata><hv:intent xmlns:hv='{}'>{{not json</hv:intent></metadata></domain>",
+        let metadata = format!(
+            "<metadata><hv:intent xmlns:hv='{}'>{{not json</hv:intent></metadata>",
             super::xml::NAMESPACE
+        );
+        self.define_outside(uuid, name, &metadata, DomainState::ShutOff);
+    }
+
+    /// A domain defined behind the agent's back, with `metadata` in its XML.
+    fn define_outside(&self, uuid: &str, name: &str, metadata: &str, state: DomainState) {
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid>{metadata}</domain>"
         );
         self.lock().domains.insert(
             uuid.to_string(),
@@ -148,7 +147,7 @@ impl FakeHypervisor {
                 uuid: uuid.to_string(),
                 name: name.to_string(),
                 xml,
-                state: DomainState::ShutOff,
+                state,
             },
         );
     }
