@@ -343,6 +343,17 @@ pub enum FlavorCommand {
     },
     /// The scs-0103 standard flavors, mandatory ones first.
     Standard,
+    /// The OpenStack Placement request for a flavor: resources, required and forbidden
+    /// traits, the query to append to `/allocation_candidates?`, and the Nova extra_specs
+    /// asking for the same (docs/flavors.md). Computed offline under the `[placement]` policy
+    /// of --config (default: the defaults), the policy every node of the cloud should share.
+    PlacementRequest {
+        /// The flavor name.
+        name: String,
+        /// A config file whose `[placement]` section is the cloud's policy.
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -250,3 +250,154 @@ fn flavor_service_over_grpc() {
         assert_eq!(all.flavors.iter().filter(|f| f.mandatory).count(), 15);
     });
 }
+
+#[test]
+fn placement_request_offline_has_the_documented_shape() {
+    let out = offline(&[
+        "flavor",
+        "placement-request",
+        "SCS-2C-4-10s",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code(&out.status), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut order: Vec<(usize, &str)> = keys
+        .iter()
+        .map(|k| (text.find(&format!("\"{k}\"")).unwrap(), *k))
+        .collect();
+    order.sort();
+    assert_eq!(
+        order.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
+        [
+            "name",
+            "resources",
+            "required",
+            "forbidden",
+            "query",
+            "extra_specs"
+        ]
+    );
+    // Default policy: 4096 MiB + 128 + 2×8 + 41 (1 % of RAM) of normal memory; a core per vCPU.
+    assert_eq!(
+        v["resources"],
+        serde_json::json!({"DISK_GB": 10, "MEMORY_MB": 4281, "PCPU": 2})
+    );
+    assert_eq!(
+        v["required"],
+        serde_json::json!([
+            "CUSTOM_HVAGENT_OVERHEAD_128M_8M_10PM",
+            "CUSTOM_HVAGENT_PAGES_C_4K",
+            "CUSTOM_SCS_DISK_S",
+            "CUSTOM_SCS_ECC",
+            "CUSTOM_SCS_SECURE"
+        ])
+    );
+    assert_eq!(
+        v["forbidden"],
+        serde_json::json!(["COMPUTE_STATUS_DISABLED"])
+    );
+    assert_eq!(
+        v["query"],
+        "resources=DISK_GB:10,MEMORY_MB:4281,PCPU:2&required=CUSTOM_HVAGENT_OVERHEAD_128M_8M_10PM,\
+         CUSTOM_HVAGENT_PAGES_C_4K,CUSTOM_SCS_DISK_S,CUSTOM_SCS_ECC,CUSTOM_SCS_SECURE,\
+         !COMPUTE_STATUS_DISABLED"
+    );
+    let e = &v["extra_specs"];
+    assert_eq!(e["resources:PCPU"], "2");
+    assert_eq!(e["hw:cpu_policy"], "dedicated");
+    assert_eq!(e["hw:cpu_thread_policy"], "isolate");
+    assert_eq!(e["trait:CUSTOM_SCS_DISK_S"], "required");
+    assert_eq!(e["trait:COMPUTE_STATUS_DISABLED"], "forbidden");
+
+    // The cloud's policy from a config file: C guests on 2 MiB pages, overhead on normal ones.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cloud.toml");
+    std::fs::write(&config, "[placement]\nhugepages = { C = \"2M\" }\n").unwrap();
+    let out = offline(&[
+        "flavor",
+        "placement-request",
+        "SCS-2C-4",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code(&out.status), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["resources"],
+        serde_json::json!({"CUSTOM_HUGEPAGES_2M": 2048, "MEMORY_MB": 185, "PCPU": 2})
+    );
+    assert_eq!(v["extra_specs"]["hw:mem_page_size"], "2MB");
+
+    // Bad input exits 2 and prints nothing on stdout.
+    std::fs::write(&config, "[placement]\ncrowded_ratio = 0\n").unwrap();
+    for args in [
+        vec!["flavor", "placement-request", "SCS-2X-4"],
+        vec![
+            "flavor",
+            "placement-request",
+            "SCS-2V-4",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    ] {
+        let out = offline(&args);
+        assert_eq!(code(&out.status), 2, "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let table = offline(&["flavor", "placement-request", "SCS-1V-2"]);
+    assert_eq!(code(&table.status), 0, "{}", stderr(&table));
+    assert!(stdout(&table).contains("query:     resources=MEMORY_MB:2205,VCPU:1&required="));
+}
+
+/// The agent answers under its own `[placement]` policy, exactly as hvctl computes offline from
+/// the same config file.
+#[test]
+fn placement_request_over_grpc_follows_the_node_policy() {
+    let agent = Agent::start("[placement]\ncrowded_ratio = 4\nreserved_memory_mib = 256\n");
+    let offline_json = offline(&[
+        "flavor",
+        "placement-request",
+        "SCS-2L-2",
+        "--config",
+        agent.config.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code(&offline_json.status), 0, "{}", stderr(&offline_json));
+    let rt = common::runtime();
+    rt.block_on(async {
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+        let mut svc = pb::flavor_service_client::FlavorServiceClient::new(channel);
+        let r = svc
+            .placement_request(pb::PlacementRequestRequest {
+                name: "SCS-2L:2".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.name, "SCS-2L-2");
+        // 2 L vCPUs at 4 per thread cost at most 2×5/4 V shares: 3 VCPU.
+        assert_eq!(r.resources["VCPU"], 3);
+        assert!(r.required.contains(&"CUSTOM_HVAGENT_L_RATIO_4".to_string()));
+        let grpc: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let offline: serde_json::Value = serde_json::from_slice(&offline_json.stdout).unwrap();
+        assert_eq!(grpc, offline);
+
+        let status = svc
+            .placement_request(pb::PlacementRequestRequest {
+                name: "SCS-2V-4.3".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "name: position 7: RAM must be a positive multiple of 0.5, got \"4.3\""
+        );
+    });
+}

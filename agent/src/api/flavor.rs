@@ -100,14 +100,8 @@ impl pb::flavor_service_server::FlavorService for FlavorApi {
     ) -> Result<Response<pb::PlacementRequestResponse>, Status> {
         let parsed = parse_name("name", &request.into_inner().name)?;
         let policy = self.placement.lock().policy().clone();
-        let r = placement_request(&parsed.spec, &policy);
-        Ok(Response::new(pb::PlacementRequestResponse {
-            name: parsed.spec.name(),
-            resources: r.resources.into_iter().collect(),
-            required: r.required,
-            forbidden: r.forbidden,
-            query: r.query,
-            extra_specs: r.extra_specs.into_iter().collect(),
-        }))
+        Ok(Response::new(
+            placement_request(&parsed.spec, &policy).into_proto(parsed.spec.name()),
+        ))
     }
 }

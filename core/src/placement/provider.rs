@@ -505,6 +505,21 @@ pub fn placement_request(spec: &FlavorSpec, policy: &Policy) -> PlacementRequest
     }
 }
 
+impl PlacementRequest {
+    /// As `FlavorService/PlacementRequest` answers it and `hvctl flavor placement-request`
+    /// prints it, for the flavor with canonical name `name`.
+    pub fn into_proto(self, name: String) -> hvagent_proto::v1::PlacementRequestResponse {
+        hvagent_proto::v1::PlacementRequestResponse {
+            name,
+            resources: self.resources,
+            required: self.required,
+            forbidden: self.forbidden,
+            query: self.query,
+            extra_specs: self.extra_specs,
+        }
+    }
+}
+
 /// Nova's `hw:mem_page_size` spelling: `2MB`, `1GB`, else KiB.
 fn nova_page_size(kib: u64) -> String {
     match page_size_label(kib) {

@@ -1,8 +1,9 @@
-//! `hvctl flavor parse|explain|standard`, offline.
+//! `hvctl flavor parse|explain|standard|placement-request`, offline.
 
 use std::process::ExitCode;
 
 use hvagent_core::flavor::{self, view::FlavorView};
+use hvagent_core::placement::provider::placement_request;
 
 use super::{EXIT_USAGE, print};
 use crate::cli::{FlavorCommand, Output};
@@ -40,5 +41,22 @@ pub fn run(output: Output, command: FlavorCommand) -> ExitCode {
         FlavorCommand::Standard => print(output, &flavor::proto::standard_flavors(), |list| {
             render::standard_flavors(list)
         }),
+        FlavorCommand::PlacementRequest { name, config } => {
+            let policy = match hvagent_core::config::load_placement(config.as_deref()) {
+                Ok(policy) => policy,
+                Err(e) => {
+                    eprintln!("hvctl: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match parsed(&name) {
+                Ok(p) => print(
+                    output,
+                    &placement_request(&p.spec, &policy).into_proto(p.spec.name()),
+                    render::placement_request,
+                ),
+                Err(code) => code,
+            }
+        }
     }
 }

@@ -116,6 +116,22 @@ pub fn explained(e: &Explained) -> String {
     out
 }
 
+/// A flavor's Placement request: the resources as a table, then traits, query and extra_specs.
+pub fn placement_request(r: &pb::PlacementRequestResponse) -> String {
+    let mut t = Table::new(&["RESOURCE CLASS", "AMOUNT"]);
+    for (class, n) in &r.resources {
+        t.row(vec![class.clone(), n.to_string()]);
+    }
+    let mut out = format!("{}\n\n{}", r.name, t.render());
+    out.push_str(&format!("\nrequired:  {}\n", r.required.join(", ")));
+    out.push_str(&format!("forbidden: {}\n", r.forbidden.join(", ")));
+    out.push_str(&format!("query:     {}\n\nextra_specs:\n", r.query));
+    for (k, v) in &r.extra_specs {
+        out.push_str(&format!("  {k}={v}\n"));
+    }
+    out
+}
+
 /// The standard flavors as a table.
 pub fn standard_flavors(list: &[pb::StandardFlavor]) -> String {
     let mut t = Table::new(&["NAME", "STATUS", "VCPUS", "CPU TYPE", "RAM", "DISK"]);

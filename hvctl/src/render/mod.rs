@@ -11,7 +11,7 @@ mod networks;
 mod placement;
 mod vms;
 
-pub use flavors::{Explained, explained, flavor, standard_flavors};
+pub use flavors::{Explained, explained, flavor, placement_request, standard_flavors};
 pub use health::health;
 pub use images::{images, progress};
 pub use inventory::inventory;
