@@ -15,4 +15,5 @@ pub mod guest;
 pub mod health;
 pub mod host;
 pub mod net;
+pub mod placement_api;
 pub mod storage;

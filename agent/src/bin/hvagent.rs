@@ -74,7 +74,8 @@ fn main() -> ExitCode {
             e @ (daemon::DaemonError::Policy(_)
             | daemon::DaemonError::Network(_)
             | daemon::DaemonError::Access(_)
-            | daemon::DaemonError::Tls(_)),
+            | daemon::DaemonError::Tls(_)
+            | daemon::DaemonError::PlacementApi(_)),
         ) => {
             eprintln!("hvagent: {e}");
             ExitCode::from(2)

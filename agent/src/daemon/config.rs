@@ -25,6 +25,8 @@ pub struct Config {
     pub network: NetworkConfig,
     pub health: crate::health::Settings,
     pub access: AccessConfig,
+    /// `[placement_api]`: reporting to OpenStack Placement; `None` (no `url`): off.
+    pub placement_api: Option<crate::placement_api::Settings>,
 }
 
 /// `[access]`: who may call what on the Unix socket, and where the audit log goes.
@@ -222,6 +224,7 @@ impl Default for Config {
             },
             health: crate::health::Settings::default(),
             access: AccessConfig::default(),
+            placement_api: None,
         }
     }
 }
@@ -243,10 +246,15 @@ impl Config {
         let table = hvagent_core::config::parse(file, text)?;
         let mut config = Config::default();
         let mut tcp = TcpKeys::default();
-        for_each_key(file, &table, |section, key, value| {
-            config.set(&mut tcp, section, key, value)
+        let mut placement_api = crate::placement_api::settings::Keys::default();
+        for_each_key(file, &table, |section, key, value| match section {
+            "placement_api" => placement_api.set(key, value),
+            _ => config.set(&mut tcp, section, key, value),
         })?;
         config.api.tcp = tcp
+            .check()
+            .map_err(|(key, problem)| key_error(file, key, problem))?;
+        config.placement_api = placement_api
             .check()
             .map_err(|(key, problem)| key_error(file, key, problem))?;
         Ok(config)
@@ -419,6 +427,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "network",
     "health",
     "access",
+    "placement_api",
 ];
 
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];

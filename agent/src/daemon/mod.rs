@@ -66,6 +66,10 @@ pub enum DaemonError {
     /// status 2).
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// `[placement_api]` that cannot be used (no provider name): a configuration error (exit
+    /// status 2).
+    #[error("placement_api: {0}")]
+    PlacementApi(crate::placement_api::client::ApiError),
     #[error("api.tcp_listen {addr}: {source}")]
     Tcp {
         addr: std::net::SocketAddr,
@@ -177,6 +181,17 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
     ));
     metrics.attach(health.clone());
     background.spawn(health.clone().run());
+    if let Some(settings) = config.placement_api.clone() {
+        let reporter = crate::placement_api::task::Reporter::new(
+            settings,
+            placement.clone(),
+            local,
+            crate::api::node::provider_guests(&guests.emulation()),
+        )
+        .map_err(DaemonError::PlacementApi)?;
+        health.watch_placement_api(reporter.status());
+        background.spawn(reporter.run());
+    }
     for partial in guests.images.sweep() {
         tracing::info!(path = %partial.display(), "removed a partial image import");
     }

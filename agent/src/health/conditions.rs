@@ -49,6 +49,8 @@ pub struct Inputs {
     pub emulation: Result<bool, String>,
     /// One line per open pinning violation.
     pub violations: Vec<String>,
+    /// The reporter's view of Placement; `None`: not reporting (`[placement_api]` unset).
+    pub placement_api: Option<crate::placement_api::status::Sync>,
 }
 
 impl Default for Inputs {
@@ -57,6 +59,7 @@ impl Default for Inputs {
             libvirt: Ok(()),
             emulation: Ok(false),
             violations: Vec::new(),
+            placement_api: None,
         }
     }
 }
@@ -207,6 +210,17 @@ pub fn evaluate(host: &HostSample, inputs: &Inputs, t: &Thresholds) -> Vec<Condi
         Ok(false) => cond("EmulationOnly", false, "Kvm", "guests run under KVM".into()),
         Err(e) => cond("EmulationOnly", false, "NoGuests", e.clone()),
     });
+
+    // Not blocking: the node still takes guests; a scheduler that goes by Placement may not
+    // send it any (or send what Placement wrongly offers) until it is in sync again.
+    if let Some(sync) = &inputs.placement_api {
+        out.push(cond(
+            "PlacementSync",
+            sync.status,
+            sync.reason,
+            sync.message.clone(),
+        ));
+    }
 
     // Ready: the node can take a new guest now.
     let blocking: Vec<&Condition> = out
@@ -375,6 +389,26 @@ mod tests {
         let p = get(&cs, "PinningViolation");
         assert_eq!((p.status, p.message.as_str()), (true, "a (and 2 more)"));
         assert!(get(&cs, "Ready").status);
+    }
+
+    #[test]
+    fn placement_sync_shows_only_when_reporting_and_never_blocks() {
+        let t = Thresholds::default();
+        let cs = evaluate(&host(), &Inputs::default(), &t);
+        assert!(cs.iter().all(|c| c.kind != "PlacementSync"));
+        let away = Inputs {
+            placement_api: Some(crate::placement_api::status::Sync {
+                status: false,
+                reason: "Unreachable",
+                message: "GET /resource_providers: no answer".into(),
+            }),
+            ..Inputs::default()
+        };
+        let cs = evaluate(&host(), &away, &t);
+        let p = get(&cs, "PlacementSync");
+        assert_eq!((p.status, p.reason), (false, "Unreachable"));
+        assert!(get(&cs, "Ready").status, "the node still takes guests");
+        assert_eq!(cs.last().map(|c| c.kind), Some("Ready"));
     }
 
     #[test]

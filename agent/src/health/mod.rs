@@ -17,7 +17,7 @@ use hvagent_core::sync::lock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
@@ -99,6 +99,8 @@ pub struct Snapshot {
     /// The sampler's own figures (`hvagent_health_*`).
     pub sample_seconds: f64,
     pub stuck_stats_calls: usize,
+    /// The Placement reporter's figures; `None`: not reporting.
+    pub placement_api: Option<crate::placement_api::status::Figures>,
 }
 
 impl Snapshot {
@@ -140,6 +142,8 @@ pub struct Health {
     tuned: Arc<Notify>,
     epoch: Instant,
     cgroups: (Option<PathBuf>, Option<PathBuf>),
+    /// The Placement reporter's status, when `[placement_api]` is set.
+    placement_api: OnceLock<Arc<crate::placement_api::Status>>,
 }
 
 impl Health {
@@ -182,11 +186,18 @@ impl Health {
             tuned: Arc::default(),
             epoch: Instant::now(),
             cgroups,
+            placement_api: OnceLock::new(),
         }
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Takes the Placement reporter's status into every sample from now on (`PlacementSync`,
+    /// `hvagent_placement_api_*`).
+    pub fn watch_placement_api(&self, status: Arc<crate::placement_api::Status>) {
+        let _ = self.placement_api.set(status);
     }
 
     /// The newest snapshot.
@@ -347,6 +358,7 @@ impl Health {
                 .iter()
                 .map(|v| v.violation.line())
                 .collect(),
+            placement_api: self.placement_api.get().map(|s| s.sync()),
         };
         let evaluated = conditions::evaluate(&host, &inputs, &self.settings.thresholds);
         carry.conditions = conditions::carry_since(&carry.conditions, evaluated, taken);
@@ -381,6 +393,7 @@ impl Health {
             expected: carry.expected.clone(),
             sample_seconds: started.elapsed().as_secs_f64(),
             stuck_stats_calls: self.stuck.load(Ordering::Relaxed),
+            placement_api: self.placement_api.get().map(|s| s.figures()),
         };
         drop(carry);
         self.latest.send_replace(Arc::new(snapshot));

@@ -13,6 +13,9 @@ pub fn render(s: &Snapshot, e: &mut Exposition) {
     guests(s, e);
     pinning(s, e);
     conditions(s, e);
+    if let Some(figures) = &s.placement_api {
+        placement_api(figures, e);
+    }
     e.family(
         "hvagent_health_sample_timestamp_seconds",
         Type::Gauge,
@@ -470,6 +473,46 @@ fn pinning(s: &Snapshot, e: &mut Exposition) {
     }
 }
 
+/// The Placement reporter's figures (only while `[placement_api]` is set).
+fn placement_api(f: &crate::placement_api::status::Figures, e: &mut Exposition) {
+    if let Some(ms) = f.last_success_unix_ms {
+        e.family(
+            "hvagent_placement_api_last_sync_timestamp_seconds",
+            Type::Gauge,
+            "When a round last found or made Placement equal to this node, in Unix seconds",
+        )
+        .sample(&[], ms as f64 / 1000.0);
+    }
+    e.family(
+        "hvagent_placement_api_sync_failures_total",
+        Type::Counter,
+        "Rounds that failed (Placement unreachable, refusing, or the token refused)",
+    )
+    .sample(&[], f.failures as f64);
+    e.family(
+        "hvagent_placement_api_calls_total",
+        Type::Counter,
+        "Calls made to Placement by HTTP method, and Keystone token requests",
+    );
+    for (method, n) in &f.calls {
+        e.sample(&[("method", method)], *n as f64);
+    }
+    e.family(
+        "hvagent_placement_api_drift_total",
+        Type::Counter,
+        "Differences found between Placement and this node, by kind",
+    );
+    for (kind, n) in &f.drift {
+        e.sample(&[("kind", kind)], *n as f64);
+    }
+    e.family(
+        "hvagent_placement_api_unclaimed_allocations",
+        Type::Gauge,
+        "Allocations on this node's provider whose consumer has no claim here",
+    )
+    .sample(&[], f.unclaimed as f64);
+}
+
 fn conditions(s: &Snapshot, e: &mut Exposition) {
     e.family(
         "hvagent_node_condition",
@@ -577,5 +620,31 @@ mod tests {
         );
         assert!(text.contains("hvagent_node_condition{condition=\"Ready\",reason=\"Ready\"} 1"));
         assert!(text.contains("hvagent_node_condition_since_seconds{condition=\"Ready\"} 2.5"));
+    }
+
+    #[test]
+    fn placement_api_figures_only_while_reporting() {
+        assert!(!rendered(&Snapshot::default()).contains("hvagent_placement_api_"));
+        let text = rendered(&Snapshot {
+            placement_api: Some(crate::placement_api::status::Figures {
+                last_success_unix_ms: Some(1_500),
+                failures: 2,
+                calls: [("GET".to_string(), 7), ("PUT".to_string(), 1)].into(),
+                drift: [("allocation_missing".to_string(), 1)].into(),
+                unclaimed: 1,
+            }),
+            ..Default::default()
+        });
+        for line in [
+            "hvagent_placement_api_last_sync_timestamp_seconds 1.5",
+            "hvagent_placement_api_sync_failures_total 2",
+            "hvagent_placement_api_calls_total{method=\"GET\"} 7",
+            "hvagent_placement_api_calls_total{method=\"PUT\"} 1",
+            "hvagent_placement_api_drift_total{kind=\"allocation_missing\"} 1",
+            "hvagent_placement_api_unclaimed_allocations 1",
+            "# TYPE hvagent_placement_api_calls_total counter",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! run the real `hvctl` against it.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod placement;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

@@ -57,7 +57,7 @@ fn errors_name_file_key_and_rule() {
     );
     assert_eq!(
         err("[apii]\nx = 1\n"),
-        "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health, access)"
+        "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health, access, placement_api)"
     );
     assert_eq!(
         err("[api]\nunix_socket = \"rel.sock\"\n"),
@@ -355,4 +355,132 @@ fn import_limit_keys() {
             format!("/etc/x.toml: {message}")
         );
     }
+}
+
+#[test]
+fn placement_api_keys() {
+    use crate::placement_api::{Auth, Settings};
+    assert_eq!(Config::default().placement_api, None);
+    let c = Config::parse(
+        "f",
+        r#"
+            [placement_api]
+            url = "http://placement.example:8778/"
+            auth = "noauth"
+            token = "admin"
+            provider_name = "node-1"
+            interval_seconds = 5
+            remove_unclaimed = true
+            "#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.placement_api,
+        Some(Settings {
+            url: "http://placement.example:8778".into(),
+            auth: Auth::NoAuth {
+                token: "admin".into()
+            },
+            provider_name: Some("node-1".into()),
+            interval: Duration::from_secs(5),
+            remove_unclaimed: true,
+        })
+    );
+    let k = Config::parse(
+        "f",
+        r#"
+            [placement_api]
+            url = "https://placement.example/placement"
+            auth = "keystone"
+            auth_url = "https://keystone.example:5000/v3"
+            credential_file = "/etc/hvagent/placement-credential.toml"
+            "#,
+    )
+    .unwrap()
+    .placement_api
+    .unwrap();
+    assert_eq!(
+        k.auth,
+        Auth::Keystone {
+            auth_url: "https://keystone.example:5000/v3".into(),
+            credential_file: PathBuf::from("/etc/hvagent/placement-credential.toml"),
+        }
+    );
+    assert_eq!(
+        (k.interval, k.remove_unclaimed, k.provider_name),
+        (Duration::from_secs(300), false, None)
+    );
+}
+
+#[test]
+fn placement_api_errors_name_the_key_and_the_rule() {
+    let section = |body: &str| err(&format!("[placement_api]\n{body}\n"));
+    assert_eq!(
+        section("token = \"admin\""),
+        "/etc/x.toml: placement_api.url: missing: placement_api.token is only used when url is set"
+    );
+    assert_eq!(
+        section("url = \"http://p\""),
+        "/etc/x.toml: placement_api.auth: missing: \"noauth\" (with token) or \"keystone\" (with auth_url and credential_file)"
+    );
+    assert_eq!(
+        section("url = \"http://p\"\nauth = \"noauth\""),
+        "/etc/x.toml: placement_api.token: missing: auth = \"noauth\" needs a token (\"admin\" for Placement's noauth2)"
+    );
+    assert_eq!(
+        section("url = \"http://p\"\nauth = \"keystone\"\nauth_url = \"http://k\""),
+        "/etc/x.toml: placement_api.auth: \"keystone\" needs credential_file"
+    );
+    assert_eq!(
+        section("url = \"http://p\"\nauth = \"keystone\"\ntoken = \"t\""),
+        "/etc/x.toml: placement_api.token: only used with auth = \"noauth\"; keystone tokens come from the credential"
+    );
+    assert_eq!(
+        section("url = \"http://p\"\nauth = \"noauth\"\ntoken = \"t\"\nauth_url = \"http://k\""),
+        "/etc/x.toml: placement_api.auth: \"noauth\" takes token only; auth_url and credential_file are for \"keystone\""
+    );
+    assert_eq!(
+        section("url = \"ftp://p\""),
+        "/etc/x.toml: placement_api.url: \"ftp://p\" is not an http:// or https:// URL with a host"
+    );
+    assert!(
+        section("url = \"not a url\"")
+            .starts_with("/etc/x.toml: placement_api.url: \"not a url\" is not a URL: ")
+    );
+    assert_eq!(
+        section("url = \"http://p/?x=1\""),
+        "/etc/x.toml: placement_api.url: \"http://p/?x=1\" must not have a query or fragment"
+    );
+    assert_eq!(
+        section("auth = \"password\""),
+        "/etc/x.toml: placement_api.auth: \"password\" is not one of \"noauth\", \"keystone\""
+    );
+    assert_eq!(
+        section("token = \"ad min\""),
+        "/etc/x.toml: placement_api.token: must be non-empty printable ASCII without spaces"
+    );
+    assert_eq!(
+        section("credential_file = \"cred\""),
+        "/etc/x.toml: placement_api.credential_file: \"cred\" must be an absolute path"
+    );
+    assert_eq!(
+        section("provider_name = \"\""),
+        "/etc/x.toml: placement_api.provider_name: must not be empty"
+    );
+    assert_eq!(
+        section(&format!("provider_name = \"{}\"", "n".repeat(201))),
+        "/etc/x.toml: placement_api.provider_name: must be at most 200 characters"
+    );
+    assert_eq!(
+        section("interval_seconds = 0"),
+        "/etc/x.toml: placement_api.interval_seconds: must be between 1 and 86400, got 0"
+    );
+    assert_eq!(
+        section("remove_unclaimed = 1"),
+        "/etc/x.toml: placement_api.remove_unclaimed: must be true or false, got integer"
+    );
+    assert_eq!(
+        section("urll = \"http://p\""),
+        "/etc/x.toml: placement_api.urll: unknown key"
+    );
 }
