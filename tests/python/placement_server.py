@@ -13,6 +13,7 @@ import os
 import socketserver
 import subprocess
 import sys
+import threading
 import wsgiref.simple_server
 
 CONF = """[DEFAULT]
@@ -57,8 +58,17 @@ def main():
     from placement import wsgi
 
     app = wsgi.init_application()
+    one_at_a_time = threading.Lock()
+
+    def serialized(environ, start_response):
+        # SQLite takes one writer at a time ("database is locked" under concurrent writes);
+        # a region's Placement runs on MySQL or PostgreSQL. Connections are still accepted
+        # side by side, so a slow client holds up no one while it sends.
+        with one_at_a_time:
+            return list(app(environ, start_response))
+
     server = wsgiref.simple_server.make_server(
-        "127.0.0.1", port, app, server_class=Server, handler_class=Quiet
+        "127.0.0.1", port, serialized, server_class=Server, handler_class=Quiet
     )
     print("READY", server.server_address[1], flush=True)
     server.serve_forever()
