@@ -532,7 +532,8 @@ fn run(rng: &mut Rng, mut alloc: Allocator, host: &Inventory, steps: u32, f: &mu
 #[test]
 fn placement_never_offers_what_the_allocator_refuses() {
     let mut rng = Rng(0x5eed_2026);
-    let mut figures = Figures::default();
+    // [captured fixtures, generated hosts]
+    let mut figures = [Figures::default(), Figures::default()];
     for round in 0..400 {
         let (topo, host) = if round % 2 == 0 {
             let name = FIXTURES[(round / 2) % FIXTURES.len()];
@@ -545,24 +546,20 @@ fn placement_never_offers_what_the_allocator_refuses() {
         let Ok(alloc) = Allocator::new(topo, policy) else {
             continue;
         };
-        run(&mut rng, alloc, &host, 60, &mut figures);
+        run(&mut rng, alloc, &host, 60, &mut figures[round % 2]);
     }
-    println!(
-        "offered and claimed: {}; refused after an offer: {}; Placement offered nothing while the node fit: {} {:?}; both refused: {}",
-        figures.offered,
-        figures.refused_after_offer,
-        figures.missed,
-        figures.missed_by,
-        figures.both_refused
-    );
-    assert_eq!(
-        figures.refused_after_offer,
-        0,
-        "{}",
-        figures.first_refusal.unwrap_or_default()
-    );
-    assert!(
-        figures.offered > 1000,
-        "the run must place guests: {figures:?}"
-    );
+    for (what, f) in ["captured hosts", "generated hosts"].iter().zip(&figures) {
+        println!(
+            "{what}: offered and claimed {}; refused after an offer {}; Placement offered \
+             nothing while the node fit {} {:?}; both refused {}",
+            f.offered, f.refused_after_offer, f.missed, f.missed_by, f.both_refused
+        );
+        assert_eq!(
+            f.refused_after_offer,
+            0,
+            "{}",
+            f.first_refusal.clone().unwrap_or_default()
+        );
+        assert!(f.offered > 500, "the run must place guests: {f:?}");
+    }
 }
