@@ -607,3 +607,77 @@ fn capacity_on_this_host_is_what_reserve_then_gets() {
         }
     });
 }
+
+/// `GetInventory`'s Placement view is the allocator's: the host's CPUs and memory reserved,
+/// `PCPU` and `VCPU` disjoint, memory bounded by the smaller NUMA node, the guest's CPU as TCG
+/// emulates it, the policy's traits; and it does not move when claims are made.
+#[test]
+fn inventory_scheduler_view_is_the_allocators() {
+    let agent = numa_agent("");
+    runtime().block_on(async {
+        let mut c = Clients::new(&agent).await;
+        let view = |inv: pb::Inventory| inv.scheduler.expect("scheduler view");
+        let before = view(
+            c.node
+                .get_inventory(pb::GetInventoryRequest {})
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        let classes: Vec<(&str, u64, u64, f64)> = before
+            .inventories
+            .iter()
+            .filter(|r| r.resource_class != "DISK_GB")
+            .map(|r| {
+                (
+                    r.resource_class.as_str(),
+                    r.total,
+                    r.reserved,
+                    r.allocation_ratio,
+                )
+            })
+            .collect();
+        assert_eq!(
+            classes,
+            vec![
+                ("CUSTOM_HUGEPAGES_1G", 1, 0, 1.0),
+                ("CUSTOM_HUGEPAGES_2M", 96, 0, 1.0),
+                ("MEMORY_MB", 4730, 2901, 1.0),
+                ("PCPU", 4, 0, 1.0),
+                ("VCPU", 8, 2, 3.0),
+            ]
+        );
+        let disk = before
+            .inventories
+            .iter()
+            .find(|r| r.resource_class == "DISK_GB")
+            .expect("the store's filesystem is measured");
+        assert!(disk.total > 0);
+        let t = &before.traits;
+        for want in [
+            "COMPUTE_NODE",
+            "CUSTOM_SCS_EMULATION_ONLY",
+            "CUSTOM_HVAGENT_PAGES_C_4K",
+            "CUSTOM_HVAGENT_L_RATIO_8",
+            "HW_CPU_X86_SSE2",
+        ] {
+            assert!(t.contains(&want.to_string()), "{want} missing: {t:?}");
+        }
+        // The fixture's CPU has AVX2, but a TCG guest gets qemu64.
+        assert!(!t.contains(&"HW_CPU_X86_AVX2".to_string()), "{t:?}");
+        assert!(!t.contains(&"COMPUTE_STATUS_DISABLED".to_string()), "{t:?}");
+
+        c.placement
+            .reserve(reserve("inv-1", &uuid(1), "SCS-2Ci-1u", 60))
+            .await
+            .unwrap();
+        let after = view(
+            c.node
+                .get_inventory(pb::GetInventoryRequest {})
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(after, before, "the view does not depend on the claims");
+    });
+}
