@@ -12,8 +12,8 @@ CONFIG ?=
 APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config numactl util-linux busybox-static cpio syslinux syslinux-common extlinux mtools \
 	dosfstools openssl ca-certificates
-PY_MODULES := grpc grpc_health grpc_reflection google.protobuf placement.wsgi
-PY_PACKAGES := grpcio grpcio-health-checking grpcio-reflection protobuf openstack-placement
+PY_MODULES := grpc grpc_health grpc_reflection google.protobuf placement.wsgi keystone.server.wsgi
+PY_PACKAGES := grpcio grpcio-health-checking grpcio-reflection protobuf openstack-placement keystone
 
 .PHONY: run test host packages packages-fresh libvirtd hugepages python images build check fuzz-smoke fuzz
 

@@ -2,7 +2,10 @@
 SQLite, with `auth_strategy = noauth2` (any `X-Auth-Token`; `admin` gets the admin role),
 served by a threaded stdlib WSGI server on 127.0.0.1.
 
-Usage: placement_server.py DIR PORT   (PORT 0: any free port)
+Usage: placement_server.py DIR PORT [KEYSTONE_URL]   (PORT 0: any free port)
+
+With KEYSTONE_URL (keystone_server.py's), `auth_strategy = keystone` instead: tokens are
+validated by Keystone (keystonemiddleware, as user admin), and only admins may write.
 
 Writes DIR/placement.conf, creates or upgrades the database DIR/placement.db (a restart on the
 same DIR keeps every provider and allocation), then prints "READY <port>" once it serves.
@@ -19,9 +22,21 @@ import wsgiref.simple_server
 CONF = """[DEFAULT]
 debug = False
 [api]
-auth_strategy = noauth2
+auth_strategy = {auth}
 [placement_database]
 connection = sqlite:///{db}
+"""
+
+KEYSTONE = """[keystone_authtoken]
+www_authenticate_uri = {url}/v3
+auth_url = {url}/v3
+auth_type = password
+username = admin
+password = secret
+project_name = admin
+user_domain_id = default
+project_domain_id = default
+interface = public
 """
 
 
@@ -37,10 +52,14 @@ class Quiet(wsgiref.simple_server.WSGIRequestHandler):
 
 def main():
     directory, port = os.path.abspath(sys.argv[1]), int(sys.argv[2])
+    keystone = sys.argv[3] if len(sys.argv) > 3 else None
     os.makedirs(directory, exist_ok=True)
     conf = os.path.join(directory, "placement.conf")
     with open(conf, "w") as f:
-        f.write(CONF.format(db=os.path.join(directory, "placement.db")))
+        db = os.path.join(directory, "placement.db")
+        f.write(CONF.format(db=db, auth="keystone" if keystone else "noauth2"))
+        if keystone:
+            f.write(KEYSTONE.format(url=keystone))
     subprocess.run(
         [
             sys.executable,

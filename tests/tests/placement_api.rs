@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::placement::Placement;
+use common::placement::{Keystone, Placement};
 use common::{Agent, Cleanup, free_port, http_get, runtime, wait_for};
 use hvagent_proto::v1 as pb;
 use serde_json::json;
@@ -305,11 +305,17 @@ fn placement_holds_what_the_agent_holds() {
         Some(&want),
         Duration::from_secs(3 * INTERVAL_S),
     );
-    assert!(
-        metric(
-            port,
-            "hvagent_placement_api_drift_total{kind=\"allocation_different\"}"
-        ) >= 1.0
+    // The metrics show the health sampler's newest snapshot (every second here).
+    wait_for(
+        Duration::from_secs(5),
+        "allocation_different counted",
+        || {
+            (metric(
+                port,
+                "hvagent_placement_api_drift_total{kind=\"allocation_different\"}",
+            ) >= 1.0)
+                .then_some(())
+        },
     );
 
     // A foreign allocation (no claim here): reported, not removed.
@@ -408,4 +414,73 @@ fn placement_holds_what_the_agent_holds() {
     .unwrap();
     until_allocation(&p, &rp, &guest, None, Duration::from_secs(5));
     assert!(p.allocations(&rp).is_empty());
+}
+
+/// The agent's Keystone v3 application credential against a real Keystone, with a Placement
+/// that validates every token there (a noauth token is refused): the provider appears and one
+/// token serves every call; a wrong secret is `PlacementSync` false, reason `Unauthorized`.
+#[test]
+fn keystone_application_credential() {
+    let Some(keystone) = Keystone::start() else {
+        return;
+    };
+    let Some(p) = Placement::start_behind(&keystone) else {
+        return;
+    };
+    assert_eq!(
+        p.call_as("admin", "GET", "/resource_providers", None)
+            .status,
+        401,
+        "Placement checks tokens with Keystone"
+    );
+    let config = |name: &str, credential: &std::path::Path| {
+        format!(
+            "[health]\ninterval_seconds = 1\n[placement_api]\nurl = \"{}\"\nauth = \"keystone\"\nauth_url = \"{}/v3\"\ncredential_file = \"{}\"\nprovider_name = \"{name}\"\ninterval_seconds = {INTERVAL_S}\n",
+            p.url,
+            keystone.url,
+            credential.display()
+        )
+    };
+    let name = format!("e2e-keystone-{}", std::process::id());
+    let port = free_port();
+    let _agent = Agent::configure_tcg("", &config(&name, &keystone.credential_file))
+        .with_metrics_port(port)
+        .spawn();
+    let (rp, _) = wait_for(Duration::from_secs(30), "the provider appears", || {
+        p.provider(&name)
+    });
+    wait_for(Duration::from_secs(10), "PlacementSync true", || {
+        (sync_condition(port) == Some(("Synced".into(), true))).then_some(())
+    });
+    let inventories = p.get(&format!("/resource_providers/{rp}/inventories"));
+    assert!(
+        inventories.body["inventories"]["MEMORY_MB"]["total"].as_u64() > Some(0),
+        "{inventories:?}"
+    );
+    // Two full checks later, still the first token.
+    std::thread::sleep(Duration::from_secs(2 * INTERVAL_S));
+    assert_eq!(
+        metric(
+            port,
+            "hvagent_placement_api_calls_total{method=\"keystone\"}"
+        ),
+        1.0
+    );
+    assert!(metric(port, "hvagent_placement_api_calls_total{method=\"GET\"}") >= 8.0);
+
+    // A wrong secret: Keystone refuses it, and the condition says so.
+    let wrong = keystone.dir.path().join("wrong.toml");
+    let text = std::fs::read_to_string(&keystone.credential_file).unwrap();
+    let id = text.lines().next().unwrap();
+    std::fs::write(&wrong, format!("{id}\nsecret = \"not-the-secret\"\n")).unwrap();
+    let port = free_port();
+    let _refused = Agent::configure_tcg("", &config("e2e-keystone-wrong", &wrong))
+        .with_metrics_port(port)
+        .spawn();
+    wait_for(
+        Duration::from_secs(15),
+        "PlacementSync Unauthorized",
+        || (sync_condition(port) == Some(("Unauthorized".into(), false))).then_some(()),
+    );
+    assert!(p.provider("e2e-keystone-wrong").is_none());
 }
