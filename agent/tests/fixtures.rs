@@ -124,12 +124,12 @@ fn two_sockets_four_cores_two_threads_two_numa_nodes_with_hugepages() {
         Some("i1")
     );
     assert!(!inv.scs.serves_ecc);
-    // The Placement view: core 0 (CPUs 0-1) is the host's; of the 7 other cores 4 are PCPU
-    // and the pool keeps 14 − 8 = 6 threads at 3 V vCPUs each (SMT on), beside the 2
+    // The Placement view: core 0 (CPUs 0-1) is the host's; of the 7 other cores 6 are PCPU
+    // and the pool keeps 14 − 12 = 2 threads at 3 V vCPUs each (SMT on), beside the 2
     // reserved; both hugepage sizes.
     let classes = classes(&inv);
-    assert!(classes.contains(&("VCPU".into(), 8, 2, 3.0)), "{classes:?}");
-    assert!(classes.contains(&("PCPU".into(), 4, 0, 1.0)), "{classes:?}");
+    assert!(classes.contains(&("VCPU".into(), 4, 2, 3.0)), "{classes:?}");
+    assert!(classes.contains(&("PCPU".into(), 6, 0, 1.0)), "{classes:?}");
     assert!(
         classes.contains(&("CUSTOM_HUGEPAGES_2M".into(), 96, 0, 1.0)),
         "{classes:?}"
@@ -165,13 +165,13 @@ fn one_socket_eight_cores_without_smt() {
             .iter()
             .all(|p| p.total == 0 && p.free == 0)
     );
-    // CPU 0 is the host's; 4 of the 7 others are PCPU, 3 pool threads at 5 V vCPUs each.
+    // CPU 0 is the host's; 6 of the 7 others are PCPU, 1 pool thread at 5 V vCPUs.
     let classes = classes(&inv);
     assert!(
-        classes.contains(&("VCPU".into(), 4, 1, 5.0)),
+        classes.contains(&("VCPU".into(), 2, 1, 5.0)),
         "SMT off: 5 vCPUs per core: {classes:?}"
     );
-    assert!(classes.contains(&("PCPU".into(), 4, 0, 1.0)), "{classes:?}");
+    assert!(classes.contains(&("PCPU".into(), 6, 0, 1.0)), "{classes:?}");
     // Devices: the virtio NIC and disk count, loopback does not.
     assert_eq!(
         inv.nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
@@ -202,7 +202,7 @@ fn offline_cpus_have_no_invented_socket() {
         }
     }
     assert_eq!(inv.numa_nodes[0].cpus, vec![0, 1, 2]);
-    // CPU 0 is the host's, CPUs 1-2 are split: offline CPUs are not capacity.
+    // CPU 0 is the host's, CPUs 1-2 are split one each: offline CPUs are not capacity.
     let classes = classes(&inv);
     assert!(classes.contains(&("VCPU".into(), 2, 1, 5.0)), "{classes:?}");
     assert!(classes.contains(&("PCPU".into(), 1, 0, 1.0)), "{classes:?}");

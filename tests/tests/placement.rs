@@ -643,8 +643,8 @@ fn inventory_scheduler_view_is_the_allocators() {
                 ("CUSTOM_HUGEPAGES_1G", 1, 0, 1.0),
                 ("CUSTOM_HUGEPAGES_2M", 96, 0, 1.0),
                 ("MEMORY_MB", 4730, 2901, 1.0),
-                ("PCPU", 4, 0, 1.0),
-                ("VCPU", 8, 2, 3.0),
+                ("PCPU", 6, 0, 1.0),
+                ("VCPU", 4, 2, 3.0),
             ]
         );
         let disk = before

@@ -11,17 +11,25 @@
 //!
 //! | class | unit | total | reserved | ratio |
 //! |---|---|---|---|---|
-//! | `PCPU` | a whole core for a dedicated vCPU (`C` or `T`) | cores every thread of which may hold a dedicated vCPU; with a dynamic pool half of those that are also in the pool | 0 | 1 |
+//! | `PCPU` | a whole core for a dedicated vCPU (`C` or `T`) | cores every thread of which may hold a dedicated vCPU; with a dynamic pool, of those also in the pool as many as let as many dedicated as `V` vCPUs fit | 0 | 1 |
 //! | `VCPU` | one `V` vCPU's share of a thread | pool threads left when every `PCPU` takes its core out of the pool, plus the host's reserved threads | the host's reserved threads | 3 (SMT) or 5 (scs-0100) |
-//! | `MEMORY_MB` | MiB of normal pages | MemTotal minus the hugepage pools | the host reserve | 1 |
-//! | `CUSTOM_HUGEPAGES_<size>` | one page | the pools | 0 | 1 |
+//! | `MEMORY_MB` | MiB of normal pages | MemTotal minus the hugepage pools | the host reserve; with several NUMA nodes and dedicated cores, all beyond the smallest such node (see `CpuSplit::numa_bound`) | 1 |
+//! | `CUSTOM_HUGEPAGES_<size>` | one page | the pools | 0; bounded like `MEMORY_MB` when `C` or `T` use the size | 1 |
 //! | `DISK_GB` | GiB (disks are made in GiB) | the store's filesystem | 0 | 1 |
 //! | `CUSTOM_PGPU_<VENDOR>` | one passed-through GPU | the node's GPUs of that vendor | 0 | 1 |
 //!
 //! A `T` vCPU takes one `PCPU` (a core) although it pins only a thread: after releases a
 //! node's `T` threads may sit one per core, and each such core is lost to `C`; counting a core
 //! per dedicated vCPU is the bound that holds for every mix. QEMU's overhead is in the
-//! request (its model is a function of the flavor and the policy), not in the totals.
+//! request (its model is a function of the flavor and the policy), not in the totals, and so
+//! is the rounding of a dedicated guest's RAM to whole units per vCPU (`memory_units`).
+//!
+//! For the reporter: send `provider_inventory` as the provider's inventories and traits (it
+//! changes only with the node or its policy), and keep each consumer's allocation on the
+//! provider equal to `allocation(alloc, claim)`; a scheduler that allocated
+//! `placement_request(flavor, policy).resources` under the same policy wrote exactly that.
+//! Release the claim before the allocation goes: the other order lets Placement offer what
+//! the allocator still holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -168,9 +176,10 @@ pub fn provider_inventory(
 
 /// The static split of the CPUs Placement sees. The allocator carves dedicated CPUs out of the
 /// shared pool on demand (with no static `dedicated_cpus`/`shared_cpus`); Placement adds
-/// `PCPU` and `VCPU` up, so they must be disjoint: half of the cores that could serve either
-/// become `PCPU`, and `VCPU` is what the pool keeps when every `PCPU` in use has taken the
-/// cores with the most pool threads. Set a static split in `[placement]` to choose it yourself.
+/// `PCPU` and `VCPU` up, so they must be disjoint: of the cores that could serve either, so
+/// many become `PCPU` that as many dedicated as `V` vCPUs fit (5 or 6 of 7 cores), and `VCPU`
+/// is what the pool keeps when every `PCPU` in use has taken the cores with the most pool
+/// threads. Set a static split in `[placement]` to choose it yourself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CpuSplit {
     pcpu_cores: u64,
@@ -199,7 +208,23 @@ impl CpuSplit {
                 }
             }
         }
-        let pcpu_cores = own + both.div_ceil(2);
+        // Split the cores that serve either kind so that as many dedicated as `V` vCPUs fit: a
+        // dedicated vCPU takes a core, a `V` vCPU 1/k of one (k = V vCPUs per thread × threads
+        // per core: 6 with SMT, 5 without). Keep a core for each kind while there are two.
+        let threads = topo
+            .cores
+            .iter()
+            .map(|c| c.threads.iter().filter(|t| shared(t)).count() as u64)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let k = pools.v_ratio * threads;
+        // Rounded to the nearest core.
+        let mut split = (both * k + k.div_ceil(2)) / (k + 1);
+        if both >= 2 {
+            split = split.clamp(1, both - 1);
+        }
+        let pcpu_cores = own + split;
         // What one dedicated vCPU's core may take out of the pool, largest first.
         let mut carve: Vec<u64> = topo
             .cores
@@ -359,6 +384,20 @@ fn cpu_resources(cpu_type: CpuType, vcpus: u32, crowded_ratio: u32) -> (&'static
     }
 }
 
+/// Guest RAM as Placement counts it (MiB, or pages of a hugepage class). A dedicated guest
+/// that spans NUMA nodes gets memory in proportion to its vCPUs on each, and the allocator
+/// sizes a node's part as `ceil(units / vCPUs)` per vCPU there: counting `vCPUs ×
+/// ceil(units / vCPUs)` (at most `vCPUs − 1` more: a few MiB, or pages where a flavor has fewer
+/// pages than vCPUs) keeps Placement from offering a split the allocator cannot make.
+fn memory_units(dedicated: bool, vcpus: u32, units: u64) -> u64 {
+    let n = u64::from(vcpus.max(1));
+    if dedicated {
+        units.div_ceil(n) * n
+    } else {
+        units
+    }
+}
+
 /// What Placement should hold for one consumer (the VM UUID) given the agent's claim:
 /// resource class → amount. Equal to [`placement_request`]'s `resources` for the claim's
 /// flavor under the policy it was made with, so a scheduler's allocation that matches is left
@@ -371,15 +410,24 @@ pub fn allocation(alloc: &Allocator, claim: &Claim) -> BTreeMap<String, u64> {
         alloc.policy().crowded_ratio,
     );
     out.insert(class.to_string(), n);
-    let mut normal = claim.overhead.mib;
+    let dedicated = claim.vcpus.iter().any(|v| v.cpu.is_some());
+    let n = claim.vcpus.len() as u32;
+    let mut normal = 0;
+    let mut huge: BTreeMap<u64, u64> = BTreeMap::new();
     for share in &claim.memory {
         if share.huge() {
-            *out.entry(hugepage_class(share.page_size_kib)).or_default() += share.pages();
+            *huge.entry(share.page_size_kib).or_default() += share.pages();
         } else {
             normal += share.mib;
         }
     }
-    out.insert(MEMORY_MB.into(), normal);
+    for (kib, pages) in huge {
+        out.insert(hugepage_class(kib), memory_units(dedicated, n, pages));
+    }
+    out.insert(
+        MEMORY_MB.into(),
+        memory_units(dedicated, n, normal) + claim.overhead.mib,
+    );
     if claim.disk_gb > 0 {
         out.insert(DISK_GB.into(), claim.disk_gb);
     }
@@ -424,13 +472,18 @@ pub fn placement_request(spec: &FlavorSpec, policy: &Policy) -> PlacementRequest
     let (class, n) = cpu_resources(spec.cpu_type, spec.cpus, policy.crowded_ratio);
     resources.insert(class.to_string(), n);
     let page_kib = policy.hugepage_kib(spec.cpu_type);
+    let dedicated = matches!(
+        spec.cpu_type,
+        CpuType::DedicatedCore | CpuType::DedicatedThread
+    );
+    let ram = memory_units(dedicated, spec.cpus, need.ram_units());
     match page_kib {
         Some(kib) => {
-            resources.insert(hugepage_class(kib), need.ram_units());
+            resources.insert(hugepage_class(kib), ram);
             resources.insert(MEMORY_MB.into(), need.overhead_mib);
         }
         None => {
-            resources.insert(MEMORY_MB.into(), need.ram_mib + need.overhead_mib);
+            resources.insert(MEMORY_MB.into(), ram + need.overhead_mib);
         }
     }
     if need.disk_gb > 0 {
@@ -468,10 +521,6 @@ pub fn placement_request(spec: &FlavorSpec, policy: &Policy) -> PlacementRequest
         .iter()
         .map(|(c, n)| (format!("resources:{c}"), n.to_string()))
         .collect();
-    let dedicated = matches!(
-        spec.cpu_type,
-        CpuType::DedicatedCore | CpuType::DedicatedThread
-    );
     extra_specs.insert(
         "hw:cpu_policy".into(),
         if dedicated { "dedicated" } else { "shared" }.into(),

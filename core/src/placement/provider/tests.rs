@@ -69,8 +69,9 @@ fn numa_fixture_inventory() {
     };
     let (alloc, inv) = allocator("qemu-2s4c2t-numa", policy);
     let p = provider_inventory(&alloc, &inv, Guests::Emulated);
-    // 8 cores, core 0 (CPUs 0-1) the host's: 7 serve either kind, 4 become PCPU; the pool keeps
-    // 14 − 4×2 = 6 threads for VCPU (ratio 3 with SMT), beside the 2 reserved.
+    // 8 cores, core 0 (CPUs 0-1) the host's: 7 serve either kind; so that as many dedicated as
+    // V vCPUs fit (a V vCPU is 1/6 of a core with SMT) 6 become PCPU, and the pool keeps
+    // 14 − 6×2 = 2 threads for VCPU (ratio 3 with SMT), beside the 2 reserved.
     // Memory: 2925 + 3021 MiB minus the 2 MiB and 1 GiB pools = 2797 + 1933, less the reserve
     // (256, split 152 + 104) = 2645 + 1829: both nodes have dedicated cores, so Placement may
     // hand out only what the smaller node alone holds (1829; 2901 reserved).
@@ -81,8 +82,8 @@ fn numa_fixture_inventory() {
             ("CUSTOM_HUGEPAGES_2M", 96, 0, 1.0),
             ("DISK_GB", 100, 0, 1.0),
             ("MEMORY_MB", 4730, 2901, 1.0),
-            ("PCPU", 4, 0, 1.0),
-            ("VCPU", 8, 2, 3.0),
+            ("PCPU", 6, 0, 1.0),
+            ("VCPU", 4, 2, 3.0),
         ]
     );
     let t = &p.traits;
@@ -144,9 +145,9 @@ fn no_smt_host_and_no_reserve() {
     let (alloc, inv) = allocator("qemu-1s8c-nosmt", policy);
     let p = provider_inventory(&alloc, &inv, Guests::Kvm);
     let c = classes(&p);
-    // 8 cores of one thread: 4 PCPU, 4 pool threads at 5 V vCPUs each; no hugepage pools.
-    assert!(c.contains(&("PCPU", 4, 0, 1.0)), "{c:?}");
-    assert!(c.contains(&("VCPU", 4, 0, 5.0)), "{c:?}");
+    // 8 cores of one thread: 7 PCPU, 1 pool thread at 5 V vCPUs; no hugepage pools.
+    assert!(c.contains(&("PCPU", 7, 0, 1.0)), "{c:?}");
+    assert!(c.contains(&("VCPU", 1, 0, 5.0)), "{c:?}");
     assert!(c.contains(&("MEMORY_MB", 971, 0, 1.0)), "{c:?}");
     assert!(
         !c.iter().any(|r| r.0.starts_with("CUSTOM_HUGEPAGES")),
@@ -233,6 +234,22 @@ fn requests_by_cpu_type_and_pages() {
     ] {
         assert!(h.required.contains(&want.to_string()), "{want}: {h:?}");
     }
+}
+
+#[test]
+fn dedicated_memory_counts_whole_units_per_vcpu() {
+    // A spanning dedicated guest gets ceil(RAM / vCPUs) per vCPU on each node: 3 × 1366 MiB.
+    let r = placement_request(&spec("SCS-3C-4"), &Policy::default());
+    assert_eq!(r.resources["MEMORY_MB"], 3 * 1366 + 128 + 3 * 8 + 41);
+    let floating = placement_request(&spec("SCS-3V-4"), &Policy::default());
+    assert_eq!(floating.resources["MEMORY_MB"], 4096 + 128 + 3 * 8 + 41);
+    // One 1 GiB page cannot be split over ten vCPUs on several nodes: ten are counted.
+    let huge = Policy {
+        hugepages: BTreeMap::from([('C', 1 << 20)]),
+        ..Policy::default()
+    };
+    let r = placement_request(&spec("SCS-10C-1"), &huge);
+    assert_eq!(r.resources["CUSTOM_HUGEPAGES_1G"], 10);
 }
 
 #[test]
