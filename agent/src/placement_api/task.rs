@@ -11,7 +11,7 @@ use crate::host::Inventory as HostInventory;
 use crate::placement::PlacementState;
 use crate::placement::provider::{Guests, allocation, provider_inventory};
 
-use super::client::{ApiError, Client};
+use super::client::{ApiError, Client, Consumer};
 use super::settings::Settings;
 use super::status::Status;
 use super::sync::{
@@ -364,16 +364,24 @@ impl Reporter {
     }
 
     /// One consumer's part on this provider, conditional on its consumer generation; a
-    /// conflict reads it again.
+    /// conflict reads it again. A consumer with nothing on this provider is first written as
+    /// a new one (generation null: one call instead of two for a claim made without a
+    /// scheduler); if it holds something elsewhere, Placement answers a conflict and it is read.
     async fn write(&self, uuid: &str, write: &Write) -> Result<(), ApiError> {
-        let resources = match write {
-            Write::Set { resources, .. } => Some(resources),
-            Write::Remove { .. } => None,
+        let (resources, mut unread) = match write {
+            Write::Set {
+                resources, drift, ..
+            } => (Some(resources), *drift == Drift::AllocationMissing),
+            Write::Remove { .. } => (None, false),
         };
         let consumer = write.consumer();
         let mut conflict = None;
         for _ in 0..CONFLICT_RETRIES {
-            let current = self.client.consumer(consumer).await?;
+            let current = if std::mem::take(&mut unread) {
+                Consumer::default()
+            } else {
+                self.client.consumer(consumer).await?
+            };
             if current.allocations.get(uuid).map(|p| &p.resources) == resources {
                 return Ok(());
             }
