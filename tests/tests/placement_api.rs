@@ -380,8 +380,10 @@ fn placement_holds_what_the_agent_holds() {
         calls / rounds as f64,
         calls * 60.0 / window.as_secs_f64()
     );
+    // 4 calls per full check; the figures come from samples up to a second old at either
+    // end, so the window may hold two checks more.
     assert!(
-        calls <= 4.0 * (rounds + 1) as f64,
+        calls <= 4.0 * (rounds + 2) as f64,
         "{calls} calls in {rounds} rounds"
     );
 

@@ -346,6 +346,12 @@ impl Reporter {
         // Consumers whose claim goes stay kept until their allocation is gone.
         state.kept.extend(desired.keys().cloned());
         for write in &writes {
+            if !self.still_wanted(write) {
+                // The claim came or went since the claims were read (a release racing a
+                // scheduler's delete would otherwise write back a released guest's
+                // allocation); the generation moved, so the next round decides.
+                continue;
+            }
             match write {
                 Write::Set {
                     consumer, drift, ..
@@ -361,6 +367,16 @@ impl Reporter {
         }
         state.kept = desired.keys().cloned().collect();
         Ok(())
+    }
+
+    /// Whether the allocator still says what `write` assumes: a claim for a write, none for a
+    /// removal.
+    fn still_wanted(&self, write: &Write) -> bool {
+        let claimed = self.placement.lock().get(write.consumer()).is_some();
+        match write {
+            Write::Set { .. } => claimed,
+            Write::Remove { .. } => !claimed,
+        }
     }
 
     /// One consumer's part on this provider, conditional on its consumer generation; a
