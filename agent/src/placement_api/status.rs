@@ -105,3 +105,32 @@ impl Status {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_then_failed_then_synced_with_unclaimed() {
+        let s = Status::default();
+        assert_eq!((s.sync().status, s.sync().reason), (false, "Pending"));
+        assert_eq!(s.figures().last_success_unix_ms, None);
+        s.failed("Unreachable", "GET /resource_providers: no answer".into());
+        assert_eq!(s.sync().message, "GET /resource_providers: no answer");
+        assert_eq!(s.figures().failures, 1);
+        s.succeeded("n (u)", vec!["a".into(), "b".into()], false);
+        let sync = s.sync();
+        assert_eq!((sync.status, sync.reason), (true, "UnclaimedAllocations"));
+        assert!(sync.message.contains("a and 1 more"), "{}", sync.message);
+        assert!(
+            sync.message.contains("remove_unclaimed = true to remove"),
+            "{}",
+            sync.message
+        );
+        assert_eq!(s.figures().unclaimed, 2);
+        assert!(s.figures().last_success_unix_ms.is_some());
+        s.succeeded("n (u)", Vec::new(), false);
+        assert_eq!(s.sync().reason, "Synced");
+        assert_eq!(s.figures().failures, 1, "failures are a counter");
+    }
+}
