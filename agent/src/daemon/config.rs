@@ -9,7 +9,7 @@ use std::time::Duration;
 pub use hvagent_core::config::ConfigError;
 use hvagent_core::config::{for_each_key, integer, key_error, set_placement, string};
 
-use crate::guest::EmulationPolicy;
+use crate::guest::{EmulationPolicy, ResumeSettings};
 use crate::placement::Policy;
 use crate::storage::images::{ImportLimits, MAX_VIRTUAL_SIZE};
 
@@ -24,6 +24,8 @@ pub struct Config {
     pub placement: Policy,
     pub network: NetworkConfig,
     pub health: crate::health::Settings,
+    /// `[guests]`: guests after a host reboot.
+    pub guests: ResumeSettings,
     pub access: AccessConfig,
     /// `[placement_api]`: reporting to OpenStack Placement; `None` (no `url`): off.
     pub placement_api: Option<crate::placement_api::Settings>,
@@ -185,6 +187,9 @@ pub struct HostConfig {
     pub kvm_device: PathBuf,
     /// How long the KVM trial guest may take before KVM counts as broken.
     pub kvm_trial_timeout_ms: u64,
+    /// The file holding the kernel's id of this boot; a different one than at the agent's
+    /// last start means the host rebooted (guests wanted running are started again).
+    pub boot_id_path: PathBuf,
 }
 
 impl Default for Config {
@@ -216,6 +221,7 @@ impl Default for Config {
                 sysfs_root: PathBuf::from("/"),
                 kvm_device: PathBuf::from("/dev/kvm"),
                 kvm_trial_timeout_ms: 2000,
+                boot_id_path: PathBuf::from("/proc/sys/kernel/random/boot_id"),
             },
             placement: Policy::default(),
             network: NetworkConfig {
@@ -223,6 +229,7 @@ impl Default for Config {
                 reconcile_seconds: 30,
             },
             health: crate::health::Settings::default(),
+            guests: ResumeSettings::default(),
             access: AccessConfig::default(),
             placement_api: None,
         }
@@ -351,6 +358,15 @@ impl Config {
             ("host", "kvm_trial_timeout_ms") => {
                 self.host.kvm_trial_timeout_ms = integer(value, 1, 60_000)?;
             }
+            ("host", "boot_id_path") => self.host.boot_id_path = absolute_path(value)?,
+            ("guests", "resume_on_boot") => {
+                self.guests.on_boot = value
+                    .as_bool()
+                    .ok_or_else(|| format!("must be true or false, got {}", value.type_str()))?;
+            }
+            ("guests", "resume_concurrency") => {
+                self.guests.concurrency = integer(value, 1, 64)? as usize;
+            }
             ("placement", key) => set_placement(&mut self.placement, key, value)?,
             ("network", "namespace") => {
                 let s = string(value)?;
@@ -426,6 +442,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "placement",
     "network",
     "health",
+    "guests",
     "access",
     "placement_api",
 ];

@@ -25,6 +25,8 @@ pub struct Metrics {
     start_unix: u64,
     /// Network repairs by kind (`hvagent_network_repairs_total`).
     pub network_repairs: KindCounts,
+    /// Guests started after a host reboot, by result (`hvagent_guests_resumed_total`).
+    pub guests_resumed: KindCounts,
     /// Set once the sampler runs (after start-up has reached libvirt).
     health: OnceLock<Arc<Health>>,
 }
@@ -35,6 +37,7 @@ impl Metrics {
             up: AtomicBool::new(false),
             start_unix: hvagent_core::now_unix(),
             network_repairs: KindCounts::default(),
+            guests_resumed: KindCounts::default(),
             health: OnceLock::new(),
         }
     }
@@ -75,6 +78,14 @@ impl Metrics {
         );
         for (kind, n) in self.network_repairs.get() {
             e.sample(&[("kind", &kind)], n as f64);
+        }
+        e.family(
+            "hvagent_guests_resumed_total",
+            Type::Counter,
+            "Starts of guests wanted running after a host reboot, by result",
+        );
+        for (result, n) in self.guests_resumed.get() {
+            e.sample(&[("result", &result)], n as f64);
         }
         if let Some(health) = self.health.get() {
             crate::health::prometheus::render(&health.latest(), &mut e);
@@ -190,6 +201,7 @@ mod tests {
         let m = Metrics::new();
         m.set_up(true);
         m.network_repairs.inc("bridge_created");
+        m.guests_resumed.inc("started");
         let text = m.render();
         assert!(text.contains("hvagent_build_info{version=\""), "{text}");
         assert!(text.contains("hvagent_up 1"), "{text}");
@@ -199,6 +211,10 @@ mod tests {
         );
         assert!(
             text.contains("hvagent_network_repairs_total{kind=\"bridge_created\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hvagent_guests_resumed_total{result=\"started\"} 1"),
             "{text}"
         );
     }

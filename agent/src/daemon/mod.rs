@@ -158,9 +158,18 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         local.cpu.flags.clone(),
         networks.clone(),
     ));
+    // Guests started after a host reboot need their networks' bridges, which the reboot
+    // took too: the resume waits for the first network reconcile.
+    let (reconciled, networks_ready) = tokio::sync::watch::channel(false);
     background.spawn(recover(
         Duration::from_secs(config.storage.orphan_grace_seconds),
         guests.clone(),
+        Resume {
+            settings: config.guests.clone(),
+            boot_id: config.host.boot_id_path.clone(),
+            counts: metrics.guests_resumed.clone(),
+            networks_ready,
+        },
     ));
     // A node whose libvirt answers starts serving with placement rebuilt (the rebuild runs
     // once: whichever of this and the recovery task comes second finds it done); one whose
@@ -170,6 +179,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         networks.clone(),
         guests.clone(),
         Duration::from_secs(config.network.reconcile_seconds),
+        reconciled,
     ));
     let health = Arc::new(crate::health::Health::new(
         config.health.clone(),
@@ -401,11 +411,21 @@ async fn emulation(config: &Config, node: &Node) -> Result<Emulation, String> {
 /// How often placement's rebuild is tried again while libvirt does not answer.
 const REBUILD_RETRY: Duration = Duration::from_secs(2);
 
-/// Crash-only: placement comes back from the guests' own metadata; files of creates that
-/// neither finished nor were undone go after a grace period. Both need a complete listing of
-/// the domains: while libvirt does not answer, placement answers UNAVAILABLE and the rebuild
-/// is tried every REBUILD_RETRY, and orphans are looked for only after it succeeded.
-async fn recover(orphan_grace: Duration, guests: Arc<Guests>) {
+/// What the recovery needs to start guests again after a host reboot.
+struct Resume {
+    settings: crate::guest::ResumeSettings,
+    boot_id: PathBuf,
+    counts: hvagent_core::counts::KindCounts,
+    /// True once the networks were reconciled (tried) the first time.
+    networks_ready: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Crash-only: placement comes back from the guests' own metadata; after a host reboot the
+/// guests wanted running are started again (claims rebuilt first, so they are theirs); files
+/// of creates that neither finished nor were undone go after a grace period. All need a
+/// complete listing of the domains: while libvirt does not answer, placement answers
+/// UNAVAILABLE and the rebuild is tried every REBUILD_RETRY, and the rest waits for it.
+async fn recover(orphan_grace: Duration, guests: Arc<Guests>, mut resume: Resume) {
     let mut warned = false;
     loop {
         match tokio::time::timeout(LIBVIRT_TIMEOUT, guests.rebuild_placement()).await {
@@ -421,6 +441,11 @@ async fn recover(orphan_grace: Duration, guests: Arc<Guests>) {
         warned = true;
         tokio::time::sleep(REBUILD_RETRY).await;
     }
+    // Ended only with the agent (the reconcile task holds the sender as long as it runs).
+    let _ = resume.networks_ready.wait_for(|ready| *ready).await;
+    guests
+        .resume_after_boot(&resume.settings, &resume.boot_id, &resume.counts)
+        .await;
     if let Ok(Ok(orphans)) =
         tokio::time::timeout(LIBVIRT_TIMEOUT, guests.remove_orphans(orphan_grace)).await
     {
@@ -431,11 +456,13 @@ async fn recover(orphan_grace: Duration, guests: Arc<Guests>) {
 }
 
 /// Networks are made to match their specs at start and every reconcile interval; stray taps
-/// are removed only when the guests (who own taps) could be listed.
+/// are removed only when the guests (who own taps) could be listed. `reconciled` turns true
+/// after the first try.
 async fn reconcile_networks(
     networks: Arc<crate::net::Networks>,
     guests: Arc<Guests>,
     every: Duration,
+    reconciled: tokio::sync::watch::Sender<bool>,
 ) {
     let mut tick = tokio::time::interval(every);
     loop {
@@ -444,6 +471,7 @@ async fn reconcile_networks(
         if let Err(e) = networks.reconcile(owners).await {
             tracing::warn!(error = %e, "network reconcile incomplete");
         }
+        reconciled.send_replace(true);
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::error::GuestError;
 use super::plan::{HostTap, guest_taps, host_taps};
 use super::request::checked_uuid;
+use super::resume::Wanted;
 use super::{Guest, Guests};
 use crate::domain::{DomainEvent, DomainState, EventKind};
 use crate::storage::GuestFiles;
@@ -23,6 +24,7 @@ impl Guests {
     pub async fn start(&self, uuid: &str) -> Result<Guest, GuestError> {
         let uuid = checked_uuid(uuid)?;
         let guest = self.get(&uuid).await?;
+        self.record_wanted(&uuid, Wanted::Running).await?;
         let networks: Vec<_> = guest
             .intent
             .networks
@@ -95,6 +97,8 @@ impl Guests {
             return Err(GuestError::Invalid("timeout_seconds: at most 600".into()));
         }
         let guest = self.get(&uuid).await?;
+        // Also for a guest already off (it stopped on its own): it stays off after a reboot.
+        self.record_wanted(&uuid, Wanted::Stopped).await?;
         if guest.state == DomainState::ShutOff {
             return Ok(guest);
         }
@@ -177,6 +181,7 @@ impl Guests {
                 guest.state
             )));
         }
+        self.record_wanted(&uuid, Wanted::Running).await?;
         let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
         self.blocking(move || hypervisor.reboot(&u, hard).map_err(GuestError::from))

@@ -5,8 +5,9 @@
 //!
 //! One file per concern: `request` (the checks), `plan` (what a new guest looks like),
 //! `create` (taking and making it, with its undo), `lifecycle` (the calls on an existing
-//! guest), `pins` (re-pins), `recovery` (placement rebuild, orphans), `busy` (guests with a
-//! create or delete in flight) and `error`.
+//! guest), `pins` (re-pins), `recovery` (placement rebuild, orphans), `resume` (guests wanted
+//! running started again after a host reboot), `busy` (guests with a create or delete in
+//! flight) and `error`.
 
 mod busy;
 mod create;
@@ -16,6 +17,7 @@ mod pins;
 mod plan;
 mod recovery;
 mod request;
+mod resume;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use request::checked_uuid;
 pub use request::{
     CreateRequest, MAX_METADATA, MAX_RATE_KBPS, MAX_SSH_KEYS, MAX_USER_DATA, root_disk_bytes,
 };
+pub use resume::ResumeSettings;
 
 /// How long listing the domains (the first step of every lifecycle call) may take.
 pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);

@@ -778,3 +778,93 @@ async fn tap_owners_include_creates_in_flight_and_unreadable_domains() {
     node.hypervisor.fail(Op::List);
     assert!(node.guests.tap_owners().await.is_err());
 }
+
+/// After a host reboot (all guests shut off, a new boot id) the guests whose owner did not
+/// stop them are started, one at a time with a concurrency of 1; the one stopped through the
+/// API stays off; a restart on the same boot starts nothing; a start that fails is counted.
+#[tokio::test]
+async fn a_host_reboot_starts_the_guests_wanted_running() {
+    let node = Node::new().await;
+    for n in 1..=3 {
+        node.create(n, &format!("g{n}"), FLOATING).await.unwrap();
+    }
+    let timeout = std::time::Duration::from_secs(5);
+    node.guests.stop(&uuid(2), true, timeout).await.unwrap();
+    // Guest 3 powers itself off: its owner did not ask, so it is still wanted running.
+    node.hypervisor.power_off(&uuid(3));
+    let boot_id = node.root.path().join("boot_id_now");
+    let settings = ResumeSettings {
+        on_boot: true,
+        concurrency: 1,
+    };
+    let counts = KindCounts::default();
+    let resume = |settings: ResumeSettings| {
+        let guests = node.guests.clone();
+        let (boot_id, counts) = (boot_id.clone(), counts.clone());
+        tokio::spawn(async move { guests.resume_after_boot(&settings, &boot_id, &counts).await })
+    };
+    let reboot = |id: &str| {
+        std::fs::write(&boot_id, format!("{id}\n")).unwrap();
+        for n in 1..=3 {
+            node.hypervisor.power_off(&uuid(n));
+        }
+    };
+    let running = || -> Vec<String> {
+        let mut up: Vec<_> = node
+            .hypervisor
+            .domains()
+            .into_iter()
+            .filter(|d| d.state == DomainState::Running)
+            .map(|d| d.uuid)
+            .collect();
+        up.sort();
+        up
+    };
+    // The first start on this store only records the boot.
+    reboot("boot-1");
+    assert_eq!(resume(settings.clone()).await.unwrap(), None);
+    assert!(running().is_empty());
+    // The host reboots: guests 1 and 3 come back, one start at a time.
+    reboot("boot-2");
+    let starts_before = node.hypervisor.calls(Op::Start).len();
+    let (arrived, release) = node.hypervisor.hold(Op::Start);
+    let pass = resume(settings.clone());
+    arrived.await.unwrap();
+    settle().await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(node.hypervisor.calls(Op::Start).len(), starts_before + 1);
+    release.send(()).unwrap();
+    let mut resumed = pass.await.unwrap().unwrap();
+    resumed.started.sort();
+    assert_eq!(resumed.started, [uuid(1), uuid(3)]);
+    assert!(resumed.failed.is_empty());
+    assert_eq!(running(), [uuid(1), uuid(3)]);
+    assert_eq!(counts.get(), BTreeMap::from([("started".into(), 2)]));
+    // The agent alone restarts: nothing is started.
+    node.hypervisor.power_off(&uuid(1));
+    assert_eq!(resume(settings.clone()).await.unwrap(), None);
+    assert_eq!(running(), [uuid(3)]);
+    // Turned off: a reboot starts nothing.
+    reboot("boot-3");
+    let off = ResumeSettings {
+        on_boot: false,
+        ..settings.clone()
+    };
+    assert_eq!(resume(off).await.unwrap(), None);
+    assert!(running().is_empty());
+    // A start libvirt refuses is counted as failed; the others still start.
+    reboot("boot-4");
+    node.hypervisor.fail_once(Op::Start);
+    let resumed = resume(settings).await.unwrap().unwrap();
+    assert_eq!((resumed.started.len(), resumed.failed.len()), (1, 1));
+    assert_eq!(
+        counts.get(),
+        BTreeMap::from([("failed".into(), 1), ("started".into(), 3)])
+    );
+    // The owner's Start makes guest 2 wanted running again.
+    node.guests.start(&uuid(2)).await.unwrap();
+    reboot("boot-5");
+    let mut resumed = resume(ResumeSettings::default()).await.unwrap().unwrap();
+    resumed.started.sort();
+    assert_eq!(resumed.started, [uuid(1), uuid(2), uuid(3)]);
+}

@@ -33,6 +33,10 @@ fn every_key_parses() {
             sysfs_root = "/fixtures/x"
             kvm_device = "/dev/null"
             kvm_trial_timeout_ms = 50
+            boot_id_path = "/tmp/boot_id"
+            [guests]
+            resume_on_boot = false
+            resume_concurrency = 8
             "#,
     )
     .unwrap();
@@ -47,6 +51,37 @@ fn every_key_parses() {
     assert_eq!(c.log.level, "hvagent=debug,info");
     assert_eq!(c.host.sysfs_root, PathBuf::from("/fixtures/x"));
     assert_eq!(c.host.kvm_trial_timeout_ms, 50);
+    assert_eq!(c.host.boot_id_path, PathBuf::from("/tmp/boot_id"));
+    assert_eq!(
+        c.guests,
+        ResumeSettings {
+            on_boot: false,
+            concurrency: 8
+        }
+    );
+}
+
+#[test]
+fn guests_after_a_reboot_defaults_and_rules() {
+    let c = Config::default();
+    assert!(c.guests.on_boot);
+    assert_eq!(c.guests.concurrency, 2);
+    assert_eq!(
+        c.host.boot_id_path,
+        PathBuf::from("/proc/sys/kernel/random/boot_id")
+    );
+    assert_eq!(
+        err("[guests]\nresume_on_boot = \"yes\"\n"),
+        "/etc/x.toml: guests.resume_on_boot: must be true or false, got string"
+    );
+    assert_eq!(
+        err("[guests]\nresume_concurrency = 0\n"),
+        "/etc/x.toml: guests.resume_concurrency: must be between 1 and 64, got 0"
+    );
+    assert_eq!(
+        err("[host]\nboot_id_path = \"boot_id\"\n"),
+        "/etc/x.toml: host.boot_id_path: \"boot_id\" must be an absolute path"
+    );
 }
 
 #[test]
@@ -57,7 +92,7 @@ fn errors_name_file_key_and_rule() {
     );
     assert_eq!(
         err("[apii]\nx = 1\n"),
-        "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health, access, placement_api)"
+        "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health, guests, access, placement_api)"
     );
     assert_eq!(
         err("[api]\nunix_socket = \"rel.sock\"\n"),
