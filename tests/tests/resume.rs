@@ -74,13 +74,19 @@ fn boot_record(store: &Path) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-/// Starts the agent and waits until its resume pass is over (the boot record rewritten).
-fn start_and_settle(agent: Agent, store: &Path) -> Agent {
+/// Starts the agent and waits until its resume pass is over (the boot record rewritten);
+/// prints how long that took from the spawn.
+fn start_and_settle(agent: Agent, store: &Path, what: &str) -> Agent {
     let before = boot_record(store);
+    let spawned = std::time::Instant::now();
     let agent = agent.spawn();
     wait_for(Duration::from_secs(120), "the resume pass", || {
         boot_record(store).filter(|ino| Some(*ino) != before)
     });
+    eprintln!(
+        "{what}: agent spawned to resume pass done in {} ms",
+        spawned.elapsed().as_millis()
+    );
     agent
 }
 
@@ -133,7 +139,7 @@ fn a_host_reboot_brings_back_exactly_the_guests_that_were_running() {
     .unwrap();
     std::fs::write(&boot_id, "boot-1\n").unwrap();
     let port = common::free_port();
-    let mut agent = start_and_settle(agent.with_metrics_port(port), &store);
+    let mut agent = start_and_settle(agent.with_metrics_port(port), &store, "first start");
     let tap = hvagent::net::nic::tap_name(&uuid(1), 0);
     let rt = runtime();
     let connect =
@@ -176,7 +182,7 @@ fn a_host_reboot_brings_back_exactly_the_guests_that_were_running() {
 
     // The host reboots: guests 1 and 3 come back, with guest 1's tap in its bridge.
     reboot(&mut agent, &boot_id, "boot-2", &ns, &tap);
-    agent = start_and_settle(agent, &store);
+    agent = start_and_settle(agent, &store, "after a reboot");
     for n in [1, 3] {
         assert_eq!(domstate(&uuid(n)), "running", "guest {n}");
     }
@@ -193,7 +199,7 @@ fn a_host_reboot_brings_back_exactly_the_guests_that_were_running() {
     let (status, err) = agent.stop_with(Signal::SIGTERM);
     assert!(status.success(), "{err}");
     common::tool("virsh", &["destroy", &uuid(3)]);
-    agent = start_and_settle(agent, &store);
+    agent = start_and_settle(agent, &store, "after a restart of the agent alone");
     assert_eq!(domstate(&uuid(3)), "shut off");
     assert_eq!(domstate(&uuid(1)), "running");
     assert_eq!(resumed_started(port), None, "nothing resumed");
@@ -206,7 +212,7 @@ fn a_host_reboot_brings_back_exactly_the_guests_that_were_running() {
     )
     .unwrap();
     reboot(&mut agent, &boot_id, "boot-3", &ns, &tap);
-    agent = start_and_settle(agent, &store);
+    agent = start_and_settle(agent, &store, "after a reboot, resume_on_boot = false");
     for n in 1..=3 {
         assert_eq!(domstate(&uuid(n)), "shut off", "guest {n}");
     }
