@@ -280,6 +280,18 @@ pub enum VmCommand {
     Delete {
         guest: String,
     },
+    /// Capture the guest's root disk as a new image in the store (usable by `vm create`). A
+    /// running guest is paused for the copy and resumed: the image is crash-consistent.
+    Snapshot {
+        guest: String,
+        /// The new image's name: 1-64 of a-z 0-9 . _ -.
+        #[arg(long)]
+        image: String,
+        /// An image property added to those of the guest's image (e.g. os_version=2); repeat
+        /// for more.
+        #[arg(long = "property", value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+    },
     /// Follow lifecycle events (one line each, or one JSON object per line with --output
     /// json) until interrupted.
     Events {

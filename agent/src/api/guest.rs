@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 
 use super::placement::{claim_to_proto, status as refusal_status};
 use crate::domain::EventKind;
-use crate::guest::{CreateRequest, Guest, GuestError, Guests, now_unix};
+use crate::guest::{
+    CreateRequest, Guest, GuestError, Guests, SnapshotError, SnapshotRequest, now_unix,
+};
 use crate::health::Health;
 use crate::placement::PlacementState;
 use std::sync::atomic::Ordering;
@@ -75,6 +77,13 @@ fn store_status(e: StoreError) -> Status {
             }
         }
         e => status(e.into()),
+    }
+}
+
+fn snapshot_status(e: SnapshotError) -> Status {
+    match e {
+        SnapshotError::Guest(e) => status(e),
+        SnapshotError::Store(e) => store_status(e),
     }
 }
 
@@ -521,6 +530,24 @@ impl pb::vm_service_server::VmService for VmApi {
             .run(async move { guests.delete(&uuid).await }, status)
             .await?;
         Ok(Response::new(pb::DeleteVmResponse { deleted }))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<pb::SnapshotVmRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let r = request.into_inner();
+        let guests = self.guests.clone();
+        let req = SnapshotRequest {
+            uuid: r.uuid,
+            image: r.image,
+            properties: r.properties,
+        };
+        let record = self
+            .mutations
+            .run(async move { guests.snapshot(req).await }, snapshot_status)
+            .await?;
+        Ok(Response::new(image_to_proto(record, Vec::new())))
     }
 
     async fn get_console_log(

@@ -89,6 +89,7 @@ pub const SERVICES: &[Service] = &[
             operate("Stop"),
             operate("Reboot"),
             control("Delete"),
+            control("Snapshot"),
             // Reading a guest's console may show what its tenant typed: more than a reader.
             Method {
                 name: "GetConsoleLog",

@@ -23,6 +23,8 @@ pub enum Op {
     Shutdown,
     Destroy,
     Reboot,
+    Suspend,
+    Resume,
     Remove,
     Repin,
     State,
@@ -217,6 +219,8 @@ impl FakeHypervisor {
         drop(inner);
         let (kind, detail) = match op {
             Op::Start => (EventKind::Started, "booted"),
+            Op::Suspend => (EventKind::Suspended, "paused"),
+            Op::Resume => (EventKind::Resumed, "unpaused"),
             Op::Destroy => (EventKind::Stopped, "destroyed"),
             _ => (EventKind::Stopped, "shutdown"),
         };
@@ -278,6 +282,14 @@ impl Hypervisor for FakeHypervisor {
             Some(_) => Ok(()),
             None => Err(not_found(uuid)),
         }
+    }
+
+    fn suspend(&self, uuid: &str) -> Result<(), DomainError> {
+        self.set_state(Op::Suspend, uuid, DomainState::Paused)
+    }
+
+    fn resume(&self, uuid: &str) -> Result<(), DomainError> {
+        self.set_state(Op::Resume, uuid, DomainState::Running)
     }
 
     fn remove(&self, uuid: &str) -> Result<bool, DomainError> {

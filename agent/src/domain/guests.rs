@@ -123,6 +123,14 @@ impl Hypervisor for Libvirt {
         }
     }
 
+    fn suspend(&self, uuid: &str) -> Result<(), DomainError> {
+        self.domain(uuid)?.suspend().map_err(failed)
+    }
+
+    fn resume(&self, uuid: &str) -> Result<(), DomainError> {
+        self.domain(uuid)?.resume().map_err(failed)
+    }
+
     fn remove(&self, uuid: &str) -> Result<bool, DomainError> {
         let d = match self.domain(uuid) {
             Ok(d) => d,

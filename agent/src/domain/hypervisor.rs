@@ -74,6 +74,12 @@ pub trait Hypervisor: Send + Sync {
     /// A reset with `hard`, else a reboot request to the guest.
     fn reboot(&self, uuid: &str, hard: bool) -> Result<(), DomainError>;
 
+    /// Pauses a running domain's vCPUs; QEMU finishes and flushes its disk writes first.
+    fn suspend(&self, uuid: &str) -> Result<(), DomainError>;
+
+    /// Lets a paused domain run again.
+    fn resume(&self, uuid: &str) -> Result<(), DomainError>;
+
     /// Destroys and undefines; a domain that does not exist is fine (`Ok(false)`).
     fn remove(&self, uuid: &str) -> Result<bool, DomainError>;
 

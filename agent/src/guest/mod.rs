@@ -18,6 +18,7 @@ mod plan;
 mod recovery;
 mod request;
 mod resume;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use lifecycle::{
     DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT, MAX_CONSOLE_BYTES, MAX_STOP_TIMEOUT,
 };
 pub use recovery::rebuild;
+pub use snapshot::{SnapshotError, SnapshotRequest};
 use request::checked_uuid;
 pub use request::{
     CreateRequest, MAX_METADATA, MAX_RATE_KBPS, MAX_SSH_KEYS, MAX_USER_DATA, root_disk_bytes,

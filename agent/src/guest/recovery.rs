@@ -49,6 +49,8 @@ impl Guests {
             return Ok(());
         }
         let stored = self.stored_claims().await?;
+        // Before any call can find them paused: guests a killed agent's snapshot left so.
+        self.resume_paused_by_snapshots().await;
         let mut alloc = self.placement.lock();
         // Running guests' claims first: `rebuild` accepts in order, so a claim that got in
         // before the rebuild (none should: placement refuses until then) never displaces one.

@@ -29,6 +29,11 @@ fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> DiskE
 }
 
 fn run(tool: &'static str, args: &[&std::ffi::OsStr]) -> Result<(), DiskError> {
+    output(tool, args).map(drop)
+}
+
+/// Runs `tool`; its standard output when it succeeds, its standard error as the error if not.
+fn output(tool: &'static str, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, DiskError> {
     let out = Command::new(tool)
         .args(args)
         .output()
@@ -37,7 +42,7 @@ fn run(tool: &'static str, args: &[&std::ffi::OsStr]) -> Result<(), DiskError> {
             message: format!("cannot run: {e}"),
         })?;
     if out.status.success() {
-        Ok(())
+        Ok(out.stdout)
     } else {
         Err(DiskError::Tool {
             tool,
@@ -125,6 +130,54 @@ fn qcow2(path: &Path, backing: Option<(&Path, &str)>, size_bytes: u64) -> Result
         ]);
     }
     args.extend([path.as_os_str(), size.as_ref()]);
+    run("qemu-img", &args)
+}
+
+/// The bytes a standalone qcow2 copy of the qcow2 disk `path` (its backing chain flattened)
+/// takes, as `qemu-img measure` reckons it. `shared`: read it while QEMU holds it open for
+/// writing (the caller keeps the guest paused meanwhile); otherwise the read takes QEMU's
+/// lock and fails while a QEMU writes the disk.
+pub fn measure_flat(path: &Path, shared: bool) -> Result<u64, DiskError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "measure".as_ref(),
+        "--output=json".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+    ];
+    if shared {
+        args.push("-U".as_ref());
+    }
+    args.push(path.as_os_str());
+    let out = output("qemu-img", &args)?;
+    let unreadable = |why: String| DiskError::Tool {
+        tool: "qemu-img",
+        message: format!("measure: {why}"),
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(&out).map_err(|e| unreadable(e.to_string()))?;
+    v["required"]
+        .as_u64()
+        .ok_or_else(|| unreadable(format!("no \"required\" in {v}")))
+}
+
+/// Writes the qcow2 disk `path` with its backing chain flattened into the new qcow2 file `to`,
+/// which has no backing file. `shared` as in [`measure_flat`]: without it, a QEMU that
+/// starts on the disk meanwhile is refused its lock (and QEMU writing it makes this fail).
+pub fn flatten(path: &Path, to: &Path, shared: bool) -> Result<(), DiskError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "convert".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+    ];
+    if shared {
+        args.push("-U".as_ref());
+    }
+    args.extend([path.as_os_str(), to.as_os_str()]);
     run("qemu-img", &args)
 }
 
@@ -281,6 +334,35 @@ mod tests {
             0o600
         );
         assert!(!dir.path().join("seed.d").exists(), "staging removed");
+    }
+
+    #[test]
+    fn flatten_makes_a_standalone_copy_with_the_overlay_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        blank(&base, 64 << 20).unwrap();
+        let b = base.to_str().unwrap();
+        tool("qemu-io", &["-c", "write -P 0xaa 0 1M", b]);
+        let top = dir.path().join("top.qcow2");
+        overlay(&top, &base, "qcow2", 256 << 20).unwrap();
+        let t = top.to_str().unwrap();
+        tool("qemu-io", &["-c", "write -P 0xbb 1M 1M", t]);
+        let need = measure_flat(&top, false).unwrap();
+        assert!(need >= 2 << 20, "two written MiB, measured {need}");
+        let flat = dir.path().join("flat.qcow2");
+        flatten(&top, &flat, false).unwrap();
+        let f = flat.to_str().unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&tool("qemu-img", &["info", "--output=json", f])).unwrap();
+        assert_eq!(info["virtual-size"], 256u64 << 20);
+        assert!(info.get("backing-filename").is_none(), "{info}");
+        // Both layers' data, read from the copy alone.
+        tool(
+            "qemu-io",
+            &["-c", "read -P 0xaa 0 1M", "-c", "read -P 0xbb 1M 1M", f],
+        );
+        let e = flatten(&dir.path().join("missing"), &flat, false).unwrap_err();
+        assert!(e.to_string().starts_with("qemu-img: "), "{e}");
     }
 
     #[test]

@@ -522,20 +522,83 @@ impl ImageStore {
         bounds: &Bounds,
         now_unix: u64,
     ) -> Result<ImageRecord, StoreError> {
-        let name = ticket.name.as_str();
         self.check_room(ticket, bounds)?;
-        let tmp = self
-            .dir
-            .join(format!(".import-{name}-{}", std::process::id()));
-        let (head, total, digest) = match self.copy(ticket, input, read_error, bounds, &tmp) {
-            Ok(v) => v,
+        let tmp = self.staging(ticket);
+        let copied = File::create(&tmp)
+            .map_err(io(&tmp, "create"))
+            .and_then(|mut out| {
+                let copied = self.copy(ticket, input, read_error, bounds, &mut out, &tmp)?;
+                out.sync_all().map_err(io(&tmp, "sync"))?;
+                Ok(copied)
+            });
+        match copied {
+            Ok(copied) => self.finish(ticket, &tmp, copied, now_unix),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// Where the ticket's content is staged until it is placed: a name `sweep` removes
+    /// after a crash.
+    fn staging(&self, ticket: &ImportTicket) -> PathBuf {
+        self.dir
+            .join(format!(".import-{}-{}", ticket.name, std::process::id()))
+    }
+
+    /// Makes content the agent writes itself (a guest's snapshot) the ticket's image, as an
+    /// import of it would: `estimate` bytes (the length announced, as a download's) are held
+    /// to the size cap and the kept free space first; then `make` writes the file at the
+    /// staging path it is given, which is read back through the import's copy (hash, format
+    /// checks, bounds) and placed. A failure, `make`'s included, leaves nothing behind.
+    /// Blocks: run it on a thread of its own.
+    pub fn produce<E: From<StoreError>>(
+        &self,
+        ticket: &ImportTicket,
+        estimate: u64,
+        bounds: &Bounds,
+        make: impl FnOnce(&Path) -> Result<(), E>,
+        now_unix: u64,
+    ) -> Result<ImageRecord, E> {
+        ticket.progress.total.store(estimate, Ordering::Relaxed);
+        self.check_room(ticket, bounds)?;
+        let tmp = self.staging(ticket);
+        let made = make(&tmp).and_then(|()| {
+            let file = File::open(&tmp).map_err(io(&tmp, "open"))?;
+            // fsync of a read-only descriptor: the content reaches the disk before the
+            // rename that makes it the image.
+            file.sync_all().map_err(io(&tmp, "sync"))?;
+            Ok(self.copy(
+                ticket,
+                file,
+                io(&tmp, "read"),
+                bounds,
+                &mut std::io::sink(),
+                &tmp,
+            )?)
+        });
+        match made {
+            Ok(copied) => Ok(self.finish(ticket, &tmp, copied, now_unix)?),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks the staged `tmp` (its first bytes, length and sha256 as `copy` gave them)
+    /// against the ticket and the store, and places it; `tmp` is gone afterwards.
+    fn finish(
+        &self,
+        ticket: &ImportTicket,
+        tmp: &Path,
+        (head, total, digest): (Vec<u8>, u64, String),
+        now_unix: u64,
+    ) -> Result<ImageRecord, StoreError> {
+        let name = ticket.name.as_str();
         let refuse = |e: StoreError| {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(tmp);
             Err(e)
         };
         if let Some(want) = ticket.sha256.as_deref()
@@ -552,7 +615,7 @@ impl ImageStore {
         };
         match self.get(name) {
             Ok(existing) => {
-                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(tmp);
                 return if existing.sha256 == digest {
                     Ok(existing)
                 } else {
@@ -581,25 +644,25 @@ impl ImageStore {
             properties: ticket.properties.clone(),
             created_unix: now_unix,
         };
-        let placed = self.place(&record, &tmp);
-        let _ = std::fs::remove_file(&tmp);
+        let placed = self.place(&record, tmp);
+        let _ = std::fs::remove_file(tmp);
         placed.map(|()| record)
     }
 
-    /// Copies `input` to `tmp` within the bounds; gives the first bytes, the length and the
-    /// sha256.
-    fn copy<R: Read, E: FnOnce(std::io::Error) -> StoreError>(
+    /// Copies `input` to `out` (the file `tmp`, or a sink when `input` is `tmp` itself)
+    /// within the bounds; gives the first bytes, the length and the sha256.
+    fn copy<R: Read, W: Write, E: FnOnce(std::io::Error) -> StoreError>(
         &self,
         ticket: &ImportTicket,
         mut input: R,
         read_error: E,
         bounds: &Bounds,
+        out: &mut W,
         tmp: &Path,
     ) -> Result<(Vec<u8>, u64, String), StoreError> {
         let field = ticket.source_field;
         let limits = &bounds.limits;
         let late = || past_deadline(field, limits);
-        let mut out = File::create(tmp).map_err(io(tmp, "create"))?;
         let mut hasher = Sha256::new();
         let mut head = Vec::with_capacity(HEAD_BYTES);
         let mut buf = vec![0u8; 1 << 20];
@@ -651,7 +714,6 @@ impl ImageStore {
                 }
             }
         }
-        out.sync_all().map_err(io(tmp, "sync"))?;
         Ok((head, total, hex(&hasher.finalize())))
     }
 

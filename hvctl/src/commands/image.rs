@@ -24,14 +24,9 @@ pub async fn run(
             sha256,
             properties,
         } => {
-            let mut props = std::collections::BTreeMap::new();
-            for p in properties {
-                let Some((k, v)) = p.split_once('=') else {
-                    eprintln!("hvctl: --property {p:?}: expected KEY=VALUE");
-                    return ExitCode::from(EXIT_USAGE);
-                };
-                props.insert(k.to_string(), v.to_string());
-            }
+            let Some(props) = parse_properties(properties) else {
+                return ExitCode::from(EXIT_USAGE);
+            };
             let url = source.starts_with("http://") || source.starts_with("https://");
             let req = pb::ImportImageRequest {
                 name: name.clone(),
@@ -72,6 +67,21 @@ pub async fn run(
             |_: &pb::DeleteImageResponse| "deleted\n".into(),
         ),
     }
+}
+
+/// `--property KEY=VALUE` arguments as a map; `None` (said on stderr) when one has no `=`.
+pub fn parse_properties(
+    properties: Vec<String>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut props = std::collections::BTreeMap::new();
+    for p in properties {
+        let Some((k, v)) = p.split_once('=') else {
+            eprintln!("hvctl: --property {p:?}: expected KEY=VALUE");
+            return None;
+        };
+        props.insert(k.to_string(), v.to_string());
+    }
+    Some(props)
 }
 
 /// Runs `import`, showing the image's progress on stderr meanwhile when stderr is a terminal.

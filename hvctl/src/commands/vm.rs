@@ -1,5 +1,5 @@
-//! `hvctl vm create|list|get|start|stop|reboot|delete|events|guarantees|console`; guests are
-//! named by name or UUID.
+//! `hvctl vm create|list|get|start|stop|reboot|delete|snapshot|events|guarantees|console`;
+//! guests are named by name or UUID.
 
 use std::process::ExitCode;
 
@@ -32,6 +32,7 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
         | VmCommand::Stop { guest, .. }
         | VmCommand::Reboot { guest, .. }
         | VmCommand::Delete { guest }
+        | VmCommand::Snapshot { guest, .. }
         | VmCommand::Guarantees { guest }
         | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
@@ -161,6 +162,24 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
                 .into()
             },
         ),
+        VmCommand::Snapshot {
+            image, properties, ..
+        } => {
+            let Some(properties) = super::image::parse_properties(properties) else {
+                return ExitCode::from(EXIT_USAGE);
+            };
+            answer(
+                output,
+                agent,
+                vms.snapshot(pb::SnapshotVmRequest {
+                    uuid: guest,
+                    image,
+                    properties,
+                })
+                .await,
+                |i: &pb::Image| render::images(std::slice::from_ref(i)),
+            )
+        }
         VmCommand::Guarantees { .. } => answer(
             output,
             agent,

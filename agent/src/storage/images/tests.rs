@@ -777,3 +777,94 @@ fn creates_in_flight_and_deletes_exclude_each_other() {
     store.begin_delete("img").unwrap().remove(&[]).unwrap();
     assert!(store.get("img").is_err());
 }
+
+#[test]
+fn produced_content_is_checked_and_placed_as_an_import_and_a_failure_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::new(dir.path());
+    let begin = |name: &str| {
+        let Ok(Begun::Started(ticket)) = store.begin(
+            name,
+            None,
+            BTreeMap::from([("min_disk".to_string(), "1".to_string())]),
+            "image",
+            "guest x".into(),
+            0,
+        ) else {
+            panic!("starts");
+        };
+        ticket
+    };
+    let content = qcow2_header(1 << 30, false);
+    let ticket = begin("snap");
+    let record = store
+        .produce(
+            &ticket,
+            content.len() as u64,
+            &open_bounds(),
+            |tmp| std::fs::write(tmp, &content).map_err(io(tmp, "write")),
+            7,
+        )
+        .unwrap();
+    assert_eq!(record.format, "qcow2");
+    assert_eq!(record.virtual_size_bytes, 1 << 30);
+    assert_eq!(record.file_bytes, content.len() as u64);
+    assert_eq!(record.sha256, hex(&Sha256::digest(&content)));
+    assert_eq!(record.min_disk_gb(), 1);
+    assert_eq!(store.get("snap").unwrap(), record);
+    assert_eq!(std::fs::read(store.file("snap")).unwrap(), content);
+    drop(ticket);
+    assert_eq!(images_left(dir.path()), ["snap"]);
+
+    // A qcow2 with a backing file is refused like an imported one, and nothing stays.
+    let ticket = begin("backed");
+    let e = store
+        .produce(
+            &ticket,
+            512,
+            &open_bounds(),
+            |tmp| std::fs::write(tmp, qcow2_header(1 << 30, true)).map_err(io(tmp, "write")),
+            0,
+        )
+        .unwrap_err();
+    assert!(e.to_string().starts_with("image: "), "{e}");
+    // `make` failing after writing part of the file: nothing stays either.
+    let e = store
+        .produce(
+            &ticket,
+            512,
+            &open_bounds(),
+            |tmp| {
+                std::fs::write(tmp, b"half").map_err(io(tmp, "write"))?;
+                Err(StoreError::NotFound("injected".into()))
+            },
+            0,
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e}");
+    // More than the kept free space allows: refused before `make` runs.
+    let tight = Bounds::starting_now(ImportLimits {
+        min_free_bytes: u64::MAX / 2,
+        ..ImportLimits::default()
+    });
+    let e = store
+        .produce(
+            &ticket,
+            512,
+            &tight,
+            |_| -> Result<(), StoreError> { panic!("make ran") },
+            0,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Limit {
+                kind: LimitKind::NoSpace,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(images_left(dir.path()), ["snap"]);
+}

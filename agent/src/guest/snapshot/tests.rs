@@ -1,0 +1,283 @@
+//! Snapshots against the in-memory hypervisor, with real disk files: how each state is read,
+//! what the new image holds, and that every failure leaves no image and the guest as it was.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::domain::fake::{FakeHypervisor, Op};
+use crate::domain::xml::Emulation;
+use crate::guest::CreateRequest;
+use crate::net::Networks;
+use crate::net::link::{Namespace, Netlink};
+use crate::placement::{Allocator, PlacementState, Policy};
+use hvagent_core::counts::KindCounts;
+
+const UUID: &str = "00000000-0000-4000-8000-00000000005a";
+
+/// Guests over the fake hypervisor with image `img` (a blank 64 MiB qcow2 with `min_ram`) and
+/// one running guest of it with a 1 GiB root disk.
+struct Node {
+    root: tempfile::TempDir,
+    hypervisor: Arc<FakeHypervisor>,
+    guests: Arc<Guests>,
+}
+
+impl Node {
+    async fn new() -> Node {
+        let root = tempfile::tempdir().unwrap();
+        let hypervisor = Arc::new(FakeHypervisor::default());
+        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
+        let placement = Arc::new(PlacementState::new(
+            Allocator::new(topology, Policy::default()).unwrap(),
+        ));
+        let netlink = Netlink::open(Namespace::default()).unwrap();
+        let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
+        let guests = Arc::new(Guests::new(
+            hypervisor.clone(),
+            placement,
+            root.path(),
+            Ok(Emulation::Tcg),
+            Vec::new(),
+            networks,
+        ));
+        let base = root.path().join("base.qcow2");
+        disks::blank(&base, 64 << 20).unwrap();
+        let props = BTreeMap::from([("min_ram".to_string(), "128".to_string())]);
+        guests
+            .images
+            .import_local("img", &base, None, props, 0)
+            .unwrap();
+        guests.rebuild_placement().await.unwrap();
+        guests
+            .create(CreateRequest {
+                uuid: UUID.into(),
+                name: "web".into(),
+                flavor: "SCS-1Vi-1u".into(),
+                image: "img".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        Node {
+            root,
+            hypervisor,
+            guests,
+        }
+    }
+
+    async fn snapshot(&self, image: &str) -> Result<ImageRecord, SnapshotError> {
+        self.guests
+            .snapshot(SnapshotRequest {
+                uuid: UUID.into(),
+                image: image.into(),
+                properties: BTreeMap::from([("os_version".into(), "2".into())]),
+            })
+            .await
+    }
+
+    fn state(&self) -> DomainState {
+        self.hypervisor.state(UUID).unwrap()
+    }
+
+    fn marker(&self) -> PathBuf {
+        marker(&GuestFiles::new(self.root.path(), UUID))
+    }
+
+    /// The store's entries: images and anything a snapshot left.
+    fn store(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.root.path().join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+#[tokio::test]
+async fn a_running_guest_is_paused_for_the_copy_and_resumed() {
+    let node = Node::new().await;
+    let record = node.snapshot("snap").await.unwrap();
+    assert_eq!(node.hypervisor.calls(Op::Suspend), [UUID]);
+    assert_eq!(node.hypervisor.calls(Op::Resume), [UUID]);
+    assert_eq!(node.state(), DomainState::Running);
+    assert!(!node.marker().exists());
+    assert_eq!(record.format, "qcow2");
+    assert_eq!(record.virtual_size_bytes, 1 << 30, "the root disk's size");
+    assert_eq!(
+        record.properties,
+        BTreeMap::from([
+            ("min_ram".to_string(), "128".to_string()),
+            ("os_version".to_string(), "2".to_string()),
+        ])
+    );
+    let file = node.guests.images.file("snap");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(record.file_bytes, bytes.len() as u64);
+    {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&bytes);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(record.sha256, hex);
+    }
+    assert_eq!(node.guests.images.get("snap").unwrap(), record);
+    assert_eq!(node.store(), ["img", "snap"]);
+    // The snapshot is an image like any other: a guest can be made of it.
+    node.guests
+        .create(CreateRequest {
+            uuid: "00000000-0000-4000-8000-00000000005b".into(),
+            name: "web-2".into(),
+            flavor: "SCS-1Vi-1u".into(),
+            image: "snap".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shut_off_and_paused_guests_are_read_as_they_are() {
+    let node = Node::new().await;
+    node.hypervisor.power_off(UUID);
+    node.snapshot("off").await.unwrap();
+    assert!(node.hypervisor.calls(Op::Suspend).is_empty());
+    assert_eq!(node.state(), DomainState::ShutOff);
+    node.hypervisor.start(UUID).unwrap();
+    node.hypervisor.suspend(UUID).unwrap();
+    node.snapshot("paused").await.unwrap();
+    assert!(
+        node.hypervisor.calls(Op::Resume).is_empty(),
+        "the owner's pause is kept"
+    );
+    assert_eq!(node.state(), DomainState::Paused);
+    assert_eq!(node.store(), ["img", "off", "paused"]);
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let node = Node::new().await;
+    node.snapshot("taken").await.unwrap();
+    let refused = |e: SnapshotError| match e {
+        SnapshotError::Store(e) => e.to_string(),
+        SnapshotError::Guest(e) => e.to_string(),
+    };
+    let e = node.snapshot("Bad Name").await.unwrap_err();
+    assert!(matches!(
+        e,
+        SnapshotError::Store(StoreError::Invalid { .. })
+    ));
+    assert!(refused(e).starts_with("image: must be 1-64"));
+    let e = node.snapshot("taken").await.unwrap_err();
+    assert!(
+        matches!(e, SnapshotError::Store(StoreError::Exists { .. })),
+        "{e}"
+    );
+    let e = node
+        .guests
+        .snapshot(SnapshotRequest {
+            uuid: "00000000-0000-4000-8000-0000000000ff".into(),
+            image: "x".into(),
+            properties: BTreeMap::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, SnapshotError::Guest(GuestError::NotFound(_))),
+        "{e}"
+    );
+    let e = node
+        .guests
+        .snapshot(SnapshotRequest {
+            uuid: UUID.into(),
+            image: "x".into(),
+            properties: BTreeMap::from([("min_disk".into(), "big".into())]),
+        })
+        .await
+        .unwrap_err();
+    assert!(refused(e).starts_with("properties: min_disk"));
+    assert_eq!(
+        node.hypervisor.calls(Op::Suspend).len(),
+        1,
+        "only the first"
+    );
+    assert_eq!(node.store(), ["img", "taken"]);
+    assert_eq!(node.state(), DomainState::Running);
+}
+
+#[tokio::test]
+async fn a_failed_snapshot_leaves_no_image_and_the_guest_running() {
+    let node = Node::new().await;
+    // libvirt refuses the pause: nothing is read, no marker stays.
+    node.hypervisor.fail_once(Op::Suspend);
+    node.snapshot("a").await.unwrap_err();
+    assert!(!node.marker().exists());
+    // The copy fails (the disk is unreadable) while the guest is paused: it is resumed.
+    let root = GuestFiles::new(node.root.path(), UUID).root_disk();
+    let saved = std::fs::read(&root).unwrap();
+    std::fs::write(&root, b"not a qcow2").unwrap();
+    let e = node.snapshot("a").await.unwrap_err();
+    assert!(e.to_string().contains("qemu-img"), "{e}");
+    assert_eq!(node.state(), DomainState::Running);
+    assert_eq!(node.hypervisor.calls(Op::Resume).len(), 1);
+    assert!(!node.marker().exists());
+    std::fs::write(&root, saved).unwrap();
+    assert_eq!(node.store(), ["img"]);
+    assert!(
+        node.guests.images.importing().is_empty(),
+        "the name is free"
+    );
+    // The resume fails: the snapshot fails, and the marker stays until a later resume
+    // (as at the agent's next start) succeeds.
+    node.hypervisor.fail(Op::Resume);
+    node.snapshot("a").await.unwrap_err();
+    assert_eq!(node.state(), DomainState::Paused);
+    assert!(node.marker().exists());
+    assert_eq!(node.store(), ["img"]);
+    node.hypervisor.heal(Op::Resume);
+    node.guests.resume_paused_by_snapshots().await;
+    assert_eq!(node.state(), DomainState::Running);
+    assert!(!node.marker().exists());
+    // Now it works, under the same name.
+    node.snapshot("a").await.unwrap();
+    assert_eq!(node.store(), ["a", "img"]);
+}
+
+#[tokio::test]
+async fn a_guest_paused_by_its_owner_is_not_resumed_at_start() {
+    let node = Node::new().await;
+    node.hypervisor.suspend(UUID).unwrap();
+    node.guests.resume_paused_by_snapshots().await;
+    assert_eq!(node.state(), DomainState::Paused);
+    assert!(node.hypervisor.calls(Op::Resume).is_empty());
+}
+
+#[test]
+fn the_state_decides_how_the_disk_is_read() {
+    let u = "u";
+    assert_eq!(
+        Capture::of(u, DomainState::ShutOff).unwrap(),
+        Capture::Locked
+    );
+    assert_eq!(
+        Capture::of(u, DomainState::Running).unwrap(),
+        Capture::Pause
+    );
+    assert_eq!(
+        Capture::of(u, DomainState::Paused).unwrap(),
+        Capture::AsPaused
+    );
+    assert!(!Capture::Locked.shared());
+    assert!(Capture::Pause.shared() && Capture::AsPaused.shared());
+    for s in [
+        DomainState::ShuttingDown,
+        DomainState::Suspended,
+        DomainState::Unknown,
+    ] {
+        let e = Capture::of(u, s).unwrap_err();
+        assert!(
+            matches!(e, GuestError::Precondition(_)) && e.to_string().starts_with("uuid: "),
+            "{s}: {e}"
+        );
+    }
+}
