@@ -165,7 +165,10 @@ fn main() {
     }
     println!("\nReporting to Placement ({flavor}, {rounds} rounds):\n");
     header();
-    row("Reserve → allocation in Placement (agent)", &stats(reported));
+    row(
+        "Reserve → allocation in Placement (agent)",
+        &stats(reported),
+    );
     row("PUT /allocations by a scheduler (peer)", &stats(written));
     row("Release → allocation gone (agent)", &stats(released));
     row("DELETE /allocations by a scheduler (peer)", &stats(deleted));

@@ -34,12 +34,12 @@ pub use lifecycle::{
     DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT, MAX_CONSOLE_BYTES, MAX_STOP_TIMEOUT,
 };
 pub use recovery::rebuild;
-pub use snapshot::{SnapshotError, SnapshotRequest};
 use request::checked_uuid;
 pub use request::{
     CreateRequest, MAX_METADATA, MAX_RATE_KBPS, MAX_SSH_KEYS, MAX_USER_DATA, root_disk_bytes,
 };
 pub use resume::ResumeSettings;
+pub use snapshot::{SnapshotError, SnapshotRequest};
 
 /// How long listing the domains (the first step of every lifecycle call) may take.
 pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
