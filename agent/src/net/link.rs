@@ -271,6 +271,10 @@ pub struct NewVxlan<'a> {
 pub struct Netlink {
     handle: rtnetlink::Handle,
     pub namespace: Namespace,
+    /// One dump at a time on the socket: the kernel answers a second dump started while one
+    /// is running on the same socket with EBUSY (seen as "list addresses: Device or resource
+    /// busy" when a List met the start-up reconcile).
+    dumps: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Netlink {
@@ -288,11 +292,16 @@ impl Netlink {
                 reason: e.to_string(),
             })?;
         runtime.spawn(connection);
-        Ok(Netlink { handle, namespace })
+        Ok(Netlink {
+            handle,
+            namespace,
+            dumps: Default::default(),
+        })
     }
 
     /// One link by name, without its addresses; `None` when there is none.
     pub async fn link(&self, name: &str) -> Result<Option<Link>, NetError> {
+        let _one = self.dumps.lock().await;
         let found: Result<Vec<Link>, _> = self
             .handle
             .link()
@@ -312,6 +321,7 @@ impl Netlink {
 
     /// Every link, without addresses.
     pub async fn links_only(&self) -> Result<Vec<Link>, NetError> {
+        let _one = self.dumps.lock().await;
         self.handle
             .link()
             .get()
@@ -326,6 +336,7 @@ impl Netlink {
     /// Every link, with its addresses.
     pub async fn links(&self) -> Result<Vec<Link>, NetError> {
         let mut links = self.links_only().await?;
+        let _one = self.dumps.lock().await;
         let addresses: Vec<_> = self
             .handle
             .address()
