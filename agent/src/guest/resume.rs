@@ -125,7 +125,11 @@ fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // A name of its own per write: calls about one guest run side by side (four stops of
+    // it, say), and a shared temporary name let one rename away another's file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
@@ -268,6 +272,26 @@ impl Guests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_side_by_side_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wanted");
+        std::thread::scope(|s| {
+            let writers: Vec<_> = (0..16)
+                .map(|_| s.spawn(|| write_whole(&path, "stopped\n")))
+                .collect();
+            for w in writers {
+                w.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "stopped\n");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
 
     #[test]
     fn a_different_boot_id_is_a_reboot() {
