@@ -8,29 +8,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Agent, claims, listed, runtime};
+use common::{Agent, Rng, claims, listed, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 
-/// xorshift64*: deterministic, so a failure names the seed that reproduces it.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len())]
-    }
-
     /// A string of hostile and ordinary pieces.
     fn text(&mut self) -> String {
         const PIECES: &[&str] = &[

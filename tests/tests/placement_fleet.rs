@@ -12,8 +12,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::Agent;
 use common::placement::Placement;
+use common::{Agent, Rng};
 use hvagent_proto::v1 as pb;
 
 type Channel = tonic::transport::Channel;
@@ -45,22 +45,6 @@ const FLAVORS: [&str; 13] = [
 ];
 
 const REQUESTS: usize = 520;
-
-/// xorshift64*: deterministic, so a failure names the seed that reproduces it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 struct Node {
     agent: Agent,

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::busy::BusyGuard;
 use super::error::GuestError;
 use super::plan::{HostTap, guest_taps, host_taps};
 use super::request::checked_uuid;
@@ -156,6 +157,22 @@ impl Guests {
         }
     }
 
+    /// Marks `uuid` busy once no create, delete or snapshot of it is in flight (placement
+    /// rebuilt first).
+    pub(super) async fn exclusive(&self, uuid: &str) -> Result<BusyGuard, GuestError> {
+        loop {
+            let held = self.lock.lock().await;
+            self.ensure_rebuilt(&held).await?;
+            match self.busy.in_flight(uuid) {
+                Some(mut done) => {
+                    drop(held);
+                    let _ = done.changed().await;
+                }
+                None => return Ok(self.busy.mark(uuid, "")),
+            }
+        }
+    }
+
     /// Whether libvirt has any domain with this UUID, the agent's or not.
     pub(super) async fn exists(&self, uuid: &str) -> Result<bool, GuestError> {
         match self.state(uuid).await {
@@ -192,18 +209,8 @@ impl Guests {
     /// Removes the domain, the files and the claim; `Ok(false)` when there was nothing.
     pub async fn delete(&self, uuid: &str) -> Result<bool, GuestError> {
         let uuid = checked_uuid(uuid)?;
-        let _busy = loop {
-            let held = self.lock.lock().await;
-            self.ensure_rebuilt(&held).await?;
-            match self.busy.in_flight(&uuid) {
-                Some(mut done) => {
-                    // A create of this guest in flight: delete what it leaves.
-                    drop(held);
-                    let _ = done.changed().await;
-                }
-                None => break self.busy.mark(&uuid, ""),
-            }
-        };
+        // A create of this guest in flight: delete what it leaves.
+        let _busy = self.exclusive(&uuid).await?;
         // Only the agent's own domain goes: one with this UUID that is not its guest (defined
         // by someone else, or for another store) is left as it is.
         let own = match self.domains().await?.into_iter().find(|d| d.uuid == uuid) {

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use super::error::GuestError;
 use super::request::checked_uuid;
-use super::{Guests, busy::BusyGuard, now_unix};
+use super::{Guests, now_unix};
 use crate::domain::guests::DomainError;
 use crate::domain::{DomainState, Hypervisor};
 use crate::storage::disks::{self, DiskError};
@@ -218,21 +218,6 @@ impl Guests {
             seconds = started.elapsed().as_secs_f64(), "snapshot taken"
         );
         Ok(record)
-    }
-
-    /// Marks `uuid` busy once no create, delete or snapshot of it is in flight.
-    async fn exclusive(&self, uuid: &str) -> Result<BusyGuard, GuestError> {
-        loop {
-            let held = self.lock.lock().await;
-            self.ensure_rebuilt(&held).await?;
-            match self.busy.in_flight(uuid) {
-                Some(mut done) => {
-                    drop(held);
-                    let _ = done.changed().await;
-                }
-                None => return Ok(self.busy.mark(uuid, "")),
-            }
-        }
     }
 
     /// The copy itself, on a blocking thread: pause (when running), measure, flatten into the

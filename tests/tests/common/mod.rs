@@ -397,15 +397,7 @@ pub async fn whole_or_gone(agent: &Agent, ids: &[String], when: &str) -> Vec<Str
             }
         }
     };
-    let listed: Vec<String> = vms
-        .list(hvagent_proto::v1::ListVmsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .vms
-        .into_iter()
-        .map(|v| v.uuid)
-        .collect();
+    let listed = listed(&mut vms).await;
     for id in ids {
         let domain = domain_exists(id);
         let files = agent.dir.path().join("store/vms").join(id).exists();
@@ -417,4 +409,24 @@ pub async fn whole_or_gone(agent: &Agent, ids: &[String], when: &str) -> Vec<Str
         );
     }
     listed
+}
+
+/// xorshift64*: deterministic, so a failure names the seed that reproduces it.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
 }
