@@ -241,6 +241,42 @@ impl Allocator {
         Ok(entry.claim)
     }
 
+    /// Moves the claim of `from` to the VM UUID `to`, as it is: the same CPUs, memory and
+    /// request id, only the holder changes (a resize keeps the guest's old claim under a holder
+    /// UUID while the new one is taken under the guest's, and moves it back on a revert).
+    /// Refused, changing nothing, when `from` holds no claim or `to` holds one already.
+    pub fn rekey(&mut self, from: &str, to: &str) -> Result<Claim, Refusal> {
+        if !is_uuid(to) {
+            return Err(invalid("vm_uuid", "must be a UUID (8-4-4-4-12 hex digits)"));
+        }
+        let (from, to) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+        if let Some(entry) = self.claims.get(&to) {
+            return Err(Refusal::new(
+                RefusalKind::AlreadyExists,
+                "vm_uuid",
+                format!(
+                    "VM {to} already holds a claim (request_id {:?}, flavor {})",
+                    entry.claim.request_id, entry.claim.flavor
+                ),
+            ));
+        }
+        let mut entry = self.claims.remove(&from).ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::NotFound,
+                "vm_uuid",
+                format!("VM {from} holds no claim"),
+            )
+        })?;
+        entry.claim.vm_uuid = to.clone();
+        entry.key = format!("{to} {}", entry.claim.flavor);
+        self.requests
+            .insert(entry.claim.request_id.clone(), to.clone());
+        self.generation += 1;
+        let claim = entry.claim.clone();
+        self.claims.insert(to, entry);
+        Ok(claim)
+    }
+
     /// What `PlacementService/Release` may give back: a reservation. A claim bound to a guest
     /// (by its create) is the guest's until the guest is deleted; releasing it would let
     /// placement hand its CPUs and memory to another guest while it runs.
@@ -362,5 +398,132 @@ impl Allocator {
     /// The shared pool's CPUs now.
     pub fn pool_cpus(&self) -> Vec<u32> {
         self.ledger.pool_cpus(&self.pools)
+    }
+}
+
+#[cfg(test)]
+mod rekey_tests {
+    use proptest::prelude::*;
+
+    use super::super::testing::fixture;
+    use super::super::tests::spec;
+    use super::*;
+
+    fn uuid(n: u64) -> String {
+        format!("00000000-0000-4000-8000-{n:012x}")
+    }
+
+    fn alloc_with(flavors: &[&str]) -> Allocator {
+        let mut alloc = Allocator::new(fixture("qemu-2s4c2t-numa"), Policy::default()).unwrap();
+        for (n, f) in flavors.iter().enumerate() {
+            let req = ClaimRequest {
+                vm_uuid: uuid(n as u64),
+                request_id: format!("r{n}"),
+                flavor: spec(f),
+            };
+            alloc.claim(&req, 0).unwrap();
+        }
+        alloc
+    }
+
+    /// The claim moves whole: the ledger, the other claims and the claim's own content stay;
+    /// the request id now names the new holder; the generation moves on.
+    #[test]
+    fn rekey_moves_the_claim_and_nothing_else() {
+        let mut alloc = alloc_with(&["SCS-2Ci-1u", "SCS-1Vi-1u"]);
+        let ledger = alloc.ledger().clone();
+        let before = alloc.get(&uuid(0)).unwrap().clone();
+        let other = alloc.get(&uuid(1)).unwrap().clone();
+        let generation = alloc.generation();
+        let moved = alloc.rekey(&uuid(0), &uuid(9)).unwrap();
+        assert_eq!(
+            moved,
+            Claim {
+                vm_uuid: uuid(9),
+                ..before.clone()
+            }
+        );
+        assert_eq!(alloc.ledger(), &ledger);
+        assert!(alloc.get(&uuid(0)).is_none());
+        assert_eq!(alloc.get(&uuid(9)), Some(&moved));
+        assert_eq!(alloc.get(&uuid(1)), Some(&other));
+        assert_eq!(alloc.vm_of_request("r0"), Some(uuid(9).as_str()));
+        assert_eq!(alloc.generation(), generation + 1);
+        // And back: exactly the claim it was.
+        alloc.rekey(&uuid(9), &uuid(0)).unwrap();
+        assert_eq!(alloc.get(&uuid(0)), Some(&before));
+        assert_eq!(alloc.ledger(), &ledger);
+        // The same request again is the same claim (idempotent under its new holder too).
+        let again = ClaimRequest {
+            vm_uuid: uuid(0),
+            request_id: "r0".into(),
+            flavor: spec("SCS-2Ci-1u"),
+        };
+        assert_eq!(alloc.claim(&again, 0).unwrap(), before);
+    }
+
+    #[test]
+    fn rekey_refuses_a_taken_target_a_missing_source_and_a_bad_uuid() {
+        let mut alloc = alloc_with(&["SCS-2Ci-1u", "SCS-1Vi-1u"]);
+        let snapshot = format!("{alloc:?}");
+        let taken = alloc.rekey(&uuid(0), &uuid(1)).unwrap_err();
+        assert_eq!(taken.kind, RefusalKind::AlreadyExists);
+        assert_eq!(
+            taken.message,
+            format!(
+                "VM {} already holds a claim (request_id \"r1\", flavor SCS-1Vi-1u)",
+                uuid(1)
+            )
+        );
+        let missing = alloc.rekey(&uuid(7), &uuid(8)).unwrap_err();
+        assert_eq!(missing.kind, RefusalKind::NotFound);
+        assert_eq!(
+            alloc.rekey(&uuid(0), "holder").unwrap_err().kind,
+            RefusalKind::Invalid
+        );
+        assert_eq!(format!("{alloc:?}"), snapshot, "a refusal changes nothing");
+    }
+
+    proptest! {
+        /// Any sequence of rekeys among a few UUIDs keeps the ledger as it was, keeps every
+        /// claim's content (only its holder changes), and keeps the request map pointing at
+        /// each claim's holder; a rebuild from the claims gives the same ledger.
+        #[test]
+        fn rekeys_keep_the_ledger(moves in proptest::collection::vec((0u64..6, 0u64..6), 1..24)) {
+            let mut alloc = alloc_with(&["SCS-2Ci-1u", "SCS-1Vi-1u", "SCS-2Ti-0.5u"]);
+            let ledger = alloc.ledger().clone();
+            let content = |a: &Allocator| {
+                let mut v: Vec<Claim> = a
+                    .claims()
+                    .map(|c| Claim { vm_uuid: String::new(), ..c.clone() })
+                    .collect();
+                v.sort_by(|x, y| x.request_id.cmp(&y.request_id));
+                v
+            };
+            let claims = content(&alloc);
+            for (from, to) in moves {
+                let before = format!("{alloc:?}");
+                let generation = alloc.generation();
+                match alloc.rekey(&uuid(from), &uuid(to)) {
+                    Ok(c) => {
+                        prop_assert_eq!(&c.vm_uuid, &uuid(to));
+                        prop_assert_eq!(alloc.generation(), generation + 1);
+                    }
+                    Err(_) => prop_assert_eq!(format!("{alloc:?}"), before),
+                }
+                prop_assert_eq!(alloc.ledger(), &ledger);
+                prop_assert_eq!(content(&alloc), claims.clone());
+                for c in alloc.claims() {
+                    prop_assert_eq!(alloc.vm_of_request(&c.request_id), Some(c.vm_uuid.as_str()));
+                }
+            }
+            let rebuilt = Allocator::rebuild(
+                alloc.topology().clone(),
+                alloc.policy().clone(),
+                alloc.claims().cloned().collect(),
+            )
+            .unwrap();
+            prop_assert_eq!(rebuilt.ledger(), &ledger);
+        }
     }
 }
