@@ -276,6 +276,15 @@ pub enum VmCommand {
         #[arg(long)]
         hard: bool,
     },
+    /// Pause the guest: its vCPUs stop, its memory, devices and claim stay (an incident's
+    /// freeze). It still counts as running for a host reboot.
+    Pause {
+        guest: String,
+    },
+    /// Resume a paused guest.
+    Resume {
+        guest: String,
+    },
     /// Delete the guest with its disks, seed and claim (nothing to delete is not an error).
     Delete {
         guest: String,

@@ -520,6 +520,30 @@ impl pb::vm_service_server::VmService for VmApi {
         Ok(Response::new(self.to_proto(g)))
     }
 
+    async fn pause(
+        &self,
+        request: Request<pb::PauseVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
+        let g = self
+            .mutations
+            .run(async move { guests.pause(&uuid).await }, status)
+            .await?;
+        Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<pb::ResumeVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
+        let g = self
+            .mutations
+            .run(async move { guests.resume_paused(&uuid).await }, status)
+            .await?;
+        Ok(Response::new(self.to_proto(g)))
+    }
+
     async fn delete(
         &self,
         request: Request<pb::DeleteVmRequest>,

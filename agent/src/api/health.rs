@@ -239,6 +239,7 @@ pub fn report_to_proto(r: &Report) -> pb::GuaranteeReport {
         vm_name: r.guest.intent.name.clone(),
         flavor: r.guest.intent.flavor.clone(),
         emulation: r.guest.intent.emulation.as_str().into(),
+        state: r.guest.state.as_str().into(),
         sampled_unix_ms: r.sampled_unix_ms,
         window_seconds: r.window.as_secs_f64(),
         promises: r

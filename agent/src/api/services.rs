@@ -88,6 +88,8 @@ pub const SERVICES: &[Service] = &[
             operate("Start"),
             operate("Stop"),
             operate("Reboot"),
+            operate("Pause"),
+            operate("Resume"),
             control("Delete"),
             control("Snapshot"),
             // Reading a guest's console may show what its tenant typed: more than a reader.

@@ -13,6 +13,7 @@ mod busy;
 mod create;
 mod error;
 mod lifecycle;
+mod pause;
 mod pins;
 mod plan;
 mod recovery;

@@ -31,6 +31,8 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
         | VmCommand::Start { guest }
         | VmCommand::Stop { guest, .. }
         | VmCommand::Reboot { guest, .. }
+        | VmCommand::Pause { guest }
+        | VmCommand::Resume { guest }
         | VmCommand::Delete { guest }
         | VmCommand::Snapshot { guest, .. }
         | VmCommand::Guarantees { guest }
@@ -147,6 +149,18 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
             output,
             agent,
             vms.reboot(pb::RebootVmRequest { uuid: guest, hard }).await,
+            one,
+        ),
+        VmCommand::Pause { .. } => answer(
+            output,
+            agent,
+            vms.pause(pb::PauseVmRequest { uuid: guest }).await,
+            one,
+        ),
+        VmCommand::Resume { .. } => answer(
+            output,
+            agent,
+            vms.resume(pb::ResumeVmRequest { uuid: guest }).await,
             one,
         ),
         VmCommand::Delete { .. } => answer(

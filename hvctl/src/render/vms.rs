@@ -62,8 +62,8 @@ pub fn vm_list(l: &pb::ListVmsResponse) -> String {
 /// `hvctl vm guarantees`: one line per promise, then the observed pins and memory.
 pub fn guarantees(r: &pb::GuaranteeReport) -> String {
     let mut out = format!(
-        "{} ({}) {} under {}\n",
-        r.vm_name, r.vm_uuid, r.flavor, r.emulation
+        "{} ({}) {} under {}, {}\n",
+        r.vm_name, r.vm_uuid, r.flavor, r.emulation, r.state
     );
     let mut t = Table::new(&["PROMISE", "VERDICT", "PROMISED", "OBSERVED", "WHY"]);
     for p in &r.promises {
