@@ -7,6 +7,7 @@ pub mod fake;
 pub mod guests;
 pub mod hypervisor;
 pub mod stats;
+pub mod volume_disk;
 pub mod xml;
 
 pub use connection::Libvirt;

@@ -758,7 +758,7 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
 }
 
 /// `a`..`z`, then `aa`, `ab`, ... as Linux names disks.
-fn disk_letter(i: usize) -> String {
+pub(super) fn disk_letter(i: usize) -> String {
     let mut n = i;
     let mut out = Vec::new();
     loop {

@@ -33,7 +33,7 @@ fn run(tool: &'static str, args: &[&std::ffi::OsStr]) -> Result<(), DiskError> {
 }
 
 /// Runs `tool`; its standard output when it succeeds, its standard error as the error if not.
-fn output(tool: &'static str, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, DiskError> {
+pub(super) fn output(tool: &'static str, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, DiskError> {
     let out = Command::new(tool)
         .args(args)
         .output()

@@ -4,9 +4,11 @@
 pub mod disks;
 pub mod fetch;
 pub mod images;
+pub mod volumes;
 
 pub use disks::GuestFiles;
 pub use images::{ImageRecord, ImageStore, StoreError};
+pub use volumes::{VolumeError, VolumeRecord, VolumeStore};
 
 /// Creates `dir` and its missing parents with mode 0711: QEMU runs as another user and must
 /// traverse the directories on the way to the files libvirt hands it, but not list them. Set
