@@ -347,6 +347,8 @@ impl VmApi {
             egress_kbps: g.intent.nics.iter().map(|n| n.egress_kbps).collect(),
             created_unix: g.intent.created_unix,
             root_disk_gb: g.root_disk_gb,
+            resize_pending: g.intent.resize.is_some(),
+            old_flavor: g.intent.resize.map(|r| r.old_flavor).unwrap_or_default(),
         }
     }
 }
@@ -572,6 +574,46 @@ impl pb::vm_service_server::VmService for VmApi {
             .run(async move { guests.snapshot(req).await }, snapshot_status)
             .await?;
         Ok(Response::new(image_to_proto(record, Vec::new())))
+    }
+
+    async fn resize(
+        &self,
+        request: Request<pb::ResizeVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let guests = self.guests.clone();
+        let g = self
+            .mutations
+            .run(
+                async move { guests.resize(&r.uuid, &r.flavor).await },
+                status,
+            )
+            .await?;
+        Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn confirm_resize(
+        &self,
+        request: Request<pb::ConfirmResizeVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
+        let g = self
+            .mutations
+            .run(async move { guests.confirm_resize(&uuid).await }, status)
+            .await?;
+        Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn revert_resize(
+        &self,
+        request: Request<pb::RevertResizeVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
+        let g = self
+            .mutations
+            .run(async move { guests.revert_resize(&uuid).await }, status)
+            .await?;
+        Ok(Response::new(self.to_proto(g)))
     }
 
     async fn get_console_log(

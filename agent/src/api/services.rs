@@ -92,6 +92,10 @@ pub const SERVICES: &[Service] = &[
             operate("Resume"),
             control("Delete"),
             control("Snapshot"),
+            // Resizes take and give back claims, as Create and Delete do.
+            control("Resize"),
+            control("ConfirmResize"),
+            control("RevertResize"),
             // Reading a guest's console may show what its tenant typed: more than a reader.
             Method {
                 name: "GetConsoleLog",

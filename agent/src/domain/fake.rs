@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::events::{self, DomainEvent, EventKind};
 use super::guests::DomainError;
 use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
-use super::xml::{IntentError, read_intent};
+use super::xml::{Intent, IntentError, metadata_xml, read_intent};
 
 /// The operations of [`Hypervisor`], as the fake records them and fails them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,6 +28,9 @@ pub enum Op {
     Remove,
     Repin,
     State,
+    /// `set_intent` (resize, confirm).
+    SetIntent,
+    InactiveXml,
 }
 
 /// A domain the fake holds.
@@ -231,6 +234,11 @@ impl FakeHypervisor {
 
 impl Hypervisor for FakeHypervisor {
     fn define_and_start(&self, xml: &str) -> Result<(), DomainError> {
+        self.define(xml)?;
+        self.start(element(xml, "uuid").unwrap_or_default())
+    }
+
+    fn define(&self, xml: &str) -> Result<(), DomainError> {
         let uuid = element(xml, "uuid").unwrap_or_default().to_string();
         let name = element(xml, "name").unwrap_or_default().to_string();
         {
@@ -260,7 +268,31 @@ impl Hypervisor for FakeHypervisor {
                 },
             );
         }
-        self.start(&uuid)
+        Ok(())
+    }
+
+    fn inactive_xml(&self, uuid: &str) -> Result<String, DomainError> {
+        let inner = self.call(Op::InactiveXml, uuid)?;
+        inner
+            .domains
+            .get(uuid)
+            .map(|d| d.xml.clone())
+            .ok_or_else(|| not_found(uuid))
+    }
+
+    /// The `<metadata>` of the stored XML replaced by one with `intent`.
+    fn set_intent(&self, uuid: &str, intent: &Intent) -> Result<(), DomainError> {
+        let metadata = metadata_xml(intent).map_err(|e| DomainError::Libvirt(e.to_string()))?;
+        let mut inner = self.call(Op::SetIntent, uuid)?;
+        let d = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
+        let (Some(start), Some(end)) = (d.xml.find("<metadata>"), d.xml.find("</metadata>")) else {
+            return Err(DomainError::Libvirt(format!(
+                "domain {uuid} has no metadata"
+            )));
+        };
+        d.xml
+            .replace_range(start..end + "</metadata>".len(), &metadata);
+        Ok(())
     }
 
     fn start(&self, uuid: &str) -> Result<(), DomainError> {

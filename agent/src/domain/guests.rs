@@ -10,7 +10,7 @@ use virt::sys;
 use super::connection::Libvirt;
 use super::events::DomainEvent;
 use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
-use super::xml::{NAMESPACE, read_intent};
+use super::xml::{Intent, NAMESPACE, PREFIX, intent_element, read_intent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
@@ -169,6 +169,34 @@ impl Hypervisor for Libvirt {
     fn state(&self, uuid: &str) -> Result<DomainState, DomainError> {
         let (state, _) = self.domain(uuid)?.state().map_err(failed)?;
         Ok(state_of(&state))
+    }
+
+    fn define(&self, xml: &str) -> Result<(), DomainError> {
+        let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
+        conn.define_domain_xml(xml).map_err(failed).map(drop)
+    }
+
+    fn inactive_xml(&self, uuid: &str) -> Result<String, DomainError> {
+        self.domain(uuid)?
+            .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(failed)
+    }
+
+    fn set_intent(&self, uuid: &str, intent: &Intent) -> Result<(), DomainError> {
+        let d = self.domain(uuid)?;
+        let element = intent_element(intent).map_err(|e| DomainError::Libvirt(e.to_string()))?;
+        let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+        if d.is_active().map_err(failed)? {
+            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+        }
+        d.set_metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(&element),
+            Some(PREFIX),
+            Some(NAMESPACE),
+            flags,
+        )
+        .map_err(failed)
     }
 
     fn guests(&self) -> Result<Vec<GuestDomain>, DomainError> {

@@ -94,6 +94,17 @@ pub trait Hypervisor: Send + Sync {
 
     fn state(&self, uuid: &str) -> Result<DomainState, DomainError>;
 
+    /// Defines (persistently) the domain of `xml` without starting it; an existing domain of
+    /// its UUID gets the new definition.
+    fn define(&self, xml: &str) -> Result<(), DomainError>;
+
+    /// The persistent definition of a domain, as libvirt holds it.
+    fn inactive_xml(&self, uuid: &str) -> Result<String, DomainError>;
+
+    /// Writes `intent` into the domain's metadata, in its definition and (when it runs) in the
+    /// running domain.
+    fn set_intent(&self, uuid: &str, intent: &Intent) -> Result<(), DomainError>;
+
     /// Every persistent domain carrying the agent's metadata, and what it says, by UUID.
     fn guests(&self) -> Result<Vec<GuestDomain>, DomainError>;
 

@@ -62,6 +62,21 @@ pub struct Intent {
     pub emulation: Emulation,
     /// Seconds since the Unix epoch.
     pub created_unix: u64,
+    /// A resize waiting for its confirm or revert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizeIntent>,
+}
+
+/// A pending resize: the guest's old claim, kept under a holder UUID of its own until the
+/// resize is confirmed (released) or reverted (given back to the guest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeIntent {
+    pub holder: String,
+    pub old_flavor: String,
+    /// The old claim as placement holds it: `vm_uuid` is `holder`.
+    pub old_claim: Claim,
+    /// Whether the guest ran before the resize (and so runs again after it or its revert).
+    pub was_running: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -220,6 +235,12 @@ impl Metadata {
 /// [`read_intent`] reads back.
 pub fn metadata_xml(intent: &Intent) -> Result<String, XmlError> {
     quick_xml::se::to_string_with_root("metadata", &Metadata::of(intent)?)
+        .map_err(|e| XmlError(e.to_string()))
+}
+
+/// The agent's metadata element alone (`<hvagent:vm>`), as libvirt's SetMetadata takes it.
+pub fn intent_element(intent: &Intent) -> Result<String, XmlError> {
+    quick_xml::se::to_string_with_root("hvagent:vm", &Metadata::of(intent)?.vm)
         .map_err(|e| XmlError(e.to_string()))
 }
 
@@ -772,6 +793,123 @@ pub(super) fn disk_letter(i: usize) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The domain of `spec` with the `<devices>` of the defined domain `old_xml` (as libvirt
+/// holds it: its disks, NICs and MACs, attached volumes and the addresses libvirt gave them)
+/// plus the disks `added` (on `spec`'s disk bus, after every target name in use). What a
+/// resize defines: the new claim's CPUs, memory and NUMA with the guest's devices unchanged.
+pub fn resized_xml(
+    spec: &GuestSpec,
+    old_xml: &str,
+    added: &[DiskSpec],
+) -> Result<String, XmlError> {
+    let new_xml = domain_xml(spec)?;
+    let (start, end) = devices_span(&new_xml)?;
+    let (old_start, old_end) = devices_span(old_xml)?;
+    let old_devices = &old_xml[old_start..old_end];
+    let close = "</devices>";
+    let inner_end = old_devices
+        .strip_suffix(close)
+        .map(str::len)
+        .ok_or_else(|| XmlError("the old domain's <devices> has no closing tag".into()))?;
+    let used = disk_targets(old_devices)?;
+    let bus = spec.disk_bus;
+    let mut disks = String::new();
+    let mut letters = (0..).map(disk_letter).filter(|l| {
+        !used
+            .iter()
+            .any(|u| u.strip_prefix(bus.device_prefix()) == Some(l.as_str()))
+    });
+    for d in added {
+        let dev = format!(
+            "{}{}",
+            bus.device_prefix(),
+            letters.next().unwrap_or_default()
+        );
+        let disk = Disk {
+            kind: "file",
+            device: "disk",
+            driver: Driver {
+                name: "qemu",
+                kind: d.format,
+            },
+            source: FileSource {
+                file: d.path.display().to_string(),
+            },
+            target: DiskTarget {
+                dev,
+                bus: bus.name(),
+            },
+            readonly: d.readonly.then_some(()),
+        };
+        disks.push_str(
+            &quick_xml::se::to_string_with_root("disk", &disk)
+                .map_err(|e| XmlError(e.to_string()))?,
+        );
+    }
+    Ok(format!(
+        "{}{}{disks}{close}{}",
+        &new_xml[..start],
+        &old_devices[..inner_end],
+        &new_xml[end..]
+    ))
+}
+
+/// The byte range of the `<devices>` element (a child of `<domain>`) in `xml`.
+fn devices_span(xml: &str) -> Result<(usize, usize), XmlError> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth = 0usize;
+    let mut start = None;
+    loop {
+        let before = reader.buffer_position() as usize;
+        match reader.read_event().map_err(|e| XmlError(e.to_string()))? {
+            Event::Start(e) => {
+                if depth == 1 && e.local_name().as_ref() == "devices" {
+                    start = Some(before);
+                }
+                depth += 1;
+            }
+            Event::End(e) => {
+                depth = depth.saturating_sub(1);
+                if depth == 1
+                    && e.local_name().as_ref() == "devices"
+                    && let Some(s) = start
+                {
+                    return Ok((s, reader.buffer_position() as usize));
+                }
+            }
+            Event::Eof => return Err(XmlError("the domain has no <devices>".into())),
+            _ => {}
+        }
+    }
+}
+
+/// The `dev` names of the disks' `<target>`s in `devices`.
+fn disk_targets(devices: &str) -> Result<Vec<String>, XmlError> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(devices);
+    let mut in_disk = false;
+    let mut out = Vec::new();
+    loop {
+        match reader.read_event().map_err(|e| XmlError(e.to_string()))? {
+            Event::Start(e) if e.local_name().as_ref() == "disk" => in_disk = true,
+            Event::End(e) if e.local_name().as_ref() == "disk" => in_disk = false,
+            Event::Start(e) | Event::Empty(e)
+                if in_disk && e.local_name().as_ref() == "target" =>
+            {
+                if let Some(dev) = e
+                    .try_get_attribute("dev")
+                    .map_err(|e| XmlError(e.to_string()))?
+                {
+                    out.push(dev.value.to_string());
+                }
+            }
+            Event::Eof => return Ok(out),
+            _ => {}
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum IntentError {
     #[error("no hvagent metadata")]
@@ -877,6 +1015,7 @@ mod tests {
                 claim: claim(dedicated, huge),
                 emulation,
                 created_unix: 1_700_000_000,
+                resize: None,
             },
             vcpu_cpus: if dedicated {
                 vec![vec![2], vec![4]]
@@ -971,6 +1110,46 @@ mod tests {
             ),
             Err(IntentError::Unreadable(_))
         ));
+    }
+
+    /// A resize keeps the old definition's devices (volumes, addresses) and takes CPUs,
+    /// memory and intent from the new spec; added disks get the first free target names.
+    #[test]
+    fn a_resized_domain_keeps_its_devices() {
+        let old = domain_xml(&spec(false, false, Emulation::Tcg))
+            .unwrap()
+            .replace(
+                "</devices>",
+                "<disk type=\"block\" device=\"disk\"><source dev=\"/dev/vol\"/><target dev=\"vdc\" bus=\"virtio\"/></disk></devices>",
+            );
+        let mut new = spec(true, true, Emulation::Tcg);
+        new.intent.flavor = "SCS-4C-8".into();
+        new.disks.clear();
+        new.nics.clear();
+        let added = [DiskSpec {
+            path: "/var/lib/hvagent/vms/x/disk1.qcow2".into(),
+            format: "qcow2",
+            readonly: false,
+        }];
+        let xml = resized_xml(&new, &old, &added).unwrap();
+        let devices = |x: &str| {
+            let (s, e) = devices_span(x).unwrap();
+            x[s..e].to_string()
+        };
+        assert_eq!(
+            devices(&xml),
+            devices(&old).replace(
+                "</devices>",
+                "<disk type=\"file\" device=\"disk\"><driver name=\"qemu\" type=\"qcow2\"/><source file=\"/var/lib/hvagent/vms/x/disk1.qcow2\"/><target dev=\"vdd\" bus=\"virtio\"/></disk></devices>"
+            )
+        );
+        assert!(xml.contains("<memoryBacking>"), "{xml}");
+        assert!(xml.contains("<vcpupin vcpu=\"0\" cpuset=\"2\"/>"), "{xml}");
+        assert_eq!(read_intent(&xml).unwrap().flavor, "SCS-4C-8");
+        assert_eq!(
+            disk_targets(&devices(&xml)).unwrap(),
+            ["vda", "vdb", "vdc", "vdd"]
+        );
     }
 
     #[test]

@@ -103,6 +103,20 @@ impl Guests {
         if guest.state == DomainState::ShutOff {
             return Ok(guest);
         }
+        self.power_off(&uuid, force, timeout).await?;
+        self.get(&uuid).await
+    }
+
+    /// Stops a running guest as `stop` does (ACPI, then destroy after `timeout`; `force`:
+    /// destroy at once) without recording it as wanted stopped: for calls that start it again
+    /// (a resize).
+    pub(super) async fn power_off(
+        &self,
+        uuid: &str,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<(), GuestError> {
+        let uuid = uuid.to_string();
         if !force {
             // Subscribed before the shutdown: its `stopped` event cannot slip past.
             let mut events = self.hypervisor.subscribe();
@@ -110,7 +124,7 @@ impl Guests {
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 if self.state(&uuid).await? == DomainState::ShutOff {
-                    return self.get(&uuid).await;
+                    return Ok(());
                 }
                 let now = tokio::time::Instant::now();
                 if now >= deadline {
@@ -127,8 +141,7 @@ impl Guests {
         let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
         self.blocking(move || hypervisor.destroy(&u).map_err(GuestError::from))
-            .await?;
-        self.get(&uuid).await
+            .await
     }
 
     /// Passes the ACPI power button to the guest. libvirt answers once QEMU has taken the
@@ -213,9 +226,14 @@ impl Guests {
         let _busy = self.exclusive(&uuid).await?;
         // Only the agent's own domain goes: one with this UUID that is not its guest (defined
         // by someone else, or for another store) is left as it is.
+        let mut holder = None;
         let own = match self.domains().await?.into_iter().find(|d| d.uuid == uuid) {
             Some(d) => match d.intent {
-                Ok(_) => true,
+                Ok(intent) => {
+                    // A pending resize's old claim goes with the guest.
+                    holder = intent.resize.map(|r| r.holder);
+                    true
+                }
                 // Carries hvagent metadata that does not parse: perhaps this agent's guest,
                 // perhaps another's; whose files and claim they are cannot be told.
                 Err(e) => {
@@ -246,7 +264,13 @@ impl Guests {
         if !foreign && let Err(e) = self.networks.unplug_guest(&uuid).await {
             tracing::warn!(vm = %uuid, error = %e, "cannot remove the guest's taps; the reconciler will");
         }
-        let released = self.placement.lock().release(&uuid).ok();
+        let released = {
+            let mut alloc = self.placement.lock();
+            if let Some(holder) = &holder {
+                let _ = alloc.release(holder);
+            }
+            alloc.release(&uuid).ok()
+        };
         let had_claim = released.is_some();
         if released.is_some_and(|c| c.dedicated_cpus().next().is_some()) {
             // The shared pool got CPUs back: floating guests may use them again.

@@ -18,6 +18,7 @@ mod pins;
 mod plan;
 mod recovery;
 mod request;
+mod resize;
 mod resume;
 mod snapshot;
 

@@ -119,6 +119,26 @@ pub(super) fn host_taps<'a>(
         .collect()
 }
 
+/// The CPU flags a guest of `spec` requires: the host CPU's (`host_flags`) random number
+/// instructions, and its virtualization extensions for a `_hwv` flavor.
+pub(super) fn cpu_features(spec: &FlavorSpec, host_flags: &[String]) -> Vec<String> {
+    let host_has = |f: &&str| host_flags.iter().any(|h| h == f);
+    let mut cpu_features: Vec<String> = ["rdrand", "rdseed"]
+        .into_iter()
+        .filter(host_has)
+        .map(String::from)
+        .collect();
+    if spec.hwv {
+        cpu_features.extend(
+            ["vmx", "svm"]
+                .into_iter()
+                .filter(host_has)
+                .map(String::from),
+        );
+    }
+    cpu_features
+}
+
 /// The domain of the guest, with the agent's intent (what `get` and the start-up rebuild read
 /// back) in its metadata. `host_flags` are the host CPU's: only features it has are passed on.
 pub(super) fn guest_spec(
@@ -138,20 +158,7 @@ pub(super) fn guest_spec(
         nics,
         ..
     } = *plan;
-    let host_has = |f: &&str| host_flags.iter().any(|h| h == f);
-    let mut cpu_features: Vec<String> = ["rdrand", "rdseed"]
-        .into_iter()
-        .filter(host_has)
-        .map(String::from)
-        .collect();
-    if spec.hwv {
-        cpu_features.extend(
-            ["vmx", "svm"]
-                .into_iter()
-                .filter(host_has)
-                .map(String::from),
-        );
-    }
+    let cpu_features = cpu_features(spec, host_flags);
     let mut disks = vec![DiskSpec {
         path: files.root_disk(),
         format: "qcow2",
@@ -183,6 +190,7 @@ pub(super) fn guest_spec(
         claim: placed.claim,
         emulation,
         created_unix,
+        resize: None,
     };
     GuestSpec {
         uuid: uuid.to_string(),

@@ -48,6 +48,8 @@ impl Guests {
         if self.placement.is_rebuilt() {
             return Ok(());
         }
+        // Before the claims are read: a resize rolled back changes its guest's intent.
+        self.recover_resizes().await;
         let stored = self.stored_claims().await?;
         // Before any call can find them paused: guests a killed agent's snapshot left so.
         self.resume_paused_by_snapshots().await;
@@ -78,7 +80,11 @@ impl Guests {
         let mut claims = Vec::new();
         for d in self.domains().await? {
             match d.intent {
-                Ok(intent) => claims.push(intent.claim),
+                Ok(intent) => {
+                    claims.push(intent.claim);
+                    // A pending resize's old claim, under its holder (docs/guests.md).
+                    claims.extend(intent.resize.map(|r| r.old_claim));
+                }
                 Err(e) => tracing::error!(
                     vm = %d.uuid, name = %d.name, error = %e,
                     "domain with unreadable hvagent metadata: left alone, not counted"

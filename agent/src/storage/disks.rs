@@ -113,6 +113,43 @@ pub fn blank(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
     qcow2(path, None, size_bytes)
 }
 
+/// Grows the qcow2 disk `path` to `size_bytes` of virtual size (QEMU must not hold it open).
+pub fn grow(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
+    let size = size_bytes.to_string();
+    run(
+        "qemu-img",
+        &[
+            "resize".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            path.as_os_str(),
+            size.as_ref(),
+        ],
+    )
+}
+
+/// A copy of `from` at `to` that a crash cannot leave half made: copied (sharing blocks where
+/// the filesystem can, holes kept) to a temporary name beside `to`, flushed, then renamed.
+pub fn copy_whole(from: &Path, to: &Path) -> Result<(), DiskError> {
+    let mut tmp = to.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    run(
+        "cp",
+        &[
+            "--reflink=auto".as_ref(),
+            "--sparse=always".as_ref(),
+            from.as_os_str(),
+            tmp.as_os_str(),
+        ],
+    )?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp, "flush"))?;
+    std::fs::rename(&tmp, to).map_err(io(to, "rename into place"))
+}
+
 fn qcow2(path: &Path, backing: Option<(&Path, &str)>, size_bytes: u64) -> Result<(), DiskError> {
     let size = size_bytes.to_string();
     let mut args: Vec<&std::ffi::OsStr> = vec![
