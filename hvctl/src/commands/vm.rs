@@ -35,6 +35,9 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
         | VmCommand::Resume { guest }
         | VmCommand::Delete { guest }
         | VmCommand::Snapshot { guest, .. }
+        | VmCommand::Resize { guest, .. }
+        | VmCommand::ResizeConfirm { guest }
+        | VmCommand::ResizeRevert { guest }
         | VmCommand::Guarantees { guest }
         | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
@@ -194,6 +197,30 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
                 |i: &pb::Image| render::images(std::slice::from_ref(i)),
             )
         }
+        VmCommand::Resize { flavor, .. } => answer(
+            output,
+            agent,
+            vms.resize(pb::ResizeVmRequest {
+                uuid: guest,
+                flavor,
+            })
+            .await,
+            one,
+        ),
+        VmCommand::ResizeConfirm { .. } => answer(
+            output,
+            agent,
+            vms.confirm_resize(pb::ConfirmResizeVmRequest { uuid: guest })
+                .await,
+            one,
+        ),
+        VmCommand::ResizeRevert { .. } => answer(
+            output,
+            agent,
+            vms.revert_resize(pb::RevertResizeVmRequest { uuid: guest })
+                .await,
+            one,
+        ),
         VmCommand::Guarantees { .. } => answer(
             output,
             agent,
