@@ -101,6 +101,12 @@ pub enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
 
+    /// Volumes: block devices for guests, attached with `hvctl vm attach-volume`. A store
+    /// volume is a qcow2 or raw file the agent makes (blank, or a copy of an image); an
+    /// external one is a host block device or an NBD export the agent only remembers.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+
     /// Guests: create from an image with an SCS flavor, list, show, start, stop, reboot,
     /// delete, read the serial console. A guest is named by its name or UUID.
     #[command(subcommand)]
@@ -220,6 +226,41 @@ pub enum ImageCommand {
 }
 
 #[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// Make a volume: a blank store volume of --size-gb, a copy of a store image (--image;
+    /// at least the image's size), or an external one (--source). The same command again
+    /// returns the volume.
+    Create {
+        /// Volume name: 1-64 of a-z 0-9 . _ -.
+        name: String,
+        /// Size in GiB (1-16384) of a store volume; with --image, the least size.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        size_gb: u64,
+        /// qcow2 (default for store volumes) or raw. External volumes are raw.
+        #[arg(long, value_name = "raw|qcow2")]
+        format: Option<String>,
+        /// May be attached to several guests at once (raw only: the guests must coordinate
+        /// their writes, e.g. with a cluster file system).
+        #[arg(long)]
+        shareable: bool,
+        /// Copy this store image into the volume (standalone, no backing file).
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// An external volume: the absolute path of a host block device (never deleted, only
+        /// forgotten) or nbd://HOST[:PORT]/EXPORT.
+        #[arg(long, value_name = "PATH|nbd://HOST[:PORT]/EXPORT")]
+        source: Option<String>,
+    },
+    /// Every volume, with the guests it is attached to.
+    List,
+    /// One volume.
+    Get { name: String },
+    /// Delete a volume no guest has attached: a store volume with its data; an external one
+    /// is only forgotten.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
 pub enum VmCommand {
     /// Create and start a guest.
     Create {
@@ -301,25 +342,19 @@ pub enum VmCommand {
         #[arg(long = "property", value_name = "KEY=VALUE")]
         properties: Vec<String>,
     },
-    /// Resize the guest to another flavor, step one of two: a claim for the new flavor is
-    /// taken (refused, changing nothing, when it does not fit), the guest stopped, its disks
-    /// grown (never shrunk), redefined with the new vCPUs, memory and pins, and started again
-    /// if it ran. Its old claim is kept until `vm resize-confirm` (keep the new flavor, free
-    /// the old claim) or `vm resize-revert` (back to the old flavor, definition and disks).
-    Resize {
+    /// Attach a volume (`hvctl volume`) as a virtio disk: hot-plugged into a running guest
+    /// and kept in its definition across stop and start. The guest sees it as the first free
+    /// /dev/vdX, with the volume's name (cut to 20 bytes) as its serial. A volume attached to
+    /// another guest is refused unless it is shareable.
+    AttachVolume {
         guest: String,
-        /// The new SCS flavor, e.g. SCS-2V-4-20.
-        #[arg(long)]
-        flavor: String,
+        volume: String,
     },
-    /// Keep a pending resize: the old claim is freed and the copies of the old disks removed.
-    ResizeConfirm {
+    /// Detach a volume: gone from the definition at once, from a running guest once it
+    /// releases the disk (waited for 30 s). The volume keeps its data.
+    DetachVolume {
         guest: String,
-    },
-    /// Undo a pending resize: the guest is stopped, its old flavor, definition, disks and
-    /// claim put back exactly, and started again if it ran before the resize.
-    ResizeRevert {
-        guest: String,
+        volume: String,
     },
     /// Follow lifecycle events (one line each, or one JSON object per line with --output
     /// json) until interrupted.

@@ -35,6 +35,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Node(_)
         | Command::Placement(_)
         | Command::Image(_)
+        | Command::Volume(_)
         | Command::Vm(_)
         | Command::Verify(_)
         | Command::Network(_) => {}
@@ -81,6 +82,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Image(command) => {
             let mut images = pb::image_service_client::ImageServiceClient::new(channel);
             commands::image::run(output, agent, &mut images, command).await
+        }
+        Command::Volume(command) => {
+            let mut volumes = pb::volume_service_client::VolumeServiceClient::new(channel);
+            commands::volume::run(output, agent, &mut volumes, command).await
         }
         Command::Vm(command) => {
             let mut vms = pb::vm_service_client::VmServiceClient::new(channel);

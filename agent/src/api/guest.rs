@@ -20,7 +20,7 @@ use crate::storage::images::{Begun, Bounds, ImportProgress, LimitKind};
 use crate::storage::{ImageRecord, StoreError, fetch};
 use tokio::sync::OwnedSemaphorePermit;
 
-fn status(e: GuestError) -> Status {
+pub(super) fn status(e: GuestError) -> Status {
     match e {
         GuestError::Invalid(m) => Status::invalid_argument(m),
         GuestError::NotFound(m) => Status::not_found(m),
@@ -349,6 +349,8 @@ impl VmApi {
             root_disk_gb: g.root_disk_gb,
             resize_pending: g.intent.resize.is_some(),
             old_flavor: g.intent.resize.map(|r| r.old_flavor).unwrap_or_default(),
+            // Filled where the domains' XML is read (Get, List, Attach/DetachVolume).
+            volumes: Vec::new(),
         }
     }
 }
@@ -465,7 +467,11 @@ impl pb::vm_service_server::VmService for VmApi {
             .get(&request.into_inner().uuid)
             .await
             .map_err(status)?;
-        Ok(Response::new(self.to_proto(g)))
+        let volumes = self.guests.volumes_of(&g.uuid).await.map_err(status)?;
+        Ok(Response::new(pb::Vm {
+            volumes,
+            ..self.to_proto(g)
+        }))
     }
 
     async fn list(
@@ -473,8 +479,15 @@ impl pb::vm_service_server::VmService for VmApi {
         _request: Request<pb::ListVmsRequest>,
     ) -> Result<Response<pb::ListVmsResponse>, Status> {
         let (guests, unreadable) = self.guests.list().await.map_err(status)?;
+        let mut attached = self.guests.attached_volumes().await.map_err(status)?;
         Ok(Response::new(pb::ListVmsResponse {
-            vms: guests.into_iter().map(|g| self.to_proto(g)).collect(),
+            vms: guests
+                .into_iter()
+                .map(|g| pb::Vm {
+                    volumes: attached.remove(&g.uuid).unwrap_or_default(),
+                    ..self.to_proto(g)
+                })
+                .collect(),
             unreadable,
         }))
     }
@@ -614,6 +627,44 @@ impl pb::vm_service_server::VmService for VmApi {
             .run(async move { guests.revert_resize(&uuid).await }, status)
             .await?;
         Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn attach_volume(
+        &self,
+        request: Request<pb::AttachVolumeRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let guests = self.guests.clone();
+        let (g, volumes) = self
+            .mutations
+            .run(
+                async move { guests.attach_volume(&r.uuid, &r.volume).await },
+                super::volume::call_status,
+            )
+            .await?;
+        Ok(Response::new(pb::Vm {
+            volumes,
+            ..self.to_proto(g)
+        }))
+    }
+
+    async fn detach_volume(
+        &self,
+        request: Request<pb::DetachVolumeRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let guests = self.guests.clone();
+        let (g, volumes) = self
+            .mutations
+            .run(
+                async move { guests.detach_volume(&r.uuid, &r.volume).await },
+                super::volume::call_status,
+            )
+            .await?;
+        Ok(Response::new(pb::Vm {
+            volumes,
+            ..self.to_proto(g)
+        }))
     }
 
     async fn get_console_log(

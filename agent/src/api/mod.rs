@@ -7,6 +7,7 @@ pub mod network;
 pub mod node;
 pub mod placement;
 pub mod services;
+pub mod volume;
 
 /// Mutating calls (guest lifecycle, network changes) each run in a task of their own: a client
 /// that hangs up or times out must not abandon a create, delete or ensure halfway (the task
@@ -53,3 +54,4 @@ pub use guest::{ImageApi, VmApi};
 pub use network::NetworkApi;
 pub use node::NodeApi;
 pub use placement::PlacementApi;
+pub use volume::VolumeApi;

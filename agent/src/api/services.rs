@@ -80,6 +80,17 @@ pub const SERVICES: &[Service] = &[
         ],
     },
     Service {
+        name: "hvagent.v1.VolumeService",
+        // Volumes take node storage and hold tenants' data: made and removed by the control
+        // plane, as images are.
+        methods: &[
+            control("Create"),
+            read("Get"),
+            read("List"),
+            control("Delete"),
+        ],
+    },
+    Service {
         name: "hvagent.v1.VmService",
         methods: &[
             control("Create"),
@@ -96,6 +107,9 @@ pub const SERVICES: &[Service] = &[
             control("Resize"),
             control("ConfirmResize"),
             control("RevertResize"),
+            // Attaching gives a guest another's data; as Create, the control plane's call.
+            control("AttachVolume"),
+            control("DetachVolume"),
             // Reading a guest's console may show what its tenant typed: more than a reader.
             Method {
                 name: "GetConsoleLog",

@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 
 use crate::api::placement::EXPIRY_INTERVAL;
 
-use crate::api::{FlavorApi, ImageApi, NetworkApi, NodeApi, PlacementApi, VmApi};
+use crate::api::{FlavorApi, ImageApi, NetworkApi, NodeApi, PlacementApi, VmApi, VolumeApi};
 use crate::domain::Libvirt;
 use crate::domain::xml::Emulation;
 use crate::guest::{Guests, choose_emulation};
@@ -251,6 +251,7 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(PlacementApi::new(placement.clone()).into_service())
         .add_service(ImageApi::new(guests.clone(), &config.storage).into_service())
         .add_service(NetworkApi::new(networks, mutations.clone()).into_service())
+        .add_service(VolumeApi::new(guests.clone(), mutations.clone()).into_service())
         .add_service(VmApi::new(guests, placement, health, mutations).into_service())
         .serve_with_incoming_shutdown(listener::incoming(listener, tls_connections), shutdown);
 
@@ -614,6 +615,7 @@ mod tests {
     use hvagent_proto::v1::node_service_server::NodeServiceServer;
     use hvagent_proto::v1::placement_service_server::PlacementServiceServer;
     use hvagent_proto::v1::vm_service_server::VmServiceServer;
+    use hvagent_proto::v1::volume_service_server::VolumeServiceServer;
     use tonic::server::NamedService;
 
     /// The server mounts exactly the services of the table (which the health registration and
@@ -627,6 +629,7 @@ mod tests {
             ImageServiceServer::<ImageApi>::NAME,
             NetworkServiceServer::<NetworkApi>::NAME,
             VmServiceServer::<VmApi>::NAME,
+            VolumeServiceServer::<VolumeApi>::NAME,
         ];
         let mut table: Vec<_> = crate::api::services::SERVICES
             .iter()

@@ -28,6 +28,10 @@ pub enum Op {
     Remove,
     Repin,
     State,
+    /// `attach_device`.
+    Attach,
+    /// `detach_device`.
+    Detach,
     /// `set_intent` (resize, confirm).
     SetIntent,
     InactiveXml,
@@ -343,6 +347,57 @@ impl Hypervisor for FakeHypervisor {
             .get(uuid)
             .map(|d| d.state)
             .ok_or_else(|| not_found(uuid))
+    }
+
+    /// The fake keeps one XML: live and persistent are the same.
+    fn live_xml(&self, uuid: &str) -> Result<String, DomainError> {
+        let inner = self.call(Op::State, uuid)?;
+        inner
+            .domains
+            .get(uuid)
+            .map(|d| d.xml.clone())
+            .ok_or_else(|| not_found(uuid))
+    }
+
+    fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
+        let mut inner = self.call(Op::Attach, uuid)?;
+        let d = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
+        match d.xml.rfind("</devices>") {
+            Some(at) => d.xml.insert_str(at, xml),
+            None => {
+                let at = d.xml.rfind("</domain>").unwrap_or(d.xml.len());
+                d.xml.insert_str(at, &format!("<devices>{xml}</devices>"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the `<disk>` with the target of `xml`, as a guest that releases it at once.
+    fn detach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
+        let target = super::volume_disk::disks(xml)
+            .ok()
+            .and_then(|ds| ds.into_iter().next())
+            .map(|d| d.target)
+            .ok_or_else(|| DomainError::Libvirt(format!("not a disk: {xml}")))?;
+        let mut inner = self.call(Op::Detach, uuid)?;
+        let d = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
+        let mut from = 0;
+        while let Some(start) = d.xml[from..].find("<disk").map(|i| i + from) {
+            let end = d.xml[start..]
+                .find("</disk>")
+                .map_or(d.xml.len(), |i| start + i + "</disk>".len());
+            let one = &d.xml[start..end];
+            if one.contains(&format!("dev=\"{target}\""))
+                || one.contains(&format!("dev='{target}'"))
+            {
+                d.xml.replace_range(start..end, "");
+                return Ok(());
+            }
+            from = end;
+        }
+        Err(DomainError::Libvirt(format!(
+            "no disk {target} in domain {uuid}"
+        )))
     }
 
     /// As libvirt's listing: only domains with the agent's metadata element.

@@ -71,6 +71,31 @@ fn cpumap(cpus: &[u32]) -> Vec<u8> {
     map
 }
 
+/// A device change on the definition, and on the running domain when it runs. A domain that
+/// starts or stops between the look and the call fails the call with libvirt's complaint
+/// about its state: looked at and tried once more.
+fn device_call(
+    d: &Domain,
+    call: impl Fn(u32) -> Result<(), virt::error::Error>,
+) -> Result<(), DomainError> {
+    let flags = |active: bool| {
+        if active {
+            sys::VIR_DOMAIN_AFFECT_CONFIG | sys::VIR_DOMAIN_AFFECT_LIVE
+        } else {
+            sys::VIR_DOMAIN_AFFECT_CONFIG
+        }
+    };
+    let active = d.is_active().map_err(failed)?;
+    match call(flags(active)) {
+        Ok(_) => Ok(()),
+        Err(e) if d.is_active().map_err(failed)? != active => {
+            tracing::debug!(error = %e, "device change: the domain changed state meanwhile; retried");
+            call(flags(!active)).map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
 impl Libvirt {
     fn domain(&self, uuid: &str) -> Result<Domain, DomainError> {
         let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
@@ -197,6 +222,20 @@ impl Hypervisor for Libvirt {
             flags,
         )
         .map_err(failed)
+    }
+
+    fn live_xml(&self, uuid: &str) -> Result<String, DomainError> {
+        self.domain(uuid)?.xml_desc(0).map_err(failed)
+    }
+
+    fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
+        let d = self.domain(uuid)?;
+        device_call(&d, |flags| d.attach_device_flags(xml, flags))
+    }
+
+    fn detach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
+        let d = self.domain(uuid)?;
+        device_call(&d, |flags| d.detach_device_flags(xml, flags))
     }
 
     fn guests(&self) -> Result<Vec<GuestDomain>, DomainError> {

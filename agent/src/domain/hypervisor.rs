@@ -105,6 +105,18 @@ pub trait Hypervisor: Send + Sync {
     /// running domain.
     fn set_intent(&self, uuid: &str, intent: &Intent) -> Result<(), DomainError>;
 
+    /// The running domain's XML (for one that does not run: its definition).
+    fn live_xml(&self, uuid: &str) -> Result<String, DomainError>;
+
+    /// Adds the device of `xml` in one libvirt call: to the running domain and its
+    /// definition when it runs, to the definition alone when not. libvirt finishes a call it
+    /// has begun whether or not the caller lives, so a killed agent leaves it done or not.
+    fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError>;
+
+    /// Removes the device of `xml` likewise. From a running domain the removal completes
+    /// when the guest releases the device (ACPI eject); the call may return before that.
+    fn detach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError>;
+
     /// Every persistent domain carrying the agent's metadata, and what it says, by UUID.
     fn guests(&self) -> Result<Vec<GuestDomain>, DomainError>;
 

@@ -21,6 +21,7 @@ mod request;
 mod resize;
 mod resume;
 mod snapshot;
+mod volume;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use crate::domain::hypervisor::{DomainState, GuestDomain, Hypervisor};
 use crate::domain::xml::{Emulation, Intent};
 use crate::net::Networks;
 use crate::placement::PlacementState;
-use crate::storage::{GuestFiles, ImageStore};
+use crate::storage::{GuestFiles, ImageStore, VolumeStore};
 
 pub use error::GuestError;
 pub use lifecycle::{
@@ -42,6 +43,7 @@ pub use request::{
 };
 pub use resume::ResumeSettings;
 pub use snapshot::{SnapshotError, SnapshotRequest};
+pub use volume::{DETACH_WAIT, VolumeCallError, VolumeRequest};
 
 /// How long listing the domains (the first step of every lifecycle call) may take.
 pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -73,6 +75,7 @@ pub struct Guests {
     hypervisor: Arc<dyn Hypervisor>,
     placement: Arc<PlacementState>,
     pub images: ImageStore,
+    pub volumes: VolumeStore,
     storage_root: PathBuf,
     /// `Err`: why this node cannot run guests (no KVM and emulation forbidden).
     emulation: Result<Emulation, String>,
@@ -117,6 +120,7 @@ impl Guests {
             hypervisor,
             placement,
             images: ImageStore::new(storage_root),
+            volumes: VolumeStore::new(storage_root),
             storage_root: storage_root.to_path_buf(),
             emulation,
             host_flags,

@@ -14,6 +14,7 @@ pub mod placement;
 pub mod plan;
 pub mod verify;
 pub mod vm;
+pub mod volume;
 
 /// The agent refused or failed the request.
 pub const EXIT_CALL_FAILED: u8 = 1;

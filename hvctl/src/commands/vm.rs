@@ -1,5 +1,5 @@
-//! `hvctl vm create|list|get|start|stop|reboot|delete|snapshot|events|guarantees|console`;
-//! guests are named by name or UUID.
+//! `hvctl vm create|list|get|start|stop|reboot|delete|snapshot|attach-volume|detach-volume|
+//! events|guarantees|console`; guests are named by name or UUID.
 
 use std::process::ExitCode;
 
@@ -35,9 +35,8 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
         | VmCommand::Resume { guest }
         | VmCommand::Delete { guest }
         | VmCommand::Snapshot { guest, .. }
-        | VmCommand::Resize { guest, .. }
-        | VmCommand::ResizeConfirm { guest }
-        | VmCommand::ResizeRevert { guest }
+        | VmCommand::AttachVolume { guest, .. }
+        | VmCommand::DetachVolume { guest, .. }
         | VmCommand::Guarantees { guest }
         | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
@@ -197,29 +196,25 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
                 |i: &pb::Image| render::images(std::slice::from_ref(i)),
             )
         }
-        VmCommand::Resize { flavor, .. } => answer(
+        VmCommand::AttachVolume { volume, .. } => answer(
             output,
             agent,
-            vms.resize(pb::ResizeVmRequest {
+            vms.attach_volume(pb::AttachVolumeRequest {
                 uuid: guest,
-                flavor,
+                volume,
             })
             .await,
-            one,
+            render::attached,
         ),
-        VmCommand::ResizeConfirm { .. } => answer(
+        VmCommand::DetachVolume { volume, .. } => answer(
             output,
             agent,
-            vms.confirm_resize(pb::ConfirmResizeVmRequest { uuid: guest })
-                .await,
-            one,
-        ),
-        VmCommand::ResizeRevert { .. } => answer(
-            output,
-            agent,
-            vms.revert_resize(pb::RevertResizeVmRequest { uuid: guest })
-                .await,
-            one,
+            vms.detach_volume(pb::DetachVolumeRequest {
+                uuid: guest,
+                volume,
+            })
+            .await,
+            render::attached,
         ),
         VmCommand::Guarantees { .. } => answer(
             output,

@@ -10,6 +10,7 @@ mod inventory;
 mod networks;
 mod placement;
 mod vms;
+mod volumes;
 
 pub use flavors::{Explained, explained, flavor, placement_request, standard_flavors};
 pub use health::health;
@@ -18,6 +19,7 @@ pub use inventory::inventory;
 pub use networks::networks;
 pub use placement::{capacity, claims, plan};
 pub use vms::{event, guarantees, vm_list, vms};
+pub use volumes::{attached, volume_list, volumes};
 
 /// A plain text table: a header row and left-aligned columns separated by two spaces.
 #[derive(Debug, Default)]
