@@ -342,6 +342,26 @@ pub enum VmCommand {
         #[arg(long = "property", value_name = "KEY=VALUE")]
         properties: Vec<String>,
     },
+    /// Resize the guest to another flavor, step one of two: a claim for the new flavor is
+    /// taken (refused, changing nothing, when it does not fit), the guest stopped, its disks
+    /// grown (never shrunk), redefined with the new vCPUs, memory and pins, and started again
+    /// if it ran. Its old claim is kept until `vm resize-confirm` (keep the new flavor, free
+    /// the old claim) or `vm resize-revert` (back to the old flavor, definition and disks).
+    Resize {
+        guest: String,
+        /// The new SCS flavor, e.g. SCS-2V-4-20.
+        #[arg(long)]
+        flavor: String,
+    },
+    /// Keep a pending resize: the old claim is freed and the copies of the old disks removed.
+    ResizeConfirm {
+        guest: String,
+    },
+    /// Undo a pending resize: the guest is stopped, its old flavor, definition, disks and
+    /// claim put back exactly, and started again if it ran before the resize.
+    ResizeRevert {
+        guest: String,
+    },
     /// Attach a volume (`hvctl volume`) as a virtio disk: hot-plugged into a running guest
     /// and kept in its definition across stop and start. The guest sees it as the first free
     /// /dev/vdX, with the volume's name (cut to 20 bytes) as its serial. A volume attached to

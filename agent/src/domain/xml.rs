@@ -238,10 +238,18 @@ pub fn metadata_xml(intent: &Intent) -> Result<String, XmlError> {
         .map_err(|e| XmlError(e.to_string()))
 }
 
-/// The agent's metadata element alone (`<hvagent:vm>`), as libvirt's SetMetadata takes it.
+/// The agent's metadata element alone, as libvirt's SetMetadata takes it: without a namespace
+/// (libvirt puts it and its children into the one given with the call, under [`PREFIX`]; an
+/// element that declares the prefix itself is refused).
 pub fn intent_element(intent: &Intent) -> Result<String, XmlError> {
-    quick_xml::se::to_string_with_root("hvagent:vm", &Metadata::of(intent)?.vm)
-        .map_err(|e| XmlError(e.to_string()))
+    #[derive(Serialize)]
+    struct Vm {
+        intent: String,
+    }
+    let vm = Vm {
+        intent: Metadata::of(intent)?.vm.intent,
+    };
+    quick_xml::se::to_string_with_root("vm", &vm).map_err(|e| XmlError(e.to_string()))
 }
 
 #[derive(Serialize)]
@@ -894,9 +902,7 @@ fn disk_targets(devices: &str) -> Result<Vec<String>, XmlError> {
         match reader.read_event().map_err(|e| XmlError(e.to_string()))? {
             Event::Start(e) if e.local_name().as_ref() == "disk" => in_disk = true,
             Event::End(e) if e.local_name().as_ref() == "disk" => in_disk = false,
-            Event::Start(e) | Event::Empty(e)
-                if in_disk && e.local_name().as_ref() == "target" =>
-            {
+            Event::Start(e) | Event::Empty(e) if in_disk && e.local_name().as_ref() == "target" => {
                 if let Some(dev) = e
                     .try_get_attribute("dev")
                     .map_err(|e| XmlError(e.to_string()))?
@@ -1096,6 +1102,14 @@ mod tests {
             "{xml}"
         );
         assert!(!xml.contains("<tcg>"));
+    }
+
+    #[test]
+    fn the_intent_element_reads_back() {
+        let intent = spec(true, false, Emulation::Tcg).intent;
+        let element = intent_element(&intent).unwrap();
+        assert!(element.starts_with("<vm><intent>{"), "{element}");
+        assert_eq!(read_intent(&element).unwrap(), intent);
     }
 
     #[test]

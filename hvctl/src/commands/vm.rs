@@ -37,6 +37,9 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
         | VmCommand::Snapshot { guest, .. }
         | VmCommand::AttachVolume { guest, .. }
         | VmCommand::DetachVolume { guest, .. }
+        | VmCommand::Resize { guest, .. }
+        | VmCommand::ResizeConfirm { guest }
+        | VmCommand::ResizeRevert { guest }
         | VmCommand::Guarantees { guest }
         | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
@@ -196,6 +199,30 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
                 |i: &pb::Image| render::images(std::slice::from_ref(i)),
             )
         }
+        VmCommand::Resize { flavor, .. } => answer(
+            output,
+            agent,
+            vms.resize(pb::ResizeVmRequest {
+                uuid: guest,
+                flavor,
+            })
+            .await,
+            one,
+        ),
+        VmCommand::ResizeConfirm { .. } => answer(
+            output,
+            agent,
+            vms.confirm_resize(pb::ConfirmResizeVmRequest { uuid: guest })
+                .await,
+            one,
+        ),
+        VmCommand::ResizeRevert { .. } => answer(
+            output,
+            agent,
+            vms.revert_resize(pb::RevertResizeVmRequest { uuid: guest })
+                .await,
+            one,
+        ),
         VmCommand::AttachVolume { volume, .. } => answer(
             output,
             agent,

@@ -23,7 +23,11 @@ pub fn vms(list: &[pb::Vm]) -> String {
             v.name.clone(),
             v.uuid.clone(),
             v.state.clone(),
-            v.flavor.clone(),
+            if v.resize_pending {
+                format!("{} (resize from {} pending)", v.flavor, v.old_flavor)
+            } else {
+                v.flavor.clone()
+            },
             v.image.clone(),
             v.emulation.clone(),
             if dedicated {
