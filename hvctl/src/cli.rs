@@ -388,13 +388,24 @@ pub enum VmCommand {
     Guarantees {
         guest: String,
     },
-    /// The end of the guest's serial console log.
+    /// The end of the guest's serial console log; with --attach, its interactive console.
+    ///
+    /// --attach connects the terminal to the running guest's serial console (raw mode;
+    /// Ctrl-] leaves, as in virsh console). One session per guest: --force takes the console
+    /// over from another one, which ends. Leaving ends only the session: the guest runs on and
+    /// its console log keeps being written. Needs the operator role.
     Console {
         guest: String,
-        /// How many bytes from the end (at most 1048576).
-        #[arg(long, default_value_t = 65536)]
+        /// How many bytes from the end of the log (at most 1048576; not with --attach).
+        #[arg(long, default_value_t = 65536, conflicts_with = "attach")]
         bytes: u32,
     },
+        /// Type into the console instead of printing the log.
+        #[arg(long)]
+        attach: bool,
+        /// With --attach: take the console over from another session.
+        #[arg(long, requires = "attach")]
+        force: bool,
 }
 
 #[derive(Subcommand)]

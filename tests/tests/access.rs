@@ -137,15 +137,30 @@ fn local_callers_get_the_roles_of_their_groups_and_every_mutation_is_audited() {
     let out = agent.hvctl(&["vm", "delete", gone]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "nothing to delete\n");
+    // Typing into a guest's console needs an operator: a reader is refused before any guest
+    // is looked at.
+    let out = hvctl_as(
+        "hvtest-reader",
+        &hvctl,
+        &agent.socket,
+        &["vm", "console", gone, "--attach"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("hvagent.v1.VmService/Console needs role operator")
+            && err.contains("has role reader"),
+        "{err}"
+    );
 
-    // Exactly one line per mutating call: the reader's denied delete and root's delete; reads
-    // are not audited.
+    // Exactly one line per mutating call: the reader's denied delete, root's delete and the
+    // reader's denied console; reads are not audited.
     let text = std::fs::read_to_string(&audit).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
     let reader_uid = String::from_utf8(
         Command::new("id")
             .args(["-u", "hvtest-reader"])
@@ -174,6 +189,9 @@ fn local_callers_get_the_roles_of_their_groups_and_every_mutation_is_audited() {
     assert_eq!(lines[1]["role"], "controller");
     assert_eq!(lines[1]["result"], "OK");
     assert_eq!(lines[1]["from"], "unix");
+    assert_eq!(lines[2]["method"], "hvagent.v1.VmService/Console");
+    assert_eq!(lines[2]["target"], gone);
+    assert_eq!(lines[2]["result"], "PERMISSION_DENIED");
     assert_eq!(
         std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777,
         0o600

@@ -47,6 +47,27 @@ async fn prefix(mut body: Body, max: usize, within: std::time::Duration) -> byte
     buf.freeze()
 }
 
+/// The start of a streamed request up to the end of its first gRPC message (a 5-byte header
+/// with the length, then the message) or [`MAX_AUDITED_BODY`], and the body after it.
+async fn first_message(mut body: Body) -> (bytes::Bytes, Body) {
+    let mut buf = bytes::BytesMut::new();
+    let whole = |buf: &bytes::BytesMut| {
+        buf.len() >= 5
+            && buf.len() >= 5 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
+    };
+    while !whole(&buf) && buf.len() < MAX_AUDITED_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    buf.extend_from_slice(data);
+                }
+            }
+            _ => break,
+        }
+    }
+    (buf.freeze(), body)
+}
+
 #[derive(Clone)]
 pub struct AccessLayer {
     policy: Arc<Policy>,
@@ -251,24 +272,40 @@ where
         finish(&mut record, "PERMISSION_DENIED".into());
         return Ok(denied(&method, needed, &who, role).into_http());
     }
-    let bytes = match http_body_util::Limited::new(body, MAX_AUDITED_BODY)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            // Too large, or cut off by a client that went away: either way nothing was done.
-            let status = if e.is::<http_body_util::LengthLimitError>() {
-                tonic::Status::invalid_argument(format!("request body: {e}"))
-            } else {
-                tonic::Status::cancelled(format!("request body cut short: {e}"))
-            };
-            finish(&mut record, code_name(status.code()));
-            return Ok(status.into_http());
-        }
+    let body = if crate::api::services::method(&path).streams_requests {
+        // A streamed request lasts as long as its client (a console session): the record's
+        // target comes from its first message, and everything goes on to the handler as it
+        // arrives.
+        let (first, rest) = first_message(body).await;
+        record.target = audit::target(&method, &first);
+        let first = futures_util::stream::once(async move {
+            Ok::<_, tonic::Status>(hyper::body::Frame::data(first))
+        });
+        Body::new(http_body_util::StreamBody::new(
+            futures_util::StreamExt::chain(first, http_body_util::BodyStream::new(rest)),
+        ))
+    } else {
+        let bytes = match http_body_util::Limited::new(body, MAX_AUDITED_BODY)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                // Too large, or cut off by a client that went away: either way nothing was
+                // done.
+                let status = if e.is::<http_body_util::LengthLimitError>() {
+                    tonic::Status::invalid_argument(format!("request body: {e}"))
+                } else {
+                    tonic::Status::cancelled(format!("request body cut short: {e}"))
+                };
+                finish(&mut record, code_name(status.code()));
+                return Ok(status.into_http());
+            }
+        };
+        record.target = audit::target(&method, &bytes);
+        Body::new(http_body_util::Full::new(bytes))
     };
-    record.target = audit::target(&method, &bytes);
-    let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
+    let req = http::Request::from_parts(parts, body);
     // A handler that panics still ends in one audit line (and an INTERNAL answer).
     let (response, result) = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
         Ok(Ok(r)) => {

@@ -9,7 +9,8 @@ use tonic::{Request, Response, Status};
 use super::placement::{claim_to_proto, status as refusal_status};
 use crate::domain::EventKind;
 use crate::guest::{
-    CreateRequest, Guest, GuestError, Guests, SnapshotError, SnapshotRequest, now_unix,
+    ConsoleEnd, ConsoleEvent, CreateRequest, Guest, GuestError, Guests, SnapshotError,
+    SnapshotRequest, now_unix,
 };
 use crate::health::Health;
 use crate::placement::PlacementState;
@@ -358,6 +359,53 @@ impl VmApi {
 #[tonic::async_trait]
 impl pb::vm_service_server::VmService for VmApi {
     type WatchEventsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::VmEvent, Status>>;
+    type ConsoleStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::ConsoleOutput, Status>> + Send>,
+    >;
+
+    async fn console(
+        &self,
+        request: Request<tonic::Streaming<pb::ConsoleInput>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument(
+                "uuid: the console stream ended before its first message, which names the guest",
+            )
+        })?;
+        let session = self
+            .guests
+            .console(&first.uuid, first.force)
+            .await
+            .map_err(status)?;
+        let input = session.input;
+        // Keystrokes go on from a task of their own; when the client ends its side (or goes
+        // away) the sender drops and the session ends.
+        tokio::spawn(async move {
+            if !first.data.is_empty() && input.send(first.data).await.is_err() {
+                return;
+            }
+            while let Ok(Some(m)) = inbound.message().await {
+                if input.send(m.data).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let output = futures_util::stream::unfold(session.output, |mut output| async move {
+            let item = match output.recv().await? {
+                ConsoleEvent::Data(data) => Ok(pb::ConsoleOutput { data }),
+                ConsoleEvent::End(ConsoleEnd::Closed) => return None,
+                ConsoleEvent::End(ConsoleEnd::TakenOver) => Err(Status::aborted(
+                    "console: taken over by another session (force)",
+                )),
+                ConsoleEvent::End(ConsoleEnd::Failed(m)) => {
+                    Err(Status::unavailable(format!("console: {m}")))
+                }
+            };
+            Some((item, output))
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
 
     async fn watch_events(
         &self,

@@ -12,6 +12,9 @@ pub struct Method {
     pub name: &'static str,
     pub role: Role,
     pub mutates: bool,
+    /// The client streams its request (several messages): the access layer reads only the
+    /// first for the audit record and passes the rest on as it comes.
+    pub streams_requests: bool,
 }
 
 /// One served service, by its full gRPC name.
@@ -26,6 +29,7 @@ const fn read(name: &'static str) -> Method {
         name,
         role: Role::Reader,
         mutates: false,
+        streams_requests: false,
     }
 }
 
@@ -35,6 +39,7 @@ const fn operate(name: &'static str) -> Method {
         name,
         role: Role::Operator,
         mutates: true,
+        streams_requests: false,
     }
 }
 
@@ -43,6 +48,7 @@ const fn control(name: &'static str) -> Method {
         name,
         role: Role::Controller,
         mutates: true,
+        streams_requests: false,
     }
 }
 
@@ -115,6 +121,13 @@ pub const SERVICES: &[Service] = &[
                 name: "GetConsoleLog",
                 role: Role::Operator,
                 mutates: false,
+                streams_requests: false,
+            },
+            // Typing into a guest's console acts on it: an operator's, and audited (one line
+            // per session).
+            Method {
+                streams_requests: true,
+                ..operate("Console")
             },
             read("WatchEvents"),
             read("GetGuaranteeReport"),
@@ -183,6 +196,12 @@ mod tests {
                 let name = format!("{}.{}", file.package(), service.name());
                 for m in &service.method {
                     protos.insert((name.clone(), m.name().to_string()));
+                    assert_eq!(
+                        method(&format!("/{name}/{}", m.name())).streams_requests,
+                        m.client_streaming(),
+                        "{name}/{}: streams_requests as the proto says",
+                        m.name()
+                    );
                 }
             }
         }

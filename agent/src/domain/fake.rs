@@ -420,3 +420,15 @@ impl Hypervisor for FakeHypervisor {
         self.events.subscribe()
     }
 }
+
+    /// The in-memory domains have no console: the session logic is tested on its own
+    /// (`guest::console`), the libvirt stream end to end.
+    fn console(
+        &self,
+        uuid: &str,
+        _force: bool,
+    ) -> Result<Box<dyn super::console::ConsoleStream>, DomainError> {
+        Err(DomainError::Libvirt(format!(
+            "the fake domain {uuid} has no console"
+        )))
+    }

@@ -274,6 +274,14 @@ impl Hypervisor for Libvirt {
     fn subscribe(&self) -> broadcast::Receiver<DomainEvent> {
         Libvirt::subscribe(self)
     }
+
+    fn console(
+        &self,
+        uuid: &str,
+        force: bool,
+    ) -> Result<Box<dyn super::console::ConsoleStream>, DomainError> {
+        self.open_console(uuid, force)
+    }
 }
 
 #[cfg(test)]

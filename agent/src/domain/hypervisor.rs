@@ -122,4 +122,12 @@ pub trait Hypervisor: Send + Sync {
 
     /// A receiver of every domain event from now on.
     fn subscribe(&self) -> broadcast::Receiver<DomainEvent>;
+
+    /// Opens the serial console of a running domain (one session at a time; `force` closes
+    /// another first).
+    fn console(
+        &self,
+        uuid: &str,
+        force: bool,
+    ) -> Result<Box<dyn super::console::ConsoleStream>, DomainError>;
 }

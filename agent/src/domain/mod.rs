@@ -1,6 +1,7 @@
 //! libvirt: the connection and what libvirt says about the hypervisor.
 
 pub mod connection;
+pub mod console;
 pub mod events;
 #[cfg(test)]
 pub mod fake;

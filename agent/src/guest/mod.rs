@@ -10,6 +10,7 @@
 //! flight) and `error`.
 
 mod busy;
+mod console;
 mod create;
 mod error;
 mod lifecycle;
@@ -32,6 +33,7 @@ use crate::net::Networks;
 use crate::placement::PlacementState;
 use crate::storage::{GuestFiles, ImageStore, VolumeStore};
 
+pub use console::{ConsoleEnd, ConsoleEvent, ConsoleSession};
 pub use error::GuestError;
 pub use lifecycle::{
     DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT, MAX_CONSOLE_BYTES, MAX_STOP_TIMEOUT,
@@ -94,6 +96,8 @@ pub struct Guests {
     calls: Arc<tokio::sync::Semaphore>,
     /// Guests whose ACPI shutdown request libvirt has not answered yet.
     asking: lifecycle::AskingSet,
+    /// Open console sessions.
+    consoles: console::Sessions,
 }
 
 /// Which emulation this node uses, or why it cannot run guests.
@@ -130,6 +134,7 @@ impl Guests {
             repin: tokio::sync::Mutex::new(()),
             calls: Arc::new(tokio::sync::Semaphore::new(BLOCKING_CALLS)),
             asking: lifecycle::AskingSet::default(),
+            consoles: console::Sessions::default(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use crate::cli::Output;
 use crate::client;
 
+pub mod console;
 pub mod flavor;
 pub mod image;
 pub mod network;

@@ -272,6 +272,11 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
                 }
             }
         }
+        VmCommand::Console {
+            attach: true,
+            force,
+            ..
+        } => super::console::attach(agent, vms, guest, force).await,
         VmCommand::Console { bytes, .. } => {
             match vms
                 .get_console_log(pb::GetConsoleLogRequest {
