@@ -9,6 +9,7 @@ pub use hvagent_core::{flavor, placement, tls};
 
 pub mod access;
 pub mod api;
+pub mod cli;
 pub mod daemon;
 pub mod domain;
 pub mod guest;

@@ -300,6 +300,7 @@ pub enum VmCommand {
     Get {
         guest: String,
     },
+    /// Start a shut-off guest.
     Start {
         guest: String,
     },

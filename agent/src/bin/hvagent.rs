@@ -1,30 +1,13 @@
-//! `hvagent`: the node agent daemon. See `hvagent --help` and docs/operations.md.
+//! `hvagent`: the node agent daemon. See `hvagent --help` and docs/operations.md; the command
+//! line itself is `hvagent::cli`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use hvagent::cli::Args;
 use hvagent::daemon::{self, Config, config::LogFormat};
 use hvagent::host::kvm;
-
-/// The Sovereign Cloud Stack node agent: inventory, placement, guests, networks and health of
-/// one compute node, over gRPC on a Unix socket (and, with [api] tcp_listen, over TCP with
-/// mutual TLS), with Prometheus metrics.
-///
-/// Runs in the foreground until SIGTERM or SIGINT; stopping it never stops guests. SIGHUP reads
-/// the TLS files again. Without --config every setting takes its documented default
-/// (docs/operations.md); security and privileges: docs/security.md.
-#[derive(Parser)]
-#[command(version)]
-struct Args {
-    /// TOML configuration file (e.g. /etc/hvagent/hvagent.toml). A bad file is exit status 2.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    /// Internal: run the KVM trial guest on DEVICE and exit 0 if it ran.
-    #[arg(long = "kvm-trial", value_name = "DEVICE", hide = true)]
-    kvm_trial: Option<PathBuf>,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
