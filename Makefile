@@ -12,22 +12,32 @@ CONFIG ?=
 APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config numactl util-linux busybox-static cpio syslinux syslinux-common extlinux mtools \
 	dosfstools openssl ca-certificates
+# What `make deb` needs beside the build: dpkg-shlibdeps (dpkg-dev) and strip (binutils).
+DEB_PACKAGES := dpkg-dev binutils
 PY_MODULES := grpc grpc_health grpc_reflection google.protobuf placement.wsgi keystone.server.wsgi
 PY_PACKAGES := grpcio grpcio-health-checking grpcio-reflection protobuf openstack-placement keystone
 
-.PHONY: run test host packages packages-fresh libvirtd hugepages python images build check fuzz-smoke fuzz
+.PHONY: run test host packages packages-fresh libvirtd hugepages python images build check fuzz-smoke fuzz deb
 
 run: host build
 	./target/release/hvagent $(if $(CONFIG),--config $(CONFIG))
 
-# The tests also need promtool (Debian ships it in the prometheus package) to check a real scrape.
-test: APT_PACKAGES += prometheus
+# The tests also need promtool (Debian ships it in the prometheus package) to check a real scrape
+# and the alerting rules; tests/tests/operators_kit.rs builds, checks (lintian) and installs the
+# Debian package and reads its man page (man-db).
+test: APT_PACKAGES += prometheus lintian man-db $(DEB_PACKAGES)
 test: packages-fresh host hugepages python images check fuzz-smoke
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 build:
 	$(CARGO) build --release --bins
+
+# The Debian package: target/debian/hvagent_<version>-<DEB_REVISION>_amd64.deb
+# (packaging/deb/build.sh; docs/operations.md, "The Debian package").
+deb: APT_PACKAGES += $(DEB_PACKAGES)
+deb: packages
+	CARGO=$(CARGO) ./packaging/deb/build.sh
 
 check:
 	$(CARGO) fmt --all -- --check
