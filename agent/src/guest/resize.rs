@@ -532,7 +532,6 @@ impl Guests {
         let files = GuestFiles::new(&self.storage_root, &uuid);
         // The marker first: from here a restarted agent never rolls this resize back.
         self.blocking(move || forget(&files)).await?;
-        let released = self.placement.lock().release(&resize.holder).ok();
         let intent = Intent {
             resize: None,
             ..guest.intent.clone()
@@ -541,6 +540,9 @@ impl Guests {
         let u = uuid.clone();
         self.blocking(move || hypervisor.set_intent(&u, &intent).map_err(GuestError::from))
             .await?;
+        // Released once the intent no longer holds it: a failure before leaves both claims
+        // counted, as the stored intent (and so a restarted agent) says.
+        let released = self.placement.lock().release(&resize.holder).ok();
         tracing::info!(vm = %uuid, from = %resize.old_flavor, to = %guest.intent.flavor, "resize confirmed");
         if let Some(released) = released {
             self.after_claims_moved(&released).await;
