@@ -62,6 +62,8 @@ struct Inner {
     hold: Option<Hold>,
     /// Guests ignore the ACPI power button (shutdown changes nothing).
     deaf: bool,
+    /// Guests never release a detached disk (detach changes nothing).
+    clinging: bool,
 }
 
 pub struct FakeHypervisor {
@@ -159,6 +161,12 @@ impl FakeHypervisor {
                 state,
             },
         );
+    }
+
+    /// From now on guests keep the disks detached from them, as one that ignores the ACPI
+    /// eject request does.
+    pub fn ignore_eject(&self) {
+        self.lock().clinging = true;
     }
 
     /// From now on guests ignore the ACPI power button, as one without acpid does.
@@ -380,7 +388,11 @@ impl Hypervisor for FakeHypervisor {
             .map(|d| d.target)
             .ok_or_else(|| DomainError::Libvirt(format!("not a disk: {xml}")))?;
         let mut inner = self.call(Op::Detach, uuid)?;
+        let clinging = inner.clinging;
         let d = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
+        if clinging {
+            return Ok(());
+        }
         let mut from = 0;
         while let Some(start) = d.xml[from..].find("<disk").map(|i| i + from) {
             let end = d.xml[start..]

@@ -127,7 +127,7 @@ impl Guests {
     }
 
     /// The guests using `record`.
-    async fn users(
+    pub(super) async fn users(
         self: &std::sync::Arc<Self>,
         record: &VolumeRecord,
     ) -> Result<Vec<String>, GuestError> {
@@ -318,6 +318,16 @@ impl Guests {
         uuid: &str,
         volume: &str,
     ) -> Result<(Guest, Vec<String>), VolumeCallError> {
+        self.detach_within(uuid, volume, DETACH_WAIT).await
+    }
+
+    /// [`Guests::detach_volume`], waiting `wait` for the guest to release the disk.
+    async fn detach_within(
+        self: &std::sync::Arc<Self>,
+        uuid: &str,
+        volume: &str,
+        wait: Duration,
+    ) -> Result<(Guest, Vec<String>), VolumeCallError> {
         let uuid = checked_uuid(uuid)?;
         let record = self.volumes.get(volume)?;
         let _busy = self.exclusive(&uuid).await?;
@@ -351,20 +361,21 @@ impl Guests {
             })
             .await?;
         if live && guest.state != DomainState::ShutOff {
-            self.wait_released(&uuid, &key, volume).await?;
+            self.wait_released(&uuid, &key, volume, wait).await?;
         }
         tracing::info!(vm = %uuid, volume = %volume, ms = started.elapsed().as_millis() as u64, "volume detached");
         Ok((guest, self.volumes_of(&uuid).await?))
     }
 
-    /// Waits until the running guest `uuid` has no disk with `key`.
+    /// Waits (at most `wait`) until the running guest `uuid` has no disk with `key`.
     async fn wait_released(
         self: &std::sync::Arc<Self>,
         uuid: &str,
         key: &str,
         volume: &str,
+        wait: Duration,
     ) -> Result<(), VolumeCallError> {
-        let deadline = Instant::now() + DETACH_WAIT;
+        let deadline = Instant::now() + wait;
         loop {
             let this = self.clone();
             let u = uuid.to_string();
@@ -383,7 +394,7 @@ impl Guests {
             if Instant::now() >= deadline {
                 return Err(VolumeCallError::NotReleased(format!(
                     "volume: guest {uuid} has not released {volume:?} within {} s (no ACPI eject); its definition is without it, and a later DetachVolume finishes the detach",
-                    DETACH_WAIT.as_secs()
+                    wait.as_secs()
                 )));
             }
             tokio::time::sleep(DETACH_POLL).await;

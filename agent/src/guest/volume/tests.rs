@@ -251,3 +251,28 @@ async fn two_attaches_of_one_volume_at_once_one_wins() {
     first.await.unwrap().unwrap();
     assert_eq!(code(second.await.unwrap().unwrap_err()), "precondition");
 }
+
+#[tokio::test]
+async fn a_guest_that_keeps_the_disk_is_deadline_exceeded_and_the_volume_stays_in_use() {
+    let node = Node::new().await;
+    node.guests.attach_volume(A, "data").await.unwrap();
+    node.hypervisor.ignore_eject();
+    let wait = Duration::from_millis(600);
+    let e = node
+        .guests
+        .detach_within(A, "data", wait)
+        .await
+        .unwrap_err();
+    match &e {
+        VolumeCallError::NotReleased(m) => {
+            assert!(m.contains(A) && m.contains("has not released"), "{m}")
+        }
+        other => panic!("expected NotReleased, got {other}"),
+    }
+    // Still the guest's (its live XML has it): not attachable elsewhere, not deletable.
+    assert_eq!(
+        code(node.guests.attach_volume(B, "data").await.unwrap_err()),
+        "precondition"
+    );
+    assert!(node.guests.delete_volume("data").await.is_err());
+}
