@@ -400,13 +400,13 @@ pub enum VmCommand {
         /// How many bytes from the end of the log (at most 1048576; not with --attach).
         #[arg(long, default_value_t = 65536, conflicts_with = "attach")]
         bytes: u32,
-    },
         /// Type into the console instead of printing the log.
         #[arg(long)]
         attach: bool,
         /// With --attach: take the console over from another session.
         #[arg(long, requires = "attach")]
         force: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -431,7 +431,6 @@ impl Hypervisor for FakeHypervisor {
     fn subscribe(&self) -> broadcast::Receiver<DomainEvent> {
         self.events.subscribe()
     }
-}
 
     /// The in-memory domains have no console: the session logic is tested on its own
     /// (`guest::console`), the libvirt stream end to end.
@@ -444,3 +443,4 @@ impl Hypervisor for FakeHypervisor {
             "the fake domain {uuid} has no console"
         )))
     }
+}
