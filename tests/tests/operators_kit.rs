@@ -148,12 +148,15 @@ const LABEL_LISTS: &[&str] = &[
 ];
 const OPERATORS: &[&str] = &["and", "or", "unless", "bool", "offset", "atan2"];
 
+/// Label matchers of a selector: (label, value).
+type Matchers = Vec<(String, String)>;
+
 /// The metric names an expression selects, with the label matchers (`name`, `value`) each
 /// selector carries: identifiers that are not functions (followed by `(`), aggregations,
 /// keywords, label names in `by (...)` lists or in `{...}`, numbers, durations or strings.
-fn selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
+fn selectors(expr: &str) -> Vec<(String, Matchers)> {
     let chars: Vec<char> = expr.chars().collect();
-    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut out: Vec<(String, Matchers)> = Vec::new();
     let mut i = 0;
     let skip_ws = |mut i: usize| {
         while i < chars.len() && chars[i].is_whitespace() {
@@ -223,7 +226,7 @@ fn selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
 }
 
 /// The matchers of `{name="value", ...}` starting at `chars[open]`, and the index after `}`.
-fn matchers(chars: &[char], open: usize) -> (Vec<(String, String)>, usize) {
+fn matchers(chars: &[char], open: usize) -> (Matchers, usize) {
     let mut i = open + 1;
     let mut found = Vec::new();
     let mut name = String::new();
@@ -390,14 +393,14 @@ const BLACKBOX_GROUP: &str = "hvagent-tls";
 const BLACKBOX_SERIES: &[&str] = &["probe_ssl_earliest_cert_expiry"];
 
 /// Every metric name the rules and the dashboard select, with where it is used.
-fn used_names() -> BTreeMap<String, Vec<(String, Vec<(String, String)>)>> {
+fn used_names() -> BTreeMap<String, Vec<(String, Matchers)>> {
     let rules = rules();
     let recorded: BTreeSet<&str> = rules
         .iter()
         .filter(|r| r.kind == "record")
         .map(|r| r.name.as_str())
         .collect();
-    let mut used: BTreeMap<String, Vec<(String, Vec<(String, String)>)>> = BTreeMap::new();
+    let mut used: BTreeMap<String, Vec<(String, Matchers)>> = BTreeMap::new();
     let mut add = |what: String, expr: &str| {
         let found = selectors(expr);
         assert!(!found.is_empty(), "{what}: no metric in {expr:?}");
