@@ -6,9 +6,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// The Sovereign Cloud Stack node agent: inventory, placement, guests, networks and health of
-/// one compute node, over gRPC on a Unix socket (and, with [api] tcp_listen, over TCP with
-/// mutual TLS), with Prometheus metrics.
+/// The Sovereign Cloud Stack node agent.
+///
+/// It serves the inventory, placement, guests, networks and health of one compute node over
+/// gRPC on a Unix socket (and, with [api] tcp_listen, over TCP with mutual TLS), with
+/// Prometheus metrics.
 ///
 /// Runs in the foreground until SIGTERM or SIGINT; stopping it never stops guests. SIGHUP reads
 /// the TLS files again. Without --config every setting takes its documented default
