@@ -65,7 +65,7 @@ fn testguest() -> PathBuf {
 
 /// Round `round`'s flavor: vCPUs, MiB and root disk GB.
 fn size(round: usize) -> (u32, u64, u64) {
-    let (vcpus, mib) = if round % 2 == 0 { (2, 1024) } else { (1, 512) };
+    let (vcpus, mib) = if round.is_multiple_of(2) { (2, 1024) } else { (1, 512) };
     (vcpus, mib, FIRST_DISK_GB + 1 + round as u64)
 }
 
@@ -219,7 +219,7 @@ fn main() {
         for round in 0..rounds {
             let to = size(round);
             let (agent_from, hand_from) = (log_size(&agent_log), log_size(&hand_log));
-            let ((resized, trip), hand) = if round % 2 == 0 {
+            let ((resized, trip), hand) = if round.is_multiple_of(2) {
                 let a = resize_by_agent(&mut vms, &flavor(to)).await;
                 (a, resize_by_hand(&hand_root, to))
             } else {

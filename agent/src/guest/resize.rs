@@ -591,7 +591,12 @@ impl Guests {
             let f = files.clone();
             let marker = match self.blocking(move || read_marker(&f)).await {
                 Ok(Some(m)) => m,
-                Ok(None) => continue,
+                Ok(None) => {
+                    // A marker never completed: its resize had not touched the guest yet.
+                    let tmp = files.dir.join(format!("{MARKER}.tmp"));
+                    let _ = self.blocking(move || Ok(std::fs::remove_file(tmp))).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(vm = %d.uuid, error = %e, "resize marker cannot be read: left alone");
                     continue;

@@ -447,6 +447,11 @@ async fn a_refused_or_failed_resize_changes_nothing() {
 async fn a_restarted_agent_finishes_what_a_resize_left() {
     let mut node = Node::new().await;
     let (xml, claims) = (node.xml(), node.claims());
+    // Killed while writing the marker: only its temporary file, which goes.
+    std::fs::write(node.files().dir.join("resize.json.tmp"), b"{\"old_x").unwrap();
+    node.restart().await;
+    assert!(node.leftovers().is_empty(), "{:?}", node.leftovers());
+    assert_eq!((node.xml(), node.claims()), (xml.clone(), claims.clone()));
     // Before: the marker written, the guest stopped, the root copied and grown, a disk added.
     let files = node.files();
     let guest = node.guests.get(UUID).await.unwrap();
