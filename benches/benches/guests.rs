@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo build --release --bins && cargo bench -p hvagent-benches --bench guests`.
 //! Needs what `make test` prepares (libvirtd, images/out/testguest.qcow2). Knobs: `ROUNDS`
-//! (latency rounds, default 10), `CONCURRENT` (default 10), `FLAVOR` (default SCS-1Vi-0.5u).
+//! (latency rounds, default 10), `CONCURRENT` (default 10), `FLAVOR` (default SCS-1Vi-0.5u-1: a
+//! flavor with a disk, so that the guest has the local root disk the peer's copy uses).
 
 mod common;
 
@@ -160,7 +161,7 @@ fn peer_xml(store: &Path, agent_xml: &str, n: usize, p: usize, root_bytes: u64) 
 fn main() {
     let rounds = env_or("ROUNDS", 10);
     let concurrent = env_or("CONCURRENT", 10);
-    let flavor = std::env::var("FLAVOR").unwrap_or_else(|_| "SCS-1Vi-0.5u".into());
+    let flavor = std::env::var("FLAVOR").unwrap_or_else(|_| "SCS-1Vi-0.5u-1".into());
     let dir = tempfile::tempdir().expect("tempdir");
     // QEMU (an unprivileged user) must reach the store.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");

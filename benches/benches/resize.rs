@@ -65,7 +65,11 @@ fn testguest() -> PathBuf {
 
 /// Round `round`'s flavor: vCPUs, MiB and root disk GB.
 fn size(round: usize) -> (u32, u64, u64) {
-    let (vcpus, mib) = if round.is_multiple_of(2) { (2, 1024) } else { (1, 512) };
+    let (vcpus, mib) = if round.is_multiple_of(2) {
+        (2, 1024)
+    } else {
+        (1, 512)
+    };
     (vcpus, mib, FIRST_DISK_GB + 1 + round as u64)
 }
 

@@ -150,7 +150,8 @@ fn main() {
         vms.create(pb::CreateVmRequest {
             uuid: UUID.into(),
             name: "bench-snapshot".into(),
-            flavor: "SCS-1Vi-0.5u".into(),
+            // With a disk: a local 1 GiB root disk (a flavor without one boots from a volume).
+            flavor: "SCS-1Vi-0.5u-1".into(),
             image: "testguest".into(),
             ..Default::default()
         })

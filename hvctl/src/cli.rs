@@ -266,12 +266,22 @@ pub enum VmCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// SCS flavor, e.g. SCS-2V-4-10.
+        /// SCS flavor, e.g. SCS-2V-4-10. A flavor without a disk (SCS-2V-4) boots from a
+        /// volume: --boot-volume, or else one the agent makes from --image (root-<uuid>,
+        /// deleted with the guest).
         #[arg(long)]
         flavor: String,
-        /// Image name in the store.
-        #[arg(long)]
-        image: String,
+        /// Image name in the store (not with --boot-volume).
+        #[arg(
+            long,
+            required_unless_present = "boot_volume",
+            conflicts_with = "boot_volume"
+        )]
+        image: Option<String>,
+        /// For a flavor without a disk: boot from this volume (`hvctl volume`; not shareable,
+        /// attached to no guest). It stays when the guest is deleted.
+        #[arg(long, value_name = "VOLUME")]
+        boot_volume: Option<String>,
         /// Attach a virtio NIC to a managed network (`hvctl network`) or a host bridge,
         /// optionally with the guest's address for its NoCloud network-config
         /// (NAME=ADDRESS/PREFIX); repeat for more NICs.
@@ -297,13 +307,9 @@ pub enum VmCommand {
     /// Every guest: state, flavor, image, CPUs, age.
     List,
     /// One guest with its claim.
-    Get {
-        guest: String,
-    },
+    Get { guest: String },
     /// Start a shut-off guest.
-    Start {
-        guest: String,
-    },
+    Start { guest: String },
     /// ACPI shutdown; destroyed after --timeout seconds (default 30) or at once with --force.
     Stop {
         guest: String,
@@ -320,17 +326,11 @@ pub enum VmCommand {
     },
     /// Pause the guest: its vCPUs stop, its memory, devices and claim stay (an incident's
     /// freeze). It still counts as running for a host reboot.
-    Pause {
-        guest: String,
-    },
+    Pause { guest: String },
     /// Resume a paused guest.
-    Resume {
-        guest: String,
-    },
+    Resume { guest: String },
     /// Delete the guest with its disks, seed and claim (nothing to delete is not an error).
-    Delete {
-        guest: String,
-    },
+    Delete { guest: String },
     /// Capture the guest's root disk as a new image in the store (usable by `vm create`). A
     /// running guest is paused for the copy and resumed: the image is crash-consistent.
     Snapshot {
@@ -355,28 +355,18 @@ pub enum VmCommand {
         flavor: String,
     },
     /// Keep a pending resize: the old claim is freed and the copies of the old disks removed.
-    ResizeConfirm {
-        guest: String,
-    },
+    ResizeConfirm { guest: String },
     /// Undo a pending resize: the guest is stopped, its old flavor, definition, disks and
     /// claim put back exactly, and started again if it ran before the resize.
-    ResizeRevert {
-        guest: String,
-    },
+    ResizeRevert { guest: String },
     /// Attach a volume (`hvctl volume`) as a virtio disk: hot-plugged into a running guest
     /// and kept in its definition across stop and start. The guest sees it as the first free
     /// /dev/vdX, with the volume's name (cut to 20 bytes) as its serial. A volume attached to
     /// another guest is refused unless it is shareable.
-    AttachVolume {
-        guest: String,
-        volume: String,
-    },
+    AttachVolume { guest: String, volume: String },
     /// Detach a volume: gone from the definition at once, from a running guest once it
     /// releases the disk (waited for 30 s). The volume keeps its data.
-    DetachVolume {
-        guest: String,
-        volume: String,
-    },
+    DetachVolume { guest: String, volume: String },
     /// Follow lifecycle events (one line each, or one JSON object per line with --output
     /// json) until interrupted.
     Events {
@@ -386,9 +376,7 @@ pub enum VmCommand {
     /// What the guest's flavor promises and whether each promise holds: vCPUs, RAM, disk,
     /// ECC, CPU pinning (claim vs libvirt, thread affinity and cpusets), NUMA locality,
     /// hugepages, steal — each kept, violated, or not verifiable here (with why).
-    Guarantees {
-        guest: String,
-    },
+    Guarantees { guest: String },
     /// The end of the guest's serial console log; with --attach, its interactive console.
     ///
     /// --attach connects the terminal to the running guest's serial console (raw mode;

@@ -118,13 +118,14 @@ fn store_entries(store: &Path) -> Vec<String> {
     names
 }
 
+/// The guest's boot disk: the flavor here has no disk, so the volume the agent made for it
+/// from the image.
 fn root_disk(agent: &Agent, uuid: &str) -> PathBuf {
     agent
         .dir
         .path()
-        .join("store/vms")
-        .join(uuid)
-        .join("root.qcow2")
+        .join("store/volumes")
+        .join(format!("root-{uuid}.qcow2"))
 }
 
 fn virsh_state(uuid: &str) -> String {

@@ -276,10 +276,28 @@ fn a_hot_attached_volume_keeps_its_data_on_another_guest_and_across_restarts() {
     let out = agent.hvctl(&["volume", "delete", "data"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!file.exists(), "the store volume's file is gone");
+    // What is left: the boot volumes the agent made for the two guests (their flavor has no
+    // disk), each named for and attached to its guest.
     let out = agent.hvctl(&["--output", "json", "volume", "list"]);
+    let left: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let left: Vec<(String, String)> = left["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            assert_eq!(v["attached_to"], serde_json::json!([v["made_for"]]), "{v}");
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["made_for"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     assert_eq!(
-        stdout(&out).trim(),
-        "{\n  \"volumes\": [],\n  \"unreadable\": []\n}"
+        left,
+        [
+            (format!("root-{a}"), a.clone()),
+            (format!("root-{b}"), b.clone())
+        ]
     );
     runtime().block_on(async {
         let channel = hvctl::client::connect(&agent.socket).await.unwrap();

@@ -330,6 +330,14 @@ impl VmApi {
         pb::vm_service_server::VmServiceServer::new(self)
     }
 
+    /// The guest with the volumes attached to it.
+    fn with_volumes(&self, g: Guest, volumes: Vec<String>) -> pb::Vm {
+        pb::Vm {
+            volumes,
+            ..self.to_proto(g)
+        }
+    }
+
     fn to_proto(&self, g: Guest) -> pb::Vm {
         let now = self.placement.now_ms();
         let alloc = self.placement.lock();
@@ -352,6 +360,8 @@ impl VmApi {
             old_flavor: g.intent.resize.map(|r| r.old_flavor).unwrap_or_default(),
             // Filled where the domains' XML is read (Get, List, Attach/DetachVolume).
             volumes: Vec::new(),
+            boot_volume_made: g.intent.boot_volume.as_ref().is_some_and(|b| b.made),
+            boot_volume: g.intent.boot_volume.map(|b| b.name).unwrap_or_default(),
         }
     }
 }
@@ -501,6 +511,7 @@ impl pb::vm_service_server::VmService for VmApi {
             ssh_keys: r.ssh_keys,
             metadata: r.metadata,
             reservation: r.reservation,
+            boot_volume: r.boot_volume,
         };
         let guest = self
             .mutations
@@ -515,11 +526,8 @@ impl pb::vm_service_server::VmService for VmApi {
             .get(&request.into_inner().uuid)
             .await
             .map_err(status)?;
-        let volumes = self.guests.volumes_of(&g.uuid).await.map_err(status)?;
-        Ok(Response::new(pb::Vm {
-            volumes,
-            ..self.to_proto(g)
-        }))
+        let volumes = self.guests.volumes_of(&g).await.map_err(status)?;
+        Ok(Response::new(self.with_volumes(g, volumes)))
     }
 
     async fn list(
@@ -531,9 +539,9 @@ impl pb::vm_service_server::VmService for VmApi {
         Ok(Response::new(pb::ListVmsResponse {
             vms: guests
                 .into_iter()
-                .map(|g| pb::Vm {
-                    volumes: attached.remove(&g.uuid).unwrap_or_default(),
-                    ..self.to_proto(g)
+                .map(|g| {
+                    let volumes = attached.remove(&g.uuid).unwrap_or_default();
+                    self.with_volumes(g, volumes)
                 })
                 .collect(),
             unreadable,
@@ -690,10 +698,7 @@ impl pb::vm_service_server::VmService for VmApi {
                 super::volume::call_status,
             )
             .await?;
-        Ok(Response::new(pb::Vm {
-            volumes,
-            ..self.to_proto(g)
-        }))
+        Ok(Response::new(self.with_volumes(g, volumes)))
     }
 
     async fn detach_volume(
@@ -709,10 +714,7 @@ impl pb::vm_service_server::VmService for VmApi {
                 super::volume::call_status,
             )
             .await?;
-        Ok(Response::new(pb::Vm {
-            volumes,
-            ..self.to_proto(g)
-        }))
+        Ok(Response::new(self.with_volumes(g, volumes)))
     }
 
     async fn get_console_log(

@@ -44,6 +44,7 @@ impl VolumeApi {
             attached_to,
             created_unix: r.created_unix,
             image: r.image,
+            made_for: r.made_for,
         }
     }
 }

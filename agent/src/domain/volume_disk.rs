@@ -51,9 +51,10 @@ pub struct VolumeDisk {
     pub shareable: bool,
 }
 
+/// A `<disk>` element: a volume's, and every disk of a domain the agent defines.
 #[derive(Serialize)]
 #[serde(rename = "disk")]
-struct Disk {
+pub(crate) struct Disk {
     #[serde(rename = "@type")]
     kind: &'static str,
     #[serde(rename = "@device")]
@@ -65,6 +66,8 @@ struct Disk {
     serial: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     shareable: Option<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readonly: Option<()>,
 }
 
 #[derive(Serialize)]
@@ -105,9 +108,50 @@ struct Target {
     bus: &'static str,
 }
 
+impl Disk {
+    /// A read-write disk of `source`, in `format` (`qcow2`, `raw`), as `target` on `bus`.
+    pub(crate) fn new(
+        source: &DiskSource,
+        format: &str,
+        target: String,
+        bus: &'static str,
+    ) -> Disk {
+        let (kind, source) = source_element(source);
+        Disk {
+            kind,
+            device: "disk",
+            driver: Driver {
+                name: "qemu",
+                kind: format.to_string(),
+            },
+            source,
+            target: Target { dev: target, bus },
+            serial: None,
+            shareable: None,
+            readonly: None,
+        }
+    }
+
+    /// The guest may read it only.
+    pub(crate) fn readonly(mut self, readonly: bool) -> Disk {
+        self.readonly = readonly.then_some(());
+        self
+    }
+}
+
 /// The `<disk>` element of `disk`.
 pub fn disk_xml(disk: &VolumeDisk) -> Result<String, String> {
-    let (kind, source) = match &disk.source {
+    let xml = Disk {
+        serial: (!disk.serial.is_empty()).then(|| disk.serial.clone()),
+        shareable: disk.shareable.then_some(()),
+        ..Disk::new(&disk.source, &disk.format, disk.target.clone(), "virtio")
+    };
+    quick_xml::se::to_string(&xml).map_err(|e| e.to_string())
+}
+
+/// The disk's `type` attribute and `<source>` element for `source`.
+fn source_element(source: &DiskSource) -> (&'static str, Source) {
+    match source {
         DiskSource::File(p) => (
             "file",
             Source {
@@ -134,23 +178,7 @@ pub fn disk_xml(disk: &VolumeDisk) -> Result<String, String> {
                 ..Source::default()
             },
         ),
-    };
-    let xml = Disk {
-        kind,
-        device: "disk",
-        driver: Driver {
-            name: "qemu",
-            kind: disk.format.clone(),
-        },
-        source,
-        target: Target {
-            dev: disk.target.clone(),
-            bus: "virtio",
-        },
-        serial: (!disk.serial.is_empty()).then(|| disk.serial.clone()),
-        shareable: disk.shareable.then_some(()),
-    };
-    quick_xml::se::to_string(&xml).map_err(|e| e.to_string())
+    }
 }
 
 /// `name` cut to [`MAX_SERIAL`] bytes (names are ASCII).

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::volume_disk::{Disk, DiskSource};
 use crate::placement::Claim;
 use hvagent_core::host::sysfs::format_cpulist;
 
@@ -50,7 +51,11 @@ pub struct Intent {
     pub name: String,
     pub flavor: String,
     pub request_id: String,
+    /// Empty for a guest booted from a volume given at Create.
     pub image: String,
+    /// The volume the guest boots from (flavors without a disk); `None`: its local root disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_volume: Option<BootVolume>,
     pub networks: Vec<String>,
     /// Per network, in order: the NIC's MAC and the guest address given to it (if any).
     #[serde(default)]
@@ -65,6 +70,14 @@ pub struct Intent {
     /// A resize waiting for its confirm or revert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<ResizeIntent>,
+}
+
+/// The volume a guest boots from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootVolume {
+    pub name: String,
+    /// Made from the image for this guest at Create, and deleted with it.
+    pub made: bool,
 }
 
 /// A pending resize: the guest's old claim, kept under a holder UUID of its own until the
@@ -143,7 +156,8 @@ impl DiskBus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
-    pub path: PathBuf,
+    /// A file of the guest's, or a boot volume's source.
+    pub source: DiskSource,
     /// `qcow2` or `raw`.
     pub format: &'static str,
     pub readonly: bool,
@@ -432,41 +446,6 @@ struct Devices {
 }
 
 #[derive(Serialize)]
-struct Disk {
-    #[serde(rename = "@type")]
-    kind: &'static str,
-    #[serde(rename = "@device")]
-    device: &'static str,
-    driver: Driver,
-    source: FileSource,
-    target: DiskTarget,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    readonly: Option<()>,
-}
-
-#[derive(Serialize)]
-struct Driver {
-    #[serde(rename = "@name")]
-    name: &'static str,
-    #[serde(rename = "@type")]
-    kind: &'static str,
-}
-
-#[derive(Serialize)]
-struct FileSource {
-    #[serde(rename = "@file")]
-    file: String,
-}
-
-#[derive(Serialize)]
-struct DiskTarget {
-    #[serde(rename = "@dev")]
-    dev: String,
-    #[serde(rename = "@bus")]
-    bus: &'static str,
-}
-
-#[derive(Serialize)]
 struct Controller {
     #[serde(rename = "@type")]
     kind: &'static str,
@@ -700,21 +679,9 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
                 .disks
                 .iter()
                 .enumerate()
-                .map(|(i, d)| Disk {
-                    kind: "file",
-                    device: "disk",
-                    driver: Driver {
-                        name: "qemu",
-                        kind: d.format,
-                    },
-                    source: FileSource {
-                        file: d.path.display().to_string(),
-                    },
-                    target: DiskTarget {
-                        dev: format!("{}{}", bus.device_prefix(), disk_letter(i)),
-                        bus: bus.name(),
-                    },
-                    readonly: d.readonly.then_some(()),
+                .map(|(i, d)| {
+                    let dev = format!("{}{}", bus.device_prefix(), disk_letter(i));
+                    Disk::new(&d.source, d.format, dev, bus.name()).readonly(d.readonly)
                 })
                 .collect(),
             controller: if bus == DiskBus::Scsi {
@@ -833,22 +800,7 @@ pub fn resized_xml(
             bus.device_prefix(),
             letters.next().unwrap_or_default()
         );
-        let disk = Disk {
-            kind: "file",
-            device: "disk",
-            driver: Driver {
-                name: "qemu",
-                kind: d.format,
-            },
-            source: FileSource {
-                file: d.path.display().to_string(),
-            },
-            target: DiskTarget {
-                dev,
-                bus: bus.name(),
-            },
-            readonly: d.readonly.then_some(()),
-        };
+        let disk = Disk::new(&d.source, d.format, dev, bus.name()).readonly(d.readonly);
         disks.push_str(
             &quick_xml::se::to_string_with_root("disk", &disk)
                 .map_err(|e| XmlError(e.to_string()))?,
@@ -1015,6 +967,7 @@ mod tests {
                 flavor: "SCS-2C-4".into(),
                 request_id: "r1".into(),
                 image: "debian".into(),
+                boot_volume: None,
                 networks: vec![],
                 nics: vec![],
                 metadata: [("team".to_string(), "a&b".to_string())].into(),
@@ -1032,12 +985,12 @@ mod tests {
             cpu_features: vec!["rdrand".into()],
             disks: vec![
                 DiskSpec {
-                    path: "/var/lib/hvagent/vms/x/root.qcow2".into(),
+                    source: DiskSource::File("/var/lib/hvagent/vms/x/root.qcow2".into()),
                     format: "qcow2",
                     readonly: false,
                 },
                 DiskSpec {
-                    path: "/var/lib/hvagent/vms/x/seed.img".into(),
+                    source: DiskSource::File("/var/lib/hvagent/vms/x/seed.img".into()),
                     format: "raw",
                     readonly: true,
                 },
@@ -1141,7 +1094,7 @@ mod tests {
         new.disks.clear();
         new.nics.clear();
         let added = [DiskSpec {
-            path: "/var/lib/hvagent/vms/x/disk1.qcow2".into(),
+            source: DiskSource::File("/var/lib/hvagent/vms/x/disk1.qcow2".into()),
             format: "qcow2",
             readonly: false,
         }];

@@ -6,20 +6,21 @@ use std::sync::Arc;
 
 use super::error::{GuestError, refused};
 use super::plan::{
-    CreatePlan, Placed, PlannedNic, extra_disks, guest_spec, guest_taps, host_taps, meta_data,
-    nic_intent,
+    Boot, CreatePlan, Placed, PlannedNic, extra_disks, guest_spec, guest_taps, host_taps,
+    made_volume_name, meta_data, nic_intent,
 };
 use super::request::{CreateRequest, check_ram, root_disk_bytes, validate};
 use super::{GIB, Guest, Guests, now_unix};
 use crate::domain::guests::DomainError;
+use crate::domain::volume_disk::DiskSource;
 use crate::domain::xml::{NicAttach, domain_xml};
 use crate::domain::{DomainState, Hypervisor};
 use crate::flavor::FlavorSpec;
 use crate::net::spec::NetworkSpec;
 use crate::net::{Networks, nic};
 use crate::placement::{Allocator, Claim, ClaimRequest, PlacementState};
-use crate::storage::GuestFiles;
 use crate::storage::disks;
+use crate::storage::{GuestFiles, ImageRecord, VolumeError};
 
 /// What a create has done so far, undone in reverse when a later step fails.
 struct Undo {
@@ -30,6 +31,8 @@ struct Undo {
     store: PathBuf,
     claimed: bool,
     files: Option<GuestFiles>,
+    /// The boot volume made for the guest, by name, and the store it is in.
+    volume: Option<(String, Arc<Guests>)>,
     /// The define was asked for (it may have failed, or found another domain in the way).
     defined: bool,
 }
@@ -69,6 +72,11 @@ impl Undo {
             && let Err(e) = files.remove()
         {
             tracing::error!(vm = %self.uuid, error = %e, "undo: cannot remove the guest's files");
+        }
+        if let Some((name, guests)) = self.volume
+            && let Err(e) = guests.volumes.delete(&name)
+        {
+            tracing::error!(vm = %self.uuid, volume = %name, error = %e, "undo: cannot remove the boot volume made for the guest");
         }
         if self.claimed {
             let _ = self.placement.lock().release(&self.uuid);
@@ -137,13 +145,23 @@ fn bind_reservation(
 }
 
 impl Guests {
-    pub async fn create(&self, req: CreateRequest) -> Result<Guest, GuestError> {
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<Guest, GuestError> {
         let spec = validate(&req)?;
         let uuid = req.uuid.to_ascii_lowercase();
         let emulation = self.emulation.clone().map_err(GuestError::Precondition)?;
-        // Until this create ends (domain defined, or undone) its image cannot be deleted.
-        let _image_hold = self.images.hold(&req.image, &uuid)?;
-        let (image, root_bytes, nics, _busy) = loop {
+        // Until this create ends (domain defined, or undone) its image cannot be deleted...
+        let _image_hold = if req.image.is_empty() {
+            None
+        } else {
+            Some(self.images.hold(&req.image, &uuid)?)
+        };
+        // ...nor its boot volume be attached elsewhere or deleted (the in-use check holds).
+        let _volume_hold = if req.boot_volume.is_empty() {
+            None
+        } else {
+            Some(self.volumes.attach.lock().await)
+        };
+        let (image, boot, nics, _busy) = loop {
             let held = self.lock.lock().await;
             self.ensure_rebuilt(&held).await?;
             if let Some(mut done) = self.busy.in_flight(&uuid) {
@@ -162,9 +180,15 @@ impl Guests {
                 return existing;
             }
             self.refuse_foreign(&uuid).await?;
-            let image = self.images.get(&req.image)?;
-            check_ram(&spec, &image)?;
-            let root_bytes = root_disk_bytes(&spec, &image)?;
+            let image = if req.image.is_empty() {
+                None
+            } else {
+                Some(self.images.get(&req.image)?)
+            };
+            if let Some(image) = &image {
+                check_ram(&spec, image)?;
+            }
+            let boot = self.boot(&req, &spec, &uuid, image.as_ref()).await?;
             let mut nics = Vec::new();
             for (i, name) in req.networks.iter().enumerate() {
                 let (attach, network) = attach(&self.networks, &uuid, i, name)?;
@@ -174,7 +198,7 @@ impl Guests {
                     intent: nic_intent(&req, &uuid, i),
                 });
             }
-            break (image, root_bytes, nics, self.busy.mark(&uuid, &req.name));
+            break (image, boot, nics, self.busy.mark(&uuid, &req.name));
         };
         // From here the guest is busy: no other call creates or deletes it, or takes its
         // name, while its disks, domain and start are made without holding the lock.
@@ -185,14 +209,15 @@ impl Guests {
             store: self.storage_root.clone(),
             claimed: false,
             files: None,
+            volume: None,
             defined: false,
         };
         let plan = CreatePlan {
             req: &req,
             uuid: &uuid,
             spec: &spec,
-            image: &image,
-            root_bytes,
+            image: image.as_ref(),
+            boot: &boot,
             emulation,
             nics: &nics,
         };
@@ -213,6 +238,74 @@ impl Guests {
                 Err(e)
             }
         }
+    }
+
+    /// What the guest boots from: its local root disk (flavors with a disk), the volume the
+    /// request names (unused, not shareable), or else a volume made from the image.
+    async fn boot(
+        self: &Arc<Self>,
+        req: &CreateRequest,
+        spec: &FlavorSpec,
+        uuid: &str,
+        image: Option<&ImageRecord>,
+    ) -> Result<Boot, GuestError> {
+        if !req.boot_volume.is_empty() {
+            let record = self.volumes.get(&req.boot_volume).map_err(|e| match e {
+                VolumeError::NotFound(_) => GuestError::NotFound(format!(
+                    "boot_volume: no volume {:?} on this node",
+                    req.boot_volume
+                )),
+                other => other.into(),
+            })?;
+            if record.shareable {
+                return Err(GuestError::Precondition(format!(
+                    "boot_volume: volume {:?} is shareable; a guest boots only from a volume of its own",
+                    record.name
+                )));
+            }
+            let users = self.users(&record).await?;
+            if !users.is_empty() {
+                return Err(GuestError::Precondition(format!(
+                    "boot_volume: volume {:?} is attached to guest {}",
+                    record.name,
+                    users.join(", ")
+                )));
+            }
+            return Ok(Boot::Volume {
+                source: self.volumes.disk_source(&record),
+                format: if record.format == "raw" {
+                    "raw"
+                } else {
+                    "qcow2"
+                },
+                bytes: record.size_bytes,
+                name: record.name,
+                made: false,
+            });
+        }
+        // `validate` asks for an image when no boot volume is named.
+        let image = image.ok_or_else(|| GuestError::Invalid("image: must not be empty".into()))?;
+        let bytes = root_disk_bytes(spec, image)?;
+        if spec.disk.is_some() {
+            return Ok(Boot::Local { bytes });
+        }
+        let name = made_volume_name(uuid);
+        match self.volumes.get(&name) {
+            Err(VolumeError::NotFound(_)) => {}
+            Ok(_) => {
+                return Err(GuestError::AlreadyExists(format!(
+                    "uuid: a volume {name:?} exists, the name of the boot volume this guest's flavor (without a disk) needs: delete it or give boot_volume"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Boot::Volume {
+            source: DiskSource::File(self.volumes.file(&name, "qcow2")),
+            format: "qcow2",
+            bytes,
+            name,
+            made: true,
+        })
     }
 
     /// A domain that is not this agent's guest but has this UUID: the create is refused
@@ -262,7 +355,7 @@ impl Guests {
     }
 
     async fn create_steps(
-        &self,
+        self: &Arc<Self>,
         plan: &CreatePlan<'_>,
         undo: &mut Undo,
     ) -> Result<Guest, GuestError> {
@@ -271,7 +364,7 @@ impl Guests {
             uuid,
             spec,
             image,
-            root_bytes,
+            boot,
             nics,
             ..
         } = *plan;
@@ -304,23 +397,60 @@ impl Guests {
         let files = GuestFiles::new(&self.storage_root, uuid);
         let extra = extra_disks(spec, &files);
         let meta = meta_data(plan);
-        let base = self.images.file(&image.name);
-        let base_format = image.format.clone();
+        // The boot disk to make on the image: the local root disk, or a volume made for the
+        // guest (a volume given at Create is there already).
+        let on_image = image.map(|i| (i.name.clone(), self.images.file(&i.name), i.format.clone()));
+        let make = match boot {
+            Boot::Local { bytes } => on_image.map(|i| (i, *bytes, None)),
+            Boot::Volume {
+                name,
+                bytes,
+                made: true,
+                ..
+            } => on_image.map(|i| (i, *bytes, Some(name.clone()))),
+            Boot::Volume { made: false, .. } => None,
+        };
         let user_data = req.user_data.clone();
         let network_config =
             disks::network_config(&nics.iter().map(|n| n.intent.clone()).collect::<Vec<_>>());
         let f = files.clone();
         undo.files = Some(files.clone());
-        self.blocking(move || {
+        let this = self.clone();
+        let u = uuid.to_string();
+        let made = self.blocking(move || {
             f.create().map_err(GuestError::Disk)?;
-            disks::overlay(&f.root_disk(), &base, &base_format, root_bytes)
-                .map_err(GuestError::Disk)?;
+            match make {
+                Some(((_, base, base_format), bytes, None)) => {
+                    disks::overlay(&f.root_disk(), &base, &base_format, bytes)
+                        .map_err(GuestError::Disk)?;
+                }
+                Some(((image, base, base_format), bytes, Some(name))) => {
+                    this.volumes.create_overlay(
+                        &name,
+                        (&image, &base, &base_format),
+                        bytes,
+                        &u,
+                        now_unix(),
+                    )?;
+                    tracing::info!(vm = %u, volume = %name, image = %image, "made the boot volume from the image (the flavor has no disk)");
+                }
+                None => {}
+            }
             for (path, size) in &extra {
                 disks::blank(path, *size).map_err(GuestError::Disk)?;
             }
             disks::seed(&f.seed(), &meta, &user_data, &network_config).map_err(GuestError::Disk)
         })
-        .await?;
+        .await;
+        // Also when a later step of the closure failed: the undo removes the volume made.
+        if let Boot::Volume {
+            name, made: true, ..
+        } = boot
+            && self.volumes.get(name).is_ok_and(|r| r.made_for == uuid)
+        {
+            undo.volume = Some((name.clone(), self.clone()));
+        }
+        made?;
         // 2b. Taps into managed networks' bridges.
         let taps = guest_taps(
             uuid,
@@ -367,7 +497,10 @@ impl Guests {
             uuid: uuid.to_string(),
             state: DomainState::Running,
             intent,
-            root_disk_gb: root_bytes / GIB,
+            root_disk_gb: match boot {
+                Boot::Local { bytes } => bytes / GIB,
+                Boot::Volume { .. } => 0,
+            },
         })
     }
 }

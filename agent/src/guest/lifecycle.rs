@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::busy::BusyGuard;
 use super::error::GuestError;
-use super::plan::{HostTap, guest_taps, host_taps};
+use super::plan::{HostTap, guest_taps, host_taps, made_volume_name};
 use super::request::checked_uuid;
 use super::resume::Wanted;
 use super::{Guest, Guests};
@@ -219,8 +219,10 @@ impl Guests {
         self.get(&uuid).await
     }
 
-    /// Removes the domain, the files and the claim; `Ok(false)` when there was nothing.
-    pub async fn delete(&self, uuid: &str) -> Result<bool, GuestError> {
+    /// Removes the domain, the files, the boot volume made for the guest and the claim;
+    /// `Ok(false)` when there was nothing. Volumes attached (and a boot volume given at
+    /// Create) stay, with their data.
+    pub async fn delete(self: &std::sync::Arc<Self>, uuid: &str) -> Result<bool, GuestError> {
         let uuid = checked_uuid(uuid)?;
         // A create of this guest in flight: delete what it leaves.
         let _busy = self.exclusive(&uuid).await?;
@@ -252,12 +254,19 @@ impl Guests {
         let hypervisor = self.hypervisor.clone();
         let files = GuestFiles::new(&self.storage_root, &uuid);
         let u = uuid.clone();
+        let this = self.clone();
         let (had_domain, had_files) = self
             .blocking(move || {
                 let had_domain = own && hypervisor.remove(&u)?;
                 let had_files = files.dir.exists();
                 files.remove().map_err(GuestError::Files)?;
-                Ok((had_domain, had_files))
+                // The volume made for this guest, by its record (also one a create or delete
+                // killed halfway left): a volume of that name made for another is not touched.
+                let made = made_volume_name(&u);
+                let had_volume = !foreign
+                    && this.volumes.get(&made).is_ok_and(|r| r.made_for == u)
+                    && this.volumes.delete(&made).is_ok();
+                Ok((had_domain, had_files || had_volume))
             })
             .await?;
         // Taps named for this UUID in a foreign domain's hands are that domain's.

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use super::GIB;
 use super::TCG_CACHE_MIB;
 use super::request::CreateRequest;
+use crate::domain::volume_disk::DiskSource;
 use crate::domain::xml::{
-    DiskBus, DiskSpec, Emulation, GuestSpec, Intent, NicAttach, NicIntent, NicSpec,
+    BootVolume, DiskBus, DiskSpec, Emulation, GuestSpec, Intent, NicAttach, NicIntent, NicSpec,
 };
 use crate::flavor::FlavorSpec;
 use crate::net::spec::NetworkSpec;
@@ -23,11 +24,35 @@ pub(super) struct CreatePlan<'a> {
     pub req: &'a CreateRequest,
     pub uuid: &'a str,
     pub spec: &'a FlavorSpec,
-    pub image: &'a ImageRecord,
-    pub root_bytes: u64,
+    /// `None` for a guest that boots from a volume given at Create.
+    pub image: Option<&'a ImageRecord>,
+    pub boot: &'a Boot,
     pub emulation: Emulation,
     /// Per network: how the NIC attaches, the managed network's spec, MAC and address.
     pub nics: &'a [PlannedNic],
+}
+
+/// What a guest boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Boot {
+    /// Its local root disk of this many bytes (`root.qcow2`, an overlay on the image): the
+    /// flavors with a disk.
+    Local { bytes: u64 },
+    /// A volume: the flavors without a disk. Given at Create, or made from the image for this
+    /// guest (`made`: an overlay in the volume store, deleted with the guest).
+    Volume {
+        name: String,
+        source: DiskSource,
+        format: &'static str,
+        bytes: u64,
+        made: bool,
+    },
+}
+
+/// The name of the volume the agent makes for guest `uuid` when its flavor has no disk and
+/// the Create names no volume.
+pub(super) fn made_volume_name(uuid: &str) -> String {
+    format!("root-{uuid}")
 }
 
 pub(super) struct PlannedNic {
@@ -159,31 +184,42 @@ pub(super) fn guest_spec(
         ..
     } = *plan;
     let cpu_features = cpu_features(spec, host_flags);
-    let mut disks = vec![DiskSpec {
-        path: files.root_disk(),
-        format: "qcow2",
+    let file = |path, format| DiskSpec {
+        source: DiskSource::File(path),
+        format,
         readonly: false,
+    };
+    let mut disks = vec![match plan.boot {
+        Boot::Local { .. } => file(files.root_disk(), "qcow2"),
+        Boot::Volume { source, format, .. } => DiskSpec {
+            source: source.clone(),
+            format,
+            readonly: false,
+        },
     }];
     disks.extend(
         extra_disks(spec, files)
             .into_iter()
-            .map(|(path, _)| DiskSpec {
-                path,
-                format: "qcow2",
-                readonly: false,
-            }),
+            .map(|(path, _)| file(path, "qcow2")),
     );
     disks.push(DiskSpec {
-        path: files.seed(),
-        format: "raw",
         readonly: true,
+        ..file(files.seed(), "raw")
     });
+    let property = |key: &str| image.and_then(|i| i.properties.get(key));
     let intent = Intent {
         store: storage_root.to_path_buf(),
         name: req.name.clone(),
         flavor: spec.name(),
         request_id: placed.claim.request_id.clone(),
-        image: image.name.clone(),
+        image: image.map(|i| i.name.clone()).unwrap_or_default(),
+        boot_volume: match plan.boot {
+            Boot::Local { .. } => None,
+            Boot::Volume { name, made, .. } => Some(BootVolume {
+                name: name.clone(),
+                made: *made,
+            }),
+        },
         networks: req.networks.clone(),
         nics: nics.iter().map(|n| n.intent.clone()).collect(),
         metadata: req.metadata.clone(),
@@ -199,9 +235,7 @@ pub(super) fn guest_spec(
         emulator_cpus: placed.emulator_cpus,
         cpu_features,
         disks,
-        disk_bus: image
-            .properties
-            .get("hw_disk_bus")
+        disk_bus: property("hw_disk_bus")
             .and_then(|b| DiskBus::parse(b))
             .unwrap_or(DiskBus::Virtio),
         nics: nics
@@ -212,10 +246,7 @@ pub(super) fn guest_spec(
             })
             .collect(),
         console_log: files.console_log(),
-        rng: image
-            .properties
-            .get("hw_rng_model")
-            .is_some_and(|m| m == "virtio"),
+        rng: property("hw_rng_model").is_some_and(|m| m == "virtio"),
         tcg_cache_mib: TCG_CACHE_MIB,
     }
 }
@@ -317,8 +348,8 @@ mod tests {
             req: &req,
             uuid,
             spec: &spec,
-            image: &image,
-            root_bytes: 10 * GIB,
+            image: Some(&image),
+            boot: &Boot::Local { bytes: 10 * GIB },
             emulation: Emulation::Tcg,
             nics: &nics,
         };
@@ -332,17 +363,18 @@ mod tests {
         let disks: Vec<_> = g
             .disks
             .iter()
-            .map(|d| (d.path.clone(), d.readonly))
+            .map(|d| (d.source.clone(), d.readonly))
             .collect();
         assert_eq!(
             disks,
             [
-                (files.root_disk(), false),
-                (files.extra_disk(1), false),
-                (files.extra_disk(2), false),
-                (files.seed(), true),
+                (DiskSource::File(files.root_disk()), false),
+                (DiskSource::File(files.extra_disk(1)), false),
+                (DiskSource::File(files.extra_disk(2)), false),
+                (DiskSource::File(files.seed()), true),
             ]
         );
+        assert_eq!(g.intent.boot_volume, None);
         assert_eq!(
             extra_disks(&spec, &files)
                 .iter()
@@ -358,5 +390,65 @@ mod tests {
         assert_eq!(g.intent.created_unix, 7);
         assert_eq!(g.intent.request_id, "r1");
         assert_eq!(g.vcpu_cpus, pins);
+    }
+
+    /// A guest that boots from a volume: the volume is its first disk (any source, in its
+    /// format), there is no root.qcow2, the intent names the volume, and without an image
+    /// the disk bus and RNG are the defaults.
+    #[test]
+    fn a_boot_volume_is_the_first_disk_and_is_named_in_the_intent() {
+        let uuid = "00000000-0000-4000-8000-000000000002";
+        let req = CreateRequest {
+            uuid: uuid.into(),
+            name: "bfv".into(),
+            boot_volume: "data".into(),
+            ..Default::default()
+        };
+        let spec = crate::flavor::parse("SCS-2Vi-1u").unwrap().spec;
+        let source = DiskSource::Nbd {
+            host: "10.0.0.1".into(),
+            port: 10809,
+            export: "data".into(),
+        };
+        for made in [false, true] {
+            let boot = Boot::Volume {
+                name: "data".into(),
+                source: source.clone(),
+                format: "raw",
+                bytes: 5 * GIB,
+                made,
+            };
+            let plan = CreatePlan {
+                req: &req,
+                uuid,
+                spec: &spec,
+                image: None,
+                boot: &boot,
+                emulation: Emulation::Tcg,
+                nics: &[],
+            };
+            let root = Path::new("/srv");
+            let files = GuestFiles::new(root, uuid);
+            let g = guest_spec(&plan, placed(uuid), &files, root, &[], 1);
+            assert_eq!(g.disks.len(), 2, "the volume and the seed");
+            assert_eq!((&g.disks[0].source, g.disks[0].format), (&source, "raw"));
+            assert!(!g.disks[0].readonly);
+            assert_eq!(g.disks[1].source, DiskSource::File(files.seed()));
+            assert_eq!(
+                g.intent.boot_volume,
+                Some(BootVolume {
+                    name: "data".into(),
+                    made
+                })
+            );
+            assert_eq!(g.intent.image, "");
+            assert_eq!((g.disk_bus, g.rng), (DiskBus::Virtio, false));
+            let xml = crate::domain::xml::domain_xml(&g).unwrap();
+            assert!(
+                xml.contains("<disk type=\"network\" device=\"disk\">")
+                    && !xml.contains("root.qcow2"),
+                "{xml}"
+            );
+        }
     }
 }

@@ -94,13 +94,27 @@ impl Guests {
         Ok(claims)
     }
 
-    /// Removes guest directories that have no domain and are older than `grace` (left by a
-    /// create the agent did not live to finish or undo).
+    /// Removes guest directories that have no domain and are older than `grace`, and the
+    /// boot volumes made for guests that have none (left by a create the agent did not live
+    /// to finish or undo).
     pub async fn remove_orphans(&self, grace: Duration) -> Result<Vec<String>, GuestError> {
         let known: Vec<String> = self.domains().await?.into_iter().map(|d| d.uuid).collect();
         let vms = self.storage_root.join("vms");
+        let volumes = crate::storage::VolumeStore::new(&self.storage_root);
         self.blocking(move || {
             let mut removed = Vec::new();
+            let now = super::now_unix();
+            for v in volumes.list().0 {
+                let old = now.saturating_sub(v.created_unix) >= grace.as_secs();
+                if !v.made_for.is_empty() && !known.contains(&v.made_for) && old {
+                    match volumes.delete(&v.name) {
+                        Ok(_) => removed.push(format!("volume {}", v.name)),
+                        Err(err) => {
+                            tracing::warn!(volume = %v.name, error = %err, "cannot remove orphan boot volume")
+                        }
+                    }
+                }
+            }
             let Ok(entries) = std::fs::read_dir(&vms) else {
                 return Ok(removed);
             };

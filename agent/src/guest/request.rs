@@ -36,6 +36,8 @@ pub struct CreateRequest {
     pub ssh_keys: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub reservation: String,
+    /// For a flavor without a disk: the volume to boot from (else one is made from `image`).
+    pub boot_volume: String,
 }
 
 /// Root disk size: the flavor's, else the image's `min_disk`, else its virtual size (whole
@@ -116,7 +118,22 @@ pub(super) fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
     let spec = flavor::parse(&req.flavor)
         .map_err(|e| GuestError::Invalid(format!("flavor: {e}")))?
         .spec;
-    check_name("image", &req.image)?;
+    if req.boot_volume.is_empty() {
+        check_name("image", &req.image)?;
+    } else {
+        check_name("boot_volume", &req.boot_volume)?;
+        if spec.disk.is_some() {
+            return Err(GuestError::Invalid(format!(
+                "boot_volume: flavor {} has a local root disk; a boot volume is for flavors without a disk",
+                spec.name()
+            )));
+        }
+        if !req.image.is_empty() {
+            return invalid(
+                "image: a guest that boots from a volume has no image (the volume holds its system): give image or boot_volume, not both",
+            );
+        }
+    }
     for (i, n) in req.networks.iter().enumerate() {
         check_network(i, n)?;
     }

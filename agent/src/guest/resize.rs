@@ -19,6 +19,7 @@ use super::plan::{Placed, cpu_features, extra_disks};
 use super::request::{check_ram, checked_uuid, root_disk_bytes};
 use super::{DEFAULT_STOP_TIMEOUT, GIB, Guest, Guests, TCG_CACHE_MIB, qcow2_virtual_size};
 use crate::domain::DomainState;
+use crate::domain::volume_disk::DiskSource;
 use crate::domain::xml::{DiskBus, DiskSpec, GuestSpec, Intent, ResizeIntent, resized_xml};
 use crate::flavor::{self, FlavorSpec};
 use crate::placement::{ClaimRequest, PlacementState};
@@ -58,7 +59,7 @@ fn extras(spec: &FlavorSpec) -> (u32, u64) {
 pub(super) fn check(
     old: &FlavorSpec,
     new: &FlavorSpec,
-    image: &ImageRecord,
+    image: Option<&ImageRecord>,
     root_bytes_now: u64,
 ) -> Result<DiskChanges, GuestError> {
     let (old_name, new_name) = (old.name(), new.name());
@@ -76,9 +77,12 @@ pub(super) fn check(
             "{with} has a local root disk and {without} none: a guest cannot move between the two (boot-from-volume guests have no local root disk)"
         ));
     }
-    check_ram(new, image)?;
+    // A guest booted from a volume given at Create has no image to ask.
+    if let Some(image) = image {
+        check_ram(new, image)?;
+    }
     let mut root_bytes = None;
-    if new.disk.is_some() {
+    if let Some(image) = image.filter(|_| new.disk.is_some()) {
         let want = root_disk_bytes(new, image)?;
         if want < root_bytes_now {
             return refuse(format!(
@@ -335,15 +339,19 @@ impl Guests {
                 GuestError::Internal(format!("the guest's flavor {}: {e}", guest.intent.flavor))
             })?
             .spec;
-        let image = self.images.get(&guest.intent.image).map_err(|e| {
-            GuestError::Precondition(format!(
-                "uuid: the guest's image {:?} cannot be read: {e}",
-                guest.intent.image
-            ))
-        })?;
+        let image = if guest.intent.image.is_empty() {
+            None
+        } else {
+            Some(self.images.get(&guest.intent.image).map_err(|e| {
+                GuestError::Precondition(format!(
+                    "uuid: the guest's image {:?} cannot be read: {e}",
+                    guest.intent.image
+                ))
+            })?)
+        };
         let files = GuestFiles::new(&self.storage_root, &uuid);
         let root_now = qcow2_virtual_size(&files.root_disk()).unwrap_or(0);
-        let changes = check(&old_spec, &spec, &image, root_now)?;
+        let changes = check(&old_spec, &spec, image.as_ref(), root_now)?;
         let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
         let old_xml = self
@@ -377,8 +385,8 @@ impl Guests {
             // The devices are the old definition's (`resized_xml`).
             disks: Vec::new(),
             disk_bus: image
-                .properties
-                .get("hw_disk_bus")
+                .as_ref()
+                .and_then(|i| i.properties.get("hw_disk_bus"))
                 .and_then(|b| DiskBus::parse(b))
                 .unwrap_or(DiskBus::Virtio),
             nics: Vec::new(),
@@ -390,7 +398,7 @@ impl Guests {
             .into_iter()
             .skip(extras(&old_spec).0 as usize)
             .map(|(path, _)| DiskSpec {
-                path,
+                source: DiskSource::File(path),
                 format: "qcow2",
                 readonly: false,
             })

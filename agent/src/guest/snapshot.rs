@@ -23,9 +23,11 @@ use super::error::GuestError;
 use super::request::checked_uuid;
 use super::{Guests, now_unix};
 use crate::domain::guests::DomainError;
+use crate::domain::xml::Intent;
 use crate::domain::{DomainState, Hypervisor};
 use crate::storage::disks::{self, DiskError};
 use crate::storage::images::{Begun, Bounds, ImportTicket, check_name};
+use crate::storage::volumes::VolumeSource;
 use crate::storage::{GuestFiles, ImageRecord, StoreError};
 
 /// A Snapshot call: the guest, the new image's name and properties added to (or replacing)
@@ -169,6 +171,27 @@ impl Drop for Pause {
 }
 
 impl Guests {
+    /// The file of guest `uuid`'s boot disk and its format: its local root disk, or the data
+    /// file of its boot volume (a volume on a host device or an NBD export has none here).
+    fn boot_disk_file(&self, uuid: &str, intent: &Intent) -> Result<(PathBuf, String), GuestError> {
+        let Some(boot) = &intent.boot_volume else {
+            let root = GuestFiles::new(&self.storage_root, uuid).root_disk();
+            return Ok((root, "qcow2".into()));
+        };
+        let record = self.volumes.get(&boot.name)?;
+        if record.source != VolumeSource::Store {
+            return Err(GuestError::Precondition(format!(
+                "uuid: guest {uuid} boots from volume {:?}, a {} volume outside the agent's store: copy it where it lives",
+                record.name,
+                record.source.kind()
+            )));
+        }
+        Ok((
+            self.volumes.file(&record.name, &record.format),
+            record.format,
+        ))
+    }
+
     /// Captures guest `uuid`'s root disk as the new image `image` (see the module's comment).
     pub async fn snapshot(
         self: &Arc<Self>,
@@ -179,14 +202,23 @@ impl Guests {
         let _busy = self.exclusive(&uuid).await?;
         let guest = self.get(&uuid).await?;
         let capture = Capture::of(&uuid, guest.state)?;
-        let source = self.images.get(&guest.intent.image).map_err(|e| {
-            GuestError::Precondition(format!(
-                "uuid: the guest's image {:?} cannot be read: {e}",
-                guest.intent.image
-            ))
-        })?;
-        let _hold = self.images.hold(&source.name, &uuid)?;
-        let mut properties = source.properties;
+        // A guest booted from a volume given at Create has no image to take properties from.
+        let source = if guest.intent.image.is_empty() {
+            None
+        } else {
+            Some(self.images.get(&guest.intent.image).map_err(|e| {
+                GuestError::Precondition(format!(
+                    "uuid: the guest's image {:?} cannot be read: {e}",
+                    guest.intent.image
+                ))
+            })?)
+        };
+        let _hold = source
+            .as_ref()
+            .map(|s| self.images.hold(&s.name, &uuid))
+            .transpose()?;
+        let (root, format) = self.boot_disk_file(&uuid, &guest.intent)?;
+        let mut properties = source.map(|s| s.properties).unwrap_or_default();
         properties.extend(req.properties);
         let ticket = match self.images.begin(
             &req.image,
@@ -206,12 +238,11 @@ impl Guests {
             Err(e) => return Err(e.into()),
         }
         let bounds = Bounds::starting_now(self.images.limits());
-        let root = GuestFiles::new(&self.storage_root, &uuid).root_disk();
         let this = self.clone();
         let started = Instant::now();
         let u = uuid.clone();
         let record = self
-            .blocking(move || Ok(this.capture(&ticket, &u, &root, capture, &bounds)))
+            .blocking(move || Ok(this.capture(&ticket, &u, (&root, &format), capture, &bounds)))
             .await??;
         tracing::info!(
             vm = %uuid, image = %record.name, sha256 = %record.sha256, bytes = record.file_bytes,
@@ -226,7 +257,7 @@ impl Guests {
         &self,
         ticket: &ImportTicket,
         uuid: &str,
-        root: &Path,
+        (root, format): (&Path, &str),
         capture: Capture,
         bounds: &Bounds,
     ) -> Result<ImageRecord, SnapshotError> {
@@ -241,13 +272,13 @@ impl Guests {
         };
         let shared = capture.shared();
         // Measured as paused: the free-space check holds what the copy will write.
-        let estimate = disks::measure_flat(root, shared)?;
+        let estimate = disks::measure_flat(root, format, shared)?;
         self.images.produce(
             ticket,
             estimate,
             bounds,
             |tmp| {
-                let flat = disks::flatten(root, tmp, shared);
+                let flat = disks::flatten(root, format, tmp, shared);
                 // The copy is whole: the guest runs again while it is hashed and placed.
                 if let Some(pause) = pause {
                     pause.end()?;

@@ -90,6 +90,15 @@ impl Node {
         self.root.path().join("vms").join(uuid)
     }
 
+    /// The boot volume the agent makes for a guest whose flavor has no disk (every flavor
+    /// here): the volume store's data file.
+    fn made_volume(&self, uuid: &str) -> PathBuf {
+        self.root
+            .path()
+            .join("volumes")
+            .join(format!("root-{uuid}.qcow2"))
+    }
+
     /// No domain, no files and no claim of `uuid`.
     fn assert_nothing_of(&self, uuid: &str) {
         assert!(
@@ -97,6 +106,11 @@ impl Node {
             "domain left"
         );
         assert!(!self.dir(uuid).exists(), "files left");
+        assert!(!self.made_volume(uuid).exists(), "boot volume left");
+        assert!(
+            self.guests.volumes.get(&format!("root-{uuid}")).is_err(),
+            "boot volume record left"
+        );
         assert!(self.placement.lock().get(uuid).is_none(), "claim left");
     }
 
@@ -109,7 +123,18 @@ impl Node {
                 .any(|d| d.uuid == uuid && d.state == DomainState::Running),
             "{domains:?}"
         );
-        assert!(self.dir(uuid).join("root.qcow2").is_file());
+        // No local root disk: the flavors here have no disk, so they boot from a volume made
+        // from the image.
+        assert!(!self.dir(uuid).join("root.qcow2").exists());
+        assert!(self.made_volume(uuid).is_file());
+        assert_eq!(
+            self.guests
+                .volumes
+                .get(&format!("root-{uuid}"))
+                .unwrap()
+                .made_for,
+            uuid
+        );
         assert!(self.dir(uuid).join("seed.img").is_file());
         assert!(self.placement.lock().get(uuid).is_some());
     }
@@ -147,7 +172,14 @@ async fn create_makes_domain_files_and_claim() {
     let guest = node.create(1, "web", FLOATING).await.unwrap();
     assert_eq!(guest.uuid, uuid(1));
     assert_eq!(guest.state, DomainState::Running);
-    assert_eq!(guest.root_disk_gb, 1);
+    assert_eq!(guest.root_disk_gb, 0, "no local root disk");
+    assert_eq!(
+        guest.intent.boot_volume,
+        Some(crate::domain::xml::BootVolume {
+            name: format!("root-{}", uuid(1)),
+            made: true
+        })
+    );
     node.assert_made(&uuid(1));
     let listed = node.guests.get(&uuid(1)).await.unwrap();
     assert_eq!(listed.intent, guest.intent);
@@ -693,7 +725,7 @@ async fn an_undo_that_cannot_remove_the_domain_keeps_its_files_and_claim() {
     node.create(1, "web", DEDICATED).await.unwrap_err();
     assert_eq!(node.hypervisor.calls(Op::Remove), [uuid(1)]);
     assert!(node.hypervisor.domains().iter().any(|d| d.uuid == uuid(1)));
-    assert!(node.dir(&uuid(1)).join("root.qcow2").is_file());
+    assert!(node.made_volume(&uuid(1)).is_file());
     assert!(node.placement.lock().get(&uuid(1)).is_some());
 }
 
@@ -867,4 +899,170 @@ async fn a_host_reboot_starts_the_guests_wanted_running() {
     let mut resumed = resume(ResumeSettings::default()).await.unwrap().unwrap();
     resumed.started.sort();
     assert_eq!(resumed.started, [uuid(1), uuid(2), uuid(3)]);
+}
+
+/// A volume of 1 GiB in the node's store.
+fn volume(node: &Node, name: &str, shareable: bool) {
+    node.guests
+        .volumes
+        .create(
+            &crate::storage::volumes::VolumeSpec {
+                name: name.into(),
+                size_gb: 1,
+                format: if shareable { "raw" } else { "qcow2" }.into(),
+                shareable,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+}
+
+fn booting_from(n: u64, name: &str, volume: &str) -> CreateRequest {
+    CreateRequest {
+        image: String::new(),
+        boot_volume: volume.into(),
+        ..request(n, name, FLOATING)
+    }
+}
+
+/// A flavor without a disk boots from the volume the request names: its first disk, no
+/// local root disk, no volume made; the volume stays with its data when the guest goes.
+#[tokio::test]
+async fn a_guest_boots_from_the_volume_it_names_and_leaves_it_when_deleted() {
+    let node = Node::new().await;
+    volume(&node, "sys", false);
+    let guest = node
+        .guests
+        .create(booting_from(1, "bfv", "sys"))
+        .await
+        .unwrap();
+    assert_eq!(
+        guest.intent.boot_volume,
+        Some(crate::domain::xml::BootVolume {
+            name: "sys".into(),
+            made: false
+        })
+    );
+    assert_eq!((guest.root_disk_gb, guest.intent.image.as_str()), (0, ""));
+    let xml = node.hypervisor.domains()[0].xml.clone();
+    let first = xml.find("<disk").unwrap();
+    assert!(
+        xml[first..].starts_with("<disk type=\"file\" device=\"disk\"><driver name=\"qemu\" type=\"qcow2\"/><source file=\"")
+            && xml[first..xml[first..].find("</disk>").unwrap() + first].contains("volumes/sys.qcow2"),
+        "{xml}"
+    );
+    assert!(!node.dir(&uuid(1)).join("root.qcow2").exists());
+    assert!(!node.made_volume(&uuid(1)).exists());
+    // Its boot disk cannot be detached.
+    let e = node
+        .guests
+        .detach_volume(&uuid(1), "sys")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("boot disk"), "{e}");
+    assert!(node.guests.delete(&uuid(1)).await.unwrap());
+    node.assert_nothing_of(&uuid(1));
+    assert!(
+        node.guests.volumes.get("sys").is_ok(),
+        "a named volume stays"
+    );
+}
+
+/// Each refusal names the field and rule and takes nothing: no domain, files, claim or
+/// volume.
+#[tokio::test]
+async fn boot_volume_refusals_change_nothing() {
+    let node = Node::new().await;
+    volume(&node, "sys", false);
+    volume(&node, "shared", true);
+    node.guests
+        .create(booting_from(1, "first", "sys"))
+        .await
+        .unwrap();
+    let refused = |r: Result<Guest, GuestError>| match r {
+        Ok(g) => panic!("created {}", g.uuid),
+        Err(e) => e,
+    };
+    let e = refused(node.guests.create(booting_from(2, "second", "sys")).await);
+    assert!(
+        matches!(&e, GuestError::Precondition(m) if m.contains("boot_volume") && m.contains(&uuid(1))),
+        "{e}"
+    );
+    let e = refused(
+        node.guests
+            .create(booting_from(2, "second", "shared"))
+            .await,
+    );
+    assert!(
+        matches!(&e, GuestError::Precondition(m) if m.contains("shareable")),
+        "{e}"
+    );
+    let e = refused(node.guests.create(booting_from(2, "second", "gone")).await);
+    assert!(
+        matches!(&e, GuestError::NotFound(m) if m.contains("boot_volume")),
+        "{e}"
+    );
+    let with_disk = CreateRequest {
+        flavor: "SCS-1Vi-1u-5".into(),
+        ..booting_from(2, "second", "sys")
+    };
+    let e = refused(node.guests.create(with_disk).await);
+    assert!(
+        matches!(&e, GuestError::Invalid(m) if m.starts_with("boot_volume: flavor SCS-1Vi-1u-5 has a local root disk")),
+        "{e}"
+    );
+    let both = CreateRequest {
+        image: "img".into(),
+        ..booting_from(2, "second", "sys")
+    };
+    let e = refused(node.guests.create(both).await);
+    assert!(
+        matches!(&e, GuestError::Invalid(m) if m.starts_with("image:")),
+        "{e}"
+    );
+    // The made volume's name taken by a volume of someone's: refused, that volume untouched.
+    volume(&node, &format!("root-{}", uuid(3)), false);
+    let e = refused(node.create(3, "third", FLOATING).await);
+    assert!(
+        matches!(&e, GuestError::AlreadyExists(m) if m.contains("root-")),
+        "{e}"
+    );
+    assert!(
+        node.guests
+            .volumes
+            .get(&format!("root-{}", uuid(3)))
+            .is_ok()
+    );
+    for n in [2, 3] {
+        assert!(node.hypervisor.domains().iter().all(|d| d.uuid != uuid(n)));
+        assert!(!node.dir(&uuid(n)).exists());
+        assert!(node.placement.lock().get(&uuid(n)).is_none());
+    }
+    assert_eq!(node.claims(), 1);
+}
+
+/// A boot volume made for a guest that has no domain (a create killed halfway) is an orphan
+/// once older than the grace; the boot volume of a guest that exists, and any volume made by
+/// `VolumeService.Create`, stay.
+#[tokio::test]
+async fn orphan_boot_volumes_are_removed_and_others_kept() {
+    let node = Node::new().await;
+    node.create(1, "web", FLOATING).await.unwrap();
+    volume(&node, "data", false);
+    let base = node.root.path().join("base.qcow2");
+    let orphan = format!("root-{}", uuid(9));
+    node.guests
+        .volumes
+        .create_overlay(&orphan, ("img", &base, "qcow2"), 1 << 30, &uuid(9), 0)
+        .unwrap();
+    let removed = node
+        .guests
+        .remove_orphans(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(removed, [format!("volume {orphan}")]);
+    assert!(node.guests.volumes.get(&orphan).is_err());
+    assert!(node.guests.volumes.get("data").is_ok());
+    node.assert_made(&uuid(1));
 }

@@ -166,10 +166,19 @@ impl Guests {
     pub async fn attached_volumes(
         self: &std::sync::Arc<Self>,
     ) -> Result<BTreeMap<String, Vec<String>>, GuestError> {
+        let boot: BTreeMap<String, String> = self
+            .list()
+            .await?
+            .0
+            .into_iter()
+            .filter_map(|g| g.intent.boot_volume.map(|b| (g.uuid, b.name)))
+            .collect();
         let mut by_guest: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (record, users) in self.volumes().await?.0 {
             for uuid in users {
-                by_guest.entry(uuid).or_default().push(record.name.clone());
+                if boot.get(&uuid) != Some(&record.name) {
+                    by_guest.entry(uuid).or_default().push(record.name.clone());
+                }
             }
         }
         Ok(by_guest)
@@ -307,7 +316,8 @@ impl Guests {
         if let Some(target) = target {
             tracing::info!(vm = %uuid, volume = %volume, %target, ms = started.elapsed().as_millis() as u64, "volume attached");
         }
-        Ok((guest, self.volumes_of(&uuid).await?))
+        let volumes = self.volumes_of(&guest).await?;
+        Ok((guest, volumes))
     }
 
     /// Detaches `volume` from guest `uuid`: from its definition at once, from the running
@@ -332,6 +342,17 @@ impl Guests {
         let record = self.volumes.get(volume)?;
         let _busy = self.exclusive(&uuid).await?;
         let guest = self.get(&uuid).await?;
+        if guest
+            .intent
+            .boot_volume
+            .as_ref()
+            .is_some_and(|b| b.name == volume)
+        {
+            return Err(GuestError::Precondition(format!(
+                "volume: {volume:?} is the boot disk of guest {uuid}; it goes with the guest (VmService.Delete)"
+            ))
+            .into());
+        }
         let key = self.volumes.disk_source(&record).key();
         let this = self.clone();
         let (u, k) = (uuid.clone(), key.clone());
@@ -364,7 +385,8 @@ impl Guests {
             self.wait_released(&uuid, &key, volume, wait).await?;
         }
         tracing::info!(vm = %uuid, volume = %volume, ms = started.elapsed().as_millis() as u64, "volume detached");
-        Ok((guest, self.volumes_of(&uuid).await?))
+        let volumes = self.volumes_of(&guest).await?;
+        Ok((guest, volumes))
     }
 
     /// Waits (at most `wait`) until the running guest `uuid` has no disk with `key`.
@@ -401,13 +423,15 @@ impl Guests {
         }
     }
 
-    /// The names of the volumes attached to guest `uuid` (its XMLs only are read).
+    /// The names of the volumes attached to `guest` (its XMLs only are read), but for the
+    /// volume it boots from (`Vm.boot_volume` names that one).
     pub async fn volumes_of(
         self: &std::sync::Arc<Self>,
-        uuid: &str,
+        guest: &Guest,
     ) -> Result<Vec<String>, GuestError> {
         let this = self.clone();
-        let u = uuid.to_string();
+        let u = guest.uuid.clone();
+        let boot = guest.intent.boot_volume.as_ref().map(|b| b.name.as_str());
         let disks = self.blocking(move || this.read_disks(&u)).await?;
         let keys: Vec<&str> = disks.keys().collect();
         Ok(self
@@ -416,6 +440,7 @@ impl Guests {
             .0
             .into_iter()
             .filter(|r| keys.contains(&self.volumes.disk_source(r).key().as_str()))
+            .filter(|r| Some(r.name.as_str()) != boot)
             .map(|r| r.name)
             .collect())
     }

@@ -174,12 +174,12 @@ fn qcow2(path: &Path, backing: Option<(&Path, &str)>, size_bytes: u64) -> Result
 /// takes, as `qemu-img measure` reckons it. `shared`: read it while QEMU holds it open for
 /// writing (the caller keeps the guest paused meanwhile); otherwise the read takes QEMU's
 /// lock and fails while a QEMU writes the disk.
-pub fn measure_flat(path: &Path, shared: bool) -> Result<u64, DiskError> {
+pub fn measure_flat(path: &Path, format: &str, shared: bool) -> Result<u64, DiskError> {
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "measure".as_ref(),
         "--output=json".as_ref(),
         "-f".as_ref(),
-        "qcow2".as_ref(),
+        format.as_ref(),
         "-O".as_ref(),
         "qcow2".as_ref(),
     ];
@@ -202,12 +202,12 @@ pub fn measure_flat(path: &Path, shared: bool) -> Result<u64, DiskError> {
 /// Writes the qcow2 disk `path` with its backing chain flattened into the new qcow2 file `to`,
 /// which has no backing file. `shared` as in [`measure_flat`]: without it, a QEMU that
 /// starts on the disk meanwhile is refused its lock (and QEMU writing it makes this fail).
-pub fn flatten(path: &Path, to: &Path, shared: bool) -> Result<(), DiskError> {
+pub fn flatten(path: &Path, format: &str, to: &Path, shared: bool) -> Result<(), DiskError> {
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "convert".as_ref(),
         "-q".as_ref(),
         "-f".as_ref(),
-        "qcow2".as_ref(),
+        format.as_ref(),
         "-O".as_ref(),
         "qcow2".as_ref(),
     ];
@@ -384,10 +384,10 @@ mod tests {
         overlay(&top, &base, "qcow2", 256 << 20).unwrap();
         let t = top.to_str().unwrap();
         tool("qemu-io", &["-c", "write -P 0xbb 1M 1M", t]);
-        let need = measure_flat(&top, false).unwrap();
+        let need = measure_flat(&top, "qcow2", false).unwrap();
         assert!(need >= 2 << 20, "two written MiB, measured {need}");
         let flat = dir.path().join("flat.qcow2");
-        flatten(&top, &flat, false).unwrap();
+        flatten(&top, "qcow2", &flat, false).unwrap();
         let f = flat.to_str().unwrap();
         let info: serde_json::Value =
             serde_json::from_str(&tool("qemu-img", &["info", "--output=json", f])).unwrap();
@@ -398,7 +398,7 @@ mod tests {
             "qemu-io",
             &["-c", "read -P 0xaa 0 1M", "-c", "read -P 0xbb 1M 1M", f],
         );
-        let e = flatten(&dir.path().join("missing"), &flat, false).unwrap_err();
+        let e = flatten(&dir.path().join("missing"), "qcow2", &flat, false).unwrap_err();
         assert!(e.to_string().starts_with("qemu-img: "), "{e}");
     }
 

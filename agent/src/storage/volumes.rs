@@ -69,6 +69,10 @@ pub struct VolumeRecord {
     #[serde(default)]
     pub image: String,
     pub created_unix: u64,
+    /// The guest this volume was made for, as its boot disk: a qcow2 overlay on `image`,
+    /// deleted with the guest. Empty for every volume made by `Create`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub made_for: String,
 }
 
 /// A Create request, as checked by [`VolumeStore::create`].
@@ -322,6 +326,20 @@ impl VolumeStore {
         }
     }
 
+    /// Holds `name` for a Create in flight until dropped; a second is refused.
+    fn take_name(&self, name: &str) -> Result<Creating<'_>, VolumeError> {
+        if !hvagent_core::sync::lock(&self.creating).insert(name.to_string()) {
+            return Err(VolumeError::Exists {
+                name: name.to_string(),
+                what: "a Create of it is in flight".into(),
+            });
+        }
+        Ok(Creating {
+            store: self,
+            name: name.to_string(),
+        })
+    }
+
     fn record_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.json"))
     }
@@ -399,19 +417,7 @@ impl VolumeStore {
     pub fn create(&self, spec: &VolumeSpec, now_unix: u64) -> Result<VolumeRecord, VolumeError> {
         check(spec)?;
         let name = spec.name.clone();
-        {
-            let mut creating = hvagent_core::sync::lock(&self.creating);
-            if !creating.insert(name.clone()) {
-                return Err(VolumeError::Exists {
-                    name,
-                    what: "a Create of it is in flight".into(),
-                });
-            }
-        }
-        let _taken = Creating {
-            store: self,
-            name: name.clone(),
-        };
+        let _taken = self.take_name(&name)?;
         let external = if spec.source.is_empty() {
             None
         } else if spec.source.starts_with("nbd://") {
@@ -502,6 +508,7 @@ impl VolumeStore {
                 source: source.clone(),
                 image: String::new(),
                 created_unix: 0,
+                made_for: String::new(),
             })
             .key();
         if let Some(other) = self
@@ -529,6 +536,7 @@ impl VolumeStore {
             source,
             image: String::new(),
             created_unix: now_unix,
+            made_for: String::new(),
         })
     }
 
@@ -588,7 +596,60 @@ impl VolumeStore {
                 .as_ref()
                 .map_or_else(String::new, |(n, _, _)| n.clone()),
             created_unix: now_unix,
+            made_for: String::new(),
         })
+    }
+
+    /// Makes the boot volume of guest `made_for`: a qcow2 overlay of `size_bytes` on the store
+    /// image `image` (its name, file and format), as the guest's local root disk would be (no
+    /// copy: the guest holds its image for as long as it exists). A taken name is refused,
+    /// whatever the volume there; a failure leaves nothing behind.
+    pub fn create_overlay(
+        &self,
+        name: &str,
+        image: (&str, &Path, &str),
+        size_bytes: u64,
+        made_for: &str,
+        now_unix: u64,
+    ) -> Result<VolumeRecord, VolumeError> {
+        let _taken = self.take_name(name)?;
+        match self.get(name) {
+            Ok(existing) => {
+                return Err(VolumeError::Exists {
+                    name: name.to_string(),
+                    what: format!("{} {}", existing.source.kind(), existing.format),
+                });
+            }
+            Err(VolumeError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        super::traversable_dir(&self.dir).map_err(io(&self.dir, "create volume store"))?;
+        let (image_name, base, base_format) = image;
+        let path = self.file(name, "qcow2");
+        let staged = self.dir.join(format!(".{name}.qcow2.part"));
+        let _ = std::fs::remove_file(&staged);
+        let made = disks::overlay(&staged, base, base_format, size_bytes)
+            .map_err(VolumeError::from)
+            .and_then(|()| std::fs::rename(&staged, &path).map_err(io(&path, "move into place")));
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e);
+        }
+        let record = VolumeRecord {
+            name: name.to_string(),
+            format: "qcow2".into(),
+            size_bytes,
+            shareable: false,
+            source: VolumeSource::Store,
+            image: image_name.to_string(),
+            created_unix: now_unix,
+            made_for: made_for.to_string(),
+        };
+        if let Err(e) = self.write_record(&record) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(record)
     }
 
     /// Writes `record` durably: temporary file, fsync, rename, fsync of the directory.

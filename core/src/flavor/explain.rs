@@ -124,8 +124,8 @@ pub fn explain(spec: &FlavorSpec) -> Vec<Promise> {
     match &spec.disk {
         None => out.push(promise(
             "(no disk)",
-            "no root disk: the guest boots from a volume the user provides",
-            "no local root disk is created",
+            "no local root disk: the guest boots from a volume",
+            "no local disk is created or claimed (DISK_GB 0); the guest boots from the volume named at create (boot_volume), or else from a volume the agent makes from the image (root-<uuid>, in the volume store, deleted with the guest)",
         )),
         Some(d) => {
             let part = format!(
@@ -337,7 +337,11 @@ mod tests {
         }
         let text = lines("SCS-1L-1").join("\n");
         assert!(text.contains("heavily oversubscribed"), "{text}");
-        assert!(text.contains("no root disk"), "{text}");
+        assert!(text.contains("no local root disk"), "{text}");
+        assert!(
+            text.contains("boot_volume") && text.contains("DISK_GB 0"),
+            "{text}"
+        );
         assert!(text.contains("1 vCPU,"), "{text}");
     }
 }

@@ -35,11 +35,11 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
         | VmCommand::Resume { guest }
         | VmCommand::Delete { guest }
         | VmCommand::Snapshot { guest, .. }
-        | VmCommand::AttachVolume { guest, .. }
-        | VmCommand::DetachVolume { guest, .. }
         | VmCommand::Resize { guest, .. }
         | VmCommand::ResizeConfirm { guest }
         | VmCommand::ResizeRevert { guest }
+        | VmCommand::AttachVolume { guest, .. }
+        | VmCommand::DetachVolume { guest, .. }
         | VmCommand::Guarantees { guest }
         | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
@@ -58,6 +58,7 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
             name,
             flavor,
             image,
+            boot_volume,
             networks,
             user_data,
             ssh_keys,
@@ -93,7 +94,8 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
                 uuid: uuid.clone(),
                 name,
                 flavor,
-                image,
+                image: image.unwrap_or_default(),
+                boot_volume: boot_volume.unwrap_or_default(),
                 networks,
                 addresses,
                 macs: Vec::new(),

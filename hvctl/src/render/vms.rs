@@ -14,7 +14,7 @@ pub fn vms(list: &[pb::Vm]) -> String {
         "IMAGE",
         "EMULATION",
         "VCPU CPUS",
-        "ROOT DISK",
+        "BOOT DISK",
     ]);
     for v in list {
         let claim = v.claim.clone().unwrap_or_default();
@@ -40,7 +40,13 @@ pub fn vms(list: &[pb::Vm]) -> String {
             } else {
                 format!("pool ({} vCPUs)", claim.vcpus.len())
             },
-            format!("{} GiB", v.root_disk_gb),
+            if v.boot_volume.is_empty() {
+                format!("{} GiB", v.root_disk_gb)
+            } else if v.boot_volume_made {
+                format!("volume {} (made from the image)", v.boot_volume)
+            } else {
+                format!("volume {}", v.boot_volume)
+            },
         ]);
     }
     t.render()

@@ -41,7 +41,7 @@ fn what_a_resize_may_change() {
     let changes = check(
         &spec("SCS-1Vi-1u-5"),
         &spec("SCS-2Vi-2u-3x10"),
-        &img,
+        Some(&img),
         5 * GIB,
     )
     .unwrap();
@@ -56,7 +56,7 @@ fn what_a_resize_may_change() {
     let changes = check(
         &spec("SCS-1Vi-1u-2x5"),
         &spec("SCS-1Vi-2u-3x5"),
-        &img,
+        Some(&img),
         5 * GIB,
     )
     .unwrap();
@@ -71,13 +71,18 @@ fn what_a_resize_may_change() {
     let changes = check(
         &spec("SCS-1Vi-1u-2x5"),
         &spec("SCS-1Vi-1u-2x8"),
-        &img,
+        Some(&img),
         5 * GIB,
     )
     .unwrap();
     assert_eq!(changes.grow, [(1, 8 * GIB)]);
     // Diskless to diskless: only CPUs and memory.
-    let changes = check(&spec("SCS-1Vi-1u"), &spec("SCS-2Vi-4u"), &img, GIB).unwrap();
+    let changes = check(&spec("SCS-1Vi-1u"), &spec("SCS-2Vi-4u"), Some(&img), GIB).unwrap();
+    // Booted from a volume given at Create (no image): the same.
+    assert_eq!(
+        check(&spec("SCS-1Vi-1u"), &spec("SCS-2Vi-4u"), None, 0).unwrap(),
+        changes
+    );
     assert_eq!(
         changes,
         DiskChanges {
@@ -89,7 +94,7 @@ fn what_a_resize_may_change() {
     let refused = |old: &str, new: &str, img: &ImageRecord, root: u64| match check(
         &spec(old),
         &spec(new),
-        img,
+        Some(img),
         root,
     )
     .unwrap_err()
@@ -185,6 +190,7 @@ fn intent(flavor: &str, resize: bool) -> Intent {
         networks: vec![],
         nics: vec![],
         metadata: BTreeMap::new(),
+        boot_volume: None,
         resize: resize.then(|| ResizeIntent {
             holder: "00000000-0000-4000-8000-0000000000ff".into(),
             old_flavor: "SCS-1Vi-1u".into(),
@@ -467,7 +473,7 @@ async fn a_restarted_agent_finishes_what_a_resize_left() {
     node.hypervisor.power_off(UUID);
     change_disks(
         &files,
-        &check(&spec(SMALL), &spec(BIG), &image(1, "0"), 5 * GIB).unwrap(),
+        &check(&spec(SMALL), &spec(BIG), Some(&image(1, "0")), 5 * GIB).unwrap(),
     )
     .unwrap();
     node.restart().await;

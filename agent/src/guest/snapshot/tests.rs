@@ -213,7 +213,12 @@ async fn a_failed_snapshot_leaves_no_image_and_the_guest_running() {
     node.snapshot("a").await.unwrap_err();
     assert!(!node.marker().exists());
     // The copy fails (the disk is unreadable) while the guest is paused: it is resumed.
-    let root = GuestFiles::new(node.root.path(), UUID).root_disk();
+    // The flavor has no disk: the guest boots from the volume made from the image.
+    let root = node
+        .root
+        .path()
+        .join("volumes")
+        .join(format!("root-{UUID}.qcow2"));
     let saved = std::fs::read(&root).unwrap();
     std::fs::write(&root, b"not a qcow2").unwrap();
     let e = node.snapshot("a").await.unwrap_err();
