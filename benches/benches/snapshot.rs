@@ -14,11 +14,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{env_or, header, row, start_agent, stats};
+use common::{env_or, header, import_testguest, row, start_agent, stats};
 use hvagent::storage::GuestFiles;
 use hvagent_proto::v1 as pb;
 use hvctl::client;
@@ -42,16 +42,6 @@ fn virsh(args: &[&str]) {
     let mut all = vec!["-c", "qemu:///system"];
     all.extend(args);
     run("virsh", &all);
-}
-
-fn testguest() -> PathBuf {
-    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/out/testguest.qcow2");
-    assert!(
-        image.exists(),
-        "{} missing: run images/build.sh",
-        image.display()
-    );
-    image
 }
 
 /// A Snapshot call's time, and how long the guest was paused (0 when it was not running).
@@ -138,15 +128,8 @@ fn main() {
     runtime.block_on(async {
         let channel = client::connect(&socket).await.expect("connect");
         let mut vms = Vms::new(channel.clone());
-        let mut images = Images::new(channel);
-        images
-            .import(pb::ImportImageRequest {
-                name: "testguest".into(),
-                source_path: testguest().display().to_string(),
-                ..Default::default()
-            })
-            .await
-            .expect("import");
+        let mut images = Images::new(channel.clone());
+        import_testguest(channel).await;
         vms.create(pb::CreateVmRequest {
             uuid: UUID.into(),
             name: "bench-snapshot".into(),

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{env_or, header, row, start_agent, stats};
+use common::{env_or, header, import_testguest, row, start_agent, stats, wait_ready};
 use hvagent_proto::v1 as pb;
 use hvctl::client;
 
@@ -127,15 +127,7 @@ fn main() {
         let channel = client::connect(&socket).await.expect("connect");
         let mut vms = Vms::new(channel.clone());
         let mut volumes = Volumes::new(channel.clone());
-        let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/out/testguest.qcow2");
-        pb::image_service_client::ImageServiceClient::new(channel)
-            .import(pb::ImportImageRequest {
-                name: "testguest".into(),
-                source_path: image.display().to_string(),
-                ..Default::default()
-            })
-            .await
-            .expect("import (images/build.sh builds the image)");
+        import_testguest(channel).await;
         vms.create(pb::CreateVmRequest {
             uuid: UUID.into(),
             name: "bench-volumes".into(),
@@ -154,22 +146,7 @@ fn main() {
             .await
             .expect("create volume");
         // Hot-plug needs the guest's kernel up (ACPI PCI hotplug).
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let log = vms
-                .get_console_log(pb::GetConsoleLogRequest {
-                    uuid: UUID.into(),
-                    max_bytes: 0,
-                })
-                .await
-                .expect("console")
-                .into_inner();
-            if String::from_utf8_lossy(&log.data).contains("HVAGENT-GUEST-READY") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "guest not ready in 180 s");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        wait_ready(&mut vms, UUID).await;
         let (mut agent_attach, mut agent_detach) = (vec![], vec![]);
         let (mut hand_attach, mut hand_returned, mut hand_detach) = (vec![], vec![], vec![]);
         for round in 0..=rounds {

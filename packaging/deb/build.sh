@@ -8,10 +8,15 @@
 # install, upgrade, remove and purge do.
 #
 # Environment: CARGO (cargo), DEB_REVISION (1: the Debian revision after the crate's version),
-# DEB_MAINTAINER (the Maintainer field).
+# DEB_MAINTAINER (the Maintainer field), DEB_PROFILE (deb: the cargo profile the binaries are
+# built with; the package test uses `dev`, the binaries `cargo test` has built already, so that
+# checking the packaging costs no second optimised build).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CARGO=${CARGO:-cargo}
+profile=${DEB_PROFILE:-deb}
+# cargo puts the dev profile's output in target/debug, every other profile's under its name.
+bin_dir=target/$([[ $profile == dev ]] && echo debug || echo "$profile")
 here=packaging/deb
 
 upstream=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
@@ -22,7 +27,7 @@ out=target/debian
 stage="$out/hvagent_${version}_amd64"
 deb="$out/hvagent_${version}_amd64.deb"
 
-"$CARGO" build --profile deb -p hvagent -p hvctl --bins
+"$CARGO" build --profile "$profile" -p hvagent -p hvctl --bins
 gen="$out/gen"
 rm -rf "$gen" "$stage"
 "$CARGO" run --quiet -p hvagent-packaging -- "$gen"
@@ -32,7 +37,7 @@ umask 022
 install -d "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" "$stage/etc/hvagent" \
   "$stage/usr/lib/tmpfiles.d" "$stage/usr/share/doc/hvagent" "$stage/usr/share/lintian/overrides"
 for bin in hvagent hvctl; do
-  install -m 0755 "target/deb/$bin" "$stage/usr/bin/$bin"
+  install -m 0755 "$bin_dir/$bin" "$stage/usr/bin/$bin"
   # What dh_strip does: no symbols, no .comment/.note sections.
   strip --remove-section=.comment --remove-section=.note --strip-unneeded "$stage/usr/bin/$bin"
 done

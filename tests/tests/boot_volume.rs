@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{Agent, Cleanup, console, import_testguest, runtime};
+use common::{Agent, Cleanup, import_testguest, ready, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -39,21 +37,6 @@ async fn disk_free_gb(node: &mut Node) -> u64 {
         .and_then(|r| r.strip_suffix(" GB are free"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("free GB in {:?}", c.reason))
-}
-
-async fn ready(vms: &mut Vms, uuid: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let text = console(vms, uuid).await;
-        if text.contains("HVAGENT-GUEST-READY") {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "guest {uuid} not ready within 180 s:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 async fn get(vms: &mut Vms, uuid: &str) -> pb::Vm {

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Agent, Cleanup, console, import_testguest, runtime};
+use common::{Agent, Cleanup, import_testguest, ready, runtime, state};
 use hvagent_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -86,14 +86,6 @@ impl Session {
     }
 }
 
-async fn state(vms: &mut Vms) -> String {
-    vms.get(pb::GetVmRequest { uuid: GUEST.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .state
-}
-
 async fn log_bytes(vms: &mut Vms) -> u64 {
     vms.get_console_log(pb::GetConsoleLogRequest {
         uuid: GUEST.into(),
@@ -123,14 +115,7 @@ fn typed_commands_come_back_and_sessions_are_one_at_a_time() {
         })
         .await
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while !console(&mut vms, GUEST)
-            .await
-            .contains("HVAGENT-GUEST-READY")
-        {
-            assert!(Instant::now() < deadline, "guest not ready within 180 s");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        ready(&mut vms, GUEST).await;
 
         // A command typed in comes back with its output (the shell computes 6*7).
         let mut first = open(&mut vms, GUEST, false).await.unwrap();
@@ -161,7 +146,7 @@ fn typed_commands_come_back_and_sessions_are_one_at_a_time() {
         // Hanging up ends the session only: the guest runs on and its log keeps growing.
         drop(second);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(state(&mut vms).await, "running");
+        assert_eq!(state(&mut vms, GUEST).await, "running");
         let before = log_bytes(&mut vms).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(log_bytes(&mut vms).await > before, "the log grows after");

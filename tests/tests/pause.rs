@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Agent, Cleanup, code, console, import_testguest, runtime, stderr, stdout};
+use common::{Agent, Cleanup, code, console, import_testguest, runtime, state, stderr, stdout};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -44,14 +44,6 @@ async fn count_past(vms: &mut Vms, above: u64) -> u64 {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-async fn state(vms: &mut Vms, uuid: &str) -> String {
-    vms.get(pb::GetVmRequest { uuid: uuid.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .state
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, Cleanup, console, repo_root, runtime, stderr, stdout, tool};
+use common::{Agent, Cleanup, ready, repo_root, runtime, state, stderr, stdout, tool};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -59,30 +59,6 @@ async fn create(vms: &mut Vms, uuid: &str, name: &str, image: &str) {
     })
     .await
     .unwrap();
-}
-
-/// Waits until the guest's console says it booted and is ready; returns its report.
-async fn ready(vms: &mut Vms, uuid: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let text = console(vms, uuid).await;
-        if text.contains("HVAGENT-GUEST-READY") {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "guest {uuid} not ready within 180 s:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn state(vms: &mut Vms, uuid: &str) -> String {
-    vms.get(pb::GetVmRequest { uuid: uuid.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .state
 }
 
 async fn snapshot(

@@ -6,7 +6,9 @@
 //!
 //! Each session is pumped by a thread of its own (not the blocking pool: a session lasts as
 //! long as the operator stays, and would hold one of its few permits that long), polling the
-//! non-blocking console every [`POLL`] while neither side has anything.
+//! non-blocking console while neither side has anything: every [`POLL_ACTIVE`] for
+//! [`ACTIVE_WINDOW`] after the last byte either way (a typed line's answer comes within it),
+//! then every [`POLL_IDLE`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +24,13 @@ use crate::domain::DomainState;
 use crate::domain::console::{ConsoleRead, ConsoleStream};
 use hvagent_core::sync::lock;
 
-/// How long a session's thread sleeps when neither side had anything: the most a keystroke
-/// or an output byte waits.
-pub const POLL: Duration = Duration::from_millis(5);
+/// How long a session's thread sleeps when neither side had anything, shortly after the last
+/// byte either way: the most a keystroke or an output byte waits then.
+pub const POLL_ACTIVE: Duration = Duration::from_millis(1);
+/// How long it sleeps once the session has been quiet for [`ACTIVE_WINDOW`] (a few wake-ups a
+/// second per idle session; the first key after a pause waits at most this).
+pub const POLL_IDLE: Duration = Duration::from_millis(10);
+pub const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 /// How long a write may wait for libvirt to take keystrokes before the session ends.
 const WRITE_STALL: Duration = Duration::from_secs(10);
 /// Chunks of output queued for a slow client before the session waits for it.
@@ -141,6 +147,7 @@ fn pump(
     taken: &AtomicBool,
 ) -> Option<ConsoleEnd> {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut last_byte = Instant::now();
     loop {
         if taken.load(Ordering::SeqCst) {
             return Some(ConsoleEnd::TakenOver);
@@ -182,8 +189,12 @@ fn pump(
         if output.is_closed() {
             return None;
         }
-        if !busy {
-            std::thread::sleep(POLL);
+        if busy {
+            last_byte = Instant::now();
+        } else if last_byte.elapsed() < ACTIVE_WINDOW {
+            std::thread::sleep(POLL_ACTIVE);
+        } else {
+            std::thread::sleep(POLL_IDLE);
         }
     }
 }
@@ -207,7 +218,7 @@ fn write_all(
                         WRITE_STALL.as_secs()
                     )));
                 }
-                std::thread::sleep(POLL);
+                std::thread::sleep(POLL_ACTIVE);
             }
             Ok(n) => {
                 data = &data[n.min(data.len())..];

@@ -102,3 +102,42 @@ pub fn start_agent_with_metrics(dir: &Path, extra: &str, port: u16) -> (Child, P
     }
     (child, socket)
 }
+
+type Vms = hvagent_proto::v1::vm_service_client::VmServiceClient<tonic::transport::Channel>;
+
+/// `images/out/testguest.qcow2` (built by `images/build.sh`, as `make test` does).
+pub fn testguest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/out/testguest.qcow2")
+}
+
+/// Imports the test image as image `testguest` over `channel`.
+pub async fn import_testguest(channel: tonic::transport::Channel) {
+    hvagent_proto::v1::image_service_client::ImageServiceClient::new(channel)
+        .import(hvagent_proto::v1::ImportImageRequest {
+            name: "testguest".into(),
+            source_path: testguest().display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("import (images/build.sh builds the image)");
+}
+
+/// Waits until guest `uuid`'s console says it is ready (180 s at most).
+pub async fn wait_ready(vms: &mut Vms, uuid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let log = vms
+            .get_console_log(hvagent_proto::v1::GetConsoleLogRequest {
+                uuid: uuid.into(),
+                max_bytes: 0,
+            })
+            .await
+            .expect("console log")
+            .into_inner();
+        if String::from_utf8_lossy(&log.data).contains("HVAGENT-GUEST-READY") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "guest {uuid} not ready in 180 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

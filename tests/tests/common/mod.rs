@@ -67,6 +67,38 @@ pub async fn console(
     String::from_utf8_lossy(&log.data).into_owned()
 }
 
+/// Waits until the guest's console says it booted and is ready (180 s at most); returns the
+/// console with its report.
+pub async fn ready(
+    vms: &mut hvagent_proto::v1::vm_service_client::VmServiceClient<tonic::transport::Channel>,
+    uuid: &str,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = console(vms, uuid).await;
+        if text.contains("HVAGENT-GUEST-READY") {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest {uuid} not ready within 180 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The guest's state as the agent answers it (`running`, `shut off`, `paused`, ...).
+pub async fn state(
+    vms: &mut hvagent_proto::v1::vm_service_client::VmServiceClient<tonic::transport::Channel>,
+    uuid: &str,
+) -> String {
+    vms.get(hvagent_proto::v1::GetVmRequest { uuid: uuid.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
