@@ -81,11 +81,16 @@ impl Guests {
                 guest.state
             )));
         }
-        let previous = lock(&self.consoles.open).get(&uuid).cloned();
-        if previous.is_some() && !force {
-            return Err(GuestError::Precondition(format!(
-                "uuid: the console of guest {uuid} is in use by another session; force takes it over"
-            )));
+        match lock(&self.consoles.open).get(&uuid) {
+            Some(_) if !force => {
+                return Err(GuestError::Precondition(format!(
+                    "uuid: the console of guest {uuid} is in use by another session; force takes it over"
+                )));
+            }
+            // Told before libvirt closes its stream (the forced open does), so that it ends
+            // as taken over rather than as a failed stream; it ends also if the open fails.
+            Some(other) => other.store(true, Ordering::SeqCst),
+            None => {}
         }
         let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
