@@ -367,6 +367,28 @@ pub enum VmCommand {
     /// Detach a volume: gone from the definition at once, from a running guest once it
     /// releases the disk (waited for 30 s). The volume keeps its data.
     DetachVolume { guest: String, volume: String },
+    /// Attach a NIC (virtio-net) to a managed network (`hvctl network`) or a host bridge:
+    /// hot-plugged into a running guest and kept in its definition across stop and start.
+    /// NET=ADDRESS/PREFIX records the guest's address in its intent; the guest applies it
+    /// itself (cloud-init reads its network-config at first boot only). At most 16 NICs.
+    AttachNetwork {
+        guest: String,
+        #[arg(value_name = "NET[=ADDRESS/PREFIX]")]
+        network: String,
+        /// The NIC's MAC (default: derived from the guest's UUID and the NIC's slot).
+        #[arg(long)]
+        mac: Option<String>,
+        /// Rate limit into the guest, kbit/s (default: none).
+        #[arg(long, value_name = "KBPS", default_value_t = 0)]
+        ingress_kbps: u32,
+        /// Rate limit out of the guest, kbit/s (default: none).
+        #[arg(long, value_name = "KBPS", default_value_t = 0)]
+        egress_kbps: u32,
+    },
+    /// Detach the NIC with this MAC (`hvctl vm get` lists them): gone from the definition at
+    /// once, from a running guest once it releases the device (waited for 30 s); then its
+    /// tap is removed.
+    DetachNetwork { guest: String, mac: String },
     /// Follow lifecycle events (one line each, or one JSON object per line with --output
     /// json) until interrupted.
     Events {

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::placement::{claim_to_proto, status as refusal_status};
 use crate::domain::EventKind;
 use crate::guest::{
-    ConsoleEnd, ConsoleEvent, CreateRequest, Guest, GuestError, Guests, SnapshotError,
+    ConsoleEnd, ConsoleEvent, CreateRequest, Guest, GuestError, Guests, NicRequest, SnapshotError,
     SnapshotRequest, now_unix,
 };
 use crate::health::Health;
@@ -715,6 +715,43 @@ impl pb::vm_service_server::VmService for VmApi {
             )
             .await?;
         Ok(Response::new(self.with_volumes(g, volumes)))
+    }
+
+    async fn attach_interface(
+        &self,
+        request: Request<pb::AttachInterfaceRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let guests = self.guests.clone();
+        let req = NicRequest {
+            uuid: r.uuid,
+            network: r.network,
+            address: r.address,
+            mac: r.mac,
+            ingress_kbps: r.ingress_kbps,
+            egress_kbps: r.egress_kbps,
+        };
+        let g = self
+            .mutations
+            .run(async move { guests.attach_interface(req).await }, status)
+            .await?;
+        Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn detach_interface(
+        &self,
+        request: Request<pb::DetachInterfaceRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let guests = self.guests.clone();
+        let g = self
+            .mutations
+            .run(
+                async move { guests.detach_interface(&r.uuid, &r.mac).await },
+                super::volume::call_status,
+            )
+            .await?;
+        Ok(Response::new(self.to_proto(g)))
     }
 
     async fn get_console_log(

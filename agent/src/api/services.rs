@@ -116,6 +116,9 @@ pub const SERVICES: &[Service] = &[
             // Attaching gives a guest another's data; as Create, the control plane's call.
             control("AttachVolume"),
             control("DetachVolume"),
+            // A NIC puts a guest into another network: as Create, the control plane's call.
+            control("AttachInterface"),
+            control("DetachInterface"),
             // Reading a guest's console may show what its tenant typed: more than a reader.
             Method {
                 name: "GetConsoleLog",

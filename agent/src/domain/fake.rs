@@ -193,6 +193,36 @@ impl FakeHypervisor {
         });
     }
 
+    /// Removes the `<interface>` whose MAC is the one in `xml`, unless the guest clings.
+    fn detach_interface(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
+        let mac = xml
+            .split("address=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .ok_or_else(|| DomainError::Libvirt(format!("no MAC in {xml}")))?
+            .to_string();
+        let mut inner = self.call(Op::Detach, uuid)?;
+        let clinging = inner.clinging;
+        let d = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
+        if clinging {
+            return Ok(());
+        }
+        let mut from = 0;
+        while let Some(start) = d.xml[from..].find("<interface").map(|i| i + from) {
+            let end = d.xml[start..]
+                .find("</interface>")
+                .map_or(d.xml.len(), |i| start + i + "</interface>".len());
+            if d.xml[start..end].contains(&format!("address=\"{mac}\"")) {
+                d.xml.replace_range(start..end, "");
+                return Ok(());
+            }
+            from = end;
+        }
+        Err(DomainError::Libvirt(format!(
+            "no interface with MAC {mac} in domain {uuid}"
+        )))
+    }
+
     /// The domains now, by UUID.
     pub fn domains(&self) -> Vec<FakeDomain> {
         self.lock().domains.values().cloned().collect()
@@ -380,8 +410,12 @@ impl Hypervisor for FakeHypervisor {
         Ok(())
     }
 
-    /// Removes the `<disk>` with the target of `xml`, as a guest that releases it at once.
+    /// Removes the `<disk>` with the target of `xml` (the `<interface>` with its MAC), as a
+    /// guest that releases it at once.
     fn detach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
+        if xml.starts_with("<interface") {
+            return self.detach_interface(uuid, xml);
+        }
         let target = super::volume_disk::disks(xml)
             .ok()
             .and_then(|ds| ds.into_iter().next())

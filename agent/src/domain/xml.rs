@@ -103,6 +103,17 @@ pub struct NicIntent {
     pub ingress_kbps: u32,
     #[serde(default)]
     pub egress_kbps: u32,
+    /// The index in the NIC's tap name and derived MAC when it is not the NIC's position in
+    /// the list: NICs hot-attached or moved up by a detach (`guest::nic`). None: the position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<usize>,
+}
+
+impl NicIntent {
+    /// The index in the tap name of the NIC at `position` of the guest's list.
+    pub fn slot_at(&self, position: usize) -> usize {
+        self.slot.unwrap_or(position)
+    }
 }
 
 /// How a NIC reaches its network.
@@ -454,6 +465,7 @@ struct Controller {
 }
 
 #[derive(Serialize)]
+#[serde(rename = "interface")]
 struct Interface {
     #[serde(rename = "@type")]
     kind: &'static str,
@@ -463,6 +475,45 @@ struct Interface {
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<TapTarget>,
     model: TypeAttr,
+}
+
+impl Interface {
+    fn of(n: &NicSpec) -> Interface {
+        let mac = MacAddress {
+            address: n.mac.clone(),
+        };
+        let model = TypeAttr { kind: "virtio" };
+        match &n.attach {
+            NicAttach::Bridge { bridge, tap } => Interface {
+                kind: "bridge",
+                mac,
+                source: Some(BridgeSource {
+                    bridge: bridge.clone(),
+                }),
+                target: Some(TapTarget {
+                    dev: tap.clone(),
+                    managed: None,
+                }),
+                model,
+            },
+            NicAttach::Tap(t) => Interface {
+                kind: "ethernet",
+                mac,
+                source: None,
+                target: Some(TapTarget {
+                    dev: t.clone(),
+                    managed: Some("no"),
+                }),
+                model,
+            },
+        }
+    }
+}
+
+/// One `<interface>` element, as a domain the agent defines has it: what a NIC hot-plug
+/// gives libvirt (which finds the NIC to detach by its MAC).
+pub fn interface_xml(nic: &NicSpec) -> Result<String, XmlError> {
+    quick_xml::se::to_string(&Interface::of(nic)).map_err(|e| XmlError(e.to_string()))
 }
 
 #[derive(Serialize)]
@@ -692,40 +743,7 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
             } else {
                 Vec::new()
             },
-            interface: spec
-                .nics
-                .iter()
-                .map(|n| {
-                    let mac = MacAddress {
-                        address: n.mac.clone(),
-                    };
-                    let model = TypeAttr { kind: "virtio" };
-                    match &n.attach {
-                        NicAttach::Bridge { bridge, tap } => Interface {
-                            kind: "bridge",
-                            mac,
-                            source: Some(BridgeSource {
-                                bridge: bridge.clone(),
-                            }),
-                            target: Some(TapTarget {
-                                dev: tap.clone(),
-                                managed: None,
-                            }),
-                            model,
-                        },
-                        NicAttach::Tap(t) => Interface {
-                            kind: "ethernet",
-                            mac,
-                            source: None,
-                            target: Some(TapTarget {
-                                dev: t.clone(),
-                                managed: Some("no"),
-                            }),
-                            model,
-                        },
-                    }
-                })
-                .collect(),
+            interface: spec.nics.iter().map(Interface::of).collect(),
             serial: Serial {
                 kind: "pty",
                 target: SerialTarget { port: 0 },

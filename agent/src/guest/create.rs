@@ -84,13 +84,15 @@ impl Undo {
     }
 }
 
-/// How NIC `index` of guest `uuid` reaches network `name`: a tap in a managed network's
-/// bridge, or else a host bridge of that name.
-fn attach(
+/// How the NIC of guest `uuid` with tap index `index` reaches network `name`: a tap in a
+/// managed network's bridge, or else a host bridge of that name. `label` names the field in
+/// the error.
+pub(super) fn attach(
     networks: &Networks,
     uuid: &str,
     index: usize,
     name: &str,
+    label: &str,
 ) -> Result<(NicAttach, Option<NetworkSpec>), GuestError> {
     if let Some(spec) = networks.managed(name) {
         return Ok((NicAttach::Tap(nic::tap_name(uuid, index)), Some(spec)));
@@ -109,7 +111,7 @@ fn attach(
         ));
     }
     Err(GuestError::NotFound(format!(
-        "networks[{index}]: no network or bridge named {name:?} on this node"
+        "{label}: no network or bridge named {name:?} on this node"
     )))
 }
 
@@ -191,7 +193,8 @@ impl Guests {
             let boot = self.boot(&req, &spec, &uuid, image.as_ref()).await?;
             let mut nics = Vec::new();
             for (i, name) in req.networks.iter().enumerate() {
-                let (attach, network) = attach(&self.networks, &uuid, i, name)?;
+                let (attach, network) =
+                    attach(&self.networks, &uuid, i, name, &format!("networks[{i}]"))?;
                 nics.push(PlannedNic {
                     attach,
                     network,

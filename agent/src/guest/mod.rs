@@ -14,6 +14,7 @@ mod console;
 mod create;
 mod error;
 mod lifecycle;
+mod nic;
 mod pause;
 mod pins;
 mod plan;
@@ -38,6 +39,7 @@ pub use error::GuestError;
 pub use lifecycle::{
     DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT, MAX_CONSOLE_BYTES, MAX_STOP_TIMEOUT,
 };
+pub use nic::NicRequest;
 pub use recovery::rebuild;
 use request::checked_uuid;
 pub use request::{

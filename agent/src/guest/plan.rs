@@ -79,6 +79,7 @@ pub(super) fn nic_intent(req: &CreateRequest, uuid: &str, index: usize) -> NicIn
         address: given(&req.addresses).unwrap_or_default(),
         ingress_kbps: req.ingress_kbps.get(index).copied().unwrap_or(0),
         egress_kbps: req.egress_kbps.get(index).copied().unwrap_or(0),
+        slot: None,
     }
 }
 
@@ -111,7 +112,7 @@ pub(super) fn guest_taps(
     nics.enumerate()
         .filter_map(|(i, (network, nic))| {
             network.map(|network| GuestTap {
-                name: nic::tap_name(uuid, i),
+                name: nic::tap_name(uuid, nic.slot_at(i)),
                 network,
                 ingress_kbps: nic.ingress_kbps,
                 egress_kbps: nic.egress_kbps,
@@ -137,7 +138,7 @@ pub(super) fn host_taps<'a>(
     nics.enumerate()
         .filter(|(_, (managed, nic))| !managed && (nic.ingress_kbps > 0 || nic.egress_kbps > 0))
         .map(|(i, (_, nic))| HostTap {
-            name: nic::tap_name(uuid, i),
+            name: nic::tap_name(uuid, nic.slot_at(i)),
             ingress_kbps: nic.ingress_kbps,
             egress_kbps: nic.egress_kbps,
         })

@@ -50,6 +50,8 @@ impl Guests {
         }
         // Before the claims are read: a resize rolled back changes its guest's intent.
         self.recover_resizes().await;
+        // Intent entries of NICs an attach or detach cut short left in no XML.
+        self.settle_nics().await;
         let stored = self.stored_claims().await?;
         // Before any call can find them paused: guests a killed agent's snapshot left so.
         self.resume_paused_by_snapshots().await;

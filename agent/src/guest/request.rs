@@ -91,16 +91,53 @@ pub(super) fn check_ram(spec: &FlavorSpec, image: &ImageRecord) -> Result<(), Gu
     Ok(())
 }
 
-/// A network name: a managed network's or a host bridge's (an interface name).
-fn check_network(index: usize, name: &str) -> Result<(), GuestError> {
-    let valid = (1..=15).contains(&name.len())
-        && name
+/// One NIC as Create (per network) and AttachInterface take it; "" and 0: not given.
+pub(super) struct NicFields<'a> {
+    pub network: &'a str,
+    pub address: &'a str,
+    pub mac: &'a str,
+    pub ingress_kbps: u32,
+    pub egress_kbps: u32,
+}
+
+/// The rules for one NIC's fields. Errors name a field by `label` of its Create list's name
+/// (`networks`, `addresses`, `macs`, `ingress_kbps`, `egress_kbps`): `networks[2]` at Create,
+/// `network` at AttachInterface.
+pub(super) fn check_nic(
+    nic: &NicFields<'_>,
+    label: &dyn Fn(&str) -> String,
+) -> Result<(), GuestError> {
+    // A managed network's name or a host bridge's (an interface name).
+    let valid = (1..=15).contains(&nic.network.len())
+        && nic
+            .network
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if !valid {
         return Err(GuestError::Invalid(format!(
-            "networks[{index}]: must be an interface name of 1-15 characters of A-Z a-z 0-9 _ . -"
+            "{}: must be an interface name of 1-15 characters of A-Z a-z 0-9 _ . -",
+            label("networks")
         )));
+    }
+    for (field, rate) in [
+        ("ingress_kbps", nic.ingress_kbps),
+        ("egress_kbps", nic.egress_kbps),
+    ] {
+        if rate > MAX_RATE_KBPS {
+            return Err(GuestError::Invalid(format!(
+                "{}: at most {MAX_RATE_KBPS} (100 Gbit/s)",
+                label(field)
+            )));
+        }
+    }
+    if !nic.address.is_empty() {
+        nic.address
+            .parse::<HostAddress>()
+            .map_err(|e| GuestError::Invalid(format!("{}: {e}", label("addresses"))))?;
+    }
+    if !nic.mac.is_empty() {
+        nic::parse_mac(nic.mac)
+            .map_err(|e| GuestError::Invalid(format!("{}: {e}", label("macs"))))?;
     }
     Ok(())
 }
@@ -134,9 +171,6 @@ pub(super) fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
             );
         }
     }
-    for (i, n) in req.networks.iter().enumerate() {
-        check_network(i, n)?;
-    }
     if req.networks.len() > nic::MAX_NICS {
         return invalid("networks: at most 16");
     }
@@ -150,26 +184,15 @@ pub(super) fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
             "addresses, macs, ingress_kbps, egress_kbps: at most one per network, in the networks' order",
         );
     }
-    for (field, rates) in [
-        ("ingress_kbps", &req.ingress_kbps),
-        ("egress_kbps", &req.egress_kbps),
-    ] {
-        if let Some(i) = rates.iter().position(|r| *r > MAX_RATE_KBPS) {
-            return Err(GuestError::Invalid(format!(
-                "{field}[{i}]: at most {MAX_RATE_KBPS} (100 Gbit/s)"
-            )));
-        }
-    }
-    for (i, a) in req.addresses.iter().enumerate() {
-        if !a.is_empty() {
-            a.parse::<HostAddress>()
-                .map_err(|e| GuestError::Invalid(format!("addresses[{i}]: {e}")))?;
-        }
-    }
-    for (i, m) in req.macs.iter().enumerate() {
-        if !m.is_empty() {
-            nic::parse_mac(m).map_err(|e| GuestError::Invalid(format!("macs[{i}]: {e}")))?;
-        }
+    for (i, network) in req.networks.iter().enumerate() {
+        let nic = NicFields {
+            network,
+            address: req.addresses.get(i).map_or("", String::as_str),
+            mac: req.macs.get(i).map_or("", String::as_str),
+            ingress_kbps: req.ingress_kbps.get(i).copied().unwrap_or(0),
+            egress_kbps: req.egress_kbps.get(i).copied().unwrap_or(0),
+        };
+        check_nic(&nic, &|field| format!("{field}[{i}]"))?;
     }
     if req.user_data.len() > MAX_USER_DATA {
         return invalid("user_data: at most 65536 bytes");

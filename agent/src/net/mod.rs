@@ -536,6 +536,18 @@ impl Networks {
         Ok(())
     }
 
+    /// Removes the tap `name` (one NIC's, after a hot detach), in either namespace; an
+    /// absent one is fine.
+    pub async fn unplug(&self, name: &str) -> Result<(), NetworksError> {
+        let sides = std::iter::once(&self.netlink).chain(self.elsewhere.as_ref().map(|e| &e.host));
+        for side in sides {
+            if let Some(l) = side.link(name).await? {
+                side.delete(l.index).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Repairs counted so far, by kind.
     pub fn repair_counts(&self) -> BTreeMap<String, u64> {
         let counted = self.repairs.get();

@@ -40,6 +40,8 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
         | VmCommand::ResizeRevert { guest }
         | VmCommand::AttachVolume { guest, .. }
         | VmCommand::DetachVolume { guest, .. }
+        | VmCommand::AttachNetwork { guest, .. }
+        | VmCommand::DetachNetwork { guest, .. }
         | VmCommand::Guarantees { guest }
         | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
@@ -83,13 +85,8 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
                     }
                 },
             };
-            let (networks, addresses): (Vec<String>, Vec<String>) = networks
-                .iter()
-                .map(|n| match n.split_once('=') {
-                    Some((net, address)) => (net.to_string(), address.to_string()),
-                    None => (n.clone(), String::new()),
-                })
-                .unzip();
+            let (networks, addresses): (Vec<String>, Vec<String>) =
+                networks.iter().map(|n| network_and_address(n)).unzip();
             let req = pb::CreateVmRequest {
                 uuid: uuid.clone(),
                 name,
@@ -245,6 +242,36 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
             .await,
             render::attached,
         ),
+        VmCommand::AttachNetwork {
+            network,
+            mac,
+            ingress_kbps,
+            egress_kbps,
+            ..
+        } => {
+            let (network, address) = network_and_address(&network);
+            answer(
+                output,
+                agent,
+                vms.attach_interface(pb::AttachInterfaceRequest {
+                    uuid: guest,
+                    network,
+                    address,
+                    mac: mac.unwrap_or_default(),
+                    ingress_kbps,
+                    egress_kbps,
+                })
+                .await,
+                one,
+            )
+        }
+        VmCommand::DetachNetwork { mac, .. } => answer(
+            output,
+            agent,
+            vms.detach_interface(pb::DetachInterfaceRequest { uuid: guest, mac })
+                .await,
+            one,
+        ),
         VmCommand::Guarantees { .. } => answer(
             output,
             agent,
@@ -298,5 +325,13 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
                 Err(status) => fail(agent, &status),
             }
         }
+    }
+}
+
+/// NET=ADDRESS/PREFIX (or NET alone) as the network and the address ("" for none).
+fn network_and_address(n: &str) -> (String, String) {
+    match n.split_once('=') {
+        Some((net, address)) => (net.to_string(), address.to_string()),
+        None => (n.to_string(), String::new()),
     }
 }
