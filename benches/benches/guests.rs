@@ -18,10 +18,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-use common::{env_or, header, ms, row, start_agent, stats};
+use common::{env_or, header, ms, row, run, start_agent, stats, virsh};
 use hvagent::storage::GuestFiles;
 use hvagent_proto::v1 as pb;
 use hvctl::client;
@@ -30,25 +29,6 @@ type Vms = pb::vm_service_client::VmServiceClient<tonic::transport::Channel>;
 
 fn uuid(n: usize) -> String {
     format!("00000000-0000-4000-8000-0000be{n:06x}")
-}
-
-fn virsh(args: &[&str]) -> String {
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .output()
-        .expect("virsh");
-    assert!(
-        out.status.success(),
-        "virsh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program).args(args).status().expect(program);
-    assert!(status.success(), "{program} {args:?}");
 }
 
 /// What a guest may leave on the host, as far as the bench can see.

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{env_or, header, row, start_agent, stats};
+use common::{env_or, header, row, run, start_agent, stats, testguest, virsh};
 use hvagent::storage::GuestFiles;
 use hvagent_proto::v1 as pb;
 use hvctl::client;
@@ -36,32 +36,6 @@ const UUID: &str = "00000000-0000-4000-8000-0000be5e0001";
 const BY_HAND: &str = "bench-resize-by-hand";
 const GIB: u64 = 1 << 30;
 const FIRST_DISK_GB: u64 = 5;
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().expect(program);
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn virsh(args: &[&str]) -> String {
-    let mut all = vec!["-c", "qemu:///system"];
-    all.extend(args);
-    run("virsh", &all)
-}
-
-fn testguest() -> PathBuf {
-    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/out/testguest.qcow2");
-    assert!(
-        image.exists(),
-        "{} missing: run images/build.sh",
-        image.display()
-    );
-    image
-}
 
 /// Round `round`'s flavor: vCPUs, MiB and root disk GB.
 fn size(round: usize) -> (u32, u64, u64) {

@@ -15,10 +15,9 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{env_or, header, import_testguest, row, start_agent, stats};
+use common::{env_or, header, import_testguest, row, run, start_agent, stats, virsh};
 use hvagent::storage::GuestFiles;
 use hvagent_proto::v1 as pb;
 use hvctl::client;
@@ -28,21 +27,6 @@ type Images = pb::image_service_client::ImageServiceClient<tonic::transport::Cha
 
 const UUID: &str = "00000000-0000-4000-8000-0000be5a0001";
 const GIB: u64 = 1 << 30;
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().expect(program);
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn virsh(args: &[&str]) {
-    let mut all = vec!["-c", "qemu:///system"];
-    all.extend(args);
-    run("virsh", &all);
-}
 
 /// A Snapshot call's time, and how long the guest was paused (0 when it was not running).
 async fn snapshot(vms: &mut Vms, images: &mut Images, name: &str) -> (Duration, Duration) {

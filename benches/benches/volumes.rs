@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{env_or, header, import_testguest, row, start_agent, stats, wait_ready};
+use common::{env_or, header, import_testguest, row, start_agent, stats, virsh, wait_ready};
 use hvagent_proto::v1 as pb;
 use hvctl::client;
 
@@ -28,20 +28,6 @@ type Vms = pb::vm_service_client::VmServiceClient<tonic::transport::Channel>;
 type Volumes = pb::volume_service_client::VolumeServiceClient<tonic::transport::Channel>;
 
 const UUID: &str = "00000000-0000-4000-8000-0000be701e01";
-
-fn virsh(args: &[&str]) -> String {
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .output()
-        .expect("virsh");
-    assert!(
-        out.status.success(),
-        "virsh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Waits (polling every 10 ms) until the running guest has no disk `target`.
 fn until_gone(target: &str) {

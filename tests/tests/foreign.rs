@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, Cleanup, claims, import_testguest, listed, runtime};
+use common::{Agent, Cleanup, claims, import_testguest, listed, runtime, virsh};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 
@@ -24,20 +24,6 @@ const DAMAGED: &str = "00000000-0000-4000-8000-0000000f0003";
 const GUEST_NET: &str = "00000000-0000-4000-8000-0000000f0101";
 const GUEST: &str = "00000000-0000-4000-8000-0000000f0102";
 const LATE_FAIL: &str = "00000000-0000-4000-8000-0000000f0103";
-
-fn virsh(args: &[&str]) -> String {
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .output()
-        .expect("virsh");
-    assert!(
-        out.status.success(),
-        "virsh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip");

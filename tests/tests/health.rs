@@ -9,7 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Agent, Cleanup, free_port, http_get, import_testguest, runtime, tool, wait_for};
+use common::{
+    Agent, Cleanup, free_port, http_get, import_testguest, runtime, tool, virsh, wait_for,
+};
 use hvagent_proto::v1 as pb;
 
 /// An agent sampling every `interval` seconds. The image store's disk on a CI machine may be
@@ -413,12 +415,6 @@ fn live_emulator_pin(name: &str) -> String {
 }
 
 /// `virsh -c qemu:///system ARGS...`, failing the test if it fails.
-fn virsh(args: &[&str]) -> String {
-    let mut all = vec!["-c", "qemu:///system"];
-    all.extend_from_slice(args);
-    tool("virsh", &all)
-}
-
 fn report(agent: &Agent, name: &str) -> serde_json::Value {
     let out = agent.hvctl(&["--output", "json", "vm", "guarantees", name]);
     assert!(out.status.success(), "{}", common::stderr(&out));

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, Cleanup, repo_root, runtime, stderr, stdout};
+use common::{Agent, Cleanup, repo_root, runtime, stderr, stdout, virsh};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -126,16 +126,6 @@ async fn capacity(node: &mut Node, flavors: &[&str]) -> Vec<(String, u64)> {
     .into_iter()
     .map(|f| (f.flavor, f.more))
     .collect()
-}
-
-fn virsh(args: &[&str]) -> String {
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .output()
-        .expect("virsh");
-    assert!(out.status.success(), "virsh {args:?}: {}", stderr(&out));
-    stdout(&out)
 }
 
 fn inactive_xml(uuid: &str) -> String {

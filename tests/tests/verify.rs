@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Agent, Cleanup, code, stderr, stdout, tool, wait_for};
+use common::{Agent, Cleanup, code, stderr, stdout, tool, virsh, wait_for};
 use serde_json::Value;
 
 /// Both host CPUs for guests: a `C` guest and the shared pool fit side by side.
@@ -126,12 +126,6 @@ fn probe_guest(agent: &Agent, flavor: &str) -> String {
             .find(|v| v["flavor"] == flavor && v["state"] == "running")
             .map(|v| v["name"].as_str().unwrap().to_string())
     })
-}
-
-fn virsh(args: &[&str]) -> String {
-    let mut all = vec!["-c", "qemu:///system"];
-    all.extend_from_slice(args);
-    tool("virsh", &all)
 }
 
 /// Stops the guest, changes its definition or disk with `change`, starts it again: what an

@@ -103,6 +103,24 @@ pub fn start_agent_with_metrics(dir: &Path, extra: &str, port: u16) -> (Child, P
     (child, socket)
 }
 
+/// Runs `program`; its standard output, or the bench fails with its standard error.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `virsh -c qemu:///system ARGS`'s standard output.
+pub fn virsh(args: &[&str]) -> String {
+    let mut all = vec!["-c", "qemu:///system"];
+    all.extend_from_slice(args);
+    run("virsh", &all)
+}
+
 type Vms = hvagent_proto::v1::vm_service_client::VmServiceClient<tonic::transport::Channel>;
 
 /// `images/out/testguest.qcow2` (built by `images/build.sh`, as `make test` does).

@@ -303,6 +303,13 @@ pub fn tool(program: &str, args: &[&str]) -> String {
     stdout(&out)
 }
 
+/// `virsh -c qemu:///system ARGS`'s standard output; fails the test when virsh fails.
+pub fn virsh(args: &[&str]) -> String {
+    let mut all = vec!["-c", "qemu:///system"];
+    all.extend_from_slice(args);
+    tool("virsh", &all)
+}
+
 /// A TCP port free on 127.0.0.1 just now.
 /// A free TCP port below the kernel's ephemeral range (32768 and up), so that no socket bound
 /// to port 0 meanwhile (the agents' metrics endpoints, any client) can be handed the same one;
