@@ -2,7 +2,8 @@
 # Builds the small hvagent test guest from Debian packages only (see README.md):
 #   out/vmlinuz        Debian cloud kernel
 #   out/initramfs.img  busybox-static + guest/init + guest/capture.sh + virtio modules + the
-#                      probe (images/probe, built here as a static binary)
+#                      probe (images/probe, built here as a static binary) + qemu-ga with
+#                      the shared libraries it needs, from the Debian packages below
 #   out/testguest.qcow2     BIOS-bootable disk (MBR + FAT + syslinux) holding the two above
 # Idempotent: each output is rebuilt only when missing or older than one of its inputs.
 set -euo pipefail
@@ -14,7 +15,15 @@ SELF=$HERE/build.sh
 # Kernel modules put into the initramfs (the cloud kernel builds virtio as modules). With
 # them the guest has a NIC and a disk with driver links, which the sysfs fixtures want;
 # button and evdev let acpid see the ACPI power button.
-MODULES=(virtio_pci virtio_net virtio_blk vfat nls_cp437 nls_ascii button evdev)
+# virtio_console gives the guest agent its port (/dev/virtio-ports/org.qemu.guest_agent.0).
+MODULES=(virtio_pci virtio_net virtio_blk virtio_console vfat nls_cp437 nls_ascii button evdev)
+# The guest agent and the packages holding every shared library it needs, directly or not:
+# the libraries are looked up by their NEEDED entries in these packages only, never on the
+# build host (whose libraries need not be the guest's).
+QGA_PACKAGES=(qemu-guest-agent libc6 libglib2.0-0 libpcre2-8-0 libnuma1 libudev1 liburing2)
+# Where the guest's dynamic loader finds them (Debian's multiarch library directory, one of
+# the loader's built-in paths: no ld.so.cache needed).
+QGA_LIBDIR=/lib/x86_64-linux-gnu
 DISK_MIB=64
 PART_START=2048 # first sector of the FAT partition (1 MiB alignment)
 
@@ -107,7 +116,9 @@ probe=$REPO/target/$TARGET/release/hvagent-probe
 
 # --- initramfs ---------------------------------------------------------------------------
 bbdeb=$(deb busybox-static)
-init_inputs=("$SELF" "$kdeb" "$bbdeb" "$HERE/guest/init" "$HERE/guest/capture.sh" "$probe")
+qga_debs=()
+for pkg in "${QGA_PACKAGES[@]}"; do qga_debs+=("$(deb "$pkg")"); done
+init_inputs=("$SELF" "$kdeb" "$bbdeb" "${qga_debs[@]}" "$HERE/guest/init" "$HERE/guest/capture.sh" "$probe")
 if ! newer "$OUT/initramfs.img" "${init_inputs[@]}"; then
     log "initramfs.img"
     bbdir=$(extract "$bbdeb")
@@ -145,6 +156,45 @@ if ! newer "$OUT/initramfs.img" "${init_inputs[@]}"; then
     }
     for m in "${MODULES[@]}"; do add_module "$m"; done
     printf '%s\n' "${order[@]}" >"$root/lib/modules/load-order"
+
+    # The guest agent: /usr/sbin/qemu-ga, its ELF interpreter, and the libraries its NEEDED
+    # entries name, recursively, each found in the unpacked QGA_PACKAGES and copied (symlinks
+    # resolved inside the unpacked tree) into QGA_LIBDIR under its soname.
+    qga_dirs=()
+    for f in "${qga_debs[@]}"; do qga_dirs+=("$(extract "$f")"); done
+    # in_debs NAME: the file NAME (a soname or loader name) in the unpacked packages,
+    # following symlinks within the package that holds it.
+    in_debs() {
+        local d f t
+        for d in "${qga_dirs[@]}"; do
+            for f in "$d/lib/x86_64-linux-gnu/$1" "$d/usr/lib/x86_64-linux-gnu/$1"; do
+                [[ -e $f || -L $f ]] || continue
+                while [[ -L $f ]]; do
+                    t=$(readlink "$f")
+                    if [[ $t == /* ]]; then f=$d$t; else f=$(dirname "$f")/$t; fi
+                done
+                [[ -f $f ]] && { printf '%s\n' "$f"; return 0; }
+            done
+        done
+        log "$1 is in none of: ${QGA_PACKAGES[*]}"
+        return 1
+    }
+    declare -A have_lib=()
+    add_needed() {
+        local so f
+        for so in $(readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+            [[ -z ${have_lib[$so]:-} ]] || continue
+            have_lib[$so]=1
+            f=$(in_debs "$so") || exit 1
+            install -D -m 755 "$f" "$root$QGA_LIBDIR/$so"
+            add_needed "$f"
+        done
+    }
+    qga=${qga_dirs[0]}/usr/sbin/qemu-ga
+    install -D -m 755 "$qga" "$root/usr/sbin/qemu-ga"
+    interp=$(readelf -l "$qga" | sed -n 's/.*interpreter: \(.*\)\]/\1/p')
+    install -D -m 755 "$(in_debs "$(basename "$interp")")" "$root$interp"
+    add_needed "$qga"
 
     (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) |
         gzip -9n >"$OUT/initramfs.img.tmp"

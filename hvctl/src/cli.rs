@@ -399,6 +399,10 @@ pub enum VmCommand {
     /// ECC, CPU pinning (claim vs libvirt, thread affinity and cpusets), NUMA locality,
     /// hugepages, steal — each kept, violated, or not verifiable here (with why).
     Guarantees { guest: String },
+    /// What the guest's qemu guest agent reports: OS, host name, interfaces with their
+    /// addresses, file systems. The guest must run qemu-guest-agent; one that does not
+    /// answer (or was defined without the agent's channel) is an error, nothing changes.
+    GuestInfo { guest: String },
     /// The end of the guest's serial console log; with --attach, its interactive console.
     ///
     /// --attach connects the terminal to the running guest's serial console (raw mode;

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::placement::{claim_to_proto, status as refusal_status};
 use crate::domain::EventKind;
+use crate::guest::GuestInfo;
 use crate::guest::{
     ConsoleEnd, ConsoleEvent, CreateRequest, Guest, GuestError, Guests, NicRequest, SnapshotError,
     SnapshotRequest, now_unix,
@@ -51,6 +52,40 @@ fn image_to_proto(r: ImageRecord, used_by: Vec<String>) -> pb::Image {
         used_by,
         state: "ready".into(),
         ..Default::default()
+    }
+}
+
+/// What a guest's agent reported, as the API shows it (sizes not reported: 0).
+fn guest_info_to_proto(info: GuestInfo) -> pb::GuestInfo {
+    let r = info.report;
+    pb::GuestInfo {
+        os: Some(pb::GuestOs {
+            id: r.os.id,
+            name: r.os.name,
+            version: r.os.version,
+            kernel_release: r.os.kernel_release,
+        }),
+        hostname: r.hostname,
+        interfaces: r
+            .interfaces
+            .into_iter()
+            .map(|i| pb::GuestInterface {
+                name: i.name,
+                mac: i.mac,
+                addresses: i.addresses,
+            })
+            .collect(),
+        filesystems: r
+            .filesystems
+            .into_iter()
+            .map(|f| pb::GuestFilesystem {
+                mountpoint: f.mountpoint,
+                r#type: f.fstype,
+                total_bytes: f.total_bytes.unwrap_or(0),
+                used_bytes: f.used_bytes.unwrap_or(0),
+            })
+            .collect(),
+        sampled_unix_ms: info.sampled_unix_ms,
     }
 }
 
@@ -767,6 +802,18 @@ impl pb::vm_service_server::VmService for VmApi {
         Ok(Response::new(pb::ConsoleLog { data, total_bytes }))
     }
 
+    async fn get_guest_info(
+        &self,
+        request: Request<pb::GetGuestInfoRequest>,
+    ) -> Result<Response<pb::GuestInfo>, Status> {
+        let info = self
+            .guests
+            .guest_info(&request.into_inner().uuid)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(guest_info_to_proto(info)))
+    }
+
     async fn get_guarantee_report(
         &self,
         request: Request<pb::GetGuaranteeReportRequest>,
@@ -774,5 +821,67 @@ impl pb::vm_service_server::VmService for VmApi {
         let uuid = request.into_inner().uuid;
         let report = self.health.report(&uuid).await.map_err(status)?;
         Ok(Response::new(super::health::report_to_proto(&report)))
+    }
+}
+
+#[cfg(test)]
+mod guest_info_tests {
+    use super::*;
+    use crate::domain::guest_agent::{GuestFilesystem, GuestInterface, GuestOs, GuestReport};
+
+    #[test]
+    fn a_guest_agents_report_maps_onto_the_proto() {
+        let info = GuestInfo {
+            report: GuestReport {
+                os: GuestOs {
+                    id: "debian".into(),
+                    name: "Debian GNU/Linux".into(),
+                    version: "12".into(),
+                    kernel_release: "6.1.0-57-cloud-amd64".into(),
+                },
+                hostname: "vm-a".into(),
+                interfaces: vec![GuestInterface {
+                    name: "eth0".into(),
+                    mac: "52:54:00:00:00:01".into(),
+                    addresses: vec!["10.9.0.5/24".into()],
+                }],
+                filesystems: vec![
+                    GuestFilesystem {
+                        mountpoint: "/".into(),
+                        fstype: "ext4".into(),
+                        total_bytes: Some(100),
+                        used_bytes: Some(40),
+                    },
+                    GuestFilesystem {
+                        mountpoint: "/boot".into(),
+                        fstype: "vfat".into(),
+                        total_bytes: None,
+                        used_bytes: None,
+                    },
+                ],
+            },
+            sampled_unix_ms: 1_700_000_000_123,
+        };
+        let p = guest_info_to_proto(info);
+        let os = p.os.unwrap();
+        assert_eq!(
+            (os.id.as_str(), os.name.as_str(), os.version.as_str()),
+            ("debian", "Debian GNU/Linux", "12")
+        );
+        assert_eq!(os.kernel_release, "6.1.0-57-cloud-amd64");
+        assert_eq!(p.hostname, "vm-a");
+        assert_eq!(p.interfaces[0].mac, "52:54:00:00:00:01");
+        assert_eq!(p.interfaces[0].addresses, ["10.9.0.5/24"]);
+        assert_eq!(p.filesystems[0].r#type, "ext4");
+        assert_eq!(
+            (p.filesystems[0].total_bytes, p.filesystems[0].used_bytes),
+            (100, 40)
+        );
+        assert_eq!(
+            (p.filesystems[1].total_bytes, p.filesystems[1].used_bytes),
+            (0, 0),
+            "not reported"
+        );
+        assert_eq!(p.sampled_unix_ms, 1_700_000_000_123);
     }
 }

@@ -119,6 +119,9 @@ pub const SERVICES: &[Service] = &[
             // A NIC puts a guest into another network: as Create, the control plane's call.
             control("AttachInterface"),
             control("DetachInterface"),
+            // What the guest's agent says of it (OS, host name, addresses, file systems) is
+            // inventory a monitor reads, no tenant data; the call changes nothing.
+            read("GetGuestInfo"),
             // Reading a guest's console may show what its tenant typed: more than a reader.
             Method {
                 name: "GetConsoleLog",

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard, mpsc};
 use tokio::sync::{broadcast, oneshot};
 
 use super::events::{self, DomainEvent, EventKind};
+use super::guest_agent::{AgentError, GuestReport};
 use super::guests::DomainError;
 use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
 use super::xml::{Intent, IntentError, metadata_xml, read_intent};
@@ -35,6 +36,12 @@ pub enum Op {
     /// `set_intent` (resize, confirm).
     SetIntent,
     InactiveXml,
+    /// `guest_info`.
+    GuestInfo,
+    /// `fs_freeze`.
+    Freeze,
+    /// `fs_thaw`.
+    Thaw,
 }
 
 /// A domain the fake holds.
@@ -64,6 +71,8 @@ struct Inner {
     deaf: bool,
     /// Guests never release a detached disk (detach changes nothing).
     clinging: bool,
+    /// What every running guest's agent answers; `None`: no agent answers.
+    agent: Option<GuestReport>,
 }
 
 pub struct FakeHypervisor {
@@ -102,6 +111,27 @@ impl FakeHypervisor {
         self.lock().failing.insert(op, u32::MAX);
     }
 
+    /// Gives every running guest an agent answering `report`, or (`None`) none that answers.
+    pub fn set_agent(&self, report: Option<GuestReport>) {
+        self.lock().agent = report;
+    }
+
+    /// The agent of running guest `uuid` answering a call of `op`.
+    fn agent_call(&self, op: Op, uuid: &str) -> Result<GuestReport, AgentError> {
+        let inner = self.call(op, uuid)?;
+        let domain = inner.domains.get(uuid).ok_or_else(|| not_found(uuid))?;
+        if domain.state != DomainState::Running {
+            return Err(AgentError::NotRunning(format!(
+                "domain is {}",
+                domain.state
+            )));
+        }
+        inner
+            .agent
+            .clone()
+            .ok_or_else(|| AgentError::NotAnswering("QEMU guest agent is not connected".into()))
+    }
+
     /// Makes the next call of `op` fail, and the ones after it succeed.
     pub fn fail_once(&self, op: Op) {
         self.lock().failing.insert(op, 1);
@@ -130,6 +160,11 @@ impl FakeHypervisor {
         let inner = self.lock();
         let of_op = inner.calls.iter().filter(|(o, _)| *o == op);
         of_op.map(|(_, uuid)| uuid.clone()).collect()
+    }
+
+    /// The operations called so far, in order (with the UUID each was about).
+    pub fn ops(&self) -> Vec<(Op, String)> {
+        self.lock().calls.clone()
     }
 
     /// A domain someone else defined (no hvagent metadata), running.
@@ -476,5 +511,17 @@ impl Hypervisor for FakeHypervisor {
         Err(DomainError::Libvirt(format!(
             "the fake domain {uuid} has no console"
         )))
+    }
+
+    fn guest_info(&self, uuid: &str) -> Result<GuestReport, AgentError> {
+        self.agent_call(Op::GuestInfo, uuid)
+    }
+
+    fn fs_freeze(&self, uuid: &str) -> Result<u32, AgentError> {
+        self.agent_call(Op::Freeze, uuid).map(|_| 1)
+    }
+
+    fn fs_thaw(&self, uuid: &str) -> Result<(), AgentError> {
+        self.agent_call(Op::Thaw, uuid).map(|_| ())
     }
 }

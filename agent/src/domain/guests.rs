@@ -9,6 +9,7 @@ use virt::sys;
 
 use super::connection::Libvirt;
 use super::events::DomainEvent;
+use super::guest_agent::{AgentError, GuestReport};
 use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
 use super::xml::{Intent, NAMESPACE, PREFIX, intent_element, read_intent};
 
@@ -25,7 +26,7 @@ pub enum DomainError {
 
 /// A libvirt error: the connection's own failures (RPC layer: a closed connection, a keepalive
 /// timeout; no connection) mean libvirt is unreachable, not that it refused the call.
-fn failed(e: virt::error::Error) -> DomainError {
+pub(super) fn failed(e: virt::error::Error) -> DomainError {
     use virt::enumutil::Enum;
     use virt::error::{ErrorDomain, ErrorNumber};
     match (e.domain(), e.code()) {
@@ -97,7 +98,7 @@ fn device_call(
 }
 
 impl Libvirt {
-    fn domain(&self, uuid: &str) -> Result<Domain, DomainError> {
+    pub(super) fn domain(&self, uuid: &str) -> Result<Domain, DomainError> {
         let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
         conn.lookup_domain_by_uuid_string(uuid).map_err(|e| {
             if e.code() == Enum::Known(virt::error::ErrorNumber::NoDomain) {
@@ -281,6 +282,18 @@ impl Hypervisor for Libvirt {
         force: bool,
     ) -> Result<Box<dyn super::console::ConsoleStream>, DomainError> {
         self.open_console(uuid, force)
+    }
+
+    fn guest_info(&self, uuid: &str) -> Result<GuestReport, AgentError> {
+        self.agent_guest_info(uuid)
+    }
+
+    fn fs_freeze(&self, uuid: &str) -> Result<u32, AgentError> {
+        self.agent_freeze(uuid)
+    }
+
+    fn fs_thaw(&self, uuid: &str) -> Result<(), AgentError> {
+        self.agent_thaw(uuid)
     }
 }
 

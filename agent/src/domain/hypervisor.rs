@@ -7,6 +7,7 @@
 use tokio::sync::broadcast;
 
 use super::events::DomainEvent;
+use super::guest_agent::{AgentError, GuestReport};
 use super::guests::DomainError;
 use super::xml::{Intent, IntentError};
 
@@ -130,4 +131,14 @@ pub trait Hypervisor: Send + Sync {
         uuid: &str,
         force: bool,
     ) -> Result<Box<dyn super::console::ConsoleStream>, DomainError>;
+
+    /// What the guest agent of running domain `uuid` reports (one libvirt call, bounded by
+    /// `guest_agent::AGENT_TIMEOUT_SECS`).
+    fn guest_info(&self, uuid: &str) -> Result<GuestReport, AgentError>;
+
+    /// Freezes the guest's file systems through its agent; how many it froze.
+    fn fs_freeze(&self, uuid: &str) -> Result<u32, AgentError>;
+
+    /// Thaws what `fs_freeze` froze.
+    fn fs_thaw(&self, uuid: &str) -> Result<(), AgentError>;
 }

@@ -48,7 +48,10 @@ pub struct DomainStats {
 ///
 /// # Safety
 /// `params` points to `n` initialised parameters (as libvirt hands them out).
-unsafe fn copy_params(params: *const sys::virTypedParameter, n: c_int) -> Vec<(String, Param)> {
+pub(super) unsafe fn copy_params(
+    params: *const sys::virTypedParameter,
+    n: c_int,
+) -> Vec<(String, Param)> {
     let mut out = Vec::with_capacity(n.max(0) as usize);
     for i in 0..n.max(0) as usize {
         // SAFETY: i < n, as the caller promises.

@@ -452,6 +452,7 @@ struct Devices {
     interface: Vec<Interface>,
     serial: Serial,
     console: Console,
+    channel: Channel,
     #[serde(skip_serializing_if = "Option::is_none")]
     rng: Option<Rng>,
 }
@@ -582,6 +583,26 @@ struct ConsoleTarget {
     #[serde(rename = "@port")]
     port: u32,
 }
+
+/// The qemu guest agent's virtio-serial port: libvirt picks the host socket's path and adds
+/// the virtio-serial controller itself.
+#[derive(Serialize)]
+struct Channel {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    target: ChannelTarget,
+}
+
+#[derive(Serialize)]
+struct ChannelTarget {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@name")]
+    name: &'static str,
+}
+
+/// The port name the guest agent (`qemu-ga`) opens in the guest.
+pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
 #[derive(Serialize)]
 struct Rng {
@@ -757,6 +778,13 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
                 target: ConsoleTarget {
                     kind: "serial",
                     port: 0,
+                },
+            },
+            channel: Channel {
+                kind: "unix",
+                target: ChannelTarget {
+                    kind: "virtio",
+                    name: GUEST_AGENT_PORT,
                 },
             },
             rng: spec.rng.then_some(Rng {
@@ -1060,6 +1088,20 @@ mod tests {
             read_intent(&xml).unwrap(),
             spec(true, false, Emulation::Tcg).intent
         );
+    }
+
+    #[test]
+    fn every_guest_has_a_guest_agent_channel() {
+        for s in [
+            spec(true, false, Emulation::Tcg),
+            spec(false, true, Emulation::Kvm),
+        ] {
+            let xml = domain_xml(&s).unwrap();
+            assert!(
+                xml.contains("<channel type=\"unix\"><target type=\"virtio\" name=\"org.qemu.guest_agent.0\"/></channel>"),
+                "no guest agent channel in {xml}"
+            );
+        }
     }
 
     #[test]

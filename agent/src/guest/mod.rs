@@ -13,6 +13,7 @@ mod busy;
 mod console;
 mod create;
 mod error;
+mod guest_info;
 mod lifecycle;
 mod nic;
 mod pause;
@@ -36,6 +37,7 @@ use crate::storage::{GuestFiles, ImageStore, VolumeStore};
 
 pub use console::{ConsoleEnd, ConsoleEvent, ConsoleSession};
 pub use error::GuestError;
+pub use guest_info::{CONSISTENCY_PROPERTY, Consistency, GuestInfo};
 pub use lifecycle::{
     DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT, MAX_CONSOLE_BYTES, MAX_STOP_TIMEOUT,
 };

@@ -5,9 +5,12 @@
 //! How the disk is read depends on the guest's state:
 //! - shut off: under QEMU's image lock, so a start meanwhile is refused by QEMU rather than
 //!   writing a disk being copied;
-//! - running: paused (libvirt suspend: QEMU drains and flushes its disk writes first), copied,
-//!   resumed, so the copy is crash-consistent (what a power cut at that moment leaves; a
-//!   quiesced filesystem needs the guest agent's freeze);
+//! - running: its file systems frozen through the guest agent when it answers (`guest_info`),
+//!   paused (libvirt suspend: QEMU drains and flushes its disk writes first), copied, resumed,
+//!   thawed; so the copy holds clean file systems, or without an agent is crash-consistent
+//!   (what a power cut at that moment leaves). The image's property
+//!   `hvagent_snapshot_consistency` says which (`filesystem`, `crash`; `stopped` for a
+//!   shut-off guest);
 //! - paused by its owner: copied as it is, and left paused.
 //!
 //! The copy goes through the image store as an import does (`ImageStore::produce`): the same
@@ -20,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::GuestError;
+use super::guest_info::{CONSISTENCY_PROPERTY, Consistency, Freeze};
 use super::request::checked_uuid;
 use super::{Guests, now_unix};
 use crate::domain::guests::DomainError;
@@ -106,6 +110,9 @@ struct Pause {
     uuid: String,
     marker: PathBuf,
     resumed: bool,
+    /// The guest's file systems frozen before the pause: thawed after the resume (a paused
+    /// guest's agent cannot answer), by `end` or, as a field, after `drop` resumed.
+    frozen: Option<Freeze>,
 }
 
 impl Pause {
@@ -114,6 +121,7 @@ impl Pause {
         hypervisor: Arc<dyn Hypervisor>,
         uuid: &str,
         files: &GuestFiles,
+        frozen: Option<Freeze>,
     ) -> Result<Pause, SnapshotError> {
         let marker = marker(files);
         std::fs::write(&marker, b"").map_err(|source| {
@@ -132,6 +140,7 @@ impl Pause {
             uuid: uuid.to_string(),
             marker,
             resumed: false,
+            frozen,
         })
     }
 
@@ -148,6 +157,9 @@ impl Pause {
         };
         if resumed.is_ok() {
             let _ = std::fs::remove_file(&self.marker);
+        }
+        if let Some(frozen) = self.frozen.take() {
+            frozen.end();
         }
         resumed
     }
@@ -220,8 +232,53 @@ impl Guests {
         let (root, format) = self.boot_disk_file(&uuid, &guest.intent)?;
         let mut properties = source.map(|s| s.properties).unwrap_or_default();
         properties.extend(req.properties);
+        let (this, u) = (self.clone(), uuid.clone());
+        // On one blocking thread: the freeze (libvirt, the guest agent) and the ticket, so that
+        // a ticket refused after the freeze thaws there.
+        let (ticket, frozen) = self
+            .blocking(move || Ok(this.begin_snapshot(&u, &req.image, properties, capture)))
+            .await??;
+        let bounds = Bounds::starting_now(self.images.limits());
+        let this = self.clone();
+        let started = Instant::now();
+        let u = uuid.clone();
+        let record = self
+            .blocking(move || {
+                Ok(this.capture(&ticket, &u, (&root, &format), (capture, frozen), &bounds))
+            })
+            .await??;
+        tracing::info!(
+            vm = %uuid, image = %record.name, sha256 = %record.sha256, bytes = record.file_bytes,
+            seconds = started.elapsed().as_secs_f64(), "snapshot taken"
+        );
+        Ok(record)
+    }
+
+    /// On a blocking thread: freezes a running guest's file systems when its agent answers,
+    /// records how consistent the copy will be in `properties` (over any the caller gave),
+    /// and takes the ticket for the new image.
+    fn begin_snapshot(
+        &self,
+        uuid: &str,
+        image: &str,
+        mut properties: BTreeMap<String, String>,
+        capture: Capture,
+    ) -> Result<(ImportTicket, Option<Freeze>), SnapshotError> {
+        let frozen = match capture {
+            Capture::Pause => Freeze::start(self.hypervisor.clone(), uuid),
+            Capture::Locked | Capture::AsPaused => None,
+        };
+        let consistency = match capture {
+            Capture::Locked => Consistency::Stopped,
+            _ if frozen.is_some() => Consistency::Filesystem,
+            Capture::Pause | Capture::AsPaused => Consistency::Crash,
+        };
+        properties.insert(
+            CONSISTENCY_PROPERTY.to_string(),
+            consistency.as_str().to_string(),
+        );
         let ticket = match self.images.begin(
-            &req.image,
+            image,
             None,
             properties,
             "image",
@@ -232,33 +289,22 @@ impl Guests {
             Begun::Existing(r) => return Err(exists(r).into()),
         };
         // Taken while the ticket holds the name: no import can place it meanwhile.
-        match self.images.get(&req.image) {
+        match self.images.get(image) {
             Ok(r) => return Err(exists(r).into()),
             Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let bounds = Bounds::starting_now(self.images.limits());
-        let this = self.clone();
-        let started = Instant::now();
-        let u = uuid.clone();
-        let record = self
-            .blocking(move || Ok(this.capture(&ticket, &u, (&root, &format), capture, &bounds)))
-            .await??;
-        tracing::info!(
-            vm = %uuid, image = %record.name, sha256 = %record.sha256, bytes = record.file_bytes,
-            seconds = started.elapsed().as_secs_f64(), "snapshot taken"
-        );
-        Ok(record)
+        Ok((ticket, frozen))
     }
 
     /// The copy itself, on a blocking thread: pause (when running), measure, flatten into the
-    /// store's staging file, resume, then hash and place.
+    /// store's staging file, resume, thaw (when frozen), then hash and place.
     fn capture(
         &self,
         ticket: &ImportTicket,
         uuid: &str,
         (root, format): (&Path, &str),
-        capture: Capture,
+        (capture, frozen): (Capture, Option<Freeze>),
         bounds: &Bounds,
     ) -> Result<ImageRecord, SnapshotError> {
         let paused_at = Instant::now();
@@ -267,6 +313,7 @@ impl Guests {
                 self.hypervisor.clone(),
                 uuid,
                 &GuestFiles::new(&self.storage_root, uuid),
+                frozen,
             )?),
             Capture::Locked | Capture::AsPaused => None,
         };

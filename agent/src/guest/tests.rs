@@ -546,6 +546,47 @@ async fn stop_start_and_reboot_follow_the_domain_state() {
     assert_eq!(node.hypervisor.calls(Op::Reboot), [uuid(1)]);
 }
 
+/// Guest info: the agent's report for a running guest; a silent agent UNAVAILABLE, a stopped
+/// guest FAILED_PRECONDITION without asking it, a missing one NOT_FOUND; nothing changes.
+#[tokio::test]
+async fn guest_info_asks_the_agent_of_a_running_guest_only() {
+    use crate::domain::guest_agent::GuestReport;
+    let node = Node::new().await;
+    node.create(1, "web", FLOATING).await.unwrap();
+    let e = node.guests.guest_info(&uuid(1)).await.unwrap_err();
+    assert!(
+        matches!(&e, GuestError::Unavailable(m) if m.contains("does not answer")),
+        "{e:?}"
+    );
+    let report = GuestReport {
+        hostname: "web".into(),
+        ..Default::default()
+    };
+    node.hypervisor.set_agent(Some(report.clone()));
+    let info = node.guests.guest_info(&uuid(1)).await.unwrap();
+    assert_eq!(info.report, report);
+    assert!(info.sampled_unix_ms >= now_unix() * 1000 - 1000);
+    node.hypervisor.power_off(&uuid(1));
+    let e = node.guests.guest_info(&uuid(1)).await.unwrap_err();
+    assert!(
+        matches!(&e, GuestError::Precondition(m) if m.contains("shut off")),
+        "{e:?}"
+    );
+    assert_eq!(
+        node.hypervisor.calls(Op::GuestInfo).len(),
+        2,
+        "not asked when stopped"
+    );
+    assert!(matches!(
+        node.guests.guest_info(&uuid(2)).await,
+        Err(GuestError::NotFound(_))
+    ));
+    assert_eq!(
+        node.hypervisor.state(&uuid(1)).unwrap(),
+        DomainState::ShutOff
+    );
+}
+
 /// A slow guest: stop returns at its `stopped` event, long before the timeout, without a
 /// destroy; the state is read a bounded number of times, not polled in a loop.
 #[tokio::test]

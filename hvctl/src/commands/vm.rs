@@ -43,6 +43,7 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
         | VmCommand::AttachNetwork { guest, .. }
         | VmCommand::DetachNetwork { guest, .. }
         | VmCommand::Guarantees { guest }
+        | VmCommand::GuestInfo { guest }
         | VmCommand::Console { guest, .. } => match resolve(vms, guest).await {
             Ok(uuid) => uuid,
             Err(status) => return fail(agent, &status),
@@ -278,6 +279,13 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
             vms.get_guarantee_report(pb::GetGuaranteeReportRequest { uuid: guest })
                 .await,
             render::guarantees,
+        ),
+        VmCommand::GuestInfo { .. } => answer(
+            output,
+            agent,
+            vms.get_guest_info(pb::GetGuestInfoRequest { uuid: guest })
+                .await,
+            render::guest_info,
         ),
         VmCommand::Events { .. } => {
             let mut stream = match vms

@@ -125,3 +125,40 @@ pub fn guarantees(r: &pb::GuaranteeReport) -> String {
     }
     out
 }
+
+/// `hvctl vm guest-info`: the OS line, then the interfaces and the file systems.
+pub fn guest_info(g: &pb::GuestInfo) -> String {
+    let os = g.os.clone().unwrap_or_default();
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let mut out = format!(
+        "host name {}, OS {} {} ({}), kernel {}, sampled at {} ms\n",
+        dash(&g.hostname),
+        dash(&os.name),
+        dash(&os.version),
+        dash(&os.id),
+        dash(&os.kernel_release),
+        g.sampled_unix_ms
+    );
+    let mut t = Table::new(&["INTERFACE", "MAC", "ADDRESSES"]);
+    for i in &g.interfaces {
+        t.row(vec![i.name.clone(), i.mac.clone(), i.addresses.join(" ")]);
+    }
+    section(&mut out, &t);
+    let mut t = Table::new(&["MOUNTPOINT", "TYPE", "SIZE", "USED"]);
+    for f in &g.filesystems {
+        t.row(vec![
+            f.mountpoint.clone(),
+            f.r#type.clone(),
+            bytes(f.total_bytes),
+            bytes(f.used_bytes),
+        ]);
+    }
+    section(&mut out, &t);
+    out
+}

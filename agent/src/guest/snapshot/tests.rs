@@ -108,6 +108,10 @@ async fn a_running_guest_is_paused_for_the_copy_and_resumed() {
     assert_eq!(
         record.properties,
         BTreeMap::from([
+            (
+                "hvagent_snapshot_consistency".to_string(),
+                "crash".to_string()
+            ),
             ("min_ram".to_string(), "128".to_string()),
             ("os_version".to_string(), "2".to_string()),
         ])
@@ -152,6 +156,69 @@ async fn shut_off_and_paused_guests_are_read_as_they_are() {
     );
     assert_eq!(node.state(), DomainState::Paused);
     assert_eq!(node.store(), ["img", "off", "paused"]);
+    let consistency = |image: &str| {
+        node.guests.images.get(image).unwrap().properties["hvagent_snapshot_consistency"].clone()
+    };
+    assert_eq!(consistency("off"), "stopped");
+    assert_eq!(
+        consistency("paused"),
+        "crash",
+        "a paused guest's agent cannot answer"
+    );
+    assert!(node.hypervisor.calls(Op::Freeze).is_empty());
+}
+
+/// The agent-side calls of a snapshot, in order.
+fn agent_ops(node: &Node) -> Vec<Op> {
+    let ops = node.hypervisor.ops().into_iter().map(|(op, _)| op);
+    ops.filter(|op| matches!(op, Op::Freeze | Op::Suspend | Op::Resume | Op::Thaw))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_answering_agent_freezes_the_file_systems_around_the_copy() {
+    let node = Node::new().await;
+    node.hypervisor
+        .set_agent(Some(crate::domain::guest_agent::GuestReport::default()));
+    let record = node.snapshot("frozen").await.unwrap();
+    // Frozen before the pause, thawed after the resume (a paused guest's agent cannot answer).
+    assert_eq!(
+        agent_ops(&node),
+        [Op::Freeze, Op::Suspend, Op::Resume, Op::Thaw]
+    );
+    assert_eq!(
+        record.properties["hvagent_snapshot_consistency"], "filesystem",
+        "the freeze held for the copy"
+    );
+    // The copy fails: resumed, then thawed all the same.
+    let root = node
+        .root
+        .path()
+        .join("volumes")
+        .join(format!("root-{UUID}.qcow2"));
+    std::fs::write(&root, b"not a qcow2").unwrap();
+    node.snapshot("failed").await.unwrap_err();
+    assert_eq!(
+        agent_ops(&node)[4..],
+        [Op::Freeze, Op::Suspend, Op::Resume, Op::Thaw]
+    );
+    // The pause is refused: thawed, nothing else.
+    node.hypervisor.fail_once(Op::Suspend);
+    node.snapshot("failed").await.unwrap_err();
+    assert_eq!(agent_ops(&node)[8..], [Op::Freeze, Op::Suspend, Op::Thaw]);
+    // The name is taken: the ticket is refused after the freeze, which is thawed at once.
+    node.snapshot("frozen").await.unwrap_err();
+    assert_eq!(agent_ops(&node)[11..], [Op::Freeze, Op::Thaw]);
+    assert_eq!(node.state(), DomainState::Running);
+    assert_eq!(node.store(), ["frozen", "img"]);
+}
+
+#[tokio::test]
+async fn a_silent_agent_leaves_the_copy_crash_consistent() {
+    let node = Node::new().await;
+    let record = node.snapshot("crash").await.unwrap();
+    assert_eq!(agent_ops(&node), [Op::Freeze, Op::Suspend, Op::Resume]);
+    assert_eq!(record.properties["hvagent_snapshot_consistency"], "crash");
 }
 
 #[tokio::test]
