@@ -5,6 +5,7 @@
 //! answers on it is the guest's business (qemu-guest-agent installed and running). A guest
 //! defined before the channel was added has none, and says so.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::error::GuestError;
@@ -12,6 +13,7 @@ use super::request::checked_uuid;
 use super::{Guests, now_unix};
 use crate::domain::guest_agent::{AgentError, GuestReport};
 use crate::domain::{DomainState, Hypervisor};
+use crate::storage::GuestFiles;
 
 /// The image property a snapshot records how consistent its copy is in.
 pub const CONSISTENCY_PROPERTY: &str = "hvagent_snapshot_consistency";
@@ -85,28 +87,50 @@ fn now_unix_ms() -> u64 {
         .map_or(now_unix() * 1000, |d| d.as_millis() as u64)
 }
 
+/// The file a snapshot keeps in the guest's directory while it may hold the guest's file
+/// systems frozen: an agent killed meanwhile finds it at its next start and thaws them (a
+/// guest agent never thaws on its own).
+const FROZEN_MARKER: &str = "snapshot-frozen";
+
+fn frozen_marker(files: &GuestFiles) -> PathBuf {
+    files.dir.join(FROZEN_MARKER)
+}
+
 /// A running guest's file systems frozen through its agent: thawed by `end`, or when dropped
 /// on a failure's way out. Blocking calls: made on the lifecycle's blocking threads.
 pub(super) struct Freeze {
     hypervisor: Arc<dyn Hypervisor>,
     uuid: String,
+    marker: PathBuf,
     thawed: bool,
 }
 
 impl Freeze {
-    /// Freezes the guest's file systems; `None` (logged) when its agent does not answer or
-    /// the freeze fails: the caller goes on crash-consistent.
-    pub(super) fn start(hypervisor: Arc<dyn Hypervisor>, uuid: &str) -> Option<Freeze> {
+    /// Leaves the marker, then freezes the guest's file systems; `None` (logged) when the
+    /// marker cannot be written, its agent does not answer or the freeze fails: the caller
+    /// goes on crash-consistent.
+    pub(super) fn start(
+        hypervisor: Arc<dyn Hypervisor>,
+        uuid: &str,
+        files: &GuestFiles,
+    ) -> Option<Freeze> {
+        let marker = frozen_marker(files);
+        if let Err(e) = std::fs::write(&marker, b"") {
+            tracing::warn!(vm = %uuid, error = %e, path = %marker.display(), "snapshot: no freeze without its marker; the copy is crash-consistent");
+            return None;
+        }
         match hypervisor.fs_freeze(uuid) {
             Ok(n) => {
                 tracing::info!(vm = %uuid, filesystems = n, "snapshot: file systems frozen through the guest agent");
                 Some(Freeze {
                     hypervisor,
                     uuid: uuid.to_string(),
+                    marker,
                     thawed: false,
                 })
             }
             Err(e) => {
+                let _ = std::fs::remove_file(&marker);
                 tracing::warn!(vm = %uuid, error = %e, "snapshot: no freeze through the guest agent; the copy is crash-consistent");
                 None
             }
@@ -122,7 +146,10 @@ impl Freeze {
     fn thaw(&mut self) {
         self.thawed = true;
         match self.hypervisor.fs_thaw(&self.uuid) {
-            Ok(()) => tracing::info!(vm = %self.uuid, "snapshot: file systems thawed"),
+            Ok(()) => {
+                let _ = std::fs::remove_file(&self.marker);
+                tracing::info!(vm = %self.uuid, "snapshot: file systems thawed")
+            }
             Err(e) => {
                 tracing::error!(vm = %self.uuid, error = %e, "snapshot: the guest's file systems cannot be thawed: they stay frozen until thawed by hand (virsh domfsthaw)")
             }
@@ -138,12 +165,61 @@ impl Drop for Freeze {
     }
 }
 
+impl Guests {
+    /// Thaws the guests whose file systems a snapshot froze and did not live to thaw (the
+    /// agent was killed meanwhile), as the marker it left says. Runs once at start-up, after
+    /// the guests a snapshot paused are resumed (a paused guest's agent cannot answer). A
+    /// guest that does not run is not frozen any more; one whose agent does not answer keeps
+    /// its marker for the next start.
+    pub(super) async fn thaw_frozen_by_snapshots(&self) {
+        let Ok(domains) = self.domains().await else {
+            return;
+        };
+        for d in domains {
+            let marker = frozen_marker(&GuestFiles::new(&self.storage_root, &d.uuid));
+            if !marker.exists() {
+                continue;
+            }
+            let hypervisor = self.hypervisor.clone();
+            let uuid = d.uuid.clone();
+            let running = matches!(d.state, DomainState::Running | DomainState::Blocked);
+            let thawed = self
+                .blocking(move || {
+                    if running {
+                        hypervisor
+                            .fs_thaw(&uuid)
+                            .map_err(|e| agent_failed(&uuid, e))?;
+                    }
+                    let _ = std::fs::remove_file(&marker);
+                    Ok(())
+                })
+                .await;
+            match thawed {
+                Ok(()) if running => {
+                    tracing::warn!(vm = %d.uuid, "thawed: a snapshot froze its file systems and the agent stopped before thawing them")
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(vm = %d.uuid, error = %e, "a snapshot froze this guest's file systems and they cannot be thawed")
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::fake::{FakeHypervisor, Op};
 
     const UUID: &str = "00000000-0000-4000-8000-0000000000a1";
+
+    fn files() -> (tempfile::TempDir, GuestFiles) {
+        let root = tempfile::tempdir().unwrap();
+        let files = GuestFiles::new(root.path(), UUID);
+        std::fs::create_dir_all(&files.dir).unwrap();
+        (root, files)
+    }
 
     fn running() -> Arc<FakeHypervisor> {
         let h = Arc::new(FakeHypervisor::default());
@@ -157,23 +233,32 @@ mod tests {
     #[test]
     fn a_freeze_is_thawed_by_end_and_when_dropped() {
         let h = running();
+        let (_root, files) = files();
         h.set_agent(Some(GuestReport::default()));
-        let f = Freeze::start(h.clone(), UUID).unwrap();
+        let f = Freeze::start(h.clone(), UUID, &files).unwrap();
         assert_eq!(h.calls(Op::Freeze), [UUID]);
         assert!(h.calls(Op::Thaw).is_empty());
+        assert!(frozen_marker(&files).exists(), "marked while frozen");
         f.end();
         assert_eq!(h.calls(Op::Thaw), [UUID], "thawed once");
+        assert!(!frozen_marker(&files).exists());
         // Dropped on a failure's way out: thawed too.
-        drop(Freeze::start(h.clone(), UUID).unwrap());
+        drop(Freeze::start(h.clone(), UUID, &files).unwrap());
         assert_eq!(h.calls(Op::Thaw).len(), 2);
+        // A thaw that fails keeps the marker: the next start tries again.
+        h.fail_once(Op::Thaw);
+        Freeze::start(h.clone(), UUID, &files).unwrap().end();
+        assert!(frozen_marker(&files).exists());
     }
 
     #[test]
     fn no_answering_agent_means_no_freeze_and_no_thaw() {
         let h = running();
-        assert!(Freeze::start(h.clone(), UUID).is_none());
+        let (_root, files) = files();
+        assert!(Freeze::start(h.clone(), UUID, &files).is_none());
         assert_eq!(h.calls(Op::Freeze), [UUID]);
         assert!(h.calls(Op::Thaw).is_empty());
+        assert!(!frozen_marker(&files).exists());
     }
 
     #[test]

@@ -265,7 +265,11 @@ impl Guests {
         capture: Capture,
     ) -> Result<(ImportTicket, Option<Freeze>), SnapshotError> {
         let frozen = match capture {
-            Capture::Pause => Freeze::start(self.hypervisor.clone(), uuid),
+            Capture::Pause => Freeze::start(
+                self.hypervisor.clone(),
+                uuid,
+                &GuestFiles::new(&self.storage_root, uuid),
+            ),
             Capture::Locked | Capture::AsPaused => None,
         };
         let consistency = match capture {
@@ -374,6 +378,8 @@ impl Guests {
                 }
             }
         }
+        // Resumed first: a paused guest's agent cannot answer a thaw.
+        self.thaw_frozen_by_snapshots().await;
     }
 }
 

@@ -324,6 +324,33 @@ async fn a_guest_paused_by_its_owner_is_not_resumed_at_start() {
     assert!(node.hypervisor.calls(Op::Resume).is_empty());
 }
 
+/// An agent killed while a snapshot held the guest paused and frozen: the next start resumes
+/// it, then thaws it (a paused guest's agent cannot answer), and the markers go.
+#[tokio::test]
+async fn a_guest_frozen_by_a_killed_agent_is_resumed_then_thawed_at_start() {
+    let node = Node::new().await;
+    let frozen = GuestFiles::new(node.root.path(), UUID)
+        .dir
+        .join("snapshot-frozen");
+    std::fs::write(node.marker(), b"").unwrap();
+    std::fs::write(&frozen, b"").unwrap();
+    node.hypervisor.suspend(UUID).unwrap();
+    // Its agent does not answer: resumed, the freeze marker kept for the next start.
+    node.guests.resume_paused_by_snapshots().await;
+    assert_eq!(node.state(), DomainState::Running);
+    assert!(!node.marker().exists());
+    assert!(frozen.exists());
+    node.hypervisor
+        .set_agent(Some(crate::domain::guest_agent::GuestReport::default()));
+    node.guests.resume_paused_by_snapshots().await;
+    assert_eq!(
+        agent_ops(&node),
+        [Op::Suspend, Op::Resume, Op::Thaw, Op::Thaw],
+        "resumed before the thaws"
+    );
+    assert!(!frozen.exists());
+}
+
 #[test]
 fn the_state_decides_how_the_disk_is_read() {
     let u = "u";
