@@ -2,8 +2,10 @@
 //! guest of the test image, whose console reports each interface that comes and goes
 //! (`hvagent.nic.NAME=MAC`, `hvagent.nic-gone.NAME=MAC`); the tap is checked in the network's
 //! bridge with `ip`, libvirt's live and persistent XML with virsh. The NIC stays across stop
-//! and start and goes with DetachInterface (through hvctl); refusals change nothing. The
-//! network and guest carry this file's name and the process id, so runs cannot collide.
+//! and start and goes with DetachInterface (through hvctl); refusals change nothing. An agent
+//! killed (SIGKILL) at points of an attach or detach leaves, once started again, the NIC whole
+//! or gone: intent, XML and tap agree. The networks carry this file's prefix and the process
+//! id, the guests UUIDs of their own, so runs cannot collide.
 
 mod common;
 
@@ -250,4 +252,112 @@ fn a_hot_attached_nic_is_in_guest_and_bridge_across_restarts_until_detached() {
         assert_eq!(vm.addresses[1], "10.78.0.6/24");
         console_lines(&mut vms, &u, &eth1, 3).await;
     });
+}
+
+/// The MACs of the domain's `<interface>` elements: (live, persistent).
+fn xml_macs(uuid: &str) -> (Vec<String>, Vec<String>) {
+    let macs = |x: String| -> Vec<String> {
+        x.split("<mac address='")
+            .skip(1)
+            .filter_map(|rest| rest.split('\'').next())
+            .map(str::to_string)
+            .collect()
+    };
+    (macs(xml(uuid, true)), macs(xml(uuid, false)))
+}
+
+/// After an agent killed mid-call and started again: every NIC of the intent is in libvirt's
+/// XML and every NIC there is in the intent, and the guest has one tap per NIC. Returns the
+/// intent's MACs.
+async fn whole(vms: &mut Vms, uuid: &str, what: &str) -> Vec<String> {
+    let intent = get(vms, uuid).await.macs;
+    let (live, persistent) = xml_macs(uuid);
+    let mut in_xml: Vec<String> = live.iter().chain(&persistent).cloned().collect();
+    in_xml.sort();
+    in_xml.dedup();
+    let mut sorted = intent.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted, in_xml,
+        "{what}: intent against live {live:?} and persistent {persistent:?}"
+    );
+    let taps = (0..hvagent::net::nic::MAX_NICS)
+        .filter(|i| exists(&tap_name(uuid, *i)))
+        .count();
+    assert_eq!(taps, intent.len(), "{what}: one tap per NIC");
+    intent
+}
+
+#[test]
+fn an_agent_killed_mid_attach_or_detach_leaves_no_half_nic() {
+    let mut agent = Agent::configure_tcg("", "").spawn();
+    let tag = std::process::id() % 100_000;
+    let net = format!("nk{tag}");
+    let u = uuid(2);
+    let _cleanup = Cleanup {
+        guests: vec![u.clone()],
+        bridges: vec![format!("br-{net}")],
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+        let mut vms = Vms::new(channel.clone());
+        import_testguest(channel.clone()).await;
+        pb::network_service_client::NetworkServiceClient::new(channel)
+            .ensure(pb::EnsureNetworkRequest {
+                network: Some(pb::Network {
+                    name: net.clone(),
+                    kind: "bridge".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        vms.create(pb::CreateVmRequest {
+            uuid: u.clone(),
+            name: "nic-hotplug-kill".into(),
+            flavor: "SCS-1Vi-0.5u".into(),
+            image: "testguest".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        ready(&mut vms, &u).await;
+    });
+    let mut outcomes = Vec::new();
+    for delay in [0u64, 10, 20, 30, 80, 150, 300] {
+        for detach in [false, true] {
+            let macs = rt.block_on(async {
+                let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+                get(&mut Vms::new(channel), &u).await.macs
+            });
+            let args: Vec<String> = match (detach, macs.first()) {
+                (true, Some(mac)) => vec!["detach-network".into(), u.clone(), mac.clone()],
+                (true, None) => continue,
+                (false, _) => vec!["attach-network".into(), u.clone(), net.clone()],
+            };
+            let mut call = Command::new(common::bin("hvctl"))
+                .arg("--socket")
+                .arg(&agent.socket)
+                .arg("vm")
+                .args(&args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start hvctl");
+            std::thread::sleep(Duration::from_millis(delay));
+            agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+            let _ = call.wait();
+            // libvirt finishes a call it began (and a guest the release it began).
+            std::thread::sleep(Duration::from_secs(2));
+            agent = agent.spawn();
+            let what = format!("{} killed at {delay} ms", args[0]);
+            let after = rt.block_on(async {
+                let channel = hvctl::client::connect(&agent.socket).await.unwrap();
+                whole(&mut Vms::new(channel), &u, &what).await
+            });
+            outcomes.push((what, macs.len(), after.len()));
+        }
+    }
+    eprintln!("(call, NICs before, NICs after): {outcomes:?}");
 }
