@@ -148,23 +148,36 @@ fn killed_mid_network_ensure_or_delete_every_network_is_whole_or_gone() {
         rt.block_on(async {
             let channel = hvctl::client::connect(&agent.socket).await.unwrap();
             let mut networks = pb::network_service_client::NetworkServiceClient::new(channel);
-            // The reconcile at start has made every listed network whole.
-            let listed: Vec<String> = networks
-                .list(pb::ListNetworksRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .networks
-                .into_iter()
-                .filter_map(|n| n.spec.map(|s| s.name))
-                .collect();
-            for name in &names {
-                let bridge = link_exists(&format!("br-{name}"));
-                let spec = listed.contains(name);
-                assert_eq!(
-                    bridge, spec,
-                    "{when}: {name}: bridge {bridge}, listed {spec}"
+            // The first reconcile after the start (it runs beside serving, so a loaded machine
+            // may answer a listing before it) makes every listed network whole: within 20 s a
+            // network is listed exactly when its bridge exists.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let listed: Vec<String> = networks
+                    .list(pb::ListNetworksRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .networks
+                    .into_iter()
+                    .filter_map(|n| n.spec.map(|s| s.name))
+                    .collect();
+                let torn: Vec<String> = names
+                    .iter()
+                    .filter_map(|name| {
+                        let bridge = link_exists(&format!("br-{name}"));
+                        let spec = listed.contains(name);
+                        (bridge != spec).then(|| format!("{name}: bridge {bridge}, listed {spec}"))
+                    })
+                    .collect();
+                if torn.is_empty() {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{when}, 20 s after the restart: {torn:?}"
                 );
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };
