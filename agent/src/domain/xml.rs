@@ -832,7 +832,11 @@ pub fn resized_xml(
         .strip_suffix(close)
         .map(str::len)
         .ok_or_else(|| XmlError("the old domain's <devices> has no closing tag".into()))?;
-    let used = disk_targets(old_devices)?;
+    let used: Vec<String> = super::volume_disk::disks(old_devices)
+        .map_err(XmlError)?
+        .into_iter()
+        .map(|d| d.target)
+        .collect();
     let bus = spec.disk_bus;
     let mut disks = String::new();
     let mut letters = (0..).map(disk_letter).filter(|l| {
@@ -885,30 +889,6 @@ fn devices_span(xml: &str) -> Result<(usize, usize), XmlError> {
                 }
             }
             Event::Eof => return Err(XmlError("the domain has no <devices>".into())),
-            _ => {}
-        }
-    }
-}
-
-/// The `dev` names of the disks' `<target>`s in `devices`.
-fn disk_targets(devices: &str) -> Result<Vec<String>, XmlError> {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_str(devices);
-    let mut in_disk = false;
-    let mut out = Vec::new();
-    loop {
-        match reader.read_event().map_err(|e| XmlError(e.to_string()))? {
-            Event::Start(e) if e.local_name().as_ref() == "disk" => in_disk = true,
-            Event::End(e) if e.local_name().as_ref() == "disk" => in_disk = false,
-            Event::Start(e) | Event::Empty(e) if in_disk && e.local_name().as_ref() == "target" => {
-                if let Some(dev) = e
-                    .try_get_attribute("dev")
-                    .map_err(|e| XmlError(e.to_string()))?
-                {
-                    out.push(dev.value.to_string());
-                }
-            }
-            Event::Eof => return Ok(out),
             _ => {}
         }
     }
@@ -1174,7 +1154,11 @@ mod tests {
         assert!(xml.contains("<vcpupin vcpu=\"0\" cpuset=\"2\"/>"), "{xml}");
         assert_eq!(read_intent(&xml).unwrap().flavor, "SCS-4C-8");
         assert_eq!(
-            disk_targets(&devices(&xml)).unwrap(),
+            super::super::volume_disk::disks(&devices(&xml))
+                .unwrap()
+                .into_iter()
+                .map(|d| d.target)
+                .collect::<Vec<_>>(),
             ["vda", "vdb", "vdc", "vdd"]
         );
     }

@@ -227,6 +227,19 @@ impl Guests {
         Ok((guests, unreadable))
     }
 
+    /// The image a guest was made from; `None` for one booted from a volume given at Create.
+    fn image_of(&self, intent: &Intent) -> Result<Option<crate::storage::ImageRecord>, GuestError> {
+        if intent.image.is_empty() {
+            return Ok(None);
+        }
+        self.images.get(&intent.image).map(Some).map_err(|e| {
+            GuestError::Precondition(format!(
+                "uuid: the guest's image {:?} cannot be read: {e}",
+                intent.image
+            ))
+        })
+    }
+
     /// Whether `uuid` is one of this agent's guests now.
     pub async fn is_own(&self, uuid: &str) -> bool {
         self.domains()

@@ -339,16 +339,7 @@ impl Guests {
                 GuestError::Internal(format!("the guest's flavor {}: {e}", guest.intent.flavor))
             })?
             .spec;
-        let image = if guest.intent.image.is_empty() {
-            None
-        } else {
-            Some(self.images.get(&guest.intent.image).map_err(|e| {
-                GuestError::Precondition(format!(
-                    "uuid: the guest's image {:?} cannot be read: {e}",
-                    guest.intent.image
-                ))
-            })?)
-        };
+        let image = self.image_of(&guest.intent)?;
         let files = GuestFiles::new(&self.storage_root, &uuid);
         let root_now = qcow2_virtual_size(&files.root_disk()).unwrap_or(0);
         let changes = check(&old_spec, &spec, image.as_ref(), root_now)?;

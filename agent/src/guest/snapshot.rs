@@ -214,17 +214,7 @@ impl Guests {
         let _busy = self.exclusive(&uuid).await?;
         let guest = self.get(&uuid).await?;
         let capture = Capture::of(&uuid, guest.state)?;
-        // A guest booted from a volume given at Create has no image to take properties from.
-        let source = if guest.intent.image.is_empty() {
-            None
-        } else {
-            Some(self.images.get(&guest.intent.image).map_err(|e| {
-                GuestError::Precondition(format!(
-                    "uuid: the guest's image {:?} cannot be read: {e}",
-                    guest.intent.image
-                ))
-            })?)
-        };
+        let source = self.image_of(&guest.intent)?;
         let _hold = source
             .as_ref()
             .map(|s| self.images.hold(&s.name, &uuid))
