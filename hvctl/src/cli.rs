@@ -372,7 +372,9 @@ pub enum VmCommand {
     /// NET=ADDRESS/PREFIX records the guest's address in its intent; the guest applies it
     /// itself (cloud-init reads its network-config at first boot only). At most 16 NICs.
     AttachNetwork {
+        /// The guest (name or UUID).
         guest: String,
+        /// A managed network's name or a host bridge's, optionally with the guest's address.
         #[arg(value_name = "NET[=ADDRESS/PREFIX]")]
         network: String,
         /// The NIC's MAC (default: derived from the guest's UUID and the NIC's slot).
@@ -388,7 +390,12 @@ pub enum VmCommand {
     /// Detach the NIC with this MAC (`hvctl vm get` lists them): gone from the definition at
     /// once, from a running guest once it releases the device (waited for 30 s); then its
     /// tap is removed.
-    DetachNetwork { guest: String, mac: String },
+    DetachNetwork {
+        /// The guest (name or UUID).
+        guest: String,
+        /// The NIC's MAC (any case).
+        mac: String,
+    },
     /// Follow lifecycle events (one line each, or one JSON object per line with --output
     /// json) until interrupted.
     Events {
