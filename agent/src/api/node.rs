@@ -250,9 +250,31 @@ pub fn to_proto(inv: &Inventory, view: &ProviderInventory) -> pb::Inventory {
                 numa_node: g.numa_node,
                 driver: g.driver.clone(),
                 scs_vendor: g.scs_vendor().map(String::from).unwrap_or_default(),
+                passthrough: g.passthrough.reason().to_string(),
+                iommu_group: g.passthrough.iommu_group(),
             })
             .collect(),
-        infiniband_devices: inv.infiniband.clone(),
+        infiniband_devices: inv.infiniband.iter().map(|d| d.name.clone()).collect(),
+        infiniband: inv
+            .infiniband
+            .iter()
+            .map(|d| pb::InfinibandDevice {
+                name: d.name.clone(),
+                pci_address: d.pci_address.clone(),
+                passthrough: d.passthrough.reason().to_string(),
+                iommu_group: d.passthrough.iommu_group(),
+            })
+            .collect(),
+        mdev_types: inv
+            .mdev_types
+            .iter()
+            .map(|t| pb::MdevType {
+                parent: t.parent.clone(),
+                type_id: t.type_id.clone(),
+                name: t.name.clone(),
+                available_instances: t.available_instances,
+            })
+            .collect(),
         hypervisor: Some(pb::Hypervisor {
             libvirt_version: hv.libvirt.libvirt_version.clone(),
             qemu_version: hv.libvirt.qemu_version.clone(),
@@ -280,6 +302,10 @@ pub fn to_proto(inv: &Inventory, view: &ProviderInventory) -> pb::Inventory {
                 .map(|c| c.to_string())
                 .collect(),
             serves_hwv: scs.serves_hwv,
+            serves_gpu: scs.serves_gpu,
+            serves_gpu_reason: scs.serves_gpu_reason.clone(),
+            serves_ib: scs.serves_ib,
+            serves_ib_reason: scs.serves_ib_reason.clone(),
         }),
         scheduler: Some(pb::SchedulerView {
             inventories: view

@@ -10,6 +10,9 @@ use super::volume_disk::{Disk, DiskSource};
 use crate::placement::Claim;
 use hvagent_core::host::sysfs::format_cpulist;
 
+#[path = "hostdev.rs"]
+mod hostdev;
+
 /// The agent's XML namespace in `<metadata>`.
 pub const NAMESPACE: &str = "https://scs.community/ns/hvagent/vm/1";
 /// The prefix libvirt stores the metadata element under.
@@ -455,6 +458,9 @@ struct Devices {
     channel: Channel,
     #[serde(skip_serializing_if = "Option::is_none")]
     rng: Option<Rng>,
+    /// The claim's passed-through PCI devices.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hostdev: Vec<hostdev::Hostdev>,
 }
 
 #[derive(Serialize)]
@@ -794,6 +800,7 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
                     path: "/dev/urandom",
                 },
             }),
+            hostdev: hostdev::from_claim(claim)?,
         },
     };
     quick_xml::se::to_string(&domain).map_err(|e| XmlError(e.to_string()))
@@ -978,6 +985,7 @@ mod tests {
                 host_node: 1,
             }],
             gpus: vec![],
+            infiniband: vec![],
             disk_gb: 10,
             generation: 3,
             expires_at_ms: None,

@@ -2,6 +2,7 @@
 //! InfiniBand adapters. Only devices backed by hardware (a `device` link in sysfs) are listed;
 //! loop, zram, bridges and taps are the host's own plumbing.
 
+use super::passthrough::{self, Passthrough};
 use super::sysfs::SysRoot;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,6 +49,18 @@ pub struct Gpu {
     pub device_id: String,
     pub numa_node: Option<u32>,
     pub driver: String,
+    /// Whether it can be given to a guest whole (VFIO), or why not.
+    pub passthrough: Passthrough,
+}
+
+/// An RDMA device with an InfiniBand port (a Mellanox HCA, PCI class 0x0207).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InfinibandDevice {
+    /// The RDMA name, e.g. `mlx5_0`.
+    pub name: String,
+    /// Empty when the device has no PCI parent (a software RDMA device).
+    pub pci_address: String,
+    pub passthrough: Passthrough,
 }
 
 impl Gpu {
@@ -135,16 +148,21 @@ pub fn read_gpus(sys: &SysRoot) -> Vec<Gpu> {
                 device_id: sys.read(&format!("{base}/device")).unwrap_or_default(),
                 numa_node: numa_node(sys, &format!("{base}/numa_node")),
                 driver: sys.link_name(&format!("{base}/driver")).unwrap_or_default(),
+                passthrough: passthrough::check(sys, &addr),
                 pci_address: addr,
             })
         })
         .collect()
 }
 
-/// RDMA devices with at least one InfiniBand port; RoCE adapters (Ethernet link layer) also
-/// live in /sys/class/infiniband but are not InfiniBand.
-pub fn read_infiniband(sys: &SysRoot) -> Vec<String> {
-    sys.entries("sys/class/infiniband", "")
+/// InfiniBand HCAs: RDMA devices with at least one InfiniBand port (RoCE adapters, Ethernet
+/// link layer, also live in /sys/class/infiniband but are not InfiniBand), named by their PCI
+/// function (the `device` link), plus PCI InfiniBand controllers (class 0x0207) that no host
+/// driver holds: an HCA bound to vfio-pci for passthrough has no RDMA device any more, so its
+/// class is all that says what it is (named by its PCI address).
+pub fn read_infiniband(sys: &SysRoot) -> Vec<InfinibandDevice> {
+    let mut found: Vec<InfinibandDevice> = sys
+        .entries("sys/class/infiniband", "")
         .into_iter()
         .filter(|dev| {
             let ports = format!("sys/class/infiniband/{dev}/ports");
@@ -152,7 +170,39 @@ pub fn read_infiniband(sys: &SysRoot) -> Vec<String> {
                 sys.read(&format!("{ports}/{port}/link_layer")).as_deref() == Some("InfiniBand")
             })
         })
-        .collect()
+        .map(|name| {
+            let pci_address = sys
+                .link_name(&format!("sys/class/infiniband/{name}/device"))
+                .unwrap_or_default();
+            let passthrough = if pci_address.is_empty() {
+                Passthrough::Refused(format!("{name} has no PCI device"))
+            } else {
+                passthrough::check(sys, &pci_address)
+            };
+            InfinibandDevice {
+                name,
+                pci_address,
+                passthrough,
+            }
+        })
+        .collect();
+    let dir = "sys/bus/pci/devices";
+    for addr in sys.entries(dir, "") {
+        let base = format!("{dir}/{addr}");
+        let is_ib = sys
+            .read(&format!("{base}/class"))
+            .is_some_and(|c| c.starts_with("0x0207"));
+        let driver = sys.link_name(&format!("{base}/driver"));
+        let unclaimed = driver.is_none_or(|d| d == "vfio-pci" || d == "pci-stub");
+        if is_ib && unclaimed && !found.iter().any(|d| d.pci_address == addr) {
+            found.push(InfinibandDevice {
+                name: addr.clone(),
+                passthrough: passthrough::check(sys, &addr),
+                pci_address: addr,
+            });
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -202,11 +252,25 @@ mod tests {
         write(r, "sys/bus/pci/devices/0000:3b:00.0/vendor", "0x10de\n");
         write(r, "sys/bus/pci/devices/0000:3b:00.0/numa_node", "1\n");
         write(r, "sys/bus/pci/devices/0000:00:01.0/class", "0x020000\n");
+        // An HCA bound to vfio-pci (no RDMA device), and the one mlx5_0 is (a host driver).
+        write(r, "sys/bus/pci/devices/0000:af:00.0/class", "0x020700\n");
+        write(r, "sys/bus/pci/devices/0000:5e:00.0/class", "0x020700\n");
+        std::fs::create_dir_all(r.join("sys/bus/pci/devices/0000:5e:00.0")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../bus/pci/drivers/mlx5_core",
+            r.join("sys/bus/pci/devices/0000:5e:00.0/driver"),
+        )
+        .unwrap();
         write(
             r,
             "sys/class/infiniband/mlx5_0/ports/1/link_layer",
             "InfiniBand\n",
         );
+        std::os::unix::fs::symlink(
+            "../../../devices/pci0000:5d/0000:5d:00.0/0000:5e:00.0",
+            r.join("sys/class/infiniband/mlx5_0/device"),
+        )
+        .unwrap();
         write(
             r,
             "sys/class/infiniband/mlx5_1/ports/1/link_layer",
@@ -235,10 +299,22 @@ mod tests {
         assert_eq!(gpus[0].numa_node, Some(1));
         assert_eq!(gpus[0].pci_address, "0000:3b:00.0");
 
-        assert_eq!(
-            read_infiniband(&sys),
-            vec!["mlx5_0"],
-            "RoCE is not InfiniBand"
+        assert!(
+            gpus[0].passthrough.reason().starts_with("no IOMMU"),
+            "{:?}",
+            gpus[0].passthrough
         );
+
+        let ib = read_infiniband(&sys);
+        let names: Vec<(&str, &str)> = ib
+            .iter()
+            .map(|d| (d.name.as_str(), d.pci_address.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("mlx5_0", "0000:5e:00.0"), ("0000:af:00.0", "0000:af:00.0")],
+            "RoCE is not InfiniBand; an HCA bound to a host driver is counted once"
+        );
+        assert!(ib[0].passthrough.reason().starts_with("no IOMMU"));
     }
 }

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod devices;
 pub mod kvm;
 pub mod memory;
+pub mod passthrough;
 pub mod scheduler;
 pub mod scs;
 pub mod sysfs;
@@ -13,9 +14,10 @@ pub mod sysfs;
 use std::path::Path;
 
 pub use cpu::CpuInfo;
-pub use devices::{BlockDevice, Gpu, Nic};
+pub use devices::{BlockDevice, Gpu, InfinibandDevice, Nic};
 pub use kvm::{KvmState, KvmVerdict};
 pub use memory::{MemoryInfo, NumaNode};
+pub use passthrough::{MdevType, Passthrough};
 pub use scheduler::ResourceInventory;
 pub use scs::CpuBrand;
 use sysfs::SysRoot;
@@ -57,6 +59,12 @@ pub struct ScsFacts {
     pub serves_ecc_reason: String,
     pub local_disk_classes: Vec<char>,
     pub serves_hwv: bool,
+    /// Some GPU can be passed through (`_GN...` flavors), or why none can.
+    pub serves_gpu: bool,
+    pub serves_gpu_reason: String,
+    /// Some InfiniBand HCA can be passed through (`_ib`), or why none can.
+    pub serves_ib: bool,
+    pub serves_ib_reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +77,9 @@ pub struct Inventory {
     pub block_devices: Vec<BlockDevice>,
     pub nics: Vec<Nic>,
     pub gpus: Vec<Gpu>,
-    pub infiniband: Vec<String>,
+    pub infiniband: Vec<InfinibandDevice>,
+    /// Mediated device (vGPU) types the devices offer; listed, not assigned.
+    pub mdev_types: Vec<MdevType>,
     pub hypervisor: HypervisorFacts,
     pub scs: ScsFacts,
     /// Size of the filesystem holding the storage root, when it could be measured.
@@ -112,6 +122,21 @@ pub fn read(root: &Path, external: ExternalFacts) -> Inventory {
         block_devices.iter().map(|d| d.scs_disk_class()).collect();
     local_disk_classes.sort_unstable();
     local_disk_classes.dedup();
+    let gpus = devices::read_gpus(&sys);
+    let infiniband = devices::read_infiniband(&sys);
+    let (serves_gpu, serves_gpu_reason) = passthrough::summary(
+        "GPU",
+        // Only GPUs a flavor can name (SCS vendors): not a BMC's or QEMU's VGA.
+        gpus.iter()
+            .filter(|g| g.scs_vendor().is_some())
+            .map(|g| (g.pci_address.as_str(), &g.passthrough)),
+    );
+    let (serves_ib, serves_ib_reason) = passthrough::summary(
+        "InfiniBand HCA",
+        infiniband
+            .iter()
+            .map(|d| (d.pci_address.as_str(), &d.passthrough)),
+    );
     let scs = ScsFacts {
         cpu_brand,
         cpu_brand_reason,
@@ -122,6 +147,10 @@ pub fn read(root: &Path, external: ExternalFacts) -> Inventory {
         local_disk_classes,
         // A guest can only see vmx/svm if the host runs it under working KVM with nesting on.
         serves_hwv: hypervisor.kvm.state == KvmState::Usable && hypervisor.nested,
+        serves_gpu,
+        serves_gpu_reason,
+        serves_ib,
+        serves_ib_reason,
     };
 
     let mut warnings = Vec::new();
@@ -138,9 +167,10 @@ pub fn read(root: &Path, external: ExternalFacts) -> Inventory {
     Inventory {
         hostname: sys.read("proc/sys/kernel/hostname").unwrap_or_default(),
         kernel_release: sys.read("proc/sys/kernel/osrelease").unwrap_or_default(),
-        gpus: devices::read_gpus(&sys),
+        gpus,
         nics: devices::read_nics(&sys),
-        infiniband: devices::read_infiniband(&sys),
+        infiniband,
+        mdev_types: passthrough::read_mdev_types(&sys),
         cpu,
         memory,
         numa_nodes,

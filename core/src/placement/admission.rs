@@ -5,6 +5,7 @@
 use super::claim::Refusal;
 use super::topology::Topology;
 use crate::flavor::{DiskType, FlavorSpec, GpuKind, Hypervisor};
+use crate::host::Passthrough;
 
 pub fn check(spec: &FlavorSpec, topo: &Topology) -> Result<(), Refusal> {
     let facts = &topo.facts;
@@ -148,7 +149,9 @@ pub fn check(spec: &FlavorSpec, topo: &Topology) -> Result<(), Refusal> {
                 "flavor names a GPU generation, compute units or VRAM, which this node cannot verify from PCI ids".into(),
             );
         }
-        if !facts.gpus.iter().any(|g| g.vendor == gpu.vendor.letter()) {
+        let vendor = gpu.vendor.letter();
+        let of_vendor: Vec<_> = facts.gpus.iter().filter(|g| g.vendor == vendor).collect();
+        if of_vendor.is_empty() {
             return refuse(
                 "GPU",
                 format!(
@@ -157,12 +160,48 @@ pub fn check(spec: &FlavorSpec, topo: &Topology) -> Result<(), Refusal> {
                 ),
             );
         }
+        if facts.ready_gpus(vendor).next().is_none() {
+            return refuse(
+                "GPU",
+                format!(
+                    "flavor asks for a GPU of vendor {}; none of this node's can be passed \
+                     through: {}",
+                    gpu.vendor.word(),
+                    why_not(of_vendor.iter().map(|g| (&g.pci_address, &g.passthrough)))
+                ),
+            );
+        }
     }
-    if spec.ib && !facts.infiniband {
-        return refuse(
-            "InfiniBand",
-            "flavor asks for InfiniBand (`_ib`); this node has no InfiniBand device".into(),
-        );
+    if spec.ib {
+        if facts.infiniband.is_empty() {
+            return refuse(
+                "InfiniBand",
+                "flavor asks for InfiniBand (`_ib`); this node has no InfiniBand device".into(),
+            );
+        }
+        if !facts.serves_infiniband() {
+            return refuse(
+                "InfiniBand",
+                format!(
+                    "flavor asks for InfiniBand (`_ib`); no InfiniBand HCA of this node can be \
+                     passed through: {}",
+                    why_not(
+                        facts
+                            .infiniband
+                            .iter()
+                            .map(|d| (&d.pci_address, &d.passthrough))
+                    )
+                ),
+            );
+        }
     }
     Ok(())
+}
+
+/// `<address>: <reason>` for each device, `; ` between them.
+fn why_not<'a>(devices: impl Iterator<Item = (&'a String, &'a Passthrough)>) -> String {
+    devices
+        .map(|(address, p)| format!("{address}: {}", p.reason()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -1,6 +1,6 @@
-//! How many more guests of a flavor fit now, where, and what runs out first. Dedicated and GPU
-//! guests are counted by placing them one after another on a copy of the ledger (each takes at
-//! least one CPU or GPU, so that ends quickly). Floating guests are counted in closed form,
+//! How many more guests of a flavor fit now, where, and what runs out first. Dedicated, GPU and
+//! InfiniBand guests are counted by placing them one after another on a copy of the ledger
+//! (each takes at least one CPU or device, so that ends quickly). Floating guests are counted in closed form,
 //! because a big host holds hundreds of them: the shared pool, the disk and the memory bound
 //! them independently, and memory goes first node by node (each node takes
 //! `floor(free / need)` whole guests whatever the order), then spread over the remainders
@@ -41,7 +41,7 @@ impl Allocator {
         }
         let need = Need::new(spec, self.policy());
         let floating = matches!(spec.cpu_type, CpuType::Shared | CpuType::Crowded);
-        if floating && need.gpu.is_none() {
+        if floating && need.gpu.is_none() && !need.ib {
             return self.floating_capacity(flavor, &need);
         }
         let (more, stop) = self.simulate(&need, None);

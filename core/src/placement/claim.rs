@@ -30,6 +30,9 @@ pub struct Claim {
     pub guest_numa: Vec<GuestCell>,
     /// PCI addresses of passed-through GPUs.
     pub gpus: Vec<String>,
+    /// PCI addresses of passed-through InfiniBand HCAs; absent in claims stored before them.
+    #[serde(default)]
+    pub infiniband: Vec<String>,
     /// Local disk space taken, in GB.
     pub disk_gb: u64,
     /// Allocator generation this claim was made at.

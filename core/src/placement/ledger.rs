@@ -16,6 +16,7 @@ use crate::host::scheduler::page_size_label;
 use crate::host::sysfs::format_cpulist;
 
 mod dedicated;
+mod devices;
 mod floating;
 
 pub(super) use floating::{floating_memory, take_memory};
@@ -56,6 +57,8 @@ pub(super) struct Need {
     pub disk_gb: u64,
     /// SCS GPU vendor letter of a passed-through GPU.
     pub gpu: Option<char>,
+    /// A passed-through InfiniBand HCA (`_ib`).
+    pub ib: bool,
 }
 
 impl Need {
@@ -74,6 +77,7 @@ impl Need {
                 u64::from(d.count) * u64::from(d.size_gb.unwrap_or(0))
             }),
             gpu: spec.gpu.as_ref().map(|g| g.vendor.letter()),
+            ib: spec.ib,
         }
     }
 
@@ -156,6 +160,8 @@ pub struct Ledger {
     pub(super) nodes: Vec<NodeFree>,
     pub(super) disk_free_gb: Option<u64>,
     pub(super) gpu_free: Vec<bool>,
+    /// One flag per InfiniBand HCA of the topology.
+    pub(super) ib_free: Vec<bool>,
 }
 
 /// Placement of guest RAM: (node index, units) shares and the node carrying the overhead.
@@ -187,6 +193,7 @@ impl Ledger {
                 .collect(),
             disk_free_gb: topo.facts.disk_gb,
             gpu_free: vec![true; topo.facts.gpus.len()],
+            ib_free: vec![true; topo.facts.infiniband.len()],
         }
     }
 
@@ -228,21 +235,14 @@ impl Ledger {
         }
         claim.disk_gb = need.disk_gb;
         if let Some(vendor) = need.gpu {
-            let free = topo
-                .facts
+            claim
                 .gpus
-                .iter()
-                .zip(&self.gpu_free)
-                .find(|(g, free)| **free && g.vendor == vendor);
-            match free {
-                Some((g, _)) => claim.gpus.push(g.pci_address.clone()),
-                None => {
-                    return Err(Refusal::exhausted(
-                        "GPU",
-                        format!("every {vendor} GPU of this node is taken"),
-                    ));
-                }
-            }
+                .push(self.pick_device(topo, devices::Kind::Gpu, Some(vendor))?);
+        }
+        if need.ib {
+            claim
+                .infiniband
+                .push(self.pick_device(topo, devices::Kind::Infiniband, None)?);
         }
         claim.emulator = if !pools.reserved.is_empty() {
             Emulator::Reserved(pools.reserved.clone())
@@ -355,18 +355,19 @@ impl Ledger {
         {
             return conflict("DISK_GB", format!("{free} GB of disk are free"));
         }
-        let mut gpu_free = self.gpu_free.clone();
-        for address in &claim.gpus {
-            match topo
-                .facts
-                .gpus
-                .iter()
-                .position(|g| &g.pci_address == address)
-            {
-                Some(i) if gpu_free[i] => gpu_free[i] = false,
-                _ => return conflict("GPU", format!("GPU {address} is not free")),
+        let gpu_free = match self.take_devices(topo, devices::Kind::Gpu, &claim.gpus) {
+            Ok(free) => free,
+            Err(address) => return conflict("GPU", format!("GPU {address} is not free")),
+        };
+        let ib_free = match self.take_devices(topo, devices::Kind::Infiniband, &claim.infiniband) {
+            Ok(free) => free,
+            Err(address) => {
+                return conflict(
+                    "InfiniBand",
+                    format!("InfiniBand HCA {address} is not free"),
+                );
             }
-        }
+        };
         // Everything checked: take it.
         for &c in &pins {
             self.owner[c as usize] = Owner::Dedicated {
@@ -382,7 +383,8 @@ impl Ledger {
         if let Some(free) = &mut self.disk_free_gb {
             *free -= claim.disk_gb;
         }
-        self.gpu_free = gpu_free;
+        self.set_free_flags(devices::Kind::Gpu, gpu_free);
+        self.set_free_flags(devices::Kind::Infiniband, ib_free);
         Ok(())
     }
 
@@ -411,16 +413,8 @@ impl Ledger {
         if let Some(free) = &mut self.disk_free_gb {
             *free += claim.disk_gb;
         }
-        for address in &claim.gpus {
-            if let Some(i) = topo
-                .facts
-                .gpus
-                .iter()
-                .position(|g| &g.pci_address == address)
-            {
-                self.gpu_free[i] = true;
-            }
-        }
+        self.give_back_devices(topo, devices::Kind::Gpu, &claim.gpus);
+        self.give_back_devices(topo, devices::Kind::Infiniband, &claim.infiniband);
     }
 }
 
@@ -458,6 +452,7 @@ fn empty_claim() -> Claim {
         },
         guest_numa: Vec::new(),
         gpus: Vec::new(),
+        infiniband: Vec::new(),
         disk_gb: 0,
         generation: 0,
         expires_at_ms: None,

@@ -159,7 +159,8 @@ pub fn provider_inventory(
         push(ResourceInventory::new(DISK_GB, gib, 1.0));
     }
     let mut gpus: BTreeMap<String, u64> = BTreeMap::new();
-    for gpu in &topo.facts.gpus {
+    // Only GPUs that can be passed through: the rest cannot be delivered.
+    for gpu in topo.facts.gpus.iter().filter(|g| g.passthrough.ready()) {
         if let Some(class) = gpu_class(gpu.vendor) {
             *gpus.entry(class).or_default() += 1;
         }
@@ -342,7 +343,7 @@ fn traits(alloc: &Allocator, host: &Inventory, guests: Guests) -> Vec<String> {
         (facts.secure.holds, "CUSTOM_SCS_SECURE"),
         (facts.ecc.holds, "CUSTOM_SCS_ECC"),
         (facts.hwv.holds, "CUSTOM_SCS_HWV"),
-        (facts.infiniband, "CUSTOM_SCS_IB"),
+        (facts.serves_infiniband(), "CUSTOM_SCS_IB"),
     ] {
         if holds {
             out.push(name.into());
@@ -359,7 +360,7 @@ fn traits(alloc: &Allocator, host: &Inventory, guests: Guests) -> Vec<String> {
     for class in &facts.disk_classes {
         out.push(format!("CUSTOM_SCS_DISK_{}", class.to_ascii_uppercase()));
     }
-    for gpu in &facts.gpus {
+    for gpu in facts.gpus.iter().filter(|g| g.passthrough.ready()) {
         out.push(format!("CUSTOM_SCS_GPU_{}", gpu.vendor));
     }
     out.extend(policy_traits(alloc.policy()));

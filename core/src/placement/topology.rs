@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::host::{self, Inventory, KvmState};
+use crate::host::{self, Inventory, KvmState, Passthrough};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topology {
@@ -71,6 +71,16 @@ pub struct GpuDevice {
     pub pci_address: String,
     /// SCS vendor letter: N, A, I.
     pub vendor: char,
+    pub passthrough: Passthrough,
+}
+
+/// An InfiniBand HCA, given to a guest whole like a GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IbDevice {
+    /// The RDMA name, e.g. `mlx5_0`.
+    pub name: String,
+    pub pci_address: String,
+    pub passthrough: Passthrough,
 }
 
 /// Node facts the admission rules check.
@@ -86,7 +96,21 @@ pub struct Facts {
     /// Size of the storage filesystem in GB; `None`: unknown, disks are not counted.
     pub disk_gb: Option<u64>,
     pub gpus: Vec<GpuDevice>,
-    pub infiniband: bool,
+    pub infiniband: Vec<IbDevice>,
+}
+
+impl Facts {
+    /// Some InfiniBand HCA can be passed through: what `_ib` promises.
+    pub fn serves_infiniband(&self) -> bool {
+        self.infiniband.iter().any(|d| d.passthrough.ready())
+    }
+
+    /// GPUs of SCS vendor letter `vendor` that can be passed through.
+    pub fn ready_gpus(&self, vendor: char) -> impl Iterator<Item = &GpuDevice> {
+        self.gpus
+            .iter()
+            .filter(move |g| g.vendor == vendor && g.passthrough.ready())
+    }
 }
 
 impl Topology {
@@ -182,10 +206,19 @@ impl Topology {
                     g.scs_vendor().map(|vendor| GpuDevice {
                         pci_address: g.pci_address.clone(),
                         vendor,
+                        passthrough: g.passthrough.clone(),
                     })
                 })
                 .collect(),
-            infiniband: !inv.infiniband.is_empty(),
+            infiniband: inv
+                .infiniband
+                .iter()
+                .map(|d| IbDevice {
+                    name: d.name.clone(),
+                    pci_address: d.pci_address.clone(),
+                    passthrough: d.passthrough.clone(),
+                })
+                .collect(),
         };
         Topology {
             cpus,

@@ -130,6 +130,30 @@ pub fn inventory(inv: &pb::Inventory) -> String {
             yes_no(scs.serves_hwv)
         ),
     ]);
+    facts.row(vec![
+        "scs gpu".into(),
+        format!(
+            "{} ({})",
+            if scs.serves_gpu {
+                "serves _G flavors"
+            } else {
+                "no _G flavors"
+            },
+            scs.serves_gpu_reason
+        ),
+    ]);
+    facts.row(vec![
+        "scs ib".into(),
+        format!(
+            "{} ({})",
+            if scs.serves_ib {
+                "serves _ib"
+            } else {
+                "no _ib"
+            },
+            scs.serves_ib_reason
+        ),
+    ]);
     out.push_str(&facts.render());
 
     let mut numa = Table::new(&["NUMA", "CPUS", "MEMORY", "FREE", "DISTANCES", "HUGEPAGES"]);
@@ -214,7 +238,15 @@ pub fn inventory(inv: &pb::Inventory) -> String {
         section(&mut out, &nics);
     }
     if !inv.gpus.is_empty() {
-        let mut gpus = Table::new(&["GPU", "VENDOR", "DEVICE", "SCS", "NUMA", "DRIVER"]);
+        let mut gpus = Table::new(&[
+            "GPU",
+            "VENDOR",
+            "DEVICE",
+            "SCS",
+            "NUMA",
+            "DRIVER",
+            "PASSTHROUGH",
+        ]);
         for g in &inv.gpus {
             gpus.row(vec![
                 g.pci_address.clone(),
@@ -223,15 +255,33 @@ pub fn inventory(inv: &pb::Inventory) -> String {
                 or_dash(&g.scs_vendor).into(),
                 opt(g.numa_node),
                 or_dash(&g.driver).into(),
+                or_dash(&g.passthrough).into(),
             ]);
         }
         section(&mut out, &gpus);
     }
-    if !inv.infiniband_devices.is_empty() {
-        out.push_str(&format!(
-            "\ninfiniband  {}\n",
-            inv.infiniband_devices.join(", ")
-        ));
+    if !inv.infiniband.is_empty() {
+        let mut ib = Table::new(&["INFINIBAND", "PCI", "PASSTHROUGH"]);
+        for d in &inv.infiniband {
+            ib.row(vec![
+                d.name.clone(),
+                or_dash(&d.pci_address).into(),
+                or_dash(&d.passthrough).into(),
+            ]);
+        }
+        section(&mut out, &ib);
+    }
+    if !inv.mdev_types.is_empty() {
+        let mut mdev = Table::new(&["MDEV TYPE", "PARENT", "NAME", "AVAILABLE"]);
+        for t in &inv.mdev_types {
+            mdev.row(vec![
+                t.type_id.clone(),
+                t.parent.clone(),
+                or_dash(&t.name).into(),
+                t.available_instances.to_string(),
+            ]);
+        }
+        section(&mut out, &mdev);
     }
     if let Some(sched) = &inv.scheduler {
         let mut res = Table::new(&[

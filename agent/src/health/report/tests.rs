@@ -36,6 +36,7 @@ fn claim(spec: &FlavorSpec, page_kib: u64) -> Claim {
         },
         guest_numa: vec![],
         gpus: vec![],
+        infiniband: vec![],
         disk_gb: 0,
         generation: 1,
         expires_at_ms: None,
