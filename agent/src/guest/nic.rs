@@ -224,7 +224,7 @@ impl Guests {
         let found = self.interfaces(&uuid).await?;
         if found.has(&mac) != (false, false) {
             return Err(GuestError::Precondition(format!(
-                "mac: guest {uuid} still has a NIC with MAC {mac} (a detach waits for the guest to release it; detach again, then attach)"
+                "mac: guest {uuid} has a NIC with MAC {mac} that the agent did not attach (added outside it)"
             )));
         }
         let (how, managed) = attach(&self.networks, &uuid, slot, &req.network, "network")?;
