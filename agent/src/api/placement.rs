@@ -79,6 +79,7 @@ pub fn claim_to_proto(alloc: &Allocator, claim: &Claim, now_ms: u64) -> pb::Clai
             })
             .collect(),
         gpus: claim.gpus.clone(),
+        infiniband: claim.infiniband.clone(),
         disk_gb: claim.disk_gb,
         generation: claim.generation,
         reservation: claim.is_reservation(),
