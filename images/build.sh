@@ -5,6 +5,12 @@
 #                      probe (images/probe, built here as a static binary) + qemu-ga with
 #                      the shared libraries it needs, from the Debian packages below
 #   out/testguest.qcow2     BIOS-bootable disk (MBR + FAT + syslinux) holding the two above
+#   out/testguest-uefi.qcow2           UEFI-bootable disk (GPT + EFI system partition) with
+#                                      Debian's signed boot chain: shim -> GRUB -> the same
+#                                      (signed) kernel and initramfs; boots under Secure Boot
+#   out/testguest-uefi-unsigned.qcow2  the same with the kernel's signature removed: Secure
+#                                      Boot refuses it (GRUB says so on the console), plain
+#                                      UEFI boots it
 # Idempotent: each output is rebuilt only when missing or older than one of its inputs.
 set -euo pipefail
 
@@ -17,6 +23,9 @@ SELF=$HERE/build.sh
 # button and evdev let acpid see the ACPI power button.
 # virtio_console gives the guest agent its port (/dev/virtio-ports/org.qemu.guest_agent.0).
 MODULES=(virtio_pci virtio_net virtio_blk virtio_console vfat nls_cp437 nls_ascii button evdev)
+# Loaded only when the guest booted through UEFI (a BIOS guest has no EFI variables; there
+# insmod would fail): efivarfs, for the SecureBoot variable and the NVRAM test variable.
+EFI_MODULES=(efivarfs)
 # The guest agent and the packages holding every shared library it needs, directly or not:
 # the libraries are looked up by their NEEDED entries in these packages only, never on the
 # build host (whose libraries need not be the guest's).
@@ -26,6 +35,10 @@ QGA_PACKAGES=(qemu-guest-agent libc6 libglib2.0-0 libpcre2-8-0 libnuma1 libudev1
 QGA_LIBDIR=/lib/x86_64-linux-gnu
 DISK_MIB=64
 PART_START=2048 # first sector of the FAT partition (1 MiB alignment)
+# The UEFI disks' GPT identifiers: fixed, so that every build's disk has the same identity
+# (sfdisk would draw random ones).
+GPT_DISK_GUID=5D9E5C4B-3F0A-4C1E-9B7A-6E2F1D0C8A11
+GPT_ESP_GUID=0F6B2A3C-8D4E-4B5F-A1C2-7E8D9F0A1B2C
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
 
@@ -79,6 +92,56 @@ extract() {
 
 # le32 N: N as 4 little-endian bytes, for printf.
 le32() { printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
+
+# pe_cert_table FILE: prints the offset and size of FILE's certificate table (PE data
+# directory entry 4, where an Authenticode signature lives; "0 0" when unsigned), then the
+# file offset of that entry. Read with od: no PE tool (sbsigntool, python) needed.
+pe_cert_table() {
+    local pe magic dir
+    pe=$(od -An -t u4 -j 60 -N 4 "$1" | tr -d ' ')
+    [[ $(od -An -t x4 -j "$pe" -N 4 "$1" | tr -d ' ') == 00004550 ]] || {
+        log "$1 is not a PE file"
+        return 1
+    }
+    # The optional header follows the 4-byte signature and the 20-byte COFF header; its data
+    # directories start at byte 112 (PE32+, magic 0x20b) or 96 (PE32), 8 bytes an entry.
+    magic=$(od -An -t u2 -j $((pe + 24)) -N 2 "$1" | tr -d ' ')
+    if ((magic == 0x20b)); then dir=$((pe + 24 + 112 + 4 * 8)); else dir=$((pe + 24 + 96 + 4 * 8)); fi
+    printf '%s %s\n' "$(od -An -t u4 -j "$dir" -N 8 "$1" | xargs)" "$dir"
+}
+
+# esp_disk KERNEL OUTPUT: writes OUTPUT, a qcow2 GPT disk whose one partition is an EFI system
+# partition holding Debian's signed shim at the removable-media boot path EFI/BOOT/BOOTX64.EFI
+# (firmware with empty boot entries, as a fresh NVRAM has, boots it), Debian's signed GRUB
+# beside it (shim loads grubx64.efi from its own directory), GRUB's grub.cfg, KERNEL as
+# /vmlinuz and the initramfs. No mount, no loop device: sfdisk writes the GPT into the image
+# file, mtools the FAT file system at the partition's offset.
+esp_disk() {
+    local kernel=$1 output=$2 raw offset part_sectors img
+    raw=$OUT/$(basename "$output" .qcow2).raw
+    offset=$((PART_START * 512))
+    # The backup GPT takes the disk's last 33 sectors.
+    part_sectors=$((DISK_MIB * 2048 - PART_START - 33))
+    rm -f "$raw"
+    truncate -s "${DISK_MIB}M" "$raw"
+    printf '%s\n' 'label: gpt' "label-id: $GPT_DISK_GUID" \
+        "start=$PART_START, size=$part_sectors, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=$GPT_ESP_GUID, name=ESP" |
+        sfdisk --quiet --no-reread --no-tell-kernel "$raw"
+    export MTOOLS_SKIP_CHECK=1
+    img="$raw@@$offset"
+    # FAT32, as the UEFI specification asks of a system partition; a fixed volume serial (-N)
+    # for reproducible bytes.
+    mformat -i "$img" -F -T "$part_sectors" -h 64 -s 32 -H "$PART_START" -N 48564147 -v HVAGENT-ESP ::
+    mmd -i "$img" ::/EFI ::/EFI/BOOT ::/EFI/debian
+    mcopy -i "$img" "$shim_efi" ::/EFI/BOOT/BOOTX64.EFI
+    mcopy -i "$img" "$grub_efi" ::/EFI/BOOT/grubx64.efi
+    mcopy -i "$img" "$OUT/grub.cfg" ::/EFI/debian/grub.cfg
+    mcopy -i "$img" "$kernel" ::/vmlinuz
+    mcopy -i "$img" "$OUT/initramfs.img" ::/initramfs.img
+    qemu-img convert -f raw -O qcow2 "$raw" "$output.tmp"
+    mv "$output.tmp" "$output"
+    rm -f "$raw"
+}
 
 mkdir -p "$CACHE"
 
@@ -156,6 +219,9 @@ if ! newer "$OUT/initramfs.img" "${init_inputs[@]}"; then
     }
     for m in "${MODULES[@]}"; do add_module "$m"; done
     printf '%s\n' "${order[@]}" >"$root/lib/modules/load-order"
+    order=()
+    for m in "${EFI_MODULES[@]}"; do add_module "$m"; done
+    printf '%s\n' "${order[@]}" >"$root/lib/modules/efi-load-order"
 
     # The guest agent: /usr/sbin/qemu-ga, its ELF interpreter, and the libraries its NEEDED
     # entries name, recursively, each found in the unpacked QGA_PACKAGES and copied (symlinks
@@ -244,4 +310,52 @@ EOF
     rm -f "$raw"
 fi
 
-log "up to date: $OUT/{vmlinuz,initramfs.img,testguest.qcow2}"
+# --- UEFI disk images --------------------------------------------------------------------
+# Debian's Secure Boot chain: shim signed by Microsoft's UEFI CA (the key OVMF's ".ms" variable
+# templates enrol), which trusts Debian's key, which signed GRUB and the kernel.
+shimdeb=$(deb shim-signed)
+grubdeb=$(deb grub-efi-amd64-signed)
+shim_efi=$(extract "$shimdeb")/usr/lib/shim/shimx64.efi.signed
+grub_efi=$(extract "$grubdeb")/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed
+uefi_inputs=("$SELF" "$OUT/vmlinuz" "$OUT/initramfs.img" "$shimdeb" "$grubdeb")
+if ! newer "$OUT/testguest-uefi.qcow2" "${uefi_inputs[@]}" ||
+    ! newer "$OUT/testguest-uefi-unsigned.qcow2" "${uefi_inputs[@]}"; then
+    # The signed image is pointless with an unsigned kernel: stop if Debian's is not signed.
+    read -r cert_off cert_size cert_dir < <(pe_cert_table "$OUT/vmlinuz")
+    if ((cert_size == 0)); then
+        log "$OUT/vmlinuz has no Authenticode signature (PE certificate table empty)"
+        exit 1
+    fi
+    # No menu, so no timeout: load the kernel, and if GRUB refuses it (under Secure Boot shim
+    # checks its signature; GRUB prints "error: bad shim signature.") say so on the console
+    # and power off rather than wait at a prompt. OVMF copies the EFI console to the serial
+    # port, where the kernel's console=ttyS0 goes on. `boot` returns only if it failed.
+    cat >"$OUT/grub.cfg" <<'EOF'
+if ! linux /vmlinuz console=ttyS0 no_timer_check; then
+    echo "hvagent.boot=refused: kernel signature"
+    halt
+fi
+initrd /initramfs.img
+boot
+echo "hvagent.boot=failed"
+halt
+EOF
+    log "testguest-uefi.qcow2 (kernel signature: $cert_size bytes at $cert_off)"
+    esp_disk "$OUT/vmlinuz" "$OUT/testguest-uefi.qcow2"
+    # The kernel without its signature: the certificate table is the file's tail (checked),
+    # so zero its data-directory entry and cut the file there. The image hash the signature
+    # covered is unchanged, but nothing vouches for it any more.
+    unsigned=$OUT/vmlinuz-unsigned
+    if ((cert_off + cert_size != $(stat -c %s "$OUT/vmlinuz"))); then
+        log "the kernel's certificate table is not at the end of the file"
+        exit 1
+    fi
+    cp "$OUT/vmlinuz" "$unsigned"
+    dd if=/dev/zero of="$unsigned" bs=1 seek="$cert_dir" count=8 conv=notrunc status=none
+    truncate -s "$cert_off" "$unsigned"
+    log "testguest-uefi-unsigned.qcow2"
+    esp_disk "$unsigned" "$OUT/testguest-uefi-unsigned.qcow2"
+    rm -f "$unsigned" "$OUT/grub.cfg"
+fi
+
+log "up to date: $OUT/{vmlinuz,initramfs.img,testguest.qcow2,testguest-uefi.qcow2,testguest-uefi-unsigned.qcow2}"
