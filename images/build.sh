@@ -320,6 +320,8 @@ grub_efi=$(extract "$grubdeb")/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed
 uefi_inputs=("$SELF" "$OUT/vmlinuz" "$OUT/initramfs.img" "$shimdeb" "$grubdeb")
 if ! newer "$OUT/testguest-uefi.qcow2" "${uefi_inputs[@]}" ||
     ! newer "$OUT/testguest-uefi-unsigned.qcow2" "${uefi_inputs[@]}"; then
+    # Debian 12 ships sfdisk in its own package, not in util-linux.
+    command -v sfdisk >/dev/null || { log "sfdisk not found: apt-get install fdisk"; exit 1; }
     # The signed image is pointless with an unsigned kernel: stop if Debian's is not signed.
     read -r cert_off cert_size cert_dir < <(pe_cert_table "$OUT/vmlinuz")
     if ((cert_size == 0)); then
