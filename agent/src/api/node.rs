@@ -288,6 +288,12 @@ pub fn to_proto(inv: &Inventory, view: &ProviderInventory) -> pb::Inventory {
             rdrand: hv.rdrand,
             rdseed: hv.rdseed,
             domain_types: hv.libvirt.domain_types.clone(),
+            firmware: Some(pb::Firmware {
+                uefi: hv.firmware.uefi,
+                secure_boot: hv.firmware.secure_boot,
+                vtpm: hv.firmware.vtpm,
+                reason: hv.firmware.reason.clone(),
+            }),
         }),
         scs: Some(pb::ScsFacts {
             cpu_brand: scs.cpu_brand.as_ref().map(|b| b.code()).unwrap_or_default(),

@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod devices;
+pub mod firmware;
 pub mod kvm;
 pub mod memory;
 pub mod passthrough;
@@ -15,6 +16,7 @@ use std::path::Path;
 
 pub use cpu::CpuInfo;
 pub use devices::{BlockDevice, Gpu, InfinibandDevice, Nic};
+pub use firmware::FirmwareFacts;
 pub use kvm::{KvmState, KvmVerdict};
 pub use memory::{MemoryInfo, NumaNode};
 pub use passthrough::{MdevType, Passthrough};
@@ -47,6 +49,8 @@ pub struct HypervisorFacts {
     pub nested_reason: String,
     pub rdrand: bool,
     pub rdseed: bool,
+    /// UEFI, Secure Boot and vTPM as guests can get them here.
+    pub firmware: FirmwareFacts,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -113,6 +117,7 @@ pub fn read(root: &Path, external: ExternalFacts) -> Inventory {
         kvm: external.kvm,
         nested,
         nested_reason,
+        firmware: firmware::read(&sys),
     };
 
     let (cpu_brand, cpu_brand_reason) = scs::cpu_brand(&cpu);

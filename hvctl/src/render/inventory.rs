@@ -94,6 +94,21 @@ pub fn inventory(inv: &pb::Inventory) -> String {
         "entropy".into(),
         format!("rdrand {}, rdseed {}", yes_no(hv.rdrand), yes_no(hv.rdseed)),
     ]);
+    let firmware = hv.firmware.clone().unwrap_or_default();
+    facts.row(vec![
+        "firmware".into(),
+        format!(
+            "uefi {}, secure boot {}, vtpm {}{}",
+            yes_no(firmware.uefi),
+            yes_no(firmware.secure_boot),
+            yes_no(firmware.vtpm),
+            if firmware.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", firmware.reason)
+            }
+        ),
+    ]);
     facts.row(vec![
         "scs brand".into(),
         format!("{} ({})", or_dash(&scs.cpu_brand), scs.cpu_brand_reason),
