@@ -11,7 +11,7 @@ CONFIG ?=
 # scripts/host-packages.sh installs the missing ones (and why qemu-utils may be downgraded).
 APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config numactl util-linux busybox-static cpio syslinux syslinux-common extlinux mtools \
-	dosfstools openssl ca-certificates
+	dosfstools fdisk openssl ca-certificates ovmf swtpm swtpm-tools
 # What `make deb` needs beside the build: dpkg-shlibdeps (dpkg-dev) and strip (binutils).
 DEB_PACKAGES := dpkg-dev binutils
 PY_MODULES := grpc grpc_health grpc_reflection google.protobuf placement.wsgi keystone.server.wsgi

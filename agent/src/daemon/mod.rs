@@ -150,14 +150,18 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         &config.storage.root,
         metrics.network_repairs.clone(),
     ));
-    let guests = Arc::new(Guests::new(
-        libvirt.clone(),
-        placement.clone(),
-        &config.storage.root,
-        emulation,
-        local.cpu.flags.clone(),
-        networks.clone(),
-    ));
+    // The firmware as the inventory read it: below `[host] sysfs_root`, `/` outside tests.
+    let guests = Arc::new(
+        Guests::new(
+            libvirt.clone(),
+            placement.clone(),
+            &config.storage.root,
+            emulation,
+            local.cpu.flags.clone(),
+            networks.clone(),
+        )
+        .with_firmware(local.hypervisor.firmware.clone()),
+    );
     // Guests started after a host reboot need their networks' bridges, which the reboot
     // took too: the resume waits for the first network reconcile.
     let (reconciled, networks_ready) = tokio::sync::watch::channel(false);

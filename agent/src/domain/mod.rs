@@ -5,6 +5,7 @@ pub mod console;
 pub mod events;
 #[cfg(test)]
 pub mod fake;
+pub mod firmware;
 pub mod guest_agent;
 pub mod guests;
 pub mod hypervisor;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::firmware::{Boot as FirmwareBoot, Firmware};
 use super::volume_disk::{Disk, DiskSource};
 use crate::placement::Claim;
 use hvagent_core::host::sysfs::format_cpulist;
@@ -73,6 +74,11 @@ pub struct Intent {
     /// A resize waiting for its confirm or revert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<ResizeIntent>,
+    /// Machine type, BIOS or UEFI, TPM: decided from the image at Create and kept here, so a
+    /// resize or a rebuild defines the guest the same way. Left out for the default (pc,
+    /// BIOS, no TPM), so such guests' metadata is what it was before firmware was chosen.
+    #[serde(default, skip_serializing_if = "Firmware::is_default")]
+    pub firmware: Firmware,
 }
 
 /// The volume a guest boots from.
@@ -193,6 +199,9 @@ pub struct GuestSpec {
     /// Virtio NICs, in order.
     pub nics: Vec<NicSpec>,
     pub console_log: PathBuf,
+    /// The guest's UEFI variable store (a copy of OVMF's template libvirt makes at the first
+    /// start); unused for BIOS guests.
+    pub nvram: PathBuf,
     pub rng: bool,
     /// TCG translation cache; bounded so the memory overhead model holds under emulation.
     pub tcg_cache_mib: u64,
@@ -354,9 +363,103 @@ struct MemNode {
 
 #[derive(Serialize)]
 struct Os {
+    /// `efi`: libvirt picks OVMF from the QEMU firmware descriptors that have `<firmware>`'s
+    /// features, for the machine type (libvirt 9.0's firmware autoselection).
+    #[serde(rename = "@firmware", skip_serializing_if = "Option::is_none")]
+    firmware: Option<&'static str>,
     #[serde(rename = "type")]
     kind: OsType,
+    #[serde(rename = "firmware", skip_serializing_if = "Option::is_none")]
+    features: Option<FirmwareFeatures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loader: Option<Loader>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nvram: Option<Text<String>>,
     boot: Boot,
+}
+
+impl Os {
+    fn of(firmware: &Firmware, nvram: &std::path::Path) -> Os {
+        let secure_boot = match firmware.boot {
+            FirmwareBoot::Bios => None,
+            FirmwareBoot::Uefi { secure_boot } => Some(secure_boot),
+        };
+        let yes_no = |on: bool| if on { "yes" } else { "no" };
+        Os {
+            firmware: secure_boot.map(|_| "efi"),
+            kind: OsType {
+                arch: "x86_64",
+                machine: firmware.machine.as_str(),
+                value: "hvm",
+            },
+            // Secure Boot on means the keys must be enrolled too (the `ms` variable template:
+            // Microsoft's and the distributions' keys), else nothing signed would boot; off
+            // means the plain build, without enrolled keys.
+            features: secure_boot.map(|on| FirmwareFeatures {
+                feature: vec![
+                    FirmwareFeature {
+                        enabled: yes_no(on),
+                        name: "enrolled-keys",
+                    },
+                    FirmwareFeature {
+                        enabled: yes_no(on),
+                        name: "secure-boot",
+                    },
+                ],
+            }),
+            // `secure`: the variable store is writable only from SMM, so the guest OS cannot
+            // change the Secure Boot keys behind the firmware's back.
+            loader: secure_boot
+                .filter(|on| *on)
+                .map(|_| Loader { secure: "yes" }),
+            nvram: secure_boot.map(|_| Text {
+                value: nvram.display().to_string(),
+            }),
+            boot: Boot { dev: "hd" },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FirmwareFeatures {
+    feature: Vec<FirmwareFeature>,
+}
+
+#[derive(Serialize)]
+struct FirmwareFeature {
+    #[serde(rename = "@enabled")]
+    enabled: &'static str,
+    #[serde(rename = "@name")]
+    name: &'static str,
+}
+
+#[derive(Serialize)]
+struct Loader {
+    #[serde(rename = "@secure")]
+    secure: &'static str,
+}
+
+#[derive(Serialize)]
+struct State {
+    #[serde(rename = "@state")]
+    state: &'static str,
+}
+
+/// A TPM 2.0 emulated by swtpm, which libvirt starts beside QEMU; its state lives in libvirt's
+/// `/var/lib/libvirt/swtpm/<uuid>/` (libvirt 9.0 has no element to move it).
+#[derive(Serialize)]
+struct Tpm {
+    #[serde(rename = "@model")]
+    model: &'static str,
+    backend: TpmBackend,
+}
+
+#[derive(Serialize)]
+struct TpmBackend {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@version")]
+    version: &'static str,
 }
 
 #[derive(Serialize)]
@@ -379,6 +482,9 @@ struct Boot {
 struct Features {
     acpi: (),
     apic: (),
+    /// System Management Mode: OVMF's Secure Boot build needs it (q35 only), under TCG too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smm: Option<State>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tcg: Option<Tcg>,
 }
@@ -458,6 +564,8 @@ struct Devices {
     channel: Channel,
     #[serde(skip_serializing_if = "Option::is_none")]
     rng: Option<Rng>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tpm: Option<Tpm>,
     /// The claim's passed-through PCI devices.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     hostdev: Vec<hostdev::Hostdev>,
@@ -695,17 +803,15 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
             },
         },
         numatune,
-        os: Os {
-            kind: OsType {
-                arch: "x86_64",
-                machine: "pc",
-                value: "hvm",
-            },
-            boot: Boot { dev: "hd" },
-        },
+        os: Os::of(&spec.intent.firmware, &spec.nvram),
         features: Features {
             acpi: (),
             apic: (),
+            smm: spec
+                .intent
+                .firmware
+                .secure_boot()
+                .then_some(State { state: "on" }),
             tcg: tcg.then_some(Tcg {
                 tb_cache: Sized {
                     unit: "MiB",
@@ -798,6 +904,13 @@ pub fn domain_xml(spec: &GuestSpec) -> Result<String, XmlError> {
                 backend: RngBackend {
                     model: "random",
                     path: "/dev/urandom",
+                },
+            }),
+            tpm: spec.intent.firmware.tpm.map(|model| Tpm {
+                model: model.libvirt_model(),
+                backend: TpmBackend {
+                    kind: "emulator",
+                    version: "2.0",
                 },
             }),
             hostdev: hostdev::from_claim(claim)?,
@@ -944,6 +1057,7 @@ pub fn read_intent(xml: &str) -> Result<Intent, IntentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::firmware::{Machine, TpmModel};
     use crate::placement::claim::{
         Emulator, GuestCell, GuestTopology, MemoryShare, VcpuPin as Pin,
     };
@@ -1009,6 +1123,7 @@ mod tests {
                 emulation,
                 created_unix: 1_700_000_000,
                 resize: None,
+                firmware: Firmware::default(),
             },
             vcpu_cpus: if dedicated {
                 vec![vec![2], vec![4]]
@@ -1044,6 +1159,7 @@ mod tests {
                 },
             ],
             console_log: "/var/lib/hvagent/vms/x/console.log".into(),
+            nvram: "/var/lib/hvagent/vms/x/nvram.fd".into(),
             rng: true,
             tcg_cache_mib: 64,
         }
@@ -1076,6 +1192,71 @@ mod tests {
             read_intent(&xml).unwrap(),
             spec(true, false, Emulation::Tcg).intent
         );
+    }
+
+    /// A BIOS guest (no firmware properties) is defined as before firmware could be chosen:
+    /// machine pc, no firmware attribute, loader, NVRAM, SMM or TPM, nothing in the intent.
+    #[test]
+    fn a_bios_guest_is_unchanged() {
+        let s = spec(true, false, Emulation::Tcg);
+        let xml = domain_xml(&s).unwrap();
+        assert!(
+            xml.contains("<os><type arch=\"x86_64\" machine=\"pc\">hvm</type><boot dev=\"hd\"/></os><features><acpi/><apic/><tcg>"),
+            "{xml}"
+        );
+        for absent in ["firmware", "loader", "nvram", "smm", "<tpm", "q35"] {
+            assert!(!xml.contains(absent), "{absent} in {xml}");
+        }
+    }
+
+    fn with_firmware(boot: FirmwareBoot, machine: Machine, tpm: Option<TpmModel>) -> String {
+        let mut s = spec(false, false, Emulation::Tcg);
+        s.intent.firmware = Firmware { machine, boot, tpm };
+        let xml = domain_xml(&s).unwrap();
+        assert_eq!(read_intent(&xml).unwrap().firmware, s.intent.firmware);
+        xml
+    }
+
+    /// UEFI with Secure Boot: libvirt picks the enrolled-keys Secure Boot build of OVMF on q35,
+    /// with a secure loader, the guest's own NVRAM and SMM.
+    #[test]
+    fn a_secure_boot_guest() {
+        let xml = with_firmware(FirmwareBoot::Uefi { secure_boot: true }, Machine::Q35, None);
+        assert!(
+            xml.contains("<os firmware=\"efi\"><type arch=\"x86_64\" machine=\"q35\">hvm</type><firmware><feature enabled=\"yes\" name=\"enrolled-keys\"/><feature enabled=\"yes\" name=\"secure-boot\"/></firmware><loader secure=\"yes\"/><nvram>/var/lib/hvagent/vms/x/nvram.fd</nvram><boot dev=\"hd\"/></os><features><acpi/><apic/><smm state=\"on\"/><tcg>"),
+            "{xml}"
+        );
+        assert!(!xml.contains("<tpm"), "{xml}");
+    }
+
+    /// UEFI without Secure Boot (on q35 or pc): the plain OVMF, no secure loader, no SMM, but
+    /// an NVRAM of its own all the same.
+    #[test]
+    fn a_uefi_guest_without_secure_boot() {
+        for machine in [Machine::Q35, Machine::Pc] {
+            let xml = with_firmware(FirmwareBoot::Uefi { secure_boot: false }, machine, None);
+            assert!(
+                xml.contains(&format!("<os firmware=\"efi\"><type arch=\"x86_64\" machine=\"{}\">hvm</type><firmware><feature enabled=\"no\" name=\"enrolled-keys\"/><feature enabled=\"no\" name=\"secure-boot\"/></firmware><nvram>/var/lib/hvagent/vms/x/nvram.fd</nvram><boot dev=\"hd\"/></os><features><acpi/><apic/><tcg>", machine.as_str())),
+                "{xml}"
+            );
+            assert!(!xml.contains("<loader") && !xml.contains("smm"), "{xml}");
+        }
+    }
+
+    /// A TPM 2.0 of either model, emulated by swtpm, on a BIOS or a UEFI guest.
+    #[test]
+    fn a_tpm_guest() {
+        for (model, name) in [(TpmModel::Tis, "tpm-tis"), (TpmModel::Crb, "tpm-crb")] {
+            for boot in [FirmwareBoot::Bios, FirmwareBoot::Uefi { secure_boot: true }] {
+                let xml = with_firmware(boot, Machine::Q35, Some(model));
+                assert!(
+                    xml.contains(&format!(
+                        "<tpm model=\"{name}\"><backend type=\"emulator\" version=\"2.0\"/></tpm>"
+                    )),
+                    "{xml}"
+                );
+            }
+        }
     }
 
     #[test]

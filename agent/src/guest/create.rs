@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::error::{GuestError, refused};
 use super::plan::{
-    Boot, CreatePlan, Placed, PlannedNic, extra_disks, guest_spec, guest_taps, host_taps,
+    Boot, CreatePlan, Placed, PlannedNic, extra_disks, firmware, guest_spec, guest_taps, host_taps,
     made_volume_name, meta_data, nic_intent,
 };
 use super::request::{CreateRequest, check_ram, root_disk_bytes, validate};
@@ -163,7 +163,7 @@ impl Guests {
         } else {
             Some(self.volumes.attach.lock().await)
         };
-        let (image, boot, nics, _busy) = loop {
+        let (image, firmware, boot, nics, _busy) = loop {
             let held = self.lock.lock().await;
             self.ensure_rebuilt(&held).await?;
             if let Some(mut done) = self.busy.in_flight(&uuid) {
@@ -190,6 +190,7 @@ impl Guests {
             if let Some(image) = &image {
                 check_ram(&spec, image)?;
             }
+            let firmware = firmware(image.as_ref(), &self.firmware)?;
             let boot = self.boot(&req, &spec, &uuid, image.as_ref()).await?;
             let mut nics = Vec::new();
             for (i, name) in req.networks.iter().enumerate() {
@@ -201,7 +202,13 @@ impl Guests {
                     intent: nic_intent(&req, &uuid, i),
                 });
             }
-            break (image, boot, nics, self.busy.mark(&uuid, &req.name));
+            break (
+                image,
+                firmware,
+                boot,
+                nics,
+                self.busy.mark(&uuid, &req.name),
+            );
         };
         // From here the guest is busy: no other call creates or deletes it, or takes its
         // name, while its disks, domain and start are made without holding the lock.
@@ -223,6 +230,7 @@ impl Guests {
             boot: &boot,
             emulation,
             nics: &nics,
+            firmware,
         };
         let result = self.create_steps(&plan, &mut undo).await;
         match result {

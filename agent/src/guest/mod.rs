@@ -29,6 +29,7 @@ mod volume;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::domain::firmware::FirmwareFacts;
 use crate::domain::hypervisor::{DomainState, GuestDomain, Hypervisor};
 use crate::domain::xml::{Emulation, Intent};
 use crate::net::Networks;
@@ -86,6 +87,9 @@ pub struct Guests {
     /// `Err`: why this node cannot run guests (no KVM and emulation forbidden).
     emulation: Result<Emulation, String>,
     host_flags: Vec<String>,
+    /// The UEFI, Secure Boot and vTPM this node can give guests (read at start; none until
+    /// [`Guests::with_firmware`] says).
+    firmware: FirmwareFacts,
     networks: Arc<Networks>,
     /// Held while a create or delete checks names and UUIDs and marks its guest busy (not
     /// through libvirt's define and start, so creates run side by side), and while placement
@@ -132,6 +136,7 @@ impl Guests {
             storage_root: storage_root.to_path_buf(),
             emulation,
             host_flags,
+            firmware: FirmwareFacts::default(),
             networks,
             lock: tokio::sync::Mutex::new(()),
             busy: busy::Busy::default(),
@@ -140,6 +145,12 @@ impl Guests {
             asking: lifecycle::AskingSet::default(),
             consoles: console::Sessions::default(),
         }
+    }
+
+    /// These guests may have the firmware `node` offers (`host::firmware::read` at start).
+    pub fn with_firmware(mut self, node: FirmwareFacts) -> Guests {
+        self.firmware = node;
+        self
     }
 
     async fn blocking<T: Send + 'static>(

@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use super::GIB;
+use super::GuestError;
 use super::TCG_CACHE_MIB;
 use super::request::CreateRequest;
+use crate::domain::firmware::{Firmware, FirmwareFacts, ImageFirmware};
 use crate::domain::volume_disk::DiskSource;
 use crate::domain::xml::{
     BootVolume, DiskBus, DiskSpec, Emulation, GuestSpec, Intent, NicAttach, NicIntent, NicSpec,
@@ -28,6 +30,8 @@ pub(super) struct CreatePlan<'a> {
     pub image: Option<&'a ImageRecord>,
     pub boot: &'a Boot,
     pub emulation: Emulation,
+    /// Machine type, BIOS or UEFI, TPM: from the image, on this node ([`firmware`]).
+    pub firmware: Firmware,
     /// Per network: how the NIC attaches, the managed network's spec, MAC and address.
     pub nics: &'a [PlannedNic],
 }
@@ -66,6 +70,24 @@ pub(super) struct Placed {
     pub claim: Claim,
     pub vcpu_cpus: Vec<Vec<u32>>,
     pub emulator_cpus: Vec<u32>,
+}
+
+/// The firmware a guest of `image` gets on a node that offers `node`: the image's properties
+/// were checked at import, so what can fail here is the node lacking OVMF or swtpm. A guest
+/// booted from a volume given at Create has no image and is a BIOS guest on `pc`.
+pub(super) fn firmware(
+    image: Option<&ImageRecord>,
+    node: &FirmwareFacts,
+) -> Result<Firmware, GuestError> {
+    let Some(image) = image else {
+        return Ok(Firmware::default());
+    };
+    let wanted = ImageFirmware::from_properties(&image.properties).map_err(|e| {
+        GuestError::Precondition(format!("image: {:?} has properties {e}", image.name))
+    })?;
+    wanted
+        .on(node)
+        .map_err(|e| GuestError::Precondition(format!("image: {:?}: {e}", image.name)))
 }
 
 /// NIC `index` of the request: the MAC given (else derived from the UUID and index), the
@@ -182,6 +204,7 @@ pub(super) fn guest_spec(
         image,
         emulation,
         nics,
+        firmware,
         ..
     } = *plan;
     let cpu_features = cpu_features(spec, host_flags);
@@ -228,6 +251,7 @@ pub(super) fn guest_spec(
         emulation,
         created_unix,
         resize: None,
+        firmware,
     };
     GuestSpec {
         uuid: uuid.to_string(),
@@ -247,6 +271,7 @@ pub(super) fn guest_spec(
             })
             .collect(),
         console_log: files.console_log(),
+        nvram: files.nvram(),
         rng: property("hw_rng_model").is_some_and(|m| m == "virtio"),
         tcg_cache_mib: TCG_CACHE_MIB,
     }
@@ -353,6 +378,7 @@ mod tests {
             boot: &Boot::Local { bytes: 10 * GIB },
             emulation: Emulation::Tcg,
             nics: &nics,
+            firmware: Firmware::default(),
         };
         let root = Path::new("/srv");
         let files = GuestFiles::new(root, uuid);
@@ -427,6 +453,7 @@ mod tests {
                 boot: &boot,
                 emulation: Emulation::Tcg,
                 nics: &[],
+                firmware: Firmware::default(),
             };
             let root = Path::new("/srv");
             let files = GuestFiles::new(root, uuid);

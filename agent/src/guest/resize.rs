@@ -382,6 +382,8 @@ impl Guests {
                 .unwrap_or(DiskBus::Virtio),
             nics: Vec::new(),
             console_log: files.console_log(),
+            // The firmware is the intent's (kept from Create), its NVRAM where it was.
+            nvram: files.nvram(),
             rng: false,
             tcg_cache_mib: TCG_CACHE_MIB,
         };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::domain::fake::{FakeHypervisor, Op};
+use crate::domain::firmware::FirmwareFacts;
 use crate::domain::hypervisor::DomainState;
 use crate::net::link::{Namespace, Netlink};
 use crate::placement::{Allocator, ClaimRequest, Policy};
@@ -39,9 +40,14 @@ struct Node {
 
 impl Node {
     async fn new() -> Node {
+        Node::offering(FirmwareFacts::default()).await
+    }
+
+    /// A node whose guests may have the firmware `firmware` says.
+    async fn offering(firmware: FirmwareFacts) -> Node {
         let root = tempfile::tempdir().unwrap();
         let hypervisor = Arc::new(FakeHypervisor::default());
-        let (placement, guests) = Node::start(root.path(), &hypervisor);
+        let (placement, guests) = Node::start(root.path(), &hypervisor, firmware);
         let base = root.path().join("base.qcow2");
         disks::blank(&base, 64 << 20).unwrap();
         guests
@@ -62,6 +68,7 @@ impl Node {
     fn start(
         root: &std::path::Path,
         hypervisor: &Arc<FakeHypervisor>,
+        firmware: FirmwareFacts,
     ) -> (Arc<PlacementState>, Arc<Guests>) {
         let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
         let placement = Arc::new(PlacementState::new(
@@ -70,14 +77,17 @@ impl Node {
         // Guests without networks: the undo only lists the host's links, looking for taps.
         let netlink = Netlink::open(Namespace::default()).unwrap();
         let networks = Arc::new(Networks::new(netlink, root, KindCounts::default()));
-        let guests = Arc::new(Guests::new(
-            hypervisor.clone(),
-            placement.clone(),
-            root,
-            Ok(Emulation::Tcg),
-            Vec::new(),
-            networks,
-        ));
+        let guests = Arc::new(
+            Guests::new(
+                hypervisor.clone(),
+                placement.clone(),
+                root,
+                Ok(Emulation::Tcg),
+                Vec::new(),
+                networks,
+            )
+            .with_firmware(firmware),
+        );
         (placement, guests)
     }
 
@@ -185,6 +195,85 @@ async fn create_makes_domain_files_and_claim() {
     assert_eq!(listed.intent, guest.intent);
     assert!(node.guests.delete(&uuid(1)).await.unwrap());
     node.assert_nothing_of(&uuid(1));
+}
+
+/// An image asking for UEFI with Secure Boot and a TPM: on a node without OVMF and swtpm the
+/// create is FAILED_PRECONDITION with the node's reason and leaves nothing behind; on a node
+/// with them the definition has the firmware, the intent keeps it, and a delete leaves nothing.
+#[tokio::test]
+async fn firmware_comes_from_the_image_and_what_the_node_has() {
+    use crate::domain::firmware::{Boot, Firmware, Machine, TpmModel};
+    let lacking = FirmwareFacts {
+        reason: "no x86_64 UEFI firmware (install ovmf)".into(),
+        ..FirmwareFacts::default()
+    };
+    let offering = FirmwareFacts {
+        uefi: true,
+        secure_boot: true,
+        vtpm: true,
+        reason: String::new(),
+    };
+    for facts in [lacking, offering] {
+        let node = Node::offering(facts.clone()).await;
+        let properties = [
+            ("hw_firmware_type", "uefi"),
+            ("os_secure_boot", "required"),
+            ("hw_tpm_version", "2.0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        node.guests
+            .images
+            .import_local(
+                "uefi",
+                &node.root.path().join("base.qcow2"),
+                None,
+                properties,
+                0,
+            )
+            .unwrap();
+        let req = CreateRequest {
+            image: "uefi".into(),
+            ..request(1, "web", FLOATING)
+        };
+        let result = node.guests.create(req).await;
+        if !facts.uefi {
+            let Err(GuestError::Precondition(m)) = result else {
+                panic!("{result:?}")
+            };
+            assert_eq!(
+                m,
+                "image: \"uefi\": this node cannot give hw_firmware_type uefi: no x86_64 UEFI firmware (install ovmf)"
+            );
+            node.assert_nothing_of(&uuid(1));
+            continue;
+        }
+        let guest = result.unwrap();
+        assert_eq!(
+            guest.intent.firmware,
+            Firmware {
+                machine: Machine::Q35,
+                boot: Boot::Uefi { secure_boot: true },
+                tpm: Some(TpmModel::Tis),
+            }
+        );
+        let xml = xml_of(&node, &uuid(1)).unwrap();
+        for part in [
+            "<os firmware=\"efi\"><type arch=\"x86_64\" machine=\"q35\">",
+            "<loader secure=\"yes\"/>",
+            &format!(
+                "<nvram>{}</nvram>",
+                node.dir(&uuid(1)).join("nvram.fd").display()
+            ),
+            "<smm state=\"on\"/>",
+            "<tpm model=\"tpm-tis\">",
+        ] {
+            assert!(xml.contains(part), "{part} not in {xml}");
+        }
+        assert!(node.guests.delete(&uuid(1)).await.unwrap());
+        node.assert_nothing_of(&uuid(1));
+    }
 }
 
 /// Every effect of the saga fails once in turn; each failure leaves no domain, no files and
@@ -787,7 +876,8 @@ async fn stored_claims_win_the_rebuild_after_libvirt_comes_back() {
 
     // The agent restarts; libvirt's listing fails.
     node.hypervisor.fail(Op::List);
-    let (placement, guests) = Node::start(node.root.path(), &node.hypervisor);
+    let (placement, guests) =
+        Node::start(node.root.path(), &node.hypervisor, FirmwareFacts::default());
     let e = guests.rebuild_placement().await.unwrap_err();
     assert!(e.to_string().contains("injected failure of List"), "{e}");
     assert!(!placement.is_rebuilt());

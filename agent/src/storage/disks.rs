@@ -76,6 +76,13 @@ impl GuestFiles {
         self.dir.join("seed.img")
     }
 
+    /// A UEFI guest's variable store (Secure Boot keys, boot entries, what the guest wrote):
+    /// libvirt copies OVMF's template here at the first start, keeps it across stop and start,
+    /// and removes it when the guest is undefined with its NVRAM.
+    pub fn nvram(&self) -> PathBuf {
+        self.dir.join("nvram.fd")
+    }
+
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }

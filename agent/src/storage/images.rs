@@ -31,6 +31,10 @@ pub const KNOWN_PROPERTIES: &[&str] = &[
     "hw_scsi_model",
     "hw_rng_model",
     "hw_firmware_type",
+    "hw_machine_type",
+    "os_secure_boot",
+    "hw_tpm_version",
+    "hw_tpm_model",
     "os_distro",
     "os_version",
 ];
@@ -271,15 +275,13 @@ fn check_properties(properties: &BTreeMap<String, String>) -> Result<(), StoreEr
                     format!("architecture: this node runs x86_64 guests, got {v:?}"),
                 ));
             }
-            "hw_firmware_type" if v != "bios" => {
-                return Err(invalid(
-                    "properties",
-                    format!("hw_firmware_type: only bios is supported here, got {v:?}"),
-                ));
-            }
             _ => {}
         }
     }
+    // The firmware properties depend on each other (Secure Boot needs UEFI and q35, a TPM
+    // model needs a TPM version): checked together, the first broken rule named.
+    crate::domain::firmware::ImageFirmware::from_properties(properties)
+        .map_err(|e| invalid("properties", e.to_string()))?;
     Ok(())
 }
 

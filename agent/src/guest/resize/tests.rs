@@ -200,6 +200,7 @@ fn intent(flavor: &str, resize: bool) -> Intent {
         claim,
         emulation: Emulation::Tcg,
         created_unix: 1,
+        firmware: Default::default(),
     }
 }
 

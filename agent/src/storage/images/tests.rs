@@ -159,6 +159,52 @@ fn hostile_images_are_refused_and_leave_nothing() {
     );
 }
 
+/// The firmware properties are checked at import, together: a bad combination is refused
+/// with the property and the rule and stores nothing; a good one is kept as given.
+#[test]
+fn firmware_properties_are_checked_at_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::new(dir.path());
+    let file = dir.path().join("disk.qcow2");
+    std::fs::write(&file, qcow2_header(1 << 30, false)).unwrap();
+    let props = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    for (pairs, message) in [
+        (
+            &[("hw_firmware_type", "bios"), ("os_secure_boot", "required")][..],
+            "properties: os_secure_boot: required needs hw_firmware_type uefi: Secure Boot is a UEFI feature",
+        ),
+        (
+            &[("hw_firmware_type", "efi")][..],
+            "properties: hw_firmware_type: must be bios or uefi, got \"efi\"",
+        ),
+        (
+            &[("hw_tpm_model", "tpm-crb")][..],
+            "properties: hw_tpm_model: needs hw_tpm_version 2.0: a TPM model without a version asks for no TPM",
+        ),
+    ] {
+        let e = store
+            .import_local("fw", &file, None, props(pairs), 0)
+            .unwrap_err();
+        assert_eq!(e.to_string(), message);
+        assert!(store.get("fw").is_err(), "nothing stored for {pairs:?}");
+    }
+    let good = props(&[
+        ("hw_firmware_type", "uefi"),
+        ("os_secure_boot", "required"),
+        ("hw_tpm_version", "2.0"),
+        ("hw_tpm_model", "tpm-crb"),
+    ]);
+    let record = store
+        .import_local("fw", &file, None, good.clone(), 0)
+        .unwrap();
+    assert_eq!(record.properties, good);
+}
+
 #[test]
 fn one_import_per_name_and_progress_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
