@@ -54,8 +54,9 @@ fn extras(spec: &FlavorSpec) -> (u32, u64) {
 
 /// Whether a guest of flavor `old` (root disk now `root_bytes_now` bytes) made from `image`
 /// may become one of `new`, and what that changes on its disks. Refuses a resize to the same
-/// flavor, between a local root disk and none, to less RAM than the image needs, or that
-/// would shrink or remove a disk; each refusal names the sizes.
+/// flavor, from or to a flavor with a GPU or InfiniBand part, between a local root disk and
+/// none, to less RAM than the image needs, or that would shrink or remove a disk; each
+/// refusal names the sizes.
 pub(super) fn check(
     old: &FlavorSpec,
     new: &FlavorSpec,
@@ -66,6 +67,17 @@ pub(super) fn check(
     let refuse = |m: String| Err(GuestError::Precondition(format!("flavor: {m}")));
     if old_name == new_name {
         return refuse(format!("the guest already has flavor {old_name}"));
+    }
+    // The new definition keeps the old one's <devices>, so a <hostdev> would stay attached
+    // while the new claim takes (or frees) the device in the ledger: the ledger and the guest
+    // would disagree. Carrying the devices over would need the new claim to be the same
+    // devices, which the allocator does not promise, so such a resize is refused outright.
+    for (spec, name) in [(old, &old_name), (new, &new_name)] {
+        if spec.gpu.is_some() || spec.ib {
+            return refuse(format!(
+                "{name} has a GPU or InfiniBand part: resize of guests with passed-through devices is not supported (delete and create)"
+            ));
+        }
     }
     if old.disk.is_some() != new.disk.is_some() {
         let (with, without) = if old.disk.is_some() {
