@@ -51,6 +51,9 @@ pub struct FakeDomain {
     pub name: String,
     pub xml: String,
     pub state: DomainState,
+    /// Devices detached from the definition that the running guest has not released (it
+    /// ignores the eject): in its live XML beyond `xml` until it releases them or stops.
+    pub held: Vec<String>,
 }
 
 /// A call made to wait: it reports that it arrived, then waits for the release.
@@ -99,6 +102,46 @@ fn element<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
 
 fn not_found(uuid: &str) -> DomainError {
     DomainError::NotFound(uuid.to_string())
+}
+
+/// What finds the device of `xml` in a domain: its element and the attribute texts that
+/// mark it (an interface's MAC, a disk's target in either quoting).
+fn device_key(xml: &str) -> Result<(&'static str, Vec<String>), DomainError> {
+    if xml.starts_with("<interface") {
+        let mac = xml
+            .split("address=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .ok_or_else(|| DomainError::Libvirt(format!("no MAC in {xml}")))?;
+        return Ok(("interface", vec![format!("address=\"{mac}\"")]));
+    }
+    let target = super::volume_disk::disks(xml)
+        .ok()
+        .and_then(|ds| ds.into_iter().next())
+        .map(|d| d.target)
+        .ok_or_else(|| DomainError::Libvirt(format!("not a disk: {xml}")))?;
+    Ok((
+        "disk",
+        vec![format!("dev=\"{target}\""), format!("dev='{target}'")],
+    ))
+}
+
+/// Removes from `xml` the first `<tag>` element holding one of `needles`, and returns it.
+fn take(xml: &mut String, tag: &str, needles: &[String]) -> Option<String> {
+    let (open, close) = (format!("<{tag}"), format!("</{tag}>"));
+    let mut from = 0;
+    while let Some(start) = xml[from..].find(&open).map(|i| i + from) {
+        let end = xml[start..]
+            .find(&close)
+            .map_or(xml.len(), |i| start + i + close.len());
+        if needles.iter().any(|n| xml[start..end].contains(n.as_str())) {
+            let device = xml[start..end].to_string();
+            xml.replace_range(start..end, "");
+            return Some(device);
+        }
+        from = end;
+    }
+    None
 }
 
 impl FakeHypervisor {
@@ -194,6 +237,7 @@ impl FakeHypervisor {
                 name: name.to_string(),
                 xml,
                 state,
+                held: Vec::new(),
             },
         );
     }
@@ -228,34 +272,10 @@ impl FakeHypervisor {
         });
     }
 
-    /// Removes the `<interface>` whose MAC is the one in `xml`, unless the guest clings.
-    fn detach_interface(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
-        let mac = xml
-            .split("address=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .ok_or_else(|| DomainError::Libvirt(format!("no MAC in {xml}")))?
-            .to_string();
-        let mut inner = self.call(Op::Detach, uuid)?;
-        let clinging = inner.clinging;
-        let d = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
-        if clinging {
-            return Ok(());
-        }
-        let mut from = 0;
-        while let Some(start) = d.xml[from..].find("<interface").map(|i| i + from) {
-            let end = d.xml[start..]
-                .find("</interface>")
-                .map_or(d.xml.len(), |i| start + i + "</interface>".len());
-            if d.xml[start..end].contains(&format!("address=\"{mac}\"")) {
-                d.xml.replace_range(start..end, "");
-                return Ok(());
-            }
-            from = end;
-        }
-        Err(DomainError::Libvirt(format!(
-            "no interface with MAC {mac} in domain {uuid}"
-        )))
+    /// From now on guests release the devices detached from them, as one does once its
+    /// ACPI handler listens (the ones it held stay held until asked again).
+    pub fn heed_eject(&self) {
+        self.lock().clinging = false;
     }
 
     /// The domains now, by UUID.
@@ -296,6 +316,10 @@ impl FakeHypervisor {
         }
         let domain = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
         domain.state = state;
+        if state == DomainState::ShutOff {
+            // A stopped guest holds nothing beyond its definition.
+            domain.held.clear();
+        }
         drop(inner);
         let (kind, detail) = match op {
             Op::Start => (EventKind::Started, "booted"),
@@ -342,6 +366,7 @@ impl Hypervisor for FakeHypervisor {
                     name,
                     xml: xml.to_string(),
                     state,
+                    held: Vec::new(),
                 },
             );
         }
@@ -422,14 +447,15 @@ impl Hypervisor for FakeHypervisor {
             .ok_or_else(|| not_found(uuid))
     }
 
-    /// The fake keeps one XML: live and persistent are the same.
+    /// The definition, and the devices the running guest still holds.
     fn live_xml(&self, uuid: &str) -> Result<String, DomainError> {
         let inner = self.call(Op::State, uuid)?;
-        inner
-            .domains
-            .get(uuid)
-            .map(|d| d.xml.clone())
-            .ok_or_else(|| not_found(uuid))
+        let d = inner.domains.get(uuid).ok_or_else(|| not_found(uuid))?;
+        let mut xml = d.xml.clone();
+        if let Some(at) = xml.rfind("</devices>") {
+            xml.insert_str(at, &d.held.concat());
+        }
+        Ok(xml)
     }
 
     fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
@@ -447,38 +473,40 @@ impl Hypervisor for FakeHypervisor {
 
     /// Removes the `<disk>` with the target of `xml` (the `<interface>` with its MAC), as a
     /// guest that releases it at once.
+    /// Gone from the definition at once; from a running guest that clings, only from its
+    /// definition (the running guest holds it). A device only in the running guest fails, as
+    /// libvirt's live-and-config detach does.
     fn detach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
-        if xml.starts_with("<interface") {
-            return self.detach_interface(uuid, xml);
-        }
-        let target = super::volume_disk::disks(xml)
-            .ok()
-            .and_then(|ds| ds.into_iter().next())
-            .map(|d| d.target)
-            .ok_or_else(|| DomainError::Libvirt(format!("not a disk: {xml}")))?;
+        let (tag, needles) = device_key(xml)?;
         let mut inner = self.call(Op::Detach, uuid)?;
         let clinging = inner.clinging;
         let d = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
-        if clinging {
-            return Ok(());
+        let device = take(&mut d.xml, tag, &needles).ok_or_else(|| {
+            DomainError::Libvirt(format!("no {tag} {} in domain {uuid}", needles[0]))
+        })?;
+        if clinging && d.state != DomainState::ShutOff {
+            d.held.push(device);
         }
-        let mut from = 0;
-        while let Some(start) = d.xml[from..].find("<disk").map(|i| i + from) {
-            let end = d.xml[start..]
-                .find("</disk>")
-                .map_or(d.xml.len(), |i| start + i + "</disk>".len());
-            let one = &d.xml[start..end];
-            if one.contains(&format!("dev=\"{target}\""))
-                || one.contains(&format!("dev='{target}'"))
-            {
-                d.xml.replace_range(start..end, "");
-                return Ok(());
-            }
-            from = end;
+        Ok(())
+    }
+
+    /// Asks the running guest again for a device it holds; it lets go unless it clings.
+    fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
+        let (tag, needles) = device_key(xml)?;
+        let mut inner = self.call(Op::Detach, uuid)?;
+        let clinging = inner.clinging;
+        let d = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
+        let at = d
+            .held
+            .iter()
+            .position(|device| needles.iter().any(|n| device.contains(n.as_str())))
+            .ok_or_else(|| {
+                DomainError::Libvirt(format!("no {tag} {} in running domain {uuid}", needles[0]))
+            })?;
+        if !clinging {
+            d.held.remove(at);
         }
-        Err(DomainError::Libvirt(format!(
-            "no disk {target} in domain {uuid}"
-        )))
+        Ok(())
     }
 
     /// As libvirt's listing: only domains with the agent's metadata element.

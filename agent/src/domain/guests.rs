@@ -255,6 +255,12 @@ impl Hypervisor for Libvirt {
         device_call(&d, |flags| d.detach_device_flags(xml, flags))
     }
 
+    fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
+        self.domain(uuid)?
+            .detach_device_flags(xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+            .map_err(failed)
+    }
+
     fn guests(&self) -> Result<Vec<GuestDomain>, DomainError> {
         let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
         let domains = conn

@@ -118,6 +118,11 @@ pub trait Hypervisor: Send + Sync {
     /// when the guest releases the device (ACPI eject); the call may return before that.
     fn detach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError>;
 
+    /// Asks the running domain again to release the device of `xml`, already gone from its
+    /// definition (a guest that ignored or missed the first eject request): the running
+    /// domain alone, as the definition no longer has it.
+    fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), DomainError>;
+
     /// Every persistent domain carrying the agent's metadata, and what it says, by UUID.
     fn guests(&self) -> Result<Vec<GuestDomain>, DomainError>;
 

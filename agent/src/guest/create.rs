@@ -158,6 +158,7 @@ impl Guests {
             Some(self.images.hold(&req.image, &uuid)?)
         };
         // ...nor its boot volume be attached elsewhere or deleted (the in-use check holds).
+        // Lock order everywhere: the attach lock, then the guest's busy mark.
         let _volume_hold = if req.boot_volume.is_empty() {
             None
         } else {

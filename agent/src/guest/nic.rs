@@ -328,14 +328,23 @@ impl Guests {
         let spec = self.nic_spec(&uuid, &guest.intent, position);
         let started = Instant::now();
         let (live, persistent) = self.interfaces(&uuid).await?.has(&mac);
-        if persistent {
+        let running = guest.state != DomainState::ShutOff;
+        if persistent || (live && running) {
             let xml = interface_xml(&spec).map_err(GuestError::Xml)?;
             let hypervisor = self.hypervisor.clone();
             let u = uuid.clone();
-            self.blocking(move || Ok(hypervisor.detach_device(&u, &xml)?))
-                .await?;
+            self.blocking(move || {
+                if persistent {
+                    Ok(hypervisor.detach_device(&u, &xml)?)
+                } else {
+                    // A retry after the guest kept the NIC: ask it again (it may have missed
+                    // the first request while booting), or the wait could only time out again.
+                    Ok(hypervisor.detach_live(&u, &xml)?)
+                }
+            })
+            .await?;
         }
-        if live && guest.state != DomainState::ShutOff {
+        if live && running {
             self.wait_nic_released(&uuid, &mac, wait).await?;
         }
         self.drop_nic(&uuid, &guest.intent, position).await?;

@@ -261,9 +261,11 @@ impl Guests {
     ) -> Result<(Guest, Vec<String>), VolumeCallError> {
         let uuid = checked_uuid(uuid)?;
         let record = self.volumes.get(volume)?;
+        // The attach lock before the guest's busy mark, as Create takes them: a Create retry
+        // of this guest holds the attach lock while it waits for the guest not to be busy.
+        let _one_at_a_time = self.volumes.attach.lock().await;
         let _busy = self.exclusive(&uuid).await?;
         let guest = self.get(&uuid).await?;
-        let _one_at_a_time = self.volumes.attach.lock().await;
         let key = self.volumes.disk_source(&record).key();
         let others: Vec<String> = self
             .disk_users()
@@ -357,14 +359,16 @@ impl Guests {
         let this = self.clone();
         let (u, k) = (uuid.clone(), key.clone());
         let started = Instant::now();
+        let running = guest.state != DomainState::ShutOff;
         let live = self
             .blocking(move || {
                 let disks = this.read_disks(&u)?;
                 let (live, persistent) = disks.has(&k);
-                if persistent {
+                if persistent || (live && running) {
                     let target = disks
                         .persistent
                         .iter()
+                        .chain(&disks.live)
                         .find(|d| d.key.as_deref() == Some(&k))
                         .map(|d| d.target.clone())
                         .unwrap_or_default();
@@ -376,12 +380,19 @@ impl Guests {
                         shareable: record.shareable,
                     })
                     .map_err(|e| GuestError::Internal(format!("disk XML: {e}")))?;
-                    this.hypervisor.detach_device(&u, &xml)?;
+                    if persistent {
+                        this.hypervisor.detach_device(&u, &xml)?;
+                    } else {
+                        // A retry after the guest kept the disk: ask it again (it may have
+                        // missed the first request while booting), or the wait below could
+                        // only time out again.
+                        this.hypervisor.detach_live(&u, &xml)?;
+                    }
                 }
                 Ok(live)
             })
             .await?;
-        if live && guest.state != DomainState::ShutOff {
+        if live && running {
             self.wait_released(&uuid, &key, volume, wait).await?;
         }
         tracing::info!(vm = %uuid, volume = %volume, ms = started.elapsed().as_millis() as u64, "volume detached");

@@ -354,6 +354,17 @@ async fn a_nic_the_guest_keeps_stays_in_the_intent() {
         "{e}"
     );
     assert_eq!(node.intent().nics[0].mac, mac);
+    // A retry asks the running guest again (the definition no longer has the NIC); a guest
+    // that now listens lets it go, and the intent drops it.
+    let detaches = node.hypervisor.calls(Op::Detach).len();
+    node.hypervisor.heed_eject();
+    node.guests
+        .detach_nic_within(A, mac, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(node.hypervisor.calls(Op::Detach).len(), detaches + 1);
+    assert!(node.intent().nics.is_empty());
+    assert!(node.macs().is_empty());
 }
 
 /// The start-up pass: an entry whose NIC is in no XML (an attach killed before libvirt had

@@ -275,4 +275,50 @@ async fn a_guest_that_keeps_the_disk_is_deadline_exceeded_and_the_volume_stays_i
         "precondition"
     );
     assert!(node.guests.delete_volume("data").await.is_err());
+    // A retry asks the running guest again (the definition no longer has the disk); a guest
+    // that now listens lets it go, and the volume is free.
+    node.hypervisor.heed_eject();
+    node.guests.detach_within(A, "data", wait).await.unwrap();
+    assert_eq!(node.hypervisor.calls(Op::Detach), [A, A]);
+    assert_eq!(node.targets(A), ["vda", "vdb"]);
+    node.guests.attach_volume(B, "data").await.unwrap();
+}
+
+/// An attach and a Create retry of a guest booted from a volume, interleaved as they deadlocked
+/// when the attach took the guest's busy mark before the attach lock: the attach is held (at
+/// its listing of the domains) with whatever it took, the retry starts and waits, and both
+/// must finish once the attach goes on.
+#[tokio::test]
+async fn an_attach_and_a_create_retry_of_the_same_guest_both_finish() {
+    let node = Node::new().await;
+    node.guests
+        .create_volume(VolumeRequest {
+            name: "system".into(),
+            size_gb: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let create = CreateRequest {
+        uuid: MISSING.into(),
+        name: "c".into(),
+        flavor: "SCS-1Vi-1u".into(),
+        boot_volume: "system".into(),
+        ..Default::default()
+    };
+    node.guests.create(create.clone()).await.unwrap();
+    let (arrived, release) = node.hypervisor.hold(Op::List);
+    let g = node.guests.clone();
+    let attach = tokio::spawn(async move { g.attach_volume(MISSING, "data").await });
+    arrived.await.unwrap();
+    let g = node.guests.clone();
+    let retry = tokio::spawn(async move { g.create(create).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.send(()).unwrap();
+    let both = async { (attach.await.unwrap(), retry.await.unwrap()) };
+    let (attached, retried) = tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("the attach and the Create retry wait for each other");
+    assert_eq!(attached.unwrap().1, ["data"]);
+    assert_eq!(retried.unwrap().uuid, MISSING);
 }
