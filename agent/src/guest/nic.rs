@@ -250,8 +250,32 @@ impl Guests {
             attach: how,
             mac: mac.clone(),
         };
-        if let Err(e) = self.plug_and_attach(&uuid, tap.as_ref(), &spec).await {
+        // Whether libvirt has the NIC, for the undo: set once the attach call returned.
+        let mut in_libvirt = false;
+        let done = async {
+            self.plug_and_attach(&uuid, tap.as_ref(), &spec).await?;
+            in_libvirt = true;
+            if guest.state != DomainState::ShutOff {
+                self.open_nic(&uuid, slot, tap.as_ref(), &req).await?;
+            }
+            Ok::<(), GuestError>(())
+        }
+        .await;
+        if let Err(e) = done {
+            // Nothing of a NIC the call answers with an error stays: a caller that retries
+            // would otherwise find the MAC taken by a NIC without its limits.
             tracing::warn!(vm = %uuid, %mac, error = %e, "NIC attach failed; undoing");
+            if in_libvirt {
+                let hypervisor = self.hypervisor.clone();
+                let u = uuid.clone();
+                let detach = move || {
+                    let xml = interface_xml(&spec).map_err(GuestError::Xml)?;
+                    Ok(hypervisor.detach_device(&u, &xml)?)
+                };
+                if let Err(e) = self.blocking(detach).await {
+                    tracing::error!(vm = %uuid, %mac, error = %e, "undo: cannot detach the NIC (DetachInterface removes it)");
+                }
+            }
             let tap_name = nic::tap_name(&uuid, slot);
             if let Err(e) = self.networks.unplug(&tap_name).await {
                 tracing::error!(vm = %uuid, tap = %tap_name, error = %e, "undo: cannot remove the tap");
@@ -262,25 +286,32 @@ impl Guests {
             }
             return Err(e);
         }
-        if guest.state != DomainState::ShutOff {
-            // A running guest's tap is open now: limits (libvirt resets qdiscs when it opens
-            // a tap) and, with networks elsewhere, the move into their namespace.
-            match &tap {
-                Some(t) => self.networks.join(std::slice::from_ref(t)).await?,
-                None if req.ingress_kbps > 0 || req.egress_kbps > 0 => {
-                    let host = HostTap {
-                        name: nic::tap_name(&uuid, slot),
-                        ingress_kbps: req.ingress_kbps,
-                        egress_kbps: req.egress_kbps,
-                    };
-                    self.limit_host_taps(&uuid, std::slice::from_ref(&host))
-                        .await?;
-                }
-                None => {}
-            }
-        }
         tracing::info!(vm = %uuid, network = %req.network, %mac, slot, ms = started.elapsed().as_millis() as u64, "NIC attached");
         self.get(&uuid).await
+    }
+
+    /// Step 4 of an attach to a running guest, whose tap is open now: limits (libvirt resets
+    /// qdiscs when it opens a tap) and, with networks elsewhere, the move into their namespace.
+    async fn open_nic(
+        &self,
+        uuid: &str,
+        slot: usize,
+        tap: Option<&GuestTap>,
+        req: &NicRequest,
+    ) -> Result<(), GuestError> {
+        match tap {
+            Some(t) => Ok(self.networks.join(std::slice::from_ref(t)).await?),
+            None if req.ingress_kbps > 0 || req.egress_kbps > 0 => {
+                let host = HostTap {
+                    name: nic::tap_name(uuid, slot),
+                    ingress_kbps: req.ingress_kbps,
+                    egress_kbps: req.egress_kbps,
+                };
+                self.limit_host_taps(uuid, std::slice::from_ref(&host))
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Steps 2 and 3 of an attach: the tap of a managed network, then the one libvirt call.

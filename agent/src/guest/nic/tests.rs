@@ -296,6 +296,64 @@ async fn an_attach_is_undone_when_libvirt_refuses_it() {
     assert_eq!(node.macs(), [mac]);
 }
 
+/// With a host bridge the test makes (root): libvirt attaches the NIC but its limits cannot
+/// be applied (the test puts a `clsact` qdisc on a link with the tap's name, which the
+/// egress policer's `ingress` qdisc cannot replace). The call fails and undoes all of it:
+/// the NIC is detached again, the tap goes, the intent is as before.
+#[tokio::test]
+async fn an_attach_whose_limits_fail_is_undone() {
+    let pid = std::process::id() % 100_000;
+    let bridge = format!("hvnl{pid}");
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ip(&["link", "add", &bridge, "type", "bridge"]) {
+        eprintln!("SKIP: cannot make a host bridge here (not root, or no `ip`)");
+        return;
+    }
+    let node = Node::new().await;
+    // Slots 0-14 taken, so the new NIC's tap (slot 15) is a name no other test here uses.
+    let macs: Vec<String> = (0..15).map(|i| format!("02:00:00:00:02:{i:02x}")).collect();
+    let nics: Vec<(&str, Option<usize>)> = macs.iter().map(|m| (m.as_str(), None)).collect();
+    node.with_nics(&nics);
+    let tap = nic::tap_name(A, 15);
+    let blocked = ip(&["link", "add", &tap, "type", "bridge"])
+        && std::process::Command::new("tc")
+            .args(["qdisc", "add", "dev", &tap, "clsact"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    let before = (node.intent(), node.macs());
+    let detaches = node.hypervisor.calls(Op::Detach).len();
+    let result = node
+        .guests
+        .attach_interface(NicRequest {
+            uuid: A.into(),
+            network: bridge.clone(),
+            egress_kbps: 1000,
+            ..NicRequest::default()
+        })
+        .await;
+    let tap_left = ip(&["link", "show", &tap]);
+    let _ = ip(&["link", "del", &tap]);
+    let _ = ip(&["link", "del", &bridge]);
+    if !blocked {
+        eprintln!("SKIP: cannot put a clsact qdisc on a bridge here (no `tc`, or no sch_ingress)");
+        return;
+    }
+    let e = result.unwrap_err();
+    assert!(e.to_string().contains("egress_kbps"), "{e}");
+    assert_eq!(
+        node.hypervisor.calls(Op::Detach).len(),
+        detaches + 1,
+        "the attached NIC is detached again"
+    );
+    assert_eq!((node.intent(), node.macs()), before);
+    assert!(!tap_left, "the tap is removed");
+}
+
 #[tokio::test]
 async fn a_detach_removes_the_nic_and_its_entry_and_keeps_the_others_slots() {
     let node = Node::new().await;
