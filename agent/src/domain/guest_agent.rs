@@ -40,6 +40,20 @@ pub enum AgentError {
     Domain(#[from] DomainError),
 }
 
+impl AgentError {
+    /// Whether the guest may have carried out the command though the call failed: an answer
+    /// lost or late (a timeout) or any other failure may follow the command's effect. A guest
+    /// with no channel, not running, or whose agent is not connected (libvirt sent nothing:
+    /// "QEMU guest agent is not connected") did nothing.
+    pub fn may_have_acted(&self) -> bool {
+        match self {
+            AgentError::NoChannel | AgentError::NotRunning(_) => false,
+            AgentError::NotAnswering(m) => !m.contains("agent is not connected"),
+            AgentError::Domain(_) => true,
+        }
+    }
+}
+
 /// What the guest reported about its OS.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuestOs {

@@ -129,6 +129,21 @@ impl Freeze {
                     thawed: false,
                 })
             }
+            Err(e) if e.may_have_acted() => {
+                // A freeze whose answer was lost (the agent's timeout) may have frozen the
+                // file systems, and a guest agent never thaws on its own: thaw now (harmless
+                // when nothing is frozen); a thaw that fails keeps the marker for the next
+                // start.
+                tracing::warn!(vm = %uuid, error = %e, "snapshot: the freeze through the guest agent failed and may have frozen file systems: thawing; the copy is crash-consistent");
+                Freeze {
+                    hypervisor,
+                    uuid: uuid.to_string(),
+                    marker,
+                    thawed: false,
+                }
+                .end();
+                None
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&marker);
                 tracing::warn!(vm = %uuid, error = %e, "snapshot: no freeze through the guest agent; the copy is crash-consistent");
@@ -259,6 +274,42 @@ mod tests {
         assert_eq!(h.calls(Op::Freeze), [UUID]);
         assert!(h.calls(Op::Thaw).is_empty());
         assert!(!frozen_marker(&files).exists());
+    }
+
+    /// A freeze that failed after it may have frozen (the agent's answer lost) is thawed at
+    /// once; when that thaw fails too, the marker stays for the start-up pass.
+    #[test]
+    fn a_failed_freeze_is_thawed_anyway() {
+        let h = running();
+        let (_root, files) = files();
+        h.set_agent(Some(GuestReport::default()));
+        h.fail_once(Op::Freeze);
+        assert!(Freeze::start(h.clone(), UUID, &files).is_none());
+        assert_eq!(h.calls(Op::Thaw), [UUID]);
+        assert!(!frozen_marker(&files).exists());
+        h.fail_once(Op::Freeze);
+        h.fail_once(Op::Thaw);
+        assert!(Freeze::start(h.clone(), UUID, &files).is_none());
+        assert_eq!(h.calls(Op::Thaw).len(), 2);
+        assert!(frozen_marker(&files).exists(), "kept for the next start");
+    }
+
+    #[test]
+    fn agent_failures_say_whether_the_guest_may_have_acted() {
+        assert!(!AgentError::NoChannel.may_have_acted());
+        assert!(!AgentError::NotRunning("domain is not running".into()).may_have_acted());
+        assert!(
+            !AgentError::NotAnswering(
+                "Guest agent is not responding: QEMU guest agent is not connected".into()
+            )
+            .may_have_acted()
+        );
+        assert!(
+            AgentError::NotAnswering(
+                "Guest agent is not responding: Guest agent not available for now".into()
+            )
+            .may_have_acted()
+        );
     }
 
     #[test]
