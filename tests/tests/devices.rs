@@ -240,6 +240,23 @@ fn a_gpu_and_an_hca_without_an_iommu_are_refused_with_that_reason() {
     });
 }
 
+/// The PCI address of the GPU in the `devices-gpu-vfio` tree.
+const FIXTURE_GPU: &str = "0000:3b:00.0";
+
+/// Why a guest with a managed `<hostdev>` at `address` must not be defined against this
+/// machine's libvirtd: it has IOMMU groups and a real PCI device there, which libvirt would
+/// unbind from its driver to give it to the guest. `None` where libvirt can only fail.
+fn real_device_at(address: &str) -> Option<String> {
+    let iommu = std::fs::read_dir("/sys/kernel/iommu_groups").is_ok_and(|mut d| d.next().is_some());
+    let device = Path::new("/sys/bus/pci/devices").join(address);
+    (iommu && device.exists()).then(|| {
+        format!(
+            "this host has IOMMU groups and a PCI device at {address} ({}): libvirt would take it from its driver",
+            device.display()
+        )
+    })
+}
+
 #[test]
 fn a_gpu_on_vfio_is_offered_and_released_when_libvirt_fails_the_guest() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,6 +278,10 @@ fn a_gpu_on_vfio_is_offered_and_released_when_libvirt_fails_the_guest() {
         assert_eq!(inv.mdev_types.len(), 2);
         assert_eq!(c.capacity(GPU).await.more, 1);
         assert_eq!(c.capacity(IB).await.more, 1);
+        if let Some(why) = real_device_at(FIXTURE_GPU) {
+            println!("SKIP the create part: {why}");
+            return;
+        }
         // The tree's GPU is not this machine's: libvirt cannot give it to the guest, after the
         // agent claimed it. The failed create must give it back.
         let status = c.create(5, GPU).await.unwrap_err();
