@@ -332,7 +332,9 @@ pub enum VmCommand {
     /// Delete the guest with its disks, seed and claim (nothing to delete is not an error).
     Delete { guest: String },
     /// Capture the guest's root disk as a new image in the store (usable by `vm create`). A
-    /// running guest is paused for the copy and resumed: the image is crash-consistent.
+    /// running guest is paused for the copy and resumed: the image is filesystem-consistent
+    /// when the guest's agent answers (its file systems are frozen first), else
+    /// crash-consistent.
     Snapshot {
         guest: String,
         /// The new image's name: 1-64 of a-z 0-9 . _ -.
