@@ -35,11 +35,25 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Imports `images/out/testguest.qcow2` (built by `images/build.sh`) as image "testguest".
 pub async fn import_testguest(channel: tonic::transport::Channel) {
-    let image = repo_root().join("images/out/testguest.qcow2");
+    import_built(channel, "testguest", "testguest.qcow2", &[]).await;
+}
+
+/// Imports `images/out/<file>` (built by `images/build.sh`) as image `name` with `properties`.
+pub async fn import_built(
+    channel: tonic::transport::Channel,
+    name: &str,
+    file: &str,
+    properties: &[(&str, &str)],
+) {
+    let image = repo_root().join("images/out").join(file);
     hvagent_proto::v1::image_service_client::ImageServiceClient::new(channel)
         .import(hvagent_proto::v1::ImportImageRequest {
-            name: "testguest".into(),
+            name: name.into(),
             source_path: image.display().to_string(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         })
         .await
@@ -347,7 +361,10 @@ pub struct Cleanup(pub Vec<String>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for d in &self.0 {
-            for args in [&["destroy", d.as_str()][..], &["undefine", d, "--nvram"]] {
+            for args in [
+                &["destroy", d.as_str()][..],
+                &["undefine", d, "--nvram", "--tpm"],
+            ] {
                 let _ = Command::new("virsh")
                     .args(["-c", "qemu:///system"])
                     .args(args)
