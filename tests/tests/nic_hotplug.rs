@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, import_testguest, ready, runtime, stderr};
+use common::{Agent, import_testguest, ready, runtime, stderr, tool};
 use hvagent::net::nic::tap_name;
 use hvagent_proto::v1 as pb;
 use tonic::Code;
@@ -211,6 +211,15 @@ fn a_hot_attached_nic_is_in_guest_and_bridge_across_restarts_until_detached() {
         let tap = tap_name(&u, 1);
         assert_eq!(master(&tap).as_deref(), Some(bridge.as_str()));
         assert_eq!(has_mac(&u, &mac), (true, true));
+        // Its rate limit is on its tap, as Create puts one (a tbf at the rate).
+        let limited = |when: &str| {
+            let qdisc = tool("tc", &["qdisc", "show", "dev", &tap]);
+            assert!(
+                qdisc.contains("tbf") && qdisc.contains("rate 8Mbit"),
+                "{when}: {qdisc}"
+            );
+        };
+        limited("after the attach");
         let eth1 = format!("hvagent.nic.eth1={mac}");
         console_lines(&mut vms, &u, &eth1, 1).await;
         assert_eq!(get(&mut vms, &u).await.macs, [eth0.clone(), mac.clone()]);
@@ -230,6 +239,7 @@ fn a_hot_attached_nic_is_in_guest_and_bridge_across_restarts_until_detached() {
         console_lines(&mut vms, &u, &eth1, 2).await;
         assert_eq!(master(&tap).as_deref(), Some(bridge.as_str()));
         assert_eq!(has_mac(&u, &mac), (true, true));
+        limited("after a stop and start");
 
         // Detach through hvctl: gone from the guest, the bridge, both XMLs and the intent.
         let out = agent.hvctl(&["vm", "detach-network", &u, &mac.to_uppercase()]);

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Agent, Cleanup, code, console, import_testguest, runtime, state, stderr, stdout};
+use common::{
+    Agent, Cleanup, code, console, free_port, http_get, import_testguest, runtime, state, stderr,
+    stdout, wait_for,
+};
 use hvagent_proto::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -48,7 +51,10 @@ async fn count_past(vms: &mut Vms, above: u64) -> u64 {
 
 #[test]
 fn a_paused_guest_stops_counting_and_goes_on_after_resume() {
-    let agent = Agent::configure_tcg("", "").spawn();
+    let metrics = free_port();
+    let agent = Agent::configure_tcg("", "")
+        .with_metrics_port(metrics)
+        .spawn();
     let _cleanup = Cleanup(vec![GUEST.into()]);
     runtime().block_on(async {
         let channel = hvctl::client::connect(&agent.socket).await.unwrap();
@@ -94,6 +100,23 @@ fn a_paused_guest_stops_counting_and_goes_on_after_resume() {
             frozen,
             "a paused guest's counter does not move"
         );
+        // The health report shows it paused: the metrics' guest state, from the newest sample
+        // ([health] interval_seconds, 10 s by default).
+        let line = wait_for(
+            Duration::from_secs(30),
+            "hvagent_guest_info with state=\"paused\"",
+            || {
+                http_get(metrics, "/metrics")
+                    .lines()
+                    .find(|l| {
+                        l.starts_with("hvagent_guest_info{")
+                            && l.contains(&format!("uuid=\"{GUEST}\""))
+                    })
+                    .filter(|l| l.contains("state=\"paused\""))
+                    .map(str::to_string)
+            },
+        );
+        assert!(line.ends_with(" 1"), "{line}");
         // Pausing again is answered as it is.
         assert!(agent.hvctl(&["vm", "pause", NAME]).status.success());
         assert_eq!(state(&mut vms, GUEST).await, "paused");
