@@ -58,6 +58,11 @@ packages-fresh:
 # /dev/kvm as udev leaves it on Debian (0660 root:kvm): without udev it is 0600 root, and then
 # libvirtd's capability cache (probed with KVM) never matches "KVM not accessible to the qemu
 # user", so libvirtd re-probes QEMU on every define/create/capabilities call (seconds each).
+# libvirtd runs swtpm as qemu.conf's swtpm_user (Debian: tss) once that user exists; one started
+# before swtpm-tools made it ran swtpm as root, whose first TPM guest left swtpm's local CA
+# (/var/lib/swtpm-localca) owned by root, and then every TPM guest's start fails under tss
+# ("Need read/write rights on /var/lib/swtpm-localca/.lock.swtpm-localca for user tss"): the
+# directory goes back to tss:root, as swtpm-tools' postinst made it.
 libvirtd:
 	@if [ -c /dev/kvm ] && getent group kvm >/dev/null; then chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; fi
 	@pgrep -x virtlogd >/dev/null || virtlogd -d
@@ -68,6 +73,7 @@ libvirtd:
 	    fi; \
 	  else echo "warning: cannot mount hugetlbfs on /dev/hugepages: hugepage-backed guests will not start" >&2; fi; \
 	fi
+	@if getent passwd tss >/dev/null && [ -d /var/lib/swtpm-localca ]; then chown -R tss:root /var/lib/swtpm-localca; fi
 	@if ! pgrep -x libvirtd >/dev/null; then rm -f /run/libvirtd.pid; libvirtd -d; fi
 	@for i in $$(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && exit 0; sleep 0.2; done; \
 	  echo "libvirtd did not answer on qemu:///system" >&2; exit 1
