@@ -13,10 +13,6 @@ use super::guest_agent::{AgentError, GuestReport};
 use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
 use super::xml::{Intent, NAMESPACE, PREFIX, intent_element, read_intent};
 
-/// Where libvirt has swtpm write its log, `<domain name>-swtpm.log` (libvirt's build default;
-/// qemu.conf has no setting for it).
-pub const SWTPM_LOG_DIR: &str = "/var/log/swtpm/libvirt/qemu";
-
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
     #[error("no domain with UUID {0}")]
@@ -170,20 +166,11 @@ impl Hypervisor for Libvirt {
         if d.is_active().map_err(failed)? {
             d.destroy().map_err(failed)?;
         }
-        let name = d.name().map_err(failed)?;
         // With the definition go the UEFI variable store and the TPM's state directory
-        // (/var/lib/libvirt/swtpm/<uuid>/); libvirt keeps both otherwise.
+        // (/var/lib/libvirt/swtpm/<uuid>/); libvirt keeps both otherwise. swtpm's log stays,
+        // as QEMU's does (docs/guests.md: the agent may not write libvirt's log directories).
         d.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_NVRAM | sys::VIR_DOMAIN_UNDEFINE_TPM)
             .map_err(failed)?;
-        // swtpm's log is named after the domain and libvirt never removes it. Domain names
-        // are unique on a libvirtd, so the file is this guest's alone.
-        let log = std::path::Path::new(SWTPM_LOG_DIR).join(format!("{name}-swtpm.log"));
-        match std::fs::remove_file(&log) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(vm = %uuid, path = %log.display(), error = %e, "cannot remove the guest's swtpm log");
-            }
-            _ => {}
-        }
         Ok(true)
     }
 
