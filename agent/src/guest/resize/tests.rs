@@ -265,14 +265,24 @@ fn guests_over(
     ));
     let netlink = Netlink::open(Namespace::default()).unwrap();
     let networks = Arc::new(Networks::new(netlink, root, KindCounts::default()));
-    let guests = Arc::new(Guests::new(
-        hypervisor.clone(),
-        placement.clone(),
-        root,
-        Ok(Emulation::Tcg),
-        Vec::new(),
-        networks,
-    ));
+    // A node with OVMF and swtpm: UEFI guests resize too.
+    let firmware = crate::domain::firmware::FirmwareFacts {
+        uefi: true,
+        secure_boot: true,
+        vtpm: true,
+        reason: String::new(),
+    };
+    let guests = Arc::new(
+        Guests::new(
+            hypervisor.clone(),
+            placement.clone(),
+            root,
+            Ok(Emulation::Tcg),
+            Vec::new(),
+            networks,
+        )
+        .with_firmware(firmware),
+    );
     (placement, guests)
 }
 
@@ -436,6 +446,73 @@ async fn confirm_frees_the_old_claim_and_keeps_the_new_guest() {
     // Deleting a guest with a resize pending frees both claims.
     assert!(node.guests.delete(UUID).await.unwrap());
     assert!(node.claims().is_empty());
+}
+
+/// A UEFI guest with Secure Boot and a TPM keeps its firmware, NVRAM and TPM through a resize
+/// (the firmware comes from its intent, the TPM with the old definition's devices), and a
+/// revert gives back the exact definition.
+#[tokio::test]
+async fn a_uefi_guest_keeps_its_firmware_through_a_resize() {
+    const UEFI: &str = "00000000-0000-4000-8000-0000000000e2";
+    let node = Node::new().await;
+    // Room for the resized guest on the captured host: the BIOS guest goes.
+    assert!(node.guests.delete(UUID).await.unwrap());
+    let properties = [
+        ("hw_firmware_type", "uefi"),
+        ("os_secure_boot", "required"),
+        ("hw_tpm_version", "2.0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    node.guests
+        .images
+        .import_local(
+            "uefi",
+            &node.root.path().join("base.qcow2"),
+            None,
+            properties,
+            0,
+        )
+        .unwrap();
+    let created = node
+        .guests
+        .create(CreateRequest {
+            uuid: UEFI.into(),
+            name: "sb".into(),
+            flavor: SMALL.into(),
+            image: "uefi".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(created.intent.firmware.secure_boot());
+    let before = node.hypervisor.inactive_xml(UEFI).unwrap();
+    let nvram = GuestFiles::new(node.root.path(), UEFI).nvram();
+    let firmware_parts = [
+        "<os firmware=\"efi\"><type arch=\"x86_64\" machine=\"q35\">".to_string(),
+        "<loader secure=\"yes\"/>".to_string(),
+        format!("<nvram>{}</nvram>", nvram.display()),
+        "<smm state=\"on\"/>".to_string(),
+        "<tpm model=\"tpm-tis\">".to_string(),
+    ];
+    let resized = node.guests.resize(UEFI, BIG).await.unwrap();
+    assert_eq!(resized.intent.firmware, created.intent.firmware);
+    let xml = node.hypervisor.inactive_xml(UEFI).unwrap();
+    assert!(xml.contains("<vcpu>2</vcpu>"), "{xml}");
+    for part in &firmware_parts {
+        assert!(
+            xml.contains(part.as_str()),
+            "{part} lost in the resize:\n{xml}"
+        );
+        assert_eq!(
+            xml.matches(part.as_str()).count(),
+            1,
+            "{part} twice:\n{xml}"
+        );
+    }
+    node.guests.revert_resize(UEFI).await.unwrap();
+    assert_eq!(node.hypervisor.inactive_xml(UEFI).unwrap(), before);
 }
 
 /// A flavor that does not fit, an invalid one, and a failing define: each an error, and the
