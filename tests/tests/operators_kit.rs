@@ -52,6 +52,27 @@ fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether the tools of a check are here. `make test` installs them (it runs as root): as root
+/// a missing one fails the test rather than passing it unchecked; otherwise the check is
+/// skipped, saying why.
+fn tools(programs: &[(&str, &str)], check: &str) -> bool {
+    let missing: Vec<String> = programs
+        .iter()
+        .filter(|(program, _)| !have(program))
+        .map(|(program, package)| format!("{program} (Debian package {package})"))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let missing = missing.join(", ");
+    assert!(
+        !nix::unistd::geteuid().is_root(),
+        "{check} needs {missing}: make test installs them"
+    );
+    println!("skipped {check}: not root, and {missing} missing");
+    false
+}
+
 // ---- the rules file, read ------------------------------------------------------------------
 
 /// One rule of docs/prometheus/alerts.yml.
@@ -278,10 +299,7 @@ fn promql_reader_finds_selectors_only() {
 
 #[test]
 fn alerting_rules_pass_promtool_check_and_their_unit_tests() {
-    if !have("promtool") {
-        println!(
-            "skipped: promtool is not installed (Debian package prometheus; make test installs it)"
-        );
+    if !tools(&[("promtool", "prometheus")], "the rules check") {
         return;
     }
     let dir = docs().join("prometheus");
@@ -638,10 +656,19 @@ fn mode(path: &str) -> (u32, u32, u32) {
 
 #[test]
 fn the_debian_package_installs_upgrades_removes_and_purges() {
-    if !nix::unistd::geteuid().is_root() || !have("dpkg") || !have("dpkg-deb") {
-        println!("skipped: needs root on a Debian machine (dpkg)");
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: installing a package needs root");
         return;
     }
+    let needed = [
+        ("dpkg", "dpkg"),
+        ("dpkg-deb", "dpkg"),
+        ("dpkg-shlibdeps", "dpkg-dev"),
+        ("lintian", "lintian"),
+        ("man", "man-db"),
+        ("readelf", "binutils"),
+    ];
+    tools(&needed, "the package test");
     if let Some(status) = package_status() {
         println!(
             "skipped: an hvagent package is on this machine already ({status}); not touching it"
@@ -656,19 +683,31 @@ fn the_debian_package_installs_upgrades_removes_and_purges() {
     let guard = Installed { made_group };
 
     let first = build_package("1");
-    if have("lintian") {
-        let out = run(
-            "lintian",
-            &["--fail-on", "error", first.to_str().expect("path")],
-        );
-        let report = format!("{}{}", common::stdout(&out), common::stderr(&out));
-        println!("lintian:\n{report}");
+    let out = run(
+        "lintian",
+        &["--fail-on", "error", first.to_str().expect("path")],
+    );
+    let report = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    println!("lintian:\n{report}");
+    assert!(
+        out.status.success() && !report.contains("\nE: ") && !report.starts_with("E: "),
+        "lintian: {report}"
+    );
+    // What the agent runs on: libvirt's daemon and QEMU, at least the versions it is tested
+    // with (packaging/deb/control.in).
+    let control = ok(
+        "dpkg-deb",
+        &["--field", first.to_str().expect("path"), "Depends"],
+    );
+    for depends in [
+        "libvirt-daemon-system (>= 9.0.0)",
+        "qemu-system-x86 (>= 1:7.2)",
+        "qemu-utils (>= 1:7.2)",
+    ] {
         assert!(
-            out.status.success() && !report.contains("\nE: ") && !report.starts_with("E: "),
-            "lintian: {report}"
+            control.contains(depends),
+            "Depends lacks {depends}: {control}"
         );
-    } else {
-        println!("lintian step skipped: lintian is not installed (make test installs it)");
     }
 
     ok("dpkg", &["-i", first.to_str().expect("path")]);
@@ -727,6 +766,18 @@ fn the_debian_package_installs_upgrades_removes_and_purges() {
         "/usr/share/doc/hvagent/grafana/hvagent.json",
     ] {
         assert!(listed.contains(path), "dpkg -L lacks {path}");
+    }
+    // The completions are hvctl's own (generated from its command line), not empty files.
+    for completion in [
+        "/usr/share/bash-completion/completions/hvctl",
+        "/usr/share/zsh/vendor-completions/_hvctl",
+        "/usr/share/fish/vendor_completions.d/hvctl.fish",
+    ] {
+        let text = std::fs::read_to_string(completion).expect("completion file");
+        assert!(
+            text.contains("hvctl") && text.contains("attach-network"),
+            "{completion}: {text}"
+        );
     }
     for bin in ["/usr/bin/hvagent", "/usr/bin/hvctl"] {
         assert_eq!(mode(bin), (0o755, 0, 0), "{bin}");
