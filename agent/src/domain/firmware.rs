@@ -17,15 +17,6 @@ use serde::{Deserialize, Serialize};
 
 pub use hvagent_core::host::FirmwareFacts;
 
-/// The image properties this module reads.
-pub const PROPERTIES: [&str; 5] = [
-    "hw_firmware_type",
-    "hw_machine_type",
-    "os_secure_boot",
-    "hw_tpm_version",
-    "hw_tpm_model",
-];
-
 /// QEMU's machine type. The unversioned names only: libvirt makes them this node's newest
 /// version (`pc-i440fx-7.2`, `pc-q35-7.2`); a versioned name would tie an image to one QEMU
 /// release that other nodes may not have.
@@ -94,10 +85,6 @@ impl Firmware {
     /// domain XML is what it always was.
     pub fn is_default(&self) -> bool {
         *self == Firmware::default()
-    }
-
-    pub fn uefi(&self) -> bool {
-        matches!(self.boot, Boot::Uefi { .. })
     }
 
     pub fn secure_boot(&self) -> bool {

@@ -205,7 +205,7 @@ fn the_node_decides_optional_and_refuses_what_it_lacks() {
             let fw = got.unwrap();
             assert_eq!(fw.machine, wanted.machine);
             assert_eq!(fw.tpm, wanted.tpm);
-            assert_eq!(fw.uefi(), wanted.uefi);
+            assert_eq!(matches!(fw.boot, Boot::Uefi { .. }), wanted.uefi);
             let sb = match wanted.secure_boot {
                 SecureBoot::Required => true,
                 SecureBoot::Optional => node.secure_boot && wanted.machine == Machine::Q35,
