@@ -3,7 +3,9 @@
 //! operation made to fail, and one call of an operation held until the test releases it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, mpsc};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot};
 
@@ -76,11 +78,16 @@ struct Inner {
     clinging: bool,
     /// What every running guest's agent answers; `None`: no agent answers.
     agent: Option<GuestReport>,
+    /// How long each start takes, outside the lock (see `slow_starts`).
+    start_delay: Option<Duration>,
 }
 
 pub struct FakeHypervisor {
     inner: Mutex<Inner>,
     events: broadcast::Sender<DomainEvent>,
+    /// Starts in progress now, and the most there were at once (with `slow_starts`).
+    starting: AtomicUsize,
+    most_starting: AtomicUsize,
 }
 
 impl Default for FakeHypervisor {
@@ -88,6 +95,8 @@ impl Default for FakeHypervisor {
         FakeHypervisor {
             inner: Mutex::default(),
             events: broadcast::channel(events::CAPACITY).0,
+            starting: AtomicUsize::new(0),
+            most_starting: AtomicUsize::new(0),
         }
     }
 }
@@ -178,6 +187,17 @@ impl FakeHypervisor {
     /// Makes the next call of `op` fail, and the ones after it succeed.
     pub fn fail_once(&self, op: Op) {
         self.lock().failing.insert(op, 1);
+    }
+
+    /// Makes every later start take `delay` (its thread sleeps, as one waiting for QEMU
+    /// does), so that starts overlapping in time can be counted: [`Self::most_starts_at_once`].
+    pub fn slow_starts(&self, delay: Duration) {
+        self.lock().start_delay = Some(delay);
+    }
+
+    /// The most slowed starts that were in progress at once.
+    pub fn most_starts_at_once(&self) -> usize {
+        self.most_starting.load(Ordering::SeqCst)
     }
 
     /// Makes `op` succeed again.
@@ -398,6 +418,13 @@ impl Hypervisor for FakeHypervisor {
     }
 
     fn start(&self, uuid: &str) -> Result<(), DomainError> {
+        let delay = self.lock().start_delay;
+        if let Some(delay) = delay {
+            let now = self.starting.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_starting.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(delay);
+            self.starting.fetch_sub(1, Ordering::SeqCst);
+        }
         self.set_state(Op::Start, uuid, DomainState::Running)
     }
 

@@ -1032,6 +1032,39 @@ async fn a_host_reboot_starts_the_guests_wanted_running() {
     assert_eq!(resumed.started, [uuid(1), uuid(2), uuid(3)]);
 }
 
+/// After a host reboot no more than `[guests] resume_concurrency` starts run at once, and
+/// that many do: five guests, starts that each take 300 ms, a concurrency of 2.
+#[tokio::test]
+async fn a_resume_runs_at_most_its_concurrency_of_starts_at_once() {
+    let node = Node::new().await;
+    for n in 1..=5 {
+        node.create(n, &format!("g{n}"), "SCS-1Vi-0.5u")
+            .await
+            .unwrap();
+    }
+    let boot_id = node.root.path().join("boot_id_now");
+    let settings = ResumeSettings {
+        on_boot: true,
+        concurrency: 2,
+    };
+    let counts = KindCounts::default();
+    for boot in ["boot-1", "boot-2"] {
+        std::fs::write(&boot_id, format!("{boot}\n")).unwrap();
+        for n in 1..=5 {
+            node.hypervisor.power_off(&uuid(n));
+        }
+        if boot == "boot-2" {
+            node.hypervisor
+                .slow_starts(std::time::Duration::from_millis(300));
+        }
+        node.guests
+            .resume_after_boot(&settings, &boot_id, &counts)
+            .await;
+    }
+    assert_eq!(counts.get(), BTreeMap::from([("started".into(), 5)]));
+    assert_eq!(node.hypervisor.most_starts_at_once(), 2);
+}
+
 /// A volume of 1 GiB in the node's store.
 fn volume(node: &Node, name: &str, shareable: bool) {
     node.guests
