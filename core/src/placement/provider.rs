@@ -310,6 +310,27 @@ fn crowded_trait(policy: &Policy) -> String {
     format!("CUSTOM_HVAGENT_L_RATIO_{}", policy.crowded_ratio.max(1))
 }
 
+/// The firmware guests can get here, in os-traits' names as Nova reports them, so that an image
+/// asking for Secure Boot or a TPM is sent where Create can give it. A vTPM is swtpm's TPM 2.0
+/// behind either interface.
+fn firmware_traits(firmware: &crate::host::FirmwareFacts) -> Vec<String> {
+    let mut out = Vec::new();
+    if firmware.secure_boot {
+        out.push("COMPUTE_SECURITY_UEFI_SECURE_BOOT".to_string());
+    }
+    if firmware.vtpm {
+        out.extend(
+            [
+                "COMPUTE_SECURITY_TPM_2_0",
+                "COMPUTE_SECURITY_TPM_TIS",
+                "COMPUTE_SECURITY_TPM_CRB",
+            ]
+            .map(String::from),
+        );
+    }
+    out
+}
+
 /// The SCS brand traits of a node: every code a flavor it serves may name. Vendor `i`,
 /// generation 1, level 2 gives `CUSTOM_SCS_CPU_I`, `_IH`, `_IHH`, `_I1`, `_I1H`, `_I1HH`.
 fn brand_traits(brand: &crate::host::CpuBrand) -> Vec<String> {
@@ -363,6 +384,7 @@ fn traits(alloc: &Allocator, host: &Inventory, guests: Guests) -> Vec<String> {
     for gpu in facts.gpus.iter().filter(|g| g.passthrough.ready()) {
         out.push(format!("CUSTOM_SCS_GPU_{}", gpu.vendor));
     }
+    out.extend(firmware_traits(&host.hypervisor.firmware));
     out.extend(policy_traits(alloc.policy()));
     out.sort();
     out.dedup();

@@ -119,6 +119,45 @@ fn numa_fixture_inventory() {
     assert!(off.traits.contains(&COMPUTE_STATUS_DISABLED.to_string()));
 }
 
+/// Secure Boot and a vTPM are offered as os-traits' COMPUTE_SECURITY_* where the node has the
+/// firmware, and not where it lacks it.
+#[test]
+fn firmware_traits_follow_the_node() {
+    let (alloc, mut inv) = allocator("qemu-2s4c2t-numa", Policy::default());
+    let names = [
+        "COMPUTE_SECURITY_UEFI_SECURE_BOOT",
+        "COMPUTE_SECURITY_TPM_2_0",
+        "COMPUTE_SECURITY_TPM_TIS",
+        "COMPUTE_SECURITY_TPM_CRB",
+    ];
+    let traits = |inv: &Inventory| provider_inventory(&alloc, inv, Guests::Emulated).traits;
+    let none = traits(&inv);
+    assert!(
+        !none.iter().any(|t| names.contains(&t.as_str())),
+        "{none:?}"
+    );
+    inv.hypervisor.firmware = crate::host::FirmwareFacts {
+        uefi: true,
+        secure_boot: true,
+        vtpm: false,
+        reason: "no swtpm".into(),
+    };
+    let secure = traits(&inv);
+    assert!(secure.contains(&names[0].to_string()), "{secure:?}");
+    assert!(
+        !secure.iter().any(|t| t.starts_with("COMPUTE_SECURITY_TPM")),
+        "{secure:?}"
+    );
+    inv.hypervisor.firmware.vtpm = true;
+    let all = traits(&inv);
+    for name in names {
+        assert!(
+            all.contains(&name.to_string()),
+            "{name} missing from {all:?}"
+        );
+    }
+}
+
 #[test]
 fn static_split_is_reported_as_configured() {
     // CPUs 2-7 dedicated (cores 1-3), 8-15 shared: PCPU 3 cores, VCPU 8 threads + 2 reserved.
