@@ -213,7 +213,8 @@ pub enum ImageCommand {
         #[arg(long)]
         sha256: Option<String>,
         /// An image property, e.g. min_disk=5 (GB), min_ram=512 (MiB), hw_disk_bus=scsi,
-        /// hw_rng_model=virtio; repeat for more.
+        /// hw_rng_model=virtio, hw_firmware_type=uefi, os_secure_boot=required,
+        /// hw_tpm_version=2.0; repeat for more.
         #[arg(long = "property", value_name = "KEY=VALUE")]
         properties: Vec<String>,
     },
