@@ -25,6 +25,11 @@ struct Node {
 
 impl Node {
     async fn new() -> Node {
+        Node::of_image(&[("min_ram", "128")]).await
+    }
+
+    /// The node with `img` of these properties, on a host with OVMF and swtpm.
+    async fn of_image(properties: &[(&str, &str)]) -> Node {
         let root = tempfile::tempdir().unwrap();
         let hypervisor = Arc::new(FakeHypervisor::default());
         let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
@@ -33,17 +38,29 @@ impl Node {
         ));
         let netlink = Netlink::open(Namespace::default()).unwrap();
         let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
-        let guests = Arc::new(Guests::new(
-            hypervisor.clone(),
-            placement,
-            root.path(),
-            Ok(Emulation::Tcg),
-            Vec::new(),
-            networks,
-        ));
+        let firmware = crate::domain::firmware::FirmwareFacts {
+            uefi: true,
+            secure_boot: true,
+            vtpm: true,
+            reason: String::new(),
+        };
+        let guests = Arc::new(
+            Guests::new(
+                hypervisor.clone(),
+                placement,
+                root.path(),
+                Ok(Emulation::Tcg),
+                Vec::new(),
+                networks,
+            )
+            .with_firmware(firmware),
+        );
         let base = root.path().join("base.qcow2");
         disks::blank(&base, 64 << 20).unwrap();
-        let props = BTreeMap::from([("min_ram".to_string(), "128".to_string())]);
+        let props = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         guests
             .images
             .import_local("img", &base, None, props, 0)
@@ -138,6 +155,41 @@ async fn a_running_guest_is_paused_for_the_copy_and_resumed() {
         })
         .await
         .unwrap();
+}
+
+/// A snapshot of a UEFI guest with Secure Boot and a TPM carries its image's firmware
+/// properties, so a guest made from it gets the same firmware.
+#[tokio::test]
+async fn a_snapshot_of_a_uefi_guest_boots_as_uefi() {
+    let firmware = [
+        ("hw_firmware_type", "uefi"),
+        ("os_secure_boot", "required"),
+        ("hw_tpm_version", "2.0"),
+    ];
+    let node = Node::of_image(&firmware).await;
+    let original = node.guests.get(UUID).await.unwrap().intent.firmware;
+    assert!(
+        original.secure_boot() && original.tpm.is_some(),
+        "{original:?}"
+    );
+    let record = node.snapshot("snap").await.unwrap();
+    for (key, value) in firmware {
+        assert_eq!(record.properties[key], value, "{key}");
+    }
+    // Room on the captured host for the copy.
+    assert!(node.guests.delete(UUID).await.unwrap());
+    let copy = node
+        .guests
+        .create(CreateRequest {
+            uuid: "00000000-0000-4000-8000-00000000005b".into(),
+            name: "copy".into(),
+            flavor: "SCS-1Vi-1u".into(),
+            image: "snap".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(copy.intent.firmware, original);
 }
 
 #[tokio::test]
