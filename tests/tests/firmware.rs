@@ -114,15 +114,7 @@ fn uefi_secure_boot_and_tpm_guests() {
             (&[("hw_tpm_model", "tpm-crb")][..], "hw_tpm_model"),
         ] {
             let e = images
-                .import(pb::ImportImageRequest {
-                    name: "refused".into(),
-                    source_path: uefi_file.display().to_string(),
-                    properties: properties
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                })
+                .import(common::import_request("refused", &uefi_file, properties))
                 .await
                 .unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument, "{properties:?}: {e:?}");

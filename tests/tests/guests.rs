@@ -66,15 +66,7 @@ async fn import(
     properties: &[(&str, &str)],
 ) -> pb::Image {
     images
-        .import(pb::ImportImageRequest {
-            name: name.into(),
-            source_path: testguest().display().to_string(),
-            properties: properties
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        })
+        .import(common::import_request(name, &testguest(), properties))
         .await
         .unwrap()
         .into_inner()

@@ -197,6 +197,23 @@ async fn create_makes_domain_files_and_claim() {
     node.assert_nothing_of(&uuid(1));
 }
 
+/// Imports `base.qcow2` under `root` as image "uefi", asking for UEFI with Secure Boot and a
+/// TPM 2.0.
+pub(super) fn import_uefi(guests: &Guests, root: &std::path::Path) {
+    let properties = [
+        ("hw_firmware_type", "uefi"),
+        ("os_secure_boot", "required"),
+        ("hw_tpm_version", "2.0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    guests
+        .images
+        .import_local("uefi", &root.join("base.qcow2"), None, properties, 0)
+        .unwrap();
+}
+
 /// An image asking for UEFI with Secure Boot and a TPM: on a node without OVMF and swtpm the
 /// create is FAILED_PRECONDITION with the node's reason and leaves nothing behind; on a node
 /// with them the definition has the firmware, the intent keeps it, and a delete leaves nothing.
@@ -215,24 +232,7 @@ async fn firmware_comes_from_the_image_and_what_the_node_has() {
     };
     for facts in [lacking, offering] {
         let node = Node::offering(facts.clone()).await;
-        let properties = [
-            ("hw_firmware_type", "uefi"),
-            ("os_secure_boot", "required"),
-            ("hw_tpm_version", "2.0"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        node.guests
-            .images
-            .import_local(
-                "uefi",
-                &node.root.path().join("base.qcow2"),
-                None,
-                properties,
-                0,
-            )
-            .unwrap();
+        import_uefi(&node.guests, node.root.path());
         let req = CreateRequest {
             image: "uefi".into(),
             ..request(1, "web", FLOATING)

@@ -38,6 +38,23 @@ pub async fn import_testguest(channel: tonic::transport::Channel) {
     import_built(channel, "testguest", "testguest.qcow2", &[]).await;
 }
 
+/// An import of the local file `path` as image `name` with `properties`.
+pub fn import_request(
+    name: &str,
+    path: &std::path::Path,
+    properties: &[(&str, &str)],
+) -> hvagent_proto::v1::ImportImageRequest {
+    hvagent_proto::v1::ImportImageRequest {
+        name: name.into(),
+        source_path: path.display().to_string(),
+        properties: properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// Imports `images/out/<file>` (built by `images/build.sh`) as image `name` with `properties`.
 pub async fn import_built(
     channel: tonic::transport::Channel,
@@ -47,15 +64,7 @@ pub async fn import_built(
 ) {
     let image = repo_root().join("images/out").join(file);
     hvagent_proto::v1::image_service_client::ImageServiceClient::new(channel)
-        .import(hvagent_proto::v1::ImportImageRequest {
-            name: name.into(),
-            source_path: image.display().to_string(),
-            properties: properties
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        })
+        .import(import_request(name, &image, properties))
         .await
         .unwrap_or_else(|e| {
             panic!(

@@ -457,24 +457,7 @@ async fn a_uefi_guest_keeps_its_firmware_through_a_resize() {
     let node = Node::new().await;
     // Room for the resized guest on the captured host: the BIOS guest goes.
     assert!(node.guests.delete(UUID).await.unwrap());
-    let properties = [
-        ("hw_firmware_type", "uefi"),
-        ("os_secure_boot", "required"),
-        ("hw_tpm_version", "2.0"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    node.guests
-        .images
-        .import_local(
-            "uefi",
-            &node.root.path().join("base.qcow2"),
-            None,
-            properties,
-            0,
-        )
-        .unwrap();
+    crate::guest::tests::import_uefi(&node.guests, node.root.path());
     let created = node
         .guests
         .create(CreateRequest {
