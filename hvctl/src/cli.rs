@@ -362,6 +362,19 @@ pub enum VmCommand {
     /// Undo a pending resize: the guest is stopped, its old flavor, definition, disks and
     /// claim put back exactly, and started again if it ran before the resize.
     ResizeRevert { guest: String },
+    /// Move a running guest live to another node. The agent asked (this one, the source)
+    /// calls the target agent's TCP API with its `[migration]` identity; the target takes a
+    /// claim for the guest's flavor and builds the guest's domain from it (its own CPUs, NUMA
+    /// memory and hugepages), libvirt copies memory and disks while the guest runs, and the
+    /// source then frees its claim and files. On any failure before the guest has moved it
+    /// runs on here unchanged and the target keeps nothing. Guests with NICs, volumes,
+    /// passed-through devices, UEFI or a TPM cannot move yet.
+    Migrate {
+        guest: String,
+        /// The target agent's TCP API, HOST:PORT (its `[api] tcp_listen`).
+        #[arg(long = "to", value_name = "HOST:PORT")]
+        to: String,
+    },
     /// Attach a volume (`hvctl volume`) as a virtio disk: hot-plugged into a running guest
     /// and kept in its definition across stop and start. The guest sees it as the first free
     /// /dev/vdX, with the volume's name (cut to 20 bytes) as its serial. A volume attached to

@@ -344,6 +344,8 @@ pub struct VmApi {
     placement: Arc<PlacementState>,
     health: Arc<Health>,
     mutations: super::Mutations,
+    /// The identity this node shows target agents (`[migration]`); `None`: Migrate refused.
+    migration_tls: Option<hvagent_core::tls::Files>,
 }
 
 impl VmApi {
@@ -358,7 +360,14 @@ impl VmApi {
             placement,
             health,
             mutations,
+            migration_tls: None,
         }
+    }
+
+    /// Guests may move to other nodes, reached with this identity.
+    pub fn with_migration_tls(mut self, files: Option<hvagent_core::tls::Files>) -> Self {
+        self.migration_tls = files;
+        self
     }
 
     pub fn into_service(self) -> pb::vm_service_server::VmServiceServer<Self> {
@@ -694,6 +703,32 @@ impl pb::vm_service_server::VmService for VmApi {
             )
             .await?;
         Ok(Response::new(self.to_proto(g)))
+    }
+
+    async fn migrate(
+        &self,
+        request: Request<pb::MigrateVmRequest>,
+    ) -> Result<Response<pb::MigrateVmResponse>, Status> {
+        let r = request.into_inner();
+        let Some(files) = self.migration_tls.clone() else {
+            return Err(Status::failed_precondition(
+                "this node cannot reach other agents: set [migration] tls_cert, tls_key and server_ca",
+            ));
+        };
+        let guests = self.guests.clone();
+        let migrated = self
+            .mutations
+            .run(
+                async move {
+                    let target = super::migration::TargetAgent::connect(&r.target, &files).await?;
+                    guests.migrate(&r.uuid, &target).await
+                },
+                status,
+            )
+            .await?;
+        Ok(Response::new(pb::MigrateVmResponse {
+            elapsed_ms: migrated.elapsed.as_millis() as u64,
+        }))
     }
 
     async fn confirm_resize(

@@ -3,6 +3,7 @@
 pub mod flavor;
 pub mod guest;
 pub mod health;
+pub mod migration;
 pub mod network;
 pub mod node;
 pub mod placement;
@@ -51,6 +52,7 @@ impl Mutations {
 
 pub use flavor::FlavorApi;
 pub use guest::{ImageApi, VmApi};
+pub use migration::MigrationApi;
 pub use network::NetworkApi;
 pub use node::NodeApi;
 pub use placement::PlacementApi;

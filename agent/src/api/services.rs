@@ -113,6 +113,8 @@ pub const SERVICES: &[Service] = &[
             control("Resize"),
             control("ConfirmResize"),
             control("RevertResize"),
+            // Moving a guest takes a claim on another node and gives this one's back.
+            control("Migrate"),
             // Attaching gives a guest another's data; as Create, the control plane's call.
             control("AttachVolume"),
             control("DetachVolume"),
@@ -142,6 +144,12 @@ pub const SERVICES: &[Service] = &[
     Service {
         name: "hvagent.v1.NetworkService",
         methods: &[control("Ensure"), control("Delete"), read("List")],
+    },
+    Service {
+        name: "hvagent.v1.MigrationService",
+        // The source node's agent calls these while it runs VmService.Migrate, with the
+        // identity an operator maps to controller: claims and guests change hands.
+        methods: &[control("Prepare"), control("Finish"), control("Abort")],
     },
 ];
 

@@ -29,6 +29,62 @@ pub struct Config {
     pub access: AccessConfig,
     /// `[placement_api]`: reporting to OpenStack Placement; `None` (no `url`): off.
     pub placement_api: Option<crate::placement_api::Settings>,
+    pub migration: MigrationConfig,
+}
+
+/// `[migration]`: how guests move to other nodes' agents and come from them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MigrationConfig {
+    /// The certificate, key and CA bundle this node shows and checks when it calls another
+    /// node's agent; all three or none (then `VmService.Migrate` is refused).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub server_ca: Option<PathBuf>,
+    /// How other nodes' libvirtd reach this node's; `None`: this node takes no guests.
+    pub libvirt_uri: Option<String>,
+    /// Where this node's QEMU listens for arriving guests (an IP address: host names may
+    /// resolve elsewhere, e.g. to another node on the same host).
+    pub address: Option<std::net::IpAddr>,
+}
+
+impl MigrationConfig {
+    /// The files of the identity shown to target agents, if configured.
+    pub fn client_files(&self) -> Option<crate::tls::Files> {
+        Some(crate::tls::Files {
+            cert: ("migration.tls_cert", self.tls_cert.clone()?),
+            key: ("migration.tls_key", self.tls_key.clone()?),
+            ca: ("migration.server_ca", self.server_ca.clone()?),
+        })
+    }
+
+    /// How the guest lifecycle takes guests from other nodes.
+    pub fn settings(&self, partition: Option<String>) -> crate::guest::MigrationSettings {
+        crate::guest::MigrationSettings {
+            libvirt_uri: self.libvirt_uri.clone(),
+            address: self.address.map(|a| match a {
+                std::net::IpAddr::V4(v4) => v4.to_string(),
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            }),
+            partition,
+        }
+    }
+
+    /// The three TLS files go together.
+    fn check(&self) -> Result<(), String> {
+        let set = [
+            ("migration.tls_cert", self.tls_cert.is_some()),
+            ("migration.tls_key", self.tls_key.is_some()),
+            ("migration.server_ca", self.server_ca.is_some()),
+        ];
+        if set.iter().all(|(_, s)| *s) || set.iter().all(|(_, s)| !*s) {
+            return Ok(());
+        }
+        let missing: Vec<&str> = set.iter().filter(|(_, s)| !*s).map(|(k, _)| *k).collect();
+        Err(format!(
+            "needs all three TLS files: set {}",
+            missing.join(", ")
+        ))
+    }
 }
 
 /// `[access]`: who may call what on the Unix socket, and where the audit log goes.
@@ -146,6 +202,8 @@ pub struct LibvirtConfig {
     pub uri: String,
     /// Whether guests may run under TCG where KVM does not work.
     pub emulation: EmulationPolicy,
+    /// The cgroup partition of guests that arrive by migration; `None`: libvirt's `/machine`.
+    pub partition: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +261,7 @@ impl Default for Config {
             libvirt: LibvirtConfig {
                 uri: "qemu:///system".into(),
                 emulation: EmulationPolicy::Allow,
+                partition: None,
             },
             storage: StorageConfig {
                 root: PathBuf::from("/var/lib/hvagent"),
@@ -232,6 +291,7 @@ impl Default for Config {
             guests: ResumeSettings::default(),
             access: AccessConfig::default(),
             placement_api: None,
+            migration: MigrationConfig::default(),
         }
     }
 }
@@ -264,6 +324,10 @@ impl Config {
         config.placement_api = placement_api
             .check()
             .map_err(|(key, problem)| key_error(file, key, problem))?;
+        config
+            .migration
+            .check()
+            .map_err(|problem| key_error(file, "migration.tls_cert", problem))?;
         Ok(config)
     }
 
@@ -297,17 +361,25 @@ impl Config {
             ("api", "tls_cert") => tcp.cert = Some(absolute_path(value)?),
             ("api", "tls_key") => tcp.key = Some(absolute_path(value)?),
             ("api", "tls_client_ca") => tcp.client_ca = Some(absolute_path(value)?),
-            ("libvirt", "uri") => {
-                let uri = string(value)?;
-                if uri.contains('\0') {
-                    return Err("must not contain NUL".into());
-                }
-                if !uri.contains(':') || uri.starts_with(':') {
+            ("libvirt", "uri") => self.libvirt.uri = libvirt_uri(value)?,
+            ("libvirt", "partition") => {
+                let partition = string(value)?;
+                if !partition.starts_with('/') || partition.len() < 2 || partition.contains('\0') {
                     return Err(format!(
-                        "{uri:?} is not a libvirt URI (expected e.g. qemu:///system)"
+                        "{partition:?} is not a cgroup partition (expected e.g. /machine)"
                     ));
                 }
-                self.libvirt.uri = uri;
+                self.libvirt.partition = Some(partition);
+            }
+            ("migration", "tls_cert") => self.migration.tls_cert = Some(absolute_path(value)?),
+            ("migration", "tls_key") => self.migration.tls_key = Some(absolute_path(value)?),
+            ("migration", "server_ca") => self.migration.server_ca = Some(absolute_path(value)?),
+            ("migration", "libvirt_uri") => self.migration.libvirt_uri = Some(libvirt_uri(value)?),
+            ("migration", "address") => {
+                let s = string(value)?;
+                self.migration.address = Some(s.parse().map_err(|_| {
+                    format!("{s:?} is not an IP address such as 10.0.0.2 or fd00::2")
+                })?);
             }
             ("libvirt", "emulation") => {
                 self.libvirt.emulation = match string(value)?.as_str() {
@@ -445,6 +517,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "guests",
     "access",
     "placement_api",
+    "migration",
 ];
 
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -491,6 +564,20 @@ fn roles(
 }
 
 /// A percentage, 0 to 100, written as an integer or a float.
+/// A libvirt connection URI.
+fn libvirt_uri(value: &toml::Value) -> Result<String, String> {
+    let uri = string(value)?;
+    if uri.contains('\0') {
+        return Err("must not contain NUL".into());
+    }
+    if !uri.contains(':') || uri.starts_with(':') {
+        return Err(format!(
+            "{uri:?} is not a libvirt URI (expected e.g. qemu:///system)"
+        ));
+    }
+    Ok(uri)
+}
+
 fn percent(value: &toml::Value) -> Result<f64, String> {
     let v = match value {
         toml::Value::Integer(i) => *i as f64,

@@ -17,7 +17,9 @@ use tonic_health::ServingStatus;
 
 use crate::api::placement::EXPIRY_INTERVAL;
 
-use crate::api::{FlavorApi, ImageApi, NetworkApi, NodeApi, PlacementApi, VmApi, VolumeApi};
+use crate::api::{
+    FlavorApi, ImageApi, MigrationApi, NetworkApi, NodeApi, PlacementApi, VmApi, VolumeApi,
+};
 use crate::domain::Libvirt;
 use crate::domain::xml::Emulation;
 use crate::guest::{Guests, choose_emulation};
@@ -160,7 +162,8 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
             local.cpu.flags.clone(),
             networks.clone(),
         )
-        .with_firmware(local.hypervisor.firmware.clone()),
+        .with_firmware(local.hypervisor.firmware.clone())
+        .with_migration(config.migration.settings(config.libvirt.partition.clone())),
     );
     // Guests started after a host reboot need their networks' bridges, which the reboot
     // took too: the resume waits for the first network reconcile.
@@ -256,7 +259,12 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(ImageApi::new(guests.clone(), &config.storage).into_service())
         .add_service(NetworkApi::new(networks, mutations.clone()).into_service())
         .add_service(VolumeApi::new(guests.clone(), mutations.clone()).into_service())
-        .add_service(VmApi::new(guests, placement, health, mutations).into_service())
+        .add_service(MigrationApi::new(guests.clone(), mutations.clone()).into_service())
+        .add_service(
+            VmApi::new(guests, placement, health, mutations)
+                .with_migration_tls(config.migration.client_files())
+                .into_service(),
+        )
         .serve_with_incoming_shutdown(listener::incoming(listener, tls_connections), shutdown);
 
     set_status(&health_reporter, ServingStatus::Serving).await;
@@ -615,6 +623,7 @@ mod tests {
     use super::*;
     use hvagent_proto::v1::flavor_service_server::FlavorServiceServer;
     use hvagent_proto::v1::image_service_server::ImageServiceServer;
+    use hvagent_proto::v1::migration_service_server::MigrationServiceServer;
     use hvagent_proto::v1::network_service_server::NetworkServiceServer;
     use hvagent_proto::v1::node_service_server::NodeServiceServer;
     use hvagent_proto::v1::placement_service_server::PlacementServiceServer;
@@ -634,6 +643,7 @@ mod tests {
             NetworkServiceServer::<NetworkApi>::NAME,
             VmServiceServer::<VmApi>::NAME,
             VolumeServiceServer::<VolumeApi>::NAME,
+            MigrationServiceServer::<MigrationApi>::NAME,
         ];
         let mut table: Vec<_> = crate::api::services::SERVICES
             .iter()

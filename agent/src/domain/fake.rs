@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::events::{self, DomainEvent, EventKind};
 use super::guest_agent::{AgentError, GuestReport};
 use super::guests::DomainError;
-use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
+use super::hypervisor::{DomainState, GuestDomain, Hypervisor, MigrationTarget};
 use super::xml::{Intent, IntentError, metadata_xml, read_intent};
 
 /// The operations of [`Hypervisor`], as the fake records them and fails them.
@@ -44,6 +44,8 @@ pub enum Op {
     Freeze,
     /// `fs_thaw`.
     Thaw,
+    /// `migrate`.
+    Migrate,
 }
 
 /// A domain the fake holds.
@@ -483,6 +485,24 @@ impl Hypervisor for FakeHypervisor {
             xml.insert_str(at, &d.held.concat());
         }
         Ok(xml)
+    }
+
+    fn migratable_xml(&self, uuid: &str) -> Result<String, DomainError> {
+        self.live_xml(uuid)
+    }
+
+    /// The domain leaves: it runs on the target now, and is undefined here.
+    fn migrate(&self, uuid: &str, target: &MigrationTarget) -> Result<(), DomainError> {
+        let mut inner = self.call(Op::Migrate, uuid)?;
+        let d = inner.domains.get(uuid).ok_or_else(|| not_found(uuid))?;
+        if d.state != DomainState::Running {
+            return Err(DomainError::Libvirt(format!(
+                "domain {uuid} is not running, so it cannot move to {}",
+                target.libvirt_uri
+            )));
+        }
+        inner.domains.remove(uuid);
+        Ok(())
     }
 
     fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {

@@ -10,7 +10,7 @@ use virt::sys;
 use super::connection::Libvirt;
 use super::events::DomainEvent;
 use super::guest_agent::{AgentError, GuestReport};
-use super::hypervisor::{DomainState, GuestDomain, Hypervisor};
+use super::hypervisor::{DomainState, GuestDomain, Hypervisor, MigrationTarget};
 use super::xml::{Intent, NAMESPACE, PREFIX, intent_element, read_intent};
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +230,32 @@ impl Hypervisor for Libvirt {
 
     fn live_xml(&self, uuid: &str) -> Result<String, DomainError> {
         self.domain(uuid)?.xml_desc(0).map_err(failed)
+    }
+
+    fn migratable_xml(&self, uuid: &str) -> Result<String, DomainError> {
+        self.domain(uuid)?
+            .xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE)
+            .map_err(failed)
+    }
+
+    fn migrate(&self, uuid: &str, target: &MigrationTarget) -> Result<(), DomainError> {
+        let d = self.domain(uuid)?;
+        let params = virt::domain::MigrateParameters {
+            dest_xml: Some(target.dest_xml.clone()),
+            uri: Some(target.migrate_uri.clone()),
+            migrate_disks: target.disks.clone(),
+            ..Default::default()
+        };
+        // Incremental copy: the target made each writable disk as an overlay on its own copy
+        // of the image, so only what the guest wrote moves. PERSIST_DEST with UNDEFINE_SOURCE
+        // leaves the definition on the target alone, where the target agent owns it.
+        let flags = sys::VIR_MIGRATE_LIVE
+            | sys::VIR_MIGRATE_PEER2PEER
+            | sys::VIR_MIGRATE_PERSIST_DEST
+            | sys::VIR_MIGRATE_UNDEFINE_SOURCE
+            | sys::VIR_MIGRATE_NON_SHARED_INC;
+        d.migrate_to_uri3(Some(&target.libvirt_uri), params, flags)
+            .map_err(failed)
     }
 
     fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {

@@ -57,6 +57,24 @@ pub struct GuestDomain {
     pub intent: Result<Intent, IntentError>,
 }
 
+/// Where a running domain moves (`Hypervisor::migrate`): what the target agent answered to
+/// its Prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationTarget {
+    /// The target node's libvirtd as this node's libvirtd reaches it: the migration is peer
+    /// to peer, so a target libvirtd that dies fails it at once (a managed direct migration
+    /// would stream on to an orphaned QEMU).
+    pub libvirt_uri: String,
+    /// Where the target's QEMU listens for the memory and disk streams (`tcp://ADDR`): always
+    /// given, as nodes may share a host name that resolves elsewhere.
+    pub migrate_uri: String,
+    /// The domain as it is to run on the target, built from the target's claim.
+    pub dest_xml: String,
+    /// The writable disks (their targets: `vda`, ...) copied onto the overlays the target
+    /// made; the read-only seed is not copied (the target made its own).
+    pub disks: Vec<String>,
+}
+
 /// The hypervisor's side of the guest lifecycle.
 pub trait Hypervisor: Send + Sync {
     /// Defines (persistently) and starts the domain of `xml`.
@@ -122,6 +140,15 @@ pub trait Hypervisor: Send + Sync {
     /// definition (a guest that ignored or missed the first eject request): the running
     /// domain alone, as the definition no longer has it.
     fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), DomainError>;
+
+    /// The running domain's XML as a migration carries it (libvirt's `MIGRATABLE` form), on
+    /// which the target builds the domain it runs.
+    fn migratable_xml(&self, uuid: &str) -> Result<String, DomainError>;
+
+    /// Moves running domain `uuid` live to `target` (peer to peer, its writable disks copied
+    /// onto the target's overlays, defined there and undefined here once it runs there).
+    /// Blocks until the migration ends; when it fails the domain runs on here untouched.
+    fn migrate(&self, uuid: &str, target: &MigrationTarget) -> Result<(), DomainError>;
 
     /// Every persistent domain carrying the agent's metadata, and what it says, by UUID.
     fn guests(&self) -> Result<Vec<GuestDomain>, DomainError>;

@@ -2,7 +2,7 @@
 //! templates, so every name and path is escaped by construction), and the agent's intent
 //! stored in `<metadata>` under its own XML namespace, read back at start-up.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -986,6 +986,11 @@ pub fn resized_xml(
 
 /// The byte range of the `<devices>` element (a child of `<domain>`) in `xml`.
 fn devices_span(xml: &str) -> Result<(usize, usize), XmlError> {
+    child_span(xml, "devices")?.ok_or_else(|| XmlError("the domain has no <devices>".into()))
+}
+
+/// The byte range of the first `<tag>` element that is a child of `<domain>` in `xml`, if any.
+fn child_span(xml: &str, tag: &str) -> Result<Option<(usize, usize)>, XmlError> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut depth = 0usize;
@@ -994,24 +999,87 @@ fn devices_span(xml: &str) -> Result<(usize, usize), XmlError> {
         let before = reader.buffer_position() as usize;
         match reader.read_event().map_err(|e| XmlError(e.to_string()))? {
             Event::Start(e) => {
-                if depth == 1 && e.local_name().as_ref() == "devices" {
+                if depth == 1 && e.local_name().as_ref() == tag {
                     start = Some(before);
                 }
                 depth += 1;
             }
+            Event::Empty(e) if depth == 1 && e.local_name().as_ref() == tag => {
+                return Ok(Some((before, reader.buffer_position() as usize)));
+            }
             Event::End(e) => {
                 depth = depth.saturating_sub(1);
                 if depth == 1
-                    && e.local_name().as_ref() == "devices"
+                    && e.local_name().as_ref() == tag
                     && let Some(s) = start
                 {
-                    return Ok((s, reader.buffer_position() as usize));
+                    return Ok(Some((s, reader.buffer_position() as usize)));
                 }
             }
-            Event::Eof => return Err(XmlError("the domain has no <devices>".into())),
+            Event::Eof => return Ok(None),
             _ => {}
         }
     }
+}
+
+/// `xml` with its `<tag>` child of `<domain>` replaced by `element` (added before
+/// `</domain>` when it has none; removed when `element` is empty).
+fn with_child(xml: &str, tag: &str, element: &str) -> Result<String, XmlError> {
+    let mut out = xml.to_string();
+    match child_span(xml, tag)? {
+        Some((start, end)) => out.replace_range(start..end, element),
+        None => {
+            let at = out
+                .rfind("</domain>")
+                .ok_or_else(|| XmlError("the domain has no closing tag".into()))?;
+            out.insert_str(at, element);
+        }
+    }
+    Ok(out)
+}
+
+/// The children of `<domain>` that a guest's claim decides: a migration takes them from the
+/// target's claim, everything else from the running guest.
+const CLAIMED_CHILDREN: [&str; 5] = ["metadata", "memoryBacking", "vcpu", "cputune", "numatune"];
+
+/// The domain a live migration defines on the target node. `source_xml` is the running
+/// domain as libvirt carries it (`MIGRATABLE`): its machine type, CPU model, devices and
+/// their addresses stay as they are, since the guest runs on unchanged. What the target's
+/// claim decides comes from `target` (the guest's domain on the target, built from that
+/// claim): the intent in `<metadata>`, hugepages, vCPU and emulator pins and the NUMA memory
+/// policy, so that no pin of the source (CPUs another guest may own on the target) survives.
+/// The guest's files move from the directory `from` to `to`, and the guest's cgroup goes
+/// into `partition` (libvirt's default, `/machine`, when `None`).
+pub fn migrated_xml(
+    source_xml: &str,
+    target: &GuestSpec,
+    from: &Path,
+    to: &Path,
+    partition: Option<&str>,
+) -> Result<String, XmlError> {
+    let target_xml = domain_xml(target)?;
+    // Every file path of the guest (disks, seed, console log, NVRAM) is under its directory;
+    // the trailing slash keeps a directory that prefixes another's name from matching.
+    let mut xml = source_xml.replace(
+        &format!("{}/", from.display()),
+        &format!("{}/", to.display()),
+    );
+    for tag in CLAIMED_CHILDREN {
+        let element = match child_span(&target_xml, tag)? {
+            Some((start, end)) => &target_xml[start..end],
+            None => "",
+        };
+        xml = with_child(&xml, tag, element)?;
+    }
+    let resource = match partition {
+        Some(p) => format!(
+            "<resource><partition>{}</partition></resource>",
+            quick_xml::escape::escape(p)
+        ),
+        None => String::new(),
+    };
+    // Replaced, never added: libvirt refuses a second <resource>.
+    with_child(&xml, "resource", &resource)
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -1192,6 +1260,58 @@ mod tests {
             read_intent(&xml).unwrap(),
             spec(true, false, Emulation::Tcg).intent
         );
+    }
+
+    /// A migration's domain keeps the running guest's machine, devices and addresses, takes
+    /// pins, NUMA policy, hugepages and intent from the target's claim (none of the source's
+    /// pins is left), moves the guest's files to the target's directory and replaces the
+    /// cgroup partition (libvirt refuses two).
+    #[test]
+    fn a_migrated_domain_has_the_targets_claim_and_the_sources_devices() {
+        let source = domain_xml(&spec(true, false, Emulation::Tcg))
+            .unwrap()
+            .replace(
+                "<os>",
+                "<resource><partition>/machine</partition></resource><os>",
+            )
+            .replace(
+                "<target dev=\"vda\" bus=\"virtio\"/>",
+                "<target dev=\"vda\" bus=\"virtio\"/><address type=\"pci\" slot=\"0x07\"/>",
+            );
+        let mut target = spec(true, true, Emulation::Tcg);
+        target.intent.store = "/srv/node2".into();
+        target.intent.claim.memory[0].numa_node = 0;
+        target.intent.claim.guest_numa[0].host_node = 0;
+        target.vcpu_cpus = vec![vec![6], vec![7]];
+        target.emulator_cpus = vec![3];
+        let xml = migrated_xml(
+            &source,
+            &target,
+            Path::new("/var/lib/hvagent/vms/x"),
+            Path::new("/srv/node2/vms/x"),
+            Some("/node2"),
+        )
+        .unwrap();
+        for part in [
+            "<vcpupin vcpu=\"0\" cpuset=\"6\"/><vcpupin vcpu=\"1\" cpuset=\"7\"/><emulatorpin cpuset=\"3\"/>",
+            "<numatune><memory mode=\"strict\" nodeset=\"0\"/><memnode cellid=\"0\" mode=\"strict\" nodeset=\"0\"/></numatune>",
+            "<memoryBacking><hugepages><page size=\"2048\" unit=\"KiB\" nodeset=\"0\"/></hugepages></memoryBacking>",
+            "<source file=\"/srv/node2/vms/x/root.qcow2\"/>",
+            "<address type=\"pci\" slot=\"0x07\"/>",
+            "<log file=\"/srv/node2/vms/x/console.log\" append=\"on\"/>",
+            "<resource><partition>/node2</partition></resource>",
+        ] {
+            assert!(xml.contains(part), "missing {part}\nin {xml}");
+        }
+        for gone in ["cpuset=\"2\"", "cpuset=\"0-1\"", "/var/lib/hvagent/vms/x/"] {
+            assert!(!xml.contains(gone), "{gone} left in {xml}");
+        }
+        assert_eq!(xml.matches("<resource>").count(), 1, "{xml}");
+        assert_eq!(read_intent(&xml).unwrap(), target.intent);
+        // Without a partition the guest goes into libvirt's default one.
+        let default =
+            migrated_xml(&source, &target, Path::new("/a"), Path::new("/b"), None).unwrap();
+        assert!(!default.contains("<resource>"), "{default}");
     }
 
     /// A BIOS guest (no firmware properties) is defined as before firmware could be chosen:

@@ -15,6 +15,7 @@ mod create;
 mod error;
 mod guest_info;
 mod lifecycle;
+mod migrate;
 mod nic;
 mod pause;
 mod pins;
@@ -42,6 +43,7 @@ pub use guest_info::{CONSISTENCY_PROPERTY, Consistency, GuestInfo};
 pub use lifecycle::{
     DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT, MAX_CONSOLE_BYTES, MAX_STOP_TIMEOUT,
 };
+pub use migrate::{IncomingGuest, Migrated, MigrationPeer, MigrationSettings};
 pub use nic::NicRequest;
 pub use recovery::rebuild;
 use request::checked_uuid;
@@ -106,6 +108,10 @@ pub struct Guests {
     asking: lifecycle::AskingSet,
     /// Open console sessions.
     consoles: console::Sessions,
+    /// How this node takes guests from others.
+    migration: MigrationSettings,
+    /// Guests prepared to arrive from another node.
+    arrivals: migrate::Arrivals,
 }
 
 /// Which emulation this node uses, or why it cannot run guests.
@@ -144,6 +150,8 @@ impl Guests {
             calls: Arc::new(tokio::sync::Semaphore::new(BLOCKING_CALLS)),
             asking: lifecycle::AskingSet::default(),
             consoles: console::Sessions::default(),
+            migration: MigrationSettings::default(),
+            arrivals: migrate::Arrivals::default(),
         }
     }
 

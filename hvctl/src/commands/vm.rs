@@ -1,5 +1,5 @@
-//! `hvctl vm create|list|get|start|stop|reboot|delete|snapshot|attach-volume|detach-volume|
-//! events|guarantees|console`; guests are named by name or UUID.
+//! `hvctl vm create|list|get|start|stop|reboot|delete|snapshot|migrate|attach-volume|
+//! detach-volume|events|guarantees|console`; guests are named by name or UUID.
 
 use std::process::ExitCode;
 
@@ -38,6 +38,7 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
         | VmCommand::Resize { guest, .. }
         | VmCommand::ResizeConfirm { guest }
         | VmCommand::ResizeRevert { guest }
+        | VmCommand::Migrate { guest, .. }
         | VmCommand::AttachVolume { guest, .. }
         | VmCommand::DetachVolume { guest, .. }
         | VmCommand::AttachNetwork { guest, .. }
@@ -222,6 +223,16 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
             vms.revert_resize(pb::RevertResizeVmRequest { uuid: guest })
                 .await,
             one,
+        ),
+        VmCommand::Migrate { to, .. } => answer(
+            output,
+            agent,
+            vms.migrate(pb::MigrateVmRequest {
+                uuid: guest,
+                target: to,
+            })
+            .await,
+            |m: &pb::MigrateVmResponse| format!("migrated in {} ms\n", m.elapsed_ms),
         ),
         VmCommand::AttachVolume { volume, .. } => answer(
             output,

@@ -84,6 +84,35 @@ fn guests_after_a_reboot_defaults_and_rules() {
     );
 }
 
+/// The migration identity is three files or none; the address is an IP address (IPv6 in
+/// brackets in the migrate URI); the partition a cgroup path.
+#[test]
+fn migration_keys() {
+    let c = Config::parse(
+        "f",
+        "[migration]\ntls_cert = \"/c.pem\"\ntls_key = \"/c.key\"\nserver_ca = \"/ca.pem\"\nlibvirt_uri = \"qemu+tcp://10.0.0.2/system\"\naddress = \"fd00::2\"\n[libvirt]\npartition = \"/node2\"\n",
+    )
+    .unwrap();
+    let files = c.migration.client_files().unwrap();
+    assert_eq!(files.ca, ("migration.server_ca", "/ca.pem".into()));
+    let settings = c.migration.settings(c.libvirt.partition.clone());
+    assert_eq!(settings.address.as_deref(), Some("[fd00::2]"));
+    assert_eq!(settings.partition.as_deref(), Some("/node2"));
+    assert_eq!(Config::default().migration.client_files(), None);
+    assert_eq!(
+        err("[migration]\ntls_cert = \"/c.pem\"\n"),
+        "/etc/x.toml: migration.tls_cert: needs all three TLS files: set migration.tls_key, migration.server_ca"
+    );
+    assert_eq!(
+        err("[migration]\naddress = \"node2\"\n"),
+        "/etc/x.toml: migration.address: \"node2\" is not an IP address such as 10.0.0.2 or fd00::2"
+    );
+    assert_eq!(
+        err("[libvirt]\npartition = \"node2\"\n"),
+        "/etc/x.toml: libvirt.partition: \"node2\" is not a cgroup partition (expected e.g. /machine)"
+    );
+}
+
 #[test]
 fn errors_name_file_key_and_rule() {
     assert_eq!(
@@ -92,7 +121,7 @@ fn errors_name_file_key_and_rule() {
     );
     assert_eq!(
         err("[apii]\nx = 1\n"),
-        "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health, guests, access, placement_api)"
+        "/etc/x.toml: apii.x: unknown section [apii] (known: api, libvirt, storage, metrics, log, host, placement, network, health, guests, access, placement_api, migration)"
     );
     assert_eq!(
         err("[api]\nunix_socket = \"rel.sock\"\n"),

@@ -1,0 +1,203 @@
+//! `hvagent.v1.MigrationService` (the target half of a live migration) and its client, the
+//! source agent's view of a target ([`TargetAgent`], a `guest::MigrationPeer`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hvagent_core::tls::{self, Files};
+use hvagent_proto::v1 as pb;
+use hyper_util::rt::TokioIo;
+use pb::migration_service_client::MigrationServiceClient;
+use rustls::pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Response, Status};
+
+use super::guest::status;
+use crate::domain::hypervisor::MigrationTarget;
+use crate::guest::{GuestError, Guests, IncomingGuest, MigrationPeer};
+
+/// How long connecting to a target agent and each of its calls may take. Prepare makes the
+/// guest's disks (a few `qemu-img` runs): seconds.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct MigrationApi {
+    guests: Arc<Guests>,
+    mutations: super::Mutations,
+}
+
+impl MigrationApi {
+    pub fn new(guests: Arc<Guests>, mutations: super::Mutations) -> Self {
+        Self { guests, mutations }
+    }
+
+    pub fn into_service(self) -> pb::migration_service_server::MigrationServiceServer<Self> {
+        pb::migration_service_server::MigrationServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::migration_service_server::MigrationService for MigrationApi {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareMigrationRequest>,
+    ) -> Result<Response<pb::PrepareMigrationResponse>, Status> {
+        let r = request.into_inner();
+        let guests = self.guests.clone();
+        let incoming = IncomingGuest {
+            uuid: r.uuid,
+            domain_xml: r.domain_xml,
+            image_sha256: r.image_sha256,
+            root_disk_bytes: r.root_disk_bytes,
+            seed: r.seed,
+        };
+        let target = self
+            .mutations
+            .run(
+                async move { guests.prepare_incoming(incoming).await },
+                status,
+            )
+            .await?;
+        Ok(Response::new(pb::PrepareMigrationResponse {
+            dest_xml: target.dest_xml,
+            libvirt_uri: target.libvirt_uri,
+            migrate_uri: target.migrate_uri,
+            disks: target.disks,
+        }))
+    }
+
+    async fn finish(
+        &self,
+        request: Request<pb::FinishMigrationRequest>,
+    ) -> Result<Response<pb::FinishMigrationResponse>, Status> {
+        let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
+        self.mutations
+            .run(async move { guests.finish_incoming(&uuid).await }, status)
+            .await?;
+        Ok(Response::new(pb::FinishMigrationResponse {}))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<pb::AbortMigrationRequest>,
+    ) -> Result<Response<pb::AbortMigrationResponse>, Status> {
+        let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
+        self.mutations
+            .run(async move { guests.abort_incoming(&uuid).await }, status)
+            .await?;
+        Ok(Response::new(pb::AbortMigrationResponse {}))
+    }
+}
+
+/// A target agent, reached over its TCP API with this node's `[migration]` identity.
+pub struct TargetAgent {
+    endpoint: String,
+    client: MigrationServiceClient<Channel>,
+}
+
+/// The host part of `HOST:PORT` (an IPv6 address without its brackets): the name the
+/// target's certificate must carry.
+fn host_of(endpoint: &str) -> Option<&str> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+impl TargetAgent {
+    /// Connects to the target agent at `endpoint` (`HOST:PORT`) with mutual TLS.
+    pub async fn connect(endpoint: &str, files: &Files) -> Result<TargetAgent, GuestError> {
+        let invalid = || {
+            GuestError::Invalid(format!(
+                "target: {endpoint:?} is not HOST:PORT (an IPv6 address in brackets)"
+            ))
+        };
+        let name = ServerName::try_from(host_of(endpoint).ok_or_else(invalid)?.to_string())
+            .map_err(|_| invalid())?;
+        let config = tls::client_config(files, tls::now())
+            .map_err(|e| GuestError::Precondition(format!("[migration] TLS files: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let address = endpoint.to_string();
+        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|_| invalid())?
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let (address, connector, name) = (address.clone(), connector.clone(), name.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(&address).await?;
+                    connector.connect(name, tcp).await.map(TokioIo::new)
+                }
+            }))
+            .await
+            .map_err(|e| {
+                GuestError::Unavailable(format!(
+                    "target: cannot reach the agent at {endpoint}: {e}"
+                ))
+            })?;
+        Ok(TargetAgent {
+            endpoint: endpoint.to_string(),
+            client: MigrationServiceClient::new(channel),
+        })
+    }
+
+    /// The target's answer as this node's error: its code kept, the target named.
+    fn failed(&self, call: &str, s: Status) -> GuestError {
+        let m = format!("target {} refused {call}: {}", self.endpoint, s.message());
+        match s.code() {
+            tonic::Code::InvalidArgument => GuestError::Invalid(m),
+            tonic::Code::NotFound => GuestError::NotFound(m),
+            tonic::Code::AlreadyExists => GuestError::AlreadyExists(m),
+            tonic::Code::FailedPrecondition
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated => GuestError::Precondition(m),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => GuestError::Unavailable(m),
+            _ => GuestError::Internal(m),
+        }
+    }
+}
+
+impl MigrationPeer for TargetAgent {
+    async fn prepare(&self, guest: IncomingGuest) -> Result<MigrationTarget, GuestError> {
+        let r = self
+            .client
+            .clone()
+            .prepare(pb::PrepareMigrationRequest {
+                uuid: guest.uuid,
+                domain_xml: guest.domain_xml,
+                image_sha256: guest.image_sha256,
+                root_disk_bytes: guest.root_disk_bytes,
+                seed: guest.seed,
+            })
+            .await
+            .map_err(|s| self.failed("Prepare", s))?
+            .into_inner();
+        Ok(MigrationTarget {
+            libvirt_uri: r.libvirt_uri,
+            migrate_uri: r.migrate_uri,
+            dest_xml: r.dest_xml,
+            disks: r.disks,
+        })
+    }
+
+    async fn finish(&self, uuid: &str) -> Result<(), GuestError> {
+        self.client
+            .clone()
+            .finish(pb::FinishMigrationRequest { uuid: uuid.into() })
+            .await
+            .map_err(|s| self.failed("Finish", s))
+            .map(drop)
+    }
+
+    async fn abort(&self, uuid: &str) -> Result<(), GuestError> {
+        self.client
+            .clone()
+            .abort(pb::AbortMigrationRequest { uuid: uuid.into() })
+            .await
+            .map_err(|s| self.failed("Abort", s))
+            .map(drop)
+    }
+}

@@ -1,0 +1,532 @@
+//! Live migration of a running guest to another node (phase 1: guests without NICs, volumes,
+//! devices or UEFI/TPM). Two halves, one on each agent:
+//!
+//! - the **target** ([`Guests::prepare_incoming`], [`Guests::finish_incoming`],
+//!   [`Guests::abort_incoming`]) takes a claim for the guest's flavor, makes its disks as
+//!   overlays on its own copy of the image, and builds the domain the guest is to run as from
+//!   that claim (`domain::xml::migrated_xml`): no pin of the source survives the move;
+//! - the **source** ([`Guests::migrate`]) asks the target to prepare, has libvirt move the
+//!   guest peer to peer with its writable disks, then tells the target it arrived and gives
+//!   back its own claim and files. When anything fails before libvirt has moved the guest,
+//!   the target aborts and the guest runs on here as it was.
+//!
+//! A prepared arrival neither finished nor aborted within [`PREPARED_FOR`] is aborted. One
+//! that an agent restart interrupts leaves no claim (claims are rebuilt from domains) and
+//! files without a domain, which the orphan sweep removes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hvagent_core::sync::lock;
+
+use super::busy::BusyGuard;
+use super::error::refused;
+use super::plan::extra_disks;
+use super::request::checked_uuid;
+use super::{GuestError, Guests, TCG_CACHE_MIB, qcow2_virtual_size};
+use crate::domain::hypervisor::{DomainState, MigrationTarget};
+use crate::domain::volume_disk::{self, DiskSource};
+use crate::domain::xml::{DiskBus, GuestSpec, Intent, migrated_xml, read_intent};
+use crate::placement::ClaimRequest;
+use crate::storage::GuestFiles;
+use crate::storage::disks;
+
+/// How long a prepared arrival waits for its Finish or Abort before it is aborted.
+pub const PREPARED_FOR: Duration = Duration::from_secs(600);
+
+/// The largest NoCloud seed a Prepare carries (the agent's seeds are a few KiB).
+pub const MAX_SEED_BYTES: usize = 4 << 20;
+
+/// How this node takes guests from others (`[migration]`, `[libvirt] partition`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationSettings {
+    /// How other nodes' libvirtd reach this node's (`qemu+tcp://10.0.0.2/system`); `None`:
+    /// this node takes no guests.
+    pub libvirt_uri: Option<String>,
+    /// Where this node's QEMU listens for an arriving guest's memory and disks (a host
+    /// address; IPv6 in brackets).
+    pub address: Option<String>,
+    /// The cgroup partition of the agent's guests; `None`: libvirt's `/machine`.
+    pub partition: Option<String>,
+}
+
+/// A guest arriving from another node: what its source sends with Prepare.
+#[derive(Debug, Clone)]
+pub struct IncomingGuest {
+    pub uuid: String,
+    /// The running domain as libvirt carries it (`MIGRATABLE`), with the source's intent.
+    pub domain_xml: String,
+    /// The sha256 of the guest's image on the source: this node's image of that name must
+    /// have the same content, as the root disk's overlay is copied onto it.
+    pub image_sha256: String,
+    /// The root disk's virtual size on the source.
+    pub root_disk_bytes: u64,
+    /// The guest's NoCloud seed as the source made it: libvirt does not copy read-only disks.
+    pub seed: Vec<u8>,
+}
+
+/// The target agent as the source reaches it (`api::migration` implements it over the
+/// mutual-TLS API; unit tests with a second `Guests`).
+pub trait MigrationPeer: Send + Sync {
+    fn prepare(
+        &self,
+        guest: IncomingGuest,
+    ) -> impl Future<Output = Result<MigrationTarget, GuestError>> + Send;
+    fn finish(&self, uuid: &str) -> impl Future<Output = Result<(), GuestError>> + Send;
+    fn abort(&self, uuid: &str) -> impl Future<Output = Result<(), GuestError>> + Send;
+}
+
+/// A prepared arrival: the guest is busy (no create or delete of its UUID or name) until it
+/// is finished or aborted.
+struct Arrival {
+    _busy: BusyGuard,
+    vcpu_cpus: Vec<Vec<u32>>,
+    /// Tells an arrival apart from a later one of the same UUID (for the deadline).
+    since: Instant,
+}
+
+/// The prepared arrivals, by UUID.
+#[derive(Default)]
+pub(super) struct Arrivals(Mutex<BTreeMap<String, Arrival>>);
+
+/// What a finished migration took.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrated {
+    pub elapsed: Duration,
+}
+
+/// Why a guest cannot move in phase 1, if it cannot.
+fn phase_one_refusal(intent: &Intent) -> Option<&'static str> {
+    if intent.resize.is_some() {
+        Some("a resize awaits confirm or revert")
+    } else if !intent.nics.is_empty() {
+        Some("it has NICs (migration with networks is not supported yet)")
+    } else if intent.boot_volume.is_some() {
+        Some("it boots from a volume (not supported yet)")
+    } else if !intent.claim.gpus.is_empty() || !intent.claim.infiniband.is_empty() {
+        Some("it has passed-through devices")
+    } else if !intent.firmware.is_default() {
+        Some("it has UEFI or a TPM (their state is not carried yet)")
+    } else if intent.image.is_empty() {
+        Some("it has no image")
+    } else {
+        None
+    }
+}
+
+impl Guests {
+    /// How this node takes guests from others.
+    pub fn with_migration(mut self, settings: MigrationSettings) -> Guests {
+        self.migration = settings;
+        self
+    }
+
+    /// Target side: takes a claim for the arriving guest, makes its files and answers where
+    /// and as what libvirt is to move it. Nothing is kept when it fails.
+    pub async fn prepare_incoming(
+        self: &Arc<Self>,
+        guest: IncomingGuest,
+    ) -> Result<MigrationTarget, GuestError> {
+        let uuid = checked_uuid(&guest.uuid)?;
+        let (Some(libvirt_uri), Some(address)) =
+            (&self.migration.libvirt_uri, &self.migration.address)
+        else {
+            return Err(GuestError::Precondition(
+                "this node takes no migrations: set [migration] libvirt_uri and address".into(),
+            ));
+        };
+        if guest.seed.len() > MAX_SEED_BYTES {
+            return Err(GuestError::Invalid(format!(
+                "seed: at most {MAX_SEED_BYTES} bytes"
+            )));
+        }
+        let source = read_intent(&guest.domain_xml)
+            .map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?;
+        if let Some(why) = phase_one_refusal(&source) {
+            return Err(GuestError::Precondition(format!("uuid: {why}")));
+        }
+        let emulation = self.emulation.clone().map_err(GuestError::Precondition)?;
+        if source.emulation != emulation {
+            // TCG guests have a fixed CPU model, KVM guests the host's: neither runs on.
+            return Err(GuestError::Precondition(format!(
+                "uuid: the guest runs under {}, this node under {}",
+                source.emulation.as_str(),
+                emulation.as_str()
+            )));
+        }
+        let spec = crate::flavor::parse(&source.flavor)
+            .map_err(|e| GuestError::Invalid(format!("domain_xml: flavor {}: {e}", source.flavor)))?
+            .spec;
+        let image = self.images.get(&source.image).map_err(|_| {
+            GuestError::Precondition(format!("image: this node has no image {:?}", source.image))
+        })?;
+        if image.sha256 != guest.image_sha256 {
+            return Err(GuestError::Precondition(format!(
+                "image: this node's image {:?} has other content (sha256 {}, the source's {})",
+                image.name, image.sha256, guest.image_sha256
+            )));
+        }
+        let busy = {
+            let held = self.lock.lock().await;
+            self.ensure_rebuilt(&held).await?;
+            if self.busy.in_flight(&uuid).is_some() {
+                return Err(GuestError::AlreadyExists(format!(
+                    "uuid: guest {uuid} is being created, deleted or migrated here"
+                )));
+            }
+            if let Some(d) = self
+                .domains()
+                .await?
+                .into_iter()
+                .find(|d| d.uuid == uuid || d.name == source.name)
+            {
+                return Err(GuestError::AlreadyExists(format!(
+                    "uuid: this node has a domain {} ({}) already",
+                    d.uuid, d.name
+                )));
+            }
+            if self.exists(&uuid).await? {
+                return Err(GuestError::AlreadyExists(format!(
+                    "uuid: {uuid} is a libvirt domain here that is not this agent's guest"
+                )));
+            }
+            self.busy.mark(&uuid, &source.name)
+        };
+        let (claim, vcpu_cpus, emulator_cpus) = {
+            let now = self.placement.now_ms();
+            let mut alloc = self.placement.lock();
+            let claim = alloc
+                .claim(
+                    &ClaimRequest {
+                        vm_uuid: uuid.clone(),
+                        request_id: format!("migrate-{uuid}"),
+                        flavor: spec.clone(),
+                    },
+                    now,
+                )
+                .map_err(refused)?;
+            let pins = (alloc.vcpu_cpus(&claim), alloc.emulator_cpus(&claim));
+            (claim, pins.0, pins.1)
+        };
+        let files = GuestFiles::new(&self.storage_root, &uuid);
+        let target = GuestSpec {
+            uuid: uuid.clone(),
+            intent: Intent {
+                store: self.storage_root.clone(),
+                request_id: claim.request_id.clone(),
+                claim,
+                ..source.clone()
+            },
+            vcpu_cpus: vcpu_cpus.clone(),
+            emulator_cpus,
+            // Only the claimed parts of this spec are used (`migrated_xml`): the devices,
+            // CPU model and features are the running guest's.
+            cpu_features: Vec::new(),
+            disks: Vec::new(),
+            disk_bus: DiskBus::Virtio,
+            nics: Vec::new(),
+            console_log: files.console_log(),
+            nvram: files.nvram(),
+            rng: false,
+            tcg_cache_mib: TCG_CACHE_MIB,
+        };
+        let made = self
+            .make_arrival(&guest, &source, &target, &files, &image)
+            .await;
+        match made {
+            Ok(disks) => {
+                lock(&self.arrivals.0).insert(
+                    uuid.clone(),
+                    Arrival {
+                        _busy: busy,
+                        vcpu_cpus,
+                        since: Instant::now(),
+                    },
+                );
+                self.abort_when_late(&uuid);
+                tracing::info!(vm = %uuid, "migration prepared: claim taken, disks made");
+                Ok(MigrationTarget {
+                    libvirt_uri: libvirt_uri.clone(),
+                    migrate_uri: format!("tcp://{address}"),
+                    dest_xml: disks.0,
+                    disks: disks.1,
+                })
+            }
+            Err(e) => {
+                self.undo_arrival(&uuid, false).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The arriving guest's files (root overlay on this node's image, the flavor's extra
+    /// disks, the source's seed) and its domain XML; the writable disks libvirt copies.
+    async fn make_arrival(
+        &self,
+        guest: &IncomingGuest,
+        source: &Intent,
+        target: &GuestSpec,
+        files: &GuestFiles,
+        image: &crate::storage::ImageRecord,
+    ) -> Result<(String, Vec<String>), GuestError> {
+        let spec = crate::flavor::parse(&source.flavor)
+            .map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?
+            .spec;
+        let from = GuestFiles::new(&source.store, &target.uuid);
+        let xml = migrated_xml(
+            &guest.domain_xml,
+            target,
+            &from.dir,
+            &files.dir,
+            self.migration.partition.as_deref(),
+        )
+        .map_err(GuestError::Xml)?;
+        let seed_key = DiskSource::File(files.seed()).key();
+        let writable: Vec<String> = volume_disk::disks(&xml)
+            .map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?
+            .into_iter()
+            .filter(|d| d.key.as_deref() != Some(seed_key.as_str()))
+            .map(|d| d.target)
+            .collect();
+        let extra = extra_disks(&spec, files);
+        let (f, base, format) = (
+            files.clone(),
+            self.images.file(&image.name),
+            image.format.clone(),
+        );
+        let (root_bytes, seed) = (guest.root_disk_bytes, guest.seed.clone());
+        self.blocking(move || {
+            f.create().map_err(GuestError::Disk)?;
+            disks::overlay(&f.root_disk(), &base, &format, root_bytes).map_err(GuestError::Disk)?;
+            for (path, size) in &extra {
+                disks::blank(path, *size).map_err(GuestError::Disk)?;
+            }
+            std::fs::write(f.seed(), seed).map_err(|e| {
+                GuestError::Internal(format!("{}: cannot write: {e}", f.seed().display()))
+            })
+        })
+        .await?;
+        Ok((xml, writable))
+    }
+
+    /// Aborts the arrival of `uuid` if it is still the one prepared now after [`PREPARED_FOR`].
+    fn abort_when_late(self: &Arc<Self>, uuid: &str) {
+        let Some(since) = lock(&self.arrivals.0).get(uuid).map(|a| a.since) else {
+            return;
+        };
+        let (this, uuid) = (self.clone(), uuid.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(PREPARED_FOR).await;
+            let late = lock(&this.arrivals.0)
+                .get(&uuid)
+                .is_some_and(|a| a.since == since);
+            if late {
+                tracing::warn!(vm = %uuid, "a prepared migration was neither finished nor aborted in time; aborting it");
+                if let Err(e) = this.abort_incoming(&uuid).await {
+                    tracing::error!(vm = %uuid, error = %e, "cannot abort the late migration");
+                }
+            }
+        });
+    }
+
+    /// Target side: the guest has arrived (runs here, as this agent's): it is this node's
+    /// guest from now on, its claim bound as at a create.
+    pub async fn finish_incoming(&self, uuid: &str) -> Result<(), GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        if !lock(&self.arrivals.0).contains_key(&uuid) {
+            return Err(GuestError::NotFound(format!(
+                "uuid: no migration of {uuid} is prepared here"
+            )));
+        }
+        let arrived = self.domains().await?.into_iter().find(|d| {
+            d.uuid == uuid
+                && d.intent
+                    .as_ref()
+                    .is_ok_and(|i| i.store == self.storage_root)
+        });
+        let Some(d) = arrived else {
+            return Err(GuestError::Precondition(format!(
+                "uuid: guest {uuid} has not arrived"
+            )));
+        };
+        if d.state != DomainState::Running {
+            return Err(GuestError::Precondition(format!(
+                "uuid: guest {uuid} arrived but is {}",
+                d.state
+            )));
+        }
+        let Some(arrival) = lock(&self.arrivals.0).remove(&uuid) else {
+            return Err(GuestError::NotFound(format!(
+                "uuid: the migration of {uuid} was aborted meanwhile"
+            )));
+        };
+        if let Ok(intent) = d.intent {
+            if intent.claim.dedicated_cpus().next().is_some() {
+                // The shared pool lost CPUs to the guest: floating guests must leave them.
+                self.repin_floating().await;
+            } else {
+                self.follow_pool(&uuid, &intent.claim, &arrival.vcpu_cpus)
+                    .await;
+            }
+        }
+        tracing::info!(vm = %uuid, "migration finished: the guest runs here");
+        Ok(())
+    }
+
+    /// Target side: gives up the arrival of `uuid`: a half-arrived domain, the files and the
+    /// claim go. Idempotent; a guest that has finished arriving is not touched.
+    pub async fn abort_incoming(&self, uuid: &str) -> Result<(), GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        if !lock(&self.arrivals.0).contains_key(&uuid) {
+            return Ok(());
+        }
+        self.undo_arrival(&uuid, true).await;
+        lock(&self.arrivals.0).remove(&uuid);
+        tracing::info!(vm = %uuid, "migration aborted: nothing of the guest is left here");
+        Ok(())
+    }
+
+    /// Removes what an arrival made: the domain libvirt may have defined (`domain`), the
+    /// files, the claim.
+    async fn undo_arrival(&self, uuid: &str, domain: bool) {
+        let hypervisor = self.hypervisor.clone();
+        let (files, u, store) = (
+            GuestFiles::new(&self.storage_root, uuid),
+            uuid.to_string(),
+            self.storage_root.clone(),
+        );
+        let undone = self
+            .blocking(move || {
+                if domain {
+                    let own = hypervisor
+                        .guests()?
+                        .iter()
+                        .any(|d| d.uuid == u && d.intent.as_ref().is_ok_and(|i| i.store == store));
+                    if own {
+                        hypervisor.remove(&u)?;
+                    }
+                }
+                files.remove().map_err(GuestError::Files)
+            })
+            .await;
+        if let Err(e) = undone {
+            tracing::error!(vm = %uuid, error = %e, "cannot remove what the migration made here");
+        }
+        let _ = self.placement.lock().release(uuid);
+    }
+
+    /// Source side: moves running guest `uuid` live to the node `peer` reaches. On any
+    /// failure before libvirt has moved it, the target aborts and the guest runs on here
+    /// unchanged (claim, domain, files).
+    pub async fn migrate<P: MigrationPeer>(
+        self: &Arc<Self>,
+        uuid: &str,
+        peer: &P,
+    ) -> Result<Migrated, GuestError> {
+        let uuid = checked_uuid(uuid)?;
+        let started = Instant::now();
+        let _busy = self.exclusive(&uuid).await?;
+        let d = self
+            .domains()
+            .await?
+            .into_iter()
+            .find(|d| d.uuid == uuid)
+            .ok_or_else(|| GuestError::NotFound(format!("uuid: no guest {uuid}")))?;
+        let intent = d.intent.map_err(|e| {
+            GuestError::Precondition(format!("uuid: the guest's metadata cannot be read: {e}"))
+        })?;
+        if d.state != DomainState::Running {
+            return Err(GuestError::Precondition(format!(
+                "uuid: guest {uuid} is {}; only a running guest migrates",
+                d.state
+            )));
+        }
+        if let Some(why) = phase_one_refusal(&intent) {
+            return Err(GuestError::Precondition(format!(
+                "uuid: guest {uuid} cannot migrate: {why}"
+            )));
+        }
+        let files = GuestFiles::new(&self.storage_root, &uuid);
+        let hypervisor = self.hypervisor.clone();
+        let (u, f) = (uuid.clone(), files.clone());
+        let (domain_xml, seed, root_disk_bytes) = self
+            .blocking(move || {
+                let xml = hypervisor.migratable_xml(&u)?;
+                let seed = std::fs::read(f.seed()).map_err(|e| {
+                    GuestError::Internal(format!("{}: cannot read: {e}", f.seed().display()))
+                })?;
+                let root = qcow2_virtual_size(&f.root_disk()).ok_or_else(|| {
+                    GuestError::Internal(format!(
+                        "{}: not a readable qcow2 disk",
+                        f.root_disk().display()
+                    ))
+                })?;
+                Ok((xml, seed, root))
+            })
+            .await?;
+        let flavor = crate::flavor::parse(&intent.flavor)
+            .map_err(|e| GuestError::Internal(format!("the guest's flavor: {e}")))?
+            .spec;
+        let writable = extra_disks(&flavor, &files).len() + 1;
+        let disks = volume_disk::disks(&domain_xml).map_err(GuestError::Internal)?;
+        if disks.len() != writable + 1 {
+            return Err(GuestError::Precondition(format!(
+                "uuid: guest {uuid} cannot migrate: it has attached volumes (not supported yet)"
+            )));
+        }
+        let image_sha256 = self
+            .image_of(&intent)?
+            .map(|i| i.sha256)
+            .unwrap_or_default();
+        let target = peer
+            .prepare(IncomingGuest {
+                uuid: uuid.clone(),
+                domain_xml,
+                image_sha256,
+                root_disk_bytes,
+                seed,
+            })
+            .await?;
+        tracing::info!(vm = %uuid, to = %target.libvirt_uri, "migrating");
+        let hypervisor = self.hypervisor.clone();
+        let u = uuid.clone();
+        let moved = self
+            .blocking(move || hypervisor.migrate(&u, &target).map_err(GuestError::from))
+            .await;
+        if let Err(e) = moved {
+            tracing::warn!(vm = %uuid, error = %e, "migration failed; the guest runs on here");
+            if let Err(abort) = peer.abort(&uuid).await {
+                tracing::error!(vm = %uuid, error = %abort, "the target did not abort the migration; its sweep will");
+            }
+            return Err(e);
+        }
+        // The guest runs on the target now, whatever else fails: what it held here goes.
+        let finished = peer.finish(&uuid).await;
+        self.release_departed(&uuid, files).await;
+        if let Err(e) = finished {
+            tracing::error!(vm = %uuid, error = %e, "the guest moved, but the target did not take it over");
+            return Err(e);
+        }
+        tracing::info!(vm = %uuid, elapsed_ms = started.elapsed().as_millis() as u64, "migrated");
+        Ok(Migrated {
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// What a guest that moved away held here: its claim and files.
+    async fn release_departed(&self, uuid: &str, files: GuestFiles) {
+        if let Err(e) = self
+            .blocking(move || files.remove().map_err(GuestError::Files))
+            .await
+        {
+            tracing::error!(vm = %uuid, error = %e, "cannot remove the departed guest's files; the orphan sweep will");
+        }
+        let released = self.placement.lock().release(uuid).ok();
+        if released.is_some_and(|c| c.dedicated_cpus().next().is_some()) {
+            // The shared pool got CPUs back: floating guests may use them again.
+            self.repin_floating().await;
+        }
+    }
+}

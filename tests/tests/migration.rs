@@ -1,0 +1,464 @@
+//! Live migration between two agents on two "nodes" of this machine: the source agent on the
+//! main libvirtd, the target agent on a second libvirtd in its own mount and network
+//! namespaces (tests/scripts/node2.sh), reached over TCP on a veth. Real TCG guests of the
+//! test image. Shows: a guest keeps counting across the migration without a reboot; on the
+//! target it runs on the target agent's claim (vcpupin, emulatorpin, numatune as libvirt
+//! reports them); the source's claims and files are gone and the target holds exactly the
+//! claim; a target without the guest's image refuses and a migration cancelled midway leaves
+//! the guest running on the source unchanged and nothing on the target.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Agent, Cleanup, free_port, runtime};
+use hvagent_proto::v1 as pb;
+use rcgen::{CertificateParams, DistinguishedName, DnType, Issuer, KeyPair, SanType};
+use tonic::transport::Channel;
+
+type Vms = pb::vm_service_client::VmServiceClient<Channel>;
+type Placement = pb::placement_service_client::PlacementServiceClient<Channel>;
+
+/// The subnet of the veth between the nodes; node2 is `.2`.
+const NET: &str = "10.78.0";
+const NODE2_URI: &str = "qemu+tcp://10.78.0.2/system";
+const SOURCE_IDENTITY: &str = "spiffe://test.example/node1";
+
+/// node2 while the test runs: started by `new`, stopped on drop (also when the test panics).
+struct Node2 {
+    script: PathBuf,
+    state: tempfile::TempDir,
+}
+
+impl Node2 {
+    /// Starts node2, or says why it cannot run here.
+    fn start() -> Result<Node2, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("not root: namespaces and a second libvirtd need root".into());
+        }
+        for tool in ["nsenter", "unshare", "ip", "libvirtd", "virtlogd"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                return Err(format!("{tool} is not installed"));
+            }
+        }
+        let node = Node2 {
+            script: common::repo_root().join("tests/scripts/node2.sh"),
+            state: tempfile::tempdir().map_err(|e| e.to_string())?,
+        };
+        // A node2 a killed test run left behind goes first.
+        node.run(&["stop"]);
+        let out = node.run(&["start"]);
+        if !out.status.success() {
+            return Err(format!(
+                "node2.sh start failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(node)
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.script)
+            .args(args)
+            .env("HVNODE2_STATE", self.state.path().join("node2"))
+            .env("HVNODE2_NET", NET)
+            .output()
+            .expect("run node2.sh")
+    }
+
+    /// `virsh` against node2's libvirtd, over TCP as other nodes reach it.
+    fn virsh(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("virsh")
+            .args(["-c", NODE2_URI])
+            .args(args)
+            .output()
+            .expect("run virsh");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+impl Drop for Node2 {
+    fn drop(&mut self) {
+        let out = self.run(&["stop"]);
+        if !out.status.success() {
+            eprintln!("node2.sh stop: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// A test CA and the certificate files it signs.
+struct Ca {
+    dir: PathBuf,
+    pem: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(dir: &Path) -> Ca {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "agents-ca");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = dir.join("ca.pem");
+        std::fs::write(&pem, cert.pem()).unwrap();
+        Ca {
+            dir: dir.to_path_buf(),
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// `file.pem` and `file.key`, with the SAN `san`.
+    fn sign(&self, file: &str, san: SanType) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, file);
+        params.subject_alt_names.push(san);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (pem, k) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&pem, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (pem, k)
+    }
+}
+
+/// The guest's console counter values, in order.
+fn counts(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("hvagent.count="))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// A CPU list as `virsh` prints it (`0`, `0-1`, `0,2`) as CPUs.
+fn cpus(list: &str) -> Vec<u32> {
+    list.trim()
+        .split(',')
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().unwrap()..=b.parse().unwrap()).collect(),
+            None => vec![part.parse().unwrap()],
+        })
+        .collect()
+}
+
+/// The guest's boot id, read by its guest agent (`guest-exec`) through the libvirtd at `conn`.
+fn boot_id(conn: &str, uuid: &str) -> String {
+    let agent = |command: String| -> serde_json::Value {
+        let out = Command::new("virsh")
+            .args(["-c", conn, "qemu-agent-command", uuid, &command])
+            .output()
+            .expect("run virsh");
+        assert!(out.status.success(), "{command}: {}", common::stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("the guest agent's JSON")
+    };
+    let pid = agent(
+        r#"{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","cat /proc/sys/kernel/random/boot_id"],"capture-output":true}}"#.into(),
+    )["return"]["pid"]
+        .as_u64()
+        .expect("guest-exec pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = agent(format!(
+            r#"{{"execute":"guest-exec-status","arguments":{{"pid":{pid}}}}}"#
+        ));
+        if status["return"]["exited"] == true {
+            let data = status["return"]["out-data"].as_str().unwrap_or_default();
+            let decoded = Command::new("sh")
+                .args(["-c", &format!("printf %s '{data}' | base64 -d")])
+                .output()
+                .expect("base64");
+            return String::from_utf8_lossy(&decoded.stdout).trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "guest-exec did not end");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn get(vms: &mut Vms, uuid: &str) -> Result<pb::Vm, tonic::Status> {
+    vms.get(pb::GetVmRequest { uuid: uuid.into() })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn create(uuid: &str, name: &str, image: &str) -> pb::CreateVmRequest {
+    pb::CreateVmRequest {
+        uuid: uuid.into(),
+        name: name.into(),
+        flavor: "SCS-1Ci-0.5u-2".into(),
+        image: image.into(),
+        user_data: b"hvagent-counter: on\n".to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Waits until the guest's console shows the counter at `n` or more.
+async fn counted_to(vms: &mut Vms, uuid: &str, n: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = common::console(vms, uuid).await;
+        if counts(&text).last().is_some_and(|c| *c >= n) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest {uuid}: the counter did not reach {n}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What the target holds of guest `uuid`: a domain, files, a claim (none, after a failure).
+async fn target_holds(node2: &Node2, target: &Agent, places: &mut Placement, uuid: &str) {
+    let (_, listed) = node2.virsh(&["list", "--all", "--uuid"]);
+    assert!(
+        !listed.contains(uuid),
+        "node2 has a domain {uuid}: {listed}"
+    );
+    let dir = target.dir.path().join("store/vms").join(uuid);
+    assert!(!dir.exists(), "{} is left on the target", dir.display());
+    assert!(
+        !common::claims(places).await.contains(&uuid.to_string()),
+        "the target holds a claim for {uuid}"
+    );
+}
+
+#[test]
+fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
+    let node2 = match Node2::start() {
+        Ok(n) => n,
+        Err(why) => {
+            eprintln!("SKIP migration: {why}");
+            return;
+        }
+    };
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path());
+    let (target_cert, target_key) = ca.sign("target", SanType::IpAddress([127, 0, 0, 1].into()));
+    let (source_cert, source_key) =
+        ca.sign("source", SanType::URI(SOURCE_IDENTITY.try_into().unwrap()));
+    let port = free_port();
+    let source = Agent::configure_tcg(
+        "",
+        &format!(
+            "[migration]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nserver_ca = \"{}\"\n",
+            source_cert.display(),
+            source_key.display(),
+            ca.pem.display()
+        ),
+    )
+    .spawn();
+    let target = Agent::configure_tcg(
+        "",
+        &format!(
+            "[libvirt]\nuri = \"{NODE2_URI}\"\npartition = \"/hvnode2\"\n[migration]\nlibvirt_uri = \"{NODE2_URI}\"\naddress = \"{NET}.2\"\n[access]\ntls_identities = {{ \"{SOURCE_IDENTITY}\" = \"controller\" }}\n"
+        ),
+    );
+    let config = std::fs::read_to_string(&target.config).unwrap().replacen(
+        "[api]\n",
+        &format!(
+            "[api]\ntcp_listen = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\n",
+            target_cert.display(),
+            target_key.display(),
+            ca.pem.display()
+        ),
+        1,
+    );
+    std::fs::write(&target.config, config).unwrap();
+    let target = target.spawn();
+    let endpoint = format!("127.0.0.1:{port}");
+    let a = "6d160000-0000-4000-8000-00000000000a";
+    let b = "6d160000-0000-4000-8000-00000000000b";
+    let _cleanup = Cleanup(vec![a.into(), b.into()]);
+    runtime().block_on(async {
+        let (src, dst) = (
+            hvctl::client::connect(&source.socket).await.unwrap(),
+            hvctl::client::connect(&target.socket).await.unwrap(),
+        );
+        let (mut vms, mut places) = (Vms::new(src.clone()), Placement::new(src.clone()));
+        let (mut vms2, mut places2) = (Vms::new(dst.clone()), Placement::new(dst.clone()));
+        common::import_testguest(src.clone()).await;
+        common::import_testguest(dst.clone()).await;
+        let before = common::claims(&mut places).await;
+
+        // 1. The guest moves, keeps counting and runs on the target's claim.
+        vms.create(create(a, "mover", "testguest")).await.unwrap();
+        counted_to(&mut vms, a, 3).await;
+        let booted = boot_id("qemu:///system", a);
+        assert_eq!(booted.len(), 36, "boot id {booted:?}");
+        let out = source.hvctl(&["vm", "migrate", a, "--to", &endpoint]);
+        assert!(
+            out.status.success(),
+            "hvctl vm migrate: {}",
+            common::stderr(&out)
+        );
+        eprintln!("hvctl vm migrate: {}", common::stdout(&out).trim());
+        let moved = get(&mut vms2, a).await.expect("the guest on the target");
+        assert_eq!(moved.state, "running");
+        let on_target = counted_to(&mut vms2, a, 1).await;
+        assert!(
+            !on_target.contains("HVAGENT-GUEST-BOOTED"),
+            "the guest booted again on the target:\n{on_target}"
+        );
+        let first = counts(&on_target)[0];
+        assert!(
+            first > 3,
+            "the counter started over on the target ({first}):\n{on_target}"
+        );
+        counted_to(&mut vms2, a, first + 2).await;
+        assert_eq!(
+            boot_id(NODE2_URI, a),
+            booted,
+            "the boot id changed: a reboot"
+        );
+        // Its pins and NUMA policy are the target's claim, as libvirt on node2 reports them.
+        let claim = moved.claim.expect("claim");
+        let (_, vcpupin) = node2.virsh(&["vcpupin", a]);
+        // " 0      1" per vCPU under a header.
+        let pinned: Vec<Vec<u32>> = vcpupin
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                words.next()?.parse::<u32>().ok()?;
+                words.next().map(cpus)
+            })
+            .collect();
+        let claimed: Vec<Vec<u32>> = claim.vcpus.iter().map(|v| v.cpus.clone()).collect();
+        assert_eq!(pinned, claimed, "vcpupin on node2:\n{vcpupin}");
+        let (_, emulatorpin) = node2.virsh(&["emulatorpin", a]);
+        // "       *: 0-1" under a header.
+        let emulator = emulatorpin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("*:").map(str::to_string))
+            .expect("emulatorpin");
+        assert_eq!(cpus(&emulator), claim.emulator_cpus, "{emulatorpin}");
+        let (_, numatune) = node2.virsh(&["numatune", a]);
+        let nodes: Vec<u32> = claim.memory.iter().map(|m| m.numa_node).collect();
+        assert!(
+            numatune.contains("strict")
+                && numatune.lines().any(|l| l.starts_with("numa_nodeset")
+                    && cpus(l.split_once(':').unwrap().1) == nodes),
+            "numatune on node2:\n{numatune}"
+        );
+        // The source holds nothing of it; the target exactly the claim.
+        assert_eq!(
+            get(&mut vms, a).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        assert!(!common::domain_exists(a), "the main libvirtd still has it");
+        assert_eq!(common::claims(&mut places).await, before);
+        assert!(!source.dir.path().join("store/vms").join(a).exists());
+        assert_eq!(common::claims(&mut places2).await, vec![a.to_string()]);
+
+        // 2. A target without the guest's image refuses: nothing changes on either side.
+        pb::image_service_client::ImageServiceClient::new(src.clone())
+            .import(common::import_request(
+                "only-here",
+                &common::repo_root().join("images/out/testguest.qcow2"),
+                &[],
+            ))
+            .await
+            .unwrap();
+        vms.create(create(b, "stayer", "only-here")).await.unwrap();
+        counted_to(&mut vms, b, 2).await;
+        let refused = vms
+            .migrate(pb::MigrateVmRequest {
+                uuid: b.into(),
+                target: endpoint.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        assert!(refused.message().contains("only-here"), "{refused:?}");
+        assert_eq!(get(&mut vms, b).await.unwrap().state, "running");
+        target_holds(&node2, &target, &mut places2, b).await;
+
+        // 3. A migration cancelled midway: the guest runs on at the source, unchanged. The
+        // target gets its CPUs back first (two dedicated guests do not fit on two CPUs).
+        vms2.delete(pb::DeleteVmRequest { uuid: a.into() })
+            .await
+            .unwrap();
+        assert!(common::claims(&mut places2).await.is_empty());
+        // And the image the guest was made from, so that the Prepare succeeds.
+        pb::image_service_client::ImageServiceClient::new(dst.clone())
+            .import(common::import_request(
+                "only-here",
+                &common::repo_root().join("images/out/testguest.qcow2"),
+                &[],
+            ))
+            .await
+            .unwrap();
+        let claims_before = common::claims(&mut places).await;
+        // 1 MiB/s: the copy takes long enough to be cancelled.
+        common::virsh(&["migrate-setspeed", b, "1"]);
+        let mut migrating = vms.clone();
+        let (u, e) = (b.to_string(), endpoint.clone());
+        let call = tokio::spawn(async move {
+            migrating
+                .migrate(pb::MigrateVmRequest { uuid: u, target: e })
+                .await
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !common::virsh(&["domjobinfo", b]).contains("Unbounded") {
+            if call.is_finished() {
+                panic!(
+                    "the migration ended before it could be cancelled: {:?}",
+                    call.await.unwrap()
+                );
+            }
+            assert!(Instant::now() < deadline, "the migration never started");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        common::virsh(&["domjobabort", b]);
+        let cancelled = call.await.unwrap().unwrap_err();
+        assert_ne!(cancelled.code(), tonic::Code::Ok);
+        let stayed = get(&mut vms, b).await.expect("the guest on the source");
+        assert_eq!(stayed.state, "running");
+        let seen = counts(&common::console(&mut vms, b).await)
+            .last()
+            .copied()
+            .unwrap_or(0);
+        counted_to(&mut vms, b, seen + 2).await;
+        assert_eq!(common::claims(&mut places).await, claims_before);
+        assert!(
+            source
+                .dir
+                .path()
+                .join("store/vms")
+                .join(b)
+                .join("root.qcow2")
+                .exists()
+        );
+        target_holds(&node2, &target, &mut places2, b).await;
+
+        vms.delete(pb::DeleteVmRequest { uuid: b.into() })
+            .await
+            .unwrap();
+    });
+    drop(target);
+    drop(source);
+    drop(node2);
+}
