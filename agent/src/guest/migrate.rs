@@ -530,3 +530,6 @@ impl Guests {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+//! The migration saga between two agents over in-memory hypervisors: the target builds the
+//! guest's domain from its own claim (not the source's CPUs, which another guest holds
+//! there); the source then holds nothing of the guest. A target that refuses, or a libvirt
+//! migration that fails, leaves the guest on the source untouched and nothing on the target.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::domain::Hypervisor;
+use crate::domain::fake::{FakeHypervisor, Op};
+use crate::domain::xml::Emulation;
+use crate::guest::CreateRequest;
+use crate::net::Networks;
+use crate::net::link::{Namespace, Netlink};
+use crate::placement::{Allocator, PlacementState, Policy};
+use hvagent_core::counts::KindCounts;
+
+const MOVER: &str = "00000000-0000-4000-8000-00000000000a";
+const HOLDER: &str = "00000000-0000-4000-8000-00000000000b";
+/// Two dedicated vCPUs and a local root disk.
+const FLAVOR: &str = "SCS-2Ci-1u-5";
+
+/// An agent over the fake hypervisor, its store holding image `img` (a blank qcow2 of
+/// `image_bytes`: another size is other content), taking guests from other nodes.
+struct Node {
+    root: tempfile::TempDir,
+    hypervisor: Arc<FakeHypervisor>,
+    placement: Arc<PlacementState>,
+    guests: Arc<Guests>,
+}
+
+impl Node {
+    async fn new(image_bytes: u64) -> Node {
+        let root = tempfile::tempdir().unwrap();
+        let hypervisor = Arc::new(FakeHypervisor::default());
+        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
+        let placement = Arc::new(PlacementState::new(
+            Allocator::new(topology, Policy::default()).unwrap(),
+        ));
+        let netlink = Netlink::open(Namespace::default()).unwrap();
+        let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
+        let guests = Arc::new(
+            Guests::new(
+                hypervisor.clone(),
+                placement.clone(),
+                root.path(),
+                Ok(Emulation::Tcg),
+                Vec::new(),
+                networks,
+            )
+            .with_migration(MigrationSettings {
+                libvirt_uri: Some("qemu+tcp://10.0.0.2/system".into()),
+                address: Some("10.0.0.2".into()),
+                partition: Some("/node2".into()),
+            }),
+        );
+        let base = root.path().join("base.qcow2");
+        disks::blank(&base, image_bytes).unwrap();
+        guests
+            .images
+            .import_local("img", &base, None, BTreeMap::new(), 0)
+            .unwrap();
+        guests.rebuild_placement().await.unwrap();
+        Node {
+            root,
+            hypervisor,
+            placement,
+            guests,
+        }
+    }
+
+    async fn create(&self, uuid: &str, name: &str) {
+        self.guests
+            .create(CreateRequest {
+                uuid: uuid.into(),
+                name: name.into(),
+                flavor: FLAVOR.into(),
+                image: "img".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    fn dir(&self, uuid: &str) -> std::path::PathBuf {
+        GuestFiles::new(self.root.path(), uuid).dir
+    }
+
+    /// The guest runs here as it did: running domain, files, the same claim.
+    fn has(&self, uuid: &str, claim: &crate::placement::Claim) {
+        assert_eq!(
+            self.hypervisor.state(uuid).unwrap(),
+            DomainState::Running,
+            "{uuid} not running"
+        );
+        assert!(self.dir(uuid).join("root.qcow2").is_file());
+        assert_eq!(self.placement.lock().get(uuid), Some(claim));
+    }
+
+    /// No domain, no files, no claim of `uuid`.
+    fn holds_nothing_of(&self, uuid: &str) {
+        assert!(
+            self.hypervisor.domains().iter().all(|d| d.uuid != uuid),
+            "a domain is left"
+        );
+        assert!(!self.dir(uuid).exists(), "files are left");
+        assert!(self.placement.lock().get(uuid).is_none(), "a claim is left");
+    }
+}
+
+/// The target agent in this process. libvirt's move is the fake's: the domain leaves the
+/// source's hypervisor, and has arrived at the target's (defined from the XML the target
+/// answered) when the source says Finish.
+struct Local<'a> {
+    target: &'a Node,
+    dest_xml: Mutex<Option<String>>,
+}
+
+impl MigrationPeer for Local<'_> {
+    async fn prepare(&self, guest: IncomingGuest) -> Result<MigrationTarget, GuestError> {
+        let target = self.target.guests.prepare_incoming(guest).await?;
+        *self.dest_xml.lock().unwrap() = Some(target.dest_xml.clone());
+        Ok(target)
+    }
+
+    async fn finish(&self, uuid: &str) -> Result<(), GuestError> {
+        let arrived = self.dest_xml.lock().unwrap().take();
+        if let Some(xml) = arrived {
+            self.target.hypervisor.define_and_start(&xml).unwrap();
+        }
+        self.target.guests.finish_incoming(uuid).await
+    }
+
+    async fn abort(&self, uuid: &str) -> Result<(), GuestError> {
+        self.target.guests.abort_incoming(uuid).await
+    }
+}
+
+fn peer(target: &Node) -> Local<'_> {
+    Local {
+        target,
+        dest_xml: Mutex::new(None),
+    }
+}
+
+#[tokio::test]
+async fn the_guest_moves_onto_the_targets_claim_and_leaves_nothing_behind() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    // On the target another guest holds the CPUs the mover has on the source.
+    target.create(HOLDER, "holder").await;
+    let source_claim = source.placement.lock().get(MOVER).cloned().unwrap();
+    let held = target.placement.lock().get(HOLDER).cloned().unwrap();
+    assert_eq!(
+        source_claim.dedicated_cpus().collect::<Vec<_>>(),
+        held.dedicated_cpus().collect::<Vec<_>>()
+    );
+    let local = peer(&target);
+    source.guests.migrate(MOVER, &local).await.unwrap();
+
+    source.holds_nothing_of(MOVER);
+    let arrived = target.guests.get(MOVER).await.unwrap();
+    assert_eq!(arrived.state, DomainState::Running);
+    assert_eq!(arrived.intent.store, target.root.path());
+    let claim = target.placement.lock().get(MOVER).cloned().unwrap();
+    assert_eq!(arrived.intent.claim, claim);
+    let cpus: Vec<u32> = claim.dedicated_cpus().collect();
+    assert!(
+        cpus.iter().all(|c| !held.dedicated_cpus().any(|h| h == *c)),
+        "the mover got the holder's CPUs {cpus:?}"
+    );
+    let xml = target.hypervisor.live_xml(MOVER).unwrap();
+    for cpu in &cpus {
+        assert!(xml.contains(&format!("cpuset=\"{cpu}\"")), "{xml}");
+    }
+    assert!(
+        xml.contains(&format!("{}/", target.dir(MOVER).display()))
+            && xml.contains("<partition>/node2</partition>"),
+        "{xml}"
+    );
+    // Its files are on the target: overlay on the target's image, seed, and nothing pending.
+    assert!(target.dir(MOVER).join("root.qcow2").is_file());
+    assert!(target.dir(MOVER).join("seed.img").is_file());
+    assert!(target.guests.settled());
+}
+
+#[tokio::test]
+async fn a_refusal_or_a_failed_migration_leaves_the_guest_on_the_source() {
+    // The target's "img" has other content: Prepare refuses, naming it.
+    let (source, other) = (Node::new(1 << 30).await, Node::new(2 << 30).await);
+    source.create(MOVER, "mover").await;
+    let claim = source.placement.lock().get(MOVER).cloned().unwrap();
+    let refused = source
+        .guests
+        .migrate(MOVER, &peer(&other))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, GuestError::Precondition(m) if m.contains("\"img\"")),
+        "{refused:?}"
+    );
+    source.has(MOVER, &claim);
+    other.holds_nothing_of(MOVER);
+
+    // libvirt fails the move: the target aborts, the guest runs on at the source.
+    let target = Node::new(1 << 30).await;
+    source.hypervisor.fail_once(Op::Migrate);
+    let failed = source
+        .guests
+        .migrate(MOVER, &peer(&target))
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, GuestError::Libvirt(_)), "{failed:?}");
+    source.has(MOVER, &claim);
+    target.holds_nothing_of(MOVER);
+    assert!(target.guests.settled(), "the arrival is still marked busy");
+
+    // Abort is idempotent, and Finish of nothing prepared is NOT_FOUND.
+    target.guests.abort_incoming(MOVER).await.unwrap();
+    assert!(matches!(
+        target.guests.finish_incoming(MOVER).await,
+        Err(GuestError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn only_a_running_guest_without_devices_moves() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    source.guests.pause(MOVER).await.unwrap();
+    let paused = source
+        .guests
+        .migrate(MOVER, &peer(&target))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&paused, GuestError::Precondition(m) if m.contains("paused")),
+        "{paused:?}"
+    );
+    target.holds_nothing_of(MOVER);
+    // A node without [migration] libvirt_uri and address takes no guests.
+    let closed = Node::new(1 << 30).await;
+    let guests = Arc::new(Guests::new(
+        closed.hypervisor.clone(),
+        closed.placement.clone(),
+        closed.root.path(),
+        Ok(Emulation::Tcg),
+        Vec::new(),
+        Arc::new(Networks::new(
+            Netlink::open(Namespace::default()).unwrap(),
+            closed.root.path(),
+            KindCounts::default(),
+        )),
+    ));
+    let refused = guests
+        .prepare_incoming(IncomingGuest {
+            uuid: MOVER.into(),
+            domain_xml: String::new(),
+            image_sha256: String::new(),
+            root_disk_bytes: 0,
+            seed: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, GuestError::Precondition(m) if m.contains("[migration]")),
+        "{refused:?}"
+    );
+}
