@@ -317,8 +317,10 @@ impl Guests {
             return;
         };
         let (this, uuid) = (self.clone(), uuid.to_string());
+        // From the prepare, not from whenever the task first runs.
+        let deadline = tokio::time::Instant::now() + PREPARED_FOR;
         tokio::spawn(async move {
-            tokio::time::sleep(PREPARED_FOR).await;
+            tokio::time::sleep_until(deadline).await;
             let late = lock(&this.arrivals.0)
                 .get(&uuid)
                 .is_some_and(|a| a.since == since);

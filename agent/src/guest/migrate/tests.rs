@@ -268,3 +268,39 @@ async fn only_a_running_guest_without_devices_moves() {
         "{refused:?}"
     );
 }
+
+/// A prepared arrival that neither Finish nor Abort ends within PREPARED_FOR is aborted: its
+/// claim and files go (a source that died mid-migration holds nothing here for ever).
+#[tokio::test]
+async fn a_forgotten_arrival_is_aborted() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    let xml = source.hypervisor.migratable_xml(MOVER).unwrap();
+    let seed = std::fs::read(GuestFiles::new(source.root.path(), MOVER).seed()).unwrap();
+    let sha256 = source.guests.images.get("img").unwrap().sha256;
+    target
+        .guests
+        .prepare_incoming(IncomingGuest {
+            uuid: MOVER.into(),
+            domain_xml: xml,
+            image_sha256: sha256,
+            root_disk_bytes: 5 << 30,
+            seed,
+        })
+        .await
+        .unwrap();
+    assert!(target.placement.lock().get(MOVER).is_some());
+    assert!(target.dir(MOVER).join("root.qcow2").is_file());
+    assert!(!target.guests.settled(), "the arrival is busy");
+    tokio::time::pause();
+    tokio::time::advance(PREPARED_FOR + Duration::from_secs(1)).await;
+    tokio::time::resume();
+    for _ in 0..100 {
+        if target.guests.settled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    target.holds_nothing_of(MOVER);
+    assert!(target.guests.settled());
+}
