@@ -233,7 +233,7 @@ impl Guests {
             tcg_cache_mib: TCG_CACHE_MIB,
         };
         let made = self
-            .make_arrival(&guest, &source, &target, &files, &image)
+            .make_arrival(&guest, &source, &target, &files, &image, &spec)
             .await;
         match made {
             Ok(disks) => {
@@ -270,10 +270,8 @@ impl Guests {
         target: &GuestSpec,
         files: &GuestFiles,
         image: &crate::storage::ImageRecord,
+        spec: &crate::flavor::FlavorSpec,
     ) -> Result<(String, Vec<String>), GuestError> {
-        let spec = crate::flavor::parse(&source.flavor)
-            .map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?
-            .spec;
         let from = GuestFiles::new(&source.store, &target.uuid);
         let xml = migrated_xml(
             &guest.domain_xml,
@@ -290,7 +288,7 @@ impl Guests {
             .filter(|d| d.key.as_deref() != Some(seed_key.as_str()))
             .map(|d| d.target)
             .collect();
-        let extra = extra_disks(&spec, files);
+        let extra = extra_disks(spec, files);
         let (f, base, format) = (
             files.clone(),
             self.images.file(&image.name),
@@ -324,11 +322,18 @@ impl Guests {
             let late = lock(&this.arrivals.0)
                 .get(&uuid)
                 .is_some_and(|a| a.since == since);
-            if late {
-                tracing::warn!(vm = %uuid, "a prepared migration was neither finished nor aborted in time; aborting it");
-                if let Err(e) = this.abort_incoming(&uuid).await {
-                    tracing::error!(vm = %uuid, error = %e, "cannot abort the late migration");
-                }
+            if !late {
+                return;
+            }
+            // A guest that arrived and runs here is never removed: its source gave it up
+            // when libvirt moved it, and only its Finish was lost.
+            if this.finish_incoming(&uuid).await.is_ok() {
+                tracing::warn!(vm = %uuid, "a migrated guest arrived but its source never said Finish; it is this node's guest now");
+                return;
+            }
+            tracing::warn!(vm = %uuid, "a prepared migration was neither finished nor aborted in time; aborting it");
+            if let Err(e) = this.abort_incoming(&uuid).await {
+                tracing::error!(vm = %uuid, error = %e, "cannot abort the late migration");
             }
         });
     }

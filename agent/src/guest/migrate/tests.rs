@@ -2,6 +2,7 @@
 //! guest's domain from its own claim (not the source's CPUs, which another guest holds
 //! there); the source then holds nothing of the guest. A target that refuses, or a libvirt
 //! migration that fails, leaves the guest on the source untouched and nothing on the target.
+//! An arrival left without Finish or Abort is aborted after its bound, unless its guest runs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -303,4 +304,42 @@ async fn a_forgotten_arrival_is_aborted() {
     }
     target.holds_nothing_of(MOVER);
     assert!(target.guests.settled());
+}
+
+/// An arrival whose guest runs here when the bound passes (its source's Finish was lost) is
+/// taken over, never removed: the source gave the guest up when libvirt moved it.
+#[tokio::test]
+async fn an_arrived_guest_whose_finish_was_lost_is_kept() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    let sha256 = source.guests.images.get("img").unwrap().sha256;
+    let prepared = target
+        .guests
+        .prepare_incoming(IncomingGuest {
+            uuid: MOVER.into(),
+            domain_xml: source.hypervisor.migratable_xml(MOVER).unwrap(),
+            image_sha256: sha256,
+            root_disk_bytes: 5 << 30,
+            seed: std::fs::read(GuestFiles::new(source.root.path(), MOVER).seed()).unwrap(),
+        })
+        .await
+        .unwrap();
+    // libvirt moved it; no Finish comes.
+    target
+        .hypervisor
+        .define_and_start(&prepared.dest_xml)
+        .unwrap();
+    let claim = target.placement.lock().get(MOVER).cloned().unwrap();
+    tokio::time::pause();
+    tokio::time::advance(PREPARED_FOR + Duration::from_secs(1)).await;
+    tokio::time::resume();
+    for _ in 0..100 {
+        if target.guests.settled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(target.guests.settled(), "the arrival never ended");
+    target.has(MOVER, &claim);
+    assert_eq!(target.guests.get(MOVER).await.unwrap().intent.claim, claim);
 }
