@@ -80,22 +80,11 @@ pub async fn connect(socket: &Path) -> Result<Channel, ConnectError> {
 /// How long the TCP connect and TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The host part of `HOST:PORT` (brackets of an IPv6 address removed): the name the agent's
-/// certificate must carry.
-fn host_of(endpoint: &str) -> Option<&str> {
-    let (host, port) = endpoint.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (!host.is_empty()).then_some(host)
-}
-
 /// Opens a gRPC channel to the agent's TCP listener at `endpoint` (`HOST:PORT`), presenting
 /// the client certificate of `files` and trusting only its CA bundle for the agent's.
 pub async fn connect_tls(endpoint: &str, files: &Files) -> Result<Channel, ConnectError> {
-    let host = host_of(endpoint).ok_or_else(|| ConnectError::Endpoint(endpoint.to_string()))?;
+    let host =
+        tls::host_of(endpoint).ok_or_else(|| ConnectError::Endpoint(endpoint.to_string()))?;
     let name = ServerName::try_from(host.to_string())
         .map_err(|_| ConnectError::Endpoint(endpoint.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(tls::client_config(files, tls::now())?);
@@ -221,20 +210,5 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_hosts() {
-        assert_eq!(host_of("node1.example:9464"), Some("node1.example"));
-        assert_eq!(host_of("10.0.0.5:9464"), Some("10.0.0.5"));
-        assert_eq!(host_of("[::1]:9464"), Some("::1"));
-        assert_eq!(host_of("node1.example"), None);
-        assert_eq!(host_of("node1:port"), None);
-        assert_eq!(host_of(":9464"), None);
     }
 }

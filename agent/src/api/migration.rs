@@ -94,18 +94,6 @@ pub struct TargetAgent {
     client: MigrationServiceClient<Channel>,
 }
 
-/// The host part of `HOST:PORT` (an IPv6 address without its brackets): the name the
-/// target's certificate must carry.
-fn host_of(endpoint: &str) -> Option<&str> {
-    let (host, port) = endpoint.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (!host.is_empty()).then_some(host)
-}
-
 impl TargetAgent {
     /// Connects to the target agent at `endpoint` (`HOST:PORT`) with mutual TLS.
     pub async fn connect(endpoint: &str, files: &Files) -> Result<TargetAgent, GuestError> {
@@ -114,7 +102,7 @@ impl TargetAgent {
                 "target: {endpoint:?} is not HOST:PORT (an IPv6 address in brackets)"
             ))
         };
-        let name = ServerName::try_from(host_of(endpoint).ok_or_else(invalid)?.to_string())
+        let name = ServerName::try_from(tls::host_of(endpoint).ok_or_else(invalid)?.to_string())
             .map_err(|_| invalid())?;
         let config = tls::client_config(files, tls::now())
             .map_err(|e| GuestError::Precondition(format!("[migration] TLS files: {e}")))?;

@@ -162,6 +162,18 @@ fn own_identity(
     Ok((chain, key))
 }
 
+/// The host part of `HOST:PORT` (brackets of an IPv6 address removed): the name the other
+/// side's certificate must carry (hvctl reaching an agent, an agent reaching another).
+pub fn host_of(endpoint: &str) -> Option<&str> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
 /// Seconds since the epoch, for validity checks.
 pub fn now() -> i64 {
     i64::try_from(crate::clock::now_unix()).unwrap_or(i64::MAX)
@@ -258,6 +270,17 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn endpoint_hosts() {
+        use super::host_of;
+        assert_eq!(host_of("node1.example:9464"), Some("node1.example"));
+        assert_eq!(host_of("10.0.0.5:9464"), Some("10.0.0.5"));
+        assert_eq!(host_of("[::1]:9464"), Some("::1"));
+        assert_eq!(host_of("node1.example"), None);
+        assert_eq!(host_of("node1:port"), None);
+        assert_eq!(host_of(":9464"), None);
+    }
+
     use super::testing::*;
     use super::*;
 
