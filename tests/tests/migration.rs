@@ -311,6 +311,14 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             common::stderr(&out)
         );
         eprintln!("hvctl vm migrate: {}", common::stdout(&out).trim());
+        // libvirt's own figures for the move, as the target saw it (TCG; for the record).
+        let (_, job) = node2.virsh(&["domjobinfo", a, "--completed"]);
+        for line in job
+            .lines()
+            .filter(|l| l.starts_with("Time elapsed") || l.starts_with("Total downtime"))
+        {
+            eprintln!("target domjobinfo: {line}");
+        }
         let moved = get(&mut vms2, a).await.expect("the guest on the target");
         assert_eq!(moved.state, "running");
         let on_target = counted_to(&mut vms2, a, 1).await;
