@@ -514,7 +514,12 @@ impl Guests {
         self.release_departed(&uuid, files).await;
         if let Err(e) = finished {
             tracing::error!(vm = %uuid, error = %e, "the guest moved, but the target did not take it over");
-            return Err(e);
+            // Not a failed migration: the guest runs on the target, which takes it over by
+            // itself when the prepared migration's bound passes.
+            return Err(GuestError::Internal(format!(
+                "uuid: guest {uuid} runs on the target now, but its Finish failed ({e}); the target takes it over within {} s",
+                PREPARED_FOR.as_secs()
+            )));
         }
         tracing::info!(vm = %uuid, elapsed_ms = started.elapsed().as_millis() as u64, "migrated");
         Ok(Migrated {

@@ -116,6 +116,8 @@ impl Node {
 struct Local<'a> {
     target: &'a Node,
     dest_xml: Mutex<Option<String>>,
+    /// The Finish is lost on the way (the guest has arrived all the same).
+    lose_finish: bool,
 }
 
 impl MigrationPeer for Local<'_> {
@@ -130,6 +132,9 @@ impl MigrationPeer for Local<'_> {
         if let Some(xml) = arrived {
             self.target.hypervisor.define_and_start(&xml).unwrap();
         }
+        if self.lose_finish {
+            return Err(GuestError::Unavailable("the target went away".into()));
+        }
         self.target.guests.finish_incoming(uuid).await
     }
 
@@ -142,6 +147,7 @@ fn peer(target: &Node) -> Local<'_> {
     Local {
         target,
         dest_xml: Mutex::new(None),
+        lose_finish: false,
     }
 }
 
@@ -342,4 +348,26 @@ async fn an_arrived_guest_whose_finish_was_lost_is_kept() {
     assert!(target.guests.settled(), "the arrival never ended");
     target.has(MOVER, &claim);
     assert_eq!(target.guests.get(MOVER).await.unwrap().intent.claim, claim);
+}
+
+/// A Finish lost after libvirt moved the guest is no failed migration: the source holds
+/// nothing of the guest and says it runs on the target.
+#[tokio::test]
+async fn a_lost_finish_still_frees_the_source() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    let lossy = Local {
+        lose_finish: true,
+        ..peer(&target)
+    };
+    let e = source.guests.migrate(MOVER, &lossy).await.unwrap_err();
+    assert!(
+        matches!(&e, GuestError::Internal(m) if m.contains("runs on the target now")),
+        "{e:?}"
+    );
+    source.holds_nothing_of(MOVER);
+    assert_eq!(
+        target.hypervisor.state(MOVER).unwrap(),
+        DomainState::Running
+    );
 }
