@@ -17,7 +17,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -152,17 +151,12 @@ impl Stream {
 fn main() {
     let rounds = env_or("ROUNDS", 20);
     let blocks = env_or("BLOCKS", 3);
-    let dir = tempfile::tempdir().expect("tempdir");
-    // QEMU (an unprivileged user) must reach the store.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = common::guest_dir();
     let (mut agent, socket) = start_agent(
         dir.path(),
         "[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     let (mut grpc, mut hvctl, mut virsh) = (vec![], vec![], vec![]);
     runtime.block_on(async {
         let channel = client::connect(&socket).await.expect("connect");

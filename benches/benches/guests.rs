@@ -142,19 +142,14 @@ fn main() {
     let rounds = env_or("ROUNDS", 10);
     let concurrent = env_or("CONCURRENT", 10);
     let flavor = std::env::var("FLAVOR").unwrap_or_else(|_| "SCS-1Vi-0.5u-1".into());
-    let dir = tempfile::tempdir().expect("tempdir");
-    // QEMU (an unprivileged user) must reach the store.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = common::guest_dir();
     let store = dir.path().join("store");
     // Every CPU in the shared pool, so that a small machine holds the concurrent V guests.
     let (mut agent, socket) = start_agent(
         dir.path(),
         "[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     runtime.block_on(async {
         let channel = client::connect(&socket).await.expect("connect");
         let mut vms = Vms::new(channel.clone());

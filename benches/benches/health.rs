@@ -16,7 +16,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -157,8 +156,7 @@ fn main() {
     let guests = env_or("GUESTS", 10);
     let idle_seconds = env_or("IDLE_SECONDS", 60) as u64;
     let flavor = std::env::var("FLAVOR").unwrap_or_else(|_| "SCS-1Vi-0.5u".into());
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = common::guest_dir();
     let metrics = free_port();
     // Every CPU in the shared pool, as in the guests bench: N `V` guests fit on small machines.
     let (agent, socket) = start_agent_with_metrics(
@@ -191,10 +189,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     measure(&endpoints, rounds, 0);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let uuids: Vec<String> = (0..guests)
         .map(|n| format!("00000000-0000-4000-8000-0000bea1{n:04x}"))
         .collect();

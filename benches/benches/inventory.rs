@@ -49,10 +49,7 @@ fn main() {
     let idle = Duration::from_secs(env_or("IDLE_SECS", 10) as u64);
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut agent, socket) = start_agent(dir.path(), "");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
 
     let grpc = runtime.block_on(async {
         let channel = client::connect(&socket).await.expect("connect");

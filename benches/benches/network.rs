@@ -55,10 +55,7 @@ fn main() {
     let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
     nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
     let store = tempfile::tempdir().expect("tempdir");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     runtime.block_on(async {
         let netlink = Netlink::open(Namespace::default()).expect("netlink");
         let networks = Networks::new(netlink, store.path(), Default::default());

@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -121,17 +120,12 @@ fn main() {
         .output();
     let managed = format!("bnic{tag}");
     let _managed_bridge = Bridge(format!("br-{managed}"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    // QEMU (an unprivileged user) must reach the store.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = common::guest_dir();
     let (mut agent, socket) = start_agent(
         dir.path(),
         "[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     runtime.block_on(async {
         let channel = client::connect(&socket).await.expect("connect");
         let mut vms = Vms::new(channel.clone());

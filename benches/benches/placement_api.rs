@@ -89,10 +89,7 @@ fn main() {
         ),
         port,
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let channel = rt
         .block_on(hvctl::client::connect(&socket))
         .expect("connect to the agent");

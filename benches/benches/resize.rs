@@ -19,7 +19,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -155,9 +154,8 @@ async fn resize_by_agent(vms: &mut Vms, flavor: &str) -> (Duration, Duration) {
 
 fn main() {
     let rounds = env_or("ROUNDS", 4);
-    let dir = tempfile::tempdir().expect("tempdir");
-    // QEMU (an unprivileged user) must reach the store and the by-hand disk.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // The by-hand disk lies in it too (guest_dir: QEMU must reach it).
+    let dir = common::guest_dir();
     let store = dir.path().join("store");
     // TCG on both sides, whether or not KVM works here: the by-hand domain is a TCG one.
     let (mut agent, socket) = start_agent(
@@ -165,10 +163,7 @@ fn main() {
         "[host]\nkvm_device = \"/nonexistent/kvm\"\n[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
     );
     let (hand_root, hand_log) = define_by_hand(dir.path(), &testguest());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     runtime.block_on(async {
         let channel = client::connect(&socket).await.expect("connect");
         let mut vms = Vms::new(channel.clone());

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -97,18 +96,13 @@ fn by_hand(root: &Path, out: &Path, running: bool) -> Duration {
 
 fn main() {
     let rounds = env_or("ROUNDS", 5);
-    let dir = tempfile::tempdir().expect("tempdir");
-    // QEMU (an unprivileged user) must reach the store.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = common::guest_dir();
     let store = dir.path().join("store");
     let (mut agent, socket) = start_agent(
         dir.path(),
         "[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     runtime.block_on(async {
         let channel = client::connect(&socket).await.expect("connect");
         let mut vms = Vms::new(channel.clone());

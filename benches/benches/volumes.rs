@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -90,9 +89,8 @@ fn by_hand(file: &Path) -> (Duration, Duration, Duration) {
 
 fn main() {
     let rounds = env_or("ROUNDS", 10);
-    let dir = tempfile::tempdir().expect("tempdir");
-    // QEMU (an unprivileged user) must reach the store and the hand-made disk.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // The hand-made disk lies in it too (guest_dir: QEMU must reach it).
+    let dir = common::guest_dir();
     let (mut agent, socket) = start_agent(
         dir.path(),
         "[placement]\nreserved_cpus = \"\"\nreserved_memory_mib = 256\n",
@@ -105,10 +103,7 @@ fn main() {
         .output()
         .expect("qemu-img");
     assert!(out.status.success());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     runtime.block_on(async {
         let channel = client::connect(&socket).await.expect("connect");
         let mut vms = Vms::new(channel.clone());

@@ -159,3 +159,20 @@ pub async fn wait_ready(vms: &mut Vms, uuid: &str) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// A current-thread runtime for a bench's gRPC calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A temporary directory for an agent's store (and disks made by hand) that QEMU, an
+/// unprivileged user, can reach.
+pub fn guest_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
