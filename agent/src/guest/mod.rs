@@ -322,4 +322,6 @@ fn qcow2_virtual_size(path: &Path) -> Option<u64> {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;

@@ -8,14 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::domain::fake::{FakeHypervisor, Op};
-use crate::domain::xml::Emulation;
+use crate::guest::testing::{FakeNode, fake_node};
 use crate::guest::{CreateRequest, Guests};
-use crate::net::Networks;
-use crate::net::link::{Namespace, Netlink};
+use crate::placement::PlacementState;
 use crate::placement::testing::fixture_with_devices;
-use crate::placement::{Allocator, PlacementState, Policy};
-use crate::storage::disks;
-use hvagent_core::counts::KindCounts;
 
 const GPU_FLAVOR: &str = "SCS-1Vi-1u_GN";
 const UUID: &str = "00000000-0000-4000-8000-0000000000a1";
@@ -28,29 +24,18 @@ struct Node {
 }
 
 async fn node() -> Node {
-    let root = tempfile::tempdir().unwrap();
-    let hypervisor = Arc::new(FakeHypervisor::default());
-    let topology = fixture_with_devices("qemu-2s4c2t-numa", "devices-gpu-vfio");
-    let placement = Arc::new(PlacementState::new(
-        Allocator::new(topology, Policy::default()).unwrap(),
-    ));
-    let netlink = Netlink::open(Namespace::default()).unwrap();
-    let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
-    let guests = Arc::new(Guests::new(
-        hypervisor.clone(),
-        placement.clone(),
-        root.path(),
-        Ok(Emulation::Tcg),
-        Vec::new(),
-        networks,
-    ));
-    let base = root.path().join("base.qcow2");
-    disks::blank(&base, 64 << 20).unwrap();
-    guests
-        .images
-        .import_local("img", &base, None, BTreeMap::new(), 0)
-        .unwrap();
-    guests.rebuild_placement().await.unwrap();
+    let FakeNode {
+        root,
+        hypervisor,
+        placement,
+        guests,
+    } = fake_node(
+        fixture_with_devices("qemu-2s4c2t-numa", "devices-gpu-vfio"),
+        64 << 20,
+        BTreeMap::new(),
+        |g| g,
+    )
+    .await;
     Node {
         _root: root,
         hypervisor,

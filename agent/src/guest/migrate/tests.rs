@@ -12,9 +12,10 @@ use crate::domain::Hypervisor;
 use crate::domain::fake::{FakeHypervisor, Op};
 use crate::domain::xml::Emulation;
 use crate::guest::CreateRequest;
+use crate::guest::testing::{FakeNode, fake_node};
 use crate::net::Networks;
 use crate::net::link::{Namespace, Netlink};
-use crate::placement::{Allocator, PlacementState, Policy};
+use crate::placement::PlacementState;
 use hvagent_core::counts::KindCounts;
 
 const MOVER: &str = "00000000-0000-4000-8000-00000000000a";
@@ -33,36 +34,24 @@ struct Node {
 
 impl Node {
     async fn new(image_bytes: u64) -> Node {
-        let root = tempfile::tempdir().unwrap();
-        let hypervisor = Arc::new(FakeHypervisor::default());
-        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
-        let placement = Arc::new(PlacementState::new(
-            Allocator::new(topology, Policy::default()).unwrap(),
-        ));
-        let netlink = Netlink::open(Namespace::default()).unwrap();
-        let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
-        let guests = Arc::new(
-            Guests::new(
-                hypervisor.clone(),
-                placement.clone(),
-                root.path(),
-                Ok(Emulation::Tcg),
-                Vec::new(),
-                networks,
-            )
-            .with_migration(MigrationSettings {
-                libvirt_uri: Some("qemu+tcp://10.0.0.2/system".into()),
-                address: Some("10.0.0.2".into()),
-                partition: Some("/node2".into()),
-            }),
-        );
-        let base = root.path().join("base.qcow2");
-        disks::blank(&base, image_bytes).unwrap();
-        guests
-            .images
-            .import_local("img", &base, None, BTreeMap::new(), 0)
-            .unwrap();
-        guests.rebuild_placement().await.unwrap();
+        let FakeNode {
+            root,
+            hypervisor,
+            placement,
+            guests,
+        } = fake_node(
+            crate::placement::testing::fixture("qemu-2s4c2t-numa"),
+            image_bytes,
+            BTreeMap::new(),
+            |g| {
+                g.with_migration(MigrationSettings {
+                    libvirt_uri: Some("qemu+tcp://10.0.0.2/system".into()),
+                    address: Some("10.0.0.2".into()),
+                    partition: Some("/node2".into()),
+                })
+            },
+        )
+        .await;
         Node {
             root,
             hypervisor,

@@ -7,13 +7,8 @@ use std::sync::Arc;
 use super::*;
 use crate::domain::Hypervisor;
 use crate::domain::fake::{FakeHypervisor, Op};
-use crate::domain::xml::Emulation;
 use crate::guest::CreateRequest;
-use crate::net::Networks;
-use crate::net::link::{Namespace, Netlink};
-use crate::placement::{Allocator, PlacementState, Policy};
-use crate::storage::disks;
-use hvagent_core::counts::KindCounts;
+use crate::guest::testing::{FakeNode, fake_node};
 
 const A: &str = "00000000-0000-4000-8000-0000000000a1";
 
@@ -26,29 +21,18 @@ struct Node {
 impl Node {
     /// One running guest `A` without NICs, and no managed networks.
     async fn new() -> Node {
-        let root = tempfile::tempdir().unwrap();
-        let hypervisor = Arc::new(FakeHypervisor::default());
-        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
-        let placement = Arc::new(PlacementState::new(
-            Allocator::new(topology, Policy::default()).unwrap(),
-        ));
-        let netlink = Netlink::open(Namespace::default()).unwrap();
-        let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
-        let guests = Arc::new(Guests::new(
-            hypervisor.clone(),
-            placement,
-            root.path(),
-            Ok(Emulation::Tcg),
-            Vec::new(),
-            networks,
-        ));
-        let base = root.path().join("base.qcow2");
-        disks::blank(&base, 64 << 20).unwrap();
-        guests
-            .images
-            .import_local("img", &base, None, Default::default(), 0)
-            .unwrap();
-        guests.rebuild_placement().await.unwrap();
+        let FakeNode {
+            root,
+            hypervisor,
+            guests,
+            ..
+        } = fake_node(
+            crate::placement::testing::fixture("qemu-2s4c2t-numa"),
+            64 << 20,
+            Default::default(),
+            |g| g,
+        )
+        .await;
         guests
             .create(CreateRequest {
                 uuid: A.into(),

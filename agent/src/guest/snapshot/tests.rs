@@ -6,12 +6,8 @@ use std::sync::Arc;
 
 use super::*;
 use crate::domain::fake::{FakeHypervisor, Op};
-use crate::domain::xml::Emulation;
 use crate::guest::CreateRequest;
-use crate::net::Networks;
-use crate::net::link::{Namespace, Netlink};
-use crate::placement::{Allocator, PlacementState, Policy};
-use hvagent_core::counts::KindCounts;
+use crate::guest::testing::{FakeNode, fake_node};
 
 const UUID: &str = "00000000-0000-4000-8000-00000000005a";
 
@@ -30,42 +26,27 @@ impl Node {
 
     /// The node with `img` of these properties, on a host with OVMF and swtpm.
     async fn of_image(properties: &[(&str, &str)]) -> Node {
-        let root = tempfile::tempdir().unwrap();
-        let hypervisor = Arc::new(FakeHypervisor::default());
-        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
-        let placement = Arc::new(PlacementState::new(
-            Allocator::new(topology, Policy::default()).unwrap(),
-        ));
-        let netlink = Netlink::open(Namespace::default()).unwrap();
-        let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
         let firmware = crate::domain::firmware::FirmwareFacts {
             uefi: true,
             secure_boot: true,
             vtpm: true,
             reason: String::new(),
         };
-        let guests = Arc::new(
-            Guests::new(
-                hypervisor.clone(),
-                placement,
-                root.path(),
-                Ok(Emulation::Tcg),
-                Vec::new(),
-                networks,
-            )
-            .with_firmware(firmware),
-        );
-        let base = root.path().join("base.qcow2");
-        disks::blank(&base, 64 << 20).unwrap();
-        let props = properties
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        guests
-            .images
-            .import_local("img", &base, None, props, 0)
-            .unwrap();
-        guests.rebuild_placement().await.unwrap();
+        let FakeNode {
+            root,
+            hypervisor,
+            guests,
+            ..
+        } = fake_node(
+            crate::placement::testing::fixture("qemu-2s4c2t-numa"),
+            64 << 20,
+            properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            |g| g.with_firmware(firmware),
+        )
+        .await;
         guests
             .create(CreateRequest {
                 uuid: UUID.into(),

@@ -6,13 +6,8 @@ use std::sync::Arc;
 use super::*;
 use crate::domain::Hypervisor;
 use crate::domain::fake::{FakeHypervisor, Op};
-use crate::domain::xml::Emulation;
 use crate::guest::CreateRequest;
-use crate::net::Networks;
-use crate::net::link::{Namespace, Netlink};
-use crate::placement::{Allocator, PlacementState, Policy};
-use crate::storage::disks;
-use hvagent_core::counts::KindCounts;
+use crate::guest::testing::{FakeNode, fake_node};
 
 const A: &str = "00000000-0000-4000-8000-0000000000a1";
 const B: &str = "00000000-0000-4000-8000-0000000000b2";
@@ -27,29 +22,18 @@ struct Node {
 impl Node {
     /// Two running guests, a qcow2 volume `data` and a shareable raw volume `shared`.
     async fn new() -> Node {
-        let root = tempfile::tempdir().unwrap();
-        let hypervisor = Arc::new(FakeHypervisor::default());
-        let topology = crate::placement::testing::fixture("qemu-2s4c2t-numa");
-        let placement = Arc::new(PlacementState::new(
-            Allocator::new(topology, Policy::default()).unwrap(),
-        ));
-        let netlink = Netlink::open(Namespace::default()).unwrap();
-        let networks = Arc::new(Networks::new(netlink, root.path(), KindCounts::default()));
-        let guests = Arc::new(Guests::new(
-            hypervisor.clone(),
-            placement,
-            root.path(),
-            Ok(Emulation::Tcg),
-            Vec::new(),
-            networks,
-        ));
-        let base = root.path().join("base.qcow2");
-        disks::blank(&base, 64 << 20).unwrap();
-        guests
-            .images
-            .import_local("img", &base, None, Default::default(), 0)
-            .unwrap();
-        guests.rebuild_placement().await.unwrap();
+        let FakeNode {
+            root,
+            hypervisor,
+            guests,
+            ..
+        } = fake_node(
+            crate::placement::testing::fixture("qemu-2s4c2t-numa"),
+            64 << 20,
+            Default::default(),
+            |g| g,
+        )
+        .await;
         for (uuid, name) in [(A, "a"), (B, "b")] {
             guests
                 .create(CreateRequest {
