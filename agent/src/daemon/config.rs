@@ -563,7 +563,6 @@ fn roles(
         .collect()
 }
 
-/// A percentage, 0 to 100, written as an integer or a float.
 /// A libvirt connection URI.
 fn libvirt_uri(value: &toml::Value) -> Result<String, String> {
     let uri = string(value)?;
@@ -578,6 +577,7 @@ fn libvirt_uri(value: &toml::Value) -> Result<String, String> {
     Ok(uri)
 }
 
+/// A percentage, 0 to 100, written as an integer or a float.
 fn percent(value: &toml::Value) -> Result<f64, String> {
     let v = match value {
         toml::Value::Integer(i) => *i as f64,

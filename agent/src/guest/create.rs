@@ -22,19 +22,20 @@ use crate::placement::{Allocator, Claim, ClaimRequest, PlacementState};
 use crate::storage::disks;
 use crate::storage::{GuestFiles, ImageRecord, VolumeError};
 
-/// What a create has done so far, undone in reverse when a later step fails.
-struct Undo {
-    hypervisor: Arc<dyn Hypervisor>,
-    placement: Arc<PlacementState>,
-    uuid: String,
+/// What a create (or a migration's arrival) has done so far, undone in reverse when a later
+/// step fails.
+pub(super) struct Undo {
+    pub hypervisor: Arc<dyn Hypervisor>,
+    pub placement: Arc<PlacementState>,
+    pub uuid: String,
     /// The agent's store: a domain is this create's only if its metadata names it.
-    store: PathBuf,
-    claimed: bool,
-    files: Option<GuestFiles>,
+    pub store: PathBuf,
+    pub claimed: bool,
+    pub files: Option<GuestFiles>,
     /// The boot volume made for the guest, by name, and the store it is in.
-    volume: Option<(String, Arc<Guests>)>,
+    pub volume: Option<(String, Arc<Guests>)>,
     /// The define was asked for (it may have failed, or found another domain in the way).
-    defined: bool,
+    pub defined: bool,
 }
 
 impl Undo {
@@ -49,7 +50,7 @@ impl Undo {
             .any(|d| d.uuid == self.uuid && d.intent.as_ref().is_ok_and(|i| i.store == self.store)))
     }
 
-    fn run(self) {
+    pub(super) fn run(self) {
         if self.defined {
             match self.own_domain() {
                 Ok(false) => {}

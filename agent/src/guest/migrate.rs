@@ -396,32 +396,28 @@ impl Guests {
     }
 
     /// Removes what an arrival made: the domain libvirt may have defined (`domain`), the
-    /// files, the claim.
+    /// files, the claim — as a failed create does (a domain that cannot be removed keeps its
+    /// files and claim).
     async fn undo_arrival(&self, uuid: &str, domain: bool) {
-        let hypervisor = self.hypervisor.clone();
-        let (files, u, store) = (
-            GuestFiles::new(&self.storage_root, uuid),
-            uuid.to_string(),
-            self.storage_root.clone(),
-        );
+        let undo = super::create::Undo {
+            hypervisor: self.hypervisor.clone(),
+            placement: self.placement.clone(),
+            uuid: uuid.to_string(),
+            store: self.storage_root.clone(),
+            claimed: true,
+            files: Some(GuestFiles::new(&self.storage_root, uuid)),
+            volume: None,
+            defined: domain,
+        };
         let undone = self
             .blocking(move || {
-                if domain {
-                    let own = hypervisor
-                        .guests()?
-                        .iter()
-                        .any(|d| d.uuid == u && d.intent.as_ref().is_ok_and(|i| i.store == store));
-                    if own {
-                        hypervisor.remove(&u)?;
-                    }
-                }
-                files.remove().map_err(GuestError::Files)
+                undo.run();
+                Ok(())
             })
             .await;
         if let Err(e) = undone {
             tracing::error!(vm = %uuid, error = %e, "cannot remove what the migration made here");
         }
-        let _ = self.placement.lock().release(uuid);
     }
 
     /// Source side: moves running guest `uuid` live to the node `peer` reaches. On any
@@ -499,9 +495,14 @@ impl Guests {
         tracing::info!(vm = %uuid, to = %target.libvirt_uri, "migrating");
         let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
-        let moved = self
-            .blocking(move || hypervisor.migrate(&u, &target).map_err(GuestError::from))
-            .await;
+        // Not on the libvirt call permits (`blocking`): a live migration lasts as long as the
+        // guest's memory takes to copy, and a few at once would starve every other call.
+        let moved = tokio::task::spawn_blocking(move || {
+            hypervisor.migrate(&u, &target).map_err(GuestError::from)
+        })
+        .await
+        .map_err(GuestError::Task)
+        .and_then(|r| r);
         if let Err(e) = moved {
             tracing::warn!(vm = %uuid, error = %e, "migration failed; the guest runs on here");
             if let Err(abort) = peer.abort(&uuid).await {
