@@ -159,7 +159,7 @@ fn agent_error(e: virt::error::Error) -> AgentError {
 impl Libvirt {
     /// The domain `uuid`, its agent response timeout set (see the module's comment).
     fn agent_domain(&self, uuid: &str) -> Result<Domain, AgentError> {
-        let d = self.domain(uuid)?;
+        let d = self.waiting_domain(uuid)?;
         // SAFETY: a live domain handle; the call takes no pointers.
         let set =
             unsafe { sys::virDomainAgentSetResponseTimeout(d.as_ptr(), AGENT_TIMEOUT_SECS, 0) };

@@ -97,16 +97,38 @@ fn device_call(
     }
 }
 
+/// Domain `uuid` on `conn`; `NotFound` when libvirt has no such domain.
+fn lookup(conn: &virt::connect::Connect, uuid: &str) -> Result<Domain, DomainError> {
+    conn.lookup_domain_by_uuid_string(uuid).map_err(|e| {
+        if e.code() == Enum::Known(virt::error::ErrorNumber::NoDomain) {
+            DomainError::NotFound(uuid.to_string())
+        } else {
+            failed(e)
+        }
+    })
+}
+
 impl Libvirt {
     pub(super) fn domain(&self, uuid: &str) -> Result<Domain, DomainError> {
-        let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
-        conn.lookup_domain_by_uuid_string(uuid).map_err(|e| {
-            if e.code() == Enum::Known(virt::error::ErrorNumber::NoDomain) {
-                DomainError::NotFound(uuid.to_string())
-            } else {
-                failed(e)
-            }
-        })
+        lookup(
+            &self.conn().map_err(|e| DomainError::Unreachable(e.0))?,
+            uuid,
+        )
+    }
+
+    /// Domain `uuid` on a connection of its own, closed when the handle is dropped: for calls
+    /// that wait on the guest's QEMU (its monitor, its guest agent, a device it must release,
+    /// a migration). libvirt's client has one thread at a time do a connection's I/O for
+    /// every call on it, and one such call held by a QEMU that does not answer delayed every
+    /// other call on the shared connection by seconds (tests/tests/starvation.rs: ListVms and
+    /// GetVm beside stops of a frozen guest took 2-3 s, 5-12 ms on their own connection).
+    /// Opening one costs a few milliseconds.
+    pub(super) fn waiting_domain(&self, uuid: &str) -> Result<Domain, DomainError> {
+        lookup(
+            &super::connection::open_within(self.uri())
+                .map_err(|e| DomainError::Unreachable(e.0))?,
+            uuid,
+        )
     }
 }
 
@@ -126,7 +148,7 @@ impl Hypervisor for Libvirt {
     }
 
     fn shutdown(&self, uuid: &str) -> Result<(), DomainError> {
-        self.domain(uuid)?.shutdown().map_err(failed)
+        self.waiting_domain(uuid)?.shutdown().map_err(failed)
     }
 
     fn destroy(&self, uuid: &str) -> Result<(), DomainError> {
@@ -141,7 +163,7 @@ impl Hypervisor for Libvirt {
     }
 
     fn reboot(&self, uuid: &str, hard: bool) -> Result<(), DomainError> {
-        let d = self.domain(uuid)?;
+        let d = self.waiting_domain(uuid)?;
         if hard {
             d.reset().map_err(failed)
         } else {
@@ -150,11 +172,11 @@ impl Hypervisor for Libvirt {
     }
 
     fn suspend(&self, uuid: &str) -> Result<(), DomainError> {
-        self.domain(uuid)?.suspend().map_err(failed)
+        self.waiting_domain(uuid)?.suspend().map_err(failed)
     }
 
     fn resume(&self, uuid: &str) -> Result<(), DomainError> {
-        self.domain(uuid)?.resume().map_err(failed)
+        self.waiting_domain(uuid)?.resume().map_err(failed)
     }
 
     fn remove(&self, uuid: &str) -> Result<bool, DomainError> {
@@ -239,7 +261,7 @@ impl Hypervisor for Libvirt {
     }
 
     fn migrate(&self, uuid: &str, target: &MigrationTarget) -> Result<(), DomainError> {
-        let d = self.domain(uuid)?;
+        let d = self.waiting_domain(uuid)?;
         let params = virt::domain::MigrateParameters {
             dest_xml: Some(target.dest_xml.clone()),
             uri: Some(target.migrate_uri.clone()),
@@ -259,17 +281,17 @@ impl Hypervisor for Libvirt {
     }
 
     fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
-        let d = self.domain(uuid)?;
+        let d = self.waiting_domain(uuid)?;
         device_call(&d, |flags| d.attach_device_flags(xml, flags))
     }
 
     fn detach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
-        let d = self.domain(uuid)?;
+        let d = self.waiting_domain(uuid)?;
         device_call(&d, |flags| d.detach_device_flags(xml, flags))
     }
 
     fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
-        self.domain(uuid)?
+        self.waiting_domain(uuid)?
             .detach_device_flags(xml, sys::VIR_DOMAIN_AFFECT_LIVE)
             .map_err(failed)
     }
