@@ -513,7 +513,7 @@ pub enum NodeCommand {
         flavors: Vec<String>,
     },
     /// Node conditions (Ready, LibvirtDisconnected, MemoryPressure, CpuPressure,
-    /// DiskPressure, PinningViolation, EmulationOnly) and the key figures: CPU, memory,
+    /// DiskPressure, PinningViolation, EmulationOnly, Draining) and the key figures: CPU, memory,
     /// hugepages, image store, open pinning violations, and each guest's state, steal and the
     /// age of its figures (docs/health.md).
     Health {
@@ -525,6 +525,18 @@ pub enum NodeCommand {
         #[arg(long, value_name = "SECONDS", requires = "watch")]
         interval: Option<f64>,
     },
+    /// Drain the node for maintenance: from now on it admits no new guests (kept across agent
+    /// restarts until `hvctl node undrain`; Placement sees COMPUTE_STATUS_DISABLED), then
+    /// every running guest moves live, one at a time, to the first target agent that takes
+    /// it. Prints what moved where and what stayed and why; exits 1 when a guest stayed.
+    /// Run it again to retry those.
+    Drain {
+        /// A target agent's TCP API, HOST:PORT; repeat for more (tried in order, at most 16).
+        #[arg(long = "to", value_name = "HOST:PORT", required = true)]
+        to: Vec<String>,
+    },
+    /// Admit new guests again after a drain (guests that moved away stay where they are).
+    Undrain,
 }
 
 #[derive(Subcommand)]

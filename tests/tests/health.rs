@@ -280,6 +280,7 @@ fn a_real_scrape_passes_promtool_and_agrees_with_proc() {
             "DiskPressure",
             "PinningViolation",
             "EmulationOnly",
+            "Draining",
             "Ready"
         ]
     );

@@ -710,16 +710,12 @@ impl pb::vm_service_server::VmService for VmApi {
         request: Request<pb::MigrateVmRequest>,
     ) -> Result<Response<pb::MigrateVmResponse>, Status> {
         let r = request.into_inner();
-        let Some(files) = self.migration_tls.clone() else {
-            return Err(Status::failed_precondition(
-                "this node cannot reach other agents: set [migration] tls_cert, tls_key and server_ca",
-            ));
-        };
-        let guests = self.guests.clone();
+        let (guests, files) = (self.guests.clone(), self.migration_tls.clone());
         let migrated = self
             .mutations
             .run(
                 async move {
+                    let files = super::migration::TargetAgent::identity(files)?;
                     let target = super::migration::TargetAgent::connect(&r.target, &files).await?;
                     guests.migrate(&r.uuid, &target).await
                 },

@@ -95,6 +95,15 @@ pub struct TargetAgent {
 }
 
 impl TargetAgent {
+    /// This node's identity towards other agents (`[migration]`), or why there is none.
+    pub fn identity(files: Option<Files>) -> Result<Files, GuestError> {
+        files.ok_or_else(|| {
+            GuestError::Precondition(
+                "this node cannot reach other agents: set [migration] tls_cert, tls_key and server_ca".into(),
+            )
+        })
+    }
+
     /// Connects to the target agent at `endpoint` (`HOST:PORT`) with mutual TLS.
     pub async fn connect(endpoint: &str, files: &Files) -> Result<TargetAgent, GuestError> {
         let invalid = || {

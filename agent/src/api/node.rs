@@ -17,6 +17,14 @@ pub struct NodeApi {
     placement: Arc<PlacementState>,
     health: Arc<Health>,
     guests: Guests,
+    drain: Option<Drain>,
+}
+
+/// What Drain needs: the guests, the mutation limit, this node's identity towards others.
+struct Drain {
+    vms: Arc<crate::guest::Guests>,
+    mutations: super::Mutations,
+    tls: Option<hvagent_core::tls::Files>,
 }
 
 /// How guests run here, as the Placement view names it: the daemon's emulation choice, or
@@ -41,7 +49,29 @@ impl NodeApi {
             placement,
             health,
             guests: provider_guests(emulation),
+            drain: None,
         }
+    }
+
+    /// Serves Drain and Undrain over `vms`, reaching targets with `tls` (`[migration]`).
+    pub fn with_drain(
+        mut self,
+        vms: Arc<crate::guest::Guests>,
+        mutations: super::Mutations,
+        tls: Option<hvagent_core::tls::Files>,
+    ) -> Self {
+        self.drain = Some(Drain {
+            vms,
+            mutations,
+            tls,
+        });
+        self
+    }
+
+    fn drainer(&self) -> Result<&Drain, Status> {
+        self.drain
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this agent serves no guests to drain"))
     }
 
     pub fn into_service(self) -> pb::node_service_server::NodeServiceServer<Self> {
@@ -119,6 +149,65 @@ impl pb::node_service_server::NodeService for NodeApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let d = self.drainer()?;
+        let targets = request.into_inner().targets;
+        let (vms, tls) = (d.vms.clone(), d.tls.clone());
+        let report = d
+            .mutations
+            .run(
+                async move {
+                    // Refused before the node stops admitting: without an identity no guest
+                    // could leave.
+                    let tls = super::migration::TargetAgent::identity(tls)?;
+                    vms.drain(&targets, |t| {
+                        let tls = tls.clone();
+                        async move { super::migration::TargetAgent::connect(&t, &tls).await }
+                    })
+                    .await
+                },
+                super::guest::status,
+            )
+            .await?;
+        Ok(Response::new(pb::DrainResponse {
+            moved: report
+                .moved
+                .into_iter()
+                .map(|m| pb::DrainedVm {
+                    uuid: m.uuid,
+                    target: m.target,
+                    elapsed_ms: m.elapsed.as_millis() as u64,
+                })
+                .collect(),
+            stayed: report
+                .stayed
+                .into_iter()
+                .map(|s| pb::StayedVm {
+                    uuid: s.uuid,
+                    reason: s.reason,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn undrain(
+        &self,
+        _request: Request<pb::UndrainRequest>,
+    ) -> Result<Response<pb::UndrainResponse>, Status> {
+        let d = self.drainer()?;
+        let vms = d.vms.clone();
+        d.mutations
+            .run(
+                async move { vms.set_draining(false).await },
+                super::guest::status,
+            )
+            .await?;
+        Ok(Response::new(pb::UndrainResponse {}))
     }
 }
 

@@ -61,6 +61,8 @@ pub const SERVICES: &[Service] = &[
             read("GetCapacity"),
             read("GetHealth"),
             read("WatchHealth"),
+            control("Drain"),
+            control("Undrain"),
         ],
     },
     Service {

@@ -165,6 +165,8 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .with_firmware(local.hypervisor.firmware.clone())
         .with_migration(config.migration.settings(config.libvirt.partition.clone())),
     );
+    // Before anything can claim: a drain outlives the agent until Undrain.
+    guests.restore_draining();
     // Guests started after a host reboot need their networks' bridges, which the reboot
     // took too: the resume waits for the first network reconcile.
     let (reconciled, networks_ready) = tokio::sync::watch::channel(false);
@@ -252,6 +254,11 @@ pub async fn run(config: Config, trial_exe: PathBuf) -> Result<(), DaemonError> 
         .add_service(reflection_v1alpha)
         .add_service(
             NodeApi::new(node, placement.clone(), health.clone(), &guests.emulation())
+                .with_drain(
+                    guests.clone(),
+                    mutations.clone(),
+                    config.migration.client_files(),
+                )
                 .into_service(),
         )
         .add_service(FlavorApi::new(placement.clone()).into_service())

@@ -12,6 +12,7 @@
 mod busy;
 mod console;
 mod create;
+mod drain;
 mod error;
 mod guest_info;
 mod lifecycle;
@@ -38,6 +39,7 @@ use crate::placement::PlacementState;
 use crate::storage::{GuestFiles, ImageStore, VolumeStore};
 
 pub use console::{ConsoleEnd, ConsoleEvent, ConsoleSession};
+pub use drain::{DrainReport, Moved, Stayed};
 pub use error::GuestError;
 pub use guest_info::{CONSISTENCY_PROPERTY, Consistency, GuestInfo};
 pub use lifecycle::{

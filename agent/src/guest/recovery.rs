@@ -12,6 +12,12 @@ use crate::placement::allocator::is_uuid;
 /// Rebuilds the allocator from stored claims, leaving out (and logging) the ones that
 /// conflict with those accepted before them.
 pub fn rebuild(template: &Allocator, claims: Vec<Claim>) -> Allocator {
+    let mut rebuilt = rebuild_claims(template, claims);
+    rebuilt.set_draining(template.is_draining());
+    rebuilt
+}
+
+fn rebuild_claims(template: &Allocator, claims: Vec<Claim>) -> Allocator {
     let topo = template.topology().clone();
     let policy = template.policy().clone();
     if let Ok(a) = Allocator::rebuild(topo.clone(), policy.clone(), claims.clone()) {

@@ -119,7 +119,7 @@ pub struct Resumed {
 
 /// `text` written whole to `path`: a temporary file beside it, synced, renamed over it, and
 /// the directory synced, so a crash leaves the old record or the new one.
-fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()

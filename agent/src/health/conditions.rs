@@ -51,6 +51,8 @@ pub struct Inputs {
     pub violations: Vec<String>,
     /// The reporter's view of Placement; `None`: not reporting (`[placement_api]` unset).
     pub placement_api: Option<crate::placement_api::status::Sync>,
+    /// The node drains (NodeService.Drain): it admits no new guest.
+    pub draining: bool,
 }
 
 impl Default for Inputs {
@@ -60,6 +62,7 @@ impl Default for Inputs {
             emulation: Ok(false),
             violations: Vec::new(),
             placement_api: None,
+            draining: false,
         }
     }
 }
@@ -211,6 +214,24 @@ pub fn evaluate(host: &HostSample, inputs: &Inputs, t: &Thresholds) -> Vec<Condi
         Err(e) => cond("EmulationOnly", false, "NoGuests", e.clone()),
     });
 
+    // Not blocking Ready: a planned drain is not a fault (a cordoned Kubernetes node stays
+    // Ready); the control plane sees it here, in capacity and in Placement.
+    out.push(if inputs.draining {
+        cond(
+            "Draining",
+            true,
+            "Draining",
+            "the node drains: it admits no new guests until NodeService.Undrain".into(),
+        )
+    } else {
+        cond(
+            "Draining",
+            false,
+            "Admitting",
+            "the node admits new guests".into(),
+        )
+    });
+
     // Not blocking: the node still takes guests; a scheduler that goes by Placement may not
     // send it any (or send what Placement wrongly offers) until it is in sync again.
     if let Some(sync) = &inputs.placement_api {
@@ -313,9 +334,25 @@ mod tests {
                 ("DiskPressure", false),
                 ("PinningViolation", false),
                 ("EmulationOnly", false),
+                ("Draining", false),
                 ("Ready", true),
             ]
         );
+    }
+
+    /// A draining node says so, and stays Ready: a planned drain is no fault.
+    #[test]
+    fn a_draining_node_says_so_and_stays_ready() {
+        let inputs = Inputs {
+            draining: true,
+            ..Inputs::default()
+        };
+        let cs = evaluate(&host(), &inputs, &Thresholds::default());
+        let d = get(&cs, "Draining");
+        assert!(d.status);
+        assert_eq!(d.reason, "Draining");
+        assert!(d.message.contains("Undrain"), "{}", d.message);
+        assert!(get(&cs, "Ready").status);
     }
 
     #[test]

@@ -359,6 +359,7 @@ impl Health {
                 .map(|v| v.violation.line())
                 .collect(),
             placement_api: self.placement_api.get().map(|s| s.sync()),
+            draining: self.placement.lock().is_draining(),
         };
         let evaluated = conditions::evaluate(&host, &inputs, &self.settings.thresholds);
         carry.conditions = conditions::carry_since(&carry.conditions, evaluated, taken);

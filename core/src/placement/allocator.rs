@@ -31,6 +31,9 @@ pub struct Allocator {
     /// Request id → VM UUID.
     requests: HashMap<String, String>,
     generation: u64,
+    /// The node is being drained: no new claim is taken (NodeService.Drain; Placement sees
+    /// COMPUTE_STATUS_DISABLED, capacity is 0).
+    draining: bool,
 }
 
 /// Stored claims that cannot all hold at once; each line names the guests involved.
@@ -38,6 +41,15 @@ pub struct Allocator {
 #[error("stored claims conflict: {}", conflicts.join("; "))]
 pub struct RebuildError {
     pub conflicts: Vec<String>,
+}
+
+/// What a claim asked for on a draining node gets.
+pub fn draining_refusal() -> Refusal {
+    Refusal::new(
+        RefusalKind::Precondition,
+        "draining",
+        "the node is draining: it admits no new guests until NodeService.Undrain (hvctl node undrain)",
+    )
 }
 
 fn invalid(field: &str, rule: &str) -> Refusal {
@@ -81,6 +93,7 @@ impl Allocator {
             claims: BTreeMap::new(),
             requests: HashMap::new(),
             generation: 0,
+            draining: false,
         })
     }
 
@@ -102,6 +115,20 @@ impl Allocator {
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether the node admits no new claims.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Stops (`true`) or resumes admitting new claims; a change bumps the generation, so
+    /// that the Placement reporter sends the node's status.
+    pub fn set_draining(&mut self, draining: bool) {
+        if self.draining != draining {
+            self.draining = draining;
+            self.generation += 1;
+        }
     }
 
     /// Claims ordered by VM UUID.
@@ -180,6 +207,11 @@ impl Allocator {
                     entry.claim.request_id, entry.claim.flavor
                 ),
             ));
+        }
+        // After the checks above: a retried request for a claim taken before the drain still
+        // answers with that claim.
+        if self.draining {
+            return Err(draining_refusal());
         }
         admission::check(&req.flavor, &self.topo)?;
         let need = Need::new(&req.flavor, &self.policy);
@@ -460,6 +492,54 @@ mod rekey_tests {
             flavor: spec("SCS-2Ci-1u"),
         };
         assert_eq!(alloc.claim(&again, 0).unwrap(), before);
+    }
+
+    /// A draining node takes no new claim (Create, Reserve, a resize's or an arrival's) and
+    /// says why; what it holds stays, retries of its requests still answer, releases go on,
+    /// and undraining admits again. Each change of the state moves the generation once.
+    #[test]
+    fn a_draining_node_admits_nothing_new_and_keeps_what_it_holds() {
+        let mut alloc = alloc_with(&["SCS-2Ci-1u"]);
+        let held = alloc.get(&uuid(0)).unwrap().clone();
+        let generation = alloc.generation();
+        alloc.set_draining(true);
+        alloc.set_draining(true);
+        assert!(alloc.is_draining());
+        assert_eq!(alloc.generation(), generation + 1);
+        let before = format!("{alloc:?}");
+        let new = |n: u64| ClaimRequest {
+            vm_uuid: uuid(n),
+            request_id: format!("r{n}"),
+            flavor: spec("SCS-1Vi-1u"),
+        };
+        for refused in [alloc.claim(&new(5), 0), alloc.reserve(&new(6), 0, 60_000)] {
+            let r = refused.unwrap_err();
+            assert_eq!(r.kind, RefusalKind::Precondition);
+            assert_eq!(r.limited_by, "draining");
+            assert!(r.message.contains("Undrain"), "{r}");
+        }
+        assert_eq!(
+            format!("{alloc:?}"),
+            before,
+            "a refusal changed the allocator"
+        );
+        let retried = ClaimRequest {
+            vm_uuid: uuid(0),
+            request_id: "r0".into(),
+            flavor: spec("SCS-2Ci-1u"),
+        };
+        assert_eq!(alloc.claim(&retried, 0).unwrap(), held);
+        let capacity = alloc.capacity(&spec("SCS-1Vi-1u"));
+        assert_eq!(
+            (capacity.more, capacity.limited_by.as_str()),
+            (0, "draining")
+        );
+        assert!(capacity.per_numa_node.iter().all(|(_, n)| *n == 0));
+        assert_eq!(alloc.release(&uuid(0)).unwrap(), held);
+        alloc.set_draining(false);
+        assert!(!alloc.is_draining());
+        assert!(alloc.capacity(&spec("SCS-1Vi-1u")).more > 0);
+        alloc.claim(&new(5), 0).unwrap();
     }
 
     #[test]

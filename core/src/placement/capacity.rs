@@ -30,7 +30,12 @@ impl Allocator {
     pub fn capacity(&self, spec: &FlavorSpec) -> Capacity {
         let flavor = spec.name();
         let nodes = &self.topology().nodes;
-        if let Err(r) = admission::check(spec, self.topology()) {
+        let admitted = if self.is_draining() {
+            Err(super::allocator::draining_refusal())
+        } else {
+            admission::check(spec, self.topology())
+        };
+        if let Err(r) = admitted {
             return Capacity {
                 flavor,
                 more: 0,

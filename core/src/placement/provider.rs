@@ -386,6 +386,11 @@ fn traits(alloc: &Allocator, host: &Inventory, guests: Guests) -> Vec<String> {
     }
     out.extend(firmware_traits(&host.hypervisor.firmware));
     out.extend(policy_traits(alloc.policy()));
+    // Nova's trait for a disabled compute service: the scheduler's pre-filter leaves the
+    // node out while it drains.
+    if alloc.is_draining() {
+        out.push(COMPUTE_STATUS_DISABLED.into());
+    }
     out.sort();
     out.dedup();
     out

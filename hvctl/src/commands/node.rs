@@ -1,4 +1,4 @@
-//! `hvctl node inventory|capacity|health`.
+//! `hvctl node inventory|capacity|health|drain|undrain`.
 
 use std::process::ExitCode;
 
@@ -34,6 +34,24 @@ pub async fn run(output: Output, agent: &str, node: &mut Node, command: NodeComm
             watch: true,
             interval,
         } => watch_health(output, agent, node, interval).await,
+        NodeCommand::Drain { to } => match node.drain(pb::DrainRequest { targets: to }).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let printed = super::print(output, &r, render::drained);
+                if r.stayed.is_empty() {
+                    printed
+                } else {
+                    ExitCode::from(super::EXIT_CALL_FAILED)
+                }
+            }
+            Err(status) => fail(agent, &status),
+        },
+        NodeCommand::Undrain => answer(
+            output,
+            agent,
+            node.undrain(pb::UndrainRequest {}).await,
+            |_| "node admitting new guests\n".into(),
+        ),
     }
 }
 

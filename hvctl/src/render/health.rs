@@ -151,3 +151,28 @@ pub fn health(h: &pb::Health) -> String {
     }
     out
 }
+
+/// What a drain did: the guests that moved and where, then those that stayed and why.
+pub fn drained(d: &pb::DrainResponse) -> String {
+    let mut t = Table::new(&["GUEST", "RESULT", "WHERE / WHY"]);
+    for m in &d.moved {
+        t.row(vec![
+            m.uuid.clone(),
+            "moved".into(),
+            format!("{} ({:.1} s)", m.target, m.elapsed_ms as f64 / 1000.0),
+        ]);
+    }
+    for s in &d.stayed {
+        t.row(vec![s.uuid.clone(), "stayed".into(), s.reason.clone()]);
+    }
+    format!(
+        "node draining: it admits no new guests until `hvctl node undrain`; {} moved, {} stayed\n{}",
+        d.moved.len(),
+        d.stayed.len(),
+        if d.moved.is_empty() && d.stayed.is_empty() {
+            String::new()
+        } else {
+            t.render()
+        }
+    )
+}

@@ -13,7 +13,7 @@ mod vms;
 mod volumes;
 
 pub use flavors::{Explained, explained, flavor, placement_request, standard_flavors};
-pub use health::health;
+pub use health::{drained, health};
 pub use images::{images, progress};
 pub use inventory::inventory;
 pub use networks::networks;

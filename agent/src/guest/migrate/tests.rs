@@ -360,3 +360,132 @@ async fn a_lost_finish_still_frees_the_source() {
         DomainState::Running
     );
 }
+
+/// A drain moves each running guest to the first target that takes it, reports the rest
+/// with every target's answer (one unreachable, one full), leaves a stopped guest, connects
+/// to each target once, and from its start admits nothing new until Undrain.
+#[tokio::test]
+async fn a_drain_moves_what_fits_and_says_why_the_rest_stays() {
+    const FITS: &str = "00000000-0000-4000-8000-000000000001";
+    const NO_ROOM: &str = "00000000-0000-4000-8000-000000000002";
+    const STOPPED: &str = "00000000-0000-4000-8000-000000000003";
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(FITS, "fits").await;
+    source.create(NO_ROOM, "no-room").await;
+    source
+        .guests
+        .create(CreateRequest {
+            uuid: STOPPED.into(),
+            name: "stopped".into(),
+            flavor: "SCS-1Vi-0.5u-5".into(),
+            image: "img".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    source
+        .guests
+        .stop(STOPPED, true, std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    // The target has room for one more of these guests (their memory on the NUMA nodes of
+    // their CPUs: two fit).
+    target.create(HOLDER, "holder").await;
+    let stays = source.placement.lock().get(NO_ROOM).cloned().unwrap();
+    let connects = std::sync::atomic::AtomicUsize::new(0);
+    let (target_ref, connects_ref) = (&target, &connects);
+    let targets = vec!["down:1".to_string(), "up:2".to_string()];
+    let report = source
+        .guests
+        .drain(&targets, |t| async move {
+            connects_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if t == "down:1" {
+                Err(GuestError::Unavailable("cannot reach the agent".into()))
+            } else {
+                Ok(peer(target_ref))
+            }
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(connects.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        report
+            .moved
+            .iter()
+            .map(|m| (m.uuid.as_str(), m.target.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(FITS, "up:2")]
+    );
+    source.holds_nothing_of(FITS);
+    assert_eq!(
+        target.guests.get(FITS).await.unwrap().state,
+        DomainState::Running
+    );
+    let stayed: BTreeMap<&str, &str> = report
+        .stayed
+        .iter()
+        .map(|s| (s.uuid.as_str(), s.reason.as_str()))
+        .collect();
+    assert_eq!(stayed.len(), 2, "{stayed:?}");
+    let no_room = stayed[NO_ROOM];
+    assert!(
+        no_room.starts_with("down:1: cannot reach the agent; up:2: dedicated memory"),
+        "{no_room}"
+    );
+    assert!(stayed[STOPPED].contains("shut off"), "{}", stayed[STOPPED]);
+    source.has(NO_ROOM, &stays);
+    target.holds_nothing_of(NO_ROOM);
+
+    // Draining: nothing new is admitted here, a retried Create of a held guest still answers.
+    assert!(source.guests.draining());
+    assert!(source.root.path().join("draining").is_file());
+    let refused = source
+        .guests
+        .create(CreateRequest {
+            uuid: MOVER.into(),
+            name: "late".into(),
+            flavor: FLAVOR.into(),
+            image: "img".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, GuestError::Refused(r) if r.limited_by == "draining"),
+        "{refused:?}"
+    );
+    source.holds_nothing_of(MOVER);
+    // Bad targets change nothing.
+    let bad = source
+        .guests
+        .drain(&[], |_| async { Ok(peer(target_ref)) })
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, GuestError::Invalid(_)), "{bad:?}");
+
+    source.guests.set_draining(false).await.unwrap();
+    assert!(!source.guests.draining());
+    assert!(!source.root.path().join("draining").exists());
+    source.create(MOVER, "late").await;
+}
+
+/// The drain marker outlives the agent: a Guests over the same store (a restart) admits
+/// nothing until Undrain.
+#[tokio::test]
+async fn a_restarted_agent_is_still_draining() {
+    let node = Node::new(1 << 30).await;
+    node.guests.set_draining(true).await.unwrap();
+    node.placement.lock().set_draining(false);
+    assert!(!node.guests.draining());
+    node.guests.restore_draining();
+    assert!(node.guests.draining());
+    let capacity = node
+        .placement
+        .lock()
+        .capacity(&crate::flavor::parse(FLAVOR).unwrap().spec);
+    assert_eq!(
+        (capacity.more, capacity.limited_by.as_str()),
+        (0, "draining")
+    );
+}

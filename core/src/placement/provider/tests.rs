@@ -117,6 +117,29 @@ fn numa_fixture_inventory() {
     assert!(kvm.traits.contains(&"HW_CPU_X86_AVX2".to_string()));
     let off = provider_inventory(&alloc, &inv, Guests::Unavailable);
     assert!(off.traits.contains(&COMPUTE_STATUS_DISABLED.to_string()));
+    // A draining node is disabled for the scheduler, once, and enabled again after.
+    let mut draining = alloc.clone();
+    draining.set_draining(true);
+    let drained = provider_inventory(&draining, &inv, Guests::Emulated).traits;
+    assert_eq!(
+        drained
+            .iter()
+            .filter(|x| *x == COMPUTE_STATUS_DISABLED)
+            .count(),
+        1
+    );
+    assert_eq!(
+        drained
+            .iter()
+            .filter(|x| *x != COMPUTE_STATUS_DISABLED)
+            .collect::<Vec<_>>(),
+        t.iter().collect::<Vec<_>>()
+    );
+    draining.set_draining(false);
+    assert_eq!(
+        &provider_inventory(&draining, &inv, Guests::Emulated).traits,
+        t
+    );
 }
 
 /// Secure Boot and a vTPM are offered as os-traits' COMPUTE_SECURITY_* where the node has the
