@@ -5,7 +5,8 @@
 //! target it runs on the target agent's claim (vcpupin, emulatorpin, numatune as libvirt
 //! reports them); the source's claims and files are gone and the target holds exactly the
 //! claim; a target without the guest's image refuses and a migration cancelled midway leaves
-//! the guest running on the source unchanged and nothing on the target.
+//! the guest running on the source unchanged and nothing on the target; a drain moves the
+//! guest that fits, reports the one that fits nowhere (it runs on) and admits nothing new.
 
 mod common;
 
@@ -287,7 +288,11 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
     let endpoint = format!("127.0.0.1:{port}");
     let a = "6d160000-0000-4000-8000-00000000000a";
     let b = "6d160000-0000-4000-8000-00000000000b";
-    let _cleanup = Cleanup(vec![a.into(), b.into()]);
+    let c = "6d160000-0000-4000-8000-00000000000c";
+    // Target holders: this prefix and a digit.
+    let d = "6d160000-0000-4000-8000-0000000000d";
+    let late = "6d160000-0000-4000-8000-00000000000e";
+    let _cleanup = Cleanup(vec![a.into(), b.into(), c.into(), late.into()]);
     runtime().block_on(async {
         let (src, dst) = (
             hvctl::client::connect(&source.socket).await.unwrap(),
@@ -461,6 +466,124 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
                 .exists()
         );
         target_holds(&node2, &target, &mut places2, b).await;
+
+        // 4. Drain: the target's dedicated cores are all taken, so the dedicated guest (b)
+        // fits nowhere and stays, running, reported with the target's answer; a shared-core
+        // guest (c) moves. The source admits nothing new until undrained.
+        common::virsh(&["migrate-setspeed", b, "100000"]);
+        let node2_api = pb::node_service_client::NodeServiceClient::new(dst.clone());
+        let room = |flavor: &str| {
+            let (mut api, flavor) = (node2_api.clone(), flavor.to_string());
+            async move {
+                api.get_capacity(pb::GetCapacityRequest {
+                    flavors: vec![flavor],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .flavors[0]
+                    .more
+            }
+        };
+        // A shared-core guest first, so that filling the dedicated cores leaves it a pool.
+        let mut holders = vec![format!("{d}f")];
+        let mut floating = create(&holders[0], "floating", "testguest");
+        floating.flavor = "SCS-1Vi-0.5u-2".into();
+        floating.user_data.clear();
+        vms2.create(floating).await.unwrap();
+        while room("SCS-1Ci-0.5u-2").await > 0 {
+            assert!(holders.len() < 16, "the target never filled up");
+            let uuid = format!("{d}{}", holders.len());
+            let mut holder = create(&uuid, &format!("holder{}", holders.len()), "testguest");
+            holder.user_data.clear();
+            vms2.create(holder).await.unwrap();
+            holders.push(uuid);
+        }
+        assert!(
+            room("SCS-1Vi-0.5u-2").await > 0,
+            "the target has no room for a shared-core guest either"
+        );
+        let mut shared = create(c, "shared", "testguest");
+        shared.flavor = "SCS-1Vi-0.5u-2".into();
+        vms.create(shared).await.unwrap();
+        counted_to(&mut vms, c, 2).await;
+        let out = source.hvctl(&["--output", "json", "node", "drain", "--to", &endpoint]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a guest stayed: exit 1; {}",
+            common::stderr(&out)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}\nsource log:\n{}",
+                common::stderr(&out),
+                source.log()
+            )
+        });
+        eprintln!("hvctl node drain: {report}");
+        assert_eq!(report["moved"].as_array().unwrap().len(), 1, "{report}");
+        assert_eq!(report["moved"][0]["uuid"], c);
+        assert_eq!(report["moved"][0]["target"], endpoint.as_str());
+        assert_eq!(report["stayed"].as_array().unwrap().len(), 1, "{report}");
+        assert_eq!(report["stayed"][0]["uuid"], b);
+        let why = report["stayed"][0]["reason"].as_str().unwrap();
+        assert!(
+            why.starts_with(&format!("{endpoint}: target {endpoint} refused Prepare: ")),
+            "{why}"
+        );
+        assert_eq!(get(&mut vms, b).await.unwrap().state, "running");
+        target_holds(&node2, &target, &mut places2, b).await;
+        assert_eq!(get(&mut vms2, c).await.unwrap().state, "running");
+        counted_to(&mut vms2, c, 1).await;
+        assert!(!source.dir.path().join("store/vms").join(c).exists());
+        // Draining: Create is refused, capacity is 0, health says so.
+        let refused = vms
+            .create(create(late, "late", "testguest"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        assert!(refused.message().contains("draining"), "{refused:?}");
+        assert!(!common::domain_exists(late));
+        let mut node = pb::node_service_client::NodeServiceClient::new(src.clone());
+        let capacity = |node: &mut pb::node_service_client::NodeServiceClient<Channel>| {
+            let mut node = node.clone();
+            async move {
+                node.get_capacity(pb::GetCapacityRequest {
+                    flavors: vec!["SCS-1Vi-0.5u-2".into()],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .flavors
+                .remove(0)
+            }
+        };
+        let during = capacity(&mut node).await;
+        assert_eq!((during.more, during.limited_by.as_str()), (0, "draining"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let h = node
+                .get_health(pb::GetHealthRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if h.conditions
+                .iter()
+                .any(|c| c.r#type == "Draining" && c.status)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no Draining condition: {h:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let out = source.hvctl(&["node", "undrain"]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        assert!(capacity(&mut node).await.more > 0);
 
         vms.delete(pb::DeleteVmRequest { uuid: b.into() })
             .await

@@ -139,6 +139,10 @@ pub struct Agent {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub child: Option<Child>,
+    /// Where the agent's stderr (its log) goes in `dir/agent.log` when this run started:
+    /// a file, not a pipe nobody reads, which a long test's log would fill and so block the
+    /// agent's next log line.
+    pub log_from: u64,
 }
 
 impl Agent {
@@ -167,6 +171,7 @@ impl Agent {
             socket,
             config,
             child: None,
+            log_from: 0,
         }
     }
 
@@ -193,11 +198,33 @@ impl Agent {
         cmd
     }
 
+    /// The agent's log file (stderr of every run, appended).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// What the agent logged since this run started.
+    pub fn log(&self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
+            let _ = f.seek(SeekFrom::Start(self.log_from));
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
     pub fn spawn(mut self) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the agent's log");
+        self.log_from = log.metadata().expect("stat the agent's log").len();
         let child = self
             .command()
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()
             .expect("spawn hvagent");
         self.child = Some(child);
@@ -211,11 +238,7 @@ impl Agent {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                panic!("hvagent exited early with {status}: {err}");
+                panic!("hvagent exited early with {status}: {}", self.log());
             }
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
@@ -248,11 +271,7 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        (status, err)
+        (status, self.log())
     }
 
     pub fn hvctl(&self, args: &[&str]) -> Output {
