@@ -4,8 +4,9 @@
 //! test image. Shows: a guest keeps counting across the migration without a reboot; on the
 //! target it runs on the target agent's claim (vcpupin, emulatorpin, numatune as libvirt
 //! reports them); the source's claims and files are gone and the target holds exactly the
-//! claim; a target without the guest's image refuses and a migration cancelled midway leaves
-//! the guest running on the source unchanged and nothing on the target; a drain moves the
+//! claim; a target without the guest's image refuses, a target agent killed while the source
+//! waits for its Prepare and a migration cancelled midway leave the guest running on the
+//! source unchanged and nothing on the target (restarted); a drain moves the
 //! guest that fits, reports the one that fits nowhere (it runs on) and admits nothing new.
 
 mod common;
@@ -284,7 +285,7 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         1,
     );
     std::fs::write(&target.config, config).unwrap();
-    let target = target.spawn();
+    let mut target = target.spawn();
     let endpoint = format!("127.0.0.1:{port}");
     let a = "6d160000-0000-4000-8000-00000000000a";
     let b = "6d160000-0000-4000-8000-00000000000b";
@@ -424,6 +425,35 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             .await
             .unwrap();
         let claims_before = common::claims(&mut places).await;
+
+        // 3a. The target agent dies while the source waits for its Prepare (frozen with
+        // SIGSTOP as the call arrives, then SIGKILL): the source answers the error, the guest
+        // runs on unchanged, and the restarted target holds nothing of it.
+        let frozen = nix::unistd::Pid::from_raw(target.pid());
+        nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let mut migrating = vms.clone();
+        let (u, e) = (b.to_string(), endpoint.clone());
+        let call = tokio::spawn(async move {
+            migrating
+                .migrate(pb::MigrateVmRequest { uuid: u, target: e })
+                .await
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !call.is_finished(),
+            "the migration did not wait for the target"
+        );
+        target.stop_with(nix::sys::signal::Signal::SIGKILL);
+        let lost = call.await.unwrap().unwrap_err();
+        assert_eq!(lost.code(), tonic::Code::Unavailable, "{lost:?}");
+        assert!(lost.message().contains(&endpoint), "{lost:?}");
+        assert_eq!(get(&mut vms, b).await.unwrap().state, "running");
+        assert_eq!(common::claims(&mut places).await, claims_before);
+        target.respawn();
+        let dst = hvctl::client::connect(&target.socket).await.unwrap();
+        let (mut vms2, mut places2) = (Vms::new(dst.clone()), Placement::new(dst.clone()));
+        target_holds(&node2, &target, &mut places2, b).await;
+
         // 1 MiB/s: the copy takes long enough to be cancelled.
         common::virsh(&["migrate-setspeed", b, "1"]);
         let mut migrating = vms.clone();

@@ -215,6 +215,13 @@ impl Agent {
     }
 
     pub fn spawn(mut self) -> Agent {
+        self.respawn();
+        self
+    }
+
+    /// Starts the agent (again, after `stop_with`) on the same directory, waiting until it
+    /// serves.
+    pub fn respawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -229,7 +236,6 @@ impl Agent {
             .expect("spawn hvagent");
         self.child = Some(child);
         self.wait_serving();
-        self
     }
 
     fn wait_serving(&mut self) {
