@@ -212,6 +212,16 @@ fn create(uuid: &str, name: &str, image: &str) -> pb::CreateVmRequest {
     }
 }
 
+/// `VmService.Migrate` of `uuid` to `target`, running while the test goes on.
+fn migrate_in_background(
+    vms: &Vms,
+    uuid: &str,
+    target: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::MigrateVmResponse>, tonic::Status>> {
+    let (mut vms, uuid, target) = (vms.clone(), uuid.to_string(), target.to_string());
+    tokio::spawn(async move { vms.migrate(pb::MigrateVmRequest { uuid, target }).await })
+}
+
 /// Waits until the guest's console shows the counter at `n` or more.
 async fn counted_to(vms: &mut Vms, uuid: &str, n: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -431,13 +441,7 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         // runs on unchanged, and the restarted target holds nothing of it.
         let frozen = nix::unistd::Pid::from_raw(target.pid());
         nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP).unwrap();
-        let mut migrating = vms.clone();
-        let (u, e) = (b.to_string(), endpoint.clone());
-        let call = tokio::spawn(async move {
-            migrating
-                .migrate(pb::MigrateVmRequest { uuid: u, target: e })
-                .await
-        });
+        let call = migrate_in_background(&vms, b, &endpoint);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(
             !call.is_finished(),
@@ -456,13 +460,7 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
 
         // 1 MiB/s: the copy takes long enough to be cancelled.
         common::virsh(&["migrate-setspeed", b, "1"]);
-        let mut migrating = vms.clone();
-        let (u, e) = (b.to_string(), endpoint.clone());
-        let call = tokio::spawn(async move {
-            migrating
-                .migrate(pb::MigrateVmRequest { uuid: u, target: e })
-                .await
-        });
+        let call = migrate_in_background(&vms, b, &endpoint);
         let deadline = Instant::now() + Duration::from_secs(120);
         while !common::virsh(&["domjobinfo", b]).contains("Unbounded") {
             if call.is_finished() {
