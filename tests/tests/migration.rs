@@ -5,8 +5,8 @@
 //! target it runs on the target agent's claim (vcpupin, emulatorpin, numatune as libvirt
 //! reports them); the source's claims and files are gone and the target holds exactly the
 //! claim; a target without the guest's image refuses, a target agent killed while the source
-//! waits for its Prepare and a migration cancelled midway leave the guest running on the
-//! source unchanged and nothing on the target (restarted); a drain moves the
+//! connects to it and a migration cancelled midway leave the guest running on the source
+//! unchanged and nothing on the target (restarted); a drain moves the
 //! guest that fits, reports the one that fits nowhere (it runs on) and admits nothing new.
 
 mod common;
@@ -436,9 +436,11 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             .unwrap();
         let claims_before = common::claims(&mut places).await;
 
-        // 3a. The target agent dies while the source waits for its Prepare (frozen with
-        // SIGSTOP as the call arrives, then SIGKILL): the source answers the error, the guest
-        // runs on unchanged, and the restarted target holds nothing of it.
+        // 3a. The target agent dies while the source waits for it (frozen with SIGSTOP before
+        // the call, so the source waits in the TLS handshake, then SIGKILL): the source
+        // answers UNAVAILABLE naming the target, the guest runs on unchanged, and the
+        // restarted target holds nothing of it. (A kill inside the target's Prepare handler,
+        // after it made files, is left to the orphan sweep and is not staged here.)
         let frozen = nix::unistd::Pid::from_raw(target.pid());
         nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP).unwrap();
         let call = migrate_in_background(&vms, b, &endpoint);
@@ -535,6 +537,32 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         shared.flavor = "SCS-1Vi-0.5u-2".into();
         vms.create(shared).await.unwrap();
         counted_to(&mut vms, c, 2).await;
+        let mut node = pb::node_service_client::NodeServiceClient::new(src.clone());
+        let capacity = |node: &mut pb::node_service_client::NodeServiceClient<Channel>| {
+            let mut node = node.clone();
+            async move {
+                node.get_capacity(pb::GetCapacityRequest {
+                    flavors: vec!["SCS-1Vi-0.5u-2".into()],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .flavors
+                .remove(0)
+            }
+        };
+        // A malformed target is refused before the node stops admitting.
+        let bad = source.hvctl(&["node", "drain", "--to", &endpoint, "--to", "node2"]);
+        assert_eq!(bad.status.code(), Some(1), "{}", common::stderr(&bad));
+        assert!(
+            common::stderr(&bad).contains("targets[1]: \"node2\" is not HOST:PORT"),
+            "{}",
+            common::stderr(&bad)
+        );
+        assert!(
+            capacity(&mut node).await.more > 0,
+            "draining after a refusal"
+        );
         let out = source.hvctl(&["--output", "json", "node", "drain", "--to", &endpoint]);
         assert_eq!(
             out.status.code(),
@@ -577,20 +605,6 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         );
         assert!(refused.message().contains("draining"), "{refused:?}");
         assert!(!common::domain_exists(late));
-        let mut node = pb::node_service_client::NodeServiceClient::new(src.clone());
-        let capacity = |node: &mut pb::node_service_client::NodeServiceClient<Channel>| {
-            let mut node = node.clone();
-            async move {
-                node.get_capacity(pb::GetCapacityRequest {
-                    flavors: vec!["SCS-1Vi-0.5u-2".into()],
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .flavors
-                .remove(0)
-            }
-        };
         let during = capacity(&mut node).await;
         assert_eq!((during.more, during.limited_by.as_str()), (0, "draining"));
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -95,30 +95,37 @@ pub struct TargetAgent {
 }
 
 impl TargetAgent {
-    /// This node's identity towards other agents (`[migration]`), or why there is none.
+    /// This node's identity towards other agents (`[migration]`), its files readable and
+    /// valid now, or why there is none.
     pub fn identity(files: Option<Files>) -> Result<Files, GuestError> {
-        files.ok_or_else(|| {
+        let files = files.ok_or_else(|| {
             GuestError::Precondition(
                 "this node cannot reach other agents: set [migration] tls_cert, tls_key and server_ca".into(),
             )
-        })
+        })?;
+        tls::client_config(&files, tls::now())
+            .map_err(|e| GuestError::Precondition(format!("[migration] TLS files: {e}")))?;
+        Ok(files)
+    }
+
+    /// The TLS server name of a target agent's `HOST:PORT` (an IPv6 address in brackets), or
+    /// why `endpoint` is not one.
+    pub fn server_name(endpoint: &str) -> Result<ServerName<'static>, String> {
+        let invalid = || format!("{endpoint:?} is not HOST:PORT (an IPv6 address in brackets)");
+        let host = tls::host_of(endpoint).ok_or_else(invalid)?;
+        ServerName::try_from(host.to_string()).map_err(|_| invalid())
     }
 
     /// Connects to the target agent at `endpoint` (`HOST:PORT`) with mutual TLS.
     pub async fn connect(endpoint: &str, files: &Files) -> Result<TargetAgent, GuestError> {
-        let invalid = || {
-            GuestError::Invalid(format!(
-                "target: {endpoint:?} is not HOST:PORT (an IPv6 address in brackets)"
-            ))
-        };
-        let name = ServerName::try_from(tls::host_of(endpoint).ok_or_else(invalid)?.to_string())
-            .map_err(|_| invalid())?;
+        let invalid = |e: String| GuestError::Invalid(format!("target: {e}"));
+        let name = Self::server_name(endpoint).map_err(invalid)?;
         let config = tls::client_config(files, tls::now())
             .map_err(|e| GuestError::Precondition(format!("[migration] TLS files: {e}")))?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let address = endpoint.to_string();
         let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|_| invalid())?
+            .map_err(|e| invalid(format!("{endpoint:?}: {e}")))?
             .connect_timeout(CALL_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .connect_with_connector(tower::service_fn(move |_: Uri| {

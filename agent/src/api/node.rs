@@ -165,6 +165,13 @@ impl pb::node_service_server::NodeService for NodeApi {
                     // Refused before the node stops admitting: without an identity no guest
                     // could leave.
                     let tls = super::migration::TargetAgent::identity(tls)?;
+                    for (i, t) in targets.iter().enumerate() {
+                        if !t.trim().is_empty() {
+                            super::migration::TargetAgent::server_name(t).map_err(|e| {
+                                crate::guest::GuestError::Invalid(format!("targets[{i}]: {e}"))
+                            })?;
+                        }
+                    }
                     vms.drain(&targets, |t| {
                         let tls = tls.clone();
                         async move { super::migration::TargetAgent::connect(&t, &tls).await }
@@ -202,10 +209,7 @@ impl pb::node_service_server::NodeService for NodeApi {
         let d = self.drainer()?;
         let vms = d.vms.clone();
         d.mutations
-            .run(
-                async move { vms.set_draining(false).await },
-                super::guest::status,
-            )
+            .run(async move { vms.undrain().await }, super::guest::status)
             .await?;
         Ok(Response::new(pb::UndrainResponse {}))
     }

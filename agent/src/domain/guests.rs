@@ -118,7 +118,8 @@ impl Libvirt {
 
     /// Domain `uuid` on a connection of its own, closed when the handle is dropped: for calls
     /// that wait on the guest's QEMU (its monitor, its guest agent, a device it must release,
-    /// a migration). libvirt's client has one thread at a time do a connection's I/O for
+    /// a migration, its exit) or on the domain's job, which such a call holds (live pins and
+    /// metadata). libvirt's client has one thread at a time do a connection's I/O for
     /// every call on it, and one such call held by a QEMU that does not answer delayed every
     /// other call on the shared connection by seconds (tests/tests/starvation.rs: ListVms and
     /// GetVm beside stops of a frozen guest took 2-3 s, 5-12 ms on their own connection).
@@ -152,7 +153,8 @@ impl Hypervisor for Libvirt {
     }
 
     fn destroy(&self, uuid: &str) -> Result<(), DomainError> {
-        let d = self.domain(uuid)?;
+        // libvirt waits up to 10 s for a QEMU that ignores SIGTERM (frozen) before SIGKILL.
+        let d = self.waiting_domain(uuid)?;
         if !d.is_active().map_err(failed)? {
             return Ok(());
         }
@@ -180,7 +182,7 @@ impl Hypervisor for Libvirt {
     }
 
     fn remove(&self, uuid: &str) -> Result<bool, DomainError> {
-        let d = match self.domain(uuid) {
+        let d = match self.waiting_domain(uuid) {
             Ok(d) => d,
             Err(DomainError::NotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
@@ -202,7 +204,8 @@ impl Hypervisor for Libvirt {
         vcpus: &[Vec<u32>],
         emulator: Option<&[u32]>,
     ) -> Result<(), DomainError> {
-        let d = self.domain(uuid)?;
+        // A live change waits for the domain's job, which a call stuck on its QEMU holds.
+        let d = self.waiting_domain(uuid)?;
         let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
         if d.is_active().map_err(failed)? {
             flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
@@ -234,7 +237,8 @@ impl Hypervisor for Libvirt {
     }
 
     fn set_intent(&self, uuid: &str, intent: &Intent) -> Result<(), DomainError> {
-        let d = self.domain(uuid)?;
+        // As repin: a live metadata change waits for the domain's job.
+        let d = self.waiting_domain(uuid)?;
         let element = intent_element(intent).map_err(|e| DomainError::Libvirt(e.to_string()))?;
         let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
         if d.is_active().map_err(failed)? {

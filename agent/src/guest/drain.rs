@@ -88,9 +88,20 @@ impl Guests {
         }
     }
 
-    /// Starts (`true`) or ends the drain: the marker file first, so that an agent killed in
-    /// between restarts in the state asked for.
-    pub async fn set_draining(&self, draining: bool) -> Result<(), GuestError> {
+    /// Admits new guests again; refused while a drain runs (it would go on moving guests
+    /// away from a node that takes new ones).
+    pub async fn undrain(&self) -> Result<(), GuestError> {
+        let _idle = self.drain_running.try_lock().map_err(|_| {
+            GuestError::Precondition(
+                "a drain is under way on this node: undrain after it answers".into(),
+            )
+        })?;
+        self.set_draining(false).await
+    }
+
+    /// Starts (`true`) or ends the drain: the marker file first (its directory synced), so
+    /// that an agent killed in between restarts in the state asked for.
+    pub(super) async fn set_draining(&self, draining: bool) -> Result<(), GuestError> {
         let path = self.draining_file();
         self.blocking(move || {
             let done = if draining {
@@ -98,7 +109,9 @@ impl Guests {
             } else {
                 match std::fs::remove_file(&path) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    other => other,
+                    Ok(()) => std::fs::File::open(path.parent().unwrap_or(&path))
+                        .and_then(|dir| dir.sync_all()),
+                    Err(e) => Err(e),
                 }
             };
             done.map_err(|e| GuestError::Internal(format!("{}: {e}", path.display())))
@@ -117,7 +130,9 @@ impl Guests {
     }
 
     /// Drains the node: admits nothing new from now on, then moves every running guest to
-    /// the first of `targets` (reached with `connect`, each at most once) that takes it.
+    /// the first of `targets` (reached with `connect`, each at most once) that takes it. The
+    /// targets are checked first (the caller checks each one's form); from then on the node
+    /// stays draining whatever happens, until Undrain.
     pub async fn drain<P, C, F>(
         self: &Arc<Self>,
         targets: &[String],
@@ -129,6 +144,11 @@ impl Guests {
         F: Future<Output = Result<P, GuestError>>,
     {
         checked_targets(targets)?;
+        let _running = self.drain_running.try_lock().map_err(|_| {
+            GuestError::Precondition(
+                "a drain is under way on this node: wait for its answer, then drain again".into(),
+            )
+        })?;
         self.set_draining(true).await?;
         let (mut guests, _) = self.list().await?;
         guests.sort_by(|a, b| a.uuid.cmp(&b.uuid));
@@ -146,7 +166,7 @@ impl Guests {
                 continue;
             }
             let mut answers = Vec::new();
-            let mut moved = None;
+            let (mut moved, mut gone) = (None, false);
             for target in targets {
                 if !peers.contains_key(target.as_str()) {
                     let peer = connect(target.clone()).await.map_err(|e| e.to_string());
@@ -160,6 +180,12 @@ impl Guests {
                     }
                 };
                 match self.migrate(&guest.uuid, peer).await {
+                    // Deleted, or moved by another call, since the listing: not this drain's.
+                    Err(GuestError::NotFound(_)) => {
+                        tracing::info!(vm = %guest.uuid, "drain: the guest is gone meanwhile");
+                        gone = true;
+                        break;
+                    }
                     Ok(m) => {
                         moved = Some(Moved {
                             uuid: guest.uuid.clone(),
@@ -183,6 +209,7 @@ impl Guests {
             }
             match moved {
                 Some(m) => report.moved.push(m),
+                None if gone => {}
                 None => {
                     tracing::warn!(vm = %guest.uuid, reasons = %answers.join("; "), "drain: the guest stays");
                     report.stayed.push(Stayed {

@@ -145,10 +145,10 @@ impl Guests {
     }
 
     /// Passes the ACPI power button to the guest. libvirt answers once QEMU has taken the
-    /// request; a QEMU that does not answer its monitor (frozen, overloaded) holds that call
-    /// for as long as it stays so, and with it one of the few requests libvirtd serves at once
-    /// per connection. So a guest has at most one such request in flight (a second stop waits
-    /// on the first's), and the stop waits for the answer [`SHUTDOWN_ASK`] at most before it
+    /// request; a QEMU that does not answer its monitor (frozen, overloaded) holds that call,
+    /// its connection (one of its own: `Libvirt::waiting_domain`) and a blocking thread for
+    /// as long as it stays so. So a guest has at most one such request in flight (a second
+    /// stop waits on the first's), and the stop waits for the answer [`SHUTDOWN_ASK`] at most before it
     /// goes on to wait for the guest to stop, and to destroy it at its timeout.
     async fn ask_shutdown(&self, uuid: &str) -> Result<(), GuestError> {
         let Some(asking) = Asking::start(&self.asking, uuid) else {

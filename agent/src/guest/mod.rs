@@ -114,6 +114,8 @@ pub struct Guests {
     migration: MigrationSettings,
     /// Guests prepared to arrive from another node.
     arrivals: migrate::Arrivals,
+    /// Held by the drain under way: one at a time, and no Undrain meanwhile.
+    drain_running: tokio::sync::Mutex<()>,
 }
 
 /// Which emulation this node uses, or why it cannot run guests.
@@ -154,6 +156,7 @@ impl Guests {
             consoles: console::Sessions::default(),
             migration: MigrationSettings::default(),
             arrivals: migrate::Arrivals::default(),
+            drain_running: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -238,6 +238,17 @@ impl Allocator {
     /// Makes the reservation of `request_id` permanent (a guest now exists for it).
     pub fn bind(&mut self, request_id: &str, now_ms: u64) -> Result<Claim, Refusal> {
         self.expire(now_ms);
+        // A reservation made before the drain would start a guest the drain does not move;
+        // it lapses instead. A claim bound already answers as before.
+        if self.draining
+            && self
+                .requests
+                .get(request_id)
+                .and_then(|vm| self.claims.get(vm))
+                .is_some_and(|e| e.claim.expires_at_ms.is_some())
+        {
+            return Err(draining_refusal());
+        }
         let entry = self
             .requests
             .get(request_id)
@@ -501,6 +512,13 @@ mod rekey_tests {
     fn a_draining_node_admits_nothing_new_and_keeps_what_it_holds() {
         let mut alloc = alloc_with(&["SCS-2Ci-1u"]);
         let held = alloc.get(&uuid(0)).unwrap().clone();
+        // A reservation from before the drain: it may not be bound now, only lapse.
+        let reserved = ClaimRequest {
+            vm_uuid: uuid(7),
+            request_id: "r7".into(),
+            flavor: spec("SCS-1Vi-1u"),
+        };
+        alloc.reserve(&reserved, 0, 60_000).unwrap();
         let generation = alloc.generation();
         alloc.set_draining(true);
         alloc.set_draining(true);
@@ -512,7 +530,11 @@ mod rekey_tests {
             request_id: format!("r{n}"),
             flavor: spec("SCS-1Vi-1u"),
         };
-        for refused in [alloc.claim(&new(5), 0), alloc.reserve(&new(6), 0, 60_000)] {
+        for refused in [
+            alloc.claim(&new(5), 0),
+            alloc.reserve(&new(6), 0, 60_000),
+            alloc.bind("r7", 0),
+        ] {
             let r = refused.unwrap_err();
             assert_eq!(r.kind, RefusalKind::Precondition);
             assert_eq!(r.limited_by, "draining");
@@ -529,6 +551,7 @@ mod rekey_tests {
             flavor: spec("SCS-2Ci-1u"),
         };
         assert_eq!(alloc.claim(&retried, 0).unwrap(), held);
+        assert_eq!(alloc.bind("r0", 0).unwrap(), held);
         let capacity = alloc.capacity(&spec("SCS-1Vi-1u"));
         assert_eq!(
             (capacity.more, capacity.limited_by.as_str()),

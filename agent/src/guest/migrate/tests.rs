@@ -464,7 +464,26 @@ async fn a_drain_moves_what_fits_and_says_why_the_rest_stays() {
         .unwrap_err();
     assert!(matches!(bad, GuestError::Invalid(_)), "{bad:?}");
 
-    source.guests.set_draining(false).await.unwrap();
+    // One drain at a time, and no Undrain while one runs.
+    {
+        let _running = source.guests.drain_running.try_lock().unwrap();
+        let again = source
+            .guests
+            .drain(&targets, |_| async { Ok(peer(target_ref)) })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&again, GuestError::Precondition(m) if m.contains("under way")),
+            "{again:?}"
+        );
+        let undrain = source.guests.undrain().await.unwrap_err();
+        assert!(
+            matches!(&undrain, GuestError::Precondition(m) if m.contains("under way")),
+            "{undrain:?}"
+        );
+        assert!(source.guests.draining());
+    }
+    source.guests.undrain().await.unwrap();
     assert!(!source.guests.draining());
     assert!(!source.root.path().join("draining").exists());
     source.create(MOVER, "late").await;
