@@ -529,7 +529,8 @@ pub enum NodeCommand {
     /// restarts until `hvctl node undrain`; Placement sees COMPUTE_STATUS_DISABLED), then
     /// every running guest moves live, one at a time, to the first target agent that takes
     /// it. Prints what moved where and what stayed and why; exits 1 when a guest stayed.
-    /// Run it again to retry those.
+    /// Run it again to retry those. Waits for the last guest however long it takes
+    /// (interrupting stops the waiting, not the drain).
     Drain {
         /// A target agent's TCP API, HOST:PORT; repeat for more (tried in order, at most 16).
         #[arg(long = "to", value_name = "HOST:PORT", required = true)]

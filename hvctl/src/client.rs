@@ -45,10 +45,27 @@ pub enum ConnectError {
 
 /// How long one call may take before hvctl gives up. Guest creates are the slow calls: on
 /// hosts where libvirtd re-probes QEMU for every domain they take about 50 s.
-const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Opens a gRPC channel to the agent at `socket`.
+/// The deadline of every call on a channel: `None` for calls that last as long as their
+/// work (a drain moves guest after guest; the operator interrupts it if need be).
+fn bounded(endpoint: Endpoint, wait: Option<Duration>) -> Endpoint {
+    match wait {
+        Some(t) => endpoint.timeout(t),
+        None => endpoint,
+    }
+}
+
+/// Opens a gRPC channel to the agent at `socket`, calls bounded by [`CALL_TIMEOUT`].
 pub async fn connect(socket: &Path) -> Result<Channel, ConnectError> {
+    connect_waiting(socket, Some(CALL_TIMEOUT)).await
+}
+
+/// Opens a gRPC channel to the agent at `socket`, its calls waited for `wait` at most.
+pub async fn connect_waiting(
+    socket: &Path,
+    wait: Option<Duration>,
+) -> Result<Channel, ConnectError> {
     let path = socket.to_path_buf();
     // Classify the common failures with a plain connect first.
     if let Err(e) = tokio::net::UnixStream::connect(&path).await {
@@ -61,8 +78,7 @@ pub async fn connect(socket: &Path) -> Result<Channel, ConnectError> {
     }
     let connector_path = path.clone();
     // The URI is required by the API but unused: every connection goes to the socket.
-    Endpoint::from_static("http://hvagent.local")
-        .timeout(CALL_TIMEOUT)
+    bounded(Endpoint::from_static("http://hvagent.local"), wait)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = connector_path.clone();
             async move {
@@ -81,8 +97,13 @@ pub async fn connect(socket: &Path) -> Result<Channel, ConnectError> {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens a gRPC channel to the agent's TCP listener at `endpoint` (`HOST:PORT`), presenting
-/// the client certificate of `files` and trusting only its CA bundle for the agent's.
-pub async fn connect_tls(endpoint: &str, files: &Files) -> Result<Channel, ConnectError> {
+/// the client certificate of `files` and trusting only its CA bundle for the agent's; its
+/// calls waited for `wait` at most.
+pub async fn connect_tls(
+    endpoint: &str,
+    files: &Files,
+    wait: Option<Duration>,
+) -> Result<Channel, ConnectError> {
     let host =
         tls::host_of(endpoint).ok_or_else(|| ConnectError::Endpoint(endpoint.to_string()))?;
     let name = ServerName::try_from(host.to_string())
@@ -130,9 +151,9 @@ pub async fn connect_tls(endpoint: &str, files: &Files) -> Result<Channel, Conne
         Err(_) => return Err(handshake("the agent said nothing within 10 s".into())),
     }
     drop(trial);
-    Endpoint::from_shared(format!("http://{endpoint}"))
-        .map_err(|_| ConnectError::Endpoint(endpoint.to_string()))?
-        .timeout(CALL_TIMEOUT)
+    let shared = Endpoint::from_shared(format!("http://{endpoint}"))
+        .map_err(|_| ConnectError::Endpoint(endpoint.to_string()))?;
+    bounded(shared, wait)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let open = open.clone();
             async move { open().await.map(TokioIo::new) }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hvagent_proto::v1 as pb;
-use hvctl::cli::{Cli, Command};
+use hvctl::cli::{Cli, Command, NodeCommand};
 use hvctl::client;
 use hvctl::commands::{self, EXIT_UNREACHABLE, EXIT_USAGE};
 
@@ -40,6 +40,11 @@ async fn run(cli: Cli) -> ExitCode {
         | Command::Verify(_)
         | Command::Network(_) => {}
     }
+    // A drain answers when its last guest has moved, however long that takes.
+    let wait = match &cli.command {
+        Command::Node(NodeCommand::Drain { .. }) => None,
+        _ => Some(client::CALL_TIMEOUT),
+    };
     let (connected, agent) = match (&cli.endpoint, &cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
         (Some(endpoint), Some(cert), Some(key), Some(ca)) => {
             let files = hvagent_core::tls::Files {
@@ -48,12 +53,12 @@ async fn run(cli: Cli) -> ExitCode {
                 ca: ("--tls-ca", ca.clone()),
             };
             (
-                client::connect_tls(endpoint, &files).await,
+                client::connect_tls(endpoint, &files, wait).await,
                 endpoint.clone(),
             )
         }
         _ => (
-            client::connect(&cli.socket).await,
+            client::connect_waiting(&cli.socket, wait).await,
             cli.socket.display().to_string(),
         ),
     };

@@ -323,7 +323,7 @@ impl Guests {
 
     /// A domain that is not this agent's guest but has this UUID: the create is refused
     /// before anything is taken, so that no define can overwrite it and no undo remove it.
-    async fn refuse_foreign(&self, uuid: &str) -> Result<(), GuestError> {
+    pub(super) async fn refuse_foreign(&self, uuid: &str) -> Result<(), GuestError> {
         if self.exists(uuid).await? {
             return Err(GuestError::AlreadyExists(format!(
                 "uuid: {uuid} is a libvirt domain that is not this agent's guest"

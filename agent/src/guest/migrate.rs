@@ -176,6 +176,13 @@ impl Guests {
                     "uuid: guest {uuid} is being created, deleted or migrated here"
                 )));
             }
+            // A Create of the same name still in flight has no domain yet.
+            if let Some(other) = self.busy.named(&source.name) {
+                return Err(GuestError::AlreadyExists(format!(
+                    "name: {:?} is taken by guest {other} (being created or deleted here)",
+                    source.name
+                )));
+            }
             if let Some(d) = self
                 .domains()
                 .await?
@@ -187,11 +194,7 @@ impl Guests {
                     d.uuid, d.name
                 )));
             }
-            if self.exists(&uuid).await? {
-                return Err(GuestError::AlreadyExists(format!(
-                    "uuid: {uuid} is a libvirt domain here that is not this agent's guest"
-                )));
-            }
+            self.refuse_foreign(&uuid).await?;
             self.busy.mark(&uuid, &source.name)
         };
         let (claim, vcpu_cpus, emulator_cpus) = {

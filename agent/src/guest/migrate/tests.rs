@@ -508,3 +508,25 @@ async fn a_restarted_agent_is_still_draining() {
         (0, "draining")
     );
 }
+
+/// A guest arriving under a name that a Create still in flight on the target has taken (no
+/// domain yet) is refused before anything is claimed; the source keeps it.
+#[tokio::test]
+async fn an_arrival_whose_name_a_create_in_flight_holds_is_refused() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    let claim = source.placement.lock().get(MOVER).cloned().unwrap();
+    let creating = target.guests.busy.mark(HOLDER, "mover");
+    let refused = source
+        .guests
+        .migrate(MOVER, &peer(&target))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, GuestError::AlreadyExists(m) if m.contains("\"mover\"") && m.contains(HOLDER)),
+        "{refused:?}"
+    );
+    source.has(MOVER, &claim);
+    target.holds_nothing_of(MOVER);
+    drop(creating);
+}
