@@ -246,7 +246,13 @@ impl Agent {
             {
                 panic!("hvagent exited early with {status}: {}", self.log());
             }
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            // The agent binds its Unix socket first and its TCP listener (`[api]
+            // tcp_listen`) a moment later: serving means both accept.
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+                && self
+                    .tcp_listen()
+                    .is_none_or(|addr| std::net::TcpStream::connect(addr).is_ok())
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -255,6 +261,21 @@ impl Agent {
             "hvagent did not serve {} within 30 s",
             self.socket.display()
         );
+    }
+
+    /// The `[api] tcp_listen` address of the agent's config, if it has one.
+    fn tcp_listen(&self) -> Option<String> {
+        let config = std::fs::read_to_string(&self.config).ok()?;
+        config.lines().find_map(|l| {
+            let value = l.trim().strip_prefix("tcp_listen")?.trim_start();
+            Some(
+                value
+                    .strip_prefix('=')?
+                    .trim()
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        })
     }
 
     pub fn pid(&self) -> i32 {
