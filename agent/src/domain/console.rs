@@ -82,7 +82,11 @@ impl Libvirt {
         uuid: &str,
         force: bool,
     ) -> Result<Box<dyn ConsoleStream>, DomainError> {
-        let conn = self.conn().map_err(|e| DomainError::Unreachable(e.0))?;
+        // A connection of its own, kept by the stream until it closes: a forced takeover
+        // aborts the other session's stream, and the two must not share one connection's
+        // I/O with each other or with the agent's other calls (see `waiting_domain`).
+        let conn = super::connection::open_within(self.uri())
+            .map_err(|e| DomainError::Unreachable(e.0))?;
         let domain = conn
             .lookup_domain_by_uuid_string(uuid)
             .map_err(|_| DomainError::NotFound(uuid.to_string()))?;
