@@ -20,6 +20,18 @@ pub(crate) struct FakeNode {
     pub guests: Arc<Guests>,
 }
 
+/// [`fake_node`] on the two-node fixture with a 64 MiB image of no properties, as most
+/// guest tests need it.
+pub(crate) async fn plain_node() -> FakeNode {
+    fake_node(
+        crate::placement::testing::fixture("qemu-2s4c2t-numa"),
+        64 << 20,
+        BTreeMap::new(),
+        |g| g,
+    )
+    .await
+}
+
 /// Guests under TCG on `topology` with the image `img` (a blank qcow2 of `image_bytes`,
 /// `base.qcow2` under the root) of `properties`; `adjust` sets what a test needs on `Guests`
 /// (firmware facts, migration settings) before it is shared.

@@ -8,7 +8,7 @@ use super::*;
 use crate::domain::Hypervisor;
 use crate::domain::fake::{FakeHypervisor, Op};
 use crate::guest::CreateRequest;
-use crate::guest::testing::{FakeNode, fake_node};
+use crate::guest::testing::{FakeNode, plain_node};
 
 const A: &str = "00000000-0000-4000-8000-0000000000a1";
 
@@ -26,13 +26,7 @@ impl Node {
             hypervisor,
             guests,
             ..
-        } = fake_node(
-            crate::placement::testing::fixture("qemu-2s4c2t-numa"),
-            64 << 20,
-            Default::default(),
-            |g| g,
-        )
-        .await;
+        } = plain_node().await;
         guests
             .create(CreateRequest {
                 uuid: A.into(),
