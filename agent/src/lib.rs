@@ -18,3 +18,4 @@ pub mod host;
 pub mod net;
 pub mod placement_api;
 pub mod storage;
+pub mod task;

@@ -368,7 +368,9 @@ pub enum VmCommand {
     /// memory and hugepages), libvirt copies memory and disks while the guest runs, and the
     /// source then frees its claim and files. On any failure before the guest has moved it
     /// runs on here unchanged and the target keeps nothing. Guests with NICs, volumes,
-    /// passed-through devices, UEFI or a TPM cannot move yet.
+    /// passed-through devices, UEFI or a TPM cannot move yet. The phases and a progress bar
+    /// of the copy show on stderr (a line per phase when stderr is not a terminal); the
+    /// answer gives the time taken and the guest's downtime.
     Migrate {
         guest: String,
         /// The target agent's TCP API, HOST:PORT (its `[api] tcp_listen`).

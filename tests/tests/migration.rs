@@ -4,10 +4,13 @@
 //! test image. Shows: a guest keeps counting across the migration without a reboot; on the
 //! target it runs on the target agent's claim (vcpupin, emulatorpin, numatune as libvirt
 //! reports them); the source's claims and files are gone and the target holds exactly the
-//! claim; a target without the guest's image refuses, a target agent killed while the source
-//! connects to it and a migration cancelled midway leave the guest running on the source
-//! unchanged and nothing on the target (restarted); a drain moves the
-//! guest that fits, reports the one that fits nowhere (it runs on) and admits nothing new.
+//! claim, and a target's guest holding the guest's source CPUs makes it land on others; both
+//! agents announce the phases on WatchEvents and hvctl shows them; a target without the
+//! guest's image refuses; a target agent killed while the source connects to it, a migration
+//! cancelled midway, and a target agent killed after its Prepare while libvirt copies leave
+//! the guest running on the source unchanged and nothing on the target (restarted); a drain
+//! moves the guest that fits, reports the one that fits nowhere (it runs on) and admits
+//! nothing new.
 
 mod common;
 
@@ -222,6 +225,22 @@ fn migrate_in_background(
     tokio::spawn(async move { vms.migrate(pb::MigrateVmRequest { uuid, target }).await })
 }
 
+/// Waits until libvirt copies guest `uuid` (its job is under way) for the migration `call`.
+async fn wait_copying(
+    uuid: &str,
+    call: &tokio::task::JoinHandle<Result<tonic::Response<pb::MigrateVmResponse>, tonic::Status>>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !common::virsh(&["domjobinfo", uuid]).contains("Unbounded") {
+        assert!(
+            !call.is_finished(),
+            "the migration ended before libvirt was seen copying"
+        );
+        assert!(Instant::now() < deadline, "the migration never started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the guest's console shows the counter at `n` or more.
 async fn counted_to(vms: &mut Vms, uuid: &str, n: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -236,6 +255,41 @@ async fn counted_to(vms: &mut Vms, uuid: &str, n: u64) -> String {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The `migration` events of guest `uuid` on the agent `vms` reaches, from now (watched
+/// before this returns) until its last phase (`migrated`, `failed`, `arrived`, `aborted`).
+async fn migration_events(vms: &Vms, uuid: &str) -> tokio::task::JoinHandle<Vec<pb::VmEvent>> {
+    let mut stream = vms
+        .clone()
+        .watch_events(pb::WatchEventsRequest { uuid: uuid.into() })
+        .await
+        .expect("WatchEvents")
+        .into_inner();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(e)) = stream.message().await {
+            if e.kind != "migration" {
+                continue;
+            }
+            let last = matches!(
+                e.detail.as_str(),
+                "migrated" | "failed" | "arrived" | "aborted"
+            );
+            seen.push(e);
+            if last {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+/// The phases of `events` in order, each once (`copying` repeats with the progress).
+fn phases(events: &[pb::VmEvent]) -> Vec<&str> {
+    let mut out: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
+    out.dedup();
+    out
 }
 
 /// What the target holds of guest `uuid`: a domain, files, a claim (none, after a failure).
@@ -278,8 +332,9 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         ),
     )
     .spawn();
+    // Files a killed target agent left are swept at its next start.
     let target = Agent::configure_tcg(
-        "",
+        "orphan_grace_seconds = 0\n",
         &format!(
             "[libvirt]\nuri = \"{NODE2_URI}\"\npartition = \"/hvnode2\"\n[migration]\nlibvirt_uri = \"{NODE2_URI}\"\naddress = \"{NET}.2\"\n[access]\ntls_identities = {{ \"{SOURCE_IDENTITY}\" = \"controller\" }}\n"
         ),
@@ -315,11 +370,35 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         common::import_testguest(dst.clone()).await;
         let before = common::claims(&mut places).await;
 
-        // 1. The guest moves, keeps counting and runs on the target's claim.
+        // 1. The guest moves, keeps counting and runs on the target's claim. On the target
+        // another dedicated guest holds the CPU the guest has on the source.
         vms.create(create(a, "mover", "testguest")).await.unwrap();
+        let source_cpus = get(&mut vms, a).await.unwrap().claim.unwrap().vcpus[0]
+            .cpus
+            .clone();
+        let pinned_holder = format!("{d}c");
+        let mut holder = create(&pinned_holder, "cpu-holder", "testguest");
+        holder.user_data.clear();
+        vms2.create(holder).await.unwrap();
+        let held = get(&mut vms2, &pinned_holder)
+            .await
+            .unwrap()
+            .claim
+            .unwrap()
+            .vcpus[0]
+            .cpus
+            .clone();
+        assert_eq!(
+            held, source_cpus,
+            "the holder was to get the guest's source CPUs"
+        );
         counted_to(&mut vms, a, 3).await;
         let booted = boot_id("qemu:///system", a);
         assert_eq!(booted.len(), 36, "boot id {booted:?}");
+        let (on_source, on_target) = (
+            migration_events(&vms, a).await,
+            migration_events(&vms2, a).await,
+        );
         let out = source.hvctl(&["vm", "migrate", a, "--to", &endpoint]);
         assert!(
             out.status.success(),
@@ -327,6 +406,31 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             common::stderr(&out)
         );
         eprintln!("hvctl vm migrate: {}", common::stdout(&out).trim());
+        // Its answer has libvirt's downtime; stderr (not a terminal) a line per phase.
+        let answer = common::stdout(&out);
+        assert!(
+            answer.starts_with("migrated in ") && answer.contains(" ms (downtime "),
+            "{answer}"
+        );
+        let said = common::stderr(&out);
+        for line in [
+            "preparing the target",
+            "copying memory and disks",
+            "finishing",
+        ] {
+            assert!(
+                said.contains(line),
+                "no {line:?} in hvctl's stderr:\n{said}"
+            );
+        }
+        // WatchEvents carried the phases on both nodes.
+        let (on_source, on_target) = (on_source.await.unwrap(), on_target.await.unwrap());
+        assert_eq!(
+            phases(&on_source),
+            ["preparing", "copying", "finishing", "migrated"],
+            "{on_source:?}"
+        );
+        assert_eq!(phases(&on_target), ["arriving", "arrived"], "{on_target:?}");
         // libvirt's own figures for the move, as the target saw it (TCG; for the record).
         let (_, job) = node2.virsh(&["domjobinfo", a, "--completed"]);
         for line in job
@@ -367,6 +471,11 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             .collect();
         let claimed: Vec<Vec<u32>> = claim.vcpus.iter().map(|v| v.cpus.clone()).collect();
         assert_eq!(pinned, claimed, "vcpupin on node2:\n{vcpupin}");
+        // Not the source's CPUs, which the holder has there.
+        assert!(
+            claimed.iter().flatten().all(|c| !held.contains(c)),
+            "the guest kept its source CPUs {source_cpus:?} on the target: {claimed:?}"
+        );
         let (_, emulatorpin) = node2.virsh(&["emulatorpin", a]);
         // "       *: 0-1" under a header.
         let emulator = emulatorpin
@@ -390,7 +499,14 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         assert!(!common::domain_exists(a), "the main libvirtd still has it");
         assert_eq!(common::claims(&mut places).await, before);
         assert!(!source.dir.path().join("store/vms").join(a).exists());
-        assert_eq!(common::claims(&mut places2).await, vec![a.to_string()]);
+        let mut held_there = vec![a.to_string(), pinned_holder.clone()];
+        held_there.sort();
+        assert_eq!(common::claims(&mut places2).await, held_there);
+        vms2.delete(pb::DeleteVmRequest {
+            uuid: pinned_holder,
+        })
+        .await
+        .unwrap();
 
         // 2. A target without the guest's image refuses: nothing changes on either side.
         pb::image_service_client::ImageServiceClient::new(src.clone())
@@ -439,8 +555,7 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         // 3a. The target agent dies while the source waits for it (frozen with SIGSTOP before
         // the call, so the source waits in the TLS handshake, then SIGKILL): the source
         // answers UNAVAILABLE naming the target, the guest runs on unchanged, and the
-        // restarted target holds nothing of it. (A kill inside the target's Prepare handler,
-        // after it made files, is left to the orphan sweep and is not staged here.)
+        // restarted target holds nothing of it. (3c kills it after its Prepare.)
         let frozen = nix::unistd::Pid::from_raw(target.pid());
         nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP).unwrap();
         let call = migrate_in_background(&vms, b, &endpoint);
@@ -457,27 +572,37 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         assert_eq!(common::claims(&mut places).await, claims_before);
         target.respawn();
         let dst = hvctl::client::connect(&target.socket).await.unwrap();
-        let (mut vms2, mut places2) = (Vms::new(dst.clone()), Placement::new(dst.clone()));
+        let mut places2 = Placement::new(dst.clone());
         target_holds(&node2, &target, &mut places2, b).await;
 
         // 1 MiB/s: the copy takes long enough to be cancelled.
         common::virsh(&["migrate-setspeed", b, "1"]);
+        let events = migration_events(&vms, b).await;
         let call = migrate_in_background(&vms, b, &endpoint);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !common::virsh(&["domjobinfo", b]).contains("Unbounded") {
-            if call.is_finished() {
-                panic!(
-                    "the migration ended before it could be cancelled: {:?}",
-                    call.await.unwrap()
-                );
-            }
-            assert!(Instant::now() < deadline, "the migration never started");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_copying(b, &call).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         common::virsh(&["domjobabort", b]);
         let cancelled = call.await.unwrap().unwrap_err();
         assert_ne!(cancelled.code(), tonic::Code::Ok);
+        // The copy's progress was announced as it went, then the failure.
+        let events = events.await.unwrap();
+        assert_eq!(
+            phases(&events),
+            ["preparing", "copying", "failed"],
+            "{events:?}"
+        );
+        let sent: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e.progress.as_ref())
+            .filter(|p| p.total_bytes > 0)
+            .map(|p| p.processed_bytes)
+            .collect();
+        assert!(
+            sent.len() >= 2
+                && sent.windows(2).all(|w| w[0] <= w[1])
+                && sent[0] < sent[sent.len() - 1],
+            "no growing progress: {events:?}"
+        );
         let stayed = get(&mut vms, b).await.expect("the guest on the source");
         assert_eq!(stayed.state, "running");
         let seen = counts(&common::console(&mut vms, b).await)
@@ -496,6 +621,43 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
                 .exists()
         );
         target_holds(&node2, &target, &mut places2, b).await;
+
+        // 3c. The target agent dies after its Prepare, while libvirt copies (its claim and
+        // files are there), and the copy is then cancelled: the guest runs on at the source
+        // unchanged; the restarted target has no claim, no domain, and sweeps the files.
+        let call = migrate_in_background(&vms, b, &endpoint);
+        wait_copying(b, &call).await;
+        assert!(
+            common::claims(&mut places2).await.contains(&b.to_string()),
+            "the target had not prepared"
+        );
+        let prepared = target.dir.path().join("store/vms").join(b);
+        assert!(prepared.join("root.qcow2").exists());
+        target.stop_with(nix::sys::signal::Signal::SIGKILL);
+        common::virsh(&["domjobabort", b]);
+        let cancelled = call.await.unwrap().unwrap_err();
+        assert_ne!(cancelled.code(), tonic::Code::Ok);
+        assert_eq!(get(&mut vms, b).await.unwrap().state, "running");
+        assert_eq!(common::claims(&mut places).await, claims_before);
+        target.respawn();
+        let dst = hvctl::client::connect(&target.socket).await.unwrap();
+        let (mut vms2, mut places2) = (Vms::new(dst.clone()), Placement::new(dst.clone()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while prepared.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the restarted target kept {}:\n{}",
+                prepared.display(),
+                target.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        target_holds(&node2, &target, &mut places2, b).await;
+        let seen = counts(&common::console(&mut vms, b).await)
+            .last()
+            .copied()
+            .unwrap_or(0);
+        counted_to(&mut vms, b, seen + 1).await;
 
         // 4. Drain: the target's dedicated cores are all taken, so the dedicated guest (b)
         // fits nowhere and stays, running, reported with the target's answer; a shared-core

@@ -504,6 +504,10 @@ impl pb::vm_service_server::VmService for VmApi {
                 } else if event.kind == EventKind::Lost {
                     // Every watcher: some of its guests' events may be missing.
                     true
+                } else if event.kind == EventKind::Migration {
+                    // The agent's own, about a guest it moves or takes in (one arriving is
+                    // not its guest yet).
+                    only.is_empty() || event.uuid == only
                 } else if only.is_empty() {
                     own.contains(&event.uuid) || {
                         let mine = guests.is_own(&event.uuid).await;
@@ -524,6 +528,11 @@ impl pb::vm_service_server::VmService for VmApi {
                     kind: event.kind.as_str().into(),
                     detail: event.detail.into(),
                     unix_ms: event.unix_ms,
+                    progress: event.progress.map(|p| pb::MigrationProgress {
+                        processed_bytes: p.processed_bytes,
+                        remaining_bytes: p.remaining_bytes,
+                        total_bytes: p.total_bytes,
+                    }),
                 };
                 if tx.send(Ok(out)).await.is_err() {
                     return;
@@ -724,6 +733,7 @@ impl pb::vm_service_server::VmService for VmApi {
             .await?;
         Ok(Response::new(pb::MigrateVmResponse {
             elapsed_ms: migrated.elapsed.as_millis() as u64,
+            downtime_ms: migrated.downtime.map(|d| d.as_millis() as u64),
         }))
     }
 

@@ -70,10 +70,13 @@ impl pb::migration_service_server::MigrationService for MigrationApi {
         request: Request<pb::FinishMigrationRequest>,
     ) -> Result<Response<pb::FinishMigrationResponse>, Status> {
         let (guests, uuid) = (self.guests.clone(), request.into_inner().uuid);
-        self.mutations
+        let downtime = self
+            .mutations
             .run(async move { guests.finish_incoming(&uuid).await }, status)
             .await?;
-        Ok(Response::new(pb::FinishMigrationResponse {}))
+        Ok(Response::new(pb::FinishMigrationResponse {
+            downtime_ms: downtime.map(|d| d.as_millis() as u64),
+        }))
     }
 
     async fn abort(
@@ -187,13 +190,13 @@ impl MigrationPeer for TargetAgent {
         })
     }
 
-    async fn finish(&self, uuid: &str) -> Result<(), GuestError> {
+    async fn finish(&self, uuid: &str) -> Result<Option<Duration>, GuestError> {
         self.client
             .clone()
             .finish(pb::FinishMigrationRequest { uuid: uuid.into() })
             .await
             .map_err(|s| self.failed("Finish", s))
-            .map(drop)
+            .map(|r| r.into_inner().downtime_ms.map(Duration::from_millis))
     }
 
     async fn abort(&self, uuid: &str) -> Result<(), GuestError> {

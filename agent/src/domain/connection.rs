@@ -132,6 +132,11 @@ impl Libvirt {
         self.events.subscribe()
     }
 
+    /// Sends an event of the agent's own to every receiver (none listening is fine).
+    pub fn publish(&self, event: DomainEvent) {
+        let _ = self.events.send(event);
+    }
+
     /// Opens a connection with the event callbacks on it. No libvirt keepalive: libvirt 9.0's
     /// client crashes (a use after free in its I/O loop) when a keepalive timeout closes a
     /// connection while calls wait on it; calls are bounded by the agent instead.

@@ -30,6 +30,8 @@ pub enum EventKind {
     Tuned,
     /// No domain: the connection to libvirtd was reopened and events may be missing.
     Lost,
+    /// The agent's own: a live migration's phase (detail), on the source and the target.
+    Migration,
     /// A lifecycle event number this agent does not know.
     Unknown,
 }
@@ -50,6 +52,7 @@ impl EventKind {
             EventKind::Rebooted => "rebooted",
             EventKind::Tuned => "tuned",
             EventKind::Lost => "lost",
+            EventKind::Migration => "migration",
             EventKind::Unknown => "unknown",
         }
     }
@@ -69,6 +72,17 @@ pub struct DomainEvent {
     /// libvirt's detail for the kind, e.g. `booted`, `destroyed`, `shutdown`.
     pub detail: &'static str,
     pub unix_ms: u64,
+    /// How far a migration's copy is (`Migration` events while libvirt copies).
+    pub progress: Option<Progress>,
+}
+
+/// A live migration's copy as libvirt's job statistics count it: memory and disks together.
+/// `total_bytes` grows while the guest dirties memory already sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub processed_bytes: u64,
+    pub remaining_bytes: u64,
+    pub total_bytes: u64,
 }
 
 impl DomainEvent {
@@ -80,6 +94,7 @@ impl DomainEvent {
             kind: EventKind::Lost,
             detail: "libvirt reconnected",
             unix_ms: now_ms(),
+            progress: None,
         }
     }
 }
@@ -198,6 +213,7 @@ unsafe extern "C" fn on_lifecycle(
         kind,
         detail,
         unix_ms: now_ms(),
+        progress: None,
     });
     0
 }
@@ -217,6 +233,7 @@ unsafe extern "C" fn on_reboot(
         kind: EventKind::Rebooted,
         detail: "reset",
         unix_ms: now_ms(),
+        progress: None,
     });
 }
 
@@ -242,6 +259,7 @@ unsafe extern "C" fn on_tunable(
         kind: EventKind::Tuned,
         detail: if pins { "cputune" } else { "other" },
         unix_ms: now_ms(),
+        progress: None,
     });
 }
 

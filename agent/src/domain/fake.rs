@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot};
 
-use super::events::{self, DomainEvent, EventKind};
+use super::events::{self, DomainEvent, EventKind, Progress};
 use super::guest_agent::{AgentError, GuestReport};
 use super::guests::DomainError;
 use super::hypervisor::{DomainState, GuestDomain, Hypervisor, MigrationTarget};
@@ -291,6 +291,7 @@ impl FakeHypervisor {
             kind,
             detail,
             unix_ms: 0,
+            progress: None,
         });
     }
 
@@ -505,6 +506,24 @@ impl Hypervisor for FakeHypervisor {
         Ok(())
     }
 
+    /// The in-memory migration moves at once: never in progress.
+    fn migration_progress(&self, uuid: &str) -> Result<Option<Progress>, DomainError> {
+        self.lock()
+            .domains
+            .get(uuid)
+            .ok_or_else(|| not_found(uuid))?;
+        Ok(None)
+    }
+
+    /// ...and says nothing of a downtime.
+    fn migration_downtime(&self, uuid: &str) -> Result<Option<Duration>, DomainError> {
+        self.lock()
+            .domains
+            .get(uuid)
+            .ok_or_else(|| not_found(uuid))?;
+        Ok(None)
+    }
+
     fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
         let mut inner = self.call(Op::Attach, uuid)?;
         let d = inner.domains.get_mut(uuid).ok_or_else(|| not_found(uuid))?;
@@ -574,6 +593,10 @@ impl Hypervisor for FakeHypervisor {
 
     fn subscribe(&self) -> broadcast::Receiver<DomainEvent> {
         self.events.subscribe()
+    }
+
+    fn publish(&self, event: DomainEvent) {
+        let _ = self.events.send(event);
     }
 
     /// The in-memory domains have no console: the session logic is tested on its own

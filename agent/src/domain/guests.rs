@@ -2,13 +2,15 @@
 //! reboot, undefine, re-pin, state, and the agent's domains with their intent). Every call
 //! blocks: callers run them on the blocking pool.
 
+use std::time::Duration;
+
 use tokio::sync::broadcast;
 use virt::domain::Domain;
 use virt::enumutil::Enum;
 use virt::sys;
 
 use super::connection::Libvirt;
-use super::events::DomainEvent;
+use super::events::{DomainEvent, Progress};
 use super::guest_agent::{AgentError, GuestReport};
 use super::hypervisor::{DomainState, GuestDomain, Hypervisor, MigrationTarget};
 use super::xml::{Intent, NAMESPACE, PREFIX, intent_element, read_intent};
@@ -284,6 +286,27 @@ impl Hypervisor for Libvirt {
             .map_err(failed)
     }
 
+    fn migration_progress(&self, uuid: &str) -> Result<Option<Progress>, DomainError> {
+        // On a connection of its own: libvirt asks the migrating QEMU (query-migrate).
+        let stats = self.waiting_domain(uuid)?.job_stats(0).map_err(failed)?;
+        if stats.r#type != sys::VIR_DOMAIN_JOB_UNBOUNDED as i32 {
+            return Ok(None);
+        }
+        Ok(Some(Progress {
+            processed_bytes: stats.data_processed.unwrap_or(0),
+            remaining_bytes: stats.data_remaining.unwrap_or(0),
+            total_bytes: stats.data_total.unwrap_or(0),
+        }))
+    }
+
+    fn migration_downtime(&self, uuid: &str) -> Result<Option<Duration>, DomainError> {
+        let stats = self
+            .domain(uuid)?
+            .job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
+            .map_err(failed)?;
+        Ok(stats.downtime.map(Duration::from_millis))
+    }
+
     fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
         let d = self.waiting_domain(uuid)?;
         device_call(&d, |flags| d.attach_device_flags(xml, flags))
@@ -335,6 +358,10 @@ impl Hypervisor for Libvirt {
 
     fn subscribe(&self) -> broadcast::Receiver<DomainEvent> {
         Libvirt::subscribe(self)
+    }
+
+    fn publish(&self, event: DomainEvent) {
+        Libvirt::publish(self, event)
     }
 
     fn console(

@@ -4,9 +4,11 @@
 //! failure of a create can be tested without libvirtd. Every call blocks: callers run them
 //! on the blocking pool.
 
+use std::time::Duration;
+
 use tokio::sync::broadcast;
 
-use super::events::DomainEvent;
+use super::events::{DomainEvent, Progress};
 use super::guest_agent::{AgentError, GuestReport};
 use super::guests::DomainError;
 use super::xml::{Intent, IntentError};
@@ -150,11 +152,22 @@ pub trait Hypervisor: Send + Sync {
     /// Blocks until the migration ends; when it fails the domain runs on here untouched.
     fn migrate(&self, uuid: &str, target: &MigrationTarget) -> Result<(), DomainError>;
 
+    /// How far the migration of domain `uuid` has copied; `None` when no migration runs.
+    fn migration_progress(&self, uuid: &str) -> Result<Option<Progress>, DomainError>;
+
+    /// How long the guest that migrated here as domain `uuid` was paused for the switch
+    /// (libvirt's completed job, on the target); `None` when libvirt does not say.
+    fn migration_downtime(&self, uuid: &str) -> Result<Option<Duration>, DomainError>;
+
     /// Every persistent domain carrying the agent's metadata, and what it says, by UUID.
     fn guests(&self) -> Result<Vec<GuestDomain>, DomainError>;
 
     /// A receiver of every domain event from now on.
     fn subscribe(&self) -> broadcast::Receiver<DomainEvent>;
+
+    /// Sends an event of the agent's own (a migration's phase) to every receiver, among
+    /// libvirt's.
+    fn publish(&self, event: DomainEvent);
 
     /// Opens the serial console of a running domain (one session at a time; `force` closes
     /// another first).

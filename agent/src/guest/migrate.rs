@@ -13,6 +13,9 @@
 //! A prepared arrival neither finished nor aborted within [`PREPARED_FOR`] is aborted. One
 //! that an agent restart interrupts leaves no claim (claims are rebuilt from domains) and
 //! files without a domain, which the orphan sweep removes.
+//!
+//! Both halves announce their [`Phase`]s as `migration` events (WatchEvents), the source its
+//! copy's progress every [`PROGRESS_EVERY`] while libvirt copies.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,6 +29,7 @@ use super::error::refused;
 use super::plan::extra_disks;
 use super::request::checked_uuid;
 use super::{GuestError, Guests, TCG_CACHE_MIB, qcow2_virtual_size};
+use crate::domain::events::{DomainEvent, EventKind, Progress};
 use crate::domain::hypervisor::{DomainState, MigrationTarget};
 use crate::domain::volume_disk::{self, DiskSource};
 use crate::domain::xml::{DiskBus, GuestSpec, Intent, migrated_xml, read_intent};
@@ -38,6 +42,45 @@ pub const PREPARED_FOR: Duration = Duration::from_secs(600);
 
 /// The largest NoCloud seed a Prepare carries (the agent's seeds are a few KiB).
 pub const MAX_SEED_BYTES: usize = 4 << 20;
+
+/// How often the source reads and announces the copy's progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// A migration's phases, the detail of its `migration` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Source: the target is asked to take a claim and make the guest's files.
+    Preparing,
+    /// Source: libvirt copies memory and writable disks (repeated with the progress).
+    Copying,
+    /// Source: the guest runs on the target; the target takes it over, this node lets go.
+    Finishing,
+    /// Source: the guest is the target's now.
+    Migrated,
+    /// Source: the migration failed; the guest runs on here as it was.
+    Failed,
+    /// Target: prepared (claim taken, files made); the guest may arrive.
+    Arriving,
+    /// Target: the guest arrived and is this node's.
+    Arrived,
+    /// Target: the arrival was given up; nothing of it is left here.
+    Aborted,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preparing => "preparing",
+            Phase::Copying => "copying",
+            Phase::Finishing => "finishing",
+            Phase::Migrated => "migrated",
+            Phase::Failed => "failed",
+            Phase::Arriving => "arriving",
+            Phase::Arrived => "arrived",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
 
 /// How this node takes guests from others (`[migration]`, `[libvirt] partition`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,7 +117,11 @@ pub trait MigrationPeer: Send + Sync {
         &self,
         guest: IncomingGuest,
     ) -> impl Future<Output = Result<MigrationTarget, GuestError>> + Send;
-    fn finish(&self, uuid: &str) -> impl Future<Output = Result<(), GuestError>> + Send;
+    /// The guest's downtime as the target's libvirt measured it, where it says.
+    fn finish(
+        &self,
+        uuid: &str,
+    ) -> impl Future<Output = Result<Option<Duration>, GuestError>> + Send;
     fn abort(&self, uuid: &str) -> impl Future<Output = Result<(), GuestError>> + Send;
 }
 
@@ -82,6 +129,7 @@ pub trait MigrationPeer: Send + Sync {
 /// is finished or aborted.
 struct Arrival {
     _busy: BusyGuard,
+    name: String,
     vcpu_cpus: Vec<Vec<u32>>,
     /// Tells an arrival apart from a later one of the same UUID (for the deadline).
     since: Instant,
@@ -95,6 +143,8 @@ pub(super) struct Arrivals(Mutex<BTreeMap<String, Arrival>>);
 #[derive(Debug, Clone, Copy)]
 pub struct Migrated {
     pub elapsed: Duration,
+    /// How long the guest was paused for the switch (the target's libvirt), where known.
+    pub downtime: Option<Duration>,
 }
 
 /// Why a guest cannot move in phase 1, if it cannot.
@@ -244,11 +294,13 @@ impl Guests {
                     uuid.clone(),
                     Arrival {
                         _busy: busy,
+                        name: source.name.clone(),
                         vcpu_cpus,
                         since: Instant::now(),
                     },
                 );
                 self.abort_when_late(&uuid);
+                self.announce(&uuid, &source.name, Phase::Arriving, None);
                 tracing::info!(vm = %uuid, "migration prepared: claim taken, disks made");
                 Ok(MigrationTarget {
                     libvirt_uri: libvirt_uri.clone(),
@@ -342,8 +394,9 @@ impl Guests {
     }
 
     /// Target side: the guest has arrived (runs here, as this agent's): it is this node's
-    /// guest from now on, its claim bound as at a create.
-    pub async fn finish_incoming(&self, uuid: &str) -> Result<(), GuestError> {
+    /// guest from now on, its claim bound as at a create. Answers the guest's downtime as
+    /// libvirt measured it, where it says.
+    pub async fn finish_incoming(&self, uuid: &str) -> Result<Option<Duration>, GuestError> {
         let uuid = checked_uuid(uuid)?;
         if !lock(&self.arrivals.0).contains_key(&uuid) {
             return Err(GuestError::NotFound(format!(
@@ -381,8 +434,17 @@ impl Guests {
                     .await;
             }
         }
-        tracing::info!(vm = %uuid, "migration finished: the guest runs here");
-        Ok(())
+        let (hypervisor, u) = (self.hypervisor.clone(), uuid.clone());
+        let downtime = self
+            .blocking(move || hypervisor.migration_downtime(&u).map_err(GuestError::from))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(vm = %uuid, error = %e, "cannot read the migration's downtime");
+                None
+            });
+        self.announce(&uuid, &arrival.name, Phase::Arrived, None);
+        tracing::info!(vm = %uuid, downtime_ms = downtime.map(|d| d.as_millis() as u64), "migration finished: the guest runs here");
+        Ok(downtime)
     }
 
     /// Target side: gives up the arrival of `uuid`: a half-arrived domain, the files and the
@@ -393,7 +455,9 @@ impl Guests {
             return Ok(());
         }
         self.undo_arrival(&uuid, true).await;
-        lock(&self.arrivals.0).remove(&uuid);
+        if let Some(arrival) = lock(&self.arrivals.0).remove(&uuid) {
+            self.announce(&uuid, &arrival.name, Phase::Aborted, None);
+        }
         tracing::info!(vm = %uuid, "migration aborted: nothing of the guest is left here");
         Ok(())
     }
@@ -486,7 +550,9 @@ impl Guests {
             .image_of(&intent)?
             .map(|i| i.sha256)
             .unwrap_or_default();
-        let target = peer
+        let name = intent.name.as_str();
+        self.announce(&uuid, name, Phase::Preparing, None);
+        let prepared = peer
             .prepare(IncomingGuest {
                 uuid: uuid.clone(),
                 domain_xml,
@@ -494,8 +560,17 @@ impl Guests {
                 root_disk_bytes,
                 seed,
             })
-            .await?;
+            .await;
+        let target = match prepared {
+            Ok(target) => target,
+            Err(e) => {
+                self.announce(&uuid, name, Phase::Failed, None);
+                return Err(e);
+            }
+        };
         tracing::info!(vm = %uuid, to = %target.libvirt_uri, "migrating");
+        self.announce(&uuid, name, Phase::Copying, None);
+        let progress = self.report_progress(&uuid, name);
         let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();
         // Not on the libvirt call permits (`blocking`): a live migration lasts as long as the
@@ -506,29 +581,79 @@ impl Guests {
         .await
         .map_err(GuestError::Task)
         .and_then(|r| r);
+        progress.stop().await;
         if let Err(e) = moved {
             tracing::warn!(vm = %uuid, error = %e, "migration failed; the guest runs on here");
             if let Err(abort) = peer.abort(&uuid).await {
                 tracing::error!(vm = %uuid, error = %abort, "the target did not abort the migration; its sweep will");
             }
+            self.announce(&uuid, name, Phase::Failed, None);
             return Err(e);
         }
         // The guest runs on the target now, whatever else fails: what it held here goes.
+        self.announce(&uuid, name, Phase::Finishing, None);
         let finished = peer.finish(&uuid).await;
         self.release_departed(&uuid, files).await;
-        if let Err(e) = finished {
-            tracing::error!(vm = %uuid, error = %e, "the guest moved, but the target did not take it over");
-            // Not a failed migration: the guest runs on the target, which takes it over by
-            // itself when the prepared migration's bound passes.
-            return Err(GuestError::Internal(format!(
-                "uuid: guest {uuid} runs on the target now, but its Finish failed ({e}); the target takes it over within {} s",
-                PREPARED_FOR.as_secs()
-            )));
-        }
+        self.announce(&uuid, name, Phase::Migrated, None);
+        let downtime = match finished {
+            Ok(downtime) => downtime,
+            Err(e) => {
+                tracing::error!(vm = %uuid, error = %e, "the guest moved, but the target did not take it over");
+                // Not a failed migration: the guest runs on the target, which takes it over by
+                // itself when the prepared migration's bound passes.
+                return Err(GuestError::Internal(format!(
+                    "uuid: guest {uuid} runs on the target now, but its Finish failed ({e}); the target takes it over within {} s",
+                    PREPARED_FOR.as_secs()
+                )));
+            }
+        };
         tracing::info!(vm = %uuid, elapsed_ms = started.elapsed().as_millis() as u64, "migrated");
         Ok(Migrated {
             elapsed: started.elapsed(),
+            downtime,
         })
+    }
+
+    /// A `migration` event of guest `uuid` to every watcher.
+    fn announce(&self, uuid: &str, name: &str, phase: Phase, progress: Option<Progress>) {
+        self.hypervisor.publish(DomainEvent {
+            uuid: uuid.to_string(),
+            name: name.to_string(),
+            kind: EventKind::Migration,
+            detail: phase.as_str(),
+            unix_ms: hvagent_core::now_unix_ms(),
+            progress,
+        });
+    }
+
+    /// Announces the copy's progress every [`PROGRESS_EVERY`] until stopped.
+    fn report_progress(self: &Arc<Self>, uuid: &str, name: &str) -> ProgressReport {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (this, uuid, name) = (self.clone(), uuid.to_string(), name.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+                }
+                let (hypervisor, u) = (this.hypervisor.clone(), uuid.clone());
+                let read = this
+                    .blocking(move || hypervisor.migration_progress(&u).map_err(GuestError::from))
+                    .await;
+                match read {
+                    Ok(Some(p)) => this.announce(&uuid, &name, Phase::Copying, Some(p)),
+                    // Not started yet, or done: nothing to say.
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(vm = %uuid, error = %e, "cannot read the migration's progress")
+                    }
+                }
+            }
+        });
+        ProgressReport {
+            stop,
+            task: crate::task::AbortOnDrop(task),
+        }
     }
 
     /// What a guest that moved away held here: its claim and files.
@@ -544,6 +669,20 @@ impl Guests {
             // The shared pool got CPUs back: floating guests may use them again.
             self.repin_floating().await;
         }
+    }
+}
+
+/// The progress announcer of one migration ([`Guests::report_progress`]).
+struct ProgressReport {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: crate::task::AbortOnDrop,
+}
+
+impl ProgressReport {
+    /// Stops it, waiting for a read in flight: no progress is announced after this returns.
+    async fn stop(mut self) {
+        let _ = self.stop.send(());
+        let _ = (&mut self.task.0).await;
     }
 }
 

@@ -216,7 +216,7 @@ impl Health {
         let tuned = self.tuned.clone();
         // Pin changes (vcpupin, emulatorpin, the agent's own re-pins) wake the sampler; the
         // event stream is otherwise the guests API's business. Stopped with the sampler.
-        let _listener = AbortOnDrop(tokio::spawn(async move {
+        let _listener = crate::task::AbortOnDrop(tokio::spawn(async move {
             loop {
                 match events.recv().await {
                     Ok(e) if e.kind == EventKind::Tuned && e.detail == "cputune" => {
@@ -658,15 +658,6 @@ impl Health {
             sampled_unix_ms: snapshot.taken_unix_ms,
             window: self.settings.window,
         })
-    }
-}
-
-/// Aborts a task when dropped (when the sampler that owns it stops).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

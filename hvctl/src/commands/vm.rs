@@ -224,16 +224,19 @@ pub async fn run(output: Output, agent: &str, vms: &mut Vms, command: VmCommand)
                 .await,
             one,
         ),
-        VmCommand::Migrate { to, .. } => answer(
-            output,
-            agent,
-            vms.migrate(pb::MigrateVmRequest {
-                uuid: guest,
-                target: to,
+        VmCommand::Migrate { to, .. } => {
+            let mut mover = vms.clone();
+            let migrated = with_phases(output, vms, guest.clone(), async {
+                mover
+                    .migrate(pb::MigrateVmRequest {
+                        uuid: guest,
+                        target: to,
+                    })
+                    .await
             })
-            .await,
-            |m: &pb::MigrateVmResponse| format!("migrated in {} ms\n", m.elapsed_ms),
-        ),
+            .await;
+            answer(output, agent, migrated, render::migrated)
+        }
         VmCommand::AttachVolume { volume, .. } => answer(
             output,
             agent,
@@ -353,4 +356,52 @@ fn network_and_address(n: &str) -> (String, String) {
         Some((net, address)) => (net.to_string(), address.to_string()),
         None => (n.to_string(), String::new()),
     }
+}
+
+/// Runs `migrate`, showing its phases from the guest's `migration` events on stderr
+/// meanwhile: a status line with a progress bar on a terminal, a line per phase otherwise
+/// (not with `--output json`). Events are watched before the call: none is missed.
+async fn with_phases<T>(
+    output: Output,
+    vms: &mut Vms,
+    uuid: String,
+    migrate: impl std::future::Future<Output = T>,
+) -> T {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    if !terminal && output == Output::Json {
+        return migrate.await;
+    }
+    // Without events (an older agent) the migration runs all the same, silently.
+    let Ok(events) = vms.watch_events(pb::WatchEventsRequest { uuid }).await else {
+        return migrate.await;
+    };
+    let mut events = events.into_inner();
+    let show = async {
+        let mut last = String::new();
+        while let Ok(Some(e)) = events.message().await {
+            if e.kind != "migration" {
+                continue;
+            }
+            let Some(line) = render::migration(&e) else {
+                continue;
+            };
+            if terminal {
+                eprint!("\r\x1b[K{line}");
+            } else if e.detail != last {
+                eprintln!("{line}");
+            }
+            last = e.detail;
+        }
+        // The stream ended (the agent went away): the answer will say so.
+        std::future::pending::<()>().await;
+    };
+    let result = tokio::select! {
+        r = migrate => r,
+        () = show => unreachable!("the event loop never ends"),
+    };
+    if terminal {
+        eprint!("\r\x1b[K");
+    }
+    result
 }

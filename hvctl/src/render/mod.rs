@@ -18,7 +18,7 @@ pub use images::{images, progress};
 pub use inventory::inventory;
 pub use networks::networks;
 pub use placement::{capacity, claims, plan};
-pub use vms::{event, guarantees, guest_info, vm_list, vms};
+pub use vms::{event, guarantees, guest_info, migrated, migration, vm_list, vms};
 pub use volumes::{attached, volume_list, volumes};
 
 /// A plain text table: a header row and left-aligned columns separated by two spaces.

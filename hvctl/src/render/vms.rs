@@ -52,12 +52,68 @@ pub fn vms(list: &[pb::Vm]) -> String {
     t.render()
 }
 
-/// One event line: `<unix ms> <uuid> <name> <kind>/<detail>`.
+/// One event line: `<unix ms> <uuid> <name> <kind>/<detail>`, then a migration's progress.
 pub fn event(e: &pb::VmEvent) -> String {
-    format!(
+    let line = format!(
         "{} {} {} {}/{}",
         e.unix_ms, e.uuid, e.name, e.kind, e.detail
+    );
+    match &e.progress {
+        Some(p) => format!("{line} {}", copied(p)),
+        None => line,
+    }
+}
+
+/// A migration's copy: `215.0 MiB sent, 297.0 MiB left (42 %)`.
+fn copied(p: &pb::MigrationProgress) -> String {
+    format!(
+        "{} sent, {} left ({} %)",
+        bytes(p.processed_bytes),
+        bytes(p.remaining_bytes),
+        share_done(p)
     )
+}
+
+/// The share of the copy done, 0-100: sent of sent and left (libvirt's total grows while the
+/// guest dirties memory already sent, so sent may pass it).
+fn share_done(p: &pb::MigrationProgress) -> u64 {
+    let all = p.processed_bytes.saturating_add(p.remaining_bytes);
+    if all == 0 {
+        return 0;
+    }
+    (u128::from(p.processed_bytes) * 100 / u128::from(all)) as u64
+}
+
+/// `hvctl vm migrate`'s answer: how long it took, and the guest's pause for the switch.
+pub fn migrated(m: &pb::MigrateVmResponse) -> String {
+    match m.downtime_ms {
+        Some(d) => format!("migrated in {} ms (downtime {d} ms)\n", m.elapsed_ms),
+        None => format!("migrated in {} ms\n", m.elapsed_ms),
+    }
+}
+
+/// `hvctl vm migrate`'s status line for a migration event: the phase in words, a bar while
+/// libvirt copies. `None` for the end phases (the answer says how it ended).
+pub fn migration(e: &pb::VmEvent) -> Option<String> {
+    const WIDTH: u64 = 30;
+    let what = match e.detail.as_str() {
+        "preparing" => "preparing the target (claim, disks)",
+        "copying" => "copying memory and disks",
+        "finishing" => "finishing: the guest runs on the target",
+        _ => return None,
+    };
+    Some(match &e.progress {
+        Some(p) => {
+            let done = share_done(p) * WIDTH / 100;
+            format!(
+                "[{}{}] {}",
+                "#".repeat(done as usize),
+                "-".repeat((WIDTH - done) as usize),
+                copied(p)
+            )
+        }
+        None => what.to_string(),
+    })
 }
 
 /// `hvctl vm list`: the guests, then any domain whose metadata cannot be read.
@@ -161,4 +217,75 @@ pub fn guest_info(g: &pb::GuestInfo) -> String {
     }
     section(&mut out, &t);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copying(processed: u64, remaining: u64) -> pb::VmEvent {
+        pb::VmEvent {
+            kind: "migration".into(),
+            detail: "copying".into(),
+            progress: Some(pb::MigrationProgress {
+                processed_bytes: processed,
+                remaining_bytes: remaining,
+                total_bytes: processed + remaining,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_migrations_bar_fills_with_the_share_sent() {
+        let half = migration(&copying(256 << 20, 256 << 20)).unwrap();
+        assert_eq!(
+            half,
+            format!(
+                "[{}{}] 256.0 MiB sent, 256.0 MiB left (50 %)",
+                "#".repeat(15),
+                "-".repeat(15)
+            )
+        );
+        let done = migration(&copying(1 << 30, 0)).unwrap();
+        assert!(done.starts_with(&format!("[{}]", "#".repeat(30))), "{done}");
+        // Nothing known yet: an empty bar, no division by zero.
+        let none = migration(&copying(0, 0)).unwrap();
+        assert!(none.starts_with(&format!("[{}]", "-".repeat(30))), "{none}");
+        assert!(none.ends_with("(0 %)"), "{none}");
+    }
+
+    #[test]
+    fn phases_read_as_words_and_the_end_is_left_to_the_answer() {
+        let phase = |detail: &str| {
+            migration(&pb::VmEvent {
+                kind: "migration".into(),
+                detail: detail.into(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            phase("preparing").as_deref(),
+            Some("preparing the target (claim, disks)")
+        );
+        assert_eq!(
+            phase("copying").as_deref(),
+            Some("copying memory and disks")
+        );
+        assert!(phase("finishing").unwrap().starts_with("finishing"));
+        assert_eq!(phase("migrated"), None);
+        assert_eq!(phase("failed"), None);
+    }
+
+    #[test]
+    fn an_event_line_carries_the_progress() {
+        let mut e = copying(3 << 20, 1 << 20);
+        e.uuid = "u".into();
+        e.name = "n".into();
+        e.unix_ms = 7;
+        assert_eq!(
+            event(&e),
+            "7 u n migration/copying 3.0 MiB sent, 1.0 MiB left (75 %)"
+        );
+    }
 }

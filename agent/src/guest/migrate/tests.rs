@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::domain::Hypervisor;
+use crate::domain::events::{DomainEvent, EventKind};
 use crate::domain::fake::{FakeHypervisor, Op};
 use crate::domain::xml::Emulation;
 use crate::guest::CreateRequest;
@@ -116,7 +117,7 @@ impl MigrationPeer for Local<'_> {
         Ok(target)
     }
 
-    async fn finish(&self, uuid: &str) -> Result<(), GuestError> {
+    async fn finish(&self, uuid: &str) -> Result<Option<Duration>, GuestError> {
         let arrived = self.dest_xml.lock().unwrap().take();
         if let Some(xml) = arrived {
             self.target.hypervisor.define_and_start(&xml).unwrap();
@@ -529,4 +530,58 @@ async fn an_arrival_whose_name_a_create_in_flight_holds_is_refused() {
     source.has(MOVER, &claim);
     target.holds_nothing_of(MOVER);
     drop(creating);
+}
+
+/// The `migration` events a receiver has got so far: (UUID, phase).
+fn phases(events: &mut tokio::sync::broadcast::Receiver<DomainEvent>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.kind == EventKind::Migration {
+            assert!(!e.name.is_empty(), "{e:?}");
+            out.push((e.uuid, e.detail.to_string()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn both_halves_announce_their_phases_in_order() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    let (mut from, mut to) = (source.hypervisor.subscribe(), target.hypervisor.subscribe());
+    source.guests.migrate(MOVER, &peer(&target)).await.unwrap();
+    let said = |ps: &[&str]| -> Vec<(String, String)> {
+        ps.iter()
+            .map(|p| (MOVER.to_string(), p.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        phases(&mut from),
+        said(&["preparing", "copying", "finishing", "migrated"])
+    );
+    assert_eq!(phases(&mut to), said(&["arriving", "arrived"]));
+
+    // A failed move: the source says so, the target gives the arrival up.
+    let back = Node::new(1 << 30).await;
+    let mut back_events = back.hypervisor.subscribe();
+    let mut to = target.hypervisor.subscribe();
+    target.hypervisor.fail_once(Op::Migrate);
+    target
+        .guests
+        .migrate(MOVER, &peer(&back))
+        .await
+        .unwrap_err();
+    assert_eq!(phases(&mut to), said(&["preparing", "copying", "failed"]));
+    assert_eq!(phases(&mut back_events), said(&["arriving", "aborted"]));
+
+    // A refused Prepare: failed, and the target never announced an arrival.
+    let other = Node::new(2 << 30).await;
+    let mut other_events = other.hypervisor.subscribe();
+    target
+        .guests
+        .migrate(MOVER, &peer(&other))
+        .await
+        .unwrap_err();
+    assert_eq!(phases(&mut to), said(&["preparing", "failed"]));
+    assert!(phases(&mut other_events).is_empty());
 }
