@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{env_or, header, ms, row, run, start_agent, stats, virsh};
+use common::{env_or, header, ms, row, start_agent, stats, virsh};
 use hvagent::storage::GuestFiles;
 use hvagent_proto::v1 as pb;
 use hvctl::client;
@@ -116,21 +116,7 @@ fn peer_xml(store: &Path, agent_xml: &str, n: usize, p: usize, root_bytes: u64) 
     std::fs::create_dir_all(&to.dir).expect("peer dir");
     std::fs::set_permissions(&to.dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let image = store.join("images/testguest/image");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            image.to_str().expect("path"),
-            to.root_disk().to_str().expect("path"),
-            &root_bytes.to_string(),
-        ],
-    );
+    common::overlay(&to.root_disk(), &image, root_bytes);
     std::fs::copy(from.seed(), to.seed()).expect("copy seed");
     agent_xml.replace(&uuid(n), &uuid(p)).replace(
         &format!("<name>bench-{n}</name>"),

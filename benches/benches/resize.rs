@@ -77,25 +77,8 @@ fn log_size(log: &Path) -> u64 {
 fn define_by_hand(dir: &Path, image: &Path) -> (PathBuf, PathBuf) {
     let root = dir.join("by-hand.qcow2");
     let log = dir.join("by-hand.log");
-    let (r, i) = (root.to_str().expect("path"), image.to_str().expect("path"));
-    let bytes = (FIRST_DISK_GB * GIB).to_string();
-    run(
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", i, "-F", "qcow2", r, &bytes,
-        ],
-    );
-    let xml = format!(
-        "<domain type='qemu'><name>{BY_HAND}</name><memory unit='MiB'>512</memory>\
-         <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
-         <features><acpi/><apic/></features><cpu mode='custom' match='exact'>\
-         <model fallback='forbid'>qemu64</model></cpu><on_poweroff>destroy</on_poweroff>\
-         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-         <source file='{r}'/><target dev='vda' bus='virtio'/></disk>\
-         <serial type='pty'><target port='0'/><log file='{}' append='on'/></serial>\
-         <console type='pty'><target type='serial' port='0'/></console></devices></domain>",
-        log.display()
-    );
+    common::overlay(&root, image, FIRST_DISK_GB * GIB);
+    let xml = common::plain_domain(BY_HAND, 512, &root, &log);
     let file = dir.join("by-hand.xml");
     std::fs::write(&file, xml).expect("write xml");
     virsh(&["define", file.to_str().expect("path")]);

@@ -14,136 +14,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::node2::{Ca, NODE2_URI, Node2, Pair};
 use common::{Agent, Cleanup, free_port, runtime};
 use hvagent_proto::v1 as pb;
-use rcgen::{CertificateParams, DistinguishedName, DnType, Issuer, KeyPair, SanType};
 use tonic::transport::Channel;
 
 type Vms = pb::vm_service_client::VmServiceClient<Channel>;
 type Placement = pb::placement_service_client::PlacementServiceClient<Channel>;
-
-/// The subnet of the veth between the nodes; node2 is `.2`.
-const NET: &str = "10.78.0";
-const NODE2_URI: &str = "qemu+tcp://10.78.0.2/system";
-const SOURCE_IDENTITY: &str = "spiffe://test.example/node1";
-
-/// node2 while the test runs: started by `new`, stopped on drop (also when the test panics).
-struct Node2 {
-    script: PathBuf,
-    state: tempfile::TempDir,
-}
-
-impl Node2 {
-    /// Starts node2, or says why it cannot run here.
-    fn start() -> Result<Node2, String> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err("not root: namespaces and a second libvirtd need root".into());
-        }
-        for tool in ["nsenter", "unshare", "ip", "libvirtd", "virtlogd"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !found {
-                return Err(format!("{tool} is not installed"));
-            }
-        }
-        let node = Node2 {
-            script: common::repo_root().join("tests/scripts/node2.sh"),
-            state: tempfile::tempdir().map_err(|e| e.to_string())?,
-        };
-        // A node2 a killed test run left behind goes first.
-        node.run(&["stop"]);
-        let out = node.run(&["start"]);
-        if !out.status.success() {
-            return Err(format!(
-                "node2.sh start failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(node)
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.script)
-            .args(args)
-            .env("HVNODE2_STATE", self.state.path().join("node2"))
-            .env("HVNODE2_NET", NET)
-            .output()
-            .expect("run node2.sh")
-    }
-
-    /// `virsh` against node2's libvirtd, over TCP as other nodes reach it.
-    fn virsh(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("virsh")
-            .args(["-c", NODE2_URI])
-            .args(args)
-            .output()
-            .expect("run virsh");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-}
-
-impl Drop for Node2 {
-    fn drop(&mut self) {
-        let out = self.run(&["stop"]);
-        if !out.status.success() {
-            eprintln!("node2.sh stop: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-}
-
-/// A test CA and the certificate files it signs.
-struct Ca {
-    dir: PathBuf,
-    pem: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(dir: &Path) -> Ca {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "agents-ca");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let pem = dir.join("ca.pem");
-        std::fs::write(&pem, cert.pem()).unwrap();
-        Ca {
-            dir: dir.to_path_buf(),
-            pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// `file.pem` and `file.key`, with the SAN `san`.
-    fn sign(&self, file: &str, san: SanType) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, file);
-        params.subject_alt_names.push(san);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (pem, k) = (
-            self.dir.join(format!("{file}.pem")),
-            self.dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&pem, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (pem, k)
-    }
-}
 
 /// The guest's console counter values, in order.
 fn counts(console: &str) -> Vec<u64> {
@@ -317,41 +197,18 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         }
     };
     let pki = tempfile::tempdir().unwrap();
-    let ca = Ca::new(pki.path());
-    let (target_cert, target_key) = ca.sign("target", SanType::IpAddress([127, 0, 0, 1].into()));
-    let (source_cert, source_key) =
-        ca.sign("source", SanType::URI(SOURCE_IDENTITY.try_into().unwrap()));
-    let port = free_port();
-    let source = Agent::configure_tcg(
-        "",
-        &format!(
-            "[migration]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nserver_ca = \"{}\"\n",
-            source_cert.display(),
-            source_key.display(),
-            ca.pem.display()
-        ),
-    )
-    .spawn();
+    let pair = Pair::new(&Ca::new(pki.path()), free_port(), &node2);
+    let source = Agent::configure_tcg("", &pair.source).spawn();
     // Files a killed target agent left are swept at its next start.
-    let target = Agent::configure_tcg(
-        "orphan_grace_seconds = 0\n",
-        &format!(
-            "[libvirt]\nuri = \"{NODE2_URI}\"\npartition = \"/hvnode2\"\n[migration]\nlibvirt_uri = \"{NODE2_URI}\"\naddress = \"{NET}.2\"\n[access]\ntls_identities = {{ \"{SOURCE_IDENTITY}\" = \"controller\" }}\n"
-        ),
-    );
+    let target = Agent::configure_tcg("orphan_grace_seconds = 0\n", &pair.target);
     let config = std::fs::read_to_string(&target.config).unwrap().replacen(
         "[api]\n",
-        &format!(
-            "[api]\ntcp_listen = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\n",
-            target_cert.display(),
-            target_key.display(),
-            ca.pem.display()
-        ),
+        &format!("[api]\n{}", pair.target_api),
         1,
     );
     std::fs::write(&target.config, config).unwrap();
     let mut target = target.spawn();
-    let endpoint = format!("127.0.0.1:{port}");
+    let endpoint = pair.endpoint.clone();
     let a = "6d160000-0000-4000-8000-00000000000a";
     let b = "6d160000-0000-4000-8000-00000000000b";
     let c = "6d160000-0000-4000-8000-00000000000c";
@@ -491,6 +348,48 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
                     && cpus(l.split_once(':').unwrap().1) == nodes),
             "numatune on node2:\n{numatune}"
         );
+        // `hvctl vm guarantees` on the target: the vCPU threads observed where the target's
+        // claim puts them, CPU pinning and NUMA locality kept. (Steal is not asserted: both
+        // nodes share this machine's two CPUs, so the source's guests run on the target's.)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let report = loop {
+            let out = target.hvctl(&["--output", "json", "vm", "guarantees", a]);
+            assert!(out.status.success(), "{}", common::stderr(&out));
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let numa_read = r["promises"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["name"] == "numa_locality" && p["verdict"] != 3)
+            });
+            if numa_read
+                && r["vcpus"][0]["actual"]
+                    .as_array()
+                    .is_some_and(|cpus| !cpus.is_empty())
+            {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the target never observed the guest: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_eq!(
+            report["vcpus"][0]["actual"], report["vcpus"][0]["claimed"],
+            "{report}"
+        );
+        for promise in ["cpu_pinning", "numa_locality"] {
+            let verdict = report["promises"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == promise)
+                .map(|p| p["verdict"].clone());
+            assert_eq!(
+                verdict,
+                Some(serde_json::json!(1)),
+                "{promise} not kept on the target: {report}"
+            );
+        }
         // The source holds nothing of it; the target exactly the claim.
         assert_eq!(
             get(&mut vms, a).await.unwrap_err().code(),

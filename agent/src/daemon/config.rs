@@ -362,6 +362,7 @@ impl Config {
             ("api", "tls_key") => tcp.key = Some(absolute_path(value)?),
             ("api", "tls_client_ca") => tcp.client_ca = Some(absolute_path(value)?),
             ("libvirt", "uri") => self.libvirt.uri = libvirt_uri(value)?,
+            ("libvirt", "qemu_pid_dir") => self.health.qemu_pid_dir = absolute_path(value)?,
             ("libvirt", "partition") => {
                 let partition = string(value)?;
                 if !partition.starts_with('/') || partition.len() < 2 || partition.contains('\0') {

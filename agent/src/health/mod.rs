@@ -34,7 +34,7 @@ use host::HostSample;
 use hvagent_core::counts::KindCounts;
 use pinning::{Expected, Observed, Violation};
 
-/// Where libvirt's QEMU driver keeps each running domain's pid file (`NAME.pid`).
+/// Where libvirt's QEMU driver keeps each running domain's pid file (`NAME.pid`), by default.
 pub const QEMU_PID_DIR: &str = "/run/libvirt/qemu";
 
 /// At most this many stats calls may be stuck in libvirt at once; beyond, calls are skipped
@@ -50,6 +50,9 @@ pub struct Settings {
     pub libvirt_timeout: Duration,
     pub repair: bool,
     pub thresholds: Thresholds,
+    /// Where the guests' QEMU pid files are (`[libvirt] qemu_pid_dir`): the vCPU threads'
+    /// affinity and the memory's NUMA placement are read from `/proc/PID`.
+    pub qemu_pid_dir: PathBuf,
 }
 
 impl Default for Settings {
@@ -61,6 +64,7 @@ impl Default for Settings {
             libvirt_timeout: Duration::from_millis(2000),
             repair: false,
             thresholds: Thresholds::default(),
+            qemu_pid_dir: PathBuf::from(QEMU_PID_DIR),
         }
     }
 }
@@ -523,6 +527,7 @@ impl Health {
         let reading = self.reading_pins.clone();
         let libvirt = self.libvirt.clone();
         let cgroups = self.cgroups.clone();
+        let pid_dir = self.settings.qemu_pid_dir.clone();
         let wanted: Vec<(String, String, usize)> = expected
             .values()
             .map(|e| (e.uuid.clone(), e.name.clone(), e.vcpus.len()))
@@ -531,7 +536,7 @@ impl Health {
             let _done = ClearOnDrop(reading);
             let mut observed = BTreeMap::new();
             for (uuid, name, vcpus) in wanted {
-                let Some(pid) = qemu_pid(Path::new(QEMU_PID_DIR), &name) else {
+                let Some(pid) = qemu_pid(&pid_dir, &name) else {
                     continue;
                 };
                 let Ok((libvirt_vcpus, libvirt_emulator)) =
@@ -607,9 +612,12 @@ impl Health {
             .spec;
         let running = guest.state == DomainState::Running;
         let numa = if running {
-            let name = guest.intent.name.clone();
+            let (name, pid_dir) = (
+                guest.intent.name.clone(),
+                self.settings.qemu_pid_dir.clone(),
+            );
             tokio::task::spawn_blocking(move || {
-                let pid = qemu_pid(Path::new(QEMU_PID_DIR), &name)?;
+                let pid = qemu_pid(&pid_dir, &name)?;
                 std::fs::read_to_string(format!("/proc/{pid}/numa_maps"))
                     .ok()
                     .map(|t| report::parse_numa_maps(&t))

@@ -78,12 +78,17 @@ pub fn start_agent(dir: &Path, extra: &str) -> (Child, PathBuf) {
 
 /// As [`start_agent`], with the metrics endpoint on 127.0.0.1:`port` (0: any free port).
 pub fn start_agent_with_metrics(dir: &Path, extra: &str, port: u16) -> (Child, PathBuf) {
+    start_agent_full(dir, "", extra, port)
+}
+
+/// As [`start_agent_with_metrics`], with `api` TOML lines in its `[api]` section.
+pub fn start_agent_full(dir: &Path, api: &str, extra: &str, port: u16) -> (Child, PathBuf) {
     let socket = dir.join("hvagent.sock");
     let config = dir.join("hvagent.toml");
     std::fs::write(
         &config,
         format!(
-            "[api]\nunix_socket = \"{}\"\n[storage]\nroot = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n{extra}",
+            "[api]\n{api}unix_socket = \"{}\"\n[storage]\nroot = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n{extra}",
             socket.display(),
             dir.join("store").display()
         ),
@@ -119,6 +124,42 @@ pub fn virsh(args: &[&str]) -> String {
     let mut all = vec!["-c", "qemu:///system"];
     all.extend_from_slice(args);
     run("virsh", &all)
+}
+
+/// A qcow2 overlay at `path` on the qcow2 image `base`, of `bytes` virtual size.
+pub fn overlay(path: &Path, base: &Path, bytes: u64) {
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            base.to_str().expect("path"),
+            path.to_str().expect("path"),
+            &bytes.to_string(),
+        ],
+    );
+}
+
+/// A plain TCG domain (1 vCPU, `mib` of memory, no pins) booting from the qcow2 disk `root`,
+/// its serial console logged to `log`: the by-hand peer of an agent guest.
+pub fn plain_domain(name: &str, mib: u64, root: &Path, log: &Path) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>{mib}</memory>\
+         <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
+         <features><acpi/><apic/></features><cpu mode='custom' match='exact'>\
+         <model fallback='forbid'>qemu64</model></cpu><on_poweroff>destroy</on_poweroff>\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <serial type='pty'><target port='0'/><log file='{}' append='on'/></serial>\
+         <console type='pty'><target type='serial' port='0'/></console></devices></domain>",
+        root.display(),
+        log.display()
+    )
 }
 
 type Vms = hvagent_proto::v1::vm_service_client::VmServiceClient<tonic::transport::Channel>;

@@ -2,6 +2,7 @@
 //! run the real `hvctl` against it.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod node2;
 pub mod placement;
 
 use std::os::unix::process::ExitStatusExt;

@@ -548,3 +548,27 @@ fn placement_api_errors_name_the_key_and_the_rule() {
         "/etc/x.toml: placement_api.urll: unknown key"
     );
 }
+
+/// Where the QEMU pid files are: libvirt's run directory unless set, an absolute path.
+#[test]
+fn qemu_pid_dir_key() {
+    assert_eq!(
+        Config::default().health.qemu_pid_dir,
+        std::path::PathBuf::from("/run/libvirt/qemu")
+    );
+    let c = Config::parse(
+        "f",
+        "[libvirt]\nqemu_pid_dir = \"/proc/42/root/run/libvirt/qemu\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.health.qemu_pid_dir,
+        std::path::PathBuf::from("/proc/42/root/run/libvirt/qemu")
+    );
+    assert!(
+        err("[libvirt]\nqemu_pid_dir = \"run/libvirt\"\n")
+            .starts_with("/etc/x.toml: libvirt.qemu_pid_dir: "),
+        "{}",
+        err("[libvirt]\nqemu_pid_dir = \"run/libvirt\"\n")
+    );
+}
