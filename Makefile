@@ -24,8 +24,9 @@ run: host build
 
 # The tests also need promtool (Debian ships it in the prometheus package) to check a real scrape
 # and the alerting rules; tests/tests/operators_kit.rs builds, checks (lintian) and installs the
-# Debian package and reads its man page (man-db).
-test: APT_PACKAGES += prometheus lintian man-db $(DEB_PACKAGES)
+# Debian package and reads its man page (man-db); tests/tests/migration.rs pings a migrated
+# guest at its address on both nodes (iputils-ping).
+test: APT_PACKAGES += prometheus lintian man-db iputils-ping $(DEB_PACKAGES)
 test: packages-fresh host hugepages python images check fuzz-smoke
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace

@@ -33,10 +33,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{env_or, header, row, start_agent, start_agent_full, stats, testguest, virsh};
+use common::{env_or, header, row, start_agent, start_agent_as, stats, testguest, virsh};
 use hvagent_proto::v1 as pb;
 use hvctl::client;
-use node2::{Ca, NET, NODE2_URI, Node2, Pair};
+use node2::{Ca, NET, NETNS, NODE2_URI, Node2, Pair};
 
 type Vms = pb::vm_service_client::VmServiceClient<tonic::transport::Channel>;
 
@@ -210,7 +210,8 @@ fn main() {
     let pair = Pair::new(&Ca::new(pki.path()), port, &node);
     let (mut source, source_socket) =
         start_agent(source_dir.path(), &format!("{TCG}{}", pair.source));
-    let (mut target, target_socket) = start_agent_full(
+    let (mut target, target_socket) = start_agent_as(
+        node2::command_in(Some(NETNS), common::bin("hvagent")),
         target_dir.path(),
         &pair.target_api,
         &format!("{TCG}{}", pair.target),

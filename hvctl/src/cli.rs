@@ -367,7 +367,8 @@ pub enum VmCommand {
     /// claim for the guest's flavor and builds the guest's domain from it (its own CPUs, NUMA
     /// memory and hugepages), libvirt copies memory and disks while the guest runs, and the
     /// source then frees its claim and files. On any failure before the guest has moved it
-    /// runs on here unchanged and the target keeps nothing. Guests with NICs, volumes,
+    /// runs on here unchanged and the target keeps nothing. NICs move into the target's
+    /// networks of the same names (which it must have); guests with volumes,
     /// passed-through devices, UEFI or a TPM cannot move yet. The phases and a progress bar
     /// of the copy show on stderr (a line per phase when stderr is not a terminal); the
     /// answer gives the time taken and the guest's downtime.

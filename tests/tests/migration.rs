@@ -14,10 +14,11 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::node2::{Ca, NODE2_URI, Node2, Pair};
+use common::node2::{Ca, NETNS, NODE2_URI, Node2, Pair, command_in};
 use common::{Agent, Cleanup, free_port, runtime};
 use hvagent_proto::v1 as pb;
 use tonic::transport::Channel;
@@ -172,6 +173,60 @@ fn phases(events: &[pb::VmEvent]) -> Vec<&str> {
     out
 }
 
+/// The network of the NIC test, on both nodes: a bridge with the host at `MIGNET_HOST`.
+const MIGNET: &str = "mignet";
+const MIGNET_HOST: &str = "10.79.0.1";
+const GUEST_IP: &str = "10.79.0.10";
+
+/// Removes a link of this network namespace when dropped (also when the test fails): the
+/// source node's bridge of `mignet` (node2's goes with its namespace).
+struct RemoveLink(String);
+
+impl Drop for RemoveLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+/// Waits until `ip` answers a ping from network namespace `netns` (this process's: `None`).
+async fn pings(netns: Option<&str>, ip: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = command_in(netns, "ping")
+            .args(["-c1", "-W1", ip])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ip} does not answer from {netns:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Migrates `uuid` to `target`, which must refuse (FAILED_PRECONDITION) with the guest
+/// running on here; the refusal's message.
+async fn refused_migration(vms: &mut Vms, uuid: &str, target: &str) -> String {
+    let refused = vms
+        .migrate(pb::MigrateVmRequest {
+            uuid: uuid.into(),
+            target: target.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(get(vms, uuid).await.unwrap().state, "running");
+    refused.message().to_string()
+}
+
 /// What the target holds of guest `uuid`: a domain, files, a claim (none, after a failure).
 async fn target_holds(node2: &Node2, target: &Agent, places: &mut Placement, uuid: &str) {
     let (_, listed) = node2.virsh(&["list", "--all", "--uuid"]);
@@ -196,11 +251,13 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             return;
         }
     };
+    // Dropped after the agents: a running source agent would make the bridge again.
+    let _bridge = RemoveLink(format!("br-{MIGNET}"));
     let pki = tempfile::tempdir().unwrap();
     let pair = Pair::new(&Ca::new(pki.path()), free_port(), &node2);
     let source = Agent::configure_tcg("", &pair.source).spawn();
     // Files a killed target agent left are swept at its next start.
-    let target = Agent::configure_tcg("orphan_grace_seconds = 0\n", &pair.target);
+    let target = Agent::configure_tcg("orphan_grace_seconds = 0\n", &pair.target).in_netns(NETNS);
     let config = std::fs::read_to_string(&target.config).unwrap().replacen(
         "[api]\n",
         &format!("[api]\n{}", pair.target_api),
@@ -228,8 +285,24 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         let before = common::claims(&mut places).await;
 
         // 1. The guest moves, keeps counting and runs on the target's claim. On the target
-        // another dedicated guest holds the CPU the guest has on the source.
-        vms.create(create(a, "mover", "testguest")).await.unwrap();
+        // another dedicated guest holds the CPU the guest has on the source. The guest has a
+        // NIC in network `mignet` (a bridge with the host at .1 on each node), its address
+        // GUEST_IP, 8 Mbit/s into it.
+        let mut mignet = pb::network_service_client::NetworkServiceClient::new(src.clone());
+        let network = pb::EnsureNetworkRequest {
+            network: Some(pb::Network {
+                name: MIGNET.into(),
+                kind: "bridge".into(),
+                address: format!("{MIGNET_HOST}/24"),
+                ..Default::default()
+            }),
+        };
+        mignet.ensure(network.clone()).await.unwrap();
+        let mut mover = create(a, "mover", "testguest");
+        mover.networks = vec![MIGNET.into()];
+        mover.addresses = vec![format!("{GUEST_IP}/24")];
+        mover.ingress_kbps = vec![8000];
+        vms.create(mover).await.unwrap();
         let source_cpus = get(&mut vms, a).await.unwrap().claim.unwrap().vcpus[0]
             .cpus
             .clone();
@@ -252,6 +325,18 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         counted_to(&mut vms, a, 3).await;
         let booted = boot_id("qemu:///system", a);
         assert_eq!(booted.len(), 36, "boot id {booted:?}");
+        pings(None, GUEST_IP).await;
+        // A target without the guest's network refuses before it takes anything.
+        let refused = refused_migration(&mut vms, a, &endpoint).await;
+        assert!(
+            refused.contains("networks[0]") && refused.contains(MIGNET),
+            "{refused}"
+        );
+        target_holds(&node2, &target, &mut places2, a).await;
+        pb::network_service_client::NetworkServiceClient::new(dst.clone())
+            .ensure(network)
+            .await
+            .unwrap();
         let (on_source, on_target) = (
             migration_events(&vms, a).await,
             migration_events(&vms2, a).await,
@@ -390,6 +475,28 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
                 "{promise} not kept on the target: {report}"
             );
         }
+        // Its NIC works on the target: a tap of the same name in node2's bridge, rate-limited
+        // there, the guest answering at its address; the source's tap is gone.
+        let tap = hvagent::net::nic::tap_name(a, 0);
+        let on_node2 = |args: &[&str]| {
+            let out = command_in(Some(NETNS), args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let link = on_node2(&["ip", "-o", "link", "show", &tap]);
+        assert!(link.contains(&format!("master br-{MIGNET}")), "{link}");
+        let qdisc = on_node2(&["tc", "qdisc", "show", "dev", &tap]);
+        assert!(
+            qdisc.contains("tbf") && qdisc.contains("rate 8Mbit"),
+            "{qdisc}"
+        );
+        pings(Some(NETNS), GUEST_IP).await;
+        assert!(
+            !Path::new("/sys/class/net").join(&tap).exists(),
+            "the source's tap {tap} is left"
+        );
         // The source holds nothing of it; the target exactly the claim.
         assert_eq!(
             get(&mut vms, a).await.unwrap_err().code(),
@@ -418,20 +525,8 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             .unwrap();
         vms.create(create(b, "stayer", "only-here")).await.unwrap();
         counted_to(&mut vms, b, 2).await;
-        let refused = vms
-            .migrate(pb::MigrateVmRequest {
-                uuid: b.into(),
-                target: endpoint.clone(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            refused.code(),
-            tonic::Code::FailedPrecondition,
-            "{refused:?}"
-        );
-        assert!(refused.message().contains("only-here"), "{refused:?}");
-        assert_eq!(get(&mut vms, b).await.unwrap().state, "running");
+        let refused = refused_migration(&mut vms, b, &endpoint).await;
+        assert!(refused.contains("only-here"), "{refused}");
         target_holds(&node2, &target, &mut places2, b).await;
 
         // 3. A migration cancelled midway: the guest runs on at the source, unchanged. The

@@ -1,10 +1,11 @@
-//! Live migration of a running guest to another node (phase 1: guests without NICs, volumes,
-//! devices or UEFI/TPM). Two halves, one on each agent:
+//! Live migration of a running guest to another node (guests without volumes, devices or
+//! UEFI/TPM). Two halves, one on each agent:
 //!
 //! - the **target** ([`Guests::prepare_incoming`], [`Guests::finish_incoming`],
 //!   [`Guests::abort_incoming`]) takes a claim for the guest's flavor, makes its disks as
-//!   overlays on its own copy of the image, and builds the domain the guest is to run as from
-//!   that claim (`domain::xml::migrated_xml`): no pin of the source survives the move;
+//!   overlays on its own copy of the image and its NICs' taps in its networks of the same
+//!   names, and builds the domain the guest is to run as from that claim
+//!   (`domain::xml::migrated_xml`): no pin of the source survives the move;
 //! - the **source** ([`Guests::migrate`]) asks the target to prepare, has libvirt move the
 //!   guest peer to peer with its writable disks, then tells the target it arrived and gives
 //!   back its own claim and files. When anything fails before libvirt has moved the guest,
@@ -26,13 +27,14 @@ use hvagent_core::sync::lock;
 
 use super::busy::BusyGuard;
 use super::error::refused;
-use super::plan::extra_disks;
+use super::plan::{HostTap, PlannedNic, extra_disks, guest_taps, host_taps};
 use super::request::checked_uuid;
 use super::{GuestError, Guests, TCG_CACHE_MIB, qcow2_virtual_size};
 use crate::domain::events::{DomainEvent, EventKind, Progress};
 use crate::domain::hypervisor::{DomainState, MigrationTarget};
 use crate::domain::volume_disk::{self, DiskSource};
-use crate::domain::xml::{DiskBus, GuestSpec, Intent, migrated_xml, read_intent};
+use crate::domain::xml::{DiskBus, GuestSpec, Intent, NicAttach, migrated_xml, read_intent};
+use crate::net::GuestTap;
 use crate::placement::ClaimRequest;
 use crate::storage::GuestFiles;
 use crate::storage::disks;
@@ -130,6 +132,10 @@ pub trait MigrationPeer: Send + Sync {
 struct Arrival {
     _busy: BusyGuard,
     name: String,
+    /// The NICs' taps in managed networks (made at Prepare) and in host bridges (libvirt's),
+    /// joined and rate-limited once the guest runs here.
+    taps: Vec<GuestTap>,
+    host_taps: Vec<HostTap>,
     vcpu_cpus: Vec<Vec<u32>>,
     /// Tells an arrival apart from a later one of the same UUID (for the deadline).
     since: Instant,
@@ -147,12 +153,10 @@ pub struct Migrated {
     pub downtime: Option<Duration>,
 }
 
-/// Why a guest cannot move in phase 1, if it cannot.
-fn phase_one_refusal(intent: &Intent) -> Option<&'static str> {
+/// Why a guest cannot move, if it cannot.
+fn unmovable(intent: &Intent) -> Option<&'static str> {
     if intent.resize.is_some() {
         Some("a resize awaits confirm or revert")
-    } else if !intent.nics.is_empty() {
-        Some("it has NICs (migration with networks is not supported yet)")
     } else if intent.boot_volume.is_some() {
         Some("it boots from a volume (not supported yet)")
     } else if !intent.claim.gpus.is_empty() || !intent.claim.infiniband.is_empty() {
@@ -194,7 +198,7 @@ impl Guests {
         }
         let source = read_intent(&guest.domain_xml)
             .map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?;
-        if let Some(why) = phase_one_refusal(&source) {
+        if let Some(why) = unmovable(&source) {
             return Err(GuestError::Precondition(format!("uuid: {why}")));
         }
         let emulation = self.emulation.clone().map_err(GuestError::Precondition)?;
@@ -218,6 +222,7 @@ impl Guests {
                 image.name, image.sha256, guest.image_sha256
             )));
         }
+        let nics = self.arriving_nics(&uuid, &source, &guest.domain_xml)?;
         let busy = {
             let held = self.lock.lock().await;
             self.ensure_rebuilt(&held).await?;
@@ -285,9 +290,17 @@ impl Guests {
             rng: false,
             tcg_cache_mib: TCG_CACHE_MIB,
         };
-        let made = self
+        let taps = guest_taps(
+            &uuid,
+            nics.iter().map(|n| (n.network.clone(), n.intent.clone())),
+        );
+        let made = match self
             .make_arrival(&guest, &source, &target, &files, &image, &spec)
-            .await;
+            .await
+        {
+            Ok(made) => self.plug(&taps).await.map(|()| made),
+            Err(e) => Err(e),
+        };
         match made {
             Ok(disks) => {
                 lock(&self.arrivals.0).insert(
@@ -295,13 +308,18 @@ impl Guests {
                     Arrival {
                         _busy: busy,
                         name: source.name.clone(),
+                        host_taps: host_taps(
+                            &uuid,
+                            nics.iter().map(|n| (n.network.is_some(), &n.intent)),
+                        ),
+                        taps,
                         vcpu_cpus,
                         since: Instant::now(),
                     },
                 );
                 self.abort_when_late(&uuid);
                 self.announce(&uuid, &source.name, Phase::Arriving, None);
-                tracing::info!(vm = %uuid, "migration prepared: claim taken, disks made");
+                tracing::info!(vm = %uuid, "migration prepared: claim taken, disks and taps made");
                 Ok(MigrationTarget {
                     libvirt_uri: libvirt_uri.clone(),
                     migrate_uri: format!("tcp://{address}"),
@@ -314,6 +332,62 @@ impl Guests {
                 Err(e)
             }
         }
+    }
+
+    /// The arriving guest's NICs here: each in this node's network of the name it has on the
+    /// source, reached the same way (a managed network's tap, or a host bridge), since the
+    /// guest's devices move as they are (tap names derive from the UUID and slot). Checked
+    /// before anything is taken.
+    fn arriving_nics(
+        &self,
+        uuid: &str,
+        source: &Intent,
+        domain_xml: &str,
+    ) -> Result<Vec<PlannedNic>, GuestError> {
+        let kinds = super::nic::interface_list(domain_xml)
+            .map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?;
+        source
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, nic)| {
+                let label = format!("networks[{i}]");
+                let name = source.networks.get(i).ok_or_else(|| {
+                    GuestError::Invalid(format!("domain_xml: NIC {} has no network", nic.mac))
+                })?;
+                let (attach, network) =
+                    super::create::attach(&self.networks, uuid, nic.slot_at(i), name, &label)
+                        .map_err(|e| match e {
+                            // The source's network: this node lacks it, the guest cannot come.
+                            GuestError::NotFound(m) => GuestError::Precondition(m),
+                            other => other,
+                        })?;
+                let mac = nic.mac.to_ascii_lowercase();
+                let on_source = kinds.iter().find(|(_, m)| *m == mac).map(|(k, _)| k.as_str());
+                let (here, word) = match attach {
+                    NicAttach::Tap(_) => ("ethernet", "a managed network"),
+                    NicAttach::Bridge { .. } => ("bridge", "a host bridge"),
+                };
+                if on_source != Some(here) {
+                    return Err(GuestError::Precondition(format!(
+                        "{label}: {name:?} is {word} on this node, but the guest's NIC {mac} is not attached that way on the source"
+                    )));
+                }
+                Ok(PlannedNic {
+                    attach,
+                    network,
+                    intent: nic.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The arriving guest's taps in managed networks' bridges, made before libvirt opens them.
+    async fn plug(&self, taps: &[GuestTap]) -> Result<(), GuestError> {
+        for tap in taps {
+            self.networks.plug(tap).await?;
+        }
+        Ok(())
     }
 
     /// The arriving guest's files (root overlay on this node's image, the flavor's extra
@@ -425,6 +499,13 @@ impl Guests {
                 "uuid: the migration of {uuid} was aborted meanwhile"
             )));
         };
+        // The guest runs here, whatever fails now: its NICs work, at worst unlimited (logged).
+        if let Err(e) = self.networks.join(&arrival.taps).await {
+            tracing::error!(vm = %uuid, error = %e, "the arrived guest's taps cannot join their networks or take their limits");
+        }
+        if let Err(e) = self.limit_host_taps(&uuid, &arrival.host_taps).await {
+            tracing::error!(vm = %uuid, error = %e, "the arrived guest's rate limits cannot be applied");
+        }
         if let Ok(intent) = d.intent {
             if intent.claim.dedicated_cpus().next().is_some() {
                 // The shared pool lost CPUs to the guest: floating guests must leave them.
@@ -463,8 +544,8 @@ impl Guests {
     }
 
     /// Removes what an arrival made: the domain libvirt may have defined (`domain`), the
-    /// files, the claim — as a failed create does (a domain that cannot be removed keeps its
-    /// files and claim).
+    /// files, the claim, the taps — as a failed create does (a domain that cannot be removed
+    /// keeps its files and claim).
     async fn undo_arrival(&self, uuid: &str, domain: bool) {
         let undo = super::create::Undo {
             hypervisor: self.hypervisor.clone(),
@@ -484,6 +565,9 @@ impl Guests {
             .await;
         if let Err(e) = undone {
             tracing::error!(vm = %uuid, error = %e, "cannot remove what the migration made here");
+        }
+        if let Err(e) = self.networks.unplug_guest(uuid).await {
+            tracing::error!(vm = %uuid, error = %e, "cannot remove the arrival's taps; the network reconcile will");
         }
     }
 
@@ -513,7 +597,7 @@ impl Guests {
                 d.state
             )));
         }
-        if let Some(why) = phase_one_refusal(&intent) {
+        if let Some(why) = unmovable(&intent) {
             return Err(GuestError::Precondition(format!(
                 "uuid: guest {uuid} cannot migrate: {why}"
             )));
@@ -656,8 +740,11 @@ impl Guests {
         }
     }
 
-    /// What a guest that moved away held here: its claim and files.
+    /// What a guest that moved away held here: its claim, files and taps.
     async fn release_departed(&self, uuid: &str, files: GuestFiles) {
+        if let Err(e) = self.networks.unplug_guest(uuid).await {
+            tracing::error!(vm = %uuid, error = %e, "cannot remove the departed guest's taps; the network reconcile will");
+        }
         if let Err(e) = self
             .blocking(move || files.remove().map_err(GuestError::Files))
             .await

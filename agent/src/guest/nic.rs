@@ -90,17 +90,36 @@ pub(super) fn without_nic(intent: &Intent, position: usize) -> Intent {
 
 /// The MACs of the `<interface>` elements of a domain XML (lowercased), in order.
 pub(super) fn interface_macs(xml: &str) -> Result<Vec<String>, String> {
-    use quick_xml::events::Event;
+    Ok(interface_list(xml)?
+        .into_iter()
+        .map(|(_, mac)| mac)
+        .collect())
+}
+
+/// The `<interface>` elements of a domain XML, in order: their `type` (`ethernet` for a
+/// managed network's tap, `bridge` for a host bridge) and MAC (lowercased).
+pub(super) fn interface_list(xml: &str) -> Result<Vec<(String, String)>, String> {
+    use quick_xml::events::{BytesStart, Event};
+    let attribute = |e: &BytesStart, name: &str| -> Result<Option<String>, String> {
+        Ok(e.try_get_attribute(name)
+            .map_err(|e| e.to_string())?
+            .and_then(|a| {
+                a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .ok()
+                    .map(|v| v.into_owned())
+            }))
+    };
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut out = Vec::new();
-    let mut inside = false;
+    // The type of the `<interface>` being read.
+    let mut inside: Option<String> = None;
     loop {
         let (e, empty) = match reader.read_event().map_err(|e| e.to_string())? {
             Event::Start(e) => (e, false),
             Event::Empty(e) => (e, true),
             Event::End(e) => {
                 if e.local_name().as_ref() == "interface" {
-                    inside = false;
+                    inside = None;
                 }
                 continue;
             }
@@ -108,17 +127,11 @@ pub(super) fn interface_macs(xml: &str) -> Result<Vec<String>, String> {
             _ => continue,
         };
         match e.local_name().as_ref() {
-            "interface" => inside = !empty,
-            "mac" if inside => {
-                let mac = e
-                    .try_get_attribute("address")
-                    .map_err(|e| e.to_string())?
-                    .and_then(|a| {
-                        a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                            .ok()
-                            .map(|v| v.to_ascii_lowercase())
-                    });
-                out.extend(mac);
+            "interface" if !empty => inside = Some(attribute(&e, "type")?.unwrap_or_default()),
+            "mac" => {
+                if let (Some(kind), Some(mac)) = (&inside, attribute(&e, "address")?) {
+                    out.push((kind.clone(), mac.to_ascii_lowercase()));
+                }
             }
             _ => {}
         }

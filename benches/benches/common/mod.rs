@@ -78,11 +78,18 @@ pub fn start_agent(dir: &Path, extra: &str) -> (Child, PathBuf) {
 
 /// As [`start_agent`], with the metrics endpoint on 127.0.0.1:`port` (0: any free port).
 pub fn start_agent_with_metrics(dir: &Path, extra: &str, port: u16) -> (Child, PathBuf) {
-    start_agent_full(dir, "", extra, port)
+    start_agent_as(Command::new(bin("hvagent")), dir, "", extra, port)
 }
 
-/// As [`start_agent_with_metrics`], with `api` TOML lines in its `[api]` section.
-pub fn start_agent_full(dir: &Path, api: &str, extra: &str, port: u16) -> (Child, PathBuf) {
+/// As [`start_agent_with_metrics`], run as `command` (the agent, or a wrapper that execs
+/// it), with `api` TOML lines in its `[api]` section.
+pub fn start_agent_as(
+    mut command: Command,
+    dir: &Path,
+    api: &str,
+    extra: &str,
+    port: u16,
+) -> (Child, PathBuf) {
     let socket = dir.join("hvagent.sock");
     let config = dir.join("hvagent.toml");
     std::fs::write(
@@ -94,7 +101,7 @@ pub fn start_agent_full(dir: &Path, api: &str, extra: &str, port: u16) -> (Child
         ),
     )
     .expect("config");
-    let child = Command::new(bin("hvagent"))
+    let child = command
         .arg("--config")
         .arg(&config)
         .stderr(Stdio::null())

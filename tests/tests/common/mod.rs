@@ -144,6 +144,8 @@ pub struct Agent {
     /// a file, not a pipe nobody reads, which a long test's log would fill and so block the
     /// agent's next log line.
     pub log_from: u64,
+    /// The network namespace (`ip netns` name) the agent runs in; `None`: this process's.
+    pub netns: Option<String>,
 }
 
 impl Agent {
@@ -173,6 +175,7 @@ impl Agent {
             config,
             child: None,
             log_from: 0,
+            netns: None,
         }
     }
 
@@ -194,9 +197,16 @@ impl Agent {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(bin("hvagent"));
+        let mut cmd = node2::command_in(self.netns.as_deref(), bin("hvagent"));
         cmd.arg("--config").arg(&self.config);
         cmd
+    }
+
+    /// Runs the agent in network namespace `ns` (as on another host: its taps, bridges and
+    /// listeners are there), not yet started.
+    pub fn in_netns(mut self, ns: &str) -> Agent {
+        self.netns = Some(ns.to_string());
+        self
     }
 
     /// The agent's log file (stderr of every run, appended).

@@ -10,13 +10,31 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, Issuer, KeyPair, SanTy
 
 /// The subnet of the veth between the nodes; node2 is `.2`.
 pub const NET: &str = "10.78.0";
+/// node2's network namespace (`ip netns`), where its libvirtd and the target agent run.
+pub const NETNS: &str = "hvnode2";
 pub const NODE2_URI: &str = "qemu+tcp://10.78.0.2/system";
+/// `program` to run in network namespace `netns` (an `ip netns` name; `None`: this
+/// process's). nsenter execs it: the child's pid is the program's.
+pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// The source agent's `[migration]` identity, a `controller` on the target.
 pub const SOURCE_IDENTITY: &str = "spiffe://test.example/node1";
 
-/// The config of a source agent (on the main libvirtd) and a target agent (on node2, its
-/// TCP API on 127.0.0.1:`port`), with certificates of `ca`: TOML lines to append (`source`,
-/// `target`) and lines for the target's `[api]` section (`target_api`).
+/// The config of a source agent (on the main libvirtd) and a target agent (on node2, in its
+/// network namespace, its TCP API on node2's address, port `port`), with certificates of
+/// `ca`: TOML lines to append (`source`, `target`) and lines for the target's `[api]` section
+/// (`target_api`).
 pub struct Pair {
     pub source: String,
     pub target: String,
@@ -27,8 +45,8 @@ pub struct Pair {
 
 impl Pair {
     pub fn new(ca: &Ca, port: u16, node: &Node2) -> Pair {
-        let (target_cert, target_key) =
-            ca.sign("target", SanType::IpAddress([127, 0, 0, 1].into()));
+        let address: std::net::IpAddr = format!("{NET}.2").parse().unwrap();
+        let (target_cert, target_key) = ca.sign("target", SanType::IpAddress(address));
         let (source_cert, source_key) =
             ca.sign("source", SanType::URI(SOURCE_IDENTITY.try_into().unwrap()));
         Pair {
@@ -43,12 +61,12 @@ impl Pair {
                 node.qemu_pid_dir().display()
             ),
             target_api: format!(
-                "tcp_listen = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\n",
+                "tcp_listen = \"{address}:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\n",
                 target_cert.display(),
                 target_key.display(),
                 ca.pem.display()
             ),
-            endpoint: format!("127.0.0.1:{port}"),
+            endpoint: format!("{address}:{port}"),
         }
     }
 }

@@ -585,3 +585,48 @@ async fn both_halves_announce_their_phases_in_order() {
     assert_eq!(phases(&mut to), said(&["preparing", "failed"]));
     assert!(phases(&mut other_events).is_empty());
 }
+
+#[tokio::test]
+async fn a_target_without_the_guests_network_refuses_before_taking_anything() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    // The mover has a NIC in host bridge "br-src", which the target does not have.
+    let spec = crate::domain::xml::NicSpec {
+        attach: NicAttach::Bridge {
+            bridge: "br-src".into(),
+            tap: crate::net::nic::tap_name(MOVER, 0),
+        },
+        mac: "52:54:00:00:00:0a".into(),
+    };
+    source
+        .hypervisor
+        .attach_device(MOVER, &crate::domain::xml::interface_xml(&spec).unwrap())
+        .unwrap();
+    let mut intent = source.guests.get(MOVER).await.unwrap().intent;
+    intent.networks.push("br-src".into());
+    intent.nics.push(crate::domain::xml::NicIntent {
+        mac: spec.mac.clone(),
+        ..Default::default()
+    });
+    source.hypervisor.set_intent(MOVER, &intent).unwrap();
+    let claim = source.placement.lock().get(MOVER).cloned().unwrap();
+    let mut events = target.hypervisor.subscribe();
+
+    let refused = source
+        .guests
+        .migrate(MOVER, &peer(&target))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, GuestError::Precondition(m)
+            if m == "networks[0]: no network or bridge named \"br-src\" on this node"),
+        "{refused:?}"
+    );
+    source.has(MOVER, &claim);
+    target.holds_nothing_of(MOVER);
+    assert!(target.guests.settled());
+    assert!(
+        phases(&mut events).is_empty(),
+        "the target announced an arrival"
+    );
+}

@@ -151,6 +151,14 @@ fn the_interface_xml_is_read_back_by_its_mac() {
         ["02:00:00:00:00:0a", "02:00:00:00:00:0b"],
         "only interfaces' MACs, lowercased"
     );
+    // With how each is attached (a migration's target checks it is the same there).
+    assert_eq!(
+        interface_list(&domain).unwrap(),
+        [
+            ("ethernet".to_string(), "02:00:00:00:00:0a".to_string()),
+            ("bridge".to_string(), "02:00:00:00:00:0b".to_string())
+        ]
+    );
 }
 
 #[tokio::test]
