@@ -583,7 +583,8 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         assert_eq!(
             phases(&events),
             ["preparing", "copying", "failed"],
-            "{events:?}"
+            "{events:?}\nsource log:\n{}",
+            source.log()
         );
         let sent: Vec<u64> = events
             .iter()

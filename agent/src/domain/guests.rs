@@ -2,6 +2,7 @@
 //! reboot, undefine, re-pin, state, and the agent's domains with their intent). Every call
 //! blocks: callers run them on the blocking pool.
 
+use std::ffi::c_int;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -13,6 +14,7 @@ use super::connection::Libvirt;
 use super::events::{DomainEvent, Progress};
 use super::guest_agent::{AgentError, GuestReport};
 use super::hypervisor::{DomainState, GuestDomain, Hypervisor, MigrationTarget};
+use super::stats::{Param, copy_params};
 use super::xml::{Intent, NAMESPACE, PREFIX, intent_element, read_intent};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,36 @@ fn state_of(state: &Enum<virt::domain::DomainState, sys::virDomainState>) -> Dom
         Enum::Known(Libvirt::PMSuspended) => DomainState::Suspended,
         Enum::Unknown(_) => DomainState::Unknown,
     }
+}
+
+/// Domain `d`'s job statistics (`flags`: 0 for the job under way, `COMPLETED` for the last
+/// one): the job's type and its fields. Not the virt crate's `job_stats`, which makes a Vec
+/// of the array libvirt answers, and that is a null pointer for a job without statistics (one
+/// that just ended): undefined behaviour, an abort in a debug build.
+fn job_stats(d: &Domain, flags: u32) -> Result<(i32, Vec<(String, Param)>), DomainError> {
+    let (mut kind, mut n): (c_int, c_int) = (0, 0);
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    // SAFETY: a live domain handle and out pointers that libvirt fills with an array it
+    // allocates (freed below), or leaves null with no parameters.
+    let ret =
+        unsafe { sys::virDomainGetJobStats(d.as_ptr(), &mut kind, &mut params, &mut n, flags) };
+    if ret < 0 {
+        return Err(failed(virt::error::Error::last_error()));
+    }
+    // SAFETY: libvirt returned `n` initialised parameters at `params` (none when it is null).
+    let copied = unsafe { copy_params(params, n) };
+    // SAFETY: the array libvirt allocated above (null is fine), freed once; nothing borrowed
+    // from it is kept.
+    unsafe { sys::virTypedParamsFree(params, n) };
+    Ok((kind, copied))
+}
+
+/// The unsigned statistic `name` of a job's fields.
+fn stat(stats: &[(String, Param)], name: &str) -> Option<u64> {
+    stats
+        .iter()
+        .find(|(field, _)| field == name)
+        .and_then(|(_, value)| value.as_u64())
 }
 
 /// libvirt's CPU bitmap: bit `n % 8` of byte `n / 8` for CPU `n`.
@@ -288,23 +320,21 @@ impl Hypervisor for Libvirt {
 
     fn migration_progress(&self, uuid: &str) -> Result<Option<Progress>, DomainError> {
         // On a connection of its own: libvirt asks the migrating QEMU (query-migrate).
-        let stats = self.waiting_domain(uuid)?.job_stats(0).map_err(failed)?;
-        if stats.r#type != sys::VIR_DOMAIN_JOB_UNBOUNDED as i32 {
+        let (kind, stats) = job_stats(&self.waiting_domain(uuid)?, 0)?;
+        if kind != sys::VIR_DOMAIN_JOB_UNBOUNDED as i32 {
             return Ok(None);
         }
+        let field = |name: &str| stat(&stats, name).unwrap_or(0);
         Ok(Some(Progress {
-            processed_bytes: stats.data_processed.unwrap_or(0),
-            remaining_bytes: stats.data_remaining.unwrap_or(0),
-            total_bytes: stats.data_total.unwrap_or(0),
+            processed_bytes: field("data_processed"),
+            remaining_bytes: field("data_remaining"),
+            total_bytes: field("data_total"),
         }))
     }
 
     fn migration_downtime(&self, uuid: &str) -> Result<Option<Duration>, DomainError> {
-        let stats = self
-            .domain(uuid)?
-            .job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
-            .map_err(failed)?;
-        Ok(stats.downtime.map(Duration::from_millis))
+        let (_, stats) = job_stats(&self.domain(uuid)?, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)?;
+        Ok(stat(&stats, "downtime").map(Duration::from_millis))
     }
 
     fn attach_device(&self, uuid: &str, xml: &str) -> Result<(), DomainError> {
