@@ -223,6 +223,18 @@ impl Guests {
             )));
         }
         let nics = self.arriving_nics(&uuid, &source, &guest.domain_xml)?;
+        // Taps are named by UUID and slot: one of these names here is the guest's own (two
+        // "nodes" in one network namespace) or a stale one, and the undo would remove it.
+        for n in &nics {
+            let tap = match &n.attach {
+                NicAttach::Tap(tap) | NicAttach::Bridge { tap, .. } => tap,
+            };
+            if self.networks.has_link(tap).await? {
+                return Err(GuestError::Precondition(format!(
+                    "networks: a link named {tap} (the guest's NIC) exists on this node already: source and target must not share a network namespace"
+                )));
+            }
+        }
         let busy = {
             let held = self.lock.lock().await;
             self.ensure_rebuilt(&held).await?;
@@ -347,14 +359,13 @@ impl Guests {
         let kinds = super::nic::interface_list(domain_xml)
             .map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?;
         source
-            .nics
+            .networks
             .iter()
             .enumerate()
-            .map(|(i, nic)| {
+            .map(|(i, name)| {
                 let label = format!("networks[{i}]");
-                let name = source.networks.get(i).ok_or_else(|| {
-                    GuestError::Invalid(format!("domain_xml: NIC {} has no network", nic.mac))
-                })?;
+                // As a start reads it: an intent older than the NIC entries has defaults.
+                let nic = source.nics.get(i).cloned().unwrap_or_default();
                 let (attach, network) =
                     super::create::attach(&self.networks, uuid, nic.slot_at(i), name, &label)
                         .map_err(|e| match e {
@@ -362,21 +373,27 @@ impl Guests {
                             GuestError::NotFound(m) => GuestError::Precondition(m),
                             other => other,
                         })?;
+                // By MAC; without one recorded, the interface at the NIC's position.
                 let mac = nic.mac.to_ascii_lowercase();
-                let on_source = kinds.iter().find(|(_, m)| *m == mac).map(|(k, _)| k.as_str());
+                let on_source = if mac.is_empty() {
+                    kinds.get(i)
+                } else {
+                    kinds.iter().find(|(_, m)| *m == mac)
+                }
+                .map(|(k, _)| k.as_str());
                 let (here, word) = match attach {
                     NicAttach::Tap(_) => ("ethernet", "a managed network"),
                     NicAttach::Bridge { .. } => ("bridge", "a host bridge"),
                 };
                 if on_source != Some(here) {
                     return Err(GuestError::Precondition(format!(
-                        "{label}: {name:?} is {word} on this node, but the guest's NIC {mac} is not attached that way on the source"
+                        "{label}: {name:?} is {word} on this node, but the guest's NIC there is not attached that way on the source"
                     )));
                 }
                 Ok(PlannedNic {
                     attach,
                     network,
-                    intent: nic.clone(),
+                    intent: nic,
                 })
             })
             .collect()
@@ -499,9 +516,12 @@ impl Guests {
                 "uuid: the migration of {uuid} was aborted meanwhile"
             )));
         };
-        // The guest runs here, whatever fails now: its NICs work, at worst unlimited (logged).
-        if let Err(e) = self.networks.join(&arrival.taps).await {
-            tracing::error!(vm = %uuid, error = %e, "the arrived guest's taps cannot join their networks or take their limits");
+        // The guest runs here, whatever fails now: each tap is tried, a failure logged (a tap
+        // that cannot join its bridge leaves that NIC cut off until the guest's next start).
+        for tap in &arrival.taps {
+            if let Err(e) = self.networks.join(std::slice::from_ref(tap)).await {
+                tracing::error!(vm = %uuid, tap = %tap.name, error = %e, "the arrived guest's tap cannot join its network or take its limits");
+            }
         }
         if let Err(e) = self.limit_host_taps(&uuid, &arrival.host_taps).await {
             tracing::error!(vm = %uuid, error = %e, "the arrived guest's rate limits cannot be applied");
@@ -648,6 +668,13 @@ impl Guests {
         let target = match prepared {
             Ok(target) => target,
             Err(e) => {
+                if matches!(e, GuestError::Unavailable(_)) {
+                    // The answer was lost, not necessarily the Prepare: the target may hold
+                    // the arrival (until its 10 min bound), so it is asked to let it go.
+                    if let Err(abort) = peer.abort(&uuid).await {
+                        tracing::warn!(vm = %uuid, error = %abort, "the target did not answer the Abort after a lost Prepare; its bound will");
+                    }
+                }
                 self.announce(&uuid, name, Phase::Failed, None);
                 return Err(e);
             }
@@ -665,7 +692,7 @@ impl Guests {
         .await
         .map_err(GuestError::Task)
         .and_then(|r| r);
-        progress.stop().await;
+        progress.stop();
         if let Err(e) = moved {
             tracing::warn!(vm = %uuid, error = %e, "migration failed; the guest runs on here");
             if let Err(abort) = peer.abort(&uuid).await {
@@ -712,31 +739,44 @@ impl Guests {
 
     /// Announces the copy's progress every [`PROGRESS_EVERY`] until stopped.
     fn report_progress(self: &Arc<Self>, uuid: &str, name: &str) -> ProgressReport {
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (this, uuid, name) = (self.clone(), uuid.to_string(), name.to_string());
+        let stopped = Arc::new(Mutex::new(false));
+        let (this, uuid, name, done) = (
+            self.clone(),
+            uuid.to_string(),
+            name.to_string(),
+            stopped.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    _ = &mut stopped => return,
-                    _ = tokio::time::sleep(PROGRESS_EVERY) => {}
-                }
+                tokio::time::sleep(PROGRESS_EVERY).await;
                 let (hypervisor, u) = (this.hypervisor.clone(), uuid.clone());
-                let read = this
-                    .blocking(move || hypervisor.migration_progress(&u).map_err(GuestError::from))
-                    .await;
+                // Not on the libvirt call permits: a progress read must never wait behind
+                // other calls, and it is one short call on a connection of its own.
+                let read =
+                    tokio::task::spawn_blocking(move || hypervisor.migration_progress(&u)).await;
                 match read {
-                    Ok(Some(p)) => this.announce(&uuid, &name, Phase::Copying, Some(p)),
+                    Ok(Ok(Some(p))) => {
+                        // Under the lock that `stop` takes: nothing after it.
+                        let done = lock(&done);
+                        if *done {
+                            return;
+                        }
+                        this.announce(&uuid, &name, Phase::Copying, Some(p));
+                    }
                     // Not started yet, or done: nothing to say.
-                    Ok(None) => {}
-                    Err(e) => {
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
                         tracing::debug!(vm = %uuid, error = %e, "cannot read the migration's progress")
+                    }
+                    Err(e) => {
+                        tracing::debug!(vm = %uuid, error = %e, "the progress read failed")
                     }
                 }
             }
         });
         ProgressReport {
-            stop,
-            task: crate::task::AbortOnDrop(task),
+            stopped,
+            _task: crate::task::AbortOnDrop(task),
         }
     }
 
@@ -761,15 +801,16 @@ impl Guests {
 
 /// The progress announcer of one migration ([`Guests::report_progress`]).
 struct ProgressReport {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: crate::task::AbortOnDrop,
+    /// Set under the lock by `stop`; the poller announces only while it is unset, holding it.
+    stopped: Arc<Mutex<bool>>,
+    /// The poller, aborted when the report goes (a read in flight is not waited for).
+    _task: crate::task::AbortOnDrop,
 }
 
 impl ProgressReport {
-    /// Stops it, waiting for a read in flight: no progress is announced after this returns.
-    async fn stop(mut self) {
-        let _ = self.stop.send(());
-        let _ = (&mut self.task.0).await;
+    /// Stops it: no progress is announced after this returns.
+    fn stop(self) {
+        *lock(&self.stopped) = true;
     }
 }
 

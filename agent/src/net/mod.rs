@@ -425,6 +425,18 @@ impl Networks {
         self.desired().into_iter().find(|s| s.name == name)
     }
 
+    /// Whether a link named `name` exists on this node, in the agent's namespace or the
+    /// networks' (a tap an arriving guest is to get must not: it would be another's).
+    pub async fn has_link(&self, name: &str) -> Result<bool, NetworksError> {
+        if self.netlink.link(name).await?.is_some() {
+            return Ok(true);
+        }
+        match &self.elsewhere {
+            Some(e) => Ok(e.host.link(name).await?.is_some()),
+            None => Ok(false),
+        }
+    }
+
     /// Makes the guest NIC's tap (persistent, so libvirt finds it) and puts it into
     /// `network`'s bridge with the bridge's MTU, up. Idempotent: an existing tap is reused.
     /// With networks in another namespace, the tap is made where libvirtd opens it and joins

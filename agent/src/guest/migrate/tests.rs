@@ -108,11 +108,16 @@ struct Local<'a> {
     dest_xml: Mutex<Option<String>>,
     /// The Finish is lost on the way (the guest has arrived all the same).
     lose_finish: bool,
+    /// The Prepare's answer is lost on the way (the target has prepared all the same).
+    lose_prepared: bool,
 }
 
 impl MigrationPeer for Local<'_> {
     async fn prepare(&self, guest: IncomingGuest) -> Result<MigrationTarget, GuestError> {
         let target = self.target.guests.prepare_incoming(guest).await?;
+        if self.lose_prepared {
+            return Err(GuestError::Unavailable("the answer went astray".into()));
+        }
         *self.dest_xml.lock().unwrap() = Some(target.dest_xml.clone());
         Ok(target)
     }
@@ -138,6 +143,7 @@ fn peer(target: &Node) -> Local<'_> {
         target,
         dest_xml: Mutex::new(None),
         lose_finish: false,
+        lose_prepared: false,
     }
 }
 
@@ -338,6 +344,24 @@ async fn an_arrived_guest_whose_finish_was_lost_is_kept() {
     assert!(target.guests.settled(), "the arrival never ended");
     target.has(MOVER, &claim);
     assert_eq!(target.guests.get(MOVER).await.unwrap().intent.claim, claim);
+}
+
+/// A Prepare whose answer is lost: the source asks the target to abort what it prepared,
+/// and the guest runs on at the source.
+#[tokio::test]
+async fn a_lost_prepare_answer_is_aborted_on_the_target() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    let claim = source.placement.lock().get(MOVER).cloned().unwrap();
+    let lossy = Local {
+        lose_prepared: true,
+        ..peer(&target)
+    };
+    let e = source.guests.migrate(MOVER, &lossy).await.unwrap_err();
+    assert!(matches!(e, GuestError::Unavailable(_)), "{e:?}");
+    source.has(MOVER, &claim);
+    target.holds_nothing_of(MOVER);
+    assert!(target.guests.settled(), "the arrival is still marked busy");
 }
 
 /// A Finish lost after libvirt moved the guest is no failed migration: the source holds
