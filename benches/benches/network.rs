@@ -103,7 +103,7 @@ fn main() {
                 egress_kbps: 0,
             };
             let t = Instant::now();
-            networks.plug(&guest_tap).await.expect("plug");
+            networks.plug(std::slice::from_ref(&guest_tap)).await.expect("plug");
             timed(&mut plug, t.elapsed());
             ip(&ns, &["link", "del", &tap]);
             networks.delete("bench", true).await.expect("delete");

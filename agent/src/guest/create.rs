@@ -469,9 +469,7 @@ impl Guests {
             uuid,
             nics.iter().map(|n| (n.network.clone(), n.intent.clone())),
         );
-        for tap in &taps {
-            self.networks.plug(tap).await?;
-        }
+        self.networks.plug(&taps).await?;
         // 3. Domain.
         let guest_spec = guest_spec(
             plan,

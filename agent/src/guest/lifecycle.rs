@@ -44,9 +44,7 @@ impl Guests {
             // Taps in managed networks: back where libvirtd opens them, and made again where
             // they are gone (a host reboot loses every tap; libvirt only opens them).
             self.networks.recall(&taps).await?;
-            for tap in &taps {
-                self.networks.plug(tap).await?;
-            }
+            self.networks.plug(&taps).await?;
         }
         let hypervisor = self.hypervisor.clone();
         let u = uuid.clone();

@@ -310,7 +310,12 @@ impl Guests {
             .make_arrival(&guest, &source, &target, &files, &image, &spec)
             .await
         {
-            Ok(made) => self.plug(&taps).await.map(|()| made),
+            Ok(made) => self
+                .networks
+                .plug(&taps)
+                .await
+                .map(|()| made)
+                .map_err(GuestError::from),
             Err(e) => Err(e),
         };
         match made {
@@ -397,14 +402,6 @@ impl Guests {
                 })
             })
             .collect()
-    }
-
-    /// The arriving guest's taps in managed networks' bridges, made before libvirt opens them.
-    async fn plug(&self, taps: &[GuestTap]) -> Result<(), GuestError> {
-        for tap in taps {
-            self.networks.plug(tap).await?;
-        }
-        Ok(())
     }
 
     /// The arriving guest's files (root overlay on this node's image, the flavor's extra

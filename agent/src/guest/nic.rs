@@ -335,7 +335,7 @@ impl Guests {
         spec: &NicSpec,
     ) -> Result<(), GuestError> {
         if let Some(tap) = tap {
-            self.networks.plug(tap).await?;
+            self.networks.plug(std::slice::from_ref(tap)).await?;
         }
         let xml = interface_xml(spec).map_err(GuestError::Xml)?;
         let hypervisor = self.hypervisor.clone();

@@ -437,20 +437,24 @@ impl Networks {
         }
     }
 
-    /// Makes the guest NIC's tap (persistent, so libvirt finds it) and puts it into
-    /// `network`'s bridge with the bridge's MTU, up. Idempotent: an existing tap is reused.
-    /// With networks in another namespace, the tap is made where libvirtd opens it and joins
+    /// Makes each guest NIC's tap (persistent, so libvirt finds it) and puts it into its
+    /// network's bridge with the bridge's MTU, up. Idempotent: an existing tap is reused.
+    /// With networks in another namespace, a tap is made where libvirtd opens it and joins
     /// its bridge in `join` once the guest runs.
-    pub async fn plug(&self, tap: &GuestTap) -> Result<(), NetworksError> {
+    pub async fn plug(&self, taps: &[GuestTap]) -> Result<(), NetworksError> {
         // Not while a reconcile decides which taps are stray.
         let _one = self.lock.lock().await;
-        if let Some(e) = &self.elsewhere {
-            if e.host.link(&tap.name).await?.is_none() {
-                e.host.add_tap(&tap.name).await?;
+        for tap in taps {
+            match &self.elsewhere {
+                Some(e) => {
+                    if e.host.link(&tap.name).await?.is_none() {
+                        e.host.add_tap(&tap.name).await?;
+                    }
+                }
+                None => self.enslave(tap).await?,
             }
-            return Ok(());
         }
-        self.enslave(tap).await
+        Ok(())
     }
 
     /// Once the guest runs: moves its taps into the network namespace and their bridges
