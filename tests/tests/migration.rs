@@ -130,10 +130,12 @@ async fn counted_to(vms: &mut Vms, uuid: &str, n: u64) -> String {
         if counts(&text).last().is_some_and(|c| *c >= n) {
             return text;
         }
-        assert!(
-            Instant::now() < deadline,
-            "guest {uuid}: the counter did not reach {n}:\n{text}"
-        );
+        if Instant::now() >= deadline {
+            // What the agent says of the guest, for a failure that is rare (seen twice in
+            // about 25 runs near the test's end, not yet explained).
+            let vm = get(vms, uuid).await;
+            panic!("guest {uuid}: the counter did not reach {n}; the agent has {vm:?}:\n{text}");
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
