@@ -24,8 +24,8 @@ type Images = pb::image_service_client::ImageServiceClient<tonic::transport::Cha
 fn agent_with(storage_keys: &str) -> Agent {
     let agent = Agent::configure("[host]\nkvm_device = \"/nonexistent/kvm\"\n");
     let audit = agent.dir.path().join("audit.log");
+    agent.add_storage_keys(storage_keys);
     let text = std::fs::read_to_string(&agent.config).unwrap();
-    let text = text.replacen("[storage]\n", &format!("[storage]\n{storage_keys}\n"), 1);
     std::fs::write(
         &agent.config,
         format!("{text}[access]\naudit_log = \"{}\"\n", audit.display()),
