@@ -1,6 +1,7 @@
 //! hvagent-core: what the daemon (`hvagent`) and the operator CLI (`hvctl`) share, and nothing
-//! that talks to libvirt, netlink or the network: the SCS flavor language, placement, the
-//! inventory readers, the TLS files, and the `[placement]` part of the config file. The daemon
+//! that talks to libvirt or netlink: the SCS flavor language, placement, the inventory readers,
+//! TLS (its files, and dialing an agent's API, the one place this crate touches the network),
+//! and the `[placement]` part of the config file. The daemon
 //! re-exports these modules under the same names (`hvagent::flavor`, ...).
 
 pub mod clock;

@@ -5,10 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hvagent_core::tls::dial::{DialError, Dialer};
 use hvagent_core::tls::{self, Files, TlsError};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +33,19 @@ pub enum ConnectError {
     Tls(#[from] TlsError),
     #[error("--endpoint {0:?}: not HOST:PORT (an IPv6 address in brackets: [::1]:9464)")]
     Endpoint(String),
-    #[error("cannot connect to {endpoint}: {source}")]
-    Tcp {
-        endpoint: String,
-        source: std::io::Error,
-    },
-    #[error("TLS with {endpoint} failed: {reason}")]
-    Handshake { endpoint: String, reason: String },
+    /// The TCP connection or the TLS handshake failed.
+    #[error(transparent)]
+    Dial(DialError),
+}
+
+impl From<DialError> for ConnectError {
+    fn from(e: DialError) -> ConnectError {
+        match e {
+            DialError::Endpoint(endpoint) => ConnectError::Endpoint(endpoint),
+            DialError::Files(e) => ConnectError::Tls(e),
+            e => ConnectError::Dial(e),
+        }
+    }
 }
 
 /// How long one call may take before hvctl gives up. Guest creates are the slow calls: on
@@ -93,70 +98,23 @@ pub async fn connect_waiting(
         })
 }
 
-/// How long the TCP connect and TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Opens a gRPC channel to the agent's TCP listener at `endpoint` (`HOST:PORT`), presenting
 /// the client certificate of `files` and trusting only its CA bundle for the agent's; its
-/// calls waited for `wait` at most.
+/// calls waited for `wait` at most. A trial connection first, so that a refused certificate
+/// reads as such ([`Dialer::trial`]).
 pub async fn connect_tls(
     endpoint: &str,
     files: &Files,
     wait: Option<Duration>,
 ) -> Result<Channel, ConnectError> {
-    let host =
-        tls::host_of(endpoint).ok_or_else(|| ConnectError::Endpoint(endpoint.to_string()))?;
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|_| ConnectError::Endpoint(endpoint.to_string()))?;
-    let connector = tokio_rustls::TlsConnector::from(tls::client_config(files, tls::now())?);
-    let open = {
-        let (endpoint, connector, name) = (endpoint.to_string(), connector.clone(), name.clone());
-        move || {
-            let (endpoint, connector, name) = (endpoint.clone(), connector.clone(), name.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&endpoint).await?;
-                connector.connect(name, tcp).await
-            }
-        }
-    };
-    // A trial connection first: under TLS 1.3 the client's handshake ends before the agent
-    // has judged the client certificate, so its verdict (an alert) only shows on the first
-    // read. The agent speaks first (HTTP/2 settings), so that read does not wait long.
-    let handshake = |reason: String| ConnectError::Handshake {
-        endpoint: endpoint.to_string(),
-        reason,
-    };
-    let mut trial = match tokio::time::timeout(HANDSHAKE_TIMEOUT, open()).await {
-        Err(_) => return Err(handshake("no answer within 10 s".into())),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(handshake(e.to_string()));
-        }
-        Ok(Err(source)) => {
-            return Err(ConnectError::Tcp {
-                endpoint: endpoint.to_string(),
-                source,
-            });
-        }
-        Ok(Ok(stream)) => stream,
-    };
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, trial.read(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        Ok(Ok(_)) => return Err(handshake("the agent closed the connection".into())),
-        Ok(Err(e)) => {
-            return Err(handshake(format!(
-                "{e} (the agent refused this client certificate: is it signed by a CA in the agent's api.tls_client_ca, and in its validity period?)"
-            )));
-        }
-        Err(_) => return Err(handshake("the agent said nothing within 10 s".into())),
-    }
-    drop(trial);
+    let dialer = Dialer::new(endpoint, files, tls::now())?;
+    dialer.trial().await?;
     let shared = Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|_| ConnectError::Endpoint(endpoint.to_string()))?;
     bounded(shared, wait)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let open = open.clone();
-            async move { open().await.map(TokioIo::new) }
+            let dialer = dialer.clone();
+            async move { dialer.open().await.map(TokioIo::new) }
         }))
         .await
         .map_err(|e| ConnectError::NotAnAgent {

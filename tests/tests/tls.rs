@@ -81,8 +81,9 @@ impl Ca {
 }
 
 /// An agent with its TCP listener on a free port, the server certificate `server`, client
-/// CA bundle `client_ca`, the two test identities mapped to roles, and an audit log file.
-fn tls_agent(server: &Pair, client_ca: &Path) -> (Agent, u16) {
+/// CA bundle `client_ca`, the two test identities mapped to roles, an audit log file, and
+/// `extra` sections.
+fn tls_agent(server: &Pair, client_ca: &Path, extra: &str) -> (Agent, u16) {
     let port = free_port();
     let agent = Agent::configure("");
     let config = std::fs::read_to_string(&agent.config).unwrap().replace(
@@ -97,7 +98,7 @@ fn tls_agent(server: &Pair, client_ca: &Path) -> (Agent, u16) {
     std::fs::write(
         &agent.config,
         format!(
-            "{config}[access]\ntls_identities = {{ \"{CONTROLLER}\" = \"controller\", \"{READER}\" = \"reader\" }}\naudit_log = \"{}\"\n",
+            "{config}[access]\ntls_identities = {{ \"{CONTROLLER}\" = \"controller\", \"{READER}\" = \"reader\" }}\naudit_log = \"{}\"\n{extra}",
             agent.dir.path().join("audit.log").display()
         ),
     )
@@ -200,7 +201,7 @@ fn only_clients_with_a_valid_certificate_of_the_ca_get_in_and_each_gets_its_role
     let stranger = ca.sign("stranger", "stranger", &[], (-1, 30));
     let expired = ca.sign("expired", "cp", &[&format!("uri:{CONTROLLER}")], (-30, -1));
     let foreign = other.sign("foreign", "cp", &[&format!("uri:{CONTROLLER}")], (-1, 30));
-    let (agent, port) = tls_agent(&server, &ca.pem);
+    let (agent, port) = tls_agent(&server, &ca.pem, "");
 
     let rt = runtime();
     rt.block_on(async {
@@ -338,7 +339,7 @@ fn sighup_rotates_certificates_and_open_streams_go_on() {
     // The client CA bundle the agent reads; rotated below.
     let bundle = pki.path().join("clients.pem");
     std::fs::copy(&ca.pem, &bundle).unwrap();
-    let (mut agent, port) = tls_agent(&server, &bundle);
+    let (mut agent, port) = tls_agent(&server, &bundle, "");
     let rt = runtime();
     assert!(
         rt.block_on(handshake(port, Some(&next_controller), &next_ca.pem, BOTH))
@@ -467,6 +468,93 @@ fn sighup_rotates_certificates_and_open_streams_go_on() {
         log.contains("SIGHUP: TLS certificates not reloaded; keeping the ones in use"),
         "{log}"
     );
+}
+
+/// An agent reaching another for a migration dials as hvctl does: a certificate either side
+/// refuses is told as such (FAILED_PRECONDITION), not as a transport error. The agent's
+/// `[migration]` files are read at each Migrate, so one agent, dialing its own listener, plays
+/// source and target; Migrate dials before it looks for the guest.
+#[test]
+fn a_migrating_agent_tells_which_certificate_a_target_refused() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "nodes");
+    let other = Ca::new(pki.path(), "elsewhere");
+    let server = ca.sign("agent", "agent", &["dns:localhost"], (-1, 30));
+    let trusted = ca.sign("node", "node", &[&format!("uri:{CONTROLLER}")], (-1, 30));
+    let foreign = other.sign("foreign", "node", &[&format!("uri:{CONTROLLER}")], (-1, 30));
+    let (cert, key, server_ca) = (
+        pki.path().join("migration.pem"),
+        pki.path().join("migration.key"),
+        pki.path().join("migration-ca.pem"),
+    );
+    let identity = |pair: &Pair, trust: &Path| {
+        std::fs::copy(&pair.cert, &cert).unwrap();
+        std::fs::copy(&pair.key, &key).unwrap();
+        std::fs::copy(trust, &server_ca).unwrap();
+    };
+    identity(&trusted, &ca.pem);
+    let (agent, port) = tls_agent(
+        &server,
+        &ca.pem,
+        &format!(
+            "[migration]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nserver_ca = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            server_ca.display()
+        ),
+    );
+    let target = format!("localhost:{port}");
+    let gone = "00000000-0000-4000-8000-00000000715e";
+    runtime().block_on(async {
+        let mut vms = hvagent_proto::v1::vm_service_client::VmServiceClient::new(
+            hvctl::client::connect(&agent.socket).await.unwrap(),
+        );
+        let mut migrate = async || {
+            vms.migrate(hvagent_proto::v1::MigrateVmRequest {
+                uuid: gone.into(),
+                target: target.clone(),
+            })
+            .await
+            .unwrap_err()
+        };
+        // Both sides take the certificates: the dial succeeds and the guest is looked for.
+        let err = migrate().await;
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+        // The target does not take this node's certificate.
+        identity(&foreign, &ca.pem);
+        let err = migrate().await;
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message().starts_with(&format!(
+                "target: TLS with {target} failed: received fatal alert: UnknownCA (the agent refused this client certificate"
+            )),
+            "{err:?}"
+        );
+        // This node does not take the target's certificate.
+        identity(&trusted, &other.pem);
+        let err = migrate().await;
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message().starts_with(&format!("target: TLS with {target} failed: "))
+                && err.message().contains("UnknownIssuer"),
+            "{err:?}"
+        );
+        // Nothing listens there.
+        identity(&trusted, &ca.pem);
+        let closed = format!("localhost:{}", free_port());
+        let err = vms
+            .migrate(hvagent_proto::v1::MigrateVmRequest {
+                uuid: gone.into(),
+                target: closed.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(
+            err.message().starts_with(&format!("target: cannot connect to {closed}: ")),
+            "{err:?}"
+        );
+    });
 }
 
 #[test]

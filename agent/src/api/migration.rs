@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hvagent_core::tls::dial::{DialError, Dialer};
 use hvagent_core::tls::{self, Files};
 use hvagent_proto::v1 as pb;
 use hyper_util::rt::TokioIo;
 use pb::migration_service_client::MigrationServiceClient;
-use rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 
@@ -111,32 +111,18 @@ impl TargetAgent {
         Ok(files)
     }
 
-    /// The TLS server name of a target agent's `HOST:PORT` (an IPv6 address in brackets), or
-    /// why `endpoint` is not one.
-    pub fn server_name(endpoint: &str) -> Result<ServerName<'static>, String> {
-        let invalid = || format!("{endpoint:?} is not HOST:PORT (an IPv6 address in brackets)");
-        let host = tls::host_of(endpoint).ok_or_else(invalid)?;
-        ServerName::try_from(host.to_string()).map_err(|_| invalid())
-    }
-
-    /// Connects to the target agent at `endpoint` (`HOST:PORT`) with mutual TLS.
+    /// Connects to the target agent at `endpoint` (`HOST:PORT`) with mutual TLS, after a trial
+    /// connection that tells a refused certificate as such.
     pub async fn connect(endpoint: &str, files: &Files) -> Result<TargetAgent, GuestError> {
-        let invalid = |e: String| GuestError::Invalid(format!("target: {e}"));
-        let name = Self::server_name(endpoint).map_err(invalid)?;
-        let config = tls::client_config(files, tls::now())
-            .map_err(|e| GuestError::Precondition(format!("[migration] TLS files: {e}")))?;
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let address = endpoint.to_string();
+        let dialer = Dialer::new(endpoint, files, tls::now()).map_err(dial_failed)?;
+        dialer.trial().await.map_err(dial_failed)?;
         let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| invalid(format!("{endpoint:?}: {e}")))?
+            .map_err(|e| GuestError::Invalid(format!("target: {endpoint:?}: {e}")))?
             .connect_timeout(CALL_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let (address, connector, name) = (address.clone(), connector.clone(), name.clone());
-                async move {
-                    let tcp = tokio::net::TcpStream::connect(&address).await?;
-                    connector.connect(name, tcp).await.map(TokioIo::new)
-                }
+                let dialer = dialer.clone();
+                async move { dialer.open().await.map(TokioIo::new) }
             }))
             .await
             .map_err(|e| {
@@ -163,6 +149,20 @@ impl TargetAgent {
             | tonic::Code::Unauthenticated => GuestError::Precondition(m),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => GuestError::Unavailable(m),
             _ => GuestError::Internal(m),
+        }
+    }
+}
+
+/// A failed dial as this node's error: a malformed endpoint is the caller's to mend, unusable
+/// own files or a refused certificate (either side's) the operator's, an unreachable or silent
+/// target may pass.
+fn dial_failed(e: DialError) -> GuestError {
+    match e {
+        DialError::Endpoint(_) => GuestError::Invalid(format!("target: {e}")),
+        DialError::Files(e) => GuestError::Precondition(format!("[migration] TLS files: {e}")),
+        DialError::Refused { .. } => GuestError::Precondition(format!("target: {e}")),
+        DialError::Tcp { .. } | DialError::Silent { .. } => {
+            GuestError::Unavailable(format!("target: {e}"))
         }
     }
 }

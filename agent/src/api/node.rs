@@ -167,7 +167,7 @@ impl pb::node_service_server::NodeService for NodeApi {
                     let tls = super::migration::TargetAgent::identity(tls)?;
                     for (i, t) in targets.iter().enumerate() {
                         if !t.trim().is_empty() {
-                            super::migration::TargetAgent::server_name(t).map_err(|e| {
+                            hvagent_core::tls::dial::server_name(t).map_err(|e| {
                                 crate::guest::GuestError::Invalid(format!("targets[{i}]: {e}"))
                             })?;
                         }

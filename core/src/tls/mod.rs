@@ -1,7 +1,9 @@
 //! TLS for the TCP API, shared by the agent (server) and hvctl (client): the Mozilla
 //! "intermediate" profile on rustls, certificates and keys read from PEM files with errors that
-//! name the config key, the file and the problem, and the identity a client certificate carries.
+//! name the config key, the file and the problem, the identity a client certificate carries,
+//! and dialing an agent (hvctl, and an agent moving a guest to another).
 
+pub mod dial;
 pub mod identity;
 
 use std::path::{Path, PathBuf};
