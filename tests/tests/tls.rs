@@ -539,6 +539,16 @@ fn a_migrating_agent_tells_which_certificate_a_target_refused() {
                 && err.message().contains("UnknownIssuer"),
             "{err:?}"
         );
+        // A malformed UUID is refused before any dial.
+        let err = vms
+            .migrate(hvagent_proto::v1::MigrateVmRequest {
+                uuid: "not-a-uuid".into(),
+                target: target.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert_eq!(err.message(), "uuid: must be a UUID (8-4-4-4-12 hex digits)");
         // Nothing listens there.
         identity(&trusted, &ca.pem);
         let closed = format!("localhost:{}", free_port());

@@ -724,6 +724,8 @@ impl pb::vm_service_server::VmService for VmApi {
             .mutations
             .run(
                 async move {
+                    // A malformed UUID is refused before the target is dialed.
+                    crate::guest::checked_uuid(&r.uuid)?;
                     let files = super::migration::TargetAgent::identity(files)?;
                     let target = super::migration::TargetAgent::connect(&r.target, &files).await?;
                     guests.migrate(&r.uuid, &target).await

@@ -48,7 +48,7 @@ pub use lifecycle::{
 pub use migrate::{IncomingGuest, Migrated, MigrationPeer, MigrationSettings};
 pub use nic::NicRequest;
 pub use recovery::rebuild;
-use request::checked_uuid;
+pub(crate) use request::checked_uuid;
 pub use request::{
     CreateRequest, MAX_METADATA, MAX_RATE_KBPS, MAX_SSH_KEYS, MAX_USER_DATA, root_disk_bytes,
 };

@@ -221,7 +221,7 @@ pub(super) fn validate(req: &CreateRequest) -> Result<FlavorSpec, GuestError> {
 }
 
 /// A guest UUID from a request, lowercased as libvirt reports it.
-pub(super) fn checked_uuid(uuid: &str) -> Result<String, GuestError> {
+pub(crate) fn checked_uuid(uuid: &str) -> Result<String, GuestError> {
     if is_uuid(uuid) {
         Ok(uuid.to_ascii_lowercase())
     } else {
