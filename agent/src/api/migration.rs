@@ -14,7 +14,10 @@ use tonic::{Request, Response, Status};
 
 use super::guest::status;
 use crate::domain::hypervisor::MigrationTarget;
+use crate::domain::volume_disk::DiskSource;
 use crate::guest::{GuestError, Guests, IncomingGuest, MigrationPeer};
+use crate::storage::volumes::{self, VolumeSource};
+use crate::storage::{VolumeError, VolumeRecord};
 
 /// How long connecting to a target agent and each of its calls may take. Prepare makes the
 /// guest's disks (a few `qemu-img` runs): seconds.
@@ -43,12 +46,22 @@ impl pb::migration_service_server::MigrationService for MigrationApi {
     ) -> Result<Response<pb::PrepareMigrationResponse>, Status> {
         let r = request.into_inner();
         let guests = self.guests.clone();
+        let volumes = r
+            .volumes
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                arriving_volume(v)
+                    .map_err(|e| Status::invalid_argument(format!("volumes[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let incoming = IncomingGuest {
             uuid: r.uuid,
             domain_xml: r.domain_xml,
             image_sha256: r.image_sha256,
             root_disk_bytes: r.root_disk_bytes,
             seed: r.seed,
+            volumes,
         };
         let target = self
             .mutations
@@ -88,6 +101,41 @@ impl pb::migration_service_server::MigrationService for MigrationApi {
             .run(async move { guests.abort_incoming(&uuid).await }, status)
             .await?;
         Ok(Response::new(pb::AbortMigrationResponse {}))
+    }
+}
+
+/// A volume moving with its guest, as the target takes it in.
+fn arriving_volume(v: pb::MigratingVolume) -> Result<VolumeRecord, VolumeError> {
+    Ok(VolumeRecord {
+        source: if v.nbd.is_empty() {
+            VolumeSource::Store
+        } else {
+            volumes::parse_nbd(&v.nbd)?
+        },
+        name: v.name,
+        format: v.format,
+        size_bytes: v.size_bytes,
+        shareable: false,
+        image: v.image,
+        created_unix: v.created_unix,
+        made_for: String::new(),
+    })
+}
+
+/// A volume moving with its guest, as the source sends it (store or NBD: the source refuses
+/// the others).
+fn departing_volume(r: VolumeRecord) -> pb::MigratingVolume {
+    let nbd = match r.source {
+        VolumeSource::Nbd { host, port, export } => DiskSource::Nbd { host, port, export }.key(),
+        VolumeSource::Store | VolumeSource::Block { .. } => String::new(),
+    };
+    pb::MigratingVolume {
+        name: r.name,
+        format: r.format,
+        size_bytes: r.size_bytes,
+        nbd,
+        image: r.image,
+        created_unix: r.created_unix,
     }
 }
 
@@ -178,6 +226,7 @@ impl MigrationPeer for TargetAgent {
                 image_sha256: guest.image_sha256,
                 root_disk_bytes: guest.root_disk_bytes,
                 seed: guest.seed,
+                volumes: guest.volumes.into_iter().map(departing_volume).collect(),
             })
             .await
             .map_err(|s| self.failed("Prepare", s))?

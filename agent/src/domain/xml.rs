@@ -1048,22 +1048,26 @@ const CLAIMED_CHILDREN: [&str; 5] = ["metadata", "memoryBacking", "vcpu", "cputu
 /// claim decides comes from `target` (the guest's domain on the target, built from that
 /// claim): the intent in `<metadata>`, hugepages, vCPU and emulator pins and the NUMA memory
 /// policy, so that no pin of the source (CPUs another guest may own on the target) survives.
-/// The guest's files move from the directory `from` to `to`, and the guest's cgroup goes
-/// into `partition` (libvirt's default, `/machine`, when `None`).
+/// The files in each directory of `moves` go to its pair (the guest's directory, the volume
+/// store), and the guest's cgroup goes into `partition` (libvirt's default, `/machine`, when
+/// `None`).
 pub fn migrated_xml(
     source_xml: &str,
     target: &GuestSpec,
-    from: &Path,
-    to: &Path,
+    moves: &[(&Path, &Path)],
     partition: Option<&str>,
 ) -> Result<String, XmlError> {
     let target_xml = domain_xml(target)?;
-    // Every file path of the guest (disks, seed, console log, NVRAM) is under its directory;
-    // the trailing slash keeps a directory that prefixes another's name from matching.
-    let mut xml = source_xml.replace(
-        &format!("{}/", from.display()),
-        &format!("{}/", to.display()),
-    );
+    // Every file path of the guest (disks, seed, console log, NVRAM) is under its directory,
+    // every volume's under the store's; the trailing slash keeps a directory that prefixes
+    // another's name from matching.
+    let mut xml = source_xml.to_string();
+    for (from, to) in moves {
+        xml = xml.replace(
+            &format!("{}/", from.display()),
+            &format!("{}/", to.display()),
+        );
+    }
     for tag in CLAIMED_CHILDREN {
         let element = match child_span(&target_xml, tag)? {
             Some((start, end)) => &target_xml[start..end],
@@ -1284,11 +1288,23 @@ mod tests {
         target.intent.claim.guest_numa[0].host_node = 0;
         target.vcpu_cpus = vec![vec![6], vec![7]];
         target.emulator_cpus = vec![3];
+        let source = source.replace(
+            "</devices>",
+            "<disk type=\"file\" device=\"disk\"><source file=\"/var/lib/hvagent/volumes/data.qcow2\"/><target dev=\"vdc\" bus=\"virtio\"/></disk></devices>",
+        );
         let xml = migrated_xml(
             &source,
             &target,
-            Path::new("/var/lib/hvagent/vms/x"),
-            Path::new("/srv/node2/vms/x"),
+            &[
+                (
+                    Path::new("/var/lib/hvagent/vms/x"),
+                    Path::new("/srv/node2/vms/x"),
+                ),
+                (
+                    Path::new("/var/lib/hvagent/volumes"),
+                    Path::new("/srv/node2/volumes"),
+                ),
+            ],
             Some("/node2"),
         )
         .unwrap();
@@ -1297,20 +1313,26 @@ mod tests {
             "<numatune><memory mode=\"strict\" nodeset=\"0\"/><memnode cellid=\"0\" mode=\"strict\" nodeset=\"0\"/></numatune>",
             "<memoryBacking><hugepages><page size=\"2048\" unit=\"KiB\" nodeset=\"0\"/></hugepages></memoryBacking>",
             "<source file=\"/srv/node2/vms/x/root.qcow2\"/>",
+            "<source file=\"/srv/node2/volumes/data.qcow2\"/>",
             "<address type=\"pci\" slot=\"0x07\"/>",
             "<log file=\"/srv/node2/vms/x/console.log\" append=\"on\"/>",
             "<resource><partition>/node2</partition></resource>",
         ] {
             assert!(xml.contains(part), "missing {part}\nin {xml}");
         }
-        for gone in ["cpuset=\"2\"", "cpuset=\"0-1\"", "/var/lib/hvagent/vms/x/"] {
+        for gone in ["cpuset=\"2\"", "cpuset=\"0-1\"", "/var/lib/hvagent/"] {
             assert!(!xml.contains(gone), "{gone} left in {xml}");
         }
         assert_eq!(xml.matches("<resource>").count(), 1, "{xml}");
         assert_eq!(read_intent(&xml).unwrap(), target.intent);
         // Without a partition the guest goes into libvirt's default one.
-        let default =
-            migrated_xml(&source, &target, Path::new("/a"), Path::new("/b"), None).unwrap();
+        let default = migrated_xml(
+            &source,
+            &target,
+            &[(Path::new("/a"), Path::new("/b"))],
+            None,
+        )
+        .unwrap();
         assert!(!default.contains("<resource>"), "{default}");
     }
 

@@ -1,5 +1,5 @@
-//! Live migration of a running guest to another node (guests without volumes, devices or
-//! UEFI/TPM). Two halves, one on each agent:
+//! Live migration of a running guest to another node, with its store and NBD data volumes
+//! (not guests with a boot volume, block-device or shareable volumes, devices or UEFI/TPM). Two halves, one on each agent:
 //!
 //! - the **target** ([`Guests::prepare_incoming`], [`Guests::finish_incoming`],
 //!   [`Guests::abort_incoming`]) takes a claim for the guest's flavor, makes its disks as
@@ -36,8 +36,9 @@ use crate::domain::volume_disk::{self, DiskSource};
 use crate::domain::xml::{DiskBus, GuestSpec, Intent, NicAttach, migrated_xml, read_intent};
 use crate::net::GuestTap;
 use crate::placement::ClaimRequest;
-use crate::storage::GuestFiles;
 use crate::storage::disks;
+use crate::storage::volumes::VolumeSource;
+use crate::storage::{GuestFiles, VolumeError, VolumeRecord, VolumeStore};
 
 /// How long a prepared arrival waits for its Finish or Abort before it is aborted.
 pub const PREPARED_FOR: Duration = Duration::from_secs(600);
@@ -110,6 +111,9 @@ pub struct IncomingGuest {
     pub root_disk_bytes: u64,
     /// The guest's NoCloud seed as the source made it: libvirt does not copy read-only disks.
     pub seed: Vec<u8>,
+    /// The guest's data volumes as the source's records have them (store or NBD, never
+    /// shareable): they move with the guest under their names.
+    pub volumes: Vec<VolumeRecord>,
 }
 
 /// The target agent as the source reaches it (`api::migration` implements it over the
@@ -137,6 +141,8 @@ struct Arrival {
     taps: Vec<GuestTap>,
     host_taps: Vec<HostTap>,
     vcpu_cpus: Vec<Vec<u32>>,
+    /// The volumes this arrival took in (removed if it is aborted).
+    volumes: Vec<String>,
     /// Tells an arrival apart from a later one of the same UUID (for the deadline).
     since: Instant,
 }
@@ -223,6 +229,21 @@ impl Guests {
             )));
         }
         let nics = self.arriving_nics(&uuid, &source, &guest.domain_xml)?;
+        for (i, v) in guest.volumes.iter().enumerate() {
+            match self.volumes.get(&v.name) {
+                Ok(_) => {
+                    return Err(GuestError::Precondition(format!(
+                        "volumes[{i}]: this node has a volume named {:?} already",
+                        v.name
+                    )));
+                }
+                Err(VolumeError::NotFound(_)) => {}
+                Err(e @ VolumeError::Invalid { .. }) => {
+                    return Err(GuestError::Invalid(format!("volumes[{i}]: {e}")));
+                }
+                Err(e) => return Err(GuestError::Precondition(format!("volumes[{i}]: {e}"))),
+            }
+        }
         // Taps are named by UUID and slot: one of these names here is the guest's own (two
         // "nodes" in one network namespace) or a stale one, and the undo would remove it.
         for n in &nics {
@@ -306,20 +327,22 @@ impl Guests {
             &uuid,
             nics.iter().map(|n| (n.network.clone(), n.intent.clone())),
         );
+        // A failed make_arrival leaves none of its volumes; one that succeeded, all of them.
         let made = match self
             .make_arrival(&guest, &source, &target, &files, &image, &spec)
             .await
         {
-            Ok(made) => self
-                .networks
-                .plug(&taps)
-                .await
-                .map(|()| made)
-                .map_err(GuestError::from),
+            Ok(made) => match self.networks.plug(&taps).await {
+                Ok(()) => Ok(made),
+                Err(e) => {
+                    self.drop_volumes(&uuid, &made.volumes);
+                    Err(GuestError::from(e))
+                }
+            },
             Err(e) => Err(e),
         };
         match made {
-            Ok(disks) => {
+            Ok(made) => {
                 lock(&self.arrivals.0).insert(
                     uuid.clone(),
                     Arrival {
@@ -331,17 +354,18 @@ impl Guests {
                         ),
                         taps,
                         vcpu_cpus,
+                        volumes: made.volumes,
                         since: Instant::now(),
                     },
                 );
                 self.abort_when_late(&uuid);
                 self.announce(&uuid, &source.name, Phase::Arriving, None);
-                tracing::info!(vm = %uuid, "migration prepared: claim taken, disks and taps made");
+                tracing::info!(vm = %uuid, "migration prepared: claim taken, disks, volumes and taps made");
                 Ok(MigrationTarget {
                     libvirt_uri: libvirt_uri.clone(),
                     migrate_uri: format!("tcp://{address}"),
-                    dest_xml: disks.0,
-                    disks: disks.1,
+                    dest_xml: made.xml,
+                    disks: made.disks,
                 })
             }
             Err(e) => {
@@ -405,7 +429,8 @@ impl Guests {
     }
 
     /// The arriving guest's files (root overlay on this node's image, the flavor's extra
-    /// disks, the source's seed) and its domain XML; the writable disks libvirt copies.
+    /// disks, the source's seed), its volumes, and its domain XML; the writable disks libvirt
+    /// copies (the guest's and its store volumes', not the seed, not an NBD export).
     async fn make_arrival(
         &self,
         guest: &IncomingGuest,
@@ -414,13 +439,13 @@ impl Guests {
         files: &GuestFiles,
         image: &crate::storage::ImageRecord,
         spec: &crate::flavor::FlavorSpec,
-    ) -> Result<(String, Vec<String>), GuestError> {
+    ) -> Result<MadeArrival, GuestError> {
         let from = GuestFiles::new(&source.store, &target.uuid);
+        let volumes_from = VolumeStore::new(&source.store).dir().to_path_buf();
         let xml = migrated_xml(
             &guest.domain_xml,
             target,
-            &from.dir,
-            &files.dir,
+            &[(&from.dir, &files.dir), (&volumes_from, self.volumes.dir())],
             self.migration.partition.as_deref(),
         )
         .map_err(GuestError::Xml)?;
@@ -428,7 +453,11 @@ impl Guests {
         let writable: Vec<String> = volume_disk::disks(&xml)
             .map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?
             .into_iter()
-            .filter(|d| d.key.as_deref() != Some(seed_key.as_str()))
+            .filter(|d| {
+                d.key
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with('/') && k != seed_key)
+            })
             .map(|d| d.target)
             .collect();
         let extra = extra_disks(spec, files);
@@ -449,7 +478,34 @@ impl Guests {
             })
         })
         .await?;
-        Ok((xml, writable))
+        let mut received = Vec::new();
+        for (i, v) in guest.volumes.iter().enumerate() {
+            if let Err(e) = self.volumes.receive(v) {
+                self.drop_volumes(&target.uuid, &received);
+                return Err(match e {
+                    VolumeError::Invalid { .. } | VolumeError::Exists { .. } => {
+                        GuestError::Precondition(format!("volumes[{i}]: {e}"))
+                    }
+                    other => GuestError::Internal(format!("volumes[{i}]: {other}")),
+                });
+            }
+            received.push(v.name.clone());
+        }
+        Ok(MadeArrival {
+            xml,
+            disks: writable,
+            volumes: received,
+        })
+    }
+
+    /// Deletes the volumes `names` of guest `uuid` (an aborted arrival's, or a departed
+    /// guest's: no domain here uses them), logging any that cannot go.
+    fn drop_volumes(&self, uuid: &str, names: &[String]) {
+        for name in names {
+            if let Err(e) = self.volumes.delete(name) {
+                tracing::error!(vm = %uuid, volume = %name, error = %e, "cannot remove the volume of a guest that is not here");
+            }
+        }
     }
 
     /// Aborts the arrival of `uuid` if it is still the one prepared now after [`PREPARED_FOR`].
@@ -549,10 +605,12 @@ impl Guests {
     /// claim go. Idempotent; a guest that has finished arriving is not touched.
     pub async fn abort_incoming(&self, uuid: &str) -> Result<(), GuestError> {
         let uuid = checked_uuid(uuid)?;
-        if !lock(&self.arrivals.0).contains_key(&uuid) {
+        let Some(volumes) = lock(&self.arrivals.0).get(&uuid).map(|a| a.volumes.clone()) else {
             return Ok(());
-        }
+        };
         self.undo_arrival(&uuid, true).await;
+        // After the domain: a half-arrived one may still have them.
+        self.drop_volumes(&uuid, &volumes);
         if let Some(arrival) = lock(&self.arrivals.0).remove(&uuid) {
             self.announce(&uuid, &arrival.name, Phase::Aborted, None);
         }
@@ -637,16 +695,7 @@ impl Guests {
                 Ok((xml, seed, root))
             })
             .await?;
-        let flavor = crate::flavor::parse(&intent.flavor)
-            .map_err(|e| GuestError::Internal(format!("the guest's flavor: {e}")))?
-            .spec;
-        let writable = extra_disks(&flavor, &files).len() + 1;
-        let disks = volume_disk::disks(&domain_xml).map_err(GuestError::Internal)?;
-        if disks.len() != writable + 1 {
-            return Err(GuestError::Precondition(format!(
-                "uuid: guest {uuid} cannot migrate: it has attached volumes (not supported yet)"
-            )));
-        }
+        let volumes = self.moving_volumes(&uuid, &files, &domain_xml)?;
         let image_sha256 = self
             .image_of(&intent)?
             .map(|i| i.sha256)
@@ -660,6 +709,7 @@ impl Guests {
                 image_sha256,
                 root_disk_bytes,
                 seed,
+                volumes: volumes.clone(),
             })
             .await;
         let target = match prepared {
@@ -702,6 +752,8 @@ impl Guests {
         self.announce(&uuid, name, Phase::Finishing, None);
         let finished = peer.finish(&uuid).await;
         self.release_departed(&uuid, files).await;
+        let names: Vec<String> = volumes.into_iter().map(|v| v.name).collect();
+        self.drop_volumes(&uuid, &names);
         self.announce(&uuid, name, Phase::Migrated, None);
         let downtime = match finished {
             Ok(downtime) => downtime,
@@ -720,6 +772,46 @@ impl Guests {
             elapsed: started.elapsed(),
             downtime,
         })
+    }
+
+    /// The data volumes of guest `uuid` (the disks of `domain_xml` outside its own directory),
+    /// each one that can move: a store volume (copied) or an NBD export (reached from the
+    /// target); or why one cannot.
+    fn moving_volumes(
+        &self,
+        uuid: &str,
+        files: &GuestFiles,
+        domain_xml: &str,
+    ) -> Result<Vec<VolumeRecord>, GuestError> {
+        let own = format!("{}/", files.dir.display());
+        let records = self.volumes.list().0;
+        let cannot = |why: String| {
+            GuestError::Precondition(format!("uuid: guest {uuid} cannot migrate: {why}"))
+        };
+        volume_disk::disks(domain_xml)
+            .map_err(GuestError::Internal)?
+            .into_iter()
+            .filter_map(|d| d.key)
+            .filter(|key| !key.starts_with(&own))
+            .map(|key| {
+                let r = records
+                    .iter()
+                    .find(|r| self.volumes.disk_source(r).key() == key)
+                    .ok_or_else(|| cannot(format!("its disk {key} is no volume of this node")))?;
+                match &r.source {
+                    VolumeSource::Block { path } => Err(cannot(format!(
+                        "volume {:?} is the block device {} of this host",
+                        r.name,
+                        path.display()
+                    ))),
+                    _ if r.shareable => Err(cannot(format!(
+                        "volume {:?} is shareable (its other guests stay here)",
+                        r.name
+                    ))),
+                    _ => Ok(r.clone()),
+                }
+            })
+            .collect()
     }
 
     /// A `migration` event of guest `uuid` to every watcher.
@@ -794,6 +886,14 @@ impl Guests {
             self.repin_floating().await;
         }
     }
+}
+
+/// What a prepared arrival made: its domain XML, the disks libvirt copies, the volumes it
+/// took in.
+struct MadeArrival {
+    xml: String,
+    disks: Vec<String>,
+    volumes: Vec<String>,
 }
 
 /// The progress announcer of one migration ([`Guests::report_progress`]).

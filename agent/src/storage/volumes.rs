@@ -326,6 +326,11 @@ impl VolumeStore {
         }
     }
 
+    /// The store's directory, under which every store volume's data file is.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Holds `name` for a Create in flight until dropped; a second is refused.
     fn take_name(&self, name: &str) -> Result<Creating<'_>, VolumeError> {
         if !hvagent_core::sync::lock(&self.creating).insert(name.to_string()) {
@@ -511,17 +516,7 @@ impl VolumeStore {
                 made_for: String::new(),
             })
             .key();
-        if let Some(other) = self
-            .list()
-            .0
-            .into_iter()
-            .find(|r| self.disk_source(r).key() == key)
-        {
-            return Err(VolumeError::Exists {
-                name: spec.name.clone(),
-                what: format!("volume {:?} already has the source {key}", other.name),
-            });
-        }
+        self.refuse_taken_source(&spec.name, &key)?;
         let size_bytes = match &source {
             VolumeSource::Block { path } => block_device_size(path)?,
             VolumeSource::Nbd { .. } => virtual_size(&key)
@@ -538,6 +533,99 @@ impl VolumeStore {
             created_unix: now_unix,
             made_for: String::new(),
         })
+    }
+
+    /// Refuses volume `name` an external source (its [`DiskSource::key`]) that another volume
+    /// has.
+    fn refuse_taken_source(&self, name: &str, key: &str) -> Result<(), VolumeError> {
+        match self
+            .list()
+            .0
+            .into_iter()
+            .find(|r| self.disk_source(r).key() == key)
+        {
+            Some(other) => Err(VolumeError::Exists {
+                name: name.to_string(),
+                what: format!("volume {:?} already has the source {key}", other.name),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes in `record`, a volume arriving with a migrating guest, as its source had it: a
+    /// store volume gets an empty data file of its format and virtual size (the migration
+    /// copies the data into it), an NBD export must answer here with that size. A taken
+    /// name, or an export another volume has, is refused; a block device (another host's)
+    /// cannot come. A failure leaves nothing behind.
+    pub fn receive(&self, record: &VolumeRecord) -> Result<(), VolumeError> {
+        let name = record.name.clone();
+        let _taken = self.take_name(&name)?;
+        match self.get(&name) {
+            Ok(existing) => {
+                return Err(VolumeError::Exists {
+                    name,
+                    what: format!("{} {}", existing.source.kind(), existing.format),
+                });
+            }
+            Err(VolumeError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if !matches!(record.format.as_str(), "qcow2" | "raw") {
+            return Err(invalid("format", "must be qcow2 or raw"));
+        }
+        super::traversable_dir(&self.dir).map_err(io(&self.dir, "create volume store"))?;
+        match &record.source {
+            VolumeSource::Store => {
+                let path = self.file(&name, &record.format);
+                let staged = self.dir.join(format!(".{name}.{}.part", record.format));
+                let _ = std::fs::remove_file(&staged);
+                let size = record.size_bytes.to_string();
+                let made = (|| {
+                    let to = path_str(&staged)?;
+                    qemu_img(&["create", "-q", "-f", &record.format, to, &size], false)?;
+                    std::fs::rename(&staged, &path).map_err(io(&path, "move into place"))
+                })();
+                if let Err(e) = made {
+                    let _ = std::fs::remove_file(&staged);
+                    return Err(e);
+                }
+            }
+            VolumeSource::Nbd { .. } => {
+                let key = self.disk_source(record).key();
+                self.refuse_taken_source(&name, &key)?;
+                let size = virtual_size(&key).map_err(|e| {
+                    invalid(
+                        "source",
+                        format!("the NBD export {key} does not answer here: {e}"),
+                    )
+                })?;
+                if size != record.size_bytes {
+                    return Err(invalid(
+                        "source",
+                        format!(
+                            "the NBD export {key} has {size} bytes here, {} on the source",
+                            record.size_bytes
+                        ),
+                    ));
+                }
+            }
+            VolumeSource::Block { path } => {
+                return Err(invalid(
+                    "source",
+                    format!(
+                        "{} is a block device of another host: it cannot come",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        if let Err(e) = self.write_record(record) {
+            if record.source == VolumeSource::Store {
+                let _ = std::fs::remove_file(self.file(&name, &record.format));
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Makes a store volume's data file: staged under a dot name (never listed), synced,

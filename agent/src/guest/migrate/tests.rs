@@ -188,6 +188,122 @@ async fn the_guest_moves_onto_the_targets_claim_and_leaves_nothing_behind() {
     assert!(target.guests.settled());
 }
 
+impl Node {
+    /// Makes store volume `name` (1 GiB; shareable ones raw) and attaches it to `uuid`.
+    async fn attach(&self, uuid: &str, name: &str, shareable: bool) {
+        self.guests
+            .create_volume(crate::guest::VolumeRequest {
+                name: name.into(),
+                size_gb: 1,
+                format: if shareable { "raw" } else { "qcow2" }.into(),
+                shareable,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        self.guests.attach_volume(uuid, name).await.unwrap();
+    }
+
+    fn volume_names(&self) -> Vec<String> {
+        self.guests
+            .volumes
+            .list()
+            .0
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    }
+}
+
+/// A store volume moves with its guest: the target takes it in under its name (an empty
+/// file of its size, which libvirt copies into), the domain there has the target's path, and
+/// the source forgets it. When the move fails, or the target has a volume of that name, the
+/// source keeps it and the target holds none; a shareable volume does not move.
+#[tokio::test]
+async fn a_store_volume_moves_with_its_guest() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    source.attach(MOVER, "data", false).await;
+    let claim = source.placement.lock().get(MOVER).cloned().unwrap();
+    let record = source.guests.volumes.get("data").unwrap();
+
+    // libvirt fails the move: the volume stays the source's, the target took in none.
+    source.hypervisor.fail_once(Op::Migrate);
+    let failed = source
+        .guests
+        .migrate(MOVER, &peer(&target))
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, GuestError::Libvirt(_)), "{failed:?}");
+    source.has(MOVER, &claim);
+    assert_eq!(source.volume_names(), ["data"]);
+    assert!(target.volume_names().is_empty());
+    target.holds_nothing_of(MOVER);
+
+    // A target with a volume of that name refuses before it takes anything; its own stays.
+    let crowded = Node::new(1 << 30).await;
+    crowded
+        .guests
+        .create_volume(crate::guest::VolumeRequest {
+            name: "data".into(),
+            size_gb: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refused = source
+        .guests
+        .migrate(MOVER, &peer(&crowded))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, GuestError::Precondition(m) if m == "volumes[0]: this node has a volume named \"data\" already"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        crowded.guests.volumes.get("data").unwrap().size_bytes,
+        2 << 30
+    );
+    crowded.holds_nothing_of(MOVER);
+    source.has(MOVER, &claim);
+
+    source.guests.migrate(MOVER, &peer(&target)).await.unwrap();
+    source.holds_nothing_of(MOVER);
+    assert!(
+        source.volume_names().is_empty(),
+        "the source kept the volume"
+    );
+    let arrived = target.guests.volumes.get("data").unwrap();
+    assert_eq!(
+        (arrived.format.as_str(), arrived.size_bytes, &arrived.source),
+        (record.format.as_str(), record.size_bytes, &record.source)
+    );
+    let file = target.guests.volumes.file("data", "qcow2");
+    assert_eq!(qcow2_virtual_size(&file), Some(1 << 30));
+    let xml = target.hypervisor.live_xml(MOVER).unwrap();
+    assert!(
+        xml.contains(&format!("<source file=\"{}\"", file.display())),
+        "{xml}"
+    );
+    let guest = target.guests.get(MOVER).await.unwrap();
+    assert_eq!(target.guests.volumes_of(&guest).await.unwrap(), ["data"]);
+
+    // A shareable volume stays with its other guests: the guest does not move.
+    target.attach(MOVER, "shared", true).await;
+    let back = Node::new(1 << 30).await;
+    let stays = target
+        .guests
+        .migrate(MOVER, &peer(&back))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&stays, GuestError::Precondition(m) if m.ends_with("cannot migrate: volume \"shared\" is shareable (its other guests stay here)")),
+        "{stays:?}"
+    );
+    back.holds_nothing_of(MOVER);
+    assert!(back.volume_names().is_empty());
+}
+
 #[tokio::test]
 async fn a_refusal_or_a_failed_migration_leaves_the_guest_on_the_source() {
     // The target's "img" has other content: Prepare refuses, naming it.
@@ -263,6 +379,7 @@ async fn only_a_running_guest_without_devices_moves() {
             image_sha256: String::new(),
             root_disk_bytes: 0,
             seed: Vec::new(),
+            volumes: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -289,6 +406,7 @@ async fn a_forgotten_arrival_is_aborted() {
             image_sha256: sha256,
             root_disk_bytes: 5 << 30,
             seed,
+            volumes: Vec::new(),
         })
         .await
         .unwrap();
@@ -323,6 +441,7 @@ async fn an_arrived_guest_whose_finish_was_lost_is_kept() {
             image_sha256: sha256,
             root_disk_bytes: 5 << 30,
             seed: std::fs::read(GuestFiles::new(source.root.path(), MOVER).seed()).unwrap(),
+            volumes: Vec::new(),
         })
         .await
         .unwrap();
