@@ -1,7 +1,8 @@
 //! Live migration between two agents on two "nodes" of this machine: the source agent on the
 //! main libvirtd, the target agent on a second libvirtd in its own mount and network
 //! namespaces (tests/scripts/node2.sh), reached over TCP on a veth. Real TCG guests of the
-//! test image. Shows: a guest keeps counting across the migration without a reboot; on the
+//! test image. Shows: a guest keeps counting across the migration without a reboot, its store
+//! volume moving with it (the target has it, with the data copied); on the
 //! target it runs on the target agent's claim (vcpupin, emulatorpin, numatune as libvirt
 //! reports them); the source's claims and files are gone and the target holds exactly the
 //! claim, and a target's guest holding the guest's source CPUs makes it land on others; both
@@ -177,6 +178,8 @@ fn phases(events: &[pb::VmEvent]) -> Vec<&str> {
 
 /// The network of the NIC test, on both nodes: a bridge with the host at `MIGNET_HOST`.
 const MIGNET: &str = "mignet";
+/// The store volume that moves with the first guest.
+const MIGVOL: &str = "migdata";
 const MIGNET_HOST: &str = "10.79.0.1";
 const GUEST_IP: &str = "10.79.0.10";
 
@@ -339,6 +342,22 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             .ensure(network)
             .await
             .unwrap();
+        // A store volume moves with it: a copy of the image, hot-plugged as vdb.
+        let mut volumes = pb::volume_service_client::VolumeServiceClient::new(src.clone());
+        volumes
+            .create(pb::CreateVolumeRequest {
+                name: MIGVOL.into(),
+                image: "testguest".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        vms.attach_volume(pb::AttachVolumeRequest {
+            uuid: a.into(),
+            volume: MIGVOL.into(),
+        })
+        .await
+        .unwrap();
         let (on_source, on_target) = (
             migration_events(&vms, a).await,
             migration_events(&vms2, a).await,
@@ -400,6 +419,43 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             boot_id(NODE2_URI, a),
             booted,
             "the boot id changed: a reboot"
+        );
+        // The volume is the target's now, attached to the guest, its data copied (the
+        // image's: the guest does not write to it); the source has it no more.
+        let arrived = pb::volume_service_client::VolumeServiceClient::new(dst.clone())
+            .get(pb::GetVolumeRequest {
+                name: MIGVOL.into(),
+            })
+            .await
+            .expect("the volume on the target")
+            .into_inner();
+        assert_eq!(arrived.attached_to, [a], "{arrived:?}");
+        assert_eq!(
+            Path::new(&arrived.source),
+            target
+                .dir
+                .path()
+                .join(format!("store/volumes/{MIGVOL}.qcow2"))
+        );
+        let gone = volumes
+            .get(pb::GetVolumeRequest {
+                name: MIGVOL.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+        let image = source.dir.path().join("store/images/testguest/image");
+        let compared = Command::new("qemu-img")
+            .args(["compare", "-U"])
+            .arg(&arrived.source)
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            compared.status.success(),
+            "the moved volume differs from the image it was copied from: {}{}",
+            String::from_utf8_lossy(&compared.stdout),
+            String::from_utf8_lossy(&compared.stderr)
         );
         // Its pins and NUMA policy are the target's claim, as libvirt on node2 reports them.
         let claim = moved.claim.expect("claim");
