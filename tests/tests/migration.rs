@@ -2,7 +2,7 @@
 //! main libvirtd, the target agent on a second libvirtd in its own mount and network
 //! namespaces (tests/scripts/node2.sh), reached over TCP on a veth. Real TCG guests of the
 //! test image. Shows: a guest keeps counting across the migration without a reboot, its store
-//! volume moving with it (the target has it, with the data copied); on the
+//! volume (data copied) and NBD volume (the same export) moving with it; on the
 //! target it runs on the target agent's claim (vcpupin, emulatorpin, numatune as libvirt
 //! reports them); the source's claims and files are gone and the target holds exactly the
 //! claim, and a target's guest holding the guest's source CPUs makes it land on others; both
@@ -178,8 +178,9 @@ fn phases(events: &[pb::VmEvent]) -> Vec<&str> {
 
 /// The network of the NIC test, on both nodes: a bridge with the host at `MIGNET_HOST`.
 const MIGNET: &str = "mignet";
-/// The store volume that moves with the first guest.
+/// The store volume and the NBD volume that move with the first guest.
 const MIGVOL: &str = "migdata";
+const MIGNBD: &str = "mignbd";
 const MIGNET_HOST: &str = "10.79.0.1";
 const GUEST_IP: &str = "10.79.0.10";
 
@@ -358,6 +359,31 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
         })
         .await
         .unwrap();
+        // And an NBD export both nodes reach (served on the host's end of the veth): it
+        // moves uncopied, the target reaching the same export.
+        let export = pki.path().join("export.raw");
+        std::fs::File::create(&export)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let host_ip = format!("{}.1", common::node2::NET);
+        let nbd = common::serve_nbd(pki.path(), &export, MIGNBD, &host_ip);
+        if let Some((_, port)) = &nbd {
+            volumes
+                .create(pb::CreateVolumeRequest {
+                    name: MIGNBD.into(),
+                    source: format!("nbd://{host_ip}:{port}/{MIGNBD}"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            vms.attach_volume(pb::AttachVolumeRequest {
+                uuid: a.into(),
+                volume: MIGNBD.into(),
+            })
+            .await
+            .unwrap();
+        }
         let (on_source, on_target) = (
             migration_events(&vms, a).await,
             migration_events(&vms2, a).await,
@@ -444,6 +470,28 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             .await
             .unwrap_err();
         assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+        if let Some((_, port)) = &nbd {
+            let arrived = pb::volume_service_client::VolumeServiceClient::new(dst.clone())
+                .get(pb::GetVolumeRequest {
+                    name: MIGNBD.into(),
+                })
+                .await
+                .expect("the NBD volume on the target")
+                .into_inner();
+            assert_eq!(arrived.attached_to, [a], "{arrived:?}");
+            assert_eq!(
+                arrived.source,
+                format!("nbd://{host_ip}:{port}/{MIGNBD}"),
+                "{arrived:?}"
+            );
+            let gone = volumes
+                .get(pb::GetVolumeRequest {
+                    name: MIGNBD.into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+        }
         let image = source.dir.path().join("store/images/testguest/image");
         let compared = Command::new("qemu-img")
             .args(["compare", "-U"])

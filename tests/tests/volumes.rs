@@ -310,47 +310,6 @@ fn a_hot_attached_volume_keeps_its_data_on_another_guest_and_across_restarts() {
     });
 }
 
-/// A qemu-nbd serving a raw file on 127.0.0.1, stopped when dropped.
-struct Nbd {
-    pid_file: PathBuf,
-}
-
-impl Drop for Nbd {
-    fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-}
-
-/// Serves `file` as export `name` on a free port; `None` (said why) when qemu-nbd is missing.
-fn serve_nbd(dir: &Path, file: &Path, name: &str) -> Option<(Nbd, u16)> {
-    let port = common::free_port();
-    let pid_file = dir.join("qemu-nbd.pid");
-    let started = Command::new("qemu-nbd")
-        .args(["--fork", "--persistent", "-b", "127.0.0.1", "-f", "raw"])
-        .args(["-x", name, "-p", &port.to_string(), "--pid-file"])
-        .arg(&pid_file)
-        .arg(file)
-        .output();
-    match started {
-        Err(e) => {
-            eprintln!("skipping the NBD volume: cannot run qemu-nbd ({e})");
-            None
-        }
-        Ok(out) => {
-            assert!(out.status.success(), "qemu-nbd: {}", stderr(&out));
-            Some((Nbd { pid_file }, port))
-        }
-    }
-}
-
 #[test]
 fn a_shareable_volume_on_two_guests_and_an_nbd_export() {
     let agent = Agent::configure_tcg("", "").spawn();
@@ -414,7 +373,9 @@ fn a_shareable_volume_on_two_guests_and_an_nbd_export() {
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
-        let Some((_nbd, port)) = serve_nbd(agent.dir.path(), &export, "volumes-nbd") else {
+        let Some((_nbd, port)) =
+            common::serve_nbd(agent.dir.path(), &export, "volumes-nbd", "127.0.0.1")
+        else {
             return;
         };
         let uri = format!("nbd://127.0.0.1:{port}/volumes-nbd");

@@ -76,6 +76,10 @@ struct Driver {
     name: &'static str,
     #[serde(rename = "@type")]
     kind: String,
+    /// `none` for an NBD export: no host cache between the guest and a disk other hosts
+    /// reach, which is also what libvirt asks of a disk a migration does not copy.
+    #[serde(rename = "@cache", skip_serializing_if = "Option::is_none")]
+    cache: Option<&'static str>,
 }
 
 #[derive(Serialize, Default)]
@@ -116,6 +120,7 @@ impl Disk {
         target: String,
         bus: &'static str,
     ) -> Disk {
+        let cache = matches!(source, DiskSource::Nbd { .. }).then_some("none");
         let (kind, source) = source_element(source);
         Disk {
             kind,
@@ -123,6 +128,7 @@ impl Disk {
             driver: Driver {
                 name: "qemu",
                 kind: format.to_string(),
+                cache,
             },
             source,
             target: Target { dev: target, bus },

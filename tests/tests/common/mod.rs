@@ -563,3 +563,54 @@ impl Rng {
         from[self.below(from.len())]
     }
 }
+
+/// A qemu-nbd serving a raw file, stopped when dropped.
+pub struct Nbd {
+    pid_file: PathBuf,
+}
+
+impl Drop for Nbd {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+}
+
+/// Serves `file` as export `name` on `address` and a free port (its pid file in `dir`);
+/// `None` (said why) when qemu-nbd is missing.
+pub fn serve_nbd(dir: &Path, file: &Path, name: &str, address: &str) -> Option<(Nbd, u16)> {
+    let port = free_port();
+    let pid_file = dir.join(format!("qemu-nbd-{name}.pid"));
+    let started = Command::new("qemu-nbd")
+        // Any number of clients at once: a migrating guest's two QEMUs both connect.
+        .args([
+            "--fork",
+            "--persistent",
+            "--shared=0",
+            "-b",
+            address,
+            "-f",
+            "raw",
+        ])
+        .args(["-x", name, "-p", &port.to_string(), "--pid-file"])
+        .arg(&pid_file)
+        .arg(file)
+        .output();
+    match started {
+        Err(e) => {
+            eprintln!("skipping the NBD volume: cannot run qemu-nbd ({e})");
+            None
+        }
+        Ok(out) => {
+            assert!(out.status.success(), "qemu-nbd: {}", stderr(&out));
+            Some((Nbd { pid_file }, port))
+        }
+    }
+}

@@ -85,6 +85,9 @@ fn a_built_disk_reads_back_as_its_source() {
         );
         assert!(xml.contains("<shareable/>"), "{xml}");
         assert!(xml.contains("bus=\"virtio\""), "{xml}");
+        // An NBD export is read past the host's cache (libvirt migrates it uncopied only so).
+        let uncached = matches!(source, DiskSource::Nbd { .. });
+        assert_eq!(xml.contains("cache=\"none\""), uncached, "{xml}");
         let wrapped = format!("<domain><devices>{xml}</devices></domain>");
         assert_eq!(
             disks(&wrapped).unwrap(),
