@@ -181,6 +181,8 @@ const MIGNET: &str = "mignet";
 /// The store volume and the NBD volume that move with the first guest.
 const MIGVOL: &str = "migdata";
 const MIGNBD: &str = "mignbd";
+/// The store volume of the guest whose migrations fail.
+const BVOL: &str = "stayerdata";
 const MIGNET_HOST: &str = "10.79.0.1";
 const GUEST_IP: &str = "10.79.0.10";
 
@@ -246,6 +248,17 @@ async fn target_holds(node2: &Node2, target: &Agent, places: &mut Placement, uui
         !common::claims(places).await.contains(&uuid.to_string()),
         "the target holds a claim for {uuid}"
     );
+    // No volume but those that arrived with the first guest (records, data, staged files).
+    let volumes = target.dir.path().join("store/volumes");
+    let mut left: Vec<String> = std::fs::read_dir(&volumes)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    left.retain(|n| ![MIGVOL, MIGNBD].contains(&n.split('.').next().unwrap_or_default()));
+    assert!(left.is_empty(), "volumes left on the target: {left:?}");
 }
 
 #[test]
@@ -630,6 +643,21 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             .await
             .unwrap();
         vms.create(create(b, "stayer", "only-here")).await.unwrap();
+        // With a store volume, which each failed migration below must leave on the source.
+        volumes
+            .create(pb::CreateVolumeRequest {
+                name: BVOL.into(),
+                size_gb: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        vms.attach_volume(pb::AttachVolumeRequest {
+            uuid: b.into(),
+            volume: BVOL.into(),
+        })
+        .await
+        .unwrap();
         counted_to(&mut vms, b, 2).await;
         let refused = refused_migration(&mut vms, b, &endpoint).await;
         assert!(refused.contains("only-here"), "{refused}");
@@ -759,6 +787,13 @@ fn a_running_guest_moves_to_the_target_on_the_targets_claim() {
             .copied()
             .unwrap_or(0);
         counted_to(&mut vms, b, seen + 1).await;
+        // Its volume is still the source's, attached to it.
+        let kept = volumes
+            .get(pb::GetVolumeRequest { name: BVOL.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(kept.attached_to, [b], "{kept:?}");
 
         // 4. Drain: the target's dedicated cores are all taken, so the dedicated guest (b)
         // fits nowhere and stays, running, reported with the target's answer; a shared-core

@@ -119,6 +119,7 @@ fn arriving_volume(v: pb::MigratingVolume) -> Result<VolumeRecord, VolumeError> 
         image: v.image,
         created_unix: v.created_unix,
         made_for: String::new(),
+        arriving_for: String::new(),
     })
 }
 

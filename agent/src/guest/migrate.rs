@@ -480,7 +480,11 @@ impl Guests {
         .await?;
         let mut received = Vec::new();
         for (i, v) in guest.volumes.iter().enumerate() {
-            if let Err(e) = self.volumes.receive(v) {
+            let arriving = VolumeRecord {
+                arriving_for: target.uuid.clone(),
+                ..v.clone()
+            };
+            if let Err(e) = self.volumes.receive(&arriving) {
                 self.drop_volumes(&target.uuid, &received);
                 return Err(match e {
                     VolumeError::Invalid { .. } | VolumeError::Exists { .. } => {
@@ -574,6 +578,11 @@ impl Guests {
         for tap in &arrival.taps {
             if let Err(e) = self.networks.join(std::slice::from_ref(tap)).await {
                 tracing::error!(vm = %uuid, tap = %tap.name, error = %e, "the arrived guest's tap cannot join its network or take its limits");
+            }
+        }
+        for name in &arrival.volumes {
+            if let Err(e) = self.volumes.settle(name) {
+                tracing::error!(vm = %uuid, volume = %name, error = %e, "the arrived guest's volume cannot be marked as this node's");
             }
         }
         if let Err(e) = self.limit_host_taps(&uuid, &arrival.host_taps).await {

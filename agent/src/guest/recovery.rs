@@ -102,9 +102,10 @@ impl Guests {
         Ok(claims)
     }
 
-    /// Removes guest directories that have no domain and are older than `grace`, and the
-    /// boot volumes made for guests that have none (left by a create the agent did not live
-    /// to finish or undo).
+    /// Removes guest directories that have no domain and are older than `grace`, the boot
+    /// volumes made for guests that have none (left by a create the agent did not live to
+    /// finish or undo), and the volumes of arrivals a restart cut short (their guest never
+    /// arrived; one that did keeps them).
     pub async fn remove_orphans(&self, grace: Duration) -> Result<Vec<String>, GuestError> {
         let known: Vec<String> = self.domains().await?.into_iter().map(|d| d.uuid).collect();
         let vms = self.storage_root.join("vms");
@@ -113,8 +114,24 @@ impl Guests {
             let mut removed = Vec::new();
             let now = super::now_unix();
             for v in volumes.list().0 {
-                let old = now.saturating_sub(v.created_unix) >= grace.as_secs();
-                if !v.made_for.is_empty() && !known.contains(&v.made_for) && old {
+                // A volume whose guest arrived before a restart cut its Finish short is that
+                // guest's for good.
+                if !v.arriving_for.is_empty() && known.contains(&v.arriving_for) {
+                    if let Err(err) = volumes.settle(&v.name) {
+                        tracing::warn!(volume = %v.name, error = %err, "cannot settle an arrived guest's volume");
+                    }
+                    continue;
+                }
+                // An arriving volume's age counts from its arrival (its record written then), not
+                // from its creation on the source: a Prepare just taken is no orphan.
+                let (guest, old) = if v.made_for.is_empty() {
+                    let age = volumes.record_age(&v.name);
+                    (&v.arriving_for, age.is_some_and(|a| a >= grace))
+                } else {
+                    let old = now.saturating_sub(v.created_unix) >= grace.as_secs();
+                    (&v.made_for, old)
+                };
+                if !guest.is_empty() && !known.contains(guest) && old {
                     match volumes.delete(&v.name) {
                         Ok(_) => removed.push(format!("volume {}", v.name)),
                         Err(err) => {

@@ -73,6 +73,10 @@ pub struct VolumeRecord {
     /// deleted with the guest. Empty for every volume made by `Create`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub made_for: String,
+    /// The guest whose migration to this node brought it, until that guest has arrived:
+    /// an arrival an agent restart cut short leaves it to the orphan sweep.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub arriving_for: String,
 }
 
 /// A Create request, as checked by [`VolumeStore::create`].
@@ -514,6 +518,7 @@ impl VolumeStore {
                 image: String::new(),
                 created_unix: 0,
                 made_for: String::new(),
+                arriving_for: String::new(),
             })
             .key();
         self.refuse_taken_source(&spec.name, &key)?;
@@ -532,6 +537,7 @@ impl VolumeStore {
             image: String::new(),
             created_unix: now_unix,
             made_for: String::new(),
+            arriving_for: String::new(),
         })
     }
 
@@ -628,6 +634,25 @@ impl VolumeStore {
         Ok(())
     }
 
+    /// How long ago `name`'s record was last written, where the file system says.
+    pub fn record_age(&self, name: &str) -> Option<std::time::Duration> {
+        std::fs::metadata(self.record_path(name))
+            .and_then(|m| m.modified())
+            .ok()?
+            .elapsed()
+            .ok()
+    }
+
+    /// Marks `name` as this node's for good: the guest it arrived with has arrived.
+    pub fn settle(&self, name: &str) -> Result<(), VolumeError> {
+        let mut record = self.get(name)?;
+        if record.arriving_for.is_empty() {
+            return Ok(());
+        }
+        record.arriving_for.clear();
+        self.write_record(&record)
+    }
+
     /// Makes a store volume's data file: staged under a dot name (never listed), synced,
     /// renamed into place.
     fn make_file(&self, spec: &VolumeSpec, now_unix: u64) -> Result<VolumeRecord, VolumeError> {
@@ -685,6 +710,7 @@ impl VolumeStore {
                 .map_or_else(String::new, |(n, _, _)| n.clone()),
             created_unix: now_unix,
             made_for: String::new(),
+            arriving_for: String::new(),
         })
     }
 
@@ -732,6 +758,7 @@ impl VolumeStore {
             image: image_name.to_string(),
             created_unix: now_unix,
             made_for: made_for.to_string(),
+            arriving_for: String::new(),
         };
         if let Err(e) = self.write_record(&record) {
             let _ = std::fs::remove_file(&path);

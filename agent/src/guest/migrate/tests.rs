@@ -287,6 +287,8 @@ async fn a_store_volume_moves_with_its_guest() {
     );
     let guest = target.guests.get(MOVER).await.unwrap();
     assert_eq!(target.guests.volumes_of(&guest).await.unwrap(), ["data"]);
+    // Arrived: the target's for good (no longer its arrival's).
+    assert_eq!(arrived.arriving_for, "");
 
     // A shareable volume stays with its other guests: the guest does not move.
     target.attach(MOVER, "shared", true).await;
@@ -503,6 +505,48 @@ async fn a_lost_finish_still_frees_the_source() {
         target.hypervisor.state(MOVER).unwrap(),
         DomainState::Running
     );
+}
+
+/// Volumes of an arrival a restart cut short are swept like its files (the guest never
+/// arrived); those of a guest that arrived though its Finish was lost are kept, as its own.
+#[tokio::test]
+async fn a_restart_sweeps_the_volumes_of_an_arrival_that_never_came() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    source.attach(MOVER, "data", false).await;
+    let record = source.guests.volumes.get("data").unwrap();
+    target
+        .guests
+        .prepare_incoming(IncomingGuest {
+            uuid: MOVER.into(),
+            domain_xml: source.hypervisor.migratable_xml(MOVER).unwrap(),
+            image_sha256: source.guests.images.get("img").unwrap().sha256,
+            root_disk_bytes: 5 << 30,
+            seed: std::fs::read(GuestFiles::new(source.root.path(), MOVER).seed()).unwrap(),
+            volumes: vec![record],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        target.guests.volumes.get("data").unwrap().arriving_for,
+        MOVER
+    );
+    // What a restarted agent's sweep sees: no domain of the guest.
+    let removed = target.guests.remove_orphans(Duration::ZERO).await.unwrap();
+    assert!(removed.contains(&"volume data".to_string()), "{removed:?}");
+    assert!(target.volume_names().is_empty());
+    assert!(!target.guests.volumes.file("data", "qcow2").exists());
+    target.guests.abort_incoming(MOVER).await.unwrap();
+
+    // The guest arrives, its Finish is lost: the sweep keeps its volume and settles it.
+    let lossy = Local {
+        lose_finish: true,
+        ..peer(&target)
+    };
+    source.guests.migrate(MOVER, &lossy).await.unwrap_err();
+    let removed = target.guests.remove_orphans(Duration::ZERO).await.unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(target.guests.volumes.get("data").unwrap().arriving_for, "");
 }
 
 /// A drain moves each running guest to the first target that takes it, reports the rest

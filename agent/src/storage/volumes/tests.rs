@@ -200,6 +200,7 @@ fn delete_removes_a_store_volume_and_only_forgets_an_external_one() {
         image: String::new(),
         created_unix: 1,
         made_for: String::new(),
+        arriving_for: String::new(),
     };
     std::fs::write(root.path().join("device"), b"data").unwrap();
     store.write_record(&external).unwrap();
