@@ -204,6 +204,19 @@ impl Node {
         self.guests.attach_volume(uuid, name).await.unwrap();
     }
 
+    /// What this node, as the source, sends the target for MOVER (as `migrate` does), with
+    /// `volumes`.
+    fn incoming(&self, volumes: Vec<VolumeRecord>) -> IncomingGuest {
+        IncomingGuest {
+            uuid: MOVER.into(),
+            domain_xml: self.hypervisor.migratable_xml(MOVER).unwrap(),
+            image_sha256: self.guests.images.get("img").unwrap().sha256,
+            root_disk_bytes: 5 << 30,
+            seed: std::fs::read(GuestFiles::new(self.root.path(), MOVER).seed()).unwrap(),
+            volumes,
+        }
+    }
+
     fn volume_names(&self) -> Vec<String> {
         self.guests
             .volumes
@@ -397,19 +410,9 @@ async fn only_a_running_guest_without_devices_moves() {
 async fn a_forgotten_arrival_is_aborted() {
     let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
     source.create(MOVER, "mover").await;
-    let xml = source.hypervisor.migratable_xml(MOVER).unwrap();
-    let seed = std::fs::read(GuestFiles::new(source.root.path(), MOVER).seed()).unwrap();
-    let sha256 = source.guests.images.get("img").unwrap().sha256;
     target
         .guests
-        .prepare_incoming(IncomingGuest {
-            uuid: MOVER.into(),
-            domain_xml: xml,
-            image_sha256: sha256,
-            root_disk_bytes: 5 << 30,
-            seed,
-            volumes: Vec::new(),
-        })
+        .prepare_incoming(source.incoming(Vec::new()))
         .await
         .unwrap();
     assert!(target.placement.lock().get(MOVER).is_some());
@@ -434,17 +437,9 @@ async fn a_forgotten_arrival_is_aborted() {
 async fn an_arrived_guest_whose_finish_was_lost_is_kept() {
     let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
     source.create(MOVER, "mover").await;
-    let sha256 = source.guests.images.get("img").unwrap().sha256;
     let prepared = target
         .guests
-        .prepare_incoming(IncomingGuest {
-            uuid: MOVER.into(),
-            domain_xml: source.hypervisor.migratable_xml(MOVER).unwrap(),
-            image_sha256: sha256,
-            root_disk_bytes: 5 << 30,
-            seed: std::fs::read(GuestFiles::new(source.root.path(), MOVER).seed()).unwrap(),
-            volumes: Vec::new(),
-        })
+        .prepare_incoming(source.incoming(Vec::new()))
         .await
         .unwrap();
     // libvirt moved it; no Finish comes.
@@ -517,14 +512,7 @@ async fn a_restart_sweeps_the_volumes_of_an_arrival_that_never_came() {
     let record = source.guests.volumes.get("data").unwrap();
     target
         .guests
-        .prepare_incoming(IncomingGuest {
-            uuid: MOVER.into(),
-            domain_xml: source.hypervisor.migratable_xml(MOVER).unwrap(),
-            image_sha256: source.guests.images.get("img").unwrap().sha256,
-            root_disk_bytes: 5 << 30,
-            seed: std::fs::read(GuestFiles::new(source.root.path(), MOVER).seed()).unwrap(),
-            volumes: vec![record],
-        })
+        .prepare_incoming(source.incoming(vec![record]))
         .await
         .unwrap();
     assert_eq!(
