@@ -104,8 +104,20 @@ impl pb::migration_service_server::MigrationService for MigrationApi {
     }
 }
 
-/// A volume moving with its guest, as the target takes it in.
+/// A volume moving with its guest, as the target takes it in, or why it is malformed.
 fn arriving_volume(v: pb::MigratingVolume) -> Result<VolumeRecord, VolumeError> {
+    if !matches!(v.format.as_str(), "qcow2" | "raw") {
+        return Err(VolumeError::Invalid {
+            field: "format",
+            rule: format!("must be qcow2 or raw, got {:?}", v.format),
+        });
+    }
+    if v.size_bytes == 0 || v.size_bytes > volumes::MAX_SIZE_GB << 30 {
+        return Err(VolumeError::Invalid {
+            field: "size_bytes",
+            rule: format!("must be between 1 and {} GiB", volumes::MAX_SIZE_GB),
+        });
+    }
     Ok(VolumeRecord {
         source: if v.nbd.is_empty() {
             VolumeSource::Store

@@ -335,7 +335,7 @@ impl Guests {
             Ok(made) => match self.networks.plug(&taps).await {
                 Ok(()) => Ok(made),
                 Err(e) => {
-                    self.drop_volumes(&uuid, &made.volumes);
+                    self.drop_volumes(&uuid, &made.volumes, true);
                     Err(GuestError::from(e))
                 }
             },
@@ -432,7 +432,7 @@ impl Guests {
     /// disks, the source's seed), its volumes, and its domain XML; the writable disks libvirt
     /// copies (the guest's and its store volumes', not the seed, not an NBD export).
     async fn make_arrival(
-        &self,
+        self: &Arc<Self>,
         guest: &IncomingGuest,
         source: &Intent,
         target: &GuestSpec,
@@ -450,16 +450,30 @@ impl Guests {
         )
         .map_err(GuestError::Xml)?;
         let seed_key = DiskSource::File(files.seed()).key();
-        let writable: Vec<String> = volume_disk::disks(&xml)
-            .map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?
-            .into_iter()
-            .filter(|d| {
-                d.key
-                    .as_deref()
-                    .is_some_and(|k| k.starts_with('/') && k != seed_key)
-            })
-            .map(|d| d.target)
+        // Only the guest's own files and the store volumes it brings are written here: a disk
+        // elsewhere (another volume, a device) would have libvirt copy over it.
+        let own = format!("{}/", files.dir.display());
+        let brought: Vec<String> = guest
+            .volumes
+            .iter()
+            .filter(|v| v.source == VolumeSource::Store)
+            .map(|v| self.volumes.file(&v.name, &v.format).display().to_string())
             .collect();
+        let mut writable = Vec::new();
+        for d in
+            volume_disk::disks(&xml).map_err(|e| GuestError::Invalid(format!("domain_xml: {e}")))?
+        {
+            let Some(key) = d.key.filter(|k| k.starts_with('/') && *k != seed_key) else {
+                continue;
+            };
+            if !key.starts_with(&own) && !brought.contains(&key) {
+                return Err(GuestError::Invalid(format!(
+                    "domain_xml: disk {} ({key}) is neither the guest's nor a volume it brings",
+                    d.target
+                )));
+            }
+            writable.push(d.target);
+        }
         let extra = extra_disks(spec, files);
         let (f, base, format) = (
             files.clone(),
@@ -478,23 +492,30 @@ impl Guests {
             })
         })
         .await?;
-        let mut received = Vec::new();
-        for (i, v) in guest.volumes.iter().enumerate() {
-            let arriving = VolumeRecord {
-                arriving_for: target.uuid.clone(),
-                ..v.clone()
-            };
-            if let Err(e) = self.volumes.receive(&arriving) {
-                self.drop_volumes(&target.uuid, &received);
-                return Err(match e {
-                    VolumeError::Invalid { .. } | VolumeError::Exists { .. } => {
-                        GuestError::Precondition(format!("volumes[{i}]: {e}"))
+        let (this, u, volumes) = (self.clone(), target.uuid.clone(), guest.volumes.clone());
+        // qemu-img, or an NBD server's answer (15 s at most): off the async workers.
+        let received = self
+            .blocking(move || {
+                let mut received = Vec::new();
+                for (i, v) in volumes.iter().enumerate() {
+                    let arriving = VolumeRecord {
+                        arriving_for: u.clone(),
+                        ..v.clone()
+                    };
+                    if let Err(e) = this.volumes.receive(&arriving) {
+                        this.drop_volumes(&u, &received, true);
+                        return Err(match e {
+                            VolumeError::Invalid { .. } | VolumeError::Exists { .. } => {
+                                GuestError::Precondition(format!("volumes[{i}]: {e}"))
+                            }
+                            other => GuestError::Internal(format!("volumes[{i}]: {other}")),
+                        });
                     }
-                    other => GuestError::Internal(format!("volumes[{i}]: {other}")),
-                });
-            }
-            received.push(v.name.clone());
-        }
+                    received.push(v.name.clone());
+                }
+                Ok(received)
+            })
+            .await?;
         Ok(MadeArrival {
             xml,
             disks: writable,
@@ -502,10 +523,15 @@ impl Guests {
         })
     }
 
-    /// Deletes the volumes `names` of guest `uuid` (an aborted arrival's, or a departed
-    /// guest's: no domain here uses them), logging any that cannot go.
-    fn drop_volumes(&self, uuid: &str, names: &[String]) {
+    /// Deletes the volumes `names` of guest `uuid` (no domain here uses them): an aborted
+    /// arrival's (`arriving`: only those still marked as arriving with it, never a volume of
+    /// that name that is someone else's) or a departed guest's; logs any that cannot go.
+    fn drop_volumes(&self, uuid: &str, names: &[String], arriving: bool) {
         for name in names {
+            if arriving && !self.volumes.get(name).is_ok_and(|r| r.arriving_for == uuid) {
+                tracing::warn!(vm = %uuid, volume = %name, "the arrival's volume is not its own any more; left as it is");
+                continue;
+            }
             if let Err(e) = self.volumes.delete(name) {
                 tracing::error!(vm = %uuid, volume = %name, error = %e, "cannot remove the volume of a guest that is not here");
             }
@@ -618,8 +644,17 @@ impl Guests {
             return Ok(());
         };
         self.undo_arrival(&uuid, true).await;
-        // After the domain: a half-arrived one may still have them.
-        self.drop_volumes(&uuid, &volumes);
+        // After the domain, and only once it is gone: a domain the undo could not remove
+        // keeps its disks, as it keeps its files and claim.
+        let stays = self
+            .domains()
+            .await
+            .map_or(true, |ds| ds.iter().any(|d| d.uuid == uuid));
+        if stays {
+            tracing::error!(vm = %uuid, "the half-arrived domain stays; so do the volumes it took in");
+        } else {
+            self.drop_volumes(&uuid, &volumes, true);
+        }
         if let Some(arrival) = lock(&self.arrivals.0).remove(&uuid) {
             self.announce(&uuid, &arrival.name, Phase::Aborted, None);
         }
@@ -762,7 +797,7 @@ impl Guests {
         let finished = peer.finish(&uuid).await;
         self.release_departed(&uuid, files).await;
         let names: Vec<String> = volumes.into_iter().map(|v| v.name).collect();
-        self.drop_volumes(&uuid, &names);
+        self.drop_volumes(&uuid, &names, false);
         self.announce(&uuid, name, Phase::Migrated, None);
         let downtime = match finished {
             Ok(downtime) => downtime,

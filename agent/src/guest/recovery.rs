@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::Guests;
 use super::error::GuestError;
+use crate::domain::DomainState;
 use crate::placement::Allocator;
 use crate::placement::Claim;
 use crate::placement::allocator::is_uuid;
@@ -107,17 +108,26 @@ impl Guests {
     /// finish or undo), and the volumes of arrivals a restart cut short (their guest never
     /// arrived; one that did keeps them).
     pub async fn remove_orphans(&self, grace: Duration) -> Result<Vec<String>, GuestError> {
-        let known: Vec<String> = self.domains().await?.into_iter().map(|d| d.uuid).collect();
+        let domains = self.domains().await?;
+        let running: Vec<String> = domains
+            .iter()
+            .filter(|d| d.state == DomainState::Running)
+            .map(|d| d.uuid.clone())
+            .collect();
+        let known: Vec<String> = domains.into_iter().map(|d| d.uuid).collect();
         let vms = self.storage_root.join("vms");
         let volumes = crate::storage::VolumeStore::new(&self.storage_root);
         self.blocking(move || {
             let mut removed = Vec::new();
             let now = super::now_unix();
             for v in volumes.list().0 {
-                // A volume whose guest arrived before a restart cut its Finish short is that
-                // guest's for good.
+                // A volume whose guest arrived (runs here) before a restart cut its Finish
+                // short is that guest's for good; one whose guest is still arriving (libvirt
+                // copies on without the agent) is left as it is.
                 if !v.arriving_for.is_empty() && known.contains(&v.arriving_for) {
-                    if let Err(err) = volumes.settle(&v.name) {
+                    if running.contains(&v.arriving_for)
+                        && let Err(err) = volumes.settle(&v.name)
+                    {
                         tracing::warn!(volume = %v.name, error = %err, "cannot settle an arrived guest's volume");
                     }
                     continue;

@@ -17,7 +17,7 @@ use super::{Guest, Guests, now_unix};
 use crate::domain::DomainState;
 use crate::domain::volume_disk::{self, FoundDisk, VolumeDisk};
 use crate::storage::volumes::VolumeSpec;
-use crate::storage::{StoreError, VolumeError, VolumeRecord};
+use crate::storage::{StoreError, VolumeError, VolumeRecord, VolumeStore};
 
 /// How long a live detach waits for the guest to release the disk (ACPI eject).
 pub const DETACH_WAIT: Duration = Duration::from_secs(30);
@@ -236,6 +236,7 @@ impl Guests {
     /// forgotten).
     pub async fn delete_volume(self: &std::sync::Arc<Self>, name: &str) -> Result<(), GuestError> {
         let record = self.volumes.get(name)?;
+        VolumeStore::refuse_arriving(&record)?;
         let _one_at_a_time = self.volumes.attach.lock().await;
         let users = self.users(&record).await?;
         if !users.is_empty() {
@@ -261,6 +262,7 @@ impl Guests {
     ) -> Result<(Guest, Vec<String>), VolumeCallError> {
         let uuid = checked_uuid(uuid)?;
         let record = self.volumes.get(volume)?;
+        VolumeStore::refuse_arriving(&record)?;
         // The attach lock before the guest's busy mark, as Create takes them: a Create retry
         // of this guest holds the attach lock while it waits for the guest not to be busy.
         let _one_at_a_time = self.volumes.attach.lock().await;

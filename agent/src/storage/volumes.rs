@@ -643,6 +643,18 @@ impl VolumeStore {
             .ok()
     }
 
+    /// Refuses `record` to a user while it arrives with a migrating guest: the migration
+    /// copies into it, and an abort removes it.
+    pub fn refuse_arriving(record: &VolumeRecord) -> Result<(), VolumeError> {
+        if record.arriving_for.is_empty() {
+            return Ok(());
+        }
+        Err(VolumeError::InUse(format!(
+            "volume {:?} is arriving with guest {}, which migrates here",
+            record.name, record.arriving_for
+        )))
+    }
+
     /// Marks `name` as this node's for good: the guest it arrived with has arrived.
     pub fn settle(&self, name: &str) -> Result<(), VolumeError> {
         let mut record = self.get(name)?;

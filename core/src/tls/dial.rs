@@ -107,9 +107,11 @@ impl Dialer {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, trial.read(&mut first)).await {
             Ok(Ok(n)) if n > 0 => Ok(()),
             Ok(Ok(_)) => Err(silent("the agent closed the connection")),
-            Ok(Err(e)) => Err(refused(format!(
+            // A TLS alert: the agent's verdict on our certificate.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(refused(format!(
                 "{e} (the agent refused this client certificate: is it signed by a CA in the agent's api.tls_client_ca, and in its validity period?)"
             ))),
+            Ok(Err(e)) => Err(silent(&format!("the connection failed: {e}"))),
             Err(_) => Err(silent("the agent said nothing within 10 s")),
         }
     }

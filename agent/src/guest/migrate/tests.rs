@@ -502,6 +502,27 @@ async fn a_lost_finish_still_frees_the_source() {
     );
 }
 
+/// A source whose domain has a disk it does not bring as a volume is refused: libvirt would
+/// write the guest's data over whatever has that path on the target.
+#[tokio::test]
+async fn a_disk_the_source_does_not_bring_is_refused() {
+    let (source, target) = (Node::new(1 << 30).await, Node::new(1 << 30).await);
+    source.create(MOVER, "mover").await;
+    source.attach(MOVER, "data", false).await;
+    let refused = target
+        .guests
+        .prepare_incoming(source.incoming(Vec::new()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, GuestError::Invalid(m) if m.starts_with("domain_xml: disk vd") && m.ends_with("is neither the guest's nor a volume it brings")),
+        "{refused:?}"
+    );
+    target.holds_nothing_of(MOVER);
+    assert!(target.volume_names().is_empty());
+    assert!(target.guests.settled());
+}
+
 /// Volumes of an arrival a restart cut short are swept like its files (the guest never
 /// arrived); those of a guest that arrived though its Finish was lost are kept, as its own.
 #[tokio::test]
@@ -519,6 +540,21 @@ async fn a_restart_sweeps_the_volumes_of_an_arrival_that_never_came() {
         target.guests.volumes.get("data").unwrap().arriving_for,
         MOVER
     );
+    // Nobody else may take or remove it meanwhile.
+    target.create(HOLDER, "holder").await;
+    let taken = target
+        .guests
+        .attach_volume(HOLDER, "data")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(taken.contains("is arriving with guest"), "{taken}");
+    let removed = target.guests.delete_volume("data").await.unwrap_err();
+    assert!(
+        matches!(&removed, GuestError::Precondition(m) if m.contains("is arriving with guest")),
+        "{removed:?}"
+    );
+    target.guests.delete(HOLDER).await.unwrap();
     // What a restarted agent's sweep sees: no domain of the guest.
     let removed = target.guests.remove_orphans(Duration::ZERO).await.unwrap();
     assert!(removed.contains(&"volume data".to_string()), "{removed:?}");
