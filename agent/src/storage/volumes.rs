@@ -292,6 +292,15 @@ fn virtual_size(target: &str) -> Result<u64, DiskError> {
         .ok_or_else(|| unreadable("no virtual-size".into()))
 }
 
+/// Makes an empty disk of `bytes` in `format` at `to`; answers its size.
+fn blank(to: &str, format: &str, bytes: u64) -> Result<u64, VolumeError> {
+    qemu_img(
+        &["create", "-q", "-f", format, to, &bytes.to_string()],
+        false,
+    )?;
+    Ok(bytes)
+}
+
 fn path_str(path: &Path) -> Result<&str, DiskError> {
     path.to_str().ok_or_else(|| DiskError::Tool {
         tool: "qemu-img",
@@ -565,36 +574,16 @@ impl VolumeStore {
     /// cannot come. A failure leaves nothing behind.
     pub fn receive(&self, record: &VolumeRecord) -> Result<(), VolumeError> {
         let name = record.name.clone();
-        let _taken = self.take_name(&name)?;
-        match self.get(&name) {
-            Ok(existing) => {
-                return Err(VolumeError::Exists {
-                    name,
-                    what: format!("{} {}", existing.source.kind(), existing.format),
-                });
-            }
-            Err(VolumeError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
+        let _taken = self.free_name(&name)?;
         if !matches!(record.format.as_str(), "qcow2" | "raw") {
             return Err(invalid("format", "must be qcow2 or raw"));
         }
         super::traversable_dir(&self.dir).map_err(io(&self.dir, "create volume store"))?;
         match &record.source {
             VolumeSource::Store => {
-                let path = self.file(&name, &record.format);
-                let staged = self.dir.join(format!(".{name}.{}.part", record.format));
-                let _ = std::fs::remove_file(&staged);
-                let size = record.size_bytes.to_string();
-                let made = (|| {
-                    let to = path_str(&staged)?;
-                    qemu_img(&["create", "-q", "-f", &record.format, to, &size], false)?;
-                    std::fs::rename(&staged, &path).map_err(io(&path, "move into place"))
-                })();
-                if let Err(e) = made {
-                    let _ = std::fs::remove_file(&staged);
-                    return Err(e);
-                }
+                self.place(&name, &record.format, |to| {
+                    blank(to, &record.format, record.size_bytes)
+                })?;
             }
             VolumeSource::Nbd { .. } => {
                 let key = self.disk_source(record).key();
@@ -665,6 +654,47 @@ impl VolumeStore {
         self.write_record(&record)
     }
 
+    /// Makes store volume `name`'s data file in `format`: `fill` writes it at the staged path
+    /// it is given (a dot name, never listed) and answers its virtual size; then it is synced
+    /// and renamed into place (a data file left by an interrupted call, without a record, is
+    /// replaced). A failure leaves nothing behind.
+    fn place(
+        &self,
+        name: &str,
+        format: &str,
+        fill: impl FnOnce(&str) -> Result<u64, VolumeError>,
+    ) -> Result<u64, VolumeError> {
+        let path = self.file(name, format);
+        let staged = self.dir.join(format!(".{name}.{format}.part"));
+        let _ = std::fs::remove_file(&staged);
+        let made = (|| {
+            let size = fill(path_str(&staged)?)?;
+            File::open(&staged)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&staged, "sync"))?;
+            std::fs::rename(&staged, &path).map_err(io(&path, "move into place"))?;
+            Ok(size)
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_file(&staged);
+        }
+        made
+    }
+
+    /// Refuses `name` to a new volume while a Create of it is in flight or a volume has it;
+    /// holds it until dropped.
+    fn free_name(&self, name: &str) -> Result<Creating<'_>, VolumeError> {
+        let taken = self.take_name(name)?;
+        match self.get(name) {
+            Ok(existing) => Err(VolumeError::Exists {
+                name: name.to_string(),
+                what: format!("{} {}", existing.source.kind(), existing.format),
+            }),
+            Err(VolumeError::NotFound(_)) => Ok(taken),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Makes a store volume's data file: staged under a dot name (never listed), synced,
     /// renamed into place.
     fn make_file(&self, spec: &VolumeSpec, now_unix: u64) -> Result<VolumeRecord, VolumeError> {
@@ -673,43 +703,21 @@ impl VolumeStore {
         } else {
             spec.format.as_str()
         };
-        let path = self.file(&spec.name, format);
-        let staged = self.dir.join(format!(".{}.{format}.part", spec.name));
         let wanted = spec.size_gb * GIB;
-        let made = (|| {
-            let _ = std::fs::remove_file(&staged);
-            let size_bytes = match &spec.image {
-                Some((_, file, image_format)) => {
-                    let (from, to) = (path_str(file)?, path_str(&staged)?);
-                    let convert = ["convert", "-q", "-f", image_format, "-O", format, from, to];
-                    qemu_img(&convert, false)?;
-                    let size = virtual_size(to)?;
-                    if size < wanted {
-                        let grow = wanted.to_string();
-                        qemu_img(&["resize", "-q", "-f", format, to, &grow], false)?;
-                    }
-                    size.max(wanted)
+        let size_bytes = self.place(&spec.name, format, |to| match &spec.image {
+            Some((_, file, image_format)) => {
+                let from = path_str(file)?;
+                let convert = ["convert", "-q", "-f", image_format, "-O", format, from, to];
+                qemu_img(&convert, false)?;
+                let size = virtual_size(to)?;
+                if size < wanted {
+                    let grow = wanted.to_string();
+                    qemu_img(&["resize", "-q", "-f", format, to, &grow], false)?;
                 }
-                None => {
-                    let (to, size) = (path_str(&staged)?, wanted.to_string());
-                    qemu_img(&["create", "-q", "-f", format, to, &size], false)?;
-                    wanted
-                }
-            };
-            File::open(&staged)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&staged, "sync"))?;
-            // A data file left by an interrupted Create (no record): replaced.
-            std::fs::rename(&staged, &path).map_err(io(&path, "move into place"))?;
-            Ok::<u64, VolumeError>(size_bytes)
-        })();
-        let size_bytes = match made {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_file(&staged);
-                return Err(e);
+                Ok(size.max(wanted))
             }
-        };
+            None => blank(to, format, wanted),
+        })?;
         Ok(VolumeRecord {
             name: spec.name.clone(),
             format: format.to_string(),
@@ -738,29 +746,14 @@ impl VolumeStore {
         made_for: &str,
         now_unix: u64,
     ) -> Result<VolumeRecord, VolumeError> {
-        let _taken = self.take_name(name)?;
-        match self.get(name) {
-            Ok(existing) => {
-                return Err(VolumeError::Exists {
-                    name: name.to_string(),
-                    what: format!("{} {}", existing.source.kind(), existing.format),
-                });
-            }
-            Err(VolumeError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
+        let _taken = self.free_name(name)?;
         super::traversable_dir(&self.dir).map_err(io(&self.dir, "create volume store"))?;
         let (image_name, base, base_format) = image;
+        self.place(name, "qcow2", |to| {
+            disks::overlay(Path::new(to), base, base_format, size_bytes)?;
+            Ok(size_bytes)
+        })?;
         let path = self.file(name, "qcow2");
-        let staged = self.dir.join(format!(".{name}.qcow2.part"));
-        let _ = std::fs::remove_file(&staged);
-        let made = disks::overlay(&staged, base, base_format, size_bytes)
-            .map_err(VolumeError::from)
-            .and_then(|()| std::fs::rename(&staged, &path).map_err(io(&path, "move into place")));
-        if let Err(e) = made {
-            let _ = std::fs::remove_file(&staged);
-            return Err(e);
-        }
         let record = VolumeRecord {
             name: name.to_string(),
             format: "qcow2".into(),
